@@ -1,0 +1,95 @@
+"""The Raft kernel: pure, deterministic, no I/O, no clock, no async.
+
+The runtime drives ``RawNode`` with ticks, messages and proposals and performs each
+``Ready`` it returns; see ``framework.core.raft`` for the theory of operation.
+"""
+
+from framework.core.entries import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryKind,
+    HardState,
+    ReadState,
+    Role,
+    Snapshot,
+    SnapshotMeta,
+    SoftState,
+)
+from framework.core.errors import (
+    ConfChangeRejected,
+    InvalidMessage,
+    KernelError,
+    KernelMisuse,
+    NotLeader,
+    ProposalRejected,
+    TransferInProgress,
+    UncommittedSizeExceeded,
+)
+from framework.core.messages import (
+    AppendEntries,
+    AppendResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    InstallSnapshot,
+    Message,
+    ReadIndexRequest,
+    ReadIndexResponse,
+    TimeoutNow,
+    VoteRequest,
+    VoteResponse,
+    decode_message,
+    encode_message,
+    validate_message,
+)
+from framework.core.raft import (
+    RaftConfig,
+    RawNode,
+    Status,
+    decode_conf_change,
+    encode_conf_change,
+)
+from framework.core.ready import Ready
+
+__all__ = [
+    "AppendEntries",
+    "AppendResponse",
+    "ConfChange",
+    "ConfChangeRejected",
+    "ConfChangeType",
+    "ConfState",
+    "Entry",
+    "EntryKind",
+    "HardState",
+    "Heartbeat",
+    "HeartbeatResponse",
+    "InstallSnapshot",
+    "InvalidMessage",
+    "KernelError",
+    "KernelMisuse",
+    "Message",
+    "NotLeader",
+    "ProposalRejected",
+    "RaftConfig",
+    "RawNode",
+    "ReadIndexRequest",
+    "ReadIndexResponse",
+    "ReadState",
+    "Ready",
+    "Role",
+    "Snapshot",
+    "SnapshotMeta",
+    "SoftState",
+    "Status",
+    "TimeoutNow",
+    "TransferInProgress",
+    "UncommittedSizeExceeded",
+    "VoteRequest",
+    "VoteResponse",
+    "decode_conf_change",
+    "decode_message",
+    "encode_conf_change",
+    "encode_message",
+    "validate_message",
+]

@@ -1,0 +1,219 @@
+"""The kernel's view of the replicated log: a compacted prefix, then entries in memory.
+
+Indexes are 1-based. ``offset`` is the index of the last compacted entry (the snapshot's
+index) and ``offset_term`` its term; ``entries[i]`` has index ``offset + 1 + i``. The kernel
+keeps every live entry in memory (compaction bounds it) and tracks which suffix is not yet
+on stable storage (``unstable_from``) so the runtime can persist exactly that.
+
+Invariants kept here (and checked, raising ``KernelMisuse``/``InvalidMessage`` if broken):
+- entries are contiguous and terms never decrease along the log;
+- committed entries are never truncated (a leader asking for it is a protocol violation);
+- ``offset <= applied <= committed <= last_index``.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from itertools import accumulate
+from operator import attrgetter
+
+from framework.core.entries import Entry, SnapshotMeta
+from framework.core.errors import InvalidMessage, KernelMisuse
+
+__all__ = ["RaftLog"]
+
+_DATA = attrgetter("data")
+_SIZE_CHUNK = 256
+
+
+class RaftLog:
+    __slots__ = (
+        "applied",
+        "committed",
+        "entries",
+        "offset",
+        "offset_term",
+        "unstable_from",
+    )
+
+    def __init__(
+        self,
+        *,
+        snapshot: SnapshotMeta | None = None,
+        entries: list[Entry] | None = None,
+        committed: int = 0,
+    ) -> None:
+        meta = snapshot or SnapshotMeta()
+        self.offset = meta.index
+        self.offset_term = meta.term
+        self.entries: list[Entry] = list(entries or [])
+        for position, entry in enumerate(self.entries):
+            if entry.index != self.offset + 1 + position:
+                raise KernelMisuse(
+                    f"stored entries are not contiguous after snapshot index {self.offset}: "
+                    f"found index {entry.index} at position {position}"
+                )
+        if committed > self.last_index():
+            raise KernelMisuse(
+                f"stored commit index {committed} is past the last stored entry "
+                f"{self.last_index()}"
+            )
+        self.committed = max(committed, self.offset)
+        self.applied = self.offset
+        # Everything given at construction came from stable storage.
+        self.unstable_from = self.last_index() + 1
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def first_index(self) -> int:
+        return self.offset + 1
+
+    def last_index(self) -> int:
+        return self.offset + len(self.entries)
+
+    def last_term(self) -> int:
+        return self.entries[-1].term if self.entries else self.offset_term
+
+    def term(self, index: int) -> int | None:
+        """Term of the entry at ``index``; None when compacted away or beyond the end."""
+        if index == self.offset:
+            return self.offset_term
+        if index < self.offset or index > self.last_index():
+            return None
+        return self.entries[index - self.offset - 1].term
+
+    def matches(self, index: int, term: int) -> bool:
+        return self.term(index) == term
+
+    def is_up_to_date(self, last_index: int, last_term: int) -> bool:
+        """§5.4.1: a candidate's log is at least as up to date as ours."""
+        our_term = self.last_term()
+        return last_term > our_term or (last_term == our_term and last_index >= self.last_index())
+
+    def slice(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
+        """Entries with ``lo <= index < hi``; at least one, then at most ``max_bytes``."""
+        if lo <= self.offset:
+            raise KernelMisuse(
+                f"entries from {lo} requested but the log is compacted to {self.offset}"
+            )
+        start = lo - self.offset - 1
+        stop = min(hi, self.last_index() + 1) - self.offset - 1
+        window = self.entries[start:stop]
+        if max_bytes is None or not window:
+            return window
+        # Sizes are summed in C (accumulate/map) in chunks, since this runs for every append
+        # sent; the first entry always goes, even when larger than ``max_bytes``.
+        total = 0
+        for chunk_start in range(0, len(window), _SIZE_CHUNK):
+            chunk = window[chunk_start : chunk_start + _SIZE_CHUNK]
+            sizes = list(accumulate(map(len, map(_DATA, chunk)), initial=total))
+            if sizes[-1] > max_bytes:
+                fits = bisect_right(sizes, max_bytes) - 1
+                return window[: max(1, chunk_start + fits)]
+            total = sizes[-1]
+        return window
+
+    def unstable_entries(self) -> list[Entry]:
+        return self.entries[self.unstable_from - self.offset - 1 :]
+
+    def find_conflict_by_term(self, index: int, term: int) -> int:
+        """Largest index ``<= index`` whose term is ``<= term`` (etcd's conflict hint search).
+
+        Used on both sides of a rejected append: every entry skipped has a term the other
+        log cannot match, so the leader jumps a whole term per round trip.
+        """
+        index = min(index, self.last_index())
+        while index > self.offset:
+            entry_term = self.entries[index - self.offset - 1].term
+            if entry_term <= term:
+                break
+            index -= 1
+        return index
+
+    # -- changes ---------------------------------------------------------------------------
+
+    def append(self, entries: list[Entry]) -> None:
+        """Leader-side append of freshly created entries (they follow ``last_index``)."""
+        self.entries.extend(entries)
+
+    def maybe_append(
+        self, prev_index: int, prev_term: int, commit: int, entries: tuple[Entry, ...]
+    ) -> int | None:
+        """Follower-side AppendEntries (§5.3). Returns the last new index, or None on mismatch.
+
+        Entries already present with the same term are skipped (duplicates and reordered
+        messages are harmless); from the first conflict on, our suffix is replaced.
+        """
+        if not self.matches(prev_index, prev_term):
+            return None
+        last_new = prev_index + len(entries)
+        for position, entry in enumerate(entries):
+            if entry.index <= self.offset:
+                continue  # already compacted, hence committed, hence equal (log matching)
+            existing = self.term(entry.index)
+            if existing == entry.term:
+                continue
+            if existing is not None:
+                if entry.index <= self.committed:
+                    raise InvalidMessage(
+                        f"AppendEntries would overwrite committed entry {entry.index} "
+                        f"(term {existing}) with term {entry.term}"
+                    )
+                self._truncate_from(entry.index)
+            self.entries.extend(entries[position:])
+            break
+        self.commit_to(min(commit, last_new))
+        return last_new
+
+    def _truncate_from(self, index: int) -> None:
+        del self.entries[index - self.offset - 1 :]
+        self.unstable_from = min(self.unstable_from, index)
+
+    def commit_to(self, index: int) -> None:
+        if index > self.committed:
+            if index > self.last_index():
+                raise InvalidMessage(
+                    f"commit index {index} is past the last log index {self.last_index()}"
+                )
+            self.committed = index
+
+    def committed_to_apply(self, max_entries: int | None = None) -> list[Entry]:
+        lo = self.applied + 1
+        hi = self.committed + 1
+        if max_entries is not None:
+            hi = min(hi, lo + max_entries)
+        if lo >= hi:
+            return []
+        return self.entries[lo - self.offset - 1 : hi - self.offset - 1]
+
+    def applied_to(self, index: int) -> None:
+        if index > self.committed or index < self.applied:
+            raise KernelMisuse(
+                f"applied index {index} outside [{self.applied}, {self.committed}]"
+            )
+        self.applied = index
+
+    def stable_to(self, index: int, term: int) -> None:
+        """Entries up to ``(index, term)`` reached stable storage, unless since replaced."""
+        if index >= self.unstable_from and self.term(index) == term:
+            self.unstable_from = index + 1
+
+    def compact(self, index: int) -> None:
+        """Drop entries up to ``index`` (which a snapshot now covers)."""
+        if index <= self.offset:
+            return
+        if index > self.applied:
+            raise KernelMisuse(f"cannot compact to {index}: only {self.applied} is applied")
+        term = self.term(index)
+        assert term is not None
+        del self.entries[: index - self.offset]
+        self.offset = index
+        self.offset_term = term
+
+    def restore(self, meta: SnapshotMeta) -> None:
+        """Replace the whole log by a snapshot received from the leader (§7)."""
+        self.entries = []
+        self.offset = meta.index
+        self.offset_term = meta.term
+        self.committed = meta.index
+        self.unstable_from = meta.index + 1

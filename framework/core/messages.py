@@ -1,0 +1,218 @@
+"""The messages Raft nodes exchange, as frozen msgspec structs that round-trip through msgpack.
+
+Every message carries ``src``, ``dst`` and the sender's ``term``; the tag names the type on
+the wire. ``validate_message`` checks what can be checked without the receiver's state
+(structure, index arithmetic) so a malformed message is rejected before it touches the log.
+"""
+
+from __future__ import annotations
+
+from operator import attrgetter
+from typing import Final
+
+import msgspec
+
+from framework.core.entries import Entry, Snapshot
+from framework.core.errors import InvalidMessage
+
+__all__ = [
+    "AppendEntries",
+    "AppendResponse",
+    "Heartbeat",
+    "HeartbeatResponse",
+    "InstallSnapshot",
+    "Message",
+    "ReadIndexRequest",
+    "ReadIndexResponse",
+    "TimeoutNow",
+    "VoteRequest",
+    "VoteResponse",
+    "decode_message",
+    "encode_message",
+    "validate_message",
+]
+
+
+class _Base(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    src: int
+    dst: int
+    term: int
+
+
+class VoteRequest(_Base, frozen=True, kw_only=True, tag="vote"):
+    """RequestVote (§5.2), or a pre-vote when ``pre_vote`` (dissertation §9.6).
+
+    A pre-vote carries the term the sender *would* campaign in, without having adopted it.
+    ``transfer`` marks a campaign started by TimeoutNow, which voters must not refuse on
+    the grounds of having a live leader (check-quorum lease).
+    """
+
+    last_index: int
+    last_term: int
+    pre_vote: bool = False
+    transfer: bool = False
+
+
+class VoteResponse(_Base, frozen=True, kw_only=True, tag="vote_resp"):
+    granted: bool
+    pre_vote: bool = False
+
+
+class AppendEntries(_Base, frozen=True, kw_only=True, tag="append"):
+    """AppendEntries (§5.3): ``entries`` follow the entry at ``(prev_index, prev_term)``."""
+
+    prev_index: int
+    prev_term: int
+    entries: tuple[Entry, ...] = ()
+    commit: int = 0
+
+
+class AppendResponse(_Base, frozen=True, kw_only=True, tag="append_resp"):
+    """Answer to AppendEntries.
+
+    Accepted: ``index`` is the last index now known to match the leader's log.
+    Rejected: ``index`` is the rejected ``prev_index`` and ``(hint_index, hint_term)`` point
+    at the last entry that may match, so the leader skips a whole term per round trip.
+    """
+
+    index: int
+    reject: bool = False
+    hint_index: int = 0
+    hint_term: int = 0
+
+
+class Heartbeat(_Base, frozen=True, kw_only=True, tag="heartbeat"):
+    """Leader liveness; ``commit`` is capped at what the follower is known to match.
+
+    ``context`` is non-empty when the heartbeat also confirms leadership for a read.
+    """
+
+    commit: int = 0
+    context: bytes = b""
+
+
+class HeartbeatResponse(_Base, frozen=True, kw_only=True, tag="heartbeat_resp"):
+    context: bytes = b""
+
+
+class InstallSnapshot(_Base, frozen=True, kw_only=True, tag="snapshot"):
+    """InstallSnapshot (§7): the follower's next entry was compacted away on the leader."""
+
+    snapshot: Snapshot
+
+
+class TimeoutNow(_Base, frozen=True, kw_only=True, tag="timeout_now"):
+    """Leadership transfer (dissertation §3.10): start an election at once."""
+
+
+class ReadIndexRequest(_Base, frozen=True, kw_only=True, tag="read_index"):
+    """A follower forwards a linearizable read to the leader (dissertation §6.4)."""
+
+    context: bytes
+
+
+class ReadIndexResponse(_Base, frozen=True, kw_only=True, tag="read_index_resp"):
+    """``index == 0`` means the leader could not serve the read (e.g. it is stepping down)."""
+
+    context: bytes
+    index: int
+
+
+Message = (
+    VoteRequest
+    | VoteResponse
+    | AppendEntries
+    | AppendResponse
+    | Heartbeat
+    | HeartbeatResponse
+    | InstallSnapshot
+    | TimeoutNow
+    | ReadIndexRequest
+    | ReadIndexResponse
+)
+
+_ENCODER: Final = msgspec.msgpack.Encoder()
+_INDEX: Final = attrgetter("index")
+_TERM: Final = attrgetter("term")
+_DECODER: Final = msgspec.msgpack.Decoder(Message)
+
+
+def encode_message(msg: Message) -> bytes:
+    return _ENCODER.encode(msg)
+
+
+def decode_message(data: bytes) -> Message:
+    """Decode and validate one message; raises ``InvalidMessage`` naming what is wrong."""
+    try:
+        msg = _DECODER.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise InvalidMessage(f"undecodable message ({len(data)} bytes): {exc}") from exc
+    validate_message(msg)
+    return msg
+
+
+def validate_message(msg: Message) -> None:
+    """Reject what no correct sender produces, whatever the receiver's state."""
+    name = type(msg).__name__
+    if msg.src <= 0 or msg.dst <= 0:
+        raise InvalidMessage(f"{name} src={msg.src} dst={msg.dst}: node ids must be positive")
+    if msg.src == msg.dst:
+        raise InvalidMessage(f"{name} from node {msg.src} addressed to itself")
+    if msg.term < 0:
+        raise InvalidMessage(f"{name} from node {msg.src}: negative term {msg.term}")
+    if isinstance(msg, AppendEntries):
+        _validate_append(msg)
+    elif isinstance(msg, VoteRequest):
+        if msg.last_index < 0 or msg.last_term < 0 or msg.last_term > msg.term:
+            raise InvalidMessage(
+                f"VoteRequest from node {msg.src}: last log (index={msg.last_index}, "
+                f"term={msg.last_term}) impossible for term {msg.term}"
+            )
+    elif isinstance(msg, AppendResponse):
+        if msg.index < 0 or msg.hint_index < 0 or msg.hint_term < 0:
+            raise InvalidMessage(f"AppendResponse from node {msg.src}: negative index or hint")
+    elif isinstance(msg, Heartbeat | ReadIndexResponse):
+        value = msg.commit if isinstance(msg, Heartbeat) else msg.index
+        if value < 0:
+            raise InvalidMessage(f"{name} from node {msg.src}: negative index {value}")
+    elif isinstance(msg, InstallSnapshot):
+        meta = msg.snapshot.meta
+        if meta.index <= 0 or meta.term <= 0 or meta.term > msg.term:
+            raise InvalidMessage(
+                f"InstallSnapshot from node {msg.src}: snapshot (index={meta.index}, "
+                f"term={meta.term}) impossible for term {msg.term}"
+            )
+        if not meta.conf_state.voters:
+            raise InvalidMessage(f"InstallSnapshot from node {msg.src}: snapshot has no voters")
+
+
+def _validate_append(msg: AppendEntries) -> None:
+    if msg.prev_index < 0 or msg.prev_term < 0 or msg.prev_term > msg.term or msg.commit < 0:
+        raise InvalidMessage(
+            f"AppendEntries from node {msg.src}: prev (index={msg.prev_index}, "
+            f"term={msg.prev_term}) or commit={msg.commit} impossible for term {msg.term}"
+        )
+    entries = msg.entries
+    if not entries:
+        return
+    # Whole-list comparisons run in C; only a failure walks the entries for the message.
+    indexes = list(map(_INDEX, entries))
+    terms = list(map(_TERM, entries))
+    expected = list(range(msg.prev_index + 1, msg.prev_index + 1 + len(entries)))
+    if indexes != expected:
+        pairs = enumerate(zip(indexes, expected, strict=True))
+        bad = next(i for i, (got, want) in pairs if got != want)
+        raise InvalidMessage(
+            f"AppendEntries from node {msg.src}: entry index {indexes[bad]} where "
+            f"{expected[bad]} was expected (entries must be contiguous after prev_index)"
+        )
+    if terms[0] < msg.prev_term or terms[-1] > msg.term or terms != sorted(terms):
+        last_term = msg.prev_term
+        for entry in entries:
+            if entry.term < last_term or entry.term > msg.term:
+                raise InvalidMessage(
+                    f"AppendEntries from node {msg.src}: entry {entry.index} has term "
+                    f"{entry.term}; expected a term between {last_term} and the message "
+                    f"term {msg.term}"
+                )
+            last_term = entry.term

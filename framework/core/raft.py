@@ -1,0 +1,1171 @@
+"""The Raft kernel: a deterministic, sans-IO state machine in the etcd/raft ``RawNode`` style.
+
+Theory of operation
+-------------------
+Inputs are ``tick()`` (one unit of logical time), ``step(message)`` (a message from a peer),
+and local intents (``propose``, ``propose_conf_change``, ``read_index``, ``transfer_leader``,
+``campaign``). Nothing here reads a clock, touches a socket or draws from global randomness:
+the only random input, the election timeout, comes from the injected ``random.Random``.
+The output is a ``Ready`` batch; the runtime performs it (see ``Ready`` for the ordering
+duties) and acknowledges it with ``advance(ready)``. Calling ``ready()`` twice without
+``advance()`` raises.
+
+A role is a pair of functions (``_step_role``, ``_tick``) swapped by ``_become_*``.
+
+Rules kept, with the section of the Raft paper (P) or Ongaro's dissertation (D):
+- Election safety: a vote is recorded in the hard state and only ever given to one
+  candidate per term (P §5.2); the vote and term are durable before the response leaves
+  (``persisted_messages``).
+- Pre-vote (D §9.6) and check-quorum (D §6.2): a pre-candidate asks whether it *could* win
+  before bumping its term; a leader that has not heard from a majority for an election
+  timeout steps down, and a follower that heard from a leader within the timeout refuses to
+  vote (except for a leadership transfer), so a partitioned node cannot disrupt the cluster.
+- Log matching (P §5.3): AppendEntries carries ``(prev_index, prev_term)``; a rejection
+  carries a hint ``(hint_index, hint_term)`` so the leader skips a whole term per round trip.
+- Leader completeness (P §5.4): votes only go to candidates whose log is at least as up to
+  date; a leader only counts replicas of entries from its own term to commit (P §5.4.2,
+  Figure 8), which is why every new leader appends a no-op entry.
+- The leader counts its own copy of an entry only once the runtime reports it durable
+  (``advance``), so "committed" always means "on stable storage on a majority".
+- Membership (D §4.1, §4.2.1): single-server changes, one at a time. A change takes effect
+  when applied. Safety argument: any two majorities of configurations that differ by one
+  server intersect, so as long as at most one change is unapplied at any time, no two
+  leaders can be elected in the same term by disjoint quorums. A leader refuses a new change
+  while an earlier one is unapplied, and refuses any change until it has committed an entry
+  of its own term (``pending_conf_index`` starts at the leader's last index; this is the fix
+  to the single-server bug reported on raft-dev in 2015). A node with committed but
+  unapplied changes does not campaign. Learners receive the log but neither vote nor count
+  for commit; promotion is refused until the learner holds every committed entry.
+- Reads (D §6.4): ReadIndex records the commit index, confirms leadership with a heartbeat
+  round carrying the read's context, then releases the read; a leader serves none until it
+  has committed an entry in its term. Lease reads (D §6.4.1) are opt-in and need
+  check-quorum.
+- Leadership transfer (D §3.10): the leader stops accepting proposals, brings the target up
+  to date, and sends TimeoutNow; the transfer is abandoned after an election timeout.
+
+Proposals and commit advances do not send messages at once: the followers they concern are
+marked and the appends are built when ``ready()`` is called, so many proposals between two
+``ready()`` calls leave as one AppendEntries per follower (batching).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import msgspec
+
+from framework.core.entries import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryKind,
+    HardState,
+    ReadState,
+    Role,
+    Snapshot,
+    SnapshotMeta,
+    SoftState,
+)
+from framework.core.errors import (
+    ConfChangeRejected,
+    InvalidMessage,
+    KernelMisuse,
+    NotLeader,
+    ProposalRejected,
+    TransferInProgress,
+    UncommittedSizeExceeded,
+)
+from framework.core.log import RaftLog
+from framework.core.messages import (
+    AppendEntries,
+    AppendResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    InstallSnapshot,
+    Message,
+    ReadIndexRequest,
+    ReadIndexResponse,
+    TimeoutNow,
+    VoteRequest,
+    VoteResponse,
+    validate_message,
+)
+from framework.core.progress import Progress, ProgressState
+from framework.core.quorum import VoteResult, committed_index, majority, vote_result
+from framework.core.ready import Ready
+
+__all__ = ["RaftConfig", "RawNode", "Status", "decode_conf_change", "encode_conf_change"]
+
+_CONF_ENCODER = msgspec.msgpack.Encoder()
+_CONF_DECODER = msgspec.msgpack.Decoder(ConfChange)
+
+
+def encode_conf_change(change: ConfChange) -> bytes:
+    return _CONF_ENCODER.encode(change)
+
+
+def decode_conf_change(data: bytes) -> ConfChange:
+    try:
+        return _CONF_DECODER.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise InvalidMessage(f"undecodable conf change entry ({len(data)} bytes): {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RaftConfig:
+    """Kernel parameters; times are in ticks."""
+
+    id: int
+    election_tick: int = 10
+    """Followers campaign after a random timeout in [election_tick, 2 * election_tick)."""
+    heartbeat_tick: int = 1
+    max_inflight_msgs: int = 256
+    max_size_per_msg: int = 1 << 20
+    """Bytes of entry data per AppendEntries (at least one entry is always sent)."""
+    max_uncommitted_entries_size: int = 0
+    """Uncommitted bytes a leader accepts before rejecting proposals; 0 means no limit."""
+    max_committed_per_ready: int = 0
+    """Cap on ``committed_entries`` per Ready; 0 means no cap."""
+    snapshot_retry_tick: int = 0
+    """Ticks without an answer after which a leader resends a snapshot; 0 means
+    ``10 * election_tick``. A lost InstallSnapshot would otherwise stall the follower."""
+    pre_vote: bool = True
+    check_quorum: bool = True
+    lease_reads: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.id <= 0:
+            problems.append(f"id={self.id}: expected a positive node id")
+        if self.heartbeat_tick <= 0:
+            problems.append(f"heartbeat_tick={self.heartbeat_tick}: expected > 0")
+        if self.election_tick <= self.heartbeat_tick:
+            problems.append(
+                f"election_tick={self.election_tick}: expected > heartbeat_tick "
+                f"({self.heartbeat_tick})"
+            )
+        if self.max_inflight_msgs <= 0:
+            problems.append(f"max_inflight_msgs={self.max_inflight_msgs}: expected > 0")
+        if self.max_size_per_msg <= 0:
+            problems.append(f"max_size_per_msg={self.max_size_per_msg}: expected > 0")
+        if self.max_uncommitted_entries_size < 0:
+            problems.append(
+                f"max_uncommitted_entries_size={self.max_uncommitted_entries_size}: "
+                "expected >= 0"
+            )
+        if self.lease_reads and not self.check_quorum:
+            problems.append("lease_reads=True: expected check_quorum=True (leases need it)")
+        if problems:
+            raise ValueError("invalid RaftConfig: " + "; ".join(problems))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Status:
+    """A copy of the kernel's state for status pages and tests."""
+
+    id: int
+    role: Role
+    leader: int
+    term: int
+    vote: int
+    commit: int
+    applied: int
+    first_index: int
+    last_index: int
+    conf_state: ConfState
+    progress: dict[int, tuple[str, int, int]] = field(default_factory=dict)
+    """Leader only: node id -> (state, match, next)."""
+    transferee: int = 0
+
+
+@dataclass(slots=True)
+class _PendingRead:
+    index: int
+    requester: int
+    acks: set[int]
+
+
+_LEADER_ONLY_IMMEDIATE = (AppendEntries, Heartbeat, InstallSnapshot, TimeoutNow, ReadIndexResponse)
+
+
+class RawNode:
+    def __init__(
+        self,
+        config: RaftConfig,
+        *,
+        rng: random.Random,
+        hard_state: HardState | None = None,
+        entries: Iterable[Entry] = (),
+        snapshot: Snapshot | None = None,
+        conf_state: ConfState | None = None,
+    ) -> None:
+        """Build a node from what stable storage holds.
+
+        ``conf_state`` bootstraps a new cluster: when storage is empty, the membership is
+        written as committed entries 1..n of term 1 (see ``_bootstrap``). It is ignored once
+        the node has a log. A node joining an existing cluster passes None (or an empty
+        one) and learns its membership from the leader's log or snapshot.
+        """
+        self.config = config
+        self.id = config.id
+        self._rng = rng
+        hs = hard_state or HardState()
+        self.snapshot = snapshot or Snapshot()
+        meta = self.snapshot.meta
+        self.log = RaftLog(snapshot=meta, entries=list(entries), committed=hs.commit)
+        self.term = hs.term
+        self.vote = hs.vote
+        # Membership is whatever the applied log says; applying resumes at the snapshot.
+        self.conf_state = meta.conf_state
+        if conf_state is not None and self.log.last_index() == 0 and hs.term == 0:
+            self._bootstrap(conf_state)
+        self.leader = 0
+        self.role = Role.FOLLOWER
+        self.progress: dict[int, Progress] = {}
+        self.votes: dict[int, bool] = {}
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_election_timeout = 0
+        self.transferee = 0
+        self.pending_conf_index = 0
+        self.uncommitted_size = 0
+        self._pending_reads: dict[bytes, _PendingRead] = {}
+        self._reads_waiting_commit: list[tuple[bytes, int]] = []
+        self._messages: list[Message] = []
+        self._persisted_messages: list[Message] = []
+        self._read_states: list[ReadState] = []
+        self._dropped_reads: list[bytes] = []
+        self._append_to: dict[int, bool] = {}
+        """Followers owed an append at the next ``ready()``; value: send even if empty."""
+        self._pending_snapshot: Snapshot | None = None
+        self._prev_soft = SoftState(leader=0, role=Role.FOLLOWER)
+        self._prev_hard = hs
+        self._outstanding: Ready | None = None
+        self._step_role: Callable[[Message], None] = self._step_follower
+        self._tick: Callable[[], None] = self._tick_election
+        self._become_follower(self.term, 0)
+
+    def _bootstrap(self, conf_state: ConfState) -> None:
+        """Write the initial membership as committed conf-change entries of term 1.
+
+        Every founding member writes the same entries, so their logs agree; a node that
+        joins later receives them like any other entries and so learns the membership
+        history from the log (or from a snapshot) instead of from its own arguments.
+        """
+        changes = [ConfChange(type=ConfChangeType.ADD_VOTER, node_id=v)
+                   for v in conf_state.voters]
+        changes += [ConfChange(type=ConfChangeType.ADD_LEARNER, node_id=v)
+                    for v in conf_state.learners]
+        if not changes:
+            return
+        self.log.append(
+            [Entry(1, i, EntryKind.CONF_CHANGE, encode_conf_change(change))
+             for i, change in enumerate(changes, start=1)]
+        )
+        self.log.commit_to(len(changes))
+        self.term = 1
+
+    # == public inputs ========================================================================
+
+    def tick(self) -> None:
+        """Advance logical time by one tick."""
+        self._tick()
+
+    def campaign(self) -> None:
+        """Start an election now (pre-vote first when enabled)."""
+        self._hup(transfer=False)
+
+    def propose(self, data: bytes, kind: EntryKind = EntryKind.NORMAL) -> int:
+        """Append a new entry on the leader; returns its index.
+
+        Raises ``NotLeader``, ``TransferInProgress`` or ``UncommittedSizeExceeded``; in each
+        case nothing changed. Commit is reported through ``Ready.committed_entries``; an
+        entry may still be lost if leadership changes before it commits (the runtime
+        detects that when a different entry is applied at the returned index).
+        """
+        if kind is EntryKind.CONF_CHANGE:
+            raise KernelMisuse("use propose_conf_change() for membership changes")
+        if kind is EntryKind.NOOP:
+            raise KernelMisuse("no-op entries are appended by the kernel itself")
+        return self._propose_entry(kind, data)
+
+    def propose_batch(self, datas: Sequence[bytes], kind: EntryKind = EntryKind.NORMAL) -> range:
+        """Append several entries at once; returns the range of their indexes.
+
+        Cheaper than one ``propose`` per entry. If ``max_uncommitted_entries_size`` is
+        reached part-way, the entries that fit are appended and the returned range is
+        shorter than ``datas`` (the caller rejects the rest); if none fits,
+        ``UncommittedSizeExceeded`` is raised. Other errors as for ``propose``.
+        """
+        if kind is EntryKind.CONF_CHANGE or kind is EntryKind.NOOP:
+            raise KernelMisuse(f"propose_batch cannot append {kind.name} entries")
+        if not datas:
+            return range(self.log.last_index() + 1, self.log.last_index() + 1)
+        return self._append_proposals(kind, datas)
+
+    def propose_conf_change(self, change: ConfChange) -> int:
+        """Propose a single-server membership change; returns its index.
+
+        Raises ``ConfChangeRejected`` naming why when the change is not allowed now.
+        """
+        self._require_leader()
+        if self.pending_conf_index > self.log.applied:
+            raise ConfChangeRejected(
+                f"membership change at index {self.pending_conf_index} is not applied yet "
+                f"(applied {self.log.applied}); propose one change at a time"
+            )
+        self._check_conf_change(change)
+        index = self._propose_entry(EntryKind.CONF_CHANGE, encode_conf_change(change))
+        self.pending_conf_index = index
+        return index
+
+    def read_index(self, context: bytes) -> None:
+        """Request a linearizable read; answered by a ``ReadState`` carrying ``context``.
+
+        ``context`` must be unique among outstanding reads. If no leader can serve it, the
+        context comes back in ``Ready.dropped_reads``.
+        """
+        if not context:
+            raise KernelMisuse("read_index needs a non-empty context")
+        if self.role is Role.LEADER:
+            self._leader_read(context, self.id)
+        elif self.leader:
+            self._send(ReadIndexRequest(src=self.id, dst=self.leader, term=self.term,
+                                        context=context))
+        else:
+            self._dropped_reads.append(context)
+
+    def transfer_leader(self, to: int) -> None:
+        """Hand leadership to voter ``to`` (dissertation §3.10)."""
+        self._require_leader()
+        if to == self.id:
+            self.transferee = 0
+            return
+        if to not in self.conf_state.voters:
+            raise ProposalRejected(f"cannot transfer leadership to node {to}: not a voter")
+        if self.transferee == to:
+            return
+        self.transferee = to
+        self.election_elapsed = 0  # the transfer times out after one election timeout
+        pr = self.progress[to]
+        if pr.match == self.log.last_index():
+            self._send(TimeoutNow(src=self.id, dst=to, term=self.term))
+        else:
+            self._append_to.setdefault(to, False)
+
+    def step(self, msg: Message) -> None:
+        """Process one message from a peer.
+
+        Raises ``InvalidMessage`` for a message no correct peer sends (bad structure, index
+        past our log, a response from a node we do not track); the state is then unchanged.
+        """
+        validate_message(msg)
+        if msg.dst != self.id:
+            raise InvalidMessage(
+                f"{type(msg).__name__} from node {msg.src} addressed to node {msg.dst}, "
+                f"delivered to node {self.id}"
+            )
+        self._check_against_state(msg)
+        if msg.term > self.term:
+            if not self._step_higher_term(msg):
+                return
+        elif msg.term < self.term:
+            self._step_lower_term(msg)
+            return
+        if isinstance(msg, VoteRequest):
+            self._handle_vote_request(msg)
+        else:
+            self._step_role(msg)
+
+    def report_unreachable(self, node_id: int) -> None:
+        """The transport failed to deliver to ``node_id``: stop streaming, probe instead."""
+        pr = self.progress.get(node_id)
+        if self.role is Role.LEADER and pr is not None and pr.state is ProgressState.REPLICATE:
+            pr.become_probe()
+
+    def report_snapshot(self, node_id: int, *, success: bool) -> None:
+        """The transport finished (or failed) sending a snapshot to ``node_id``."""
+        pr = self.progress.get(node_id)
+        if self.role is not Role.LEADER or pr is None or pr.state is not ProgressState.SNAPSHOT:
+            return
+        if success:
+            pr.become_probe()
+            pr.probe_sent = True  # wait for the follower's answer or a heartbeat round
+        else:
+            pr.snapshot_failed()
+
+    def compact(self, data: bytes) -> Snapshot:
+        """Take a snapshot at the applied index with the state machine's ``data`` (§7).
+
+        Entries up to the applied index are dropped from memory; the runtime stores the
+        returned snapshot durably before deleting those entries from its log store.
+        """
+        if self._outstanding is not None:
+            raise KernelMisuse("compact() between ready() and advance(): apply first")
+        index = self.log.applied
+        if index <= self.snapshot.meta.index:
+            raise KernelMisuse(
+                f"nothing to compact: applied index {index} is already covered by the "
+                f"snapshot at {self.snapshot.meta.index}"
+            )
+        term = self.log.term(index)
+        assert term is not None
+        self.snapshot = Snapshot(
+            meta=SnapshotMeta(index=index, term=term, conf_state=self.conf_state), data=data
+        )
+        self.log.compact(index)
+        return self.snapshot
+
+    # == output ===============================================================================
+
+    def has_ready(self) -> bool:
+        if self._outstanding is not None:
+            return False
+        log = self.log
+        return bool(
+            self._messages
+            or self._persisted_messages
+            or self._append_to
+            or self._read_states
+            or self._dropped_reads
+            or self._pending_snapshot is not None
+            or log.unstable_from <= log.last_index()
+            or (log.committed > log.applied and self._pending_snapshot is None)
+            or self._soft_state() != self._prev_soft
+            or self._hard_state() != self._prev_hard
+        )
+
+    def ready(self) -> Ready:
+        """Collect the next batch of work; ``advance(ready)`` must follow before the next."""
+        if self._outstanding is not None:
+            raise KernelMisuse("ready() called twice without advance()")
+        self._flush_appends()
+        soft = self._soft_state()
+        hard = self._hard_state()
+        entries = tuple(self.log.unstable_entries())
+        snapshot = self._pending_snapshot
+        committed: tuple[Entry, ...] = ()
+        if snapshot is None:
+            limit = self.config.max_committed_per_ready or None
+            committed = tuple(self.log.committed_to_apply(limit))
+        rd = Ready(
+            soft_state=soft if soft != self._prev_soft else None,
+            hard_state=hard if hard != self._prev_hard else None,
+            entries=entries,
+            snapshot=snapshot,
+            messages=tuple(self._messages),
+            persisted_messages=tuple(self._persisted_messages),
+            committed_entries=committed,
+            read_states=tuple(self._read_states),
+            dropped_reads=tuple(self._dropped_reads),
+            must_sync=bool(entries)
+            or snapshot is not None
+            or hard.term != self._prev_hard.term
+            or hard.vote != self._prev_hard.vote,
+        )
+        self._messages = []
+        self._persisted_messages = []
+        self._read_states = []
+        self._dropped_reads = []
+        self._prev_soft = soft
+        self._prev_hard = hard
+        self._outstanding = rd
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """Acknowledge that ``rd`` was performed: stored, sent and applied."""
+        if rd is not self._outstanding:
+            raise KernelMisuse("advance() with a Ready that is not the outstanding one")
+        self._outstanding = None
+        if rd.snapshot is not None:
+            if self._pending_snapshot is rd.snapshot:
+                self._pending_snapshot = None
+            self.log.applied = max(self.log.applied, rd.snapshot.meta.index)
+        if rd.entries:
+            last = rd.entries[-1]
+            self.log.stable_to(last.index, last.term)
+            if self.role is Role.LEADER:
+                own = self.progress.get(self.id)
+                if own is not None:
+                    own.maybe_update(self.log.unstable_from - 1)
+                    self._maybe_commit()
+        if rd.committed_entries:
+            for entry in rd.committed_entries:
+                if entry.kind is EntryKind.CONF_CHANGE:
+                    self._apply_conf_change(decode_conf_change(entry.data))
+            self.log.applied_to(rd.committed_entries[-1].index)
+
+    def status(self) -> Status:
+        progress = {}
+        if self.role is Role.LEADER:
+            progress = {
+                nid: (pr.state.value, pr.match, pr.next) for nid, pr in self.progress.items()
+            }
+        return Status(
+            id=self.id,
+            role=self.role,
+            leader=self.leader,
+            term=self.term,
+            vote=self.vote,
+            commit=self.log.committed,
+            applied=self.log.applied,
+            first_index=self.log.first_index(),
+            last_index=self.log.last_index(),
+            conf_state=self.conf_state,
+            progress=progress,
+            transferee=self.transferee,
+        )
+
+    # == roles ================================================================================
+
+    def _reset(self, term: int) -> None:
+        if term != self.term:
+            self.term = term
+            self.vote = 0
+        self.leader = 0
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_election_timeout = self.config.election_tick + self._rng.randrange(
+            self.config.election_tick
+        )
+        self.transferee = 0
+        self.votes = {}
+        self.pending_conf_index = 0
+        self.uncommitted_size = 0
+        self._append_to.clear()
+        self._drop_pending_reads()
+        self.progress = {}
+
+    def _become_follower(self, term: int, leader: int) -> None:
+        self._reset(term)
+        self.leader = leader
+        self.role = Role.FOLLOWER
+        self._step_role = self._step_follower
+        self._tick = self._tick_election
+
+    def _become_pre_candidate(self) -> None:
+        # Pre-vote changes neither term nor vote: a node that cannot win disturbs nobody.
+        self._step_role = self._step_candidate
+        self._tick = self._tick_election
+        self.votes = {self.id: True}
+        self.leader = 0
+        self.role = Role.PRE_CANDIDATE
+
+    def _become_candidate(self) -> None:
+        if self.role is Role.LEADER:
+            raise KernelMisuse("leader cannot become candidate")
+        self._reset(self.term + 1)
+        self.vote = self.id
+        self.votes = {self.id: True}
+        self.role = Role.CANDIDATE
+        self._step_role = self._step_candidate
+        self._tick = self._tick_election
+
+    def _become_leader(self) -> None:
+        if self.role is Role.FOLLOWER:
+            raise KernelMisuse("follower cannot become leader without an election")
+        self._reset(self.term)
+        self.leader = self.id
+        self.role = Role.LEADER
+        self._step_role = self._step_leader
+        self._tick = self._tick_heartbeat
+        last = self.log.last_index()
+        for nid in self.conf_state.members():
+            self.progress[nid] = self._new_progress(nid, last + 1)
+        own = self.progress.get(self.id)
+        if own is not None:
+            own.maybe_update(self.log.unstable_from - 1)
+            own.become_replicate()
+            own.recent_active = True
+        # No membership change until an entry of this term commits (raft-dev 2015 fix).
+        self.pending_conf_index = last
+        self.log.append([Entry(self.term, last + 1, EntryKind.NOOP)])
+        self._broadcast_append(send_if_empty=False)
+
+    def _new_progress(self, nid: int, next_index: int) -> Progress:
+        return Progress(
+            next_index=next_index,
+            max_inflight=self.config.max_inflight_msgs,
+            is_learner=nid in self.conf_state.learners,
+        )
+
+    def _promotable(self) -> bool:
+        return self.id in self.conf_state.voters
+
+    def _hup(self, *, transfer: bool) -> None:
+        if self.role is Role.LEADER or not self._promotable():
+            return
+        if self._pending_snapshot is not None:
+            return
+        # A node must not campaign on a membership it has not finished applying.
+        for entry in self.log.committed_to_apply():
+            if entry.kind is EntryKind.CONF_CHANGE:
+                return
+        if self.config.pre_vote and not transfer:
+            self._become_pre_candidate()
+            self._request_votes(pre_vote=True, transfer=False)
+        else:
+            self._become_candidate()
+            self._request_votes(pre_vote=False, transfer=transfer)
+
+    def _request_votes(self, *, pre_vote: bool, transfer: bool) -> None:
+        if vote_result(self.conf_state.voters, self.votes) is VoteResult.WON:
+            self._won_vote(pre_vote)
+            return
+        term = self.term + 1 if pre_vote else self.term
+        last_index, last_term = self.log.last_index(), self.log.last_term()
+        for nid in self.conf_state.voters:
+            if nid != self.id:
+                self._send(
+                    VoteRequest(
+                        src=self.id,
+                        dst=nid,
+                        term=term,
+                        last_index=last_index,
+                        last_term=last_term,
+                        pre_vote=pre_vote,
+                        transfer=transfer,
+                    )
+                )
+
+    def _won_vote(self, pre_vote: bool) -> None:
+        if pre_vote:
+            self._become_candidate()
+            self._request_votes(pre_vote=False, transfer=False)
+        else:
+            self._become_leader()
+
+    # == ticks ================================================================================
+
+    def _tick_election(self) -> None:
+        self.election_elapsed += 1
+        if self._promotable() and self.election_elapsed >= self.randomized_election_timeout:
+            self.election_elapsed = 0
+            self._hup(transfer=False)
+
+    def _tick_heartbeat(self) -> None:
+        self.heartbeat_elapsed += 1
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.config.election_tick:
+            self.election_elapsed = 0
+            if self.config.check_quorum and not self._quorum_active():
+                self._become_follower(self.term, 0)
+                return
+            self.transferee = 0  # a transfer that did not finish in time is abandoned
+        if self.heartbeat_elapsed >= self.config.heartbeat_tick:
+            self.heartbeat_elapsed = 0
+            self._broadcast_heartbeat(b"")
+        retry = self.config.snapshot_retry_tick or 10 * self.config.election_tick
+        for nid, pr in self.progress.items():
+            if pr.state is ProgressState.SNAPSHOT:
+                pr.snapshot_elapsed += 1
+                if pr.snapshot_elapsed >= retry:
+                    pr.snapshot_failed()
+                    self._append_to.setdefault(nid, False)
+
+    def _quorum_active(self) -> bool:
+        """D §6.2: heard from a majority since the last check; resets the marks."""
+        active = {self.id}
+        for nid, pr in self.progress.items():
+            if pr.recent_active:
+                active.add(nid)
+            if nid != self.id:
+                pr.recent_active = False
+        voters = self.conf_state.voters
+        return sum(1 for v in voters if v in active) >= majority(len(voters))
+
+    # == step: common =========================================================================
+
+    def _check_against_state(self, msg: Message) -> None:
+        """Reject, before changing anything, messages impossible given our state."""
+        if msg.term != self.term:
+            return
+        if self.role is Role.LEADER and isinstance(msg, AppendResponse | HeartbeatResponse):
+            if msg.src not in self.progress:
+                raise InvalidMessage(
+                    f"{type(msg).__name__} from node {msg.src}, which is not a member "
+                    f"(members: {list(self.progress)})"
+                )
+            if isinstance(msg, AppendResponse) and msg.index > self.log.last_index():
+                raise InvalidMessage(
+                    f"AppendResponse from node {msg.src} acknowledges index {msg.index} past "
+                    f"the leader's last index {self.log.last_index()}"
+                )
+        if self.role is Role.LEADER and isinstance(
+            msg, AppendEntries | Heartbeat | InstallSnapshot
+        ):
+            raise InvalidMessage(
+                f"{type(msg).__name__} from node {msg.src} claims leadership of term "
+                f"{msg.term}, which node {self.id} leads"
+            )
+        if isinstance(msg, Heartbeat) and msg.commit > self.log.last_index():
+            raise InvalidMessage(
+                f"Heartbeat from node {msg.src} sets commit {msg.commit} past our last index "
+                f"{self.log.last_index()}"
+            )
+
+    def _step_higher_term(self, msg: Message) -> bool:
+        """Handle a message from a later term; False when it is to be ignored."""
+        if isinstance(msg, VoteRequest):
+            in_lease = (
+                self.config.check_quorum
+                and self.leader != 0
+                and self.election_elapsed < self.config.election_tick
+            )
+            if in_lease and not msg.transfer:
+                return False  # D §4.2.3: a live leader's followers ignore disruptive votes
+            if msg.pre_vote:
+                return True  # a pre-vote never changes our term
+            self._become_follower(msg.term, 0)
+            return True
+        if isinstance(msg, VoteResponse) and msg.pre_vote and msg.granted:
+            return True  # granted pre-votes carry the future term; we adopt it on winning
+        if isinstance(msg, AppendEntries | Heartbeat | InstallSnapshot):
+            self._become_follower(msg.term, msg.src)
+        else:
+            self._become_follower(msg.term, 0)
+        return True
+
+    def _step_lower_term(self, msg: Message) -> None:
+        if isinstance(msg, AppendEntries | Heartbeat) and (
+            self.config.check_quorum or self.config.pre_vote
+        ):
+            # A stale leader (e.g. one cut off by a partition) learns the new term from us
+            # and steps down; otherwise it would keep clients waiting until check-quorum.
+            self._send(AppendResponse(src=self.id, dst=msg.src, term=self.term, index=0))
+        elif isinstance(msg, VoteRequest) and msg.pre_vote:
+            self._send(
+                VoteResponse(src=self.id, dst=msg.src, term=self.term, granted=False,
+                             pre_vote=True)
+            )
+
+    def _handle_vote_request(self, msg: VoteRequest) -> None:
+        can_vote = (
+            self.vote == msg.src
+            or (self.vote == 0 and self.leader == 0)
+            or (msg.pre_vote and msg.term > self.term)
+        )
+        grant = can_vote and self.log.is_up_to_date(msg.last_index, msg.last_term)
+        if grant and not msg.pre_vote:
+            self.election_elapsed = 0
+            self.vote = msg.src
+        self._send(
+            VoteResponse(
+                src=self.id,
+                dst=msg.src,
+                term=msg.term if grant and msg.pre_vote else self.term,
+                granted=grant,
+                pre_vote=msg.pre_vote,
+            )
+        )
+
+    def _send(self, msg: Message) -> None:
+        if self.role is Role.LEADER and isinstance(msg, _LEADER_ONLY_IMMEDIATE):
+            self._messages.append(msg)
+        else:
+            self._persisted_messages.append(msg)
+
+    # == step: follower =======================================================================
+
+    def _step_follower(self, msg: Message) -> None:
+        if isinstance(msg, AppendEntries):
+            self.election_elapsed = 0
+            self.leader = msg.src
+            self._handle_append(msg)
+        elif isinstance(msg, Heartbeat):
+            self.election_elapsed = 0
+            self.leader = msg.src
+            self.log.commit_to(msg.commit)
+            self._send(
+                HeartbeatResponse(src=self.id, dst=msg.src, term=self.term, context=msg.context)
+            )
+        elif isinstance(msg, InstallSnapshot):
+            self.election_elapsed = 0
+            self.leader = msg.src
+            self._handle_snapshot(msg)
+        elif isinstance(msg, TimeoutNow):
+            self._hup(transfer=True)
+        elif isinstance(msg, ReadIndexResponse):
+            if msg.index == 0:
+                self._dropped_reads.append(msg.context)
+            else:
+                self._read_states.append(ReadState(index=msg.index, context=msg.context))
+        elif isinstance(msg, ReadIndexRequest):
+            # Forwarded to us as leader, but we are not (any more): the requester retries.
+            self._send(
+                ReadIndexResponse(src=self.id, dst=msg.src, term=self.term,
+                                  context=msg.context, index=0)
+            )
+        # Vote responses and leader-side acknowledgements are stale here: ignore them.
+
+    def _handle_append(self, msg: AppendEntries) -> None:
+        log = self.log
+        if msg.prev_index < log.committed:
+            # Everything up to our commit index matches the leader (leader completeness).
+            self._send(AppendResponse(src=self.id, dst=msg.src, term=self.term,
+                                      index=log.committed))
+            return
+        last_new = log.maybe_append(msg.prev_index, msg.prev_term, msg.commit, msg.entries)
+        if last_new is not None:
+            self._send(AppendResponse(src=self.id, dst=msg.src, term=self.term, index=last_new))
+            return
+        hint_index = log.find_conflict_by_term(min(msg.prev_index, log.last_index()),
+                                               msg.prev_term)
+        self._send(
+            AppendResponse(
+                src=self.id,
+                dst=msg.src,
+                term=self.term,
+                index=msg.prev_index,
+                reject=True,
+                hint_index=hint_index,
+                hint_term=log.term(hint_index) or 0,
+            )
+        )
+
+    def _handle_snapshot(self, msg: InstallSnapshot) -> None:
+        log = self.log
+        meta = msg.snapshot.meta
+        if meta.index <= log.committed:
+            index = log.committed
+        elif log.matches(meta.index, meta.term):
+            # We already hold the snapshot's last entry: just learn that it is committed.
+            log.commit_to(meta.index)
+            index = log.committed
+        else:
+            log.restore(meta)
+            self.snapshot = msg.snapshot
+            self._pending_snapshot = msg.snapshot
+            self.conf_state = meta.conf_state
+            index = meta.index
+        self._send(AppendResponse(src=self.id, dst=msg.src, term=self.term, index=index))
+
+    # == step: candidate ======================================================================
+
+    def _step_candidate(self, msg: Message) -> None:
+        if isinstance(msg, AppendEntries | Heartbeat | InstallSnapshot):
+            # Someone won this term (P §5.2): follow them.
+            self._become_follower(msg.term, msg.src)
+            self._step_follower(msg)
+        elif isinstance(msg, VoteResponse):
+            expecting_pre_vote = self.role is Role.PRE_CANDIDATE
+            if msg.pre_vote != expecting_pre_vote or msg.src not in self.conf_state.voters:
+                return
+            self.votes.setdefault(msg.src, msg.granted)
+            result = vote_result(self.conf_state.voters, self.votes)
+            if result is VoteResult.WON:
+                self._won_vote(expecting_pre_vote)
+            elif result is VoteResult.LOST:
+                self._become_follower(self.term, 0)
+        elif isinstance(msg, ReadIndexResponse):
+            self._dropped_reads.append(msg.context)
+        elif isinstance(msg, ReadIndexRequest):
+            self._send(
+                ReadIndexResponse(src=self.id, dst=msg.src, term=self.term,
+                                  context=msg.context, index=0)
+            )
+        # TimeoutNow while campaigning already: nothing to do.
+
+    # == step: leader =========================================================================
+
+    def _step_leader(self, msg: Message) -> None:
+        if isinstance(msg, AppendResponse):
+            self._handle_append_response(msg)
+        elif isinstance(msg, HeartbeatResponse):
+            pr = self.progress[msg.src]
+            pr.recent_active = True
+            pr.probe_sent = False
+            if pr.state is ProgressState.REPLICATE and pr.inflights.full():
+                # Appends may have been lost; let one more through so a gap shows up as a
+                # rejection and the follower is probed again.
+                pr.inflights.free_first()
+            if pr.match < self.log.last_index():
+                # Even an empty append tests the follower's log at ``next - 1``: if what we
+                # streamed was lost, it rejects and we fall back to probing.
+                self._append_to[msg.src] = True
+            if msg.context:
+                self._ack_read(msg.context, msg.src)
+        elif isinstance(msg, ReadIndexRequest):
+            if msg.src not in self.progress:
+                raise InvalidMessage(f"ReadIndexRequest from node {msg.src}, not a member")
+            self._leader_read(msg.context, msg.src)
+        # Vote responses (stale, we already won) and TimeoutNow (stale) are ignored.
+
+    def _handle_append_response(self, msg: AppendResponse) -> None:
+        pr = self.progress[msg.src]
+        pr.recent_active = True
+        if msg.reject:
+            match_hint = msg.hint_index
+            if msg.hint_term > 0:
+                match_hint = self.log.find_conflict_by_term(msg.hint_index, msg.hint_term)
+            if pr.maybe_decr_to(msg.index, match_hint):
+                if pr.state is ProgressState.REPLICATE:
+                    pr.become_probe()
+                self._append_to.setdefault(msg.src, False)
+            return
+        was_paused = pr.is_paused()
+        if not pr.maybe_update(msg.index):
+            if was_paused and not pr.is_paused():
+                self._append_to.setdefault(msg.src, False)
+            return
+        if pr.state is ProgressState.SNAPSHOT and pr.match >= pr.pending_snapshot:
+            pr.become_probe()
+        if pr.state is ProgressState.PROBE:
+            pr.become_replicate()
+        elif pr.state is ProgressState.REPLICATE:
+            pr.inflights.free_to(msg.index)
+        if self._maybe_commit():
+            self._broadcast_append(send_if_empty=True)
+        else:
+            self._append_to.setdefault(msg.src, False)
+        if msg.src == self.transferee and pr.match == self.log.last_index():
+            self._send(TimeoutNow(src=self.id, dst=msg.src, term=self.term))
+
+    def _maybe_commit(self) -> bool:
+        """Commit the highest index a majority stores, if it is of this term (P §5.4.2)."""
+        log = self.log
+        match = {nid: pr.match for nid, pr in self.progress.items()}
+        index = committed_index(self.conf_state.voters, match)
+        if index <= log.committed or log.term(index) != self.term:
+            return False
+        if self.uncommitted_size:
+            released = sum(e.size() for e in log.slice(log.committed + 1, index + 1))
+            self.uncommitted_size = max(0, self.uncommitted_size - released)
+        first_commit_in_term = log.term(log.committed) != self.term
+        log.commit_to(index)
+        if first_commit_in_term and self._reads_waiting_commit:
+            waiting, self._reads_waiting_commit = self._reads_waiting_commit, []
+            for context, requester in waiting:
+                self._leader_read(context, requester)
+        return True
+
+    def _propose_entry(self, kind: EntryKind, data: bytes) -> int:
+        return self._append_proposals(kind, (data,)).start
+
+    def _append_proposals(self, kind: EntryKind, datas: Sequence[bytes]) -> range:
+        self._require_leader()
+        if self.transferee:
+            raise TransferInProgress(
+                f"node {self.id} is transferring leadership to node {self.transferee}"
+            )
+        cap = self.config.max_uncommitted_entries_size
+        uncommitted = self.uncommitted_size
+        term = self.term
+        first = index = self.log.last_index() + 1
+        entries = []
+        for data in datas:
+            size = len(data)
+            if cap and uncommitted and uncommitted + size > cap:
+                if not entries:
+                    raise UncommittedSizeExceeded(
+                        f"node {self.id} holds {uncommitted} uncommitted bytes; a {size}-byte "
+                        f"proposal would exceed max_uncommitted_entries_size={cap}"
+                    )
+                break
+            uncommitted += size
+            entries.append(Entry(term, index, kind, data))
+            index += 1
+        self.uncommitted_size = uncommitted
+        self.log.append(entries)
+        self._broadcast_append(send_if_empty=False)
+        return range(first, index)
+
+    def _require_leader(self) -> None:
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.id, self.leader)
+
+    def _broadcast_append(self, *, send_if_empty: bool) -> None:
+        for nid in self.progress:
+            if nid != self.id:
+                self._append_to[nid] = self._append_to.get(nid, False) or send_if_empty
+
+    def _flush_appends(self) -> None:
+        if not self._append_to:
+            return
+        targets, self._append_to = self._append_to, {}
+        if self.role is not Role.LEADER:
+            return
+        for nid, send_if_empty in targets.items():
+            pr = self.progress.get(nid)
+            if pr is None:
+                continue
+            sent = self._send_append(nid, pr, send_if_empty)
+            while sent and pr.state is ProgressState.REPLICATE:
+                sent = self._send_append(nid, pr, False)
+
+    def _send_append(self, nid: int, pr: Progress, send_if_empty: bool) -> bool:
+        if pr.is_paused():
+            return False
+        log = self.log
+        prev_index = pr.next - 1
+        prev_term = log.term(prev_index)
+        if prev_term is None:
+            if prev_index > log.last_index():
+                # The follower claims more than we have; restart from what it matches.
+                pr.become_probe()
+                return False
+            # The entries this follower needs were compacted: send the snapshot (§7).
+            pr.become_snapshot(self.snapshot.meta.index)
+            self._send(InstallSnapshot(src=self.id, dst=nid, term=self.term,
+                                       snapshot=self.snapshot))
+            return False
+        entries = log.slice(pr.next, log.last_index() + 1, self.config.max_size_per_msg)
+        if not entries and not send_if_empty:
+            return False
+        self._send(
+            AppendEntries(
+                src=self.id,
+                dst=nid,
+                term=self.term,
+                prev_index=prev_index,
+                prev_term=prev_term,
+                entries=tuple(entries),
+                commit=log.committed,
+            )
+        )
+        pr.sent_entries(entries[-1].index if entries else prev_index, len(entries))
+        return bool(entries)
+
+    def _broadcast_heartbeat(self, context: bytes) -> None:
+        for nid, pr in self.progress.items():
+            if nid != self.id:
+                # Never tell a follower to commit past what it is known to store.
+                commit = min(pr.match, self.log.committed)
+                self._send(Heartbeat(src=self.id, dst=nid, term=self.term, commit=commit,
+                                     context=context))
+
+    # == reads ================================================================================
+
+    def _leader_read(self, context: bytes, requester: int) -> None:
+        log = self.log
+        if log.term(log.committed) != self.term:
+            # D §6.4 step 1: the commit index is only known to be current once an entry of
+            # this term has committed.
+            self._reads_waiting_commit.append((context, requester))
+            return
+        if context in self._pending_reads:
+            self._release_read(context, 0, requester)
+            return
+        if len(self.conf_state.voters) == 1 or self.config.lease_reads:
+            self._release_read(context, log.committed, requester)
+            return
+        self._pending_reads[context] = _PendingRead(
+            index=log.committed, requester=requester, acks={self.id}
+        )
+        self._broadcast_heartbeat(context)
+
+    def _ack_read(self, context: bytes, voter: int) -> None:
+        read = self._pending_reads.get(context)
+        if read is None or voter not in self.conf_state.voters:
+            return
+        read.acks.add(voter)
+        voters = self.conf_state.voters
+        if sum(1 for v in voters if v in read.acks) < majority(len(voters)):
+            return
+        # Reads are confirmed in order: this quorum also confirms every earlier request.
+        for ctx in list(self._pending_reads):
+            earlier = self._pending_reads.pop(ctx)
+            self._release_read(ctx, earlier.index, earlier.requester)
+            if ctx == context:
+                break
+
+    def _release_read(self, context: bytes, index: int, requester: int) -> None:
+        if requester == self.id:
+            if index:
+                self._read_states.append(ReadState(index=index, context=context))
+            else:
+                self._dropped_reads.append(context)
+        else:
+            self._send(ReadIndexResponse(src=self.id, dst=requester, term=self.term,
+                                         context=context, index=index))
+
+    def _drop_pending_reads(self) -> None:
+        waiting = [(ctx, read.requester) for ctx, read in self._pending_reads.items()]
+        waiting.extend(self._reads_waiting_commit)
+        self._pending_reads.clear()
+        self._reads_waiting_commit = []
+        for context, requester in waiting:
+            if requester == self.id:
+                self._dropped_reads.append(context)
+            # Remote requesters time out and retry; we may no longer reach them.
+
+    # == membership ===========================================================================
+
+    def _check_conf_change(self, change: ConfChange) -> None:
+        voters, learners = self.conf_state.voters, self.conf_state.learners
+        nid = change.node_id
+        if nid <= 0:
+            raise ConfChangeRejected(f"node id {nid}: expected a positive integer")
+        kind = change.type
+        if kind is ConfChangeType.ADD_VOTER and nid in voters:
+            raise ConfChangeRejected(f"node {nid} is already a voter")
+        if kind is ConfChangeType.ADD_LEARNER and (nid in voters or nid in learners):
+            raise ConfChangeRejected(f"node {nid} is already a member")
+        if kind is ConfChangeType.PROMOTE:
+            if nid not in learners:
+                raise ConfChangeRejected(f"node {nid} is not a learner; cannot promote it")
+            match = self.progress[nid].match
+            if match < self.log.committed:
+                raise ConfChangeRejected(
+                    f"learner {nid} has not caught up (matches index {match}, commit index "
+                    f"is {self.log.committed}); promote it once it has"
+                )
+        if kind is ConfChangeType.REMOVE:
+            if nid not in voters and nid not in learners:
+                raise ConfChangeRejected(f"node {nid} is not a member; cannot remove it")
+            if voters == (nid,):
+                raise ConfChangeRejected(f"node {nid} is the only voter; cannot remove it")
+
+    def _apply_conf_change(self, change: ConfChange) -> None:
+        voters = set(self.conf_state.voters)
+        learners = set(self.conf_state.learners)
+        nid = change.node_id
+        if change.type is ConfChangeType.ADD_VOTER or change.type is ConfChangeType.PROMOTE:
+            learners.discard(nid)
+            voters.add(nid)
+        elif change.type is ConfChangeType.ADD_LEARNER:
+            if nid not in voters:
+                learners.add(nid)
+        else:
+            voters.discard(nid)
+            learners.discard(nid)
+        self.conf_state = ConfState(voters=tuple(sorted(voters)), learners=tuple(sorted(learners)))
+        if self.role is not Role.LEADER:
+            return
+        members = set(self.conf_state.members())
+        for gone in set(self.progress) - members:
+            del self.progress[gone]
+        for new in members - set(self.progress):
+            self.progress[new] = self._new_progress(new, self.log.last_index() + 1)
+            self._append_to.setdefault(new, False)
+        for member, pr in self.progress.items():
+            pr.is_learner = member in learners
+        if self.transferee and self.transferee not in voters:
+            self.transferee = 0
+        if self.id not in voters:
+            self._hand_over_after_removal()
+            return
+        if self._maybe_commit():
+            self._broadcast_append(send_if_empty=True)
+
+    def _hand_over_after_removal(self) -> None:
+        """A removed leader steps down, first asking the most caught-up voter to campaign."""
+        best = max(
+            (nid for nid in self.conf_state.voters if nid in self.progress),
+            key=lambda nid: self.progress[nid].match,
+            default=0,
+        )
+        if best and self.progress[best].match == self.log.last_index():
+            self._send(TimeoutNow(src=self.id, dst=best, term=self.term))
+        self._become_follower(self.term, 0)
+
+    # == state snapshots ======================================================================
+
+    def _soft_state(self) -> SoftState:
+        return SoftState(leader=self.leader, role=self.role)
+
+    def _hard_state(self) -> HardState:
+        return HardState(term=self.term, vote=self.vote, commit=self.log.committed)

@@ -1,0 +1,1 @@
+"""Deterministic simulation of raftmw clusters and the checkers that judge their histories."""

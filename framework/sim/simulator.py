@@ -1,0 +1,781 @@
+"""A deterministic cluster simulator that checks Raft's safety properties after every step.
+
+Theory of operation
+-------------------
+One ``random.Random(seed)`` drives everything: the network (``SimNetwork``: loss, delay,
+reordering, duplication, partitions), crashes and restarts, membership changes and the
+clients. Each node is a ``RawNode`` over a ``MemoryLogStore``; the simulator performs every
+``Ready`` in the documented order (send, persist, send-after-persist, apply, advance). A
+crash throws the kernel and the state machine away and keeps only the store, so a node
+restarts with exactly what it persisted; a crash can also strike in the middle of a
+``Ready`` (before the write, after the write, after applying).
+
+Checked after every step (a message delivered, a tick, a Ready performed):
+- election safety: at most one leader per term (P §5.2);
+- log matching: an ``(index, term)`` pair names one entry, with one predecessor term, on
+  every node that ever stores it (P §5.3; by induction the prefixes are equal);
+- leader completeness: a new leader's log holds the last globally committed entry (P §5.4);
+- state machine safety: every node applies the same entry at each index (P §5.4.3);
+- durable commit: the commit index a node persisted never goes backward.
+
+Simulated clients run a KV workload with ``(client_id, seq)`` de-duplication, retrying
+through leader changes; the history they observe is checked for linearizability
+(``framework.sim.linearizability``). After the fault phase, the network heals and crashed
+nodes restart; a leader must then be elected and every pending request must complete
+within a bounded number of ticks (liveness).
+
+A failure raises ``SimulationFailure`` whose message ends with the command that replays it:
+``python -m framework.sim.simulator --seed N`` (plus any non-default options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+
+from framework.core import (
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryKind,
+    InvalidMessage,
+    Message,
+    NotLeader,
+    ProposalRejected,
+    RaftConfig,
+    RawNode,
+    Ready,
+    Role,
+    decode_conf_change,
+    decode_message,
+    encode_message,
+)
+from framework.sim.linearizability import Operation, check_history
+from framework.sim.network import LinkFaults, Partition, SimNetwork
+from framework.statemachine import (
+    Append,
+    Cas,
+    Delete,
+    Get,
+    KVStateMachine,
+    Put,
+    Request,
+    encode_request,
+)
+from framework.storage import MemoryLogStore
+
+__all__ = ["SimOptions", "SimResult", "Simulation", "SimulationFailure", "main", "run_seed"]
+
+
+class SimulationFailure(AssertionError):
+    """A safety or liveness property failed; the message names it and how to replay."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SimOptions:
+    seed: int
+    nodes: int = 3
+    ticks: int = 300
+    """Length of the fault phase."""
+    liveness_ticks: int = 300
+    """Bound, after faults stop, for electing a leader and completing every request."""
+    drop: float = 0.05
+    duplicate: float = 0.02
+    max_delay: int = 3
+    partitions: bool = True
+    crashes: bool = True
+    membership: bool = True
+    snapshot_every: int = 30
+    clients: int = 3
+    keys: int = 3
+    election_tick: int = 10
+    heartbeat_tick: int = 2
+    pre_vote: bool = True
+    check_quorum: bool = True
+    max_size_per_msg: int = 256
+    max_inflight_msgs: int = 4
+
+    @staticmethod
+    def mixed(seed: int) -> SimOptions:
+        """The options a sweep uses for ``seed``: cluster size and fault mix vary by seed."""
+        rng = random.Random(f"options-{seed}")
+        return SimOptions(
+            seed=seed,
+            nodes=rng.choice((3, 3, 5, 5, 7)),
+            drop=rng.choice((0.0, 0.02, 0.1, 0.2)),
+            duplicate=rng.choice((0.0, 0.05)),
+            max_delay=rng.choice((1, 2, 4, 8)),
+            partitions=rng.random() < 0.8,
+            crashes=rng.random() < 0.8,
+            membership=rng.random() < 0.6,
+            snapshot_every=rng.choice((5, 20, 60)),
+            pre_vote=rng.random() < 0.8,
+            check_quorum=rng.random() < 0.8,
+        )
+
+    def command(self) -> str:
+        mixed = SimOptions.mixed(self.seed)
+        parts = [f"python -m framework.sim.simulator --seed {self.seed}"]
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != "seed" and value != getattr(mixed, f.name):
+                flag = "--" + f.name.replace("_", "-")
+                parts.append(f"{flag} {value}" if not isinstance(value, bool) else
+                             f"{flag} {'on' if value else 'off'}")
+        return " ".join(parts)
+
+
+@dataclass(slots=True)
+class SimResult:
+    options: SimOptions
+    ticks: int = 0
+    steps: int = 0
+    elections: int = 0
+    committed: int = 0
+    operations: int = 0
+    completed: int = 0
+    crashes: int = 0
+    conf_changes: int = 0
+    snapshots_sent: int = 0
+    messages: int = 0
+    dropped: int = 0
+    leader_after_heal: int = -1
+    """Ticks from the end of the faults until a leader was elected."""
+    linearizability: str = "ok"
+
+    def summary(self) -> str:
+        return (
+            f"seed {self.options.seed}: {self.options.nodes} nodes, {self.ticks} ticks, "
+            f"{self.steps} steps, {self.elections} elections, {self.committed} committed, "
+            f"{self.completed}/{self.operations} ops completed, {self.crashes} crashes, "
+            f"{self.conf_changes} membership changes, {self.messages} messages "
+            f"({self.dropped} lost), leader {self.leader_after_heal} ticks after heal, "
+            f"linearizability {self.linearizability}"
+        )
+
+
+# -- clients -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _ClientOp:
+    kind: str
+    key: str
+    value: str | None
+    expected: str | None
+    seq: int
+    call: int
+    attempt: int = 0
+    deadline: int = 0
+    retry_at: int = 0
+    via_read_index: bool = False
+
+
+@dataclass(slots=True)
+class _Client:
+    id: int
+    seq: int = 0
+    leader_guess: int = 0
+    op: _ClientOp | None = None
+    idle_until: int = 0
+
+
+# -- nodes ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Node:
+    id: int
+    store: MemoryLogStore
+    kernel: RawNode | None = None
+    sm: KVStateMachine = field(default_factory=KVStateMachine)
+    applied: int = 0
+    proposals: dict[int, tuple[int, int, int]] = field(default_factory=dict)
+    """index -> (term, client id, attempt)."""
+    reads: dict[bytes, tuple[int, int]] = field(default_factory=dict)
+    """read context -> (client id, attempt)."""
+    ready_reads: list[tuple[int, bytes]] = field(default_factory=list)
+    persisted_commit: int = 0
+    crash_in_ready: str = ""
+    down_until: int = -1
+    removed: bool = False
+
+    @property
+    def up(self) -> bool:
+        return self.kernel is not None
+
+
+_CRASH_POINTS = ("before_persist", "after_persist", "after_apply")
+
+
+class Simulation:
+    def __init__(self, options: SimOptions) -> None:
+        self.options = options
+        self.rng = random.Random(options.seed)
+        faults = LinkFaults(
+            drop=options.drop, duplicate=options.duplicate, min_delay=1,
+            max_delay=options.max_delay,
+        )
+        self.network: SimNetwork[bytes] = SimNetwork(random.Random(self.rng.random()), faults)
+        self.now = 0
+        self.clock = 0
+        self.result = SimResult(options=options)
+        voters = tuple(range(1, options.nodes + 1))
+        self.nodes: dict[int, _Node] = {}
+        for nid in voters:
+            self._add_node(nid, ConfState(voters=voters))
+        self.next_node_id = options.nodes + 1
+        self.clients = [_Client(id=100 + i) for i in range(options.clients)]
+        self.history: list[Operation] = []
+        # Global records for the safety checks.
+        self.leaders: dict[int, int] = {}
+        self.entry_ids: dict[tuple[int, int], tuple[int, bytes, int]] = {}
+        self.applied_log: dict[int, tuple[int, int, bytes]] = {}
+        self.max_commit = 0
+        self.faulty = True
+        self.attempts = 0
+        self.trace: list[str] = []
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def _add_node(self, nid: int, conf_state: ConfState) -> _Node:
+        store = MemoryLogStore()
+        store.initialize(node_id=nid, cluster_id="sim", conf_state=conf_state)
+        node = _Node(id=nid, store=store)
+        self.nodes[nid] = node
+        self._start(node)
+        return node
+
+    def _raft_config(self, nid: int) -> RaftConfig:
+        o = self.options
+        return RaftConfig(
+            id=nid,
+            election_tick=o.election_tick,
+            heartbeat_tick=o.heartbeat_tick,
+            pre_vote=o.pre_vote,
+            check_quorum=o.check_quorum,
+            max_size_per_msg=o.max_size_per_msg,
+            max_inflight_msgs=o.max_inflight_msgs,
+        )
+
+    def _start(self, node: _Node) -> None:
+        state = node.store.load()
+        assert state is not None
+        node.kernel = RawNode(
+            self._raft_config(node.id),
+            rng=random.Random(self.rng.random()),
+            hard_state=state.hard_state,
+            entries=state.entries,
+            snapshot=state.snapshot,
+            conf_state=state.conf_state,
+        )
+        node.sm = KVStateMachine()
+        if state.snapshot.data:
+            node.sm.restore(state.snapshot.data)
+        node.applied = state.snapshot.meta.index
+        node.persisted_commit = state.hard_state.commit
+        node.proposals.clear()
+        node.reads.clear()
+        node.ready_reads.clear()
+        node.crash_in_ready = ""
+
+    def _crash(self, node: _Node, why: str) -> None:
+        self._log(f"crash {node.id} ({why})")
+        node.kernel = None
+        node.proposals.clear()
+        node.reads.clear()
+        node.ready_reads.clear()
+        node.down_until = self.now + self.rng.randint(5, 60)
+        self.network.drop_to(node.id)
+        self.result.crashes += 1
+
+    def _log(self, line: str) -> None:
+        self.trace.append(f"[{self.now}] {line}")
+        if len(self.trace) > 200:
+            del self.trace[:100]
+
+    def fail(self, what: str) -> SimulationFailure:
+        tail = "\n".join(self.trace[-30:])
+        return SimulationFailure(
+            f"{what}\n-- last events --\n{tail}\n-- replay with --\n{self.options.command()}"
+        )
+
+    # -- main loop -----------------------------------------------------------------------------
+
+    def run(self) -> SimResult:
+        o = self.options
+        for _ in range(o.ticks):
+            self._fault_events()
+            self._tick()
+        self._heal()
+        healed_at = self.now
+        leader_seen = -1
+        for _ in range(o.liveness_ticks):
+            self._tick()
+            if leader_seen < 0 and self._has_leader():
+                leader_seen = self.now - healed_at
+            if leader_seen >= 0 and all(c.op is None for c in self.clients):
+                break
+        self.result.leader_after_heal = leader_seen
+        if leader_seen < 0:
+            raise self.fail(
+                f"liveness: no leader within {o.liveness_ticks} ticks after the faults stopped"
+            )
+        pending = [c for c in self.clients if c.op is not None]
+        if pending:
+            ops = ", ".join(f"client {c.id} {c.op.kind} {c.op.key}" for c in pending if c.op)
+            raise self.fail(
+                f"liveness: requests still pending {o.liveness_ticks} ticks after the faults "
+                f"stopped: {ops}"
+            )
+        self._check_linearizable()
+        self.result.ticks = self.now
+        self.result.committed = self.max_commit
+        self.result.messages = self.network.sent
+        self.result.dropped = self.network.dropped
+        return self.result
+
+    def _has_leader(self) -> bool:
+        for node in self.nodes.values():
+            k = node.kernel
+            if k is not None and k.role is Role.LEADER and k.id in k.conf_state.voters:
+                return True
+        return False
+
+    def _tick(self) -> None:
+        self.now += 1
+        for node in list(self.nodes.values()):
+            if node.kernel is None:
+                if self.faulty and not node.removed and 0 <= node.down_until <= self.now:
+                    self._log(f"restart {node.id}")
+                    self._start(node)
+                continue
+            node.kernel.tick()
+            self._process(node)
+        for _src, dst, payload in self.network.due(self.now):
+            node = self.nodes.get(dst)
+            if node is None or node.kernel is None:
+                continue
+            self._deliver(node, payload)
+        self._run_clients()
+
+    def _deliver(self, node: _Node, payload: bytes) -> None:
+        assert node.kernel is not None
+        try:
+            msg = decode_message(payload)
+            node.kernel.step(msg)
+        except InvalidMessage as exc:
+            # Only a removed node's late responses may legitimately be refused here.
+            text = str(exc)
+            if "not a member" not in text:
+                raise self.fail(f"node {node.id} rejected a message: {exc}") from exc
+        self.result.steps += 1
+        self._process(node)
+
+    # -- performing a Ready --------------------------------------------------------------------
+
+    def _process(self, node: _Node) -> None:
+        while node.kernel is not None and node.kernel.has_ready():
+            self._handle_ready(node, node.kernel, node.kernel.ready())
+
+    def _send(self, msgs: Sequence[Message]) -> None:
+        for msg in msgs:
+            self.network.send(self.now, msg.src, msg.dst, encode_message(msg))
+
+    def _handle_ready(self, node: _Node, kernel: RawNode, rd: Ready) -> None:
+        crash_at = node.crash_in_ready if (rd.entries or rd.hard_state) else ""
+        self._send(rd.messages)
+        if crash_at == "before_persist":
+            self._crash(node, "in a Ready, before persisting")
+            return
+        self._check_new_entries(node, kernel, rd.entries)
+        if rd.hard_state is not None:
+            if rd.hard_state.commit < node.persisted_commit:
+                raise self.fail(
+                    f"durable commit: node {node.id} persisted commit {rd.hard_state.commit} "
+                    f"after {node.persisted_commit}"
+                )
+            node.persisted_commit = rd.hard_state.commit
+        node.store.save_ready(
+            hard_state=rd.hard_state, entries=rd.entries, snapshot=rd.snapshot,
+            sync=rd.must_sync,
+        )
+        if crash_at == "after_persist":
+            self._crash(node, "in a Ready, after persisting")
+            return
+        self._send(rd.persisted_messages)
+        if rd.snapshot is not None:
+            node.sm.restore(rd.snapshot.data)
+            node.applied = rd.snapshot.meta.index
+            self._log(f"node {node.id} installed snapshot at {node.applied}")
+            self.result.snapshots_sent += 1
+        for entry in rd.committed_entries:
+            self._apply(node, entry)
+        if rd.soft_state is not None:
+            self._on_soft_state(node, kernel, rd)
+        node.ready_reads.extend((rs.index, rs.context) for rs in rd.read_states)
+        for context in rd.dropped_reads:
+            self._read_failed(node, context)
+        if crash_at == "after_apply":
+            self._crash(node, "in a Ready, after applying")
+            return
+        kernel.advance(rd)
+        self._serve_reads(node)
+        if node.applied - kernel.snapshot.meta.index >= self.options.snapshot_every:
+            snapshot = kernel.compact(node.sm.snapshot())
+            node.store.save_snapshot(snapshot)
+
+    def _check_new_entries(self, node: _Node, kernel: RawNode, entries: Sequence[Entry]) -> None:
+        if not entries:
+            return
+        prev_term = kernel.log.term(entries[0].index - 1)
+        for entry in entries:
+            key = (entry.index, entry.term)
+            seen = self.entry_ids.get(key)
+            mine = (int(entry.kind), entry.data, prev_term if prev_term is not None else -1)
+            if seen is None:
+                self.entry_ids[key] = mine
+            elif seen[:2] != mine[:2] or (seen[2] != mine[2] and -1 not in (seen[2], mine[2])):
+                raise self.fail(
+                    f"log matching: node {node.id} stores entry (index={entry.index}, "
+                    f"term={entry.term}) different from another node's"
+                )
+            prev_term = entry.term
+
+    def _apply(self, node: _Node, entry: Entry) -> None:
+        record = (entry.term, int(entry.kind), entry.data)
+        seen = self.applied_log.get(entry.index)
+        if seen is None:
+            self.applied_log[entry.index] = record
+        elif seen != record:
+            raise self.fail(
+                f"state machine safety: node {node.id} applied (index={entry.index}, "
+                f"term={entry.term}) but another node applied term {seen[0]} there"
+            )
+        self.max_commit = max(self.max_commit, entry.index)
+        result = node.sm.apply(entry)
+        node.applied = entry.index
+        if entry.kind is EntryKind.CONF_CHANGE:
+            self._on_conf_change(node, entry)
+        waiting = node.proposals.pop(entry.index, None)
+        if waiting is not None:
+            term, client_id, attempt = waiting
+            if term == entry.term:
+                self._complete(client_id, attempt, result)
+            else:
+                self._retry_soon(client_id, attempt)
+
+    def _on_conf_change(self, node: _Node, entry: Entry) -> None:
+        change = decode_conf_change(entry.data)
+        if change.type is ConfChangeType.REMOVE and change.node_id == node.id:
+            # The operator decommissions a removed node some time after its removal.
+            node.removed = True
+
+    def _on_soft_state(self, node: _Node, kernel: RawNode, rd: Ready) -> None:
+        assert rd.soft_state is not None
+        if rd.soft_state.role is Role.LEADER:
+            term = kernel.term
+            other = self.leaders.setdefault(term, node.id)
+            if other != node.id:
+                raise self.fail(f"election safety: nodes {other} and {node.id} lead term {term}")
+            self.result.elections += 1
+            self._log(f"node {node.id} leads term {term}")
+            committed = self.max_commit
+            if committed and committed > kernel.log.offset:
+                want = self.applied_log[committed][0]
+                if kernel.log.term(committed) != want:
+                    raise self.fail(
+                        f"leader completeness: node {node.id} leads term {term} without the "
+                        f"committed entry (index={committed}, term={want})"
+                    )
+        elif node.proposals:
+            # Lost leadership: the outcome of pending proposals is unknown; clients retry.
+            for _index, (_term, client_id, attempt) in list(node.proposals.items()):
+                self._retry_soon(client_id, attempt)
+            node.proposals.clear()
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def _serve_reads(self, node: _Node) -> None:
+        if not node.ready_reads:
+            return
+        keep = []
+        for index, context in node.ready_reads:
+            if index > node.applied:
+                keep.append((index, context))
+                continue
+            waiting = node.reads.pop(context, None)
+            if waiting is None:
+                continue
+            client_id, attempt = waiting
+            client = self._client(client_id)
+            if client.op is not None and client.op.attempt == attempt:
+                self._complete(client_id, attempt, node.sm.read(client.op.key))
+        node.ready_reads = keep
+
+    def _read_failed(self, node: _Node, context: bytes) -> None:
+        waiting = node.reads.pop(context, None)
+        if waiting is not None:
+            self._retry_soon(*waiting)
+
+    # -- clients -------------------------------------------------------------------------------
+
+    def _client(self, client_id: int) -> _Client:
+        return self.clients[client_id - 100]
+
+    def _complete(self, client_id: int, attempt: int, result: object) -> None:
+        client = self._client(client_id)
+        op = client.op
+        if op is None or op.attempt != attempt:
+            return  # an answer to an attempt the client already gave up on
+        self.clock += 1
+        self.history.append(
+            Operation(
+                client_id=client_id, kind=op.kind, key=op.key, value=op.value,
+                expected=op.expected, call=op.call, ret=self.clock, result=result,
+            )
+        )
+        self.result.completed += 1
+        client.op = None
+        client.idle_until = self.now + self.rng.randint(0, 3)
+
+    def _retry_soon(self, client_id: int, attempt: int) -> None:
+        client = self._client(client_id)
+        if client.op is not None and client.op.attempt == attempt:
+            client.op.retry_at = self.now + 1
+            client.leader_guess = 0
+
+    def _run_clients(self) -> None:
+        for client in self.clients:
+            op = client.op
+            if op is None:
+                if self.faulty and self.now >= client.idle_until:
+                    self._new_op(client)
+                continue
+            if self.now >= op.deadline or (op.retry_at and self.now >= op.retry_at):
+                self._attempt(client, op)
+
+    def _new_op(self, client: _Client) -> None:
+        rng = self.rng
+        client.seq += 1
+        kind = rng.choice(("get", "get", "put", "append", "cas", "delete"))
+        key = f"k{rng.randrange(self.options.keys)}"
+        value = f"{client.id}.{client.seq}"
+        expected = None
+        if kind == "cas":
+            expected = rng.choice((None, *(f"{c.id}.{rng.randint(1, max(1, c.seq))}"
+                                            for c in self.clients)))
+        if kind in ("get", "delete"):
+            value = None
+        self.clock += 1
+        op = _ClientOp(kind=kind, key=key, value=value, expected=expected, seq=client.seq,
+                       call=self.clock, via_read_index=kind == "get" and rng.random() < 0.7)
+        self.result.operations += 1
+        client.op = op
+        self._attempt(client, op)
+
+    def _attempt(self, client: _Client, op: _ClientOp) -> None:
+        # Attempt numbers are global so a late answer never matches a later operation.
+        self.attempts += 1
+        op.attempt = self.attempts
+        op.retry_at = 0
+        op.deadline = self.now + 3 * self.options.election_tick
+        up = [n for n in self.nodes.values() if n.kernel is not None]
+        if not up:
+            return
+        node = self.nodes.get(client.leader_guess)
+        if node is None or node.kernel is None:
+            node = self.rng.choice(up)
+        kernel = node.kernel
+        assert kernel is not None
+        if op.via_read_index:
+            context = f"{client.id}:{op.seq}:{op.attempt}".encode()
+            node.reads[context] = (client.id, op.attempt)
+            kernel.read_index(context)
+            self._process(node)
+            return
+        request = Request(client_id=client.id, seq=op.seq, op=_command(op))
+        try:
+            index = kernel.propose(encode_request(request))
+        except NotLeader as exc:
+            client.leader_guess = exc.leader
+            op.retry_at = self.now + 1
+            return
+        except ProposalRejected:
+            op.retry_at = self.now + 2
+            return
+        client.leader_guess = node.id
+        node.proposals[index] = (kernel.term, client.id, op.attempt)
+        self._process(node)
+
+    # -- faults ----------------------------------------------------------------------------------
+
+    def _fault_events(self) -> None:
+        o, rng = self.options, self.rng
+        running = sorted(n.id for n in self.nodes.values() if not n.removed)
+        if o.partitions and rng.random() < 0.02:
+            kind = rng.choice(("none", "halves", "isolate_leader", "bridge", "ring", "isolate"))
+            if kind == "halves":
+                partition = Partition.halves(running, rng)
+            elif kind == "isolate_leader":
+                leader = next((n.id for n in self.nodes.values() if n.kernel is not None
+                               and n.kernel.role is Role.LEADER), running[0])
+                partition = Partition.isolate(leader, running)
+            elif kind == "isolate":
+                partition = Partition.isolate(rng.choice(running), running)
+            elif kind == "bridge" and len(running) >= 3:
+                partition = Partition.bridge(running, rng)
+            elif kind == "ring" and len(running) >= 5:
+                partition = Partition.majorities_ring(running)
+            else:
+                partition = Partition.none()
+            self.network.set_partition(partition)
+            self._log(f"partition: {partition.name}")
+        if o.crashes and rng.random() < 0.01:
+            up = [n for n in self.nodes.values() if n.kernel is not None]
+            if up:
+                victim = rng.choice(up)
+                if rng.random() < 0.5:
+                    self._crash(victim, "between steps")
+                else:
+                    victim.crash_in_ready = rng.choice(_CRASH_POINTS)
+        if o.membership and rng.random() < 0.01:
+            self._membership_event()
+        for node in self.nodes.values():
+            if node.removed and node.kernel is not None and rng.random() < 0.05:
+                self._log(f"decommission removed node {node.id}")
+                node.kernel = None
+                self.network.drop_to(node.id)
+
+    def _membership_event(self) -> None:
+        leader = next((n for n in self.nodes.values() if n.kernel is not None
+                       and n.kernel.role is Role.LEADER), None)
+        if leader is None or leader.kernel is None:
+            return
+        kernel = leader.kernel
+        conf = kernel.conf_state
+        rng = self.rng
+        choices: list[ConfChange] = []
+        if conf.learners:
+            choices.append(ConfChange(type=ConfChangeType.PROMOTE, node_id=conf.learners[0]))
+        if len(conf.voters) + len(conf.learners) < self.options.nodes + 2:
+            choices.append(ConfChange(type=ConfChangeType.ADD_LEARNER,
+                                      node_id=self.next_node_id))
+        if len(conf.voters) > 3:
+            choices.append(ConfChange(type=ConfChangeType.REMOVE,
+                                      node_id=rng.choice(conf.voters)))
+        if not choices:
+            return
+        change = rng.choice(choices)
+        try:
+            kernel.propose_conf_change(change)
+        except ProposalRejected as exc:
+            self._log(f"membership change refused: {exc}")
+            return
+        self._log(f"propose {change.type.value} {change.node_id} on leader {leader.id}")
+        self.result.conf_changes += 1
+        if change.type is ConfChangeType.ADD_LEARNER:
+            self.next_node_id += 1
+            self._add_node(change.node_id, ConfState())
+        self._process(leader)
+
+    def _heal(self) -> None:
+        self._log("heal: faults stop")
+        self.faulty = False
+        self.network.set_partition(Partition.none())
+        self.network.faults = LinkFaults(min_delay=1, max_delay=self.network.faults.max_delay)
+        for node in self.nodes.values():
+            node.crash_in_ready = ""
+            if node.kernel is None and not node.removed:
+                self._log(f"restart {node.id}")
+                self._start(node)
+
+    # -- linearizability -------------------------------------------------------------------------
+
+    def _check_linearizable(self) -> None:
+        ops = list(self.history)
+        for client in self.clients:
+            op = client.op
+            if op is not None:
+                ops.append(Operation(client_id=client.id, kind=op.kind, key=op.key,
+                                     value=op.value, expected=op.expected, call=op.call,
+                                     ret=None, result=None))
+        verdict = check_history(ops)
+        if verdict.ok is False:
+            raise self.fail(f"linearizability: {verdict.explanation}")
+        self.result.linearizability = "ok" if verdict.ok else "unknown (search budget)"
+
+
+def _command(op: _ClientOp) -> Get | Put | Delete | Append | Cas:
+    if op.kind == "get":
+        return Get(key=op.key)
+    if op.kind == "put":
+        assert op.value is not None
+        return Put(key=op.key, value=op.value)
+    if op.kind == "delete":
+        return Delete(key=op.key)
+    if op.kind == "append":
+        assert op.value is not None
+        return Append(key=op.key, value=op.value)
+    assert op.value is not None
+    return Cas(key=op.key, expected=op.expected, new=op.value)
+
+
+def run_seed(seed: int, **overrides: object) -> SimResult:
+    """Run the mixed-fault scenario of ``seed`` (with ``overrides``); raises on failure."""
+    options = SimOptions.mixed(seed)
+    if overrides:
+        values = {f.name: getattr(options, f.name) for f in fields(options)}
+        values.update(overrides)
+        options = SimOptions(**values)  # type: ignore[arg-type]
+    return Simulation(options).run()
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in ("on", "true", "1", "yes"):
+        return True
+    if text.lower() in ("off", "false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r}: expected on or off")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m framework.sim.simulator",
+        description="Run the deterministic Raft simulator for one seed or sweep many.",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="first (or only) seed")
+    parser.add_argument("--seeds", type=int, default=1, help="how many seeds to sweep")
+    parser.add_argument("--verbose", action="store_true", help="print every seed's summary")
+    defaults = SimOptions(seed=0)
+    for f in fields(SimOptions):
+        if f.name == "seed":
+            continue
+        kind = type(getattr(defaults, f.name))
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
+                            type=_parse_bool if kind is bool else kind)
+    args = parser.parse_args(argv)
+    overrides = {f.name: getattr(args, f.name) for f in fields(SimOptions)
+                 if f.name != "seed" and getattr(args, f.name) is not None}
+    failures = 0
+    for seed in range(args.seed, args.seed + args.seeds):
+        try:
+            result = run_seed(seed, **overrides)
+        except SimulationFailure as exc:
+            failures += 1
+            print(f"FAIL seed {seed}: {exc}", file=sys.stderr)
+            continue
+        if args.verbose or args.seeds == 1:
+            print(result.summary())
+        elif (seed - args.seed + 1) % 1000 == 0:
+            print(f"{seed - args.seed + 1} seeds ok", flush=True)
+    print(f"{args.seeds - failures}/{args.seeds} seeds passed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

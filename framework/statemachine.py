@@ -1,0 +1,417 @@
+"""The replicated state machine seam and the key-value machine that ships with raftmw.
+
+Theory of operation
+===================
+
+The runtime hands every committed entry to ``StateMachine.apply`` in log order, exactly
+once per node lifetime (or per ``restore``). Every replica applies the same entries in the
+same order, so every rule below depends only on the log: a replica's state after applying
+index ``i`` is a function of entries ``1..i`` (or of the snapshot it restored plus the
+entries after it). Nothing here reads a clock, a random source or the environment.
+
+Commands
+--------
+A ``NORMAL`` entry's ``data`` is one msgpack-encoded ``Request``: ``(client_id, seq, op)``
+where ``op`` is one of ``Get``, ``Put``, ``Delete``, ``Append``, ``Cas``. Results:
+
+=========================  ==========================================================
+``Get(key)``               the value, or ``None`` when the key is absent
+``Put(key, value)``        ``None``
+``Delete(key)``            ``None`` (deleting an absent key is not an error)
+``Append(key, value)``     the new value, ``(old or "") + value``
+``Cas(key, expected, new)`` ``True`` and sets ``new`` if the value equals ``expected``
+                           (``expected=None`` means "the key is absent"); else ``False``
+=========================  ==========================================================
+
+``NOOP``, ``FLAGS`` and ``CONF_CHANGE`` entries are meant for the kernel and the runtime;
+the KV machine only records them as applied and returns ``None``.
+
+An entry whose ``data`` does not decode as a ``Request`` cannot have come from a correct
+client, but it is committed all the same, so it must not stop or split the replicas: every
+replica returns a ``CommandError`` for it and moves on, with no change but ``applied_index``.
+(The error's message is for the proposer's eyes only; it is not part of replicated state.)
+
+Client sessions (Raft dissertation §6.3)
+----------------------------------------
+A client that times out retries the same proposal with the same ``(client_id, seq)``; the
+first attempt may have committed too, so one command can appear in the log several times.
+The session table keeps, per client, the last ``seq`` applied and its result:
+
+* ``seq > last``: a new request; apply it and remember ``(seq, result)``;
+* ``seq == last``: a retry of the request already applied; return the remembered result and
+  change nothing, so the command takes effect exactly once;
+* ``seq < last``: the client has already moved past this request (it issues one request at a
+  time with increasing ``seq``); it is never applied and the answer is ``StaleRequest``.
+
+Only the last result per client is kept, so a client must wait for one request's outcome
+before it issues the next ``seq`` (``KVClient`` does).
+
+Sessions expire by log position, not by time, so expiry is identical on every replica: at
+most ``max_sessions`` clients are remembered, and when a new client would exceed that, the
+one whose latest request sits lowest in the log is forgotten. The trade-off the dissertation
+names follows: a client silent for longer than ``max_sessions`` other clients' activity
+loses its session, and if it then retries a request that had in fact been applied, the retry
+is applied a second time. Every replica must be configured with the same ``max_sessions``.
+
+Snapshots
+---------
+``snapshot()`` is a version byte followed by msgpack of the store, the sessions (in
+least-recently-used order, so eviction continues identically after a restore) and
+``applied_index``. Map keys are sorted, so two replicas in the same state produce the same
+bytes. ``restore()`` decodes and checks everything before it replaces anything: bad input
+raises ``BadSnapshot`` naming the problem and leaves the machine as it was.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Annotated, Final, Protocol, TypeAlias, runtime_checkable
+
+import msgspec
+
+from framework.core.entries import Entry, EntryKind
+
+__all__ = [
+    "DEFAULT_MAX_SESSIONS",
+    "Append",
+    "BadCommand",
+    "BadSnapshot",
+    "Cas",
+    "Command",
+    "CommandError",
+    "Delete",
+    "Get",
+    "KVResult",
+    "KVStateMachine",
+    "OutOfOrderApply",
+    "Put",
+    "Request",
+    "StaleRequest",
+    "StateMachine",
+    "decode_request",
+    "encode_request",
+]
+
+
+# --------------------------------------------------------------------------------------
+# The seam
+# --------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class StateMachine(Protocol):
+    """What the runtime drives: a deterministic machine fed with committed entries."""
+
+    @property
+    def applied_index(self) -> int:
+        """Index of the last entry applied (or restored from a snapshot); 0 at the start."""
+        ...
+
+    def apply(self, entry: Entry) -> object:
+        """Apply one committed entry and return the result for the client that proposed it.
+
+        Called for every committed entry in log order, whatever its kind, each index once:
+        ``entry.index == applied_index + 1``. Must be deterministic: the same entries give
+        the same state and results on every replica. Must not raise for any ``data`` a
+        committed entry can carry (a bad command is a result, not an exception).
+        """
+        ...
+
+    def snapshot(self) -> bytes:
+        """The whole state as of ``applied_index``, for log compaction and InstallSnapshot."""
+        ...
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state with a ``snapshot()``; on bad data raise, change nothing."""
+        ...
+
+
+# --------------------------------------------------------------------------------------
+# Errors and result markers
+# --------------------------------------------------------------------------------------
+
+
+class BadCommand(ValueError):
+    """Bytes that are not an encoded ``Request``; the message says what is wrong."""
+
+
+class BadSnapshot(ValueError):
+    """Bytes that are not a KV snapshot; the message says what is wrong."""
+
+
+class OutOfOrderApply(RuntimeError):
+    """The caller skipped or repeated an index; applying it would diverge from the log."""
+
+
+class StaleRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to a request older than the client's last applied one; nothing changed."""
+
+    client_id: int
+    seq: int
+    last_seq: int
+    """The client's latest applied ``seq``, which it has already moved past ``seq`` to."""
+
+
+class CommandError(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to a committed entry whose data is not a command; nothing changed."""
+
+    index: int
+    message: str
+
+
+# --------------------------------------------------------------------------------------
+# Commands and their encoding
+# --------------------------------------------------------------------------------------
+
+
+class Get(msgspec.Struct, frozen=True, kw_only=True, array_like=True, tag="get"):
+    key: str
+
+
+class Put(msgspec.Struct, frozen=True, kw_only=True, array_like=True, tag="put"):
+    key: str
+    value: str
+
+
+class Delete(msgspec.Struct, frozen=True, kw_only=True, array_like=True, tag="delete"):
+    key: str
+
+
+class Append(msgspec.Struct, frozen=True, kw_only=True, array_like=True, tag="append"):
+    key: str
+    value: str
+
+
+class Cas(msgspec.Struct, frozen=True, kw_only=True, array_like=True, tag="cas"):
+    key: str
+    expected: str | None
+    """``None`` means "only if the key is absent"."""
+    new: str
+
+
+Command: TypeAlias = Get | Put | Delete | Append | Cas
+
+_Positive = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class Request(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """One client command with its session identity (dissertation §6.3).
+
+    ``client_id`` names the client session; ``seq`` increases by at least one per new
+    request and stays the same when the client retries. Both are at least 1.
+    """
+
+    client_id: _Positive
+    seq: _Positive
+    op: Command
+
+
+KVResult: TypeAlias = str | bool | StaleRequest | CommandError | None
+"""What ``KVStateMachine.apply`` returns; see the module docstring for each command."""
+
+_REQUEST_ENCODER: Final = msgspec.msgpack.Encoder()
+_REQUEST_DECODER: Final = msgspec.msgpack.Decoder(Request)
+
+
+def encode_request(request: Request) -> bytes:
+    """The bytes to propose for ``request`` (the ``data`` of a ``NORMAL`` entry)."""
+    return _REQUEST_ENCODER.encode(request)
+
+
+def decode_request(data: bytes) -> Request:
+    """Decode a proposal; raise ``BadCommand`` naming what is wrong if it is not one."""
+    try:
+        return _REQUEST_DECODER.decode(data)
+    except msgspec.DecodeError as exc:  # ValidationError is a subclass
+        raise BadCommand(
+            f"bad command ({len(data)} bytes): {exc}; expected a msgpack array "
+            f"[client_id >= 1, seq >= 1, [op name, key, ...]]"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------
+# Snapshot format
+# --------------------------------------------------------------------------------------
+
+_SNAPSHOT_VERSION: Final = 1
+DEFAULT_MAX_SESSIONS: Final = 100_000
+
+
+class _Session(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """A client's latest applied request: the result returned for a retry of it."""
+
+    client_id: _Positive
+    last_seq: _Positive
+    last_index: _Positive
+    """Log index of the client's latest request (any outcome); orders eviction."""
+    result: str | bool | None
+
+
+class _SnapshotBody(msgspec.Struct, frozen=True, kw_only=True):
+    applied_index: Annotated[int, msgspec.Meta(ge=0)]
+    data: dict[str, str]
+    sessions: list[_Session]
+    """Least recently used first."""
+
+
+_SNAPSHOT_ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
+_SNAPSHOT_DECODER: Final = msgspec.msgpack.Decoder(_SnapshotBody)
+
+
+def _decode_snapshot(data: bytes) -> _SnapshotBody:
+    if not data:
+        raise BadSnapshot("empty snapshot: expected a version byte followed by msgpack")
+    if data[0] != _SNAPSHOT_VERSION:
+        raise BadSnapshot(
+            f"snapshot format version {data[0]} is not supported (expected {_SNAPSHOT_VERSION})"
+        )
+    try:
+        body = _SNAPSHOT_DECODER.decode(data[1:])
+    except msgspec.DecodeError as exc:
+        raise BadSnapshot(f"snapshot body ({len(data) - 1} bytes) is malformed: {exc}") from None
+    seen: set[int] = set()
+    previous_index = 0
+    for position, session in enumerate(body.sessions):
+        where = f"sessions[{position}] (client {session.client_id})"
+        if session.client_id in seen:
+            raise BadSnapshot(f"{where}: client appears twice in the session table")
+        if session.last_index <= previous_index:
+            raise BadSnapshot(
+                f"{where}: last_index {session.last_index} is not above the previous "
+                f"session's {previous_index}; sessions must be in least-recently-used order"
+            )
+        if session.last_index > body.applied_index:
+            raise BadSnapshot(
+                f"{where}: last_index {session.last_index} is beyond applied_index "
+                f"{body.applied_index}"
+            )
+        seen.add(session.client_id)
+        previous_index = session.last_index
+    return body
+
+
+# --------------------------------------------------------------------------------------
+# The KV machine
+# --------------------------------------------------------------------------------------
+
+
+class KVStateMachine:
+    """A string-to-string map with exactly-once client sessions; a ``StateMachine``.
+
+    Linearizable reads normally bypass the log: the runtime waits for ReadIndex and then
+    calls ``read(key)``, which touches no session. A ``Get`` proposed through the log is
+    also supported (the simulator uses it) and is deduplicated like any other command.
+    """
+
+    def __init__(self, *, max_sessions: int = DEFAULT_MAX_SESSIONS) -> None:
+        if max_sessions < 1:
+            raise ValueError(f"max_sessions must be at least 1, got {max_sessions!r}")
+        self.max_sessions: Final = max_sessions
+        self._data: dict[str, str] = {}
+        # client_id -> session, least recently used first (by log index, hence identical on
+        # every replica): the front is what eviction removes.
+        self._sessions: OrderedDict[int, _Session] = OrderedDict()
+        self._applied_index = 0
+
+    # ---- reading -------------------------------------------------------------------
+
+    @property
+    def applied_index(self) -> int:
+        return self._applied_index
+
+    def read(self, key: str) -> str | None:
+        """The value of ``key`` as of ``applied_index``; for reads served by ReadIndex."""
+        return self._data.get(key)
+
+    def __len__(self) -> int:
+        """Number of keys stored."""
+        return len(self._data)
+
+    def session_count(self) -> int:
+        """Number of client sessions remembered (at most ``max_sessions``)."""
+        return len(self._sessions)
+
+    # ---- applying ------------------------------------------------------------------
+
+    def apply(self, entry: Entry) -> KVResult:
+        expected = self._applied_index + 1
+        if entry.index != expected:
+            raise OutOfOrderApply(
+                f"entry index {entry.index} applied after index {self._applied_index}; "
+                f"expected {expected} (entries must be applied once each, in log order)"
+            )
+        self._applied_index = entry.index
+        if entry.kind is not EntryKind.NORMAL:
+            return None
+        try:
+            request = decode_request(entry.data)
+        except BadCommand as exc:
+            return CommandError(index=entry.index, message=str(exc))
+        return self._apply_request(request, entry.index)
+
+    def _apply_request(self, request: Request, index: int) -> KVResult:
+        client_id, seq = request.client_id, request.seq
+        session = self._sessions.get(client_id)
+        if session is not None:
+            # Any request from the client, even a duplicate, shows it is alive.
+            self._sessions.move_to_end(client_id)
+            if seq <= session.last_seq:
+                self._sessions[client_id] = _Session(
+                    client_id=client_id,
+                    last_seq=session.last_seq,
+                    last_index=index,
+                    result=session.result,
+                )
+                if seq == session.last_seq:
+                    return session.result
+                return StaleRequest(client_id=client_id, seq=seq, last_seq=session.last_seq)
+        result = self._execute(request.op)
+        self._sessions[client_id] = _Session(
+            client_id=client_id, last_seq=seq, last_index=index, result=result
+        )
+        while len(self._sessions) > self.max_sessions:
+            self._sessions.popitem(last=False)
+        return result
+
+    def _execute(self, op: Command) -> str | bool | None:
+        data = self._data
+        match op:
+            case Get(key=key):
+                return data.get(key)
+            case Put(key=key, value=value):
+                data[key] = value
+                return None
+            case Delete(key=key):
+                data.pop(key, None)
+                return None
+            case Append(key=key, value=value):
+                new_value = data.get(key, "") + value
+                data[key] = new_value
+                return new_value
+            case Cas(key=key, expected=expected_value, new=new_value):
+                if data.get(key) != expected_value:
+                    return False
+                data[key] = new_value
+                return True
+        raise AssertionError(f"unhandled command {op!r}")  # pragma: no cover - exhaustive
+
+    # ---- snapshots -----------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        body = _SnapshotBody(
+            applied_index=self._applied_index,
+            data=self._data,
+            sessions=list(self._sessions.values()),
+        )
+        return bytes((_SNAPSHOT_VERSION,)) + _SNAPSHOT_ENCODER.encode(body)
+
+    def restore(self, data: bytes) -> None:
+        body = _decode_snapshot(data)
+        sessions = OrderedDict((session.client_id, session) for session in body.sessions)
+        # A snapshot from a replica with a larger bound (a misconfiguration) is trimmed the
+        # same way eviction would have trimmed it: least recently used first.
+        while len(sessions) > self.max_sessions:
+            sessions.popitem(last=False)
+        self._data = body.data
+        self._sessions = sessions
+        self._applied_index = body.applied_index

@@ -1,0 +1,6 @@
+"""Durable storage for the Raft log: the ``LogStore`` protocol and its implementations."""
+
+from framework.storage.base import LogStore, StorageError, StoredState
+from framework.storage.memory import MemoryLogStore
+
+__all__ = ["LogStore", "MemoryLogStore", "StorageError", "StoredState"]

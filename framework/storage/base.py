@@ -1,0 +1,82 @@
+"""The ``LogStore`` protocol: what the runtime needs from durable storage.
+
+A store holds, for one node: its identity (node id, cluster id), the bootstrap membership,
+the hard state, the latest snapshot and the log entries after it. The runtime calls it from
+one worker thread at a time (never from the event loop); a store need not be thread-safe
+beyond that.
+
+Durability contract: when ``save_ready`` returns with ``sync=True``, everything it was given
+survives a SIGKILL or power loss of the process; with ``sync=False`` it survives a process
+crash (the OS has it) but maybe not a power loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from framework.core import ConfState, Entry, HardState, Snapshot
+
+__all__ = ["LogStore", "StorageError", "StoredState"]
+
+
+class StorageError(Exception):
+    """The store cannot be used as it is (corrupt, another node's, missing files)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredState:
+    """Everything a node needs to rebuild its kernel after a restart."""
+
+    node_id: int
+    cluster_id: str
+    conf_state: ConfState
+    """Bootstrap membership (used when there is no snapshot)."""
+    hard_state: HardState = HardState()
+    snapshot: Snapshot = field(default_factory=Snapshot)
+    entries: tuple[Entry, ...] = ()
+
+
+@runtime_checkable
+class LogStore(Protocol):
+    def initialize(self, *, node_id: int, cluster_id: str, conf_state: ConfState) -> None:
+        """Stamp a new, empty store with its identity and bootstrap membership.
+
+        Raises ``StorageError`` if the store already belongs to a node; a store that is
+        already stamped with the same identity is left untouched.
+        """
+        ...
+
+    def load(self) -> StoredState | None:
+        """Read everything back; None for a store never initialized.
+
+        Raises ``StorageError`` naming the file and the problem when the store is corrupt
+        or a snapshot file is missing or damaged.
+        """
+        ...
+
+    def save_ready(
+        self,
+        *,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        snapshot: Snapshot | None,
+        sync: bool,
+    ) -> None:
+        """Apply one ``Ready`` atomically: all of it is stored or none of it.
+
+        ``snapshot`` (received from the leader) replaces the whole log; ``entries`` replace
+        any stored entries from ``entries[0].index`` on.
+        """
+        ...
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        """Store a locally taken snapshot, then drop the entries it covers (§7).
+
+        The snapshot is durable before any entry is deleted, so a crash in between leaves
+        both (harmless), never neither.
+        """
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,89 @@
+"""``MemoryLogStore``: a ``LogStore`` that keeps everything in process memory.
+
+Used by the simulator and tests, where "durable" means "survives a simulated crash": the
+simulator throws away the kernel and keeps the store. It copies what it is given so a
+caller cannot alter stored state afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from framework.core import ConfState, Entry, HardState, Snapshot
+from framework.storage.base import StorageError, StoredState
+
+__all__ = ["MemoryLogStore"]
+
+
+class MemoryLogStore:
+    def __init__(self) -> None:
+        self._identity: tuple[int, str, ConfState] | None = None
+        self._hard_state = HardState()
+        self._snapshot = Snapshot()
+        self._entries: list[Entry] = []
+        self.syncs = 0
+        """How many ``save_ready`` calls asked for a sync (for tests)."""
+
+    def initialize(self, *, node_id: int, cluster_id: str, conf_state: ConfState) -> None:
+        if self._identity is not None:
+            if self._identity[:2] != (node_id, cluster_id):
+                raise StorageError(
+                    f"memory store belongs to node {self._identity[0]} of cluster "
+                    f"{self._identity[1]!r}, not node {node_id} of {cluster_id!r}"
+                )
+            return
+        self._identity = (node_id, cluster_id, conf_state)
+
+    def load(self) -> StoredState | None:
+        if self._identity is None:
+            return None
+        node_id, cluster_id, conf_state = self._identity
+        return StoredState(
+            node_id=node_id,
+            cluster_id=cluster_id,
+            conf_state=conf_state,
+            hard_state=self._hard_state,
+            snapshot=self._snapshot,
+            entries=tuple(self._entries),
+        )
+
+    def save_ready(
+        self,
+        *,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        snapshot: Snapshot | None,
+        sync: bool,
+    ) -> None:
+        if snapshot is not None:
+            self._snapshot = snapshot
+            self._entries = []
+        if entries:
+            offset = self._snapshot.meta.index
+            first = entries[0].index
+            if first <= offset:
+                raise StorageError(
+                    f"entries from index {first} overlap the snapshot at {offset}"
+                )
+            last_stored = offset + len(self._entries)
+            if first > last_stored + 1:
+                raise StorageError(
+                    f"entries from index {first} leave a gap after stored index {last_stored}"
+                )
+            del self._entries[first - offset - 1 :]
+            self._entries.extend(entries)
+        if hard_state is not None:
+            self._hard_state = hard_state
+        if sync:
+            self.syncs += 1
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        offset = self._snapshot.meta.index
+        index = snapshot.meta.index
+        if index <= offset:
+            return
+        self._entries = self._entries[index - offset :]
+        self._snapshot = snapshot
+
+    def close(self) -> None:
+        pass
