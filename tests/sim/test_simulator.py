@@ -25,9 +25,13 @@ def test_mixed_fault_seeds(chunk: int) -> None:
 
 @pytest.mark.parametrize("nodes", [3, 5, 7])
 def test_every_cluster_size_makes_progress(nodes: int) -> None:
-    result = run_seed(7, nodes=nodes, drop=0.05, crashes=True, partitions=True)
-    assert result.completed > 20
-    assert result.committed > 20
+    result = run_seed(7, nodes=nodes, drop=0.05, crashes=False, partitions=False,
+                      membership=False)
+    # Without crashes or partitions, clients are never stuck for long: each client issues
+    # a new operation every few ticks over 300 ticks.
+    assert result.completed == result.operations
+    assert result.completed > 50
+    assert result.committed > 50
 
 
 def test_a_seed_replays_identically() -> None:
