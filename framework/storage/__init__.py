@@ -2,5 +2,6 @@
 
 from framework.storage.base import LogStore, StorageError, StoredState
 from framework.storage.memory import MemoryLogStore
+from framework.storage.sqlite import SQLiteLogStore
 
-__all__ = ["LogStore", "MemoryLogStore", "StorageError", "StoredState"]
+__all__ = ["LogStore", "MemoryLogStore", "SQLiteLogStore", "StorageError", "StoredState"]

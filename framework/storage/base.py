@@ -7,7 +7,8 @@ beyond that.
 
 Durability contract: when ``save_ready`` returns with ``sync=True``, everything it was given
 survives a SIGKILL or power loss of the process; with ``sync=False`` it survives a process
-crash (the OS has it) but maybe not a power loss.
+crash (the OS has it) but maybe not a power loss. An operator may choose to trade away
+power-loss durability for every write (the SQLite store's ``sync="os"``).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class StoredState:
     cluster_id: str
     conf_state: ConfState
     """Bootstrap membership (used when there is no snapshot)."""
-    hard_state: HardState = HardState()
+    hard_state: HardState = field(default_factory=HardState)
     snapshot: Snapshot = field(default_factory=Snapshot)
     entries: tuple[Entry, ...] = ()
 
@@ -67,7 +68,9 @@ class LogStore(Protocol):
         """Apply one ``Ready`` atomically: all of it is stored or none of it.
 
         ``snapshot`` (received from the leader) replaces the whole log; ``entries`` replace
-        any stored entries from ``entries[0].index`` on.
+        any stored entries from ``entries[0].index`` on. Raises ``StorageError`` and stores
+        nothing if the result would not be a well-formed log (a gap, an overlap with the
+        snapshot, terms going backwards, commit past the last entry).
         """
         ...
 
@@ -79,4 +82,6 @@ class LogStore(Protocol):
         """
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the store (files, locks); it may be reopened afterwards."""
+        ...

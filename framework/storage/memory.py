@@ -55,22 +55,26 @@ class MemoryLogStore:
         snapshot: Snapshot | None,
         sync: bool,
     ) -> None:
-        if snapshot is not None:
-            self._snapshot = snapshot
-            self._entries = []
+        # Check everything before changing anything: a refused Ready stores nothing.
+        snap = snapshot if snapshot is not None else self._snapshot
+        stored = [] if snapshot is not None else self._entries
+        offset = snap.meta.index
         if entries:
-            offset = self._snapshot.meta.index
             first = entries[0].index
             if first <= offset:
                 raise StorageError(
                     f"entries from index {first} overlap the snapshot at {offset}"
                 )
-            last_stored = offset + len(self._entries)
+            last_stored = offset + len(stored)
             if first > last_stored + 1:
                 raise StorageError(
                     f"entries from index {first} leave a gap after stored index {last_stored}"
                 )
-            del self._entries[first - offset - 1 :]
+        if snapshot is not None:
+            self._snapshot = snapshot
+            self._entries = []
+        if entries:
+            del self._entries[entries[0].index - offset - 1 :]
             self._entries.extend(entries)
         if hard_state is not None:
             self._hard_state = hard_state
