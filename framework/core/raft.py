@@ -110,7 +110,7 @@ def encode_conf_change(change: ConfChange) -> bytes:
 def decode_conf_change(data: bytes) -> ConfChange:
     try:
         return _CONF_DECODER.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         raise InvalidMessage(f"undecodable conf change entry ({len(data)} bytes): {exc}") from exc
 
 
@@ -354,7 +354,8 @@ class RawNode:
         if pr.match == self.log.last_index():
             self._send(TimeoutNow(src=self.id, dst=to, term=self.term))
         else:
-            self._append_to.setdefault(to, False)
+            # Even empty: if what we streamed to it was lost, the rejection shows the gap.
+            self._append_to[to] = True
 
     def step(self, msg: Message) -> None:
         """Process one message from a peer.
@@ -491,7 +492,10 @@ class RawNode:
                 own = self.progress.get(self.id)
                 if own is not None:
                     own.maybe_update(self.log.unstable_from - 1)
-                    self._maybe_commit()
+                    if self._maybe_commit():
+                        # Our own write completed the quorum: tell the followers now, as
+                        # for any other commit advance, not at the next heartbeat.
+                        self._broadcast_append(send_if_empty=True)
         if rd.committed_entries:
             for entry in rd.committed_entries:
                 if entry.kind is EntryKind.CONF_CHANGE:
@@ -681,6 +685,27 @@ class RawNode:
 
     def _check_against_state(self, msg: Message) -> None:
         """Reject, before changing anything, messages impossible given our state."""
+        if isinstance(msg, AppendEntries) and msg.term >= self.term:
+            # A membership entry we could not apply would wedge advance() once committed.
+            for entry in msg.entries:
+                if entry.kind is EntryKind.CONF_CHANGE:
+                    change = decode_conf_change(entry.data)  # raises InvalidMessage
+                    if change.node_id <= 0:
+                        raise InvalidMessage(
+                            f"AppendEntries from node {msg.src}: entry {entry.index} changes "
+                            f"membership of node id {change.node_id}"
+                        )
+        # Checked before a later term is adopted, so a rejected heartbeat changes nothing
+        # (a correct leader never sends a commit index past what we are known to store).
+        if (
+            isinstance(msg, Heartbeat)
+            and msg.term >= self.term
+            and msg.commit > self.log.last_index()
+        ):
+            raise InvalidMessage(
+                f"Heartbeat from node {msg.src} sets commit {msg.commit} past our last "
+                f"index {self.log.last_index()}"
+            )
         if msg.term != self.term:
             return
         if self.role is Role.LEADER and isinstance(msg, AppendResponse | HeartbeatResponse):
@@ -700,11 +725,6 @@ class RawNode:
             raise InvalidMessage(
                 f"{type(msg).__name__} from node {msg.src} claims leadership of term "
                 f"{msg.term}, which node {self.id} leads"
-            )
-        if isinstance(msg, Heartbeat) and msg.commit > self.log.last_index():
-            raise InvalidMessage(
-                f"Heartbeat from node {msg.src} sets commit {msg.commit} past our last index "
-                f"{self.log.last_index()}"
             )
 
     def _step_higher_term(self, msg: Message) -> bool:
@@ -1140,7 +1160,8 @@ class RawNode:
             del self.progress[gone]
         for new in members - set(self.progress):
             self.progress[new] = self._new_progress(new, self.log.last_index() + 1)
-            self._append_to.setdefault(new, False)
+            # An empty probe at our last index: the new member's answer locates its log.
+            self._append_to[new] = True
         for member, pr in self.progress.items():
             pr.is_learner = member in learners
         if self.transferee and self.transferee not in voters:

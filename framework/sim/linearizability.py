@@ -54,9 +54,9 @@ list exactly (Knuth's dancing links); the search is a loop with an explicit stac
 histories cannot hit Python's recursion limit.
 
 Memoization (Lowe): the future of the search depends only on *which* operations are
-linearized and on the resulting state, not on the order that got there. Each visited pair
-``(set of linearized operations as an int bitmask, state)`` is recorded; reaching a recorded
-pair again cannot succeed where the first visit failed, so that branch is pruned. This is
+linearized and on the resulting state, not on the order that got there. Each visited
+configuration is recorded; reaching a recorded one again cannot succeed where the first visit
+failed, so that branch is pruned. The set of linearized operations is an int bitmask. This is
 what makes thousands of operations per key tractable for the usual histories, where only a
 few clients are concurrent at any time.
 
@@ -64,12 +64,47 @@ Operations whose outcome is unknown
 -----------------------------------
 ``ret=None`` means the client never learned the outcome (it timed out, or crashed): the
 operation may have taken effect at any instant after its call, or never. Such an operation
-gets a call event and no return event, so it stays available to the search until the end and
-the search may succeed without ever linearizing it. Its ``result`` is ignored. A ``get`` with
-an unknown outcome cannot change the state or constrain anything, so it is dropped.
+has a call and no return: its call goes in a second list, walked after the known-outcome
+calls and up to the same first return, so it stays available to the search until the end,
+and the search may succeed without ever linearizing it. Its ``result`` is ignored. A
+``get`` with an unknown outcome cannot change the state or constrain anything, so it is
+dropped.
 
-Many unknown-outcome writes on one key widen every step of the search (each stays a
-candidate to the end); ``max_steps`` bounds the work, and a search that runs out of budget
+Because such an operation stays a candidate from its call to the end, a naive search tries
+it at every dead end in every combination. These keep that in check:
+
+* Order: known-outcome calls are tried first, unknown-outcome ones only after them, as most
+  timed-out requests are never needed to explain what clients saw.
+* Short chains first: the search runs in passes that allow at most 1, 2, 3, ...
+  unknown-outcome steps in a row (depth first, a single pass would try long chains of them
+  before short ones). A linearization found by any pass is one; a failure is final only
+  from a pass whose limit refused no step, as that pass was the unlimited search.
+* Dominance: a configuration is (linearized known-outcome operations, state, consumed
+  unknown-outcome operations). One whose consumed set is a superset of a recorded
+  configuration's, with the same other parts, has fewer options and is pruned.
+* Pruning rules, each of which skips only steps that some other linearization of the same
+  operations makes unnecessary (so a linearization survives whenever one exists):
+
+  1. *No-op*: an unknown-outcome step that leaves the state unchanged is skipped; leaving
+     the operation out gives the same future with one more option.
+  2. *Twins*: unknown-outcome operations with the same effect (kind, value, expected) are
+     interchangeable once called, so they are taken in call order.
+  3. *Overwritten*: right after an unknown-outcome step, a ``put`` or ``delete`` (whose
+     result never depends on the state) is skipped: it would hide that step, and leaving
+     the step out is as good.
+  4. *Deferred*: right after an unknown-outcome step ``u`` taken in state ``s``, a
+     known-outcome operation ``o`` that commutes with ``u`` in ``s`` (same result, same
+     final state in either order) is skipped; the order ``o, u`` reaches the same place.
+     Unknown-outcome steps thus sit just before an operation that observes them.
+
+  Rules 3 and 4 depend on the step just taken, so its *restriction* (the unknown-outcome
+  step's effect and the state before it, or nothing after a known-outcome step) is part of
+  the configuration. A recorded configuration dominates another only if its restriction is
+  the same or nothing, so that it was free to explore every move the other could make.
+
+Even so, many unknown-outcome writes of a few distinct values on one key can make the search
+exponential, above all when a failure must be proved (every alternative is tried).
+``max_steps`` bounds the work per key, all passes together; a search that runs out of budget
 reports "unknown" (``ok=None``) rather than a verdict.
 
 Ties
@@ -231,21 +266,22 @@ def check_history(ops: Iterable[Operation], *, max_steps: int = DEFAULT_MAX_STEP
 # --------------------------------------------------------------------------------------------
 
 
-def _apply(op: Operation, state: str | None) -> tuple[object, str | None]:
-    """Run ``op`` on one key's ``state``: return (the spec's result, the new state)."""
-    kind = op.kind
+def _apply(
+    kind: str, value: str | None, expected: str | None, state: str | None
+) -> tuple[object, str | None]:
+    """Run one operation on a key whose value is ``state``: (the spec's result, new state)."""
     if kind == "get":
         return state, state
     if kind == "put":
-        return None, op.value
+        return None, value
     if kind == "delete":
         return None, None
     if kind == "append":
-        # Operation validation guarantees append carries a value.
-        new = (state or "") + (op.value or "")
+        # Operation validation guarantees that an append carries a value.
+        new = (state or "") + (value or "")
         return new, new
-    if state == op.expected:
-        return True, op.value
+    if state == expected:
+        return True, value
     return False, state
 
 
@@ -264,148 +300,240 @@ class _KeySearch:
     stuck_at: int = -1  # the listed operation whose return the deepest attempt could not pass
 
 
+# What an unknown-outcome step just taken forbids next (pruning rules 3 and 4): its kind,
+# value and expected value, and the state before it. None after a known-outcome step.
+_Restriction = tuple[str, str | None, str | None, str | None] | None
+
+
 def _search_key(listed: Sequence[Operation], max_steps: int) -> _KeySearch:
-    """Wing & Gong / Lowe search over one key's operations, sorted by call time."""
-    # Reads with an unknown outcome neither change the state nor constrain it.
-    positions = [i for i, op in enumerate(listed) if not (op.kind == "get" and op.ret is None)]
-    ops = [listed[i] for i in positions]
-    unknown = [op.ret is None for op in ops]
-    blind = [op.kind in ("put", "delete") for op in ops]
-    # twin_before[i]: the previous unknown-outcome operation with the same effect, or -1.
-    twin_before = [-1] * len(ops)
-    last_with_effect: dict[tuple[str, str | None, str | None], int] = {}
-    for index, op in enumerate(ops):
-        if unknown[index]:
-            effect = (op.kind, op.value, op.expected)
-            twin_before[index] = last_with_effect.get(effect, -1)
-            last_with_effect[effect] = index
+    """Search one key's operations (sorted by call time) in passes of growing chain limit."""
+    searcher = _KeySearcher(listed)
+    steps_left = max_steps
+    chain_limit = 1
+    while True:
+        outcome, steps, limited = searcher.run(chain_limit, steps_left)
+        steps_left -= steps
+        if outcome.ok is not False or not limited:
+            return outcome
+        chain_limit += 1
 
-    # Events sorted by (time, phase, op): phase 0 = return, 1 = call, so that at equal times
-    # returns come first and intervals that only touch are not concurrent (module docstring).
-    order: list[tuple[int, int, int]] = []
-    for index, op in enumerate(ops):
-        order.append((op.call, 1, index))
-        if op.ret is not None:
-            order.append((op.ret, 0, index))
-    order.sort()
 
-    count = len(order)
-    head = count  # sentinel node before the first event
-    event_op = [index for _, _, index in order]
-    event_is_call = [phase == 1 for _, phase, _ in order]
-    return_event = [-1] * len(ops)
-    for event, (_, phase, index) in enumerate(order):
-        if phase == 0:
-            return_event[index] = event
-    nxt = [*range(1, count), -1, 0 if count else -1]
-    prv = [head, *range(count - 1), -1]
+class _KeySearcher:
+    """The Wing & Gong / Lowe search over one key's operations, sorted by call time."""
 
-    def unlink(node: int) -> None:
-        after = nxt[node]
-        before = prv[node]
-        nxt[before] = after
-        if after != -1:
-            prv[after] = before
-
-    def relink(node: int) -> None:
-        after = nxt[node]
-        nxt[prv[node]] = node
-        if after != -1:
-            prv[after] = node
-
-    returns_left = len(ops) - sum(unknown)
-    state: str | None = None
-    known = 0  # bit i set: ops[i], whose outcome is known, is linearized
-    consumed = 0  # bit i set: ops[i], whose outcome is unknown, is linearized
-    # (known, state) -> the consumed sets seen with it, none a superset of another.
-    seen: dict[tuple[int, str | None], list[int]] = {}
-    stack: list[tuple[int, str | None]] = []  # (call event lifted, state before it)
-    deepest = _KeySearch(ok=False)
-    deepest_depth = -1
-    steps = 0
-    entry = nxt[head]
-    while returns_left:
-        steps += 1
-        if steps > max_steps:
-            return _KeySearch(ok=None)
-        index = event_op[entry]
-        if event_is_call[entry]:
-            op = ops[index]
-            result, new_state = _apply(op, state)
+    def __init__(self, listed: Sequence[Operation]) -> None:
+        # Reads with an unknown outcome neither change the state nor constrain it.
+        self.positions = [
+            i for i, op in enumerate(listed) if not (op.kind == "get" and op.ret is None)
+        ]
+        self.ops = ops = [listed[i] for i in self.positions]
+        self.unknown = unknown = [op.ret is None for op in ops]
+        self.blind = [op.kind in ("put", "delete") for op in ops]
+        # twin_before[i]: the previous unknown-outcome operation with the same effect, or -1.
+        self.twin_before = [-1] * len(ops)
+        last_with_effect: dict[tuple[str, str | None, str | None], int] = {}
+        for index, op in enumerate(ops):
             if unknown[index]:
+                effect = (op.kind, op.value, op.expected)
+                self.twin_before[index] = last_with_effect.get(effect, -1)
+                last_with_effect[effect] = index
+
+        # Two linked lists. The known list holds the calls and returns of operations whose
+        # outcome is known, sorted by (time, phase): phase 0 = return, 1 = call, so that at
+        # equal times returns come first and intervals that only touch are not concurrent.
+        # The unknown list holds the calls of the others, sorted by time; they have no return.
+        known_events = sorted(
+            [(op.call, 1, i) for i, op in enumerate(ops) if not unknown[i]]
+            + [(op.ret, 0, i) for i, op in enumerate(ops) if op.ret is not None]
+        )
+        unknown_calls = sorted((op.call, 1, i) for i, op in enumerate(ops) if unknown[i])
+        nodes = known_events + unknown_calls
+        self.returns = len(known_events) // 2
+        self.node_time = [time for time, _, _ in nodes]
+        self.node_op = [index for _, _, index in nodes]
+        self.node_is_return = [phase == 0 for _, phase, _ in nodes]
+        self.return_node = [-1] * len(ops)
+        for node, (_, phase, index) in enumerate(nodes):
+            if phase == 0:
+                self.return_node[index] = node
+        self.head_known, self.head_unknown = len(nodes), len(nodes) + 1  # sentinels
+        self.nxt = [-1] * (len(nodes) + 2)
+        self.prv = [-1] * (len(nodes) + 2)
+        for head, chain in (
+            (self.head_known, range(len(known_events))),
+            (self.head_unknown, range(len(known_events), len(nodes))),
+        ):
+            before = head
+            for node in chain:
+                self.nxt[before], self.prv[node] = node, before
+                before = node
+
+    def run(self, chain_limit: int, max_steps: int) -> tuple[_KeySearch, int, bool]:
+        """One pass allowing at most ``chain_limit`` unknown-outcome steps in a row.
+
+        Returns the outcome, the steps taken and whether the limit refused a step. A failure
+        is final only if it did not: then the pass was the unlimited search. The lists are
+        left as they were found, unless the pass succeeded or ran out of steps.
+        """
+        positions, ops, unknown, blind = self.positions, self.ops, self.unknown, self.blind
+        twin_before, node_time, node_op = self.twin_before, self.node_time, self.node_op
+        node_is_return, return_node = self.node_is_return, self.return_node
+        head_known, head_unknown, nxt, prv = self.head_known, self.head_unknown, self.nxt, self.prv
+
+        def unlink(node: int) -> None:
+            after = nxt[node]
+            before = prv[node]
+            nxt[before] = after
+            if after != -1:
+                prv[after] = before
+
+        def relink(node: int) -> None:
+            after = nxt[node]
+            nxt[prv[node]] = node
+            if after != -1:
+                prv[after] = node
+
+        # The configuration: known, consumed, state and restriction.
+        known = 0  # bit i set: ops[i], whose outcome is known, is linearized
+        consumed = 0  # bit i set: ops[i], whose outcome is unknown, is linearized
+        state: str | None = None
+        restriction: _Restriction = None
+        chain = 0  # unknown-outcome steps in a row at the top of the stack
+        limited = False
+        memo = _Memo()
+        # (node lifted, state, restriction and chain before it, frontier then)
+        stack: list[tuple[int, str | None, _Restriction, int, int]] = []
+        returns_left = self.returns
+        frontier = -1  # the first return left in the known list, once the walk reached it
+        deepest = _KeySearch(ok=False)
+        deepest_depth = -1
+        steps = 0
+        entry = nxt[head_known]
+        while returns_left:
+            steps += 1
+            if steps > max_steps:
+                return _KeySearch(ok=None), steps, limited
+
+            if entry == -1 or (unknown[node_op[entry]] and node_time[entry] >= node_time[frontier]):
+                # No call left that may come before the frontier's return: dead end,
+                # backtrack. The deepest dead end is kept to explain a failure.
+                if len(stack) > deepest_depth:
+                    deepest_depth = len(stack)
+                    deepest = _KeySearch(
+                        ok=False,
+                        deepest_order=tuple(positions[node_op[node]] for node, *_ in stack),
+                        deepest_state=state,
+                        stuck_at=positions[node_op[frontier]],
+                    )
+                if not stack:
+                    return deepest, steps, limited
+                entry, state, restriction, chain, frontier = stack.pop()
+                index = node_op[entry]
+                if unknown[index]:
+                    consumed ^= 1 << index
+                else:
+                    known ^= 1 << index
+                    relink(return_node[index])
+                    returns_left += 1
+                relink(entry)
+                entry = nxt[entry]
+                continue
+
+            if node_is_return[entry]:
+                # Every known-outcome call that may come first has been tried. Unknown-outcome
+                # calls go last: most are never needed, so valid histories finish sooner.
+                frontier = entry
+                entry = nxt[head_unknown]
+                continue
+
+            index = node_op[entry]
+            op = ops[index]
+            result, new_state = _apply(op.kind, op.value, op.expected, state)
+            new_restriction: _Restriction = None
+            if unknown[index]:
+                # Rule 1 (no-op) and rule 2 (twins in call order).
                 twin = twin_before[index]
                 legal = new_state != state and (twin == -1 or (consumed >> twin) & 1 == 1)
+                new_restriction = (op.kind, op.value, op.expected, state)
+                if legal and chain == chain_limit:
+                    legal = False
+                    limited = True
             else:
                 legal = result == op.result
-            if legal and blind[index] and stack and unknown[event_op[stack[-1][0]]]:
-                legal = False
+            if legal and restriction is not None:
+                if blind[index]:
+                    legal = False  # rule 3: this write would hide the step just taken
+                elif not unknown[index]:
+                    legal = not _commutes(restriction, op, new_state)  # rule 4
             if legal:
                 bit = 1 << index
                 if unknown[index]:
                     new_known, new_consumed = known, consumed | bit
                 else:
                     new_known, new_consumed = known | bit, consumed
-                legal = _remember(seen, (new_known, new_state), new_consumed)
-            if legal:
-                stack.append((entry, state))
-                known, consumed, state = new_known, new_consumed, new_state
-                unlink(entry)
-                if return_event[index] != -1:
-                    # Unlink the return second so that relinking in reverse order works.
-                    unlink(return_event[index])
-                    returns_left -= 1
-                entry = nxt[head]
-            else:
+                legal = memo.record(new_known, new_state, new_restriction, new_consumed)
+            if not legal:
                 entry = nxt[entry]
-            continue
-
-        # A return whose operation is not linearized yet: dead end, backtrack. The deepest
-        # dead end is kept to explain a failure.
-        if len(stack) > deepest_depth:
-            deepest_depth = len(stack)
-            deepest = _KeySearch(
-                ok=False,
-                deepest_order=tuple(positions[event_op[call]] for call, _ in stack),
-                deepest_state=state,
-                stuck_at=positions[index],
+                continue
+            stack.append((entry, state, restriction, chain, frontier))
+            known, consumed, state, restriction = (
+                new_known,
+                new_consumed,
+                new_state,
+                new_restriction,
             )
-        if not stack:
-            return deepest
-        entry, state = stack.pop()
-        index = event_op[entry]
-        if unknown[index]:
-            consumed ^= 1 << index
-        else:
-            known ^= 1 << index
-        if return_event[index] != -1:
-            relink(return_event[index])
-            returns_left += 1
-        relink(entry)
-        entry = nxt[entry]
-    return _KeySearch(ok=True)
+            chain = chain + 1 if unknown[index] else 0
+            unlink(entry)
+            if not unknown[index]:
+                # Unlink the return after the call, so that relinking in reverse order works.
+                unlink(return_node[index])
+                returns_left -= 1
+            entry = nxt[head_known]
+        return _KeySearch(ok=True), steps, limited
 
 
-def _remember(
-    seen: dict[tuple[int, str | None], list[int]],
-    known_and_state: tuple[int, str | None],
-    consumed: int,
+def _commutes(
+    restriction: tuple[str, str | None, str | None, str | None],
+    op: Operation,
+    state_after_both: str | None,
 ) -> bool:
-    """Record a configuration; False if a seen one dominates it (the search can skip it).
-
-    A seen configuration with the same linearized known-outcome operations and the same
-    state, whose consumed unknown-outcome operations are a subset of ``consumed``, had every
-    option this one has; it was (or is being) explored. Configurations this one dominates are
-    dropped from the record, so each list stays an antichain.
+    """Whether ``op``, legal right after the unknown-outcome step in ``restriction`` and then
+    leaving ``state_after_both``, gives the same result and state when taken right before it.
     """
-    others = seen.get(known_and_state)
-    if others is None:
-        seen[known_and_state] = [consumed]
+    kind, value, expected, state_before = restriction
+    result, state_between = _apply(op.kind, op.value, op.expected, state_before)
+    return (
+        result == op.result and _apply(kind, value, expected, state_between)[1] == state_after_both
+    )
+
+
+class _Memo:
+    """The configurations seen, with dominance.
+
+    A configuration is skipped when a recorded one has the same linearized known-outcome
+    operations and state, a subset of its consumed unknown-outcome operations, and the same
+    restriction or none: that one had every option this one has, and was (or is being)
+    explored. Configurations a new one dominates are dropped, so each list is an antichain.
+    """
+
+    __slots__ = ("_seen",)
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[int, str | None, _Restriction], list[int]] = {}
+
+    def record(
+        self, known: int, state: str | None, restriction: _Restriction, consumed: int
+    ) -> bool:
+        """Record the configuration; False if a recorded one dominates it."""
+        unrestricted = self._seen.get((known, state, None), ())
+        if any(other & ~consumed == 0 for other in unrestricted):
+            return False
+        others = self._seen.setdefault((known, state, restriction), [])
+        if restriction is not None and any(other & ~consumed == 0 for other in others):
+            return False
+        others[:] = [other for other in others if consumed & ~other != 0]
+        others.append(consumed)
         return True
-    if any(other & ~consumed == 0 for other in others):
-        return False
-    others[:] = [other for other in others if consumed & ~other != 0]
-    others.append(consumed)
-    return True
 
 
 # --------------------------------------------------------------------------------------------

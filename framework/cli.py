@@ -1,0 +1,434 @@
+"""The ``raftmw`` command line (click). Plugins add subcommands to the ``main`` group."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import click
+
+from framework.client import KVClient, parse_peers
+from framework.config import Settings, SettingsError, load_settings, settings_to_toml
+from framework.errors import RaftError
+
+__all__ = ["main", "run_async"]
+
+T = TypeVar("T")
+
+
+def run_async(fn: Callable[[], Awaitable[T]]) -> T:
+    """Run ``fn`` on asyncio, with uvloop when it is installed."""
+    try:
+        import uvloop  # noqa: F401  (only probing for it)
+    except ImportError:
+        return anyio.run(fn, backend="asyncio")
+    return anyio.run(fn, backend="asyncio", backend_options={"use_uvloop": True})
+
+
+def _parse_flag(text: str) -> tuple[str, object]:
+    name, sep, raw = text.partition("=")
+    if not sep or not name:
+        raise click.BadParameter(f"{text!r}: expected NAME=VALUE, like actors=on")
+    value: object
+    lowered = raw.strip().lower()
+    if lowered in ("on", "true", "yes", "1"):
+        value = True
+    elif lowered in ("off", "false", "no", "0"):
+        value = False
+    else:
+        raise click.BadParameter(f"--flag {name}={raw!r}: expected on or off")
+    return name.strip(), value
+
+
+def _settings(profile: str, files: Sequence[str], flags: Sequence[str]) -> Settings:
+    overrides = {f"flags.{name}": value for name, value in map(_parse_flag, flags)}
+    try:
+        return load_settings(profile=profile, files=files, overrides=overrides)
+    except SettingsError as exc:
+        raise click.UsageError(f"bad settings: {exc}") from None
+
+
+def _peers(text: str) -> dict[int, str]:
+    try:
+        return parse_peers(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--peers") from None
+
+
+def _fail(exc: BaseException) -> None:
+    raise click.ClickException(str(exc))
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+def main(verbose: int) -> None:
+    """raftmw: a Raft consensus framework with feature-flagged plugins."""
+    level = logging.WARNING - 10 * verbose
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+# -- node ----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--id", "node_id", type=click.IntRange(min=1), required=True, help="This node's id.")
+@click.option("--listen", required=True, help="HOST:PORT to serve peers and clients on.")
+@click.option("--peers", required=True, help="ID=HOST:PORT,... for every member, this node too.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
+@click.option("--profile", default="default", show_default=True, help="Settings profile.")
+@click.option("--settings", "settings_files", multiple=True, type=click.Path(dir_okay=False),
+              help="Extra settings file (repeatable; later ones win).")
+@click.option("--flag", "flags", multiple=True, help="Feature flag NAME=on|off (repeatable).")
+@click.option("--cluster-id", default="raftmw", show_default=True,
+              help="Name stamped into the data directory; nodes of other clusters are refused.")
+@click.option("--join", is_flag=True,
+              help="Join an existing cluster (wait to be added) instead of bootstrapping.")
+def node(node_id: int, listen: str, peers: str, data_dir: Path, profile: str,
+         settings_files: tuple[str, ...], flags: tuple[str, ...], cluster_id: str,
+         join: bool) -> None:
+    """Run one node until SIGTERM or SIGINT, then shut down cleanly (exit 0)."""
+    from framework.runtime.node import NodeConfig, RaftNode
+    from framework.storage import StorageError
+    from framework.storage.sqlite import SQLiteLogStore
+    from framework.transport.tcp import TcpTransport
+
+    settings = _settings(profile, settings_files, flags)
+    members = _peers(peers)
+    if members.get(node_id, listen) != listen:
+        raise click.BadParameter(
+            f"--peers gives node {node_id} the address {members[node_id]}, but --listen is "
+            f"{listen}", param_hint="--peers")
+    members[node_id] = listen
+    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    config = NodeConfig(node_id=node_id, cluster_id=cluster_id, peers=members,
+                        settings=settings, join=join)
+    t = settings.transport
+
+    async def serve() -> None:
+        store = SQLiteLogStore(data_dir, sync=settings.storage.sync)  # type: ignore[arg-type]
+        transport = TcpTransport(
+            node_id=node_id, cluster_id=cluster_id, listen=listen,
+            peers={k: v for k, v in members.items() if k != node_id},
+            max_frame_size=t.max_frame_size, connect_timeout=t.connect_timeout,
+            backoff_min=t.reconnect_backoff_min, backoff_max=t.reconnect_backoff_max,
+        )
+        raft_node = RaftNode(config, store=store, transport=transport)
+        async with anyio.create_task_group() as tg:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                await tg.start(raft_node.run)
+                async for signum in signals:
+                    logging.getLogger("raftmw.node").info(
+                        "node %d: %s, shutting down", node_id, signal.Signals(signum).name)
+                    tg.cancel_scope.cancel()
+                    break
+
+    try:
+        run_async(serve)
+    except StorageError as exc:
+        raise click.ClickException(f"node {node_id}: {exc}") from None
+    except OSError as exc:
+        raise click.ClickException(f"node {node_id} cannot listen on {listen}: {exc}") from None
+
+
+# -- kv --------------------------------------------------------------------------------------
+
+
+def _client_call(peers: str, timeout: float, fn: Callable[[KVClient], Awaitable[Any]]) -> Any:
+    members = _peers(peers)
+
+    async def go() -> Any:
+        async with KVClient(members, timeout=timeout) as client:
+            return await fn(client)
+
+    try:
+        return run_async(go)
+    except RaftError as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+
+
+_peers_option = click.option("--peers", required=True, envvar="RAFTMW_PEERS",
+                             help="ID=HOST:PORT,... of the cluster (or $RAFTMW_PEERS).")
+_timeout_option = click.option("--timeout", type=float, default=5.0, show_default=True,
+                               help="Seconds before giving up.")
+
+
+@main.group()
+def kv() -> None:
+    """Read and write the replicated KV store."""
+
+
+@kv.command("get")
+@click.argument("key")
+@_peers_option
+@_timeout_option
+def kv_get(key: str, peers: str, timeout: float) -> None:
+    """Print KEY's value (linearizable read); exit 1 if absent."""
+    value = _client_call(peers, timeout, lambda c: c.get(key))
+    if value is None:
+        click.echo(f"{key}: (absent)", err=True)
+        sys.exit(1)
+    click.echo(value)
+
+
+@kv.command("put")
+@click.argument("key")
+@click.argument("value")
+@_peers_option
+@_timeout_option
+def kv_put(key: str, value: str, peers: str, timeout: float) -> None:
+    _client_call(peers, timeout, lambda c: c.put(key, value))
+    click.echo("ok")
+
+
+@kv.command("delete")
+@click.argument("key")
+@_peers_option
+@_timeout_option
+def kv_delete(key: str, peers: str, timeout: float) -> None:
+    _client_call(peers, timeout, lambda c: c.delete(key))
+    click.echo("ok")
+
+
+@kv.command("append")
+@click.argument("key")
+@click.argument("value")
+@_peers_option
+@_timeout_option
+def kv_append(key: str, value: str, peers: str, timeout: float) -> None:
+    """Append VALUE to KEY; print the new value."""
+    click.echo(_client_call(peers, timeout, lambda c: c.append(key, value)))
+
+
+@kv.command("cas")
+@click.argument("key")
+@click.argument("expected")
+@click.argument("new")
+@click.option("--absent", is_flag=True, help="Expect KEY to be absent (EXPECTED is ignored).")
+@_peers_option
+@_timeout_option
+def kv_cas(key: str, expected: str, new: str, absent: bool, peers: str, timeout: float) -> None:
+    """Set KEY to NEW if it holds EXPECTED; exit 1 if it did not."""
+    ok = _client_call(peers, timeout, lambda c: c.cas(key, None if absent else expected, new))
+    click.echo("swapped" if ok else "not swapped")
+    if not ok:
+        sys.exit(1)
+
+
+# -- status and membership ---------------------------------------------------------------------
+
+
+@main.command()
+@_peers_option
+@_timeout_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def status(peers: str, timeout: float, as_json: bool) -> None:
+    """Role, term, leader, commit/applied index, log size and replication state per node."""
+    members = _peers(peers)
+
+    async def go() -> dict[int, dict[str, Any]]:
+        out: dict[int, dict[str, Any]] = {}
+        async with KVClient(members, timeout=timeout) as client:
+            for node_id in members:
+                try:
+                    out[node_id] = await client.status(node_id)
+                except RaftError as exc:
+                    out[node_id] = {"node_id": node_id, "role": "unreachable",
+                                    "error": str(exc)}
+        return out
+
+    result = run_async(go)
+    if as_json:
+        click.echo(json.dumps(result, indent=2, sort_keys=True))
+        return
+    from rich.console import Console
+
+    from framework.runtime.report import status_table
+
+    Console().print(status_table(result))
+
+
+@main.group()
+def members() -> None:
+    """Change the cluster's membership (through the leader)."""
+
+
+@members.command("add")
+@click.argument("node_id", type=click.IntRange(min=1))
+@click.argument("address")
+@click.option("--learner", is_flag=True, help="Add as a learner only (no promotion).")
+@_peers_option
+@_timeout_option
+def members_add(node_id: int, address: str, learner: bool, peers: str, timeout: float) -> None:
+    """Add NODE_ID at ADDRESS: as a learner, then promoted to voter once caught up."""
+    action = "add_learner" if learner else "add"
+    _client_call(peers, timeout, lambda c: c.members(action, node_id, address))
+    click.echo(f"node {node_id} added as {'learner' if learner else 'voter'}")
+
+
+@members.command("promote")
+@click.argument("node_id", type=click.IntRange(min=1))
+@_peers_option
+@_timeout_option
+def members_promote(node_id: int, peers: str, timeout: float) -> None:
+    _client_call(peers, timeout, lambda c: c.members("promote", node_id))
+    click.echo(f"node {node_id} promoted to voter")
+
+
+@members.command("remove")
+@click.argument("node_id", type=click.IntRange(min=1))
+@_peers_option
+@_timeout_option
+def members_remove(node_id: int, peers: str, timeout: float) -> None:
+    _client_call(peers, timeout, lambda c: c.members("remove", node_id))
+    click.echo(f"node {node_id} removed")
+
+
+@main.command("transfer-leader")
+@click.argument("node_id", type=click.IntRange(min=1))
+@_peers_option
+@_timeout_option
+def transfer_leader(node_id: int, peers: str, timeout: float) -> None:
+    """Move leadership to NODE_ID."""
+    _client_call(peers, timeout, lambda c: c.transfer_leader(node_id))
+    click.echo(f"node {node_id} is the leader")
+
+
+# -- local clusters, demo, bench -----------------------------------------------------------------
+
+
+@main.command()
+@click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("raftmw-data"), show_default=True)
+@click.option("--profile", default=None, help="Settings profile for every node.")
+@click.option("--flag", "flags", multiple=True, help="Feature flag for every node.")
+def cluster(nodes: int, data_dir: Path, profile: str | None, flags: tuple[str, ...]) -> None:
+    """Run NODES local node processes on loopback, supervised; Ctrl-C stops them all."""
+    from framework.runtime.localcluster import LocalCluster
+
+    local = LocalCluster(data_dir, nodes=nodes, profile=profile, flags=flags)
+    where = data_dir.resolve()
+
+    async def supervise() -> None:
+        local.start_all()
+        await local.wait_serving()
+        click.echo(f"cluster of {nodes} up; --peers {local.peers_arg()}")
+        click.echo(f"logs and data in {where}; Ctrl-C to stop")
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with anyio.create_task_group() as tg:
+                async def restart_dead() -> None:
+                    while True:
+                        await anyio.sleep(1.0)
+                        for node_id, proc in local.nodes.items():
+                            if not proc.alive():
+                                click.echo(f"node {node_id} exited; restarting")
+                                local.start(node_id)
+
+                tg.start_soon(restart_dead)
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    break
+
+    try:
+        run_async(supervise)
+    finally:
+        codes = local.stop_all()
+        click.echo("stopped: " + ", ".join(f"node {k} exit {v}" for k, v in codes.items()))
+
+
+@main.command()
+@click.option("--seconds", type=float, default=6.0, show_default=True,
+              help="Length of the write workload.")
+@click.option("--clients", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where the nodes keep their data (default: a new temporary directory).")
+def demo(seconds: float, clients: int, data_dir: Path | None) -> None:
+    """Start a local 3-node cluster, run a KV workload, kill the leader, show what happened."""
+    from framework.runtime.demo import run_demo
+
+    run_demo(seconds=seconds, clients=clients, data_dir=data_dir)
+
+
+@main.command()
+@click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
+@click.option("--clients", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--payload", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Bytes per value.")
+@click.option("--seconds", type=float, default=10.0, show_default=True)
+@click.option("--kill-leader", is_flag=True, help="SIGKILL the leader half-way through.")
+@click.option("--profile", default=None)
+@click.option("--flag", "flags", multiple=True)
+@click.option("--sync", type=click.Choice(["always", "os"]), default="always", show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def bench(nodes: int, clients: int, payload: int, seconds: float, kill_leader: bool,
+          profile: str | None, flags: tuple[str, ...], sync: str, as_json: bool) -> None:
+    """Load a local cluster of node processes; report ops/s, latency, RSS and failover."""
+    from framework.runtime.bench import BenchOptions, run_bench
+
+    options = BenchOptions(nodes=nodes, clients=clients, payload=payload, seconds=seconds,
+                           kill_leader=kill_leader, profile=profile, flags=tuple(flags),
+                           sync=sync)
+    report = run_bench(options, progress=not as_json)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+
+
+# -- config ------------------------------------------------------------------------------------
+
+
+@main.group()
+def config() -> None:
+    """Show, check and write settings."""
+
+
+@config.command("show")
+@click.option("--profile", default="default", show_default=True)
+@click.option("--settings", "settings_files", multiple=True, type=click.Path(dir_okay=False))
+def config_show(profile: str, settings_files: tuple[str, ...]) -> None:
+    """The effective settings and where each value came from."""
+    from rich.console import Console
+
+    from framework.runtime.report import settings_table
+
+    settings = _settings(profile, settings_files, ())
+    Console().print(settings_table(settings))
+
+
+@config.command("check")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--profile", default="default", show_default=True)
+def config_check(file: str, profile: str) -> None:
+    """Validate FILE layered over the defaults; exit 1 naming the bad key if invalid."""
+    try:
+        load_settings(profile=profile, files=[file])
+    except SettingsError as exc:
+        click.echo(f"{file}: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"{file}: ok")
+
+
+@config.command("write")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--profile", default="default", show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite FILE if it exists.")
+def config_write(file: Path, profile: str, force: bool) -> None:
+    """Write the effective settings of PROFILE to FILE as TOML."""
+    if file.exists() and not force:
+        raise click.ClickException(f"{file} exists; pass --force to overwrite it")
+    text = settings_to_toml(_settings(profile, (), ()))
+    tmp = file.with_name(file.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(file)
+    click.echo(f"wrote {file}")
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()

@@ -1,0 +1,272 @@
+"""``KVClient``: the async client of a raftmw KV cluster.
+
+It finds the leader (following ``not_leader`` redirects), keeps one connection per node,
+and retries through leader changes and lost connections until its deadline. Each write
+carries the client's session ``(client_id, seq)`` and a retry reuses it, so a write the
+cluster already applied is not applied again (Raft dissertation §6.3).
+
+Errors (all ``framework.errors.RaftError``): ``Overloaded`` (the leader shed the request;
+nothing applied), ``Unavailable`` (no leader reached before the deadline; nothing known to be
+applied), ``Timeout`` (a write was sent but its outcome is unknown), ``BadRequest``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from types import TracebackType
+from typing import Any, Protocol
+
+import anyio
+import anyio.abc
+
+from framework.errors import BadRequest, Overloaded, RaftError, Timeout, Unavailable
+from framework.transport.wire import (
+    AdminMembers,
+    AdminTransfer,
+    ClientResponse,
+    KVOp,
+    RequestBody,
+    StatusRequest,
+)
+
+__all__ = ["KVClient", "parse_peers"]
+
+
+class _Connection(Protocol):
+    async def request(self, body: RequestBody) -> ClientResponse: ...
+
+
+Connector = Callable[[str], AbstractAsyncContextManager[_Connection]]
+
+
+def parse_peers(peers: str | Sequence[str] | Mapping[int, str]) -> dict[int, str]:
+    """``"1=h:p,2=h:p"``, a list of ``"id=h:p"`` or ``"h:p"``, or a mapping -> id -> address.
+
+    Addresses without an id are numbered from 1 in the order given.
+    """
+    if isinstance(peers, Mapping):
+        return {int(k): str(v) for k, v in peers.items()}
+    items = [p.strip() for p in peers.split(",")] if isinstance(peers, str) else list(peers)
+    out: dict[int, str] = {}
+    for position, item in enumerate(items, start=1):
+        if not item:
+            continue
+        if "=" in item:
+            left, _, address = item.partition("=")
+            try:
+                node_id = int(left)
+            except ValueError:
+                raise ValueError(
+                    f"peer {item!r}: {left!r} is not a node id; expected ID=HOST:PORT"
+                ) from None
+        else:
+            node_id, address = position, item
+        if ":" not in address:
+            raise ValueError(f"peer {item!r}: {address!r} is not HOST:PORT")
+        if node_id <= 0 or node_id in out:
+            raise ValueError(f"peer {item!r}: node id {node_id} is not positive or repeated")
+        out[node_id] = address
+    if not out:
+        raise ValueError(f"no peers in {peers!r}; expected ID=HOST:PORT[,ID=HOST:PORT...]")
+    return out
+
+
+def _tcp_connector(connect_timeout: float) -> Connector:
+    from framework.transport.tcp import TcpClientConnection
+
+    def connect(address: str) -> AbstractAsyncContextManager[_Connection]:
+        return TcpClientConnection.connect(address, timeout=connect_timeout)
+
+    return connect
+
+
+class KVClient:
+    def __init__(
+        self,
+        peers: str | Sequence[str] | Mapping[int, str],
+        *,
+        timeout: float = 5.0,
+        connect_timeout: float = 1.0,
+        retry_backoff: float = 0.02,
+        client_id: int | None = None,
+        connector: Connector | None = None,
+    ) -> None:
+        self.peers = parse_peers(peers)
+        self.timeout = timeout
+        self.retry_backoff = retry_backoff
+        self.client_id = client_id or random.SystemRandom().randrange(1, 2**62)
+        self._seq = 0
+        self._connector = connector or _tcp_connector(connect_timeout)
+        self._stack: AsyncExitStack | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._connections: dict[str, tuple[_Connection, anyio.Event]] = {}
+        self._leader: str | None = None
+        self._rng = random.Random(self.client_id)
+
+    async def __aenter__(self) -> KVClient:
+        # Connections live in holder tasks of this group, so a request's timeout scope
+        # never contains a connection's own task group (structured concurrency).
+        stack = AsyncExitStack()
+        self._tg = await stack.enter_async_context(anyio.create_task_group())
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for _conn, closed in self._connections.values():
+            closed.set()
+        self._connections = {}
+        stack, self._stack, self._tg = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    # == operations ===========================================================================
+
+    async def get(self, key: str) -> str | None:
+        """Linearizable read (ReadIndex on the leader)."""
+        value = await self._call(KVOp(op="get", key=key), write=False)
+        assert value is None or isinstance(value, str)
+        return value
+
+    async def put(self, key: str, value: str) -> None:
+        await self._write(KVOp(op="put", key=key, value=value))
+
+    async def delete(self, key: str) -> None:
+        await self._write(KVOp(op="delete", key=key))
+
+    async def append(self, key: str, value: str) -> str:
+        result = await self._write(KVOp(op="append", key=key, value=value))
+        assert isinstance(result, str)
+        return result
+
+    async def cas(self, key: str, expected: str | None, new: str) -> bool:
+        result = await self._write(KVOp(op="cas", key=key, expected=expected, value=new))
+        assert isinstance(result, bool)
+        return result
+
+    async def status(self, node_id: int) -> dict[str, Any]:
+        """The status page of one node (no leader needed)."""
+        address = self.peers.get(node_id)
+        if address is None:
+            raise BadRequest(f"node {node_id} is not in the peer list {sorted(self.peers)}")
+        response = await self._send_once(address, StatusRequest(), self.timeout)
+        if response is None or response.status is None:
+            raise Unavailable(f"node {node_id} at {address} did not answer")
+        return dict(response.status)
+
+    async def members(self, action: str, node_id: int, address: str = "") -> dict[str, Any]:
+        """Membership change through the leader: add, add_learner, promote or remove."""
+        body = AdminMembers(action=action, node_id=node_id, address=address)  # type: ignore[arg-type]
+        await self._call(body, write=True)
+        return {}
+
+    async def transfer_leader(self, to: int) -> None:
+        await self._call(AdminTransfer(to=to), write=True)
+
+    # == the retry loop =======================================================================
+
+    async def _write(self, op: KVOp) -> object:
+        self._seq += 1
+        session = KVOp(op=op.op, key=op.key, value=op.value, expected=op.expected,
+                       client_id=self.client_id, seq=self._seq)
+        return await self._call(session, write=True)
+
+    async def _call(self, body: RequestBody, *, write: bool) -> object:
+        deadline = anyio.current_time() + self.timeout
+        maybe_applied = False
+        last_problem = "no node answered"
+        backoff = self.retry_backoff
+        tried: set[str] = set()
+        while True:
+            remaining = deadline - anyio.current_time()
+            if remaining <= 0:
+                break
+            address = self._leader or self._pick(tried)
+            tried.add(address)
+            response = await self._send_once(address, body, remaining)
+            if response is None:
+                # The request may have reached the node before the connection died.
+                maybe_applied = maybe_applied or write
+                last_problem = f"connection to {address} failed"
+                self._leader = None
+            elif response.ok:
+                self._leader = address
+                return response.value
+            else:
+                error = response.error
+                assert error is not None
+                last_problem = f"{address}: {error.message}"
+                if error.kind == "not_leader":
+                    self._leader = error.leader_address or None
+                    if self._leader:
+                        continue  # follow the redirect at once
+                elif error.kind == "overloaded":
+                    raise Overloaded(error.message)
+                elif error.kind == "bad_request":
+                    raise BadRequest(error.message)
+                elif error.kind == "retry":
+                    maybe_applied = maybe_applied or write
+                    self._leader = None
+            await anyio.sleep(min(backoff, max(0.0, deadline - anyio.current_time())))
+            backoff = min(backoff * 2, 0.5)
+        if maybe_applied:
+            raise Timeout(
+                f"no outcome within {self.timeout:g}s; the write may or may not have been "
+                f"applied (last: {last_problem})"
+            )
+        raise Unavailable(f"no leader reachable within {self.timeout:g}s (last: {last_problem})")
+
+    def _pick(self, tried: set[str]) -> str:
+        addresses = list(self.peers.values())
+        fresh = [a for a in addresses if a not in tried]
+        return self._rng.choice(fresh or addresses)
+
+    async def _send_once(
+        self, address: str, body: RequestBody, remaining: float
+    ) -> ClientResponse | None:
+        """One request to one node; None if the connection failed or the time ran out."""
+        with anyio.move_on_after(remaining):
+            try:
+                conn = await self._connection(address)
+                return await conn.request(body)
+            except (OSError, RaftError, anyio.BrokenResourceError, anyio.EndOfStream):
+                await self._drop(address)
+                return None
+        await self._drop(address)
+        return None
+
+    async def _connection(self, address: str) -> _Connection:
+        cached = self._connections.get(address)
+        if cached is not None:
+            return cached[0]
+        if self._tg is None:
+            raise RuntimeError("KVClient must be used as 'async with KVClient(...) as client'")
+        conn, closed = await self._tg.start(self._hold, address)
+        self._connections[address] = (conn, closed)
+        return conn
+
+    async def _hold(
+        self, address: str, *, task_status: anyio.abc.TaskStatus[tuple[_Connection, anyio.Event]]
+    ) -> None:
+        closed = anyio.Event()
+        started = False
+        try:
+            async with self._connector(address) as conn:
+                task_status.started((conn, closed))
+                started = True
+                await closed.wait()
+        except (OSError, anyio.BrokenResourceError):
+            if not started:
+                raise  # to the caller of start(): the connection could not be opened
+            # Once handed out, a dead connection shows up in requests; nothing to report.
+
+    async def _drop(self, address: str) -> None:
+        cached = self._connections.pop(address, None)
+        if cached is not None:
+            cached[1].set()

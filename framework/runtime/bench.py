@@ -1,0 +1,93 @@
+"""``raftmw bench``: node processes on loopback under load; throughput, latency, RSS, failover."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import tomli_w
+from rich.console import Console
+from rich.table import Table
+
+from framework.runtime.localcluster import LocalCluster
+from framework.runtime.workload import percentile, run_workload
+
+__all__ = ["BenchOptions", "run_bench"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BenchOptions:
+    nodes: int = 3
+    clients: int = 64
+    payload: int = 100
+    seconds: float = 10.0
+    kill_leader: bool = False
+    profile: str | None = None
+    flags: tuple[str, ...] = ()
+    sync: str = "always"
+
+
+def run_bench(options: BenchOptions, *, progress: bool = True) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="raftmw-bench-") as tmp:
+        root = Path(tmp)
+        settings = root / "bench-settings.toml"
+        settings.write_text(tomli_w.dumps({"storage": {"sync": options.sync}}))
+        cluster = LocalCluster(root, nodes=options.nodes, profile=options.profile,
+                               flags=options.flags, settings_files=[str(settings)],
+                               cluster_id="bench")
+        try:
+            report = anyio.run(_bench, cluster, options, backend="asyncio")
+        finally:
+            cluster.stop_all()
+    if progress:
+        _print(report)
+    return report
+
+
+async def _bench(cluster: LocalCluster, options: BenchOptions) -> dict[str, Any]:
+    cluster.start_all()
+    await cluster.wait_serving()
+    await cluster.leader()
+    result = await run_workload(
+        cluster, clients=options.clients, seconds=options.seconds, payload=options.payload,
+        kill_leader_after=options.seconds / 2 if options.kill_leader else None,
+    )
+    lat = result.latencies
+    return {
+        "options": asdict(options),
+        "acknowledged_writes": result.ops,
+        "ops_per_second": round(result.throughput, 1),
+        "latency_ms": {
+            "p50": round(percentile(lat, 0.5) * 1e3, 3),
+            "p99": round(percentile(lat, 0.99) * 1e3, 3),
+            "p999": round(percentile(lat, 0.999) * 1e3, 3),
+        },
+        "peak_rss_mib": {str(k): round(v / 1024, 1) for k, v in result.peak_rss_kib.items()},
+        "failover_ms": round(result.failover_seconds * 1e3, 1)
+        if result.failover_seconds is not None else None,
+        "killed_leader": result.killed_leader or None,
+        "client_errors": result.errors,
+    }
+
+
+def _print(report: dict[str, Any]) -> None:
+    table = Table(title="raftmw bench")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    o = report["options"]
+    table.add_row("setup", f"{o['nodes']} nodes, {o['clients']} clients, {o['payload']} B "
+                  f"values, sync={o['sync']}, {o['seconds']:g}s")
+    table.add_row("committed writes/s", f"{report['ops_per_second']:,.0f}")
+    lat = report["latency_ms"]
+    table.add_row("latency p50 / p99 / p999", f"{lat['p50']:.2f} / {lat['p99']:.2f} / "
+                  f"{lat['p999']:.2f} ms")
+    table.add_row("peak RSS per node", ", ".join(f"{k}: {v} MiB" for k, v in
+                                                report["peak_rss_mib"].items()))
+    if report["killed_leader"]:
+        table.add_row("failover (kill -> next write)", f"{report['failover_ms']} ms")
+    table.add_row("client errors", ", ".join(f"{k}: {v}" for k, v in
+                                             report["client_errors"].items()) or "none")
+    Console().print(table)

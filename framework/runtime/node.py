@@ -1,0 +1,648 @@
+"""``RaftNode``: the anyio runtime that drives one kernel with a real disk and network.
+
+Theory of operation
+-------------------
+One task, the Ready loop, owns the kernel: nothing else calls it. Everything that wants the
+kernel's attention (a tick, messages from peers, client proposals and reads, admin changes)
+appends to an input list and sets the wake-up event; the loop drains all inputs, then
+performs every ``Ready`` the kernel has, in the order ``Ready`` documents:
+
+1. send ``messages`` (leader appends leave before the local write, dissertation §10.2.1);
+2. persist snapshot + entries + hard state in one store transaction, in a worker thread;
+3. send ``persisted_messages`` (votes and acknowledgements promise durability);
+4. restore/apply to the state machine, answer waiting clients and reads;
+5. ``advance``.
+
+Inputs that arrive while a Ready is being persisted wait for the next iteration and go into
+the kernel together: that is where batching comes from (many proposals, one fsync).
+
+A client write is answered only after its entry is applied, which happens only after it
+committed, which the leader only counts once the entry is durable on a majority (the kernel
+counts its own copy after step 2). A retried write carries the same ``(client_id, seq)``
+and the state machine applies it once. Reads use ReadIndex.
+
+Snapshots wrap the state machine's bytes in a ``NodeSnapshot`` that also carries the member
+address book, so a node restored from a snapshot knows how to reach everyone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import msgspec
+from anyio.abc import TaskStatus
+
+from framework.config import Settings
+from framework.core import (
+    ConfChange,
+    ConfChangeRejected,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryKind,
+    InvalidMessage,
+    Message,
+    NotLeader,
+    ProposalRejected,
+    RaftConfig,
+    RawNode,
+    Ready,
+    Role,
+    TransferInProgress,
+    UncommittedSizeExceeded,
+    decode_conf_change,
+)
+from framework.statemachine import (
+    Append,
+    Cas,
+    CommandError,
+    Delete,
+    KVStateMachine,
+    Put,
+    Request,
+    StaleRequest,
+    encode_request,
+)
+from framework.storage import LogStore, StorageError, StoredState
+from framework.transport.base import Transport
+from framework.transport.wire import (
+    AdminMembers,
+    AdminTransfer,
+    ClientRequest,
+    ClientResponse,
+    ErrorReply,
+    KVOp,
+    StatusRequest,
+)
+
+__all__ = ["NodeConfig", "NodeSnapshot", "RaftNode"]
+
+log = logging.getLogger("raftmw.node")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    node_id: int
+    cluster_id: str
+    peers: Mapping[int, str]
+    """Known member addresses, this node's own included."""
+    settings: Settings
+    join: bool = False
+    """Start with no membership and wait to be added (instead of bootstrapping ``peers``)."""
+
+
+class NodeSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """What a runtime snapshot holds besides the state machine's own bytes."""
+
+    version: int
+    members: dict[int, str]
+    state_machine: bytes
+
+
+_SNAP_ENCODER = msgspec.msgpack.Encoder()
+_SNAP_DECODER = msgspec.msgpack.Decoder(NodeSnapshot)
+_SNAPSHOT_VERSION = 1
+
+
+class _Waiter:
+    """One client waiting for an outcome from the Ready loop."""
+
+    __slots__ = ("error", "event", "value")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.value: object = None
+        self.error: ErrorReply | None = None
+
+    def succeed(self, value: object) -> None:
+        if not self.event.is_set():
+            self.value = value
+            self.event.set()
+
+    def fail(self, kind: Any, message: str, leader_id: int = 0, address: str = "") -> None:
+        if not self.event.is_set():
+            self.error = ErrorReply(kind=kind, message=message, leader_id=leader_id,
+                                    leader_address=address)
+            self.event.set()
+
+
+class RaftNode:
+    def __init__(
+        self,
+        config: NodeConfig,
+        *,
+        store: LogStore,
+        transport: Transport,
+        state_machine: KVStateMachine | None = None,
+    ) -> None:
+        self.config = config
+        self.id = config.node_id
+        self.settings = config.settings
+        self.store = store
+        self.transport = transport
+        self.sm = state_machine or KVStateMachine()
+        self.addresses: dict[int, str] = dict(config.peers)
+        self.kernel: RawNode | None = None
+        self._wake = anyio.Event()
+        self._inbox: list[Message] = []
+        self._ticks = 0
+        self._unreachable: set[int] = set()
+        self._proposals: list[tuple[bytes, _Waiter]] = []
+        self._reads: list[tuple[bytes, str, _Waiter]] = []
+        self._actions: list[Callable[[RawNode], None]] = []
+        self._waiting_apply: dict[int, tuple[int, _Waiter]] = {}
+        self._waiting_reads: dict[bytes, tuple[str, _Waiter]] = {}
+        self._ready_reads: list[tuple[int, bytes]] = []
+        self._apply_watchers: list[tuple[int, _Waiter]] = []
+        self._read_seq = 0
+        self._changed = anyio.Event()
+        """Set (and replaced) after every Ready: admin waits watch state without polling."""
+        self.invalid_messages = 0
+
+    # == lifecycle ============================================================================
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until cancelled. Reports started once it serves peers and clients."""
+        try:
+            state = await anyio.to_thread.run_sync(self._open_store)
+            self.kernel = self._build_kernel(state)
+            async with anyio.create_task_group() as tg:
+                self.transport.set_peers(self._peer_addresses())
+                await tg.start(self.transport.serve, self, self)
+                tg.start_soon(self._ticker)
+                tg.start_soon(self._ready_loop)
+                log.info("node %d serving at %s", self.id, self.transport.listen_address)
+                task_status.started()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.store.close)
+                self._fail_all("retry", f"node {self.id} is shutting down")
+
+    def _open_store(self) -> StoredState:
+        state = self.store.load()
+        if state is None:
+            voters = () if self.config.join else tuple(sorted(self.config.peers))
+            self.store.initialize(node_id=self.id, cluster_id=self.config.cluster_id,
+                                  conf_state=ConfState(voters=voters))
+            state = self.store.load()
+            assert state is not None
+        if state.node_id != self.id or state.cluster_id != self.config.cluster_id:
+            raise StorageError(
+                f"the data directory belongs to node {state.node_id} of cluster "
+                f"{state.cluster_id!r}, not node {self.id} of cluster {self.config.cluster_id!r}"
+            )
+        return state
+
+    def _build_kernel(self, state: StoredState) -> RawNode:
+        raft = self.settings.raft
+        config = RaftConfig(
+            id=self.id,
+            election_tick=raft.election_tick,
+            heartbeat_tick=raft.heartbeat_tick,
+            max_inflight_msgs=raft.max_inflight_msgs,
+            max_size_per_msg=raft.max_size_per_msg,
+            max_uncommitted_entries_size=raft.max_uncommitted_entries_size,
+            pre_vote=raft.pre_vote,
+            check_quorum=raft.check_quorum,
+            lease_reads=raft.lease_reads,
+            max_committed_per_ready=raft.max_batch_proposals * 4,
+        )
+        if state.snapshot.data:
+            self._restore(state.snapshot.data)
+        return RawNode(
+            config,
+            rng=random.Random(int.from_bytes(os.urandom(8), "big")),
+            hard_state=state.hard_state,
+            entries=state.entries,
+            snapshot=state.snapshot,
+            conf_state=state.conf_state,
+        )
+
+    def _restore(self, data: bytes) -> None:
+        try:
+            snap = _SNAP_DECODER.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise StorageError(f"node {self.id}: snapshot is not a raftmw snapshot: {exc}") from exc
+        self.sm.restore(snap.state_machine)
+        self.addresses.update(snap.members)
+
+    def _peer_addresses(self) -> dict[int, str]:
+        return {nid: addr for nid, addr in self.addresses.items() if nid != self.id}
+
+    # == transport callbacks (PeerInbox) ======================================================
+
+    def deliver(self, messages: Any) -> None:
+        self._inbox.extend(messages)
+        self._wake.set()
+
+    def peer_unreachable(self, node_id: int) -> None:
+        self._unreachable.add(node_id)
+        self._wake.set()
+
+    # == the loop =============================================================================
+
+    async def _ticker(self) -> None:
+        interval = self.settings.raft.tick_interval
+        while True:
+            await anyio.sleep(interval)
+            self._ticks += 1
+            self._wake.set()
+
+    async def _ready_loop(self) -> None:
+        kernel = self.kernel
+        assert kernel is not None
+        while True:
+            await self._wake.wait()
+            # A new event first: inputs that arrive while we work wake the next round.
+            self._wake = anyio.Event()
+            self._drain_inputs(kernel)
+            while kernel.has_ready():
+                await self._handle_ready(kernel, kernel.ready())
+            self._changed.set()
+            self._changed = anyio.Event()
+
+    def _drain_inputs(self, kernel: RawNode) -> None:
+        ticks, self._ticks = self._ticks, 0
+        for _ in range(ticks):
+            kernel.tick()
+        if self._unreachable:
+            for node_id in self._unreachable:
+                kernel.report_unreachable(node_id)
+            self._unreachable.clear()
+        if self._inbox:
+            inbox, self._inbox = self._inbox, []
+            for msg in inbox:
+                try:
+                    kernel.step(msg)
+                except InvalidMessage as exc:
+                    self.invalid_messages += 1
+                    log.debug("node %d dropped a message: %s", self.id, exc)
+        if self._actions:
+            actions, self._actions = self._actions, []
+            for action in actions:
+                action(kernel)
+        if self._proposals:
+            self._propose(kernel)
+        if self._reads:
+            reads, self._reads = self._reads, []
+            for context, key, waiter in reads:
+                self._waiting_reads[context] = (key, waiter)
+                kernel.read_index(context)
+
+    def _propose(self, kernel: RawNode) -> None:
+        limit = self.settings.raft.max_batch_proposals
+        batch, self._proposals = self._proposals[:limit], self._proposals[limit:]
+        if self._proposals:
+            self._wake.set()
+        try:
+            indexes = kernel.propose_batch([data for data, _ in batch])
+        except NotLeader as exc:
+            for _, waiter in batch:
+                self._fail_not_leader(waiter, exc.leader)
+            return
+        except TransferInProgress as exc:
+            for _, waiter in batch:
+                waiter.fail("retry", str(exc))
+            return
+        except UncommittedSizeExceeded as exc:
+            for _, waiter in batch:
+                waiter.fail("overloaded", str(exc))
+            return
+        term = kernel.term
+        for index, (_, waiter) in zip(indexes, batch, strict=False):
+            self._waiting_apply[index] = (term, waiter)
+        for _, waiter in batch[len(indexes):]:
+            waiter.fail("overloaded", "uncommitted entries exceed max_uncommitted_entries_size")
+
+    async def _handle_ready(self, kernel: RawNode, rd: Ready) -> None:
+        transport = self.transport
+        if rd.messages:
+            transport.send(rd.messages)
+        if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
+            await anyio.to_thread.run_sync(self._persist, rd)
+        if rd.persisted_messages:
+            transport.send(rd.persisted_messages)
+        if rd.snapshot is not None:
+            await anyio.to_thread.run_sync(self._restore, rd.snapshot.data)
+            self.transport.set_peers(self._peer_addresses())
+            log.info("node %d installed a snapshot at index %d", self.id,
+                     rd.snapshot.meta.index)
+        if rd.committed_entries:
+            self._apply(rd.committed_entries)
+        if rd.soft_state is not None:
+            self._on_soft_state(kernel, rd)
+        if rd.read_states:
+            self._ready_reads.extend((rs.index, rs.context) for rs in rd.read_states)
+        for context in rd.dropped_reads:
+            entry = self._waiting_reads.pop(context, None)
+            if entry is not None:
+                self._fail_not_leader(entry[1], kernel.leader)
+        kernel.advance(rd)
+        self._serve_reads()
+        await self._maybe_snapshot(kernel)
+
+    def _persist(self, rd: Ready) -> None:
+        self.store.save_ready(
+            hard_state=rd.hard_state, entries=rd.entries, snapshot=rd.snapshot,
+            sync=rd.must_sync,
+        )
+
+    def _apply(self, entries: tuple[Entry, ...]) -> None:
+        sm = self.sm
+        waiting = self._waiting_apply
+        for entry in entries:
+            result = sm.apply(entry)
+            if entry.kind is EntryKind.CONF_CHANGE:
+                self._on_conf_change(entry)
+            if waiting:
+                pending = waiting.pop(entry.index, None)
+                if pending is not None:
+                    term, waiter = pending
+                    if term == entry.term:
+                        _answer(waiter, result)
+                    else:
+                        waiter.fail("retry", "leadership changed before the write committed")
+        if self._apply_watchers:
+            applied = entries[-1].index
+            keep = []
+            for index, waiter in self._apply_watchers:
+                if index <= applied:
+                    waiter.succeed(None)
+                else:
+                    keep.append((index, waiter))
+            self._apply_watchers = keep
+
+    def _on_conf_change(self, entry: Entry) -> None:
+        change = decode_conf_change(entry.data)
+        if change.type is ConfChangeType.REMOVE:
+            self.addresses.pop(change.node_id, None)
+        elif change.context:
+            self.addresses[change.node_id] = change.context.decode()
+        self.transport.set_peers(self._peer_addresses())
+        log.info("node %d applied %s %d", self.id, change.type.value, change.node_id)
+
+    def _on_soft_state(self, kernel: RawNode, rd: Ready) -> None:
+        assert rd.soft_state is not None
+        log.info("node %d is %s in term %d (leader %d)", self.id, rd.soft_state.role.value,
+                 kernel.term, rd.soft_state.leader)
+        if rd.soft_state.role is not Role.LEADER and self._waiting_apply:
+            # Their entries may still commit under the next leader; the client retries with
+            # the same session and the state machine applies the write once.
+            for _term, waiter in self._waiting_apply.values():
+                waiter.fail("retry", "leadership changed; outcome unknown, retry")
+            self._waiting_apply.clear()
+
+    def _serve_reads(self) -> None:
+        if not self._ready_reads:
+            return
+        applied = self.sm.applied_index
+        keep = []
+        for index, context in self._ready_reads:
+            if index > applied:
+                keep.append((index, context))
+                continue
+            entry = self._waiting_reads.pop(context, None)
+            if entry is not None:
+                key, waiter = entry
+                waiter.succeed(self.sm.read(key))
+        self._ready_reads = keep
+
+    async def _maybe_snapshot(self, kernel: RawNode) -> None:
+        threshold = self.settings.raft.snapshot_threshold_entries
+        if threshold <= 0 or kernel.log.applied - kernel.snapshot.meta.index < threshold:
+            return
+        data = await anyio.to_thread.run_sync(self._snapshot_bytes)
+        snapshot = kernel.compact(data)
+        await anyio.to_thread.run_sync(self.store.save_snapshot, snapshot)
+        log.info("node %d took a snapshot at index %d", self.id, snapshot.meta.index)
+
+    def _snapshot_bytes(self) -> bytes:
+        return _SNAP_ENCODER.encode(
+            NodeSnapshot(version=_SNAPSHOT_VERSION, members=dict(self.addresses),
+                         state_machine=self.sm.snapshot())
+        )
+
+    def _fail_all(self, kind: str, message: str) -> None:
+        for _term, waiter in self._waiting_apply.values():
+            waiter.fail(kind, message)
+        for _key, waiter in self._waiting_reads.values():
+            waiter.fail(kind, message)
+        for _data, waiter in self._proposals:
+            waiter.fail(kind, message)
+        for _ctx, _key, waiter in self._reads:
+            waiter.fail(kind, message)
+        for _index, waiter in self._apply_watchers:
+            waiter.fail(kind, message)
+
+    def _fail_not_leader(self, waiter: _Waiter, leader: int) -> None:
+        address = self.addresses.get(leader, "") if leader and leader != self.id else ""
+        where = f"node {leader} at {address}" if address else "unknown"
+        waiter.fail("not_leader", f"node {self.id} is not the leader; leader: {where}",
+                    leader if address else 0, address)
+
+    # == client service =======================================================================
+
+    async def handle(self, request: ClientRequest) -> ClientResponse:
+        body = request.body
+        try:
+            if isinstance(body, KVOp):
+                value = await self._kv(body)
+                return ClientResponse(id=request.id, ok=True, value=value)  # type: ignore[arg-type]
+            if isinstance(body, StatusRequest):
+                return ClientResponse(id=request.id, ok=True, status=self.status())
+            if isinstance(body, AdminMembers):
+                await self._members(body)
+                return ClientResponse(id=request.id, ok=True, status=self.status())
+            if isinstance(body, AdminTransfer):
+                await self._transfer(body.to)
+                return ClientResponse(id=request.id, ok=True)
+        except _Refused as refused:
+            return ClientResponse(id=request.id, ok=False, error=refused.reply)
+        return ClientResponse(  # pragma: no cover - the decoder admits no other body
+            id=request.id, ok=False,
+            error=ErrorReply(kind="bad_request", message=f"unknown request {body!r}"),
+        )
+
+    async def _await(self, waiter: _Waiter) -> object:
+        with anyio.move_on_after(self.settings.client.request_timeout):
+            await waiter.event.wait()
+        if not waiter.event.is_set():
+            raise _Refused(ErrorReply(kind="retry", message=(
+                f"node {self.id}: no outcome within "
+                f"{self.settings.client.request_timeout:g}s; outcome unknown")))
+        if waiter.error is not None:
+            raise _Refused(waiter.error)
+        return waiter.value
+
+    def _check_leader(self) -> None:
+        kernel = self.kernel
+        if kernel is None or kernel.role is not Role.LEADER:
+            waiter = _Waiter()
+            self._fail_not_leader(waiter, kernel.leader if kernel else 0)
+            assert waiter.error is not None
+            raise _Refused(waiter.error)
+
+    async def _kv(self, op: KVOp) -> object:
+        self._check_leader()
+        if op.op == "get":
+            self._read_seq += 1
+            context = f"{self.id}:{self._read_seq}".encode()
+            waiter = _Waiter()
+            self._reads.append((context, op.key, waiter))
+            self._wake.set()
+            try:
+                return await self._await(waiter)
+            finally:
+                self._waiting_reads.pop(context, None)
+        if op.client_id <= 0 or op.seq <= 0:
+            raise _Refused(ErrorReply(kind="bad_request", message=(
+                f"{op.op} needs a client session: client_id={op.client_id} seq={op.seq}; "
+                "expected both >= 1")))
+        command = _command(op)
+        data = encode_request(Request(client_id=op.client_id, seq=op.seq, op=command))
+        waiter = _Waiter()
+        self._proposals.append((data, waiter))
+        self._wake.set()
+        return await self._await(waiter)
+
+    async def _kernel_call(self, call: Callable[[RawNode], object]) -> object:
+        """Run ``call`` on the kernel inside the Ready loop and return its result."""
+        waiter = _Waiter()
+
+        def action(kernel: RawNode) -> None:
+            try:
+                waiter.succeed(call(kernel))
+            except NotLeader as exc:
+                self._fail_not_leader(waiter, exc.leader)
+            except (ConfChangeRejected, ProposalRejected) as exc:
+                waiter.fail("bad_request", str(exc))
+
+        self._actions.append(action)
+        self._wake.set()
+        return await self._await(waiter)
+
+    async def _wait_applied(self, index: int) -> None:
+        waiter = _Waiter()
+        if self.sm.applied_index >= index:
+            return
+        self._apply_watchers.append((index, waiter))
+        await self._await(waiter)
+
+    async def _members(self, req: AdminMembers) -> None:
+        self._check_leader()
+        if req.action in ("add", "add_learner"):
+            if not req.address:
+                raise _Refused(ErrorReply(kind="bad_request", message=(
+                    f"adding node {req.node_id} needs its address (host:port)")))
+            change = ConfChange(type=ConfChangeType.ADD_LEARNER, node_id=req.node_id,
+                                context=req.address.encode())
+            await self._change(change)
+            if req.action == "add_learner":
+                return
+            await self._wait_caught_up(req.node_id)
+            await self._change(ConfChange(type=ConfChangeType.PROMOTE, node_id=req.node_id))
+        elif req.action == "promote":
+            await self._wait_caught_up(req.node_id)
+            await self._change(ConfChange(type=ConfChangeType.PROMOTE, node_id=req.node_id))
+        else:
+            await self._change(ConfChange(type=ConfChangeType.REMOVE, node_id=req.node_id))
+
+    async def _change(self, change: ConfChange) -> None:
+        index = await self._kernel_call(lambda k: k.propose_conf_change(change))
+        assert isinstance(index, int)
+        await self._wait_applied(index)
+
+    async def _wait_caught_up(self, node_id: int) -> None:
+        """Wait (within the request deadline) until a learner holds every committed entry."""
+        with anyio.move_on_after(self.settings.client.request_timeout):
+            while True:
+                kernel = self.kernel
+                assert kernel is not None
+                pr = kernel.progress.get(node_id)
+                if kernel.role is Role.LEADER and pr is not None and (
+                    pr.match >= kernel.log.committed
+                ):
+                    return
+                await self._changed.wait()
+        raise _Refused(ErrorReply(kind="retry", message=(
+            f"learner {node_id} has not caught up with the log yet; promote it later")))
+
+    async def _transfer(self, to: int) -> None:
+        self._check_leader()
+        await self._kernel_call(lambda k: k.transfer_leader(to))
+        with anyio.move_on_after(self.settings.client.request_timeout):
+            while self.kernel is not None and self.kernel.leader != to:
+                await self._changed.wait()
+            return
+        raise _Refused(ErrorReply(kind="retry", message=(
+            f"leadership did not move to node {to} in time")))
+
+    # == status ===============================================================================
+
+    def status(self) -> dict[str, object]:
+        kernel = self.kernel
+        if kernel is None:
+            return {"node_id": self.id, "role": "starting"}
+        st = kernel.status()
+        return {
+            "node_id": self.id,
+            "cluster_id": self.config.cluster_id,
+            "address": self.transport.listen_address,
+            "role": st.role.value,
+            "term": st.term,
+            "leader": st.leader,
+            "leader_address": self.addresses.get(st.leader, ""),
+            "commit": st.commit,
+            "applied": self.sm.applied_index,
+            "first_index": st.first_index,
+            "last_index": st.last_index,
+            "log_entries": st.last_index - st.first_index + 1,
+            "snapshot_index": kernel.snapshot.meta.index,
+            "voters": list(st.conf_state.voters),
+            "learners": list(st.conf_state.learners),
+            "members": {str(k): v for k, v in sorted(self.addresses.items())},
+            "progress": {
+                str(nid): {"state": state, "match": match, "next": nxt}
+                for nid, (state, match, nxt) in st.progress.items()
+            },
+            "invalid_messages": self.invalid_messages,
+        }
+
+
+class _Refused(Exception):
+    def __init__(self, reply: ErrorReply) -> None:
+        super().__init__(reply.message)
+        self.reply = reply
+
+
+def _command(op: KVOp) -> Put | Delete | Append | Cas:
+    def need_value() -> str:
+        if op.value is None:
+            raise _Refused(ErrorReply(kind="bad_request", message=(
+                f"{op.op} {op.key!r} needs a value")))
+        return op.value
+
+    if op.op == "put":
+        return Put(key=op.key, value=need_value())
+    if op.op == "delete":
+        return Delete(key=op.key)
+    if op.op == "append":
+        return Append(key=op.key, value=need_value())
+    return Cas(key=op.key, expected=op.expected, new=need_value())
+
+
+def _answer(waiter: _Waiter, result: object) -> None:
+    if isinstance(result, StaleRequest):
+        waiter.fail("bad_request", (
+            f"request seq {result.seq} of client {result.client_id} is older than its last "
+            f"applied seq {result.last_seq}"))
+    elif isinstance(result, CommandError):
+        waiter.fail("bad_request", result.message)
+    else:
+        waiter.succeed(result)

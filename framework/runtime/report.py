@@ -1,0 +1,57 @@
+"""rich tables for the command line: cluster status and effective settings."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from rich.table import Table
+
+from framework.config import Settings, settings_to_mapping
+
+__all__ = ["settings_table", "status_table"]
+
+
+def status_table(statuses: Mapping[int, Mapping[str, Any]]) -> Table:
+    table = Table(title="raftmw cluster status")
+    for column in ("node", "role", "term", "leader", "commit", "applied", "log", "snapshot",
+                   "replication"):
+        table.add_column(column, justify="right" if column not in ("role", "replication")
+                         else "left")
+    for node_id, st in sorted(statuses.items()):
+        if st.get("role") in ("unreachable", "starting"):
+            table.add_row(str(node_id), st.get("role", "?"), *[""] * 6,
+                          str(st.get("error", "")))
+            continue
+        progress = st.get("progress") or {}
+        replication = " ".join(
+            f"{peer}:{p['state']}@{p['match']}" for peer, p in sorted(progress.items())
+            if str(peer) != str(node_id)
+        )
+        table.add_row(
+            str(node_id), str(st["role"]), str(st["term"]), str(st["leader"] or "-"),
+            str(st["commit"]), str(st["applied"]), str(st["log_entries"]),
+            str(st["snapshot_index"]), replication,
+        )
+    return table
+
+
+def settings_table(settings: Settings) -> Table:
+    table = Table(title="effective settings")
+    table.add_column("key")
+    table.add_column("value")
+    table.add_column("source")
+    for key, value in _flatten(settings_to_mapping(settings)):
+        table.add_row(key, repr(value), settings.sources.get(key, "default"))
+    return table
+
+
+def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    rows: list[tuple[str, Any]] = []
+    for key, value in mapping.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            rows.extend(_flatten(value, dotted + "."))
+        else:
+            rows.append((dotted, value))
+    return rows

@@ -1,0 +1,889 @@
+"""``TcpTransport``: peers and clients over TCP, and ``TcpClientConnection``, the client side.
+
+Theory of operation
+-------------------
+The rules this module keeps, and why:
+
+1. **One connection per peer pair.** The node with the lower id dials, the higher one only
+   accepts, and both directions share the connection. Two nodes dialling each other would
+   otherwise race and each could tear down the other's connection forever. The dialler
+   redials with exponential backoff and jitter (``backoff_min`` .. ``backoff_max``) for as
+   long as the peer is in the address book; the acceptor refuses a peer with a higher id
+   than its own. A newer connection from the same peer replaces the older one (the peer
+   restarted, and the old socket may be half-open).
+2. **Handshake first.** Each side's first frame is a ``Hello``; both send theirs at once,
+   so the handshake costs no extra round trip. The acceptor checks protocol, version,
+   cluster id and that the node id is a known peer; whoever refuses says why in a
+   ``Goodbye`` and closes. A connection that sends nothing within ``connect_timeout`` is
+   closed: a silent socket must not hold a slot forever.
+3. **``send`` never blocks.** Messages go to a per-peer list; one writer task per connection
+   takes everything queued and writes it as one ``PeerBatch`` frame, so a burst of sends
+   costs one write (coalescing). A peer with no connection gets nothing queued: its
+   messages are dropped and it is reported unreachable, since Raft retransmits and stale
+   queued messages are worse than none. A queue over ``max_queued_messages`` drops the
+   new messages and reports the peer unreachable once per overflow episode.
+4. **A bad connection is closed, nothing else.** A malformed or oversized frame (the
+   header is checked before the body is buffered), garbage, a wrong protocol, a message
+   whose ``src``/``dst`` do not match the handshake, or a ``Goodbye`` closes that
+   connection with a warning on ``raftmw.transport`` naming the remote address and the
+   reason. Every other connection keeps working.
+5. **Every task has an owner.** ``serve`` owns one task group: the accept loops, one dial
+   loop per higher-id peer, and one handler per accepted socket, each running its
+   connection's reader and writer (or, for a client, its request handlers) in a task
+   group of its own inside the connection's cancel scope. Cancelling that scope closes the
+   connection; cancelling ``serve`` closes them all. Sockets are closed in shielded
+   cleanup, so cancellation releases what it took.
+6. **Writes are whole frames or the connection is dead.** A write interrupted part-way
+   leaves half a frame on the wire; such a connection is never written to again (not even
+   a ``Goodbye``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
+from types import TracebackType
+from typing import TYPE_CHECKING, Final, ParamSpec, Self, TypeVar
+
+import anyio
+import anyio.abc
+from anyio.abc import SocketAttribute, TaskStatus
+
+from framework.core import Message
+from framework.transport.base import ClientService, PeerInbox, Transport
+from framework.transport.wire import (
+    PROTOCOL,
+    PROTOCOL_VERSION,
+    ClientRequest,
+    ClientResponse,
+    ErrorReply,
+    FrameDecoder,
+    Goodbye,
+    Hello,
+    PeerBatch,
+    ProtocolError,
+    RequestBody,
+    decode_client_request,
+    decode_client_response,
+    decode_hello,
+    decode_peer_batch,
+    encode_frame,
+)
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_SIZE",
+    "ConnectionLost",
+    "TcpClientConnection",
+    "TcpTransport",
+    "answer_request",
+    "parse_address",
+]
+
+logger = logging.getLogger("raftmw.transport")
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+DEFAULT_MAX_FRAME_SIZE: Final = 64 * 1024 * 1024
+_RECEIVE_SIZE: Final = 65536
+_GOODBYE_TIMEOUT: Final = 0.5
+"""How long a refusing side waits to say why before closing anyway."""
+
+_LOST: Final = (
+    anyio.EndOfStream,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    OSError,
+)
+"""What a socket raises when the other end went away (``TimeoutError`` is an ``OSError``)."""
+
+
+class ConnectionLost(ConnectionError):
+    """The connection to ``address`` died, was refused, or the server said ``Goodbye``."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(f"connection to {address} lost: {reason}")
+        self.address = address
+        self.reason = reason
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``"host:port"`` or ``"[v6]:port"`` -> ``(host, port)``; raises ``ValueError``."""
+    host, sep, port_text = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"address {address!r}: expected HOST:PORT with a port in 0..65535")
+    return host, int(port_text)
+
+
+def _format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _remote_address(stream: anyio.abc.SocketStream) -> str:
+    try:
+        address = stream.extra(SocketAttribute.remote_address)
+    except (OSError, anyio.TypedAttributeLookupError):
+        return "<unknown>"
+    if isinstance(address, str):  # a UNIX socket
+        return address
+    return _format_address(address[0], address[1])
+
+
+def _set_nodelay(stream: anyio.abc.SocketStream) -> None:
+    # Frames are already coalesced; Nagle would only add latency to each batch.
+    try:
+        sock = stream.extra(SocketAttribute.raw_socket)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, anyio.TypedAttributeLookupError):
+        pass
+
+
+async def _close_stream(stream: anyio.abc.SocketStream) -> None:
+    # Shielded: cancellation must still release the socket.
+    with anyio.CancelScope(shield=True):
+        await stream.aclose()
+
+
+async def answer_request(clients: ClientService, request: ClientRequest) -> ClientResponse:
+    """``clients.handle(request)``; a failing service answers ``retry`` instead of taking the
+    connection (or the node) down with it. Shared by every transport."""
+    try:
+        return await clients.handle(request)
+    except Exception as exc:
+        logger.exception("client service failed on request %d", request.id)
+        return ClientResponse(
+            id=request.id,
+            ok=False,
+            error=ErrorReply(kind="retry", message=f"internal error: {exc!r}"),
+        )
+
+
+class _FrameReader:
+    """Whole frames from a stream; ``receive`` raises ``EndOfStream`` at EOF."""
+
+    __slots__ = ("_decoder", "_frames", "_stream")
+
+    def __init__(self, stream: anyio.abc.ByteReceiveStream, max_frame_size: int) -> None:
+        self._stream = stream
+        self._decoder = FrameDecoder(max_frame_size)
+        self._frames: deque[bytes] = deque()
+
+    async def receive(self) -> bytes:
+        while not self._frames:
+            chunk = await self._stream.receive(_RECEIVE_SIZE)
+            self._frames.extend(self._decoder.feed(chunk))
+        return self._frames.popleft()
+
+
+class _FrameWriter:
+    """Serialises whole-frame writes; a write cut short poisons the stream (rule 6)."""
+
+    __slots__ = ("_lock", "_stream", "torn")
+
+    def __init__(self, stream: anyio.abc.ByteSendStream) -> None:
+        self._stream = stream
+        self._lock = anyio.Lock()
+        self.torn = False
+
+    async def send(self, frame: bytes) -> None:
+        async with self._lock:
+            if self.torn:
+                raise anyio.ClosedResourceError
+            self.torn = True
+            await self._stream.send(frame)
+            self.torn = False
+
+
+class _Connection:
+    """One accepted or dialled socket, with the scope that closes it and why it closed."""
+
+    __slots__ = ("address", "goodbye", "level", "reader", "reason", "scope", "stream", "writer")
+
+    def __init__(self, stream: anyio.abc.SocketStream, max_frame_size: int) -> None:
+        self.stream = stream
+        self.address = _remote_address(stream)
+        self.reader = _FrameReader(stream, max_frame_size)
+        self.writer = _FrameWriter(stream)
+        self.scope = anyio.CancelScope()
+        self.reason: str | None = None
+        self.level = logging.INFO
+        self.goodbye = False
+
+    def close(self, reason: str, *, level: int = logging.WARNING, goodbye: bool = False) -> None:
+        """Close this connection (its scope); the first reason given is the one logged."""
+        if self.reason is None:
+            self.reason = reason
+            self.level = level
+            self.goodbye = goodbye
+        self.scope.cancel()
+
+
+class _Backoff:
+    """Redial delays: doubling from ``low`` up to ``high``, each drawn from the upper half of
+    its step (jitter keeps restarted nodes from redialling in lockstep), never below ``low``.
+    """
+
+    __slots__ = ("_ceiling", "_high", "_low", "_rng")
+
+    def __init__(self, low: float, high: float, rng: random.Random) -> None:
+        self._low = low
+        self._high = high
+        self._rng = rng
+        self._ceiling = low
+
+    def reset(self) -> None:
+        self._ceiling = self._low
+
+    def next_delay(self) -> float:
+        ceiling = self._ceiling
+        self._ceiling = min(self._high, ceiling * 2)
+        return self._rng.uniform(max(self._low, ceiling / 2), ceiling)
+
+
+class _PeerLink:
+    """Everything about one peer while serving: its queue and its live connection."""
+
+    __slots__ = (
+        "address",
+        "connection",
+        "dial_scope",
+        "overflowing",
+        "peer_id",
+        "queue",
+        "removed",
+        "wakeup",
+    )
+
+    def __init__(self, peer_id: int, address: str) -> None:
+        self.peer_id = peer_id
+        self.address = address
+        self.queue: list[Message] = []
+        self.wakeup: anyio.Event | None = None
+        self.overflowing = False
+        self.connection: _Connection | None = None
+        self.dial_scope = anyio.CancelScope()
+        self.removed = False
+
+    def remove(self, reason: str) -> None:
+        self.removed = True
+        self.dial_scope.cancel()
+        self.queue = []
+        if self.connection is not None:
+            self.connection.close(reason, level=logging.INFO)
+
+
+class _Serving:
+    __slots__ = ("clients", "inbox", "links", "tg")
+
+    def __init__(self, tg: anyio.abc.TaskGroup, inbox: PeerInbox, clients: ClientService) -> None:
+        self.tg = tg
+        self.inbox = inbox
+        self.clients = clients
+        self.links: dict[int, _PeerLink] = {}
+
+
+class TcpTransport:
+    """The default ``Transport``: one TCP connection per peer pair, coalesced frames, the
+    same listener for peers and clients. See the module docstring for the rules."""
+
+    def __init__(
+        self,
+        *,
+        node_id: int,
+        cluster_id: str,
+        listen: str,
+        peers: Mapping[int, str],
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        connect_timeout: float = 1.0,
+        backoff_min: float = 0.05,
+        backoff_max: float = 2.0,
+        max_queued_messages: int = 100_000,
+    ) -> None:
+        if node_id <= 0:
+            raise ValueError(f"node_id={node_id}: expected a positive node id")
+        if max_frame_size < 64:
+            raise ValueError(f"max_frame_size={max_frame_size}: expected at least 64 bytes")
+        if connect_timeout <= 0:
+            raise ValueError(f"connect_timeout={connect_timeout}: expected seconds > 0")
+        if not 0 < backoff_min <= backoff_max:
+            raise ValueError(
+                f"backoff_min={backoff_min} backoff_max={backoff_max}: expected "
+                "0 < backoff_min <= backoff_max"
+            )
+        if max_queued_messages <= 0:
+            raise ValueError(f"max_queued_messages={max_queued_messages}: expected > 0")
+        self.node_id = node_id
+        self.cluster_id = cluster_id
+        self._listen_host, self._listen_port = parse_address(listen)
+        self._peers = self._address_book(peers)
+        self._max_frame_size = max_frame_size
+        self._connect_timeout = connect_timeout
+        self._backoff_min = backoff_min
+        self._backoff_max = backoff_max
+        self._max_queued = max_queued_messages
+        self._rng = random.Random()
+        self._hello = encode_frame(
+            Hello(
+                protocol=PROTOCOL,
+                version=PROTOCOL_VERSION,
+                role="peer",
+                node_id=node_id,
+                cluster_id=cluster_id,
+            )
+        )
+        self._state: _Serving | None = None
+        self._open_connections = 0
+        self._frames_sent = 0
+        self._dial_attempts = 0
+
+    # -- observable state (tests, status) -----------------------------------------------------
+
+    @property
+    def listen_address(self) -> str:
+        return _format_address(self._listen_host, self._listen_port)
+
+    @property
+    def open_connections(self) -> int:
+        """Sockets open right now: peers, clients and connections still in the handshake."""
+        return self._open_connections
+
+    @property
+    def connected_peers(self) -> frozenset[int]:
+        """Peers with an established (handshaken) connection."""
+        state = self._state
+        if state is None:
+            return frozenset()
+        return frozenset(p for p, link in state.links.items() if link.connection is not None)
+
+    @property
+    def frames_sent(self) -> int:
+        """``PeerBatch`` frames written since creation (each carries one or more messages)."""
+        return self._frames_sent
+
+    @property
+    def dial_attempts(self) -> int:
+        """Outgoing connection attempts since creation."""
+        return self._dial_attempts
+
+    # -- Transport ------------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        inbox: PeerInbox,
+        clients: ClientService,
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        if self._state is not None:
+            raise RuntimeError(f"TcpTransport of node {self.node_id} is already serving")
+        host = self._listen_host or None
+        try:
+            listener = await anyio.create_tcp_listener(
+                local_host=host, local_port=self._listen_port
+            )
+        except OSError as exc:
+            raise OSError(
+                exc.errno, f"node {self.node_id} cannot listen on {self.listen_address}: {exc}"
+            ) from exc
+        async with listener, anyio.create_task_group() as tg:
+            self._listen_port = listener.listeners[0].extra(SocketAttribute.local_port)
+            state = _Serving(tg, inbox, clients)
+            self._state = state
+            try:
+                for sub in listener.listeners:
+                    assert isinstance(sub, anyio.abc.SocketListener)
+                    tg.start_soon(self._accept_loop, sub, state)
+                self._reconcile(state)
+                logger.info("node %d listening on %s", self.node_id, self.listen_address)
+                task_status.started()
+                await anyio.sleep_forever()
+            finally:
+                self._state = None
+
+    def send(self, messages: Sequence[Message]) -> None:
+        state = self._state
+        if state is None:
+            return
+        max_queued = self._max_queued
+        links = state.links
+        woken: list[_PeerLink] = []
+        unreachable: dict[int, None] = {}
+        for msg in messages:
+            link = links.get(msg.dst)
+            if link is None or link.connection is None:
+                unreachable[msg.dst] = None
+                continue
+            if len(link.queue) >= max_queued:
+                if not link.overflowing:
+                    link.overflowing = True
+                    unreachable[msg.dst] = None
+                    logger.warning(
+                        "queue to node %d is full (%d messages); dropping new messages",
+                        msg.dst,
+                        max_queued,
+                    )
+                continue
+            if not link.queue:
+                woken.append(link)
+            link.queue.append(msg)
+        for link in woken:
+            if link.wakeup is not None:
+                link.wakeup.set()
+        for peer_id in unreachable:
+            state.inbox.peer_unreachable(peer_id)
+
+    def set_peers(self, addresses: Mapping[int, str]) -> None:
+        self._peers = self._address_book(addresses)
+        if self._state is not None:
+            self._reconcile(self._state)
+
+    # -- peer links ---------------------------------------------------------------------------
+
+    def _address_book(self, addresses: Mapping[int, str]) -> dict[int, str]:
+        book: dict[int, str] = {}
+        for peer_id, address in addresses.items():
+            if peer_id <= 0:
+                raise ValueError(f"peer id {peer_id} ({address!r}): expected a positive node id")
+            parse_address(address)
+            if peer_id != self.node_id:  # an address book may list the node itself
+                book[peer_id] = address
+        return book
+
+    def _reconcile(self, state: _Serving) -> None:
+        """Make ``state.links`` match the address book: close removed, open added."""
+        for peer_id, link in list(state.links.items()):
+            address = self._peers.get(peer_id)
+            if address is None:
+                link.remove(f"node {peer_id} was removed from the address book")
+                del state.links[peer_id]
+            elif address != link.address:
+                if self.node_id < peer_id:
+                    link.remove(f"node {peer_id} moved to {address}")
+                    del state.links[peer_id]
+                else:
+                    link.address = address  # it dials us; nothing to redo
+        for peer_id, address in self._peers.items():
+            if peer_id not in state.links:
+                link = _PeerLink(peer_id, address)
+                state.links[peer_id] = link
+                if self.node_id < peer_id:
+                    state.tg.start_soon(self._dial_loop, link, state)
+
+    async def _dial_loop(self, link: _PeerLink, state: _Serving) -> None:
+        backoff = _Backoff(self._backoff_min, self._backoff_max, self._rng)
+        failing = False
+        with link.dial_scope:
+            while True:
+                self._dial_attempts += 1
+                try:
+                    established = await self._dial_once(link, state)
+                except OSError as exc:
+                    level = logging.DEBUG if failing else logging.INFO
+                    logger.log(
+                        level,
+                        "cannot connect to node %d at %s: %s; retrying with backoff",
+                        link.peer_id,
+                        link.address,
+                        str(exc) or type(exc).__name__,
+                    )
+                    failing = True
+                else:
+                    failing = False
+                    if established:
+                        backoff.reset()
+                await anyio.sleep(backoff.next_delay())
+
+    async def _dial_once(self, link: _PeerLink, state: _Serving) -> bool:
+        """Connect, shake hands and run the connection until it ends; ``True`` if the
+        handshake succeeded. Raises ``OSError`` if the connection could not be made."""
+        host, port = parse_address(link.address)
+        with anyio.fail_after(self._connect_timeout):
+            stream = await anyio.connect_tcp(host, port)
+        established = False
+        async with self._connection(stream) as conn:
+            with conn.scope:
+                if await self._guard(conn, self._dial_handshake, conn, link):
+                    established = True
+                    await self._run_peer(conn, link, state)
+        return established
+
+    async def _dial_handshake(self, conn: _Connection, link: _PeerLink) -> bool:
+        await conn.writer.send(self._hello)
+        hello = await self._receive_hello(conn)
+        if hello is None:
+            return False
+        if hello.role != "peer" or hello.node_id != link.peer_id:
+            conn.close(
+                f"expected node {link.peer_id} at {link.address}, found "
+                f"{hello.role} {hello.node_id}",
+                goodbye=True,
+            )
+            return False
+        if hello.cluster_id != self.cluster_id:
+            conn.close(
+                f"node {hello.node_id} is in cluster {hello.cluster_id!r}, not {self.cluster_id!r}",
+                goodbye=True,
+            )
+            return False
+        return True
+
+    async def _run_peer(self, conn: _Connection, link: _PeerLink, state: _Serving) -> None:
+        """Carry peer traffic on ``conn`` until it closes; it replaces any older connection."""
+        if link.removed:
+            return
+        old = link.connection
+        if old is not None:
+            old.close(f"replaced by a newer connection from {conn.address}", level=logging.INFO)
+        link.connection = conn
+        link.queue = []
+        link.overflowing = False
+        logger.info("node %d connected to node %d via %s", self.node_id, link.peer_id, conn.address)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._guard, conn, self._write_peer, conn, link)
+                await self._guard(conn, self._read_peer, conn, link.peer_id, state.inbox)
+        finally:
+            if link.connection is conn:
+                link.connection = None
+                link.queue = []
+                # Only a failure is news for Raft: shutdown and removal are not.
+                if conn.reason is not None and not link.removed:
+                    state.inbox.peer_unreachable(link.peer_id)
+
+    async def _write_peer(self, conn: _Connection, link: _PeerLink) -> None:
+        while True:
+            if not link.queue:
+                wakeup = link.wakeup = anyio.Event()
+                await wakeup.wait()
+                continue
+            batch = link.queue
+            link.queue = []
+            link.overflowing = False
+            for frame in self._encode_batch(batch, link.peer_id):
+                await conn.writer.send(frame)
+                self._frames_sent += 1
+
+    def _encode_batch(self, batch: list[Message], peer_id: int) -> list[bytes]:
+        """One frame, or several if one would exceed ``max_frame_size`` on the receiver."""
+        frame = encode_frame(PeerBatch(messages=batch))
+        if len(frame) - 4 <= self._max_frame_size:
+            return [frame]
+        if len(batch) == 1:
+            logger.warning(
+                "dropping a %s to node %d: %d bytes exceed max_frame_size=%d",
+                type(batch[0]).__name__,
+                peer_id,
+                len(frame) - 4,
+                self._max_frame_size,
+            )
+            state = self._state
+            if state is not None:
+                state.inbox.peer_unreachable(peer_id)
+            return []
+        half = len(batch) // 2
+        return self._encode_batch(batch[:half], peer_id) + self._encode_batch(batch[half:], peer_id)
+
+    async def _read_peer(self, conn: _Connection, peer_id: int, inbox: PeerInbox) -> None:
+        node_id = self.node_id
+        while True:
+            batch = decode_peer_batch(await conn.reader.receive())
+            if isinstance(batch, Goodbye):
+                conn.close(f"node {peer_id} said goodbye: {batch.reason}")
+                return
+            messages = batch.messages
+            for msg in messages:
+                if msg.src != peer_id or msg.dst != node_id:
+                    raise ProtocolError(
+                        f"{type(msg).__name__} src={msg.src} dst={msg.dst} on the connection "
+                        f"from node {peer_id} to node {node_id}"
+                    )
+            if messages:
+                inbox.deliver(messages)
+
+    # -- accepted connections -----------------------------------------------------------------
+
+    async def _accept_loop(self, listener: anyio.abc.SocketListener, state: _Serving) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                # Out of file descriptors, say: keep the node up and try again shortly.
+                logger.warning("accept failed on %s: %s", self.listen_address, exc)
+                await anyio.sleep(self._backoff_min)
+                continue
+            state.tg.start_soon(self._handle_accepted, stream, state)
+
+    async def _handle_accepted(self, stream: anyio.abc.SocketStream, state: _Serving) -> None:
+        async with self._connection(stream) as conn:
+            with conn.scope:
+                await self._guard(conn, self._accept_handshake, conn, state)
+
+    async def _accept_handshake(self, conn: _Connection, state: _Serving) -> None:
+        await conn.writer.send(self._hello)
+        hello = await self._receive_hello(conn)
+        if hello is None:
+            return
+        if hello.role == "client":
+            await self._serve_client(conn, state.clients)
+            return
+        refusal = self._refuse_peer(hello, state)
+        if refusal is not None:
+            conn.close(refusal, goodbye=True)
+            return
+        await self._run_peer(conn, state.links[hello.node_id], state)
+
+    def _refuse_peer(self, hello: Hello, state: _Serving) -> str | None:
+        """Why an incoming peer ``hello`` is not acceptable, or ``None``."""
+        if hello.cluster_id != self.cluster_id:
+            return (
+                f"node {hello.node_id} is in cluster {hello.cluster_id!r}, not {self.cluster_id!r}"
+            )
+        if hello.node_id not in state.links:
+            return f"node {hello.node_id} is not a known peer of node {self.node_id}"
+        if hello.node_id > self.node_id:
+            return (
+                f"node {hello.node_id} dialled node {self.node_id}; the lower id dials, "
+                "so this node dials it"
+            )
+        return None
+
+    async def _receive_hello(self, conn: _Connection) -> Hello | None:
+        with anyio.move_on_after(self._connect_timeout):
+            hello = decode_hello(await conn.reader.receive())
+            if isinstance(hello, Goodbye):
+                conn.close(f"said goodbye: {hello.reason}")
+                return None
+            return hello
+        conn.close(f"no Hello within {self._connect_timeout}s (handshake timeout)")
+        return None
+
+    async def _serve_client(self, conn: _Connection, clients: ClientService) -> None:
+        # Requests are answered concurrently, each in its own task; the reader is guarded
+        # too, as an exception raised in a task group's body would escape as a group.
+        async with anyio.create_task_group() as tg:
+            await self._guard(conn, self._read_requests, conn, clients, tg)
+
+    async def _read_requests(
+        self, conn: _Connection, clients: ClientService, tg: anyio.abc.TaskGroup
+    ) -> None:
+        while True:
+            request = decode_client_request(await conn.reader.receive())
+            if isinstance(request, Goodbye):
+                conn.close(f"client said goodbye: {request.reason}", level=logging.INFO)
+                return
+            tg.start_soon(self._guard, conn, self._answer, conn, request, clients)
+
+    async def _answer(
+        self, conn: _Connection, request: ClientRequest, clients: ClientService
+    ) -> None:
+        response = await answer_request(clients, request)
+        await conn.writer.send(encode_frame(response))
+
+    # -- connection plumbing ------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _connection(self, stream: anyio.abc.SocketStream) -> AsyncIterator[_Connection]:
+        """Own ``stream`` for the block: count it, then say goodbye if owed, close it and log
+        why, whatever ended the block."""
+        _set_nodelay(stream)
+        self._open_connections += 1
+        conn = _Connection(stream, self._max_frame_size)
+        try:
+            yield conn
+        finally:
+            try:
+                if conn.goodbye and not conn.writer.torn and conn.reason is not None:
+                    with anyio.move_on_after(_GOODBYE_TIMEOUT, shield=True):
+                        with suppress(*_LOST):
+                            await conn.writer.send(encode_frame(Goodbye(reason=conn.reason)))
+                await _close_stream(stream)
+            finally:
+                self._open_connections -= 1
+            if conn.reason is not None:
+                logger.log(conn.level, "closed connection with %s: %s", conn.address, conn.reason)
+
+    async def _guard(
+        self,
+        conn: _Connection,
+        func: Callable[_P, Awaitable[_R]],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> _R | None:
+        """Run one of ``conn``'s tasks; a remote fault or a dead socket closes ``conn``
+        instead of escaping into the task group (a bug still escapes)."""
+        try:
+            return await func(*args, **kwargs)
+        except ProtocolError as exc:
+            conn.close(str(exc), goodbye=True)
+        except anyio.EndOfStream:
+            conn.close("closed by the remote end", level=logging.INFO)
+        except _LOST as exc:
+            conn.close(f"connection lost: {exc!r}", level=logging.INFO)
+        return None
+
+
+class _Waiter:
+    __slots__ = ("event", "response")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.response: ClientResponse | None = None
+
+
+class TcpClientConnection:
+    """A client's connection to one node: concurrent requests, matched to responses by id.
+
+    ``async with TcpClientConnection.connect(address, timeout=..., max_frame_size=...) as
+    conn:`` connects and shakes hands (raising ``ConnectionLost`` if either fails), then
+    ``await conn.request(body)`` sends one request and waits for its response. Requests may
+    run concurrently; the server answers them in any order. If the connection dies or the
+    server says ``Goodbye``, every waiting and later request raises ``ConnectionLost``.
+    Cancelling a request (a caller's timeout) abandons its answer; the connection stays
+    usable unless the cancellation cut a frame in half.
+    """
+
+    def __init__(self, address: str, *, timeout: float, max_frame_size: int) -> None:
+        self.address = address
+        self.node_id = 0
+        """The node at the other end, from its ``Hello``."""
+        self._timeout = timeout
+        self._max_frame_size = max_frame_size
+        self._stream: anyio.abc.SocketStream | None = None
+        self._writer: _FrameWriter | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._pending: dict[int, _Waiter] = {}
+        self._next_id = 1
+        self._lost: str | None = None
+
+    @classmethod
+    def connect(
+        cls,
+        address: str,
+        *,
+        timeout: float = 5.0,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    ) -> TcpClientConnection:
+        """A connection to ``address``, opened by ``async with``."""
+        return cls(address, timeout=timeout, max_frame_size=max_frame_size)
+
+    async def __aenter__(self) -> Self:
+        if self._stream is not None:
+            raise RuntimeError(f"connection to {self.address} was already opened")
+        host, port = parse_address(self.address)
+        try:
+            with anyio.fail_after(self._timeout):
+                stream = await anyio.connect_tcp(host, port)
+        except OSError as exc:
+            raise ConnectionLost(self.address, f"cannot connect: {exc!r}") from exc
+        _set_nodelay(stream)
+        self._stream = stream
+        self._writer = _FrameWriter(stream)
+        reader = _FrameReader(stream, self._max_frame_size)
+        try:
+            hello = await self._handshake(reader)
+        except BaseException:
+            await _close_stream(stream)
+            raise
+        self.node_id = hello.node_id
+        # Entered by hand (not in an @asynccontextmanager) so an exception from the caller's
+        # block propagates as itself, not wrapped in an ExceptionGroup; the reader never
+        # raises, so the group has nothing else to report.
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        self._tg = tg
+        tg.start_soon(self._read_responses, reader)
+        return self
+
+    async def _handshake(self, reader: _FrameReader) -> Hello:
+        assert self._writer is not None
+        hello_frame = encode_frame(
+            Hello(protocol=PROTOCOL, version=PROTOCOL_VERSION, role="client")
+        )
+        try:
+            with anyio.fail_after(self._timeout):
+                await self._writer.send(hello_frame)
+                hello = decode_hello(await reader.receive())
+        except ProtocolError as exc:
+            raise ConnectionLost(self.address, f"bad handshake: {exc}") from exc
+        except anyio.EndOfStream as exc:
+            raise ConnectionLost(self.address, "closed by the server") from exc
+        except _LOST as exc:
+            raise ConnectionLost(self.address, f"handshake failed: {exc!r}") from exc
+        if isinstance(hello, Goodbye):
+            raise ConnectionLost(self.address, f"server said goodbye: {hello.reason}")
+        return hello
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        tg, stream = self._tg, self._stream
+        self._tg = None
+        self._fail("the connection was closed by the client")
+        try:
+            if tg is not None:
+                tg.cancel_scope.cancel()
+                await tg.__aexit__(None, None, None)
+        finally:
+            if stream is not None:
+                await _close_stream(stream)
+
+    async def request(self, body: RequestBody) -> ClientResponse:
+        """Send one request and wait for its response; raises ``ConnectionLost``."""
+        if self._lost is not None or self._writer is None:
+            raise ConnectionLost(self.address, self._lost or "not connected")
+        request_id = self._next_id
+        self._next_id += 1
+        waiter = _Waiter()
+        self._pending[request_id] = waiter
+        try:
+            try:
+                await self._writer.send(encode_frame(ClientRequest(id=request_id, body=body)))
+            except _LOST as exc:
+                self._fail(f"send failed: {exc!r}")
+            finally:
+                if self._writer.torn:
+                    self._fail("a request was cancelled half-written")
+            await waiter.event.wait()
+        finally:
+            del self._pending[request_id]
+        if waiter.response is None:
+            raise ConnectionLost(self.address, self._lost or "closed")
+        return waiter.response
+
+    async def _read_responses(self, reader: _FrameReader) -> None:
+        try:
+            while True:
+                response = decode_client_response(await reader.receive())
+                if isinstance(response, Goodbye):
+                    self._fail(f"server said goodbye: {response.reason}")
+                    return
+                waiter = self._pending.get(response.id)
+                if waiter is not None:  # else: the answer to a request its caller abandoned
+                    waiter.response = response
+                    waiter.event.set()
+        except ProtocolError as exc:
+            logger.warning("closing connection with %s: %s", self.address, exc)
+            self._fail(str(exc))
+        except anyio.EndOfStream:
+            self._fail("closed by the server")
+        except _LOST as exc:
+            self._fail(f"connection lost: {exc!r}")
+
+    def _fail(self, reason: str) -> None:
+        if self._lost is None:
+            self._lost = reason
+        for waiter in self._pending.values():
+            waiter.event.set()
+
+
+if TYPE_CHECKING:  # mypy checks that TcpTransport satisfies the protocol
+    _: Transport = TcpTransport(node_id=1, cluster_id="", listen=":0", peers={})

@@ -1,0 +1,257 @@
+"""Membership changes: dissertation (D) §4.1 single-server changes, §4.2.1 learners
+(non-voting members that catch up first), §4.2.2 removing the leader."""
+
+from __future__ import annotations
+
+import pytest
+from kernel_harness import Cluster, ack, drain, fingerprint, make_leader, make_stable_leader
+
+from framework.core import AppendEntries, ConfChange, ConfChangeRejected, ConfChangeType, Role
+
+
+def _cluster(n: int = 3, **config: object) -> Cluster:
+    c = Cluster(seed=21, **config)
+    c.add_nodes(n)
+    c.stabilize()
+    c.elect(1)
+    return c
+
+
+def _change(kind: str, node: int) -> ConfChange:
+    return ConfChange(type=ConfChangeType(kind), node_id=node)
+
+
+def _add_learner(c: Cluster, nid: int) -> None:
+    c.add_nodes(1)
+    assert c.ids[-1] == nid
+    c.node(1).propose_conf_change(_change("add_learner", nid))
+    c.stabilize()
+    c.tick_heartbeat(1)
+    c.stabilize()
+
+
+def test_4_2_1_added_learner_catches_up_without_changing_the_quorum() -> None:
+    """D §4.2.1: a new server joins "as a non-voting member"; the leader replicates to it
+    but it counts neither for elections nor for commitment."""
+    c = _cluster()
+    c.propose(1, b"a")
+    c.stabilize()
+    _add_learner(c, 4)
+    assert c.node(1).conf_state.voters == (1, 2, 3)
+    assert c.node(1).conf_state.learners == (4,)
+    assert c.state(4) == c.state(1) == [b"a"]
+    # The learner learned the membership from the log, including the bootstrap voters.
+    assert c.node(4).conf_state == c.node(1).conf_state
+    # Leader + learner are 2 of 4 members but 1 of 3 voters: nothing commits.
+    c.isolate(2)
+    c.isolate(3)
+    index = c.propose(1, b"b")
+    c.stabilize()
+    assert c.node(4).log.last_index() == index
+    assert c.node(1).log.committed < index
+    c.heal()
+    c.tick_heartbeat(1)
+    c.stabilize()
+    assert c.node(1).log.committed == index
+
+
+def test_4_2_1_new_member_is_contacted_as_soon_as_the_change_applies() -> None:
+    """The leader starts replicating to a new member in the Ready after it applies the
+    change, without waiting for a heartbeat round (the member's log end is unknown, so
+    the first append is an empty probe)."""
+    leader = make_stable_leader(1)
+    index = leader.propose_conf_change(_change("add_learner", 4))
+    drain(leader)
+    ack(leader, 2, index)
+    out = drain(leader)
+    assert leader.conf_state.learners == (4,)
+    probes = [m for m in out if isinstance(m, AppendEntries) and m.dst == 4]
+    assert len(probes) == 1 and probes[0].prev_index == leader.log.last_index()
+
+
+def test_4_2_1_learner_acknowledgements_never_commit() -> None:
+    """Two learners plus the leader are a majority of the five members but one of three
+    voters: nothing commits until a voter acknowledges."""
+    leader = make_stable_leader(1, voters=(1, 2, 3), learners=(4, 5))
+    index = leader.propose(b"x")
+    drain(leader)
+    ack(leader, 4, index)
+    ack(leader, 5, index)
+    assert leader.log.committed < index
+    ack(leader, 2, index)
+    assert leader.log.committed == index
+
+
+def test_4_2_1_learner_neither_campaigns_nor_votes_count() -> None:
+    c = _cluster()
+    _add_learner(c, 4)
+    c.isolate(1)
+    for _ in range(50):
+        c.tick(4)
+        c.stabilize()
+    assert c.node(4).role is Role.FOLLOWER
+    assert c.node(4).term == c.node(1).term
+
+
+def test_4_2_1_promotion_refused_until_the_learner_holds_every_committed_entry() -> None:
+    c = _cluster()
+    _add_learner(c, 4)
+    c.isolate(4)
+    c.propose(1, b"while-away")
+    c.stabilize()
+    leader = c.node(1)
+    before = fingerprint(leader)
+    with pytest.raises(ConfChangeRejected, match="learner 4 has not caught up"):
+        leader.propose_conf_change(_change("promote", 4))
+    assert fingerprint(leader) == before
+    c.heal()
+    c.tick_heartbeat(1)
+    c.stabilize()
+    leader.propose_conf_change(_change("promote", 4))
+    c.stabilize()
+    for nid in c.ids:
+        assert c.node(nid).conf_state.voters == (1, 2, 3, 4)
+        assert c.node(nid).conf_state.learners == ()
+    # Now 4 counts: with 2 and 3 cut off, leader + 4 are 2 of 4 voters, not a majority.
+    c.isolate(2)
+    c.isolate(3)
+    index = c.propose(1, b"x")
+    c.stabilize()
+    assert c.node(1).log.committed < index
+    c.heal()
+    c.isolate(3)
+    c.tick_heartbeat(1)
+    c.stabilize()
+    assert c.node(1).log.committed == index  # 1, 2, 4: 3 of 4
+
+
+def test_4_1_only_one_change_pending_at_a_time() -> None:
+    """D §4.1: "the leader ... does not begin a new change until the previous one has been
+    committed" (here: applied, since a change takes effect when applied)."""
+    c = _cluster()
+    c.add_nodes(2)
+    leader = c.node(1)
+    leader.propose_conf_change(_change("add_learner", 4))
+    with pytest.raises(ConfChangeRejected, match="one change at a time"):
+        leader.propose_conf_change(_change("add_learner", 5))
+    c.stabilize()
+    leader.propose_conf_change(_change("add_learner", 5))
+    c.stabilize()
+    assert leader.conf_state.learners == (4, 5)
+
+
+def test_new_leader_refuses_changes_until_earlier_entries_are_applied() -> None:
+    """A new leader may hold an uncommitted change from an earlier term in its log; it
+    refuses a new change until everything before its term is applied."""
+    leader = make_leader(1, log=[1, 1], commit=1)
+    with pytest.raises(ConfChangeRejected, match="not applied yet"):
+        leader.propose_conf_change(_change("add_learner", 4))
+    last = leader.log.last_index()
+    ack(leader, 2, last)
+    drain(leader)
+    leader.propose_conf_change(_change("add_learner", 4))
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (("add_voter", 2), "already a voter"),
+        (("add_learner", 3), "already a member"),
+        (("promote", 2), "not a learner"),
+        (("promote", 9), "not a learner"),
+        (("remove", 9), "not a member"),
+        (("add_voter", 0), "positive"),
+    ],
+)
+def test_invalid_changes_are_rejected_naming_the_problem(
+    change: tuple[str, int], fragment: str
+) -> None:
+    c = _cluster()
+    leader = c.node(1)
+    before = fingerprint(leader)
+    with pytest.raises(ConfChangeRejected, match=fragment):
+        leader.propose_conf_change(_change(*change))
+    assert fingerprint(leader) == before
+
+
+def test_only_voter_cannot_be_removed() -> None:
+    c = Cluster(seed=1)
+    c.add_nodes(1)
+    c.stabilize()
+    c.elect(1)
+    with pytest.raises(ConfChangeRejected, match="only voter"):
+        c.node(1).propose_conf_change(_change("remove", 1))
+
+
+def test_removed_follower_leaves_the_quorum() -> None:
+    c = _cluster()
+    c.node(1).propose_conf_change(_change("remove", 3))
+    c.stabilize()
+    assert c.node(1).conf_state.voters == (1, 2)
+    assert 3 not in c.node(1).progress
+    # Node 3 is gone: 1 and 2 commit alone; node 3 hears nothing more.
+    last3 = c.node(3).log.last_index()
+    index = c.propose(1, b"x")
+    c.stabilize()
+    assert c.node(1).log.committed == index
+    assert c.node(3).log.last_index() == last3
+    # A removed node does not campaign: it is no longer a voter.
+    for _ in range(50):
+        c.tick(3)
+    c.stabilize()
+    assert c.node(3).role is Role.FOLLOWER and c.node(1).role is Role.LEADER
+
+
+def test_4_2_2_removed_leader_steps_down_and_another_node_takes_over() -> None:
+    """D §4.2.2: the leader "steps down once the Cnew entry is committed"; here it also
+    hands over with TimeoutNow so the cluster does not wait for an election timeout."""
+    c = _cluster()
+    c.propose(1, b"before")
+    c.stabilize()
+    index = c.node(1).propose_conf_change(_change("remove", 1))
+    c.stabilize()
+    assert c.node(1).role is Role.FOLLOWER
+    assert c.node(1).log.applied >= index
+    (new,) = c.leaders()
+    assert new in (2, 3)
+    assert c.node(new).conf_state.voters == (2, 3)
+    c.propose(new, b"after")
+    c.stabilize()
+    assert c.state(2) == c.state(3) == [b"before", b"after"]
+    for _ in range(50):
+        c.tick(1)
+    assert c.node(1).role is Role.FOLLOWER
+
+
+def test_4_2_2_removed_leader_without_a_caught_up_successor_is_replaced_by_election() -> None:
+    c = _cluster(election_tick=5)
+    # Node 3 lags, node 2 is cut off from node 1 right after the removal commits.
+    c.cut(1, 3)
+    c.node(1).propose_conf_change(_change("remove", 1))
+    c.stabilize()
+    assert c.node(1).role is Role.FOLLOWER
+    c.heal()
+    c.isolate(1)
+    for _ in range(40):
+        for nid in (2, 3):
+            c.tick(nid)
+        c.stabilize()
+        if c.leaders():
+            break
+    (new,) = c.leaders()
+    assert new in (2, 3)
+    c.heal()
+    c.propose(new, b"x")
+    c.stabilize()
+    assert c.state(2) == c.state(3) == [b"x"]
+
+
+def test_add_voter_directly_then_it_votes() -> None:
+    c = _cluster()
+    c.add_nodes(1)
+    c.node(1).propose_conf_change(_change("add_voter", 4))
+    c.stabilize()
+    c.tick_heartbeat(1)
+    c.stabilize()
+    assert c.node(4).conf_state.voters == (1, 2, 3, 4)
+    assert c.node(4).log.last_index() == c.node(1).log.last_index()

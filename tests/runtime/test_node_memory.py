@@ -1,0 +1,224 @@
+"""RaftNode in one process on the in-memory network: redirects, failover, snapshots sent to
+lagging followers, membership, and the same behaviour on asyncio and trio."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import anyio
+import pytest
+
+from framework.client import KVClient
+from framework.config import load_settings
+from framework.errors import RaftError
+from framework.runtime.node import NodeConfig, RaftNode
+from framework.storage import MemoryLogStore
+from framework.transport.memory import MemoryNetwork
+from framework.transport.wire import ClientRequest, KVOp
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _settings(**overrides: object):  # type: ignore[no-untyped-def]
+    base = {"raft.tick_interval": "5ms", "client.request_timeout": "2s"}
+    base.update({k: v for k, v in overrides.items()})
+    return load_settings(overrides=base)
+
+
+@dataclass
+class Cluster:
+    network: MemoryNetwork
+    tg: anyio.abc.TaskGroup
+    settings: object
+    stores: dict[int, MemoryLogStore] = field(default_factory=dict)
+    nodes: dict[int, RaftNode] = field(default_factory=dict)
+    scopes: dict[int, anyio.CancelScope] = field(default_factory=dict)
+
+    @property
+    def peers(self) -> dict[int, str]:
+        return {nid: f"mem://{nid}" for nid in self.stores}
+
+    async def start(self, node_id: int, *, join: bool = False,
+                    peers: dict[int, str] | None = None) -> RaftNode:
+        store = self.stores.setdefault(node_id, MemoryLogStore())
+        config = NodeConfig(node_id=node_id, cluster_id="mem", peers=peers or self.peers,
+                            settings=self.settings, join=join)  # type: ignore[arg-type]
+        node = RaftNode(config, store=store, transport=self.network.transport(node_id))
+        scope = anyio.CancelScope()
+
+        async def run(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            with scope:
+                await node.run(task_status=task_status)
+
+        await self.tg.start(run)
+        self.nodes[node_id] = node
+        self.scopes[node_id] = scope
+        return node
+
+    def crash(self, node_id: int) -> None:
+        """Stop the node; its MemoryLogStore keeps what it persisted."""
+        self.scopes.pop(node_id).cancel()
+        self.nodes.pop(node_id)
+
+    def client(self, timeout: float = 5.0) -> KVClient:
+        network = self.network
+
+        @asynccontextmanager
+        async def connect(address: str) -> AsyncIterator[object]:
+            yield network.client(int(address.removeprefix("mem://")))
+
+        return KVClient(self.peers, timeout=timeout, connector=connect)  # type: ignore[arg-type]
+
+    def leader(self) -> int:
+        leaders = [nid for nid, n in self.nodes.items() if n.status()["role"] == "leader"]
+        return leaders[0] if len(leaders) == 1 else 0
+
+    async def wait_leader(self) -> int:
+        with anyio.fail_after(10):
+            while not self.leader():
+                await anyio.sleep(0.01)
+        return self.leader()
+
+
+@asynccontextmanager
+async def cluster(n: int = 3, **settings: object) -> AsyncIterator[Cluster]:
+    async with anyio.create_task_group() as tg:
+        c = Cluster(network=MemoryNetwork(seed=7), tg=tg, settings=_settings(**settings))
+        for nid in range(1, n + 1):
+            c.stores[nid] = MemoryLogStore()
+        for nid in range(1, n + 1):
+            await c.start(nid)
+        try:
+            yield c
+        finally:
+            tg.cancel_scope.cancel()
+
+
+async def test_writes_and_reads_through_any_node() -> None:
+    async with cluster() as c, c.client() as client:
+        await client.put("x", "1")
+        assert await client.get("x") == "1"
+        assert await client.append("x", "2") == "12"
+        leader = await c.wait_leader()
+        # The whole log reaches every node and is applied in the same order.
+        with anyio.fail_after(5):
+            while any(n.sm.read("x") != "12" for n in c.nodes.values()):
+                await anyio.sleep(0.01)
+        follower = next(nid for nid in c.nodes if nid != leader)
+        status = c.nodes[follower].status()
+        assert status["role"] == "follower" and status["leader"] == leader
+
+
+async def test_a_follower_redirects_to_the_leader() -> None:
+    async with cluster() as c:
+        leader = await c.wait_leader()
+        follower = next(nid for nid in c.nodes if nid != leader)
+        direct = await c.nodes[follower].handle(
+            ClientRequest(id=1, body=KVOp(op="put", key="k", value="v", client_id=1, seq=1)))
+        assert not direct.ok and direct.error is not None
+        assert direct.error.kind == "not_leader"
+        assert direct.error.leader_address == f"mem://{leader}"
+        # A client that only knows the follower follows the redirect to the leader.
+        async with c.client() as full:
+            only_follower = KVClient({follower: f"mem://{follower}"}, timeout=2.0,
+                                     connector=full._connector)
+            async with only_follower:
+                await only_follower.put("k", "v")
+                assert await only_follower.get("k") == "v"
+
+
+async def test_isolated_leader_is_replaced_and_no_write_is_lost() -> None:
+    async with cluster() as c, c.client() as client:
+        acked = {}
+        for i in range(20):
+            await client.put(f"a{i}", str(i))
+            acked[f"a{i}"] = str(i)
+        old = await c.wait_leader()
+        c.network.isolate(old)
+        c.network.cut_clients(old)
+        for i in range(20):
+            await client.put(f"b{i}", str(i))
+            acked[f"b{i}"] = str(i)
+        with anyio.fail_after(10):
+            while c.nodes[old].status()["role"] == "leader":
+                await anyio.sleep(0.01)  # check-quorum makes the old leader step down
+        c.network.heal()
+        c.network.cut_clients(old, False)
+        for key, value in acked.items():
+            assert await client.get(key) == value
+
+
+async def test_a_lagging_follower_catches_up_from_a_snapshot() -> None:
+    async with cluster(**{"raft.snapshot_threshold_entries": 20}) as c, c.client() as client:
+        leader = await c.wait_leader()
+        lagging = next(nid for nid in c.nodes if nid != leader)
+        c.crash(lagging)
+        for i in range(100):
+            await client.put(f"s{i}", str(i))
+        # The leader compacted its log past what the lagging node has.
+        assert c.nodes[leader].status()["snapshot_index"] > 20
+        node = await c.start(lagging)
+        with anyio.fail_after(10):
+            while node.sm.read("s99") != "99":
+                await anyio.sleep(0.01)
+        assert node.status()["snapshot_index"] > 0
+        assert all(node.sm.read(f"s{i}") == str(i) for i in range(100))
+
+
+async def test_a_crashed_node_restarts_from_its_store() -> None:
+    async with cluster() as c, c.client() as client:
+        for i in range(30):
+            await client.put(f"r{i}", str(i))
+        victim = await c.wait_leader()
+        c.crash(victim)
+        await client.put("after", "crash")
+        node = await c.start(victim)
+        with anyio.fail_after(10):
+            while node.sm.read("after") != "crash":
+                await anyio.sleep(0.01)
+        assert all(node.sm.read(f"r{i}") == str(i) for i in range(30))
+
+
+async def test_members_add_promote_and_remove() -> None:
+    async with cluster() as c, c.client(timeout=10.0) as client:
+        await client.put("m", "1")
+        await c.start(4, join=True, peers={**c.peers, 4: "mem://4"})
+        await client.members("add", 4, "mem://4")
+        leader = await c.wait_leader()
+        assert c.nodes[leader].status()["voters"] == [1, 2, 3, 4]
+        with anyio.fail_after(10):
+            while c.nodes[4].sm.read("m") != "1":
+                await anyio.sleep(0.01)
+        await client.members("remove", leader)
+        with anyio.fail_after(10):
+            while (new := c.leader()) in (0, leader):
+                await anyio.sleep(0.01)
+        assert c.nodes[new].status()["voters"] == sorted({1, 2, 3, 4} - {leader})
+        await client.put("m", "2")
+        assert await client.get("m") == "2"
+
+
+async def test_unknown_member_change_is_a_bad_request() -> None:
+    from framework.errors import BadRequest
+
+    async with cluster() as c, c.client() as client:
+        await c.wait_leader()
+        with pytest.raises(BadRequest, match="not a member"):
+            await client.members("remove", 9)
+
+
+async def test_shutdown_stops_serving() -> None:
+    async with cluster() as c, c.client() as client:
+        await client.put("t", "1")
+        transports = [c.network._transports[nid] for nid in (1, 2, 3)]
+        assert all(t.serving for t in transports)
+    # Leaving the cluster's task group cancelled every node; nothing is still serving.
+    assert not any(t.serving for t in transports)

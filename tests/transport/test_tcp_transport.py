@@ -1,0 +1,647 @@
+"""TcpTransport and TcpClientConnection (framework/transport/tcp.py) on 127.0.0.1.
+
+Every rule in the module's "theory of operation" has a test here: one connection per pair,
+coalescing, reconnect with backoff, unreachable reports, hostile connections closed while
+well-behaved peers keep talking, clients, set_peers, and a shutdown that leaves no socket
+and no task behind. No test asserts that something was fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+from anyio.abc import SocketAttribute
+
+from framework.core import AppendEntries, Entry, Heartbeat, Message
+from framework.transport import (
+    PROTOCOL,
+    PROTOCOL_VERSION,
+    ClientRequest,
+    ClientResponse,
+    ConnectionLost,
+    FrameDecoder,
+    Goodbye,
+    Hello,
+    KVOp,
+    PeerBatch,
+    StatusRequest,
+    TcpClientConnection,
+    TcpTransport,
+    decode_hello,
+    encode_frame,
+    parse_address,
+)
+from framework.transport.tcp import _Backoff
+
+pytestmark = pytest.mark.anyio
+
+BOTH_BACKENDS = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+# -- harness ---------------------------------------------------------------------------------
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.deliveries = 0
+        self.unreachable: list[int] = []
+
+    def deliver(self, messages: Sequence[Message]) -> None:
+        self.messages.extend(messages)
+        self.deliveries += 1
+
+    def peer_unreachable(self, node_id: int) -> None:
+        self.unreachable.append(node_id)
+
+    def terms_from(self, src: int) -> list[int]:
+        return [m.term for m in self.messages if m.src == src]
+
+
+class Service:
+    """Answers ``get k`` with ``"node N: k"``; a key in ``gates`` waits for its event; the
+    key ``"boom"`` raises."""
+
+    def __init__(self, node_id: int) -> None:
+        self.node_id = node_id
+        self.gates: dict[str, anyio.Event] = {}
+
+    async def handle(self, request: ClientRequest) -> ClientResponse:
+        body = request.body
+        key = body.key if isinstance(body, KVOp) else type(body).__name__
+        if key in self.gates:
+            await self.gates[key].wait()
+        if key == "boom":
+            raise RuntimeError("the service broke")
+        return ClientResponse(id=request.id, ok=True, value=f"node {self.node_id}: {key}")
+
+
+def make(node_id: int, *, peers: dict[int, str] | None = None, **options: Any) -> TcpTransport:
+    options = {"connect_timeout": 0.5, "backoff_min": 0.02, "backoff_max": 0.2, **options}
+    options.setdefault("listen", "127.0.0.1:0")
+    return TcpTransport(node_id=node_id, cluster_id="test", peers=peers or {}, **options)
+
+
+class Node:
+    """One transport serving in its own cancel scope, so a test can stop it."""
+
+    def __init__(self, transport: TcpTransport) -> None:
+        self.transport = transport
+        self.inbox = Inbox()
+        self.service = Service(transport.node_id)
+        self._scope: anyio.CancelScope | None = None
+        self._stopped: anyio.Event | None = None
+
+    @property
+    def address(self) -> str:
+        return self.transport.listen_address
+
+    async def start(self, tg: anyio.abc.TaskGroup) -> None:
+        self._scope, self._stopped = anyio.CancelScope(), anyio.Event()
+        await tg.start(self._serve, self._scope, self._stopped)
+
+    async def _serve(
+        self,
+        scope: anyio.CancelScope,
+        stopped: anyio.Event,
+        *,
+        task_status: anyio.abc.TaskStatus[None],
+    ) -> None:
+        try:
+            with scope:
+                await self.transport.serve(self.inbox, self.service, task_status=task_status)
+        finally:
+            stopped.set()
+
+    async def stop(self) -> None:
+        assert self._scope is not None and self._stopped is not None
+        self._scope.cancel()
+        await self._stopped.wait()
+
+
+@asynccontextmanager
+async def cluster(
+    ids: Sequence[int] = (1, 2), **options: Any
+) -> AsyncIterator[tuple[dict[int, Node], anyio.abc.TaskGroup]]:
+    """Nodes on port 0 that learn each other's addresses through ``set_peers``."""
+    async with anyio.create_task_group() as tg:
+        nodes = {i: Node(make(i, **options)) for i in ids}
+        for node in nodes.values():
+            await node.start(tg)
+        book = {i: node.address for i, node in nodes.items()}
+        for node in nodes.values():
+            node.transport.set_peers(book)
+        await wait_until(lambda: all(fully_connected(n, ids) for n in nodes.values()), "mesh")
+        yield nodes, tg
+        tg.cancel_scope.cancel()
+
+
+def fully_connected(node: Node, ids: Sequence[int]) -> bool:
+    return node.transport.connected_peers == set(ids) - {node.transport.node_id}
+
+
+async def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    try:
+        with anyio.fail_after(10):
+            # Polls state of objects that have no event to wait on (hence the noqa).
+            while not predicate():  # noqa: ASYNC110
+                await anyio.sleep(0.002)
+    except TimeoutError:
+        pytest.fail(f"gave up waiting for {what}")
+
+
+def hb(src: int, dst: int, term: int) -> Heartbeat:
+    return Heartbeat(src=src, dst=dst, term=term)
+
+
+async def exchange(a: Node, b: Node, count: int = 5) -> None:
+    """``a`` and ``b`` send each other ``count`` heartbeats, which arrive in order."""
+    ida, idb = a.transport.node_id, b.transport.node_id
+    base_a, base_b = len(a.inbox.terms_from(idb)), len(b.inbox.terms_from(ida))
+    start = 1000 + max(base_a, base_b)
+    a.transport.send([hb(ida, idb, start + i) for i in range(count)])
+    b.transport.send([hb(idb, ida, start + i) for i in range(count)])
+    await wait_until(lambda: len(b.inbox.terms_from(ida)) == base_b + count, f"{ida}->{idb}")
+    await wait_until(lambda: len(a.inbox.terms_from(idb)) == base_a + count, f"{idb}->{ida}")
+    assert b.inbox.terms_from(ida)[base_b:] == list(range(start, start + count))
+    assert a.inbox.terms_from(idb)[base_a:] == list(range(start, start + count))
+
+
+def closed_port() -> int:
+    """A port nobody listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def open_sockets() -> int:
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with suppress(OSError):  # closed since listdir
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+    return count
+
+
+# -- peers -----------------------------------------------------------------------------------
+
+
+@BOTH_BACKENDS
+async def test_two_nodes_exchange_messages_both_ways_over_one_connection() -> None:
+    async with cluster((1, 2)) as (nodes, _):
+        await exchange(nodes[1], nodes[2], count=20)
+        assert nodes[1].transport.open_connections == 1
+        assert nodes[2].transport.open_connections == 1
+        assert nodes[1].transport.dial_attempts >= 1
+        assert nodes[2].transport.dial_attempts == 0  # the higher id only accepts
+
+
+async def test_three_nodes_keep_one_connection_per_pair() -> None:
+    async with cluster((1, 2, 3)) as (nodes, _):
+        for a, b in ((1, 2), (1, 3), (2, 3)):
+            await exchange(nodes[a], nodes[b])
+        for node in nodes.values():
+            assert node.transport.open_connections == 2
+        assert nodes[3].transport.dial_attempts == 0
+        assert nodes[1].transport.dial_attempts >= 2
+
+
+async def test_many_sends_are_coalesced_into_few_frames() -> None:
+    async with cluster((1, 2)) as (nodes, _):
+        before = nodes[1].transport.frames_sent
+        for term in range(1000):
+            nodes[1].transport.send([hb(1, 2, term)])
+        await wait_until(lambda: len(nodes[2].inbox.messages) == 1000, "1000 messages")
+        assert nodes[2].inbox.terms_from(1) == list(range(1000))
+        # Nothing yields between the sends, so the writer finds all 1000 queued at once.
+        assert nodes[1].transport.frames_sent - before < 10
+        assert nodes[2].inbox.deliveries < 10
+
+
+async def test_a_batch_over_max_frame_size_is_split_and_an_oversized_message_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="raftmw.transport")
+    async with cluster((1, 2), max_frame_size=4096) as (nodes, _):
+        appends = [
+            AppendEntries(
+                src=1,
+                dst=2,
+                term=1,
+                prev_index=i,
+                prev_term=1,
+                entries=(Entry(term=1, index=i + 1, data=bytes(200)),),
+            )
+            for i in range(100)
+        ]
+        huge = AppendEntries(
+            src=1, dst=2, term=1, prev_index=0, prev_term=0, entries=(Entry(1, 1, bytes(5000)),)
+        )
+        before = nodes[1].transport.frames_sent
+        nodes[1].transport.send([*appends[:50], huge, *appends[50:]])
+        await wait_until(lambda: len(nodes[2].inbox.messages) == 100, "100 appends")
+        assert nodes[2].inbox.messages == appends
+        assert nodes[1].transport.frames_sent - before > 1
+        assert nodes[1].inbox.unreachable == [2]
+        assert "exceed max_frame_size=4096" in caplog.text
+        assert nodes[1].transport.connected_peers == {2}  # the link survived
+
+
+async def test_a_restarted_peer_is_redialled() -> None:
+    async with cluster((1, 2)) as (nodes, tg):
+        await exchange(nodes[1], nodes[2])
+        port = parse_address(nodes[2].address)[1]
+        await nodes[2].stop()
+        await wait_until(lambda: not nodes[1].transport.connected_peers, "node 1 to notice")
+        assert 2 in nodes[1].inbox.unreachable  # the failed connection is news for Raft
+        nodes[1].inbox.unreachable.clear()
+        nodes[1].transport.send([hb(1, 2, 1)])  # nobody to take it: dropped and reported
+        assert nodes[1].inbox.unreachable == [2]
+
+        reborn = Node(make(2, listen=f"127.0.0.1:{port}", peers={1: nodes[1].address}))
+        await reborn.start(tg)
+        await wait_until(lambda: reborn.transport.connected_peers == {1}, "the redial")
+        await wait_until(lambda: nodes[1].transport.connected_peers == {2}, "the redial")
+        await exchange(nodes[1], reborn)
+        assert len(reborn.inbox.messages) == 5  # the message sent while down is gone
+
+
+def _max_attempts(elapsed: float, low: float, high: float) -> int:
+    """The most dials that fit in ``elapsed`` seconds if every delay is as short as the
+    backoff allows (the lower edge of its jitter range)."""
+    attempts, spent, ceiling = 1, 0.0, low
+    while True:
+        spent += max(low, ceiling / 2)
+        if spent > elapsed:
+            return attempts
+        attempts += 1
+        ceiling = min(high, ceiling * 2)
+
+
+async def test_redialling_a_down_peer_backs_off() -> None:
+    low, high = 0.02, 0.16
+    node = Node(make(1, peers={2: f"127.0.0.1:{closed_port()}"}, backoff_min=low, backoff_max=high))
+    async with anyio.create_task_group() as tg:
+        started = anyio.current_time()
+        await node.start(tg)
+        await wait_until(lambda: node.transport.dial_attempts >= 4, "four dial attempts")
+        await anyio.sleep(0.3)
+        attempts = node.transport.dial_attempts
+        elapsed = anyio.current_time() - started
+        # A busy loop would dial thousands of times; backoff allows only this many.
+        assert attempts <= _max_attempts(elapsed, low, high)
+        assert node.inbox.unreachable == []  # nothing was sent, so nothing was lost
+
+        node.transport.set_peers({})  # out of the address book: no more dialling
+        attempts = node.transport.dial_attempts
+        await anyio.sleep(0.2)
+        assert node.transport.dial_attempts == attempts
+        tg.cancel_scope.cancel()
+
+
+def test_backoff_doubles_with_jitter_between_its_bounds() -> None:
+    backoff = _Backoff(0.05, 2.0, random.Random(1))
+    delays = [backoff.next_delay() for _ in range(12)]
+    assert delays[0] == 0.05
+    ceiling = 0.05
+    for delay in delays:
+        assert max(0.05, ceiling / 2) <= delay <= ceiling
+        ceiling = min(2.0, ceiling * 2)
+    assert delays[-1] >= 1.0
+    backoff.reset()
+    assert backoff.next_delay() == 0.05
+
+
+async def test_unreachable_peers_are_reported_and_overflow_once_per_episode() -> None:
+    async with cluster((1, 2), max_queued_messages=10) as (nodes, _):
+        sender, inbox = nodes[1].transport, nodes[1].inbox
+        sender.send([hb(1, 7, 1)])  # not in the address book
+        assert inbox.unreachable == [7]
+        inbox.unreachable.clear()
+
+        sender.send([hb(1, 2, t) for t in range(8)])
+        sender.send([hb(1, 2, t) for t in range(8, 16)])  # 6 over the cap
+        sender.send([hb(1, 2, t) for t in range(16, 20)])  # still the same episode
+        assert inbox.unreachable == [2]
+        await wait_until(lambda: len(nodes[2].inbox.messages) == 10, "the first 10")
+        await anyio.sleep(0.05)
+        assert nodes[2].inbox.terms_from(1) == list(range(10))
+
+        sender.send([hb(1, 2, t) for t in range(100, 111)])  # the writer drained: new episode
+        assert inbox.unreachable == [2, 2]
+
+
+async def test_set_peers_opens_and_closes_links() -> None:
+    async with cluster((1, 2)) as (nodes, tg):
+        third = Node(make(3))
+        await third.start(tg)
+        book = {i: n.address for i, n in {**nodes, 3: third}.items()}
+        for node in (*nodes.values(), third):
+            node.transport.set_peers(book)
+        await wait_until(lambda: third.transport.connected_peers == {1, 2}, "links to 3")
+        await exchange(nodes[1], third)
+        await exchange(nodes[2], third)
+
+        del book[3]
+        for node in nodes.values():
+            node.transport.set_peers(book)
+        third.transport.set_peers({})
+        await wait_until(lambda: third.transport.open_connections == 0, "links to 3 closed")
+        await wait_until(lambda: nodes[1].transport.open_connections == 1, "1 keeps 1-2 only")
+        assert nodes[2].transport.open_connections == 1
+        nodes[1].inbox.unreachable.clear()
+        nodes[1].transport.send([hb(1, 3, 1)])
+        assert nodes[1].inbox.unreachable == [3]
+        await exchange(nodes[1], nodes[2])
+
+
+# -- hostile and broken connections ----------------------------------------------------------
+
+
+def _hello(**fields: Any) -> bytes:
+    values: dict[str, Any] = {
+        "protocol": PROTOCOL,
+        "version": PROTOCOL_VERSION,
+        "role": "peer",
+        "node_id": 1,
+        "cluster_id": "test",
+    }
+    return encode_frame(Hello(**{**values, **fields}))
+
+
+ATTACKS = {
+    "garbage": (b"\x00\x00\x00\x05hello", "undecodable hello frame", True),
+    "http": (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "exceeds max_frame_size", True),
+    "oversized-header": (b"\x7f\xff\xff\xff", "2147483647 bytes exceeds max_frame_size", True),
+    "wrong-protocol": (_hello(protocol="nope"), "peer speaks 'nope'", True),
+    "wrong-version": (_hello(version=99), "version 99", True),
+    "wrong-cluster": (_hello(cluster_id="other"), "cluster 'other', not 'test'", True),
+    "unknown-node": (_hello(node_id=99), "node 99 is not a known peer", True),
+    "higher-id-dials": (_hello(node_id=3), "the lower id dials", True),
+    "silent": (b"", "handshake timeout", False),
+    "goodbye": (encode_frame(Goodbye(reason="not today")), "said goodbye: not today", False),
+    "client-garbage": (
+        _hello(role="client", node_id=0, cluster_id="") + b"\x00\x00\x00\x01\xc1",
+        "undecodable client request frame",
+        True,
+    ),
+}
+
+
+async def raw_session(address: str, payload: bytes) -> tuple[str, list[object]]:
+    """Connect, send ``payload``, read until the server closes; returns our address as the
+    server sees it and the frames it sent."""
+    host, port = parse_address(address)
+    data = b""
+    async with await anyio.connect_tcp(host, port) as stream:
+        local_host, local_port = stream.extra(SocketAttribute.local_address)[:2]
+        if payload:
+            await stream.send(payload)
+        with anyio.fail_after(10):
+            while True:
+                try:
+                    data += await stream.receive()
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    break
+    frames = [decode_hello(body) for body in FrameDecoder(1 << 20).feed(data)]
+    return f"{local_host}:{local_port}", frames
+
+
+@pytest.mark.parametrize("attack", list(ATTACKS))
+async def test_a_bad_connection_is_closed_and_the_others_keep_working(
+    attack: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    payload, reason, says_goodbye = ATTACKS[attack]
+    caplog.set_level(logging.INFO, logger="raftmw.transport")
+    async with cluster((1, 2, 3), connect_timeout=0.3) as (nodes, _):
+        target = nodes[2]
+        local, frames = await raw_session(target.address, payload)
+
+        assert isinstance(frames[0], Hello) and frames[0].node_id == 2
+        goodbyes = [f for f in frames[1:] if isinstance(f, Goodbye)]
+        if says_goodbye:
+            assert len(goodbyes) == 1 and reason in goodbyes[0].reason
+        else:
+            assert goodbyes == []
+
+        def logged() -> bool:
+            return any(
+                r.levelno == logging.WARNING and local in r.getMessage() and reason in r.message
+                for r in caplog.records
+            )
+
+        await wait_until(logged, f"a warning naming {local} and {reason!r}")
+        await wait_until(lambda: target.transport.open_connections == 2, "the socket closed")
+        assert target.transport.connected_peers == {1, 3}
+        await exchange(nodes[1], target)
+        await exchange(target, nodes[3])
+
+
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [(hb(3, 2, 1), "src=3 dst=2"), (hb(1, 3, 1), "src=1 dst=3")],
+    ids=["wrong-src", "wrong-dst"],
+)
+async def test_a_peer_impersonating_another_is_cut_off(
+    message: Heartbeat, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="raftmw.transport")
+    async with cluster((1, 2, 3)) as (nodes, _):
+        target = nodes[2]
+        host, port = parse_address(target.address)
+        async with await anyio.connect_tcp(host, port) as stream:
+            await stream.send(_hello(node_id=1))  # a valid Hello replaces node 1's connection
+            await wait_until(lambda: "replaced by a newer connection" in caplog.text, "replace")
+            await stream.send(encode_frame(PeerBatch(messages=[message])))
+            with anyio.fail_after(10):
+                while True:
+                    try:
+                        await stream.receive()
+                    except (anyio.EndOfStream, anyio.BrokenResourceError):
+                        break
+        assert reason in caplog.text
+        assert message not in target.inbox.messages
+        # The real node 1 saw its connection closed, and dials again.
+        await wait_until(lambda: target.transport.connected_peers == {1, 3}, "node 1 back")
+        await exchange(nodes[1], target)
+
+
+# -- clients ---------------------------------------------------------------------------------
+
+
+@BOTH_BACKENDS
+async def test_concurrent_client_requests_are_answered_out_of_order() -> None:
+    async with cluster((1, 2)) as (nodes, tg):
+        server = nodes[2]
+        server.service.gates["slow"] = anyio.Event()
+        answers: dict[str, ClientResponse] = {}
+        async with TcpClientConnection.connect(server.address, timeout=5) as conn:
+            assert conn.node_id == 2
+
+            async def ask(key: str) -> None:
+                answers[key] = await conn.request(KVOp(op="get", key=key))
+
+            tg.start_soon(ask, "slow")
+            await wait_until(lambda: conn._next_id > 1, "the slow request to be sent")
+            await ask("fast")
+            assert list(answers) == ["fast"]
+            server.service.gates["slow"].set()
+            await wait_until(lambda: "slow" in answers, "the slow answer")
+            assert answers["slow"].value == "node 2: slow"
+            assert answers["fast"].value == "node 2: fast"
+            assert answers["slow"].id != answers["fast"].id
+
+            status = await conn.request(StatusRequest())
+            assert status.ok and status.value == "node 2: StatusRequest"
+            failed = await conn.request(KVOp(op="get", key="boom"))
+            assert not failed.ok and failed.error is not None and failed.error.kind == "retry"
+        assert server.transport.connected_peers == {1}
+
+
+async def test_a_client_sees_connection_lost_when_the_server_stops() -> None:
+    async with cluster((1, 2)) as (nodes, tg):
+        server = nodes[2]
+        server.service.gates["slow"] = anyio.Event()
+        errors: list[ConnectionLost] = []
+        async with TcpClientConnection.connect(server.address, timeout=5) as conn:
+
+            async def ask() -> None:
+                try:
+                    await conn.request(KVOp(op="get", key="slow"))
+                except ConnectionLost as exc:
+                    errors.append(exc)
+
+            tg.start_soon(ask)
+            await wait_until(lambda: conn._next_id > 1, "the request to be sent")
+            await anyio.sleep(0.02)
+            await server.stop()
+            await wait_until(lambda: bool(errors), "the pending request to fail")
+            assert errors[0].address == server.address
+            assert server.address in str(errors[0])
+            with pytest.raises(ConnectionLost, match="closed by the server"):
+                await conn.request(StatusRequest())
+
+
+async def test_connecting_to_nothing_raises_connection_lost() -> None:
+    address = f"127.0.0.1:{closed_port()}"
+    with pytest.raises(ConnectionLost, match=f"connection to {address} lost: cannot connect"):
+        async with TcpClientConnection.connect(address, timeout=2):
+            pass
+
+
+async def test_an_error_in_the_client_block_propagates_as_itself() -> None:
+    async with cluster((1, 2)) as (nodes, _):
+        with pytest.raises(KeyError, match="mine"):
+            async with TcpClientConnection.connect(nodes[1].address, timeout=5):
+                raise KeyError("mine")
+
+
+@asynccontextmanager
+async def fake_server(
+    script: Callable[[anyio.abc.SocketStream], Any],
+) -> AsyncIterator[str]:
+    """A listener that runs ``script(stream)`` for each connection."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(SocketAttribute.local_port)
+
+    async def handle(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            await script(stream)
+
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handle)
+        yield f"127.0.0.1:{port}"
+        tg.cancel_scope.cancel()
+
+
+async def test_a_server_goodbye_raises_connection_lost() -> None:
+    async def refuse(stream: anyio.abc.SocketStream) -> None:
+        await stream.send(encode_frame(Goodbye(reason="full")))
+
+    async def hello_then_goodbye(stream: anyio.abc.SocketStream) -> None:
+        await stream.send(_hello(node_id=5))
+        await stream.receive()  # the client's Hello
+        await stream.receive()  # its request
+        await stream.send(encode_frame(Goodbye(reason="going away")))
+        await anyio.sleep_forever()
+
+    async with fake_server(refuse) as address:
+        with pytest.raises(ConnectionLost, match="server said goodbye: full"):
+            async with TcpClientConnection.connect(address, timeout=5):
+                pass
+    async with (
+        fake_server(hello_then_goodbye) as address,
+        TcpClientConnection.connect(address, timeout=5) as conn,
+    ):
+        assert conn.node_id == 5
+        with pytest.raises(ConnectionLost, match="server said goodbye: going away"):
+            await conn.request(StatusRequest())
+
+
+# -- lifecycle -------------------------------------------------------------------------------
+
+
+@BOTH_BACKENDS
+async def test_shutdown_closes_every_socket_and_ends_every_task(anyio_backend: str) -> None:
+    sockets_before = open_sockets()
+    tasks_before = set(asyncio.all_tasks()) if anyio_backend == "asyncio" else set()
+    nodes: dict[int, Node] = {}
+    # The client only returns once the server closes its socket: bound the wait.
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as outer:
+            async with cluster((1, 2, 3)) as (nodes, _):
+                await exchange(nodes[1], nodes[3])
+                nodes[2].service.gates["slow"] = anyio.Event()
+                address = nodes[2].address
+
+                async def client_session(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+                    async with TcpClientConnection.connect(address, timeout=5) as conn:
+                        task_status.started()
+                        with pytest.raises(ConnectionLost):  # the server shuts down under it
+                            await conn.request(KVOp(op="get", key="slow"))
+
+                await outer.start(client_session)
+                host, port = parse_address(nodes[3].address)
+                half_open = await anyio.connect_tcp(host, port)  # never says Hello
+                await wait_until(lambda: nodes[3].transport.open_connections == 3, "raw accepted")
+                assert nodes[2].transport.open_connections == 3  # two peers and the client
+            await half_open.aclose()
+    for node in nodes.values():
+        assert node.transport.open_connections == 0
+        assert node.transport.connected_peers == set()
+    await wait_until(lambda: open_sockets() == sockets_before, "every socket closed")
+    if anyio_backend == "asyncio":
+        assert set(asyncio.all_tasks()) == tasks_before
+    with pytest.raises(OSError):
+        await anyio.connect_tcp(*parse_address(nodes[1].address))
+
+
+def test_configuration_errors_name_the_value() -> None:
+    with pytest.raises(ValueError, match="node_id=0"):
+        make(0)
+    with pytest.raises(ValueError, match="'nowhere'"):
+        make(1, listen="nowhere")
+    with pytest.raises(ValueError, match="backoff_min=3 backoff_max=2"):
+        make(1, backoff_min=3, backoff_max=2)
+    with pytest.raises(ValueError, match="'host:port'"):
+        make(1, peers={2: "host:port"})
+    assert make(1, listen="127.0.0.1:7000", peers={1: "127.0.0.1:7000"}).listen_address == (
+        "127.0.0.1:7000"
+    )
+    assert parse_address("[::1]:80") == ("::1", 80)
