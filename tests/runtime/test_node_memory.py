@@ -3,7 +3,6 @@ lagging followers, membership, and the same behaviour on asyncio and trio."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -13,7 +12,6 @@ import pytest
 
 from framework.client import KVClient
 from framework.config import load_settings
-from framework.errors import RaftError
 from framework.runtime.node import NodeConfig, RaftNode
 from framework.storage import MemoryLogStore
 from framework.transport.memory import MemoryNetwork

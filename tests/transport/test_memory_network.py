@@ -120,7 +120,7 @@ async def cluster(
 async def wait_until(predicate: Callable[[], bool], what: str) -> None:
     with anyio.fail_after(10):
         # Polls state of objects that have no event to wait on (hence the noqa).
-        while not predicate():  # noqa: ASYNC110
+        while not predicate():
             await anyio.sleep(0.001)
 
 

@@ -158,7 +158,7 @@ async def wait_until(predicate: Callable[[], bool], what: str) -> None:
     try:
         with anyio.fail_after(10):
             # Polls state of objects that have no event to wait on (hence the noqa).
-            while not predicate():  # noqa: ASYNC110
+            while not predicate():
                 await anyio.sleep(0.002)
     except TimeoutError:
         pytest.fail(f"gave up waiting for {what}")
