@@ -247,9 +247,9 @@ class KVClient:
             return cached[0]
         if self._tg is None:
             raise RuntimeError("KVClient must be used as 'async with KVClient(...) as client'")
-        conn, closed = await self._tg.start(self._hold, address)
-        self._connections[address] = (conn, closed)
-        return conn
+        held: tuple[_Connection, anyio.Event] = await self._tg.start(self._hold, address)
+        self._connections[address] = held
+        return held[0]
 
     async def _hold(
         self, address: str, *, task_status: anyio.abc.TaskStatus[tuple[_Connection, anyio.Event]]

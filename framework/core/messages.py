@@ -144,7 +144,7 @@ def encode_message(msg: Message) -> bytes:
 def decode_message(data: bytes) -> Message:
     """Decode and validate one message; raises ``InvalidMessage`` naming what is wrong."""
     try:
-        msg = _DECODER.decode(data)
+        msg: Message = _DECODER.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
         # msgspec lets UnicodeDecodeError through for a str (tag, key) that is not UTF-8.
         raise InvalidMessage(f"undecodable message ({len(data)} bytes): {exc}") from exc

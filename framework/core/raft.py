@@ -975,7 +975,7 @@ class RawNode:
         uncommitted = self.uncommitted_size
         term = self.term
         first = index = self.log.last_index() + 1
-        entries = []
+        entries: list[Entry] = []
         for data in datas:
             size = len(data)
             if cap and uncommitted and uncommitted + size > cap:

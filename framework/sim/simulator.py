@@ -357,10 +357,10 @@ class Simulation:
             node.kernel.tick()
             self._process(node)
         for _src, dst, payload in self.network.due(self.now):
-            node = self.nodes.get(dst)
-            if node is None or node.kernel is None:
+            target = self.nodes.get(dst)
+            if target is None or target.kernel is None:
                 continue
-            self._deliver(node, payload)
+            self._deliver(target, payload)
         self._run_clients()
 
     def _deliver(self, node: _Node, payload: bytes) -> None:
@@ -565,14 +565,12 @@ class Simulation:
         kind = rng.choice(("get", "get", "put", "append", "cas", "delete"))
         key = f"k{rng.randrange(self.options.keys)}"
         value = f"{client.id}.{client.seq}"
-        expected = None
+        expected: str | None = None
         if kind == "cas":
             expected = rng.choice((None, *(f"{c.id}.{rng.randint(1, max(1, c.seq))}"
                                             for c in self.clients)))
-        if kind in ("get", "delete"):
-            value = None
         self.clock += 1
-        op = _ClientOp(kind=kind, key=key, value=value, expected=expected, seq=client.seq,
+        op = _ClientOp(kind=kind, key=key, value=None if kind in ("get", "delete") else value, expected=expected, seq=client.seq,
                        call=self.clock, via_read_index=kind == "get" and rng.random() < 0.7)
         self.result.operations += 1
         client.op = op
@@ -731,7 +729,7 @@ def run_seed(seed: int, **overrides: object) -> SimResult:
     if overrides:
         values = {f.name: getattr(options, f.name) for f in fields(options)}
         values.update(overrides)
-        options = SimOptions(**values)  # type: ignore[arg-type]
+        options = SimOptions(**values)
     return Simulation(options).run()
 
 
