@@ -31,9 +31,11 @@ Rules kept, with the section of the Raft paper (P) or Ongaro's dissertation (D):
   when applied. Safety argument: any two majorities of configurations that differ by one
   server intersect, so as long as at most one change is unapplied at any time, no two
   leaders can be elected in the same term by disjoint quorums. A leader refuses a new change
-  while an earlier one is unapplied, and refuses any change until it has committed an entry
-  of its own term (``pending_conf_index`` starts at the leader's last index; this is the fix
-  to the single-server bug reported on raft-dev in 2015). A node with committed but
+  while an earlier one is unapplied, and refuses any change until every entry it inherited
+  from earlier terms is applied (``pending_conf_index`` starts at the leader's last index).
+  An inherited entry that was not yet committed can only commit together with an entry of
+  the new term (§5.4.2), so this is the fix to the single-server bug reported on raft-dev in
+  2015: no change before the leader has committed in its own term. A node with committed but
   unapplied changes does not campaign. Learners receive the log but neither vote nor count
   for commit; promotion is refused until the learner holds every committed entry.
 - Reads (D §6.4): ReadIndex records the commit index, confirms leadership with a heartbeat
@@ -1124,8 +1126,8 @@ class RawNode:
             raise ConfChangeRejected(f"node {nid} is already a voter")
         if kind is ConfChangeType.ADD_LEARNER and (nid in voters or nid in learners):
             raise ConfChangeRejected(f"node {nid} is already a member")
-        if kind is ConfChangeType.PROMOTE:
-            if nid not in learners:
+        if kind is ConfChangeType.PROMOTE or (kind is ConfChangeType.ADD_VOTER and nid in learners):
+            if kind is ConfChangeType.PROMOTE and nid not in learners:
                 raise ConfChangeRejected(f"node {nid} is not a learner; cannot promote it")
             match = self.progress[nid].match
             if match < self.log.committed:
