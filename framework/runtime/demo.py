@@ -75,5 +75,7 @@ async def _demo(cluster: LocalCluster, console: Console, seconds: float, clients
                   f"{len(sample) - missing}/{len(sample)} present")
     table.add_row("data directory", str(root))
     console.print(table)
+    console.print(f"verified: {len(sample) - missing}/{len(sample)} sampled acknowledged "
+                  f"writes present after the restart", soft_wrap=True)
     if missing:
         raise SystemExit(f"{missing} acknowledged writes are missing")

@@ -14,10 +14,11 @@ __all__ = ["settings_table", "status_table"]
 
 def status_table(statuses: Mapping[int, Mapping[str, Any]]) -> Table:
     table = Table(title="raftmw cluster status")
-    for column in ("node", "role", "term", "leader", "commit", "applied", "log", "snapshot",
-                   "replication"):
-        table.add_column(column, justify="right" if column not in ("role", "replication")
-                         else "left")
+    table.add_column("node", justify="right", no_wrap=True)
+    table.add_column("role", no_wrap=True, min_width=9)
+    for column in ("term", "leader", "commit", "applied", "log", "snapshot"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("peers (state@match)", overflow="fold", ratio=1)
     for node_id, st in sorted(statuses.items()):
         if st.get("role") in ("unreachable", "starting"):
             table.add_row(str(node_id), st.get("role", "?"), *[""] * 6,

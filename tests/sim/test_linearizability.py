@@ -394,8 +394,14 @@ def test_a_failure_outranks_a_key_that_ran_out_of_budget() -> None:
     ],
 )
 def test_malformed_operations_are_rejected(fields: dict[str, Any], message: str) -> None:
-    well_formed_put: dict[str, Any] = {"client_id": 1, "kind": "put", "key": "x", "value": "a"}
-    well_formed_put |= {"call": 0, "ret": 1}
+    well_formed_put: dict[str, Any] = {
+        "client_id": 1,
+        "kind": "put",
+        "key": "x",
+        "value": "a",
+        "call": 0,
+        "ret": 1,
+    }
     Operation(**well_formed_put)
     with pytest.raises(ValueError, match=message):
         Operation(**(well_formed_put | fields))
@@ -609,11 +615,14 @@ def linearizable_by_definition(history: list[Operation]) -> bool:
     unknown-outcome ones that respects real-time order and reproduces every known result."""
 
     def extend(done: frozenset[int], store: dict[str, str | None]) -> bool:
-        waiting = [i for i, op in enumerate(history) if op.ret is not None and i not in done]
+        waiting = [
+            (i, op.ret) for i, op in enumerate(history) if op.ret is not None and i not in done
+        ]
         if not waiting:
             return True
         for i, op in enumerate(history):
-            if i in done or any(history[j].ret <= op.call for j in waiting if j != i):  # type: ignore[operator]  # waiting ops have a ret
+            # An operation cannot go next while one that returned before its call waits.
+            if i in done or any(ret <= op.call for j, ret in waiting if j != i):
                 continue
             result, new = reference_step(op.kind, op.value, op.expected, store.get(op.key))
             if op.ret is not None and result != op.result:
@@ -687,7 +696,8 @@ def test_verdicts_match_the_definition_near_valid_histories(
         for i, op in enumerate(history)
         if op.ret is not None and op.kind in ("get", "append", "cas")
     ]
-    if known and data.draw(st.booleans()):
+    mutate = data.draw(st.booleans())
+    if known and mutate:
         victim = data.draw(st.sampled_from(known))
         op = history[victim]
         wrong: object

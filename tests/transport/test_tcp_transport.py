@@ -354,7 +354,10 @@ async def test_set_peers_opens_and_closes_links() -> None:
         book = {i: n.address for i, n in {**nodes, 3: third}.items()}
         for node in (*nodes.values(), third):
             node.transport.set_peers(book)
-        await wait_until(lambda: third.transport.connected_peers == {1, 2}, "links to 3")
+        await wait_until(
+            lambda: all(fully_connected(n, (1, 2, 3)) for n in (*nodes.values(), third)),
+            "links to 3",
+        )
         await exchange(nodes[1], third)
         await exchange(nodes[2], third)
 
@@ -466,19 +469,23 @@ async def test_a_peer_impersonating_another_is_cut_off(
         target = nodes[2]
         host, port = parse_address(target.address)
         async with await anyio.connect_tcp(host, port) as stream:
-            await stream.send(_hello(node_id=1))  # a valid Hello replaces node 1's connection
-            await wait_until(lambda: "replaced by a newer connection" in caplog.text, "replace")
-            await stream.send(encode_frame(PeerBatch(messages=[message])))
+            # A valid Hello replaces node 1's connection. The batch goes in the same write,
+            # so it is read before the real node 1 can redial and replace us in turn.
+            await stream.send(_hello(node_id=1) + encode_frame(PeerBatch(messages=[message])))
             with anyio.fail_after(10):
                 while True:
                     try:
                         await stream.receive()
                     except (anyio.EndOfStream, anyio.BrokenResourceError):
                         break
+        assert "replaced by a newer connection" in caplog.text
         assert reason in caplog.text
         assert message not in target.inbox.messages
         # The real node 1 saw its connection closed, and dials again.
-        await wait_until(lambda: target.transport.connected_peers == {1, 3}, "node 1 back")
+        await wait_until(
+            lambda: fully_connected(target, (1, 2, 3)) and fully_connected(nodes[1], (1, 2, 3)),
+            "node 1 to be back",
+        )
         await exchange(nodes[1], target)
 
 

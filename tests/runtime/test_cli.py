@@ -1,0 +1,172 @@
+"""The `raftmw` command: node lifecycle and start-up refusals, kv/status against a live
+cluster, garbage sent to a live node, `cluster`, `demo`, and settings errors."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from click.testing import CliRunner
+
+from framework.cli import main
+from framework.runtime.localcluster import LocalCluster, free_ports
+
+RAFTMW = [sys.executable, "-m", "framework.cli"]
+
+
+@pytest.fixture
+def live(tmp_path: Path):  # type: ignore[no-untyped-def]
+    local = LocalCluster(tmp_path, nodes=3, cluster_id="cli")
+    local.start_all()
+    anyio.run(local.wait_serving)
+    yield local
+    local.stop_all()
+
+
+def _node_cmd(node_id: int, data_dir: Path, port: int, cluster_id: str = "cli") -> list[str]:
+    return RAFTMW + ["node", "--id", str(node_id), "--listen", f"127.0.0.1:{port}",
+                     "--peers", f"{node_id}=127.0.0.1:{port}", "--data-dir", str(data_dir),
+                     "--cluster-id", cluster_id]
+
+
+def test_sigterm_shuts_a_node_down_cleanly(live: LocalCluster) -> None:
+    proc = live.nodes[2].process
+    assert proc is not None
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+
+
+def test_sigint_shuts_a_node_down_cleanly(live: LocalCluster) -> None:
+    proc = live.nodes[3].process
+    assert proc is not None
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=10) == 0
+
+
+def test_a_data_dir_of_another_node_is_refused(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    data = tmp_path / "d"
+    first = subprocess.Popen(_node_cmd(1, data, port), stderr=subprocess.PIPE)
+    time.sleep(1.0)  # let it stamp the directory; then stop it cleanly
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=10) == 0
+    out = subprocess.run(_node_cmd(2, data, port), capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0
+    assert "node 1" in out.stderr and "node 2" in out.stderr, out.stderr
+
+
+def test_a_corrupt_database_stops_the_node_naming_the_file(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    data = tmp_path / "d"
+    first = subprocess.Popen(_node_cmd(1, data, port), stderr=subprocess.PIPE)
+    time.sleep(1.0)
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=10) == 0
+    db = data / "raft.db"
+    raw = bytearray(db.read_bytes())
+    raw[:16] = b"garbage garbage!"
+    db.write_bytes(bytes(raw))
+    out = subprocess.run(_node_cmd(1, data, port), capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0
+    assert "raft.db" in out.stderr, out.stderr
+    assert db.read_bytes()[:16] == b"garbage garbage!"  # nothing was "repaired" or discarded
+
+
+def test_garbage_sent_to_a_live_node_does_not_hurt_it(live: LocalCluster) -> None:
+    host, _, port = live.nodes[1].address.rpartition(":")
+    payloads = [b"\x00\x00\x00\x05hello", b"GET / HTTP/1.1\r\n\r\n", b"\xff" * 64,
+                b"\x7f\xff\xff\xff" + b"x" * 100]
+    for payload in payloads:
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(payload)
+            s.settimeout(5)
+            # The node closes the connection (possibly after a Goodbye frame).
+            data = b""
+            while chunk := s.recv(4096):
+                data += chunk
+    runner = CliRunner()
+    result = runner.invoke(main, ["kv", "put", "after-garbage", "ok", "--peers", live.peers_arg()])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["kv", "get", "after-garbage", "--peers", live.peers_arg()])
+    assert result.output.strip() == "ok"
+
+
+def test_kv_and_status_commands(live: LocalCluster) -> None:
+    runner = CliRunner()
+    peers = ["--peers", live.peers_arg()]
+    assert runner.invoke(main, ["kv", "put", "k", "v1", *peers]).exit_code == 0
+    assert runner.invoke(main, ["kv", "append", "k", "+", *peers]).output.strip() == "v1+"
+    swapped = runner.invoke(main, ["kv", "cas", "k", "v1+", "v2", *peers])
+    assert swapped.exit_code == 0 and "swapped" in swapped.output
+    refused = runner.invoke(main, ["kv", "cas", "k", "nope", "v3", *peers])
+    assert refused.exit_code == 1
+    assert runner.invoke(main, ["kv", "get", "k", *peers]).output.strip() == "v2"
+    assert runner.invoke(main, ["kv", "delete", "k", *peers]).exit_code == 0
+    assert runner.invoke(main, ["kv", "get", "k", *peers]).exit_code == 1
+    status = runner.invoke(main, ["status", "--json", *peers])
+    assert status.exit_code == 0, status.output
+    table = json.loads(status.output)
+    roles = sorted(node["role"] for node in table.values())
+    assert roles == ["follower", "follower", "leader"]
+    leader = next(node for node in table.values() if node["role"] == "leader")
+    assert set(leader["progress"]) == {"1", "2", "3"}
+    pretty = runner.invoke(main, ["status", *peers])
+    assert "leader" in pretty.output and "follower" in pretty.output
+
+
+def test_bad_peers_and_flags_are_named() -> None:
+    runner = CliRunner()
+    bad_peers = runner.invoke(main, ["kv", "get", "k", "--peers", "one=localhost"])
+    assert bad_peers.exit_code != 0 and "one" in bad_peers.output
+    bad_flag = runner.invoke(main, ["node", "--id", "1", "--listen", "127.0.0.1:1",
+                                    "--peers", "1=127.0.0.1:1", "--data-dir", "/tmp/x",
+                                    "--flag", "actors=maybe"])
+    assert bad_flag.exit_code != 0 and "actors" in bad_flag.output and "maybe" in bad_flag.output
+
+
+def test_config_check_names_the_bad_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[performance.circuit_breaker]\ntimeout = "30 parsecs"\n')
+    result = CliRunner().invoke(main, ["config", "check", str(bad)])
+    assert result.exit_code == 1
+    assert "performance.circuit_breaker.timeout" in result.output
+    assert "30 parsecs" in result.output
+    good = tmp_path / "good.toml"
+    assert CliRunner().invoke(main, ["config", "write", str(good)]).exit_code == 0
+    assert CliRunner().invoke(main, ["config", "check", str(good)]).exit_code == 0
+
+
+def test_cluster_command_runs_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    proc = subprocess.Popen(RAFTMW + ["cluster", "--nodes", "3", "--data-dir", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "cluster of 3 up" in line:
+            break
+    peers = lines[-1].split("--peers ")[1].strip()
+    assert CliRunner().invoke(main, ["kv", "put", "c", "1", "--peers", peers]).exit_code == 0
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, rest
+    assert "node 1 exit 0" in rest and "node 3 exit 0" in rest
+
+
+def test_demo_runs_and_checks_its_writes(tmp_path: Path) -> None:
+    out = subprocess.run(RAFTMW + ["demo", "--seconds", "2", "--clients", "4",
+                                   "--data-dir", str(tmp_path / "demo")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "raftmw demo summary" in out.stdout
+    assert "leader killed" in out.stdout
+    verified = next(line for line in out.stdout.splitlines() if line.startswith("verified:"))
+    got, total = verified.split()[1].split("/")
+    assert got == total and int(total) > 0
