@@ -17,8 +17,11 @@ from framework.core import ConfState, RaftConfig, RawNode, Role
 def run(seconds: float, batch: int, payload: int, nodes: int) -> tuple[int, float]:
     ids = tuple(range(1, nodes + 1))
     cluster = {
-        i: RawNode(RaftConfig(id=i, max_inflight_msgs=256), rng=random.Random(i),
-                   conf_state=ConfState(voters=ids))
+        i: RawNode(
+            RaftConfig(id=i, max_inflight_msgs=256),
+            rng=random.Random(i),
+            conf_state=ConfState(voters=ids),
+        )
         for i in ids
     }
     applied = dict.fromkeys(ids, 0)

@@ -83,16 +83,36 @@ def main(verbose: int) -> None:
 @click.option("--peers", required=True, help="ID=HOST:PORT,... for every member, this node too.")
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), required=True)
 @click.option("--profile", default="default", show_default=True, help="Settings profile.")
-@click.option("--settings", "settings_files", multiple=True, type=click.Path(dir_okay=False),
-              help="Extra settings file (repeatable; later ones win).")
+@click.option(
+    "--settings",
+    "settings_files",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="Extra settings file (repeatable; later ones win).",
+)
 @click.option("--flag", "flags", multiple=True, help="Feature flag NAME=on|off (repeatable).")
-@click.option("--cluster-id", default="raftmw", show_default=True,
-              help="Name stamped into the data directory; nodes of other clusters are refused.")
-@click.option("--join", is_flag=True,
-              help="Join an existing cluster (wait to be added) instead of bootstrapping.")
-def node(node_id: int, listen: str, peers: str, data_dir: Path, profile: str,
-         settings_files: tuple[str, ...], flags: tuple[str, ...], cluster_id: str,
-         join: bool) -> None:
+@click.option(
+    "--cluster-id",
+    default="raftmw",
+    show_default=True,
+    help="Name stamped into the data directory; nodes of other clusters are refused.",
+)
+@click.option(
+    "--join",
+    is_flag=True,
+    help="Join an existing cluster (wait to be added) instead of bootstrapping.",
+)
+def node(
+    node_id: int,
+    listen: str,
+    peers: str,
+    data_dir: Path,
+    profile: str,
+    settings_files: tuple[str, ...],
+    flags: tuple[str, ...],
+    cluster_id: str,
+    join: bool,
+) -> None:
     """Run one node until SIGTERM or SIGINT, then shut down cleanly (exit 0)."""
     from framework.runtime.node import NodeConfig, RaftNode
     from framework.storage import StorageError
@@ -104,20 +124,27 @@ def node(node_id: int, listen: str, peers: str, data_dir: Path, profile: str,
     if members.get(node_id, listen) != listen:
         raise click.BadParameter(
             f"--peers gives node {node_id} the address {members[node_id]}, but --listen is "
-            f"{listen}", param_hint="--peers")
+            f"{listen}",
+            param_hint="--peers",
+        )
     members[node_id] = listen
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
-    config = NodeConfig(node_id=node_id, cluster_id=cluster_id, peers=members,
-                        settings=settings, join=join)
+    config = NodeConfig(
+        node_id=node_id, cluster_id=cluster_id, peers=members, settings=settings, join=join
+    )
     t = settings.transport
 
     async def serve() -> None:
         store = SQLiteLogStore(data_dir, sync=settings.storage.sync)  # type: ignore[arg-type]
         transport = TcpTransport(
-            node_id=node_id, cluster_id=cluster_id, listen=listen,
+            node_id=node_id,
+            cluster_id=cluster_id,
+            listen=listen,
             peers={k: v for k, v in members.items() if k != node_id},
-            max_frame_size=t.max_frame_size, connect_timeout=t.connect_timeout,
-            backoff_min=t.reconnect_backoff_min, backoff_max=t.reconnect_backoff_max,
+            max_frame_size=t.max_frame_size,
+            connect_timeout=t.connect_timeout,
+            backoff_min=t.reconnect_backoff_min,
+            backoff_max=t.reconnect_backoff_max,
         )
         raft_node = RaftNode(config, store=store, transport=transport)
         async with anyio.create_task_group() as tg:
@@ -125,7 +152,8 @@ def node(node_id: int, listen: str, peers: str, data_dir: Path, profile: str,
                 await tg.start(raft_node.run)
                 async for signum in signals:
                     logging.getLogger("raftmw.node").info(
-                        "node %d: %s, shutting down", node_id, signal.Signals(signum).name)
+                        "node %d: %s, shutting down", node_id, signal.Signals(signum).name
+                    )
                     tg.cancel_scope.cancel()
                     break
 
@@ -153,10 +181,15 @@ def _client_call(peers: str, timeout: float, fn: Callable[[KVClient], Awaitable[
         raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
 
 
-_peers_option = click.option("--peers", required=True, envvar="RAFTMW_PEERS",
-                             help="ID=HOST:PORT,... of the cluster (or $RAFTMW_PEERS).")
-_timeout_option = click.option("--timeout", type=float, default=5.0, show_default=True,
-                               help="Seconds before giving up.")
+_peers_option = click.option(
+    "--peers",
+    required=True,
+    envvar="RAFTMW_PEERS",
+    help="ID=HOST:PORT,... of the cluster (or $RAFTMW_PEERS).",
+)
+_timeout_option = click.option(
+    "--timeout", type=float, default=5.0, show_default=True, help="Seconds before giving up."
+)
 
 
 @main.group()
@@ -239,8 +272,7 @@ def status(peers: str, timeout: float, as_json: bool) -> None:
                 try:
                     out[node_id] = await client.status(node_id)
                 except RaftError as exc:
-                    out[node_id] = {"node_id": node_id, "role": "unreachable",
-                                    "error": str(exc)}
+                    out[node_id] = {"node_id": node_id, "role": "unreachable", "error": str(exc)}
         return out
 
     result = run_async(go)
@@ -305,8 +337,12 @@ def transfer_leader(node_id: int, peers: str, timeout: float) -> None:
 
 @main.command()
 @click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("raftmw-data"), show_default=True)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("raftmw-data"),
+    show_default=True,
+)
 @click.option("--profile", default=None, help="Settings profile for every node.")
 @click.option("--flag", "flags", multiple=True, help="Feature flag for every node.")
 def cluster(nodes: int, data_dir: Path, profile: str | None, flags: tuple[str, ...]) -> None:
@@ -323,6 +359,7 @@ def cluster(nodes: int, data_dir: Path, profile: str | None, flags: tuple[str, .
         click.echo(f"logs and data in {where}; Ctrl-C to stop")
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with anyio.create_task_group() as tg:
+
                 async def restart_dead() -> None:
                     while True:
                         await anyio.sleep(1.0)
@@ -344,11 +381,16 @@ def cluster(nodes: int, data_dir: Path, profile: str | None, flags: tuple[str, .
 
 
 @main.command()
-@click.option("--seconds", type=float, default=6.0, show_default=True,
-              help="Length of the write workload.")
+@click.option(
+    "--seconds", type=float, default=6.0, show_default=True, help="Length of the write workload."
+)
 @click.option("--clients", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where the nodes keep their data (default: a new temporary directory).")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the nodes keep their data (default: a new temporary directory).",
+)
 def demo(seconds: float, clients: int, data_dir: Path | None) -> None:
     """Start a local 3-node cluster, run a KV workload, kill the leader, show what happened."""
     from framework.runtime.demo import run_demo
@@ -359,22 +401,39 @@ def demo(seconds: float, clients: int, data_dir: Path | None) -> None:
 @main.command()
 @click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
 @click.option("--clients", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--payload", type=click.IntRange(min=0), default=100, show_default=True,
-              help="Bytes per value.")
+@click.option(
+    "--payload", type=click.IntRange(min=0), default=100, show_default=True, help="Bytes per value."
+)
 @click.option("--seconds", type=float, default=10.0, show_default=True)
 @click.option("--kill-leader", is_flag=True, help="SIGKILL the leader half-way through.")
 @click.option("--profile", default=None)
 @click.option("--flag", "flags", multiple=True)
 @click.option("--sync", type=click.Choice(["always", "os"]), default="always", show_default=True)
 @click.option("--json", "as_json", is_flag=True)
-def bench(nodes: int, clients: int, payload: int, seconds: float, kill_leader: bool,
-          profile: str | None, flags: tuple[str, ...], sync: str, as_json: bool) -> None:
+def bench(
+    nodes: int,
+    clients: int,
+    payload: int,
+    seconds: float,
+    kill_leader: bool,
+    profile: str | None,
+    flags: tuple[str, ...],
+    sync: str,
+    as_json: bool,
+) -> None:
     """Load a local cluster of node processes; report ops/s, latency, RSS and failover."""
     from framework.runtime.bench import BenchOptions, run_bench
 
-    options = BenchOptions(nodes=nodes, clients=clients, payload=payload, seconds=seconds,
-                           kill_leader=kill_leader, profile=profile, flags=tuple(flags),
-                           sync=sync)
+    options = BenchOptions(
+        nodes=nodes,
+        clients=clients,
+        payload=payload,
+        seconds=seconds,
+        kill_leader=kill_leader,
+        profile=profile,
+        flags=tuple(flags),
+        sync=sync,
+    )
     report = run_bench(options, progress=not as_json)
     if as_json:
         click.echo(json.dumps(report, indent=2))

@@ -173,8 +173,14 @@ class KVClient:
 
     async def _write(self, op: KVOp) -> object:
         self._seq += 1
-        session = KVOp(op=op.op, key=op.key, value=op.value, expected=op.expected,
-                       client_id=self.client_id, seq=self._seq)
+        session = KVOp(
+            op=op.op,
+            key=op.key,
+            value=op.value,
+            expected=op.expected,
+            client_id=self.client_id,
+            seq=self._seq,
+        )
         return await self._call(session, write=True)
 
     async def _call(self, body: RequestBody, *, write: bool) -> object:

@@ -55,8 +55,7 @@ class RaftLog:
                 )
         if committed > self.last_index():
             raise KernelMisuse(
-                f"stored commit index {committed} is past the last stored entry "
-                f"{self.last_index()}"
+                f"stored commit index {committed} is past the last stored entry {self.last_index()}"
             )
         self.committed = max(committed, self.offset)
         self.applied = self.offset
@@ -188,9 +187,7 @@ class RaftLog:
 
     def applied_to(self, index: int) -> None:
         if index > self.committed or index < self.applied:
-            raise KernelMisuse(
-                f"applied index {index} outside [{self.applied}, {self.committed}]"
-            )
+            raise KernelMisuse(f"applied index {index} outside [{self.applied}, {self.committed}]")
         self.applied = index
 
     def stable_to(self, index: int, term: int) -> None:

@@ -155,8 +155,7 @@ class RaftConfig:
             problems.append(f"max_size_per_msg={self.max_size_per_msg}: expected > 0")
         if self.max_uncommitted_entries_size < 0:
             problems.append(
-                f"max_uncommitted_entries_size={self.max_uncommitted_entries_size}: "
-                "expected >= 0"
+                f"max_uncommitted_entries_size={self.max_uncommitted_entries_size}: expected >= 0"
             )
         if self.lease_reads and not self.check_quorum:
             problems.append("lease_reads=True: expected check_quorum=True (leases need it)")
@@ -257,15 +256,17 @@ class RawNode:
         joins later receives them like any other entries and so learns the membership
         history from the log (or from a snapshot) instead of from its own arguments.
         """
-        changes = [ConfChange(type=ConfChangeType.ADD_VOTER, node_id=v)
-                   for v in conf_state.voters]
-        changes += [ConfChange(type=ConfChangeType.ADD_LEARNER, node_id=v)
-                    for v in conf_state.learners]
+        changes = [ConfChange(type=ConfChangeType.ADD_VOTER, node_id=v) for v in conf_state.voters]
+        changes += [
+            ConfChange(type=ConfChangeType.ADD_LEARNER, node_id=v) for v in conf_state.learners
+        ]
         if not changes:
             return
         self.log.append(
-            [Entry(1, i, EntryKind.CONF_CHANGE, encode_conf_change(change))
-             for i, change in enumerate(changes, start=1)]
+            [
+                Entry(1, i, EntryKind.CONF_CHANGE, encode_conf_change(change))
+                for i, change in enumerate(changes, start=1)
+            ]
         )
         self.log.commit_to(len(changes))
         self.term = 1
@@ -335,8 +336,9 @@ class RawNode:
         if self.role is Role.LEADER:
             self._leader_read(context, self.id)
         elif self.leader:
-            self._send(ReadIndexRequest(src=self.id, dst=self.leader, term=self.term,
-                                        context=context))
+            self._send(
+                ReadIndexRequest(src=self.id, dst=self.leader, term=self.term, context=context)
+            )
         else:
             self._dropped_reads.append(context)
 
@@ -760,8 +762,7 @@ class RawNode:
             self._send(AppendResponse(src=self.id, dst=msg.src, term=self.term, index=0))
         elif isinstance(msg, VoteRequest) and msg.pre_vote:
             self._send(
-                VoteResponse(src=self.id, dst=msg.src, term=self.term, granted=False,
-                             pre_vote=True)
+                VoteResponse(src=self.id, dst=msg.src, term=self.term, granted=False, pre_vote=True)
             )
 
     def _handle_vote_request(self, msg: VoteRequest) -> None:
@@ -818,8 +819,9 @@ class RawNode:
         elif isinstance(msg, ReadIndexRequest):
             # Forwarded to us as leader, but we are not (any more): the requester retries.
             self._send(
-                ReadIndexResponse(src=self.id, dst=msg.src, term=self.term,
-                                  context=msg.context, index=0)
+                ReadIndexResponse(
+                    src=self.id, dst=msg.src, term=self.term, context=msg.context, index=0
+                )
             )
         # Vote responses and leader-side acknowledgements are stale here: ignore them.
 
@@ -827,15 +829,15 @@ class RawNode:
         log = self.log
         if msg.prev_index < log.committed:
             # Everything up to our commit index matches the leader (leader completeness).
-            self._send(AppendResponse(src=self.id, dst=msg.src, term=self.term,
-                                      index=log.committed))
+            self._send(
+                AppendResponse(src=self.id, dst=msg.src, term=self.term, index=log.committed)
+            )
             return
         last_new = log.maybe_append(msg.prev_index, msg.prev_term, msg.commit, msg.entries)
         if last_new is not None:
             self._send(AppendResponse(src=self.id, dst=msg.src, term=self.term, index=last_new))
             return
-        hint_index = log.find_conflict_by_term(min(msg.prev_index, log.last_index()),
-                                               msg.prev_term)
+        hint_index = log.find_conflict_by_term(min(msg.prev_index, log.last_index()), msg.prev_term)
         self._send(
             AppendResponse(
                 src=self.id,
@@ -886,8 +888,9 @@ class RawNode:
             self._dropped_reads.append(msg.context)
         elif isinstance(msg, ReadIndexRequest):
             self._send(
-                ReadIndexResponse(src=self.id, dst=msg.src, term=self.term,
-                                  context=msg.context, index=0)
+                ReadIndexResponse(
+                    src=self.id, dst=msg.src, term=self.term, context=msg.context, index=0
+                )
             )
         # TimeoutNow while campaigning already: nothing to do.
 
@@ -1031,8 +1034,9 @@ class RawNode:
                 return False
             # The entries this follower needs were compacted: send the snapshot (§7).
             pr.become_snapshot(self.snapshot.meta.index)
-            self._send(InstallSnapshot(src=self.id, dst=nid, term=self.term,
-                                       snapshot=self.snapshot))
+            self._send(
+                InstallSnapshot(src=self.id, dst=nid, term=self.term, snapshot=self.snapshot)
+            )
             return False
         entries = log.slice(pr.next, log.last_index() + 1, self.config.max_size_per_msg)
         if not entries and not send_if_empty:
@@ -1056,8 +1060,9 @@ class RawNode:
             if nid != self.id:
                 # Never tell a follower to commit past what it is known to store.
                 commit = min(pr.match, self.log.committed)
-                self._send(Heartbeat(src=self.id, dst=nid, term=self.term, commit=commit,
-                                     context=context))
+                self._send(
+                    Heartbeat(src=self.id, dst=nid, term=self.term, commit=commit, context=context)
+                )
 
     # == reads ================================================================================
 
@@ -1101,8 +1106,11 @@ class RawNode:
             else:
                 self._dropped_reads.append(context)
         else:
-            self._send(ReadIndexResponse(src=self.id, dst=requester, term=self.term,
-                                         context=context, index=index))
+            self._send(
+                ReadIndexResponse(
+                    src=self.id, dst=requester, term=self.term, context=context, index=index
+                )
+            )
 
     def _drop_pending_reads(self) -> None:
         waiting = [(ctx, read.requester) for ctx, read in self._pending_reads.items()]

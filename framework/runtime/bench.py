@@ -35,9 +35,14 @@ def run_bench(options: BenchOptions, *, progress: bool = True) -> dict[str, Any]
         root = Path(tmp)
         settings = root / "bench-settings.toml"
         settings.write_text(tomli_w.dumps({"storage": {"sync": options.sync}}))
-        cluster = LocalCluster(root, nodes=options.nodes, profile=options.profile,
-                               flags=options.flags, settings_files=[str(settings)],
-                               cluster_id="bench")
+        cluster = LocalCluster(
+            root,
+            nodes=options.nodes,
+            profile=options.profile,
+            flags=options.flags,
+            settings_files=[str(settings)],
+            cluster_id="bench",
+        )
         try:
             report = anyio.run(_bench, cluster, options, backend="asyncio")
         finally:
@@ -52,7 +57,10 @@ async def _bench(cluster: LocalCluster, options: BenchOptions) -> dict[str, Any]
     await cluster.wait_serving()
     await cluster.leader()
     result = await run_workload(
-        cluster, clients=options.clients, seconds=options.seconds, payload=options.payload,
+        cluster,
+        clients=options.clients,
+        seconds=options.seconds,
+        payload=options.payload,
         kill_leader_after=options.seconds / 2 if options.kill_leader else None,
     )
     lat = result.latencies
@@ -67,7 +75,8 @@ async def _bench(cluster: LocalCluster, options: BenchOptions) -> dict[str, Any]
         },
         "peak_rss_mib": {str(k): round(v / 1024, 1) for k, v in result.peak_rss_kib.items()},
         "failover_ms": round(result.failover_seconds * 1e3, 1)
-        if result.failover_seconds is not None else None,
+        if result.failover_seconds is not None
+        else None,
         "killed_leader": result.killed_leader or None,
         "client_errors": result.errors,
     }
@@ -78,16 +87,23 @@ def _print(report: dict[str, Any]) -> None:
     table.add_column("measure")
     table.add_column("value", justify="right")
     o = report["options"]
-    table.add_row("setup", f"{o['nodes']} nodes, {o['clients']} clients, {o['payload']} B "
-                  f"values, sync={o['sync']}, {o['seconds']:g}s")
+    table.add_row(
+        "setup",
+        f"{o['nodes']} nodes, {o['clients']} clients, {o['payload']} B "
+        f"values, sync={o['sync']}, {o['seconds']:g}s",
+    )
     table.add_row("committed writes/s", f"{report['ops_per_second']:,.0f}")
     lat = report["latency_ms"]
-    table.add_row("latency p50 / p99 / p999", f"{lat['p50']:.2f} / {lat['p99']:.2f} / "
-                  f"{lat['p999']:.2f} ms")
-    table.add_row("peak RSS per node", ", ".join(f"{k}: {v} MiB" for k, v in
-                                                report["peak_rss_mib"].items()))
+    table.add_row(
+        "latency p50 / p99 / p999", f"{lat['p50']:.2f} / {lat['p99']:.2f} / {lat['p999']:.2f} ms"
+    )
+    table.add_row(
+        "peak RSS per node", ", ".join(f"{k}: {v} MiB" for k, v in report["peak_rss_mib"].items())
+    )
     if report["killed_leader"]:
         table.add_row("failover (kill -> next write)", f"{report['failover_ms']} ms")
-    table.add_row("client errors", ", ".join(f"{k}: {v}" for k, v in
-                                             report["client_errors"].items()) or "none")
+    table.add_row(
+        "client errors",
+        ", ".join(f"{k}: {v}" for k, v in report["client_errors"].items()) or "none",
+    )
     Console().print(table)

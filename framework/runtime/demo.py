@@ -26,20 +26,31 @@ def run_demo(*, seconds: float, clients: int, data_dir: Path | None) -> None:
         cluster.stop_all()
 
 
-async def _demo(cluster: LocalCluster, console: Console, seconds: float, clients: int,
-                root: Path) -> None:
+async def _demo(
+    cluster: LocalCluster, console: Console, seconds: float, clients: int, root: Path
+) -> None:
     console.print(f"[bold]raftmw demo[/]: starting 3 nodes on loopback, data in {root}")
     cluster.start_all()
     await cluster.wait_serving()
     leader = await cluster.leader()
     console.print(f"node {leader} is the leader; peers {cluster.peers_arg()}")
-    console.print(f"{clients} clients write for {seconds:g}s; the leader is killed (SIGKILL) "
-                  f"at {seconds / 2:g}s")
-    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[ops]} writes"), console=console) as bar:
+    console.print(
+        f"{clients} clients write for {seconds:g}s; the leader is killed (SIGKILL) "
+        f"at {seconds / 2:g}s"
+    )
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[ops]} writes"),
+        console=console,
+    ) as bar:
         task = bar.add_task("workload", total=seconds, ops=0)
         result = await run_workload(
-            cluster, clients=clients, seconds=seconds, payload=100,
+            cluster,
+            clients=clients,
+            seconds=seconds,
+            payload=100,
             kill_leader_after=seconds / 2,
             on_progress=lambda t, ops: bar.update(task, completed=min(t, seconds), ops=ops),
         )
@@ -62,20 +73,31 @@ async def _demo(cluster: LocalCluster, console: Console, seconds: float, clients
     lat = result.latencies
     table.add_row("acknowledged writes", f"{result.ops}")
     table.add_row("throughput", f"{result.throughput:,.0f} writes/s")
-    table.add_row("latency p50 / p99", f"{percentile(lat, 0.5) * 1e3:.1f} / "
-                  f"{percentile(lat, 0.99) * 1e3:.1f} ms")
+    table.add_row(
+        "latency p50 / p99",
+        f"{percentile(lat, 0.5) * 1e3:.1f} / {percentile(lat, 0.99) * 1e3:.1f} ms",
+    )
     table.add_row("leader killed", f"node {killed}")
     failover = result.failover_seconds
-    table.add_row("recovery (kill -> next acknowledged write)",
-                  f"{failover * 1e3:.0f} ms" if failover is not None else "n/a")
+    table.add_row(
+        "recovery (kill -> next acknowledged write)",
+        f"{failover * 1e3:.0f} ms" if failover is not None else "n/a",
+    )
     table.add_row("new leader", f"node {new_leader}")
-    table.add_row("client errors (retried)", ", ".join(f"{k}: {v}" for k, v in
-                                                      result.errors.items()) or "none")
-    table.add_row("acknowledged writes checked after restart",
-                  f"{len(sample) - missing}/{len(sample)} present")
+    table.add_row(
+        "client errors (retried)",
+        ", ".join(f"{k}: {v}" for k, v in result.errors.items()) or "none",
+    )
+    table.add_row(
+        "acknowledged writes checked after restart",
+        f"{len(sample) - missing}/{len(sample)} present",
+    )
     table.add_row("data directory", str(root))
     console.print(table)
-    console.print(f"verified: {len(sample) - missing}/{len(sample)} sampled acknowledged "
-                  f"writes present after the restart", soft_wrap=True)
+    console.print(
+        f"verified: {len(sample) - missing}/{len(sample)} sampled acknowledged "
+        f"writes present after the restart",
+        soft_wrap=True,
+    )
     if missing:
         raise SystemExit(f"{missing} acknowledged writes are missing")

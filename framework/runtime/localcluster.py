@@ -98,8 +98,12 @@ class LocalCluster:
 
     def _node_process(self, node_id: int, address: str) -> NodeProcess:
         data_dir = self.root / f"node{node_id}"
-        return NodeProcess(node_id=node_id, address=address, data_dir=data_dir,
-                           log_path=self.root / f"node{node_id}.log")
+        return NodeProcess(
+            node_id=node_id,
+            address=address,
+            data_dir=data_dir,
+            log_path=self.root / f"node{node_id}.log",
+        )
 
     @property
     def peers(self) -> dict[int, str]:
@@ -110,12 +114,20 @@ class LocalCluster:
 
     def command(self, node: NodeProcess, peers: dict[int, str] | None = None) -> list[str]:
         cmd = [
-            sys.executable, "-m", "framework.cli", "node",
-            "--id", str(node.node_id),
-            "--listen", node.address,
-            "--peers", self.peers_arg(peers),
-            "--data-dir", str(node.data_dir),
-            "--cluster-id", self.cluster_id,
+            sys.executable,
+            "-m",
+            "framework.cli",
+            "node",
+            "--id",
+            str(node.node_id),
+            "--listen",
+            node.address,
+            "--peers",
+            self.peers_arg(peers),
+            "--data-dir",
+            str(node.data_dir),
+            "--cluster-id",
+            self.cluster_id,
         ]
         if self.profile:
             cmd += ["--profile", self.profile]
@@ -133,8 +145,11 @@ class LocalCluster:
         log = node.log_path.open("ab")
         try:
             node.process = subprocess.Popen(
-                self.command(node, peers), stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, env=self.env,
+                self.command(node, peers),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
             )
         finally:
             log.close()
@@ -187,8 +202,9 @@ class LocalCluster:
     def client(self, **kwargs: Any) -> KVClient:
         return KVClient(self.peers, **kwargs)
 
-    async def wait_serving(self, node_ids: Sequence[int] | None = None,
-                           timeout: float = 30.0) -> None:
+    async def wait_serving(
+        self, node_ids: Sequence[int] | None = None, timeout: float = 30.0
+    ) -> None:
         """Wait until each node answers a status request."""
         ids = list(node_ids or self.nodes)
         with anyio.fail_after(timeout):

@@ -127,8 +127,9 @@ class _Waiter:
 
     def fail(self, kind: Any, message: str, leader_id: int = 0, address: str = "") -> None:
         if not self.event.is_set():
-            self.error = ErrorReply(kind=kind, message=message, leader_id=leader_id,
-                                    leader_address=address)
+            self.error = ErrorReply(
+                kind=kind, message=message, leader_id=leader_id, leader_address=address
+            )
             self.event.set()
 
 
@@ -188,8 +189,11 @@ class RaftNode:
         state = self.store.load()
         if state is None:
             voters = () if self.config.join else tuple(sorted(self.config.peers))
-            self.store.initialize(node_id=self.id, cluster_id=self.config.cluster_id,
-                                  conf_state=ConfState(voters=voters))
+            self.store.initialize(
+                node_id=self.id,
+                cluster_id=self.config.cluster_id,
+                conf_state=ConfState(voters=voters),
+            )
             state = self.store.load()
             assert state is not None
         if state.node_id != self.id or state.cluster_id != self.config.cluster_id:
@@ -317,7 +321,7 @@ class RaftNode:
         term = kernel.term
         for index, (_, waiter) in zip(indexes, batch, strict=False):
             self._waiting_apply[index] = (term, waiter)
-        for _, waiter in batch[len(indexes):]:
+        for _, waiter in batch[len(indexes) :]:
             waiter.fail("overloaded", "uncommitted entries exceed max_uncommitted_entries_size")
 
     async def _handle_ready(self, kernel: RawNode, rd: Ready) -> None:
@@ -331,8 +335,7 @@ class RaftNode:
         if rd.snapshot is not None:
             await anyio.to_thread.run_sync(self._restore, rd.snapshot.data)
             self.transport.set_peers(self._peer_addresses())
-            log.info("node %d installed a snapshot at index %d", self.id,
-                     rd.snapshot.meta.index)
+            log.info("node %d installed a snapshot at index %d", self.id, rd.snapshot.meta.index)
         if rd.committed_entries:
             self._apply(rd.committed_entries)
         if rd.soft_state is not None:
@@ -349,7 +352,9 @@ class RaftNode:
 
     def _persist(self, rd: Ready) -> None:
         self.store.save_ready(
-            hard_state=rd.hard_state, entries=rd.entries, snapshot=rd.snapshot,
+            hard_state=rd.hard_state,
+            entries=rd.entries,
+            snapshot=rd.snapshot,
             sync=rd.must_sync,
         )
 
@@ -389,8 +394,13 @@ class RaftNode:
 
     def _on_soft_state(self, kernel: RawNode, rd: Ready) -> None:
         assert rd.soft_state is not None
-        log.info("node %d is %s in term %d (leader %d)", self.id, rd.soft_state.role.value,
-                 kernel.term, rd.soft_state.leader)
+        log.info(
+            "node %d is %s in term %d (leader %d)",
+            self.id,
+            rd.soft_state.role.value,
+            kernel.term,
+            rd.soft_state.leader,
+        )
         if rd.soft_state.role is not Role.LEADER and self._waiting_apply:
             # Their entries may still commit under the next leader; the client retries with
             # the same session and the state machine applies the write once.
@@ -424,8 +434,11 @@ class RaftNode:
 
     def _snapshot_bytes(self) -> bytes:
         return _SNAP_ENCODER.encode(
-            NodeSnapshot(version=_SNAPSHOT_VERSION, members=dict(self.addresses),
-                         state_machine=self.sm.snapshot())
+            NodeSnapshot(
+                version=_SNAPSHOT_VERSION,
+                members=dict(self.addresses),
+                state_machine=self.sm.snapshot(),
+            )
         )
 
     def _fail_all(self, kind: str, message: str) -> None:
@@ -443,8 +456,12 @@ class RaftNode:
     def _fail_not_leader(self, waiter: _Waiter, leader: int) -> None:
         address = self.addresses.get(leader, "") if leader and leader != self.id else ""
         where = f"node {leader} at {address}" if address else "unknown"
-        waiter.fail("not_leader", f"node {self.id} is not the leader; leader: {where}",
-                    leader if address else 0, address)
+        waiter.fail(
+            "not_leader",
+            f"node {self.id} is not the leader; leader: {where}",
+            leader if address else 0,
+            address,
+        )
 
     # == client service =======================================================================
 
@@ -465,7 +482,8 @@ class RaftNode:
         except _Refused as refused:
             return ClientResponse(id=request.id, ok=False, error=refused.reply)
         return ClientResponse(  # pragma: no cover - the decoder admits no other body
-            id=request.id, ok=False,
+            id=request.id,
+            ok=False,
             error=ErrorReply(kind="bad_request", message=f"unknown request {body!r}"),
         )
 
@@ -473,9 +491,15 @@ class RaftNode:
         with anyio.move_on_after(self.settings.client.request_timeout):
             await waiter.event.wait()
         if not waiter.event.is_set():
-            raise _Refused(ErrorReply(kind="retry", message=(
-                f"node {self.id}: no outcome within "
-                f"{self.settings.client.request_timeout:g}s; outcome unknown")))
+            raise _Refused(
+                ErrorReply(
+                    kind="retry",
+                    message=(
+                        f"node {self.id}: no outcome within "
+                        f"{self.settings.client.request_timeout:g}s; outcome unknown"
+                    ),
+                )
+            )
         if waiter.error is not None:
             raise _Refused(waiter.error)
         return waiter.value
@@ -501,9 +525,15 @@ class RaftNode:
             finally:
                 self._waiting_reads.pop(context, None)
         if op.client_id <= 0 or op.seq <= 0:
-            raise _Refused(ErrorReply(kind="bad_request", message=(
-                f"{op.op} needs a client session: client_id={op.client_id} seq={op.seq}; "
-                "expected both >= 1")))
+            raise _Refused(
+                ErrorReply(
+                    kind="bad_request",
+                    message=(
+                        f"{op.op} needs a client session: client_id={op.client_id} seq={op.seq}; "
+                        "expected both >= 1"
+                    ),
+                )
+            )
         command = _command(op)
         data = encode_request(Request(client_id=op.client_id, seq=op.seq, op=command))
         waiter = _Waiter()
@@ -538,10 +568,15 @@ class RaftNode:
         self._check_leader()
         if req.action in ("add", "add_learner"):
             if not req.address:
-                raise _Refused(ErrorReply(kind="bad_request", message=(
-                    f"adding node {req.node_id} needs its address (host:port)")))
-            change = ConfChange(type=ConfChangeType.ADD_LEARNER, node_id=req.node_id,
-                                context=req.address.encode())
+                raise _Refused(
+                    ErrorReply(
+                        kind="bad_request",
+                        message=(f"adding node {req.node_id} needs its address (host:port)"),
+                    )
+                )
+            change = ConfChange(
+                type=ConfChangeType.ADD_LEARNER, node_id=req.node_id, context=req.address.encode()
+            )
             await self._change(change)
             if req.action == "add_learner":
                 return
@@ -565,13 +600,19 @@ class RaftNode:
                 kernel = self.kernel
                 assert kernel is not None
                 pr = kernel.progress.get(node_id)
-                if kernel.role is Role.LEADER and pr is not None and (
-                    pr.match >= kernel.log.committed
+                if (
+                    kernel.role is Role.LEADER
+                    and pr is not None
+                    and (pr.match >= kernel.log.committed)
                 ):
                     return
                 await self._changed.wait()
-        raise _Refused(ErrorReply(kind="retry", message=(
-            f"learner {node_id} has not caught up with the log yet; promote it later")))
+        raise _Refused(
+            ErrorReply(
+                kind="retry",
+                message=(f"learner {node_id} has not caught up with the log yet; promote it later"),
+            )
+        )
 
     async def _transfer(self, to: int) -> None:
         self._check_leader()
@@ -580,8 +621,9 @@ class RaftNode:
             while self.kernel is not None and self.kernel.leader != to:
                 await self._changed.wait()
             return
-        raise _Refused(ErrorReply(kind="retry", message=(
-            f"leadership did not move to node {to} in time")))
+        raise _Refused(
+            ErrorReply(kind="retry", message=(f"leadership did not move to node {to} in time"))
+        )
 
     # == status ===============================================================================
 
@@ -624,8 +666,9 @@ class _Refused(Exception):
 def _command(op: KVOp) -> Put | Delete | Append | Cas:
     def need_value() -> str:
         if op.value is None:
-            raise _Refused(ErrorReply(kind="bad_request", message=(
-                f"{op.op} {op.key!r} needs a value")))
+            raise _Refused(
+                ErrorReply(kind="bad_request", message=(f"{op.op} {op.key!r} needs a value"))
+            )
         return op.value
 
     if op.op == "put":
@@ -639,9 +682,13 @@ def _command(op: KVOp) -> Put | Delete | Append | Cas:
 
 def _answer(waiter: _Waiter, result: object) -> None:
     if isinstance(result, StaleRequest):
-        waiter.fail("bad_request", (
-            f"request seq {result.seq} of client {result.client_id} is older than its last "
-            f"applied seq {result.last_seq}"))
+        waiter.fail(
+            "bad_request",
+            (
+                f"request seq {result.seq} of client {result.client_id} is older than its last "
+                f"applied seq {result.last_seq}"
+            ),
+        )
     elif isinstance(result, CommandError):
         waiter.fail("bad_request", result.message)
     else:

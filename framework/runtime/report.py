@@ -21,18 +21,24 @@ def status_table(statuses: Mapping[int, Mapping[str, Any]]) -> Table:
     table.add_column("peers (state@match)", overflow="fold", ratio=1)
     for node_id, st in sorted(statuses.items()):
         if st.get("role") in ("unreachable", "starting"):
-            table.add_row(str(node_id), st.get("role", "?"), *[""] * 6,
-                          str(st.get("error", "")))
+            table.add_row(str(node_id), st.get("role", "?"), *[""] * 6, str(st.get("error", "")))
             continue
         progress = st.get("progress") or {}
         replication = " ".join(
-            f"{peer}:{p['state']}@{p['match']}" for peer, p in sorted(progress.items())
+            f"{peer}:{p['state']}@{p['match']}"
+            for peer, p in sorted(progress.items())
             if str(peer) != str(node_id)
         )
         table.add_row(
-            str(node_id), str(st["role"]), str(st["term"]), str(st["leader"] or "-"),
-            str(st["commit"]), str(st["applied"]), str(st["log_entries"]),
-            str(st["snapshot_index"]), replication,
+            str(node_id),
+            str(st["role"]),
+            str(st["term"]),
+            str(st["leader"] or "-"),
+            str(st["commit"]),
+            str(st["applied"]),
+            str(st["log_entries"]),
+            str(st["snapshot_index"]),
+            replication,
         )
     return table
 

@@ -124,8 +124,11 @@ class SimOptions:
             value = getattr(self, f.name)
             if f.name != "seed" and value != getattr(mixed, f.name):
                 flag = "--" + f.name.replace("_", "-")
-                parts.append(f"{flag} {value}" if not isinstance(value, bool) else
-                             f"{flag} {'on' if value else 'off'}")
+                parts.append(
+                    f"{flag} {value}"
+                    if not isinstance(value, bool)
+                    else f"{flag} {'on' if value else 'off'}"
+                )
         return " ".join(parts)
 
 
@@ -217,7 +220,9 @@ class Simulation:
         self.options = options
         self.rng = random.Random(options.seed)
         faults = LinkFaults(
-            drop=options.drop, duplicate=options.duplicate, min_delay=1,
+            drop=options.drop,
+            duplicate=options.duplicate,
+            min_delay=1,
             max_delay=options.max_delay,
         )
         self.network: SimNetwork[bytes] = SimNetwork(random.Random(self.rng.random()), faults)
@@ -401,7 +406,9 @@ class Simulation:
                 )
             node.persisted_commit = rd.hard_state.commit
         node.store.save_ready(
-            hard_state=rd.hard_state, entries=rd.entries, snapshot=rd.snapshot,
+            hard_state=rd.hard_state,
+            entries=rd.entries,
+            snapshot=rd.snapshot,
             sync=rd.must_sync,
         )
         if crash_at == "after_persist":
@@ -535,8 +542,14 @@ class Simulation:
         self.clock += 1
         self.history.append(
             Operation(
-                client_id=client_id, kind=op.kind, key=op.key, value=op.value,
-                expected=op.expected, call=op.call, ret=self.clock, result=result,
+                client_id=client_id,
+                kind=op.kind,
+                key=op.key,
+                value=op.value,
+                expected=op.expected,
+                call=op.call,
+                ret=self.clock,
+                result=result,
             )
         )
         self.result.completed += 1
@@ -567,11 +580,21 @@ class Simulation:
         value = f"{client.id}.{client.seq}"
         expected: str | None = None
         if kind == "cas":
-            expected = rng.choice((None, *(f"{c.id}.{rng.randint(1, max(1, c.seq))}"
-                                            for c in self.clients)))
+            expected = rng.choice(
+                (None, *(f"{c.id}.{rng.randint(1, max(1, c.seq))}" for c in self.clients))
+            )
         self.clock += 1
-        op = _ClientOp(kind=kind, key=key, value=None if kind in ("get", "delete") else value, expected=expected, seq=client.seq,
-                       call=self.clock, via_read_index=kind == "get" and rng.random() < 0.7)
+        if kind in ("get", "delete"):
+            value = ""
+        op = _ClientOp(
+            kind=kind,
+            key=key,
+            value=value or None,
+            expected=expected,
+            seq=client.seq,
+            call=self.clock,
+            via_read_index=kind == "get" and rng.random() < 0.7,
+        )
         self.result.operations += 1
         client.op = op
         self._attempt(client, op)
@@ -620,8 +643,14 @@ class Simulation:
             if kind == "halves":
                 partition = Partition.halves(running, rng)
             elif kind == "isolate_leader":
-                leader = next((n.id for n in self.nodes.values() if n.kernel is not None
-                               and n.kernel.role is Role.LEADER), running[0])
+                leader = next(
+                    (
+                        n.id
+                        for n in self.nodes.values()
+                        if n.kernel is not None and n.kernel.role is Role.LEADER
+                    ),
+                    running[0],
+                )
                 partition = Partition.isolate(leader, running)
             elif kind == "isolate":
                 partition = Partition.isolate(rng.choice(running), running)
@@ -650,8 +679,14 @@ class Simulation:
                 self.network.drop_to(node.id)
 
     def _membership_event(self) -> None:
-        leader = next((n for n in self.nodes.values() if n.kernel is not None
-                       and n.kernel.role is Role.LEADER), None)
+        leader = next(
+            (
+                n
+                for n in self.nodes.values()
+                if n.kernel is not None and n.kernel.role is Role.LEADER
+            ),
+            None,
+        )
         if leader is None or leader.kernel is None:
             return
         kernel = leader.kernel
@@ -661,11 +696,9 @@ class Simulation:
         if conf.learners:
             choices.append(ConfChange(type=ConfChangeType.PROMOTE, node_id=conf.learners[0]))
         if len(conf.voters) + len(conf.learners) < self.options.nodes + 2:
-            choices.append(ConfChange(type=ConfChangeType.ADD_LEARNER,
-                                      node_id=self.next_node_id))
+            choices.append(ConfChange(type=ConfChangeType.ADD_LEARNER, node_id=self.next_node_id))
         if len(conf.voters) > 3:
-            choices.append(ConfChange(type=ConfChangeType.REMOVE,
-                                      node_id=rng.choice(conf.voters)))
+            choices.append(ConfChange(type=ConfChangeType.REMOVE, node_id=rng.choice(conf.voters)))
         if not choices:
             return
         change = rng.choice(choices)
@@ -699,9 +732,18 @@ class Simulation:
         for client in self.clients:
             op = client.op
             if op is not None:
-                ops.append(Operation(client_id=client.id, kind=op.kind, key=op.key,
-                                     value=op.value, expected=op.expected, call=op.call,
-                                     ret=None, result=None))
+                ops.append(
+                    Operation(
+                        client_id=client.id,
+                        kind=op.kind,
+                        key=op.key,
+                        value=op.value,
+                        expected=op.expected,
+                        call=op.call,
+                        ret=None,
+                        result=None,
+                    )
+                )
         verdict = check_history(ops)
         if verdict.ok is False:
             raise self.fail(f"linearizability: {verdict.explanation}")
@@ -754,11 +796,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if f.name == "seed":
             continue
         kind = type(getattr(defaults, f.name))
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
-                            type=_parse_bool if kind is bool else kind)
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            default=None,
+            type=_parse_bool if kind is bool else kind,
+        )
     args = parser.parse_args(argv)
-    overrides = {f.name: getattr(args, f.name) for f in fields(SimOptions)
-                 if f.name != "seed" and getattr(args, f.name) is not None}
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in fields(SimOptions)
+        if f.name != "seed" and getattr(args, f.name) is not None
+    }
     failures = 0
     for seed in range(args.seed, args.seed + args.seeds):
         try:

@@ -62,9 +62,7 @@ class MemoryLogStore:
         if entries:
             first = entries[0].index
             if first <= offset:
-                raise StorageError(
-                    f"entries from index {first} overlap the snapshot at {offset}"
-                )
+                raise StorageError(f"entries from index {first} overlap the snapshot at {offset}")
             last_stored = offset + len(stored)
             if first > last_stored + 1:
                 raise StorageError(

@@ -338,6 +338,7 @@ class TcpTransport:
             )
         )
         self._state: _Serving | None = None
+        self._serving = False
         self._open_connections = 0
         self._frames_sent = 0
         self._dial_attempts = 0
@@ -380,8 +381,17 @@ class TcpTransport:
         *,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        if self._state is not None:
+        if self._serving:
             raise RuntimeError(f"TcpTransport of node {self.node_id} is already serving")
+        self._serving = True
+        try:
+            await self._serve(inbox, clients, task_status)
+        finally:
+            self._serving = False
+
+    async def _serve(
+        self, inbox: PeerInbox, clients: ClientService, task_status: TaskStatus[None]
+    ) -> None:
         host = self._listen_host or None
         try:
             listener = await anyio.create_tcp_listener(
@@ -392,6 +402,8 @@ class TcpTransport:
                 exc.errno, f"node {self.node_id} cannot listen on {self.listen_address}: {exc}"
             ) from exc
         async with listener, anyio.create_task_group() as tg:
+            # Keep the port: serving again after a stop (a restart) listens where peers
+            # already dial.
             self._listen_port = listener.listeners[0].extra(SocketAttribute.local_port)
             state = _Serving(tg, inbox, clients)
             self._state = state

@@ -182,11 +182,7 @@ class Network:
         self.queue.extend(messages)
 
     def connected(self, src: int, dst: int) -> bool:
-        return (
-            src not in self.isolated
-            and dst not in self.isolated
-            and (src, dst) not in self.cut
-        )
+        return src not in self.isolated and dst not in self.isolated and (src, dst) not in self.cut
 
     def take(self, to: int | None = None) -> list[Message]:
         """Remove and return the queued messages (for ``to`` only when given), in order."""
@@ -521,8 +517,9 @@ def make_leader(nid: int = 1, voters: Iterable[int] = (1, 2, 3), **kwargs: Any) 
         requests = [m for m in drain(node) if isinstance(m, VoteRequest)]
         for req in requests:
             node.step(
-                VoteResponse(src=req.dst, dst=nid, term=req.term, granted=True,
-                             pre_vote=req.pre_vote)
+                VoteResponse(
+                    src=req.dst, dst=nid, term=req.term, granted=True, pre_vote=req.pre_vote
+                )
             )
         if node.role is Role.LEADER:
             break

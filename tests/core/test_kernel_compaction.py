@@ -79,9 +79,7 @@ def _lose_the_first_snapshot(c: Cluster) -> None:
     for _ in range(10):
         c.process_ready(1)
         if any(isinstance(m, InstallSnapshot) for m in c.network.queue):
-            c.network.queue = [
-                m for m in c.network.queue if not isinstance(m, InstallSnapshot)
-            ]
+            c.network.queue = [m for m in c.network.queue if not isinstance(m, InstallSnapshot)]
             return
         c.deliver()
         for nid in (2, 3):

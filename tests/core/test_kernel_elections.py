@@ -79,10 +79,7 @@ def test_5_1_stale_append_is_rejected_with_our_term_and_leaves_the_log_alone() -
     node = make_node(1, log=[2, 3], term=5, commit=3)
     drain(node)
     before = list(node.log.entries)
-    node.step(
-        AppendEntries(src=2, dst=1, term=4, prev_index=3, prev_term=3,
-                      entries=(), commit=3)
-    )
+    node.step(AppendEntries(src=2, dst=1, term=4, prev_index=3, prev_term=3, entries=(), commit=3))
     node.step(Heartbeat(src=2, dst=1, term=4, commit=3))
     out = drain(node)
     assert node.term == 5 and node.role is Role.FOLLOWER and node.leader == 0
@@ -302,8 +299,9 @@ def test_5_4_1_vote_only_for_an_up_to_date_log(
     node = make_node(1, log=log, term=3)
     drain(node)
     node.step(
-        VoteRequest(src=2, dst=1, term=4, last_index=last_index, last_term=last_term,
-                    pre_vote=pre_vote)
+        VoteRequest(
+            src=2, dst=1, term=4, last_index=last_index, last_term=last_term, pre_vote=pre_vote
+        )
     )
     (resp,) = drain(node)
     assert isinstance(resp, VoteResponse) and resp.granted is granted

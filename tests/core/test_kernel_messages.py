@@ -74,34 +74,58 @@ def messages(draw: st.DrawFn) -> Message:
     kind = draw(st.integers(min_value=0, max_value=9))
     if kind == 0:
         last_term = draw(st.integers(min_value=0, max_value=term))
-        return VoteRequest(src=src, dst=dst, term=term, last_index=draw(small),
-                           last_term=last_term, pre_vote=draw(st.booleans()),
-                           transfer=draw(st.booleans()))
+        return VoteRequest(
+            src=src,
+            dst=dst,
+            term=term,
+            last_index=draw(small),
+            last_term=last_term,
+            pre_vote=draw(st.booleans()),
+            transfer=draw(st.booleans()),
+        )
     if kind == 1:
-        return VoteResponse(src=src, dst=dst, term=term, granted=draw(st.booleans()),
-                            pre_vote=draw(st.booleans()))
+        return VoteResponse(
+            src=src, dst=dst, term=term, granted=draw(st.booleans()), pre_vote=draw(st.booleans())
+        )
     if kind == 2:
         prev_term = draw(st.integers(min_value=0, max_value=term))
         prev_index = draw(small)
-        return AppendEntries(src=src, dst=dst, term=term, prev_index=prev_index,
-                             prev_term=prev_term,
-                             entries=draw(entries_after(prev_index, prev_term, term)),
-                             commit=draw(small))
+        return AppendEntries(
+            src=src,
+            dst=dst,
+            term=term,
+            prev_index=prev_index,
+            prev_term=prev_term,
+            entries=draw(entries_after(prev_index, prev_term, term)),
+            commit=draw(small),
+        )
     if kind == 3:
-        return AppendResponse(src=src, dst=dst, term=term, index=draw(small),
-                              reject=draw(st.booleans()), hint_index=draw(small),
-                              hint_term=draw(small))
+        return AppendResponse(
+            src=src,
+            dst=dst,
+            term=term,
+            index=draw(small),
+            reject=draw(st.booleans()),
+            hint_index=draw(small),
+            hint_term=draw(small),
+        )
     if kind == 4:
         return Heartbeat(src=src, dst=dst, term=term, commit=draw(small), context=draw(ctx))
     if kind == 5:
         return HeartbeatResponse(src=src, dst=dst, term=term, context=draw(ctx))
     if kind == 6:
         term = max(term, 1)
-        meta = SnapshotMeta(index=draw(st.integers(min_value=1, max_value=50)),
-                            term=draw(st.integers(min_value=1, max_value=term)),
-                            conf_state=draw(conf_states()))
-        return InstallSnapshot(src=src, dst=dst, term=term,
-                               snapshot=Snapshot(meta=meta, data=draw(st.binary(max_size=8))))
+        meta = SnapshotMeta(
+            index=draw(st.integers(min_value=1, max_value=50)),
+            term=draw(st.integers(min_value=1, max_value=term)),
+            conf_state=draw(conf_states()),
+        )
+        return InstallSnapshot(
+            src=src,
+            dst=dst,
+            term=term,
+            snapshot=Snapshot(meta=meta, data=draw(st.binary(max_size=8))),
+        )
     if kind == 7:
         return TimeoutNow(src=src, dst=dst, term=term)
     if kind == 8:
@@ -109,9 +133,18 @@ def messages(draw: st.DrawFn) -> Message:
     return ReadIndexResponse(src=src, dst=dst, term=term, context=draw(ctx), index=draw(small))
 
 
-MESSAGE_TYPES = {VoteRequest, VoteResponse, AppendEntries, AppendResponse, Heartbeat,
-                 HeartbeatResponse, InstallSnapshot, TimeoutNow, ReadIndexRequest,
-                 ReadIndexResponse}
+MESSAGE_TYPES = {
+    VoteRequest,
+    VoteResponse,
+    AppendEntries,
+    AppendResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    InstallSnapshot,
+    TimeoutNow,
+    ReadIndexRequest,
+    ReadIndexResponse,
+}
 
 
 # == round trip ================================================================================
@@ -199,52 +232,110 @@ def _e(index: int, term: int) -> Entry:
 
 
 MALFORMED = [
-    pytest.param(AppendEntries(src=2, dst=1, term=3, prev_index=1, prev_term=1,
-                               entries=(_e(3, 2),)), "contiguous", id="gap after prev"),
-    pytest.param(AppendEntries(src=2, dst=1, term=3, prev_index=1, prev_term=1,
-                               entries=(_e(2, 2), _e(4, 2))), "contiguous", id="gap inside"),
-    pytest.param(AppendEntries(src=2, dst=1, term=3, prev_index=1, prev_term=1,
-                               entries=(_e(2, 2), _e(2, 2))), "contiguous", id="repeat"),
-    pytest.param(AppendEntries(src=2, dst=1, term=3, prev_index=1, prev_term=1,
-                               entries=(_e(2, 4),)), "term", id="entry term > msg term"),
-    pytest.param(AppendEntries(src=2, dst=1, term=3, prev_index=1, prev_term=2,
-                               entries=(_e(2, 1),)), "term", id="entry term < prev term"),
-    pytest.param(AppendEntries(src=2, dst=1, term=3, prev_index=1, prev_term=1,
-                               entries=(_e(2, 3), _e(3, 2))), "term", id="terms decrease"),
-    pytest.param(AppendEntries(src=2, dst=1, term=3, prev_index=1, prev_term=4),
-                 "impossible", id="prev term > msg term"),
-    pytest.param(AppendEntries(src=2, dst=1, term=3, prev_index=-1, prev_term=0),
-                 "impossible", id="negative prev index"),
-    pytest.param(AppendEntries(src=2, dst=1, term=3, prev_index=1, prev_term=1, commit=-1),
-                 "impossible", id="negative commit"),
+    pytest.param(
+        AppendEntries(src=2, dst=1, term=3, prev_index=1, prev_term=1, entries=(_e(3, 2),)),
+        "contiguous",
+        id="gap after prev",
+    ),
+    pytest.param(
+        AppendEntries(
+            src=2, dst=1, term=3, prev_index=1, prev_term=1, entries=(_e(2, 2), _e(4, 2))
+        ),
+        "contiguous",
+        id="gap inside",
+    ),
+    pytest.param(
+        AppendEntries(
+            src=2, dst=1, term=3, prev_index=1, prev_term=1, entries=(_e(2, 2), _e(2, 2))
+        ),
+        "contiguous",
+        id="repeat",
+    ),
+    pytest.param(
+        AppendEntries(src=2, dst=1, term=3, prev_index=1, prev_term=1, entries=(_e(2, 4),)),
+        "term",
+        id="entry term > msg term",
+    ),
+    pytest.param(
+        AppendEntries(src=2, dst=1, term=3, prev_index=1, prev_term=2, entries=(_e(2, 1),)),
+        "term",
+        id="entry term < prev term",
+    ),
+    pytest.param(
+        AppendEntries(
+            src=2, dst=1, term=3, prev_index=1, prev_term=1, entries=(_e(2, 3), _e(3, 2))
+        ),
+        "term",
+        id="terms decrease",
+    ),
+    pytest.param(
+        AppendEntries(src=2, dst=1, term=3, prev_index=1, prev_term=4),
+        "impossible",
+        id="prev term > msg term",
+    ),
+    pytest.param(
+        AppendEntries(src=2, dst=1, term=3, prev_index=-1, prev_term=0),
+        "impossible",
+        id="negative prev index",
+    ),
+    pytest.param(
+        AppendEntries(src=2, dst=1, term=3, prev_index=1, prev_term=1, commit=-1),
+        "impossible",
+        id="negative commit",
+    ),
     pytest.param(Heartbeat(src=1, dst=1, term=3), "itself", id="src == dst"),
     pytest.param(Heartbeat(src=0, dst=1, term=3), "positive", id="src 0"),
     pytest.param(Heartbeat(src=2, dst=-1, term=3), "positive", id="dst negative"),
     pytest.param(Heartbeat(src=2, dst=1, term=-1), "negative term", id="negative term"),
     pytest.param(Heartbeat(src=2, dst=1, term=3, commit=-2), "negative", id="hb commit"),
-    pytest.param(VoteRequest(src=2, dst=1, term=3, last_index=5, last_term=4),
-                 "impossible", id="vote last term > term"),
-    pytest.param(VoteRequest(src=2, dst=1, term=3, last_index=-5, last_term=1),
-                 "impossible", id="vote negative index"),
+    pytest.param(
+        VoteRequest(src=2, dst=1, term=3, last_index=5, last_term=4),
+        "impossible",
+        id="vote last term > term",
+    ),
+    pytest.param(
+        VoteRequest(src=2, dst=1, term=3, last_index=-5, last_term=1),
+        "impossible",
+        id="vote negative index",
+    ),
     pytest.param(AppendResponse(src=2, dst=1, term=3, index=-1), "negative", id="resp index"),
-    pytest.param(AppendResponse(src=2, dst=1, term=3, index=1, reject=True, hint_index=-1),
-                 "negative", id="resp hint"),
-    pytest.param(ReadIndexResponse(src=2, dst=1, term=3, context=b"c", index=-1),
-                 "negative", id="read index"),
-    pytest.param(InstallSnapshot(src=2, dst=1, term=3, snapshot=Snapshot()),
-                 "impossible", id="snapshot at index 0"),
-    pytest.param(InstallSnapshot(src=2, dst=1, term=3, snapshot=Snapshot(
-        meta=SnapshotMeta(index=5, term=4, conf_state=ConfState(voters=(1,))))),
-        "impossible", id="snapshot term > msg term"),
-    pytest.param(InstallSnapshot(src=2, dst=1, term=3, snapshot=Snapshot(
-        meta=SnapshotMeta(index=5, term=2))), "no voters", id="snapshot without voters"),
+    pytest.param(
+        AppendResponse(src=2, dst=1, term=3, index=1, reject=True, hint_index=-1),
+        "negative",
+        id="resp hint",
+    ),
+    pytest.param(
+        ReadIndexResponse(src=2, dst=1, term=3, context=b"c", index=-1), "negative", id="read index"
+    ),
+    pytest.param(
+        InstallSnapshot(src=2, dst=1, term=3, snapshot=Snapshot()),
+        "impossible",
+        id="snapshot at index 0",
+    ),
+    pytest.param(
+        InstallSnapshot(
+            src=2,
+            dst=1,
+            term=3,
+            snapshot=Snapshot(
+                meta=SnapshotMeta(index=5, term=4, conf_state=ConfState(voters=(1,)))
+            ),
+        ),
+        "impossible",
+        id="snapshot term > msg term",
+    ),
+    pytest.param(
+        InstallSnapshot(
+            src=2, dst=1, term=3, snapshot=Snapshot(meta=SnapshotMeta(index=5, term=2))
+        ),
+        "no voters",
+        id="snapshot without voters",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("msg", "fragment"), MALFORMED)
-def test_malformed_messages_are_rejected_before_touching_state(
-    msg: Message, fragment: str
-) -> None:
+def test_malformed_messages_are_rejected_before_touching_state(msg: Message, fragment: str) -> None:
     with pytest.raises(InvalidMessage, match=fragment):
         validate_message(msg)
     with pytest.raises(InvalidMessage, match=fragment):
@@ -259,6 +350,7 @@ def test_malformed_messages_are_rejected_before_touching_state(
 
 def _stateful_cases() -> list[tuple[str, object, object]]:
     """(id, node factory, message) for messages wrong only given the receiver's state."""
+
     def follower() -> RawNode:
         node = make_node(1, log=[2, 2], term=3)
         drain(node)
@@ -270,35 +362,81 @@ def _stateful_cases() -> list[tuple[str, object, object]]:
     return [
         ("dst mismatch", follower, Heartbeat(src=2, dst=3, term=3)),
         ("dst mismatch at leader", leader, AppendResponse(src=2, dst=3, term=2, index=1)),
-        ("append response from unknown sender", leader,
-         AppendResponse(src=9, dst=1, term=2, index=1)),
-        ("heartbeat response from unknown sender", leader,
-         HeartbeatResponse(src=9, dst=1, term=2)),
-        ("read request from unknown sender", leader,
-         ReadIndexRequest(src=9, dst=1, term=2, context=b"r")),
-        ("append response past last index", leader,
-         AppendResponse(src=2, dst=1, term=2, index=99)),
-        ("undecodable membership entry", follower, AppendEntries(
-            src=2, dst=1, term=3, prev_index=3, prev_term=2,
-            entries=(Entry(3, 4, EntryKind.CONF_CHANGE, b"\x00garbage"),), commit=4)),
-        ("membership entry for node id 0", follower, AppendEntries(
-            src=2, dst=1, term=4, prev_index=3, prev_term=2,
-            entries=(Entry(3, 4, EntryKind.CONF_CHANGE, encode_conf_change(
-                ConfChange(type=ConfChangeType.ADD_VOTER, node_id=0))),), commit=4)),
+        (
+            "append response from unknown sender",
+            leader,
+            AppendResponse(src=9, dst=1, term=2, index=1),
+        ),
+        ("heartbeat response from unknown sender", leader, HeartbeatResponse(src=9, dst=1, term=2)),
+        (
+            "read request from unknown sender",
+            leader,
+            ReadIndexRequest(src=9, dst=1, term=2, context=b"r"),
+        ),
+        ("append response past last index", leader, AppendResponse(src=2, dst=1, term=2, index=99)),
+        (
+            "undecodable membership entry",
+            follower,
+            AppendEntries(
+                src=2,
+                dst=1,
+                term=3,
+                prev_index=3,
+                prev_term=2,
+                entries=(Entry(3, 4, EntryKind.CONF_CHANGE, b"\x00garbage"),),
+                commit=4,
+            ),
+        ),
+        (
+            "membership entry for node id 0",
+            follower,
+            AppendEntries(
+                src=2,
+                dst=1,
+                term=4,
+                prev_index=3,
+                prev_term=2,
+                entries=(
+                    Entry(
+                        3,
+                        4,
+                        EntryKind.CONF_CHANGE,
+                        encode_conf_change(ConfChange(type=ConfChangeType.ADD_VOTER, node_id=0)),
+                    ),
+                ),
+                commit=4,
+            ),
+        ),
         ("heartbeat commit past last index", follower, Heartbeat(src=2, dst=1, term=3, commit=9)),
-        ("heartbeat commit past last index, later term", follower,
-         Heartbeat(src=2, dst=1, term=4, commit=9)),
-        ("second leader in our term: append", leader,
-         AppendEntries(src=2, dst=1, term=2, prev_index=1, prev_term=1)),
+        (
+            "heartbeat commit past last index, later term",
+            follower,
+            Heartbeat(src=2, dst=1, term=4, commit=9),
+        ),
+        (
+            "second leader in our term: append",
+            leader,
+            AppendEntries(src=2, dst=1, term=2, prev_index=1, prev_term=1),
+        ),
         ("second leader in our term: heartbeat", leader, Heartbeat(src=2, dst=1, term=2)),
-        ("second leader in our term: snapshot", leader, InstallSnapshot(
-            src=2, dst=1, term=2, snapshot=Snapshot(meta=SnapshotMeta(
-                index=5, term=2, conf_state=ConfState(voters=(1, 2, 3)))))),
+        (
+            "second leader in our term: snapshot",
+            leader,
+            InstallSnapshot(
+                src=2,
+                dst=1,
+                term=2,
+                snapshot=Snapshot(
+                    meta=SnapshotMeta(index=5, term=2, conf_state=ConfState(voters=(1, 2, 3)))
+                ),
+            ),
+        ),
     ]
 
 
-@pytest.mark.parametrize(("factory", "msg"), [pytest.param(f, m, id=i)
-                                              for i, f, m in _stateful_cases()])
+@pytest.mark.parametrize(
+    ("factory", "msg"), [pytest.param(f, m, id=i) for i, f, m in _stateful_cases()]
+)
 def test_messages_impossible_for_our_state_raise_and_change_nothing(
     factory: object, msg: Message
 ) -> None:
@@ -323,8 +461,13 @@ def _nodes() -> list[RawNode]:
     drain(pre_candidate)
     pre_candidate.campaign()
     drain(pre_candidate)
-    return [follower, candidate, pre_candidate, make_leader(1, log=[2, 2], term=2),
-            make_stable_leader(1, voters=(1, 2, 3), learners=(4,))]
+    return [
+        follower,
+        candidate,
+        pre_candidate,
+        make_leader(1, log=[2, 2], term=2),
+        make_stable_leader(1, voters=(1, 2, 3), learners=(4,)),
+    ]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

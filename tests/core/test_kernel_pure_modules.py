@@ -119,7 +119,12 @@ def test_progress_replicate_advances_next_optimistically() -> None:
     ],
 )
 def test_progress_maybe_decr_to(
-    state: ProgressState, match: int, next_: int, rejected: int, hint: int, ok: bool,
+    state: ProgressState,
+    match: int,
+    next_: int,
+    rejected: int,
+    hint: int,
+    ok: bool,
     new_next: int,
 ) -> None:
     pr = Progress(next_index=next_, max_inflight=4)
@@ -148,8 +153,9 @@ def test_progress_snapshot_state_pauses_until_acknowledged() -> None:
 
 def _log(terms: list[int], *, offset: int = 0, offset_term: int = 0, committed: int = 0) -> RaftLog:
     entries = [Entry(t, offset + 1 + i, EntryKind.NORMAL, b"x") for i, t in enumerate(terms)]
-    return RaftLog(snapshot=SnapshotMeta(index=offset, term=offset_term), entries=entries,
-                   committed=committed)
+    return RaftLog(
+        snapshot=SnapshotMeta(index=offset, term=offset_term), entries=entries, committed=committed
+    )
 
 
 @pytest.mark.parametrize(

@@ -36,7 +36,7 @@ class Invariants:
                 assert prev == nid, f"{where}: nodes {prev} and {nid} both lead term {node.term}"
             # State machine safety: one entry per index across every node and restart.
             record = c.records[nid]
-            for entry in record.applied[self.seen_applied.get(nid, 0):]:
+            for entry in record.applied[self.seen_applied.get(nid, 0) :]:
                 got = (entry.term, entry.data)
                 assert self.applied.setdefault(entry.index, got) == got, (
                     f"{where}: node {nid} applied {got} at {entry.index}, another node "
@@ -111,8 +111,14 @@ def _membership_change(c: Cluster, rng: random.Random) -> None:
 def _run(seed: int, steps: int = 300, *, membership: bool = False) -> Invariants:
     rng = random.Random(seed)
     n = rng.choice([3, 5])
-    c = Cluster(seed=seed, election_tick=6, heartbeat_tick=2, max_inflight_msgs=3,
-                max_size_per_msg=16, pre_vote=rng.random() < 0.8)
+    c = Cluster(
+        seed=seed,
+        election_tick=6,
+        heartbeat_tick=2,
+        max_inflight_msgs=3,
+        max_size_per_msg=16,
+        pre_vote=rng.random() < 0.8,
+    )
     c.add_nodes(n)
     if membership:
         c.add_nodes(2)  # nodes n+1 and n+2 start outside the cluster
@@ -165,11 +171,7 @@ def _run(seed: int, steps: int = 300, *, membership: bool = False) -> Invariants
         states = {tuple(c.state(nid)) for nid in members}
         if len(states) == 1 and next(iter(states))[-1:] == (b"final",):
             break
-        if (
-            leader
-            and c.node(leader).term != proposed_in
-            and not c.node(leader).status().transferee
-        ):
+        if leader and c.node(leader).term != proposed_in and not c.node(leader).status().transferee:
             c.propose(leader, b"final")
             proposed_in = c.node(leader).term
     else:

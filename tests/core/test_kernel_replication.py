@@ -53,7 +53,11 @@ APPENDS = [
 
 @pytest.mark.parametrize(("log", "prev_index", "prev_term", "terms", "ok", "after"), APPENDS)
 def test_5_3_append_entries_consistency_check(
-    log: list[int], prev_index: int, prev_term: int, terms: list[int], ok: bool,
+    log: list[int],
+    prev_index: int,
+    prev_term: int,
+    terms: list[int],
+    ok: bool,
     after: list[int],
 ) -> None:
     """§5.3: "If a follower does not find an entry in its log with the same index and term
@@ -63,8 +67,17 @@ def test_5_3_append_entries_consistency_check(
     node = make_node(1, log=log, term=3)
     drain(node)
     entries = tuple(_e(prev_index + 1 + i, t) for i, t in enumerate(terms))
-    node.step(AppendEntries(src=2, dst=1, term=3, prev_index=prev_index, prev_term=prev_term,
-                            entries=entries, commit=1))
+    node.step(
+        AppendEntries(
+            src=2,
+            dst=1,
+            term=3,
+            prev_index=prev_index,
+            prev_term=prev_term,
+            entries=entries,
+            commit=1,
+        )
+    )
     (resp,) = drain(node)
     assert isinstance(resp, AppendResponse)
     assert resp.reject is (not ok)
@@ -79,8 +92,11 @@ def test_5_3_conflict_truncation_is_persisted_from_the_conflict_on() -> None:
     """The Ready must tell storage to replace the stored suffix from the first new entry."""
     node = make_node(1, log=[2, 2, 2], term=3)
     drain(node)
-    node.step(AppendEntries(src=2, dst=1, term=3, prev_index=2, prev_term=2,
-                            entries=(_e(3, 3), _e(4, 3)), commit=1))
+    node.step(
+        AppendEntries(
+            src=2, dst=1, term=3, prev_index=2, prev_term=2, entries=(_e(3, 3), _e(4, 3)), commit=1
+        )
+    )
     rd = node.ready()
     assert [(e.index, e.term) for e in rd.entries] == [(3, 3), (4, 3)]
 
@@ -90,10 +106,18 @@ def test_5_3_reordered_older_append_does_not_truncate_newer_entries() -> None:
     longer log (truncating would lose acknowledged entries)."""
     node = make_node(1, term=2)
     drain(node)
-    new = AppendEntries(src=2, dst=1, term=2, prev_index=1, prev_term=1,
-                        entries=(_e(2, 2), _e(3, 2), _e(4, 2)), commit=1)
-    old = AppendEntries(src=2, dst=1, term=2, prev_index=1, prev_term=1,
-                        entries=(_e(2, 2),), commit=1)
+    new = AppendEntries(
+        src=2,
+        dst=1,
+        term=2,
+        prev_index=1,
+        prev_term=1,
+        entries=(_e(2, 2), _e(3, 2), _e(4, 2)),
+        commit=1,
+    )
+    old = AppendEntries(
+        src=2, dst=1, term=2, prev_index=1, prev_term=1, entries=(_e(2, 2),), commit=1
+    )
     node.step(new)
     drain(node)
     node.step(old)
@@ -110,8 +134,11 @@ def test_5_3_follower_answers_appends_below_its_commit_index_with_its_commit() -
     node = make_node(1, log=[2, 2, 2], term=3, commit=4)
     drain(node)
     before = list(node.log.entries)
-    node.step(AppendEntries(src=2, dst=1, term=3, prev_index=1, prev_term=1,
-                            entries=(_e(2, 3),), commit=4))
+    node.step(
+        AppendEntries(
+            src=2, dst=1, term=3, prev_index=1, prev_term=1, entries=(_e(2, 3),), commit=4
+        )
+    )
     assert drain(node) == [AppendResponse(src=1, dst=2, term=3, index=4)]
     assert node.log.entries == before
 
@@ -133,8 +160,7 @@ def test_5_3_commit_index_follows_leader_but_never_past_the_last_new_entry() -> 
     of last new entry)" -- not our last index, which may hold unverified entries."""
     node = make_node(1, log=[2, 2, 2, 2], term=3)
     drain(node)
-    node.step(AppendEntries(src=2, dst=1, term=3, prev_index=2, prev_term=2,
-                            entries=(), commit=5))
+    node.step(AppendEntries(src=2, dst=1, term=3, prev_index=2, prev_term=2, entries=(), commit=5))
     drain(node)
     assert node.log.committed == 2
 

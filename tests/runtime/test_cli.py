@@ -31,9 +31,20 @@ def live(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def _node_cmd(node_id: int, data_dir: Path, port: int, cluster_id: str = "cli") -> list[str]:
-    return RAFTMW + ["node", "--id", str(node_id), "--listen", f"127.0.0.1:{port}",
-                     "--peers", f"{node_id}=127.0.0.1:{port}", "--data-dir", str(data_dir),
-                     "--cluster-id", cluster_id]
+    return [
+        *RAFTMW,
+        "node",
+        "--id",
+        str(node_id),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--peers",
+        f"{node_id}=127.0.0.1:{port}",
+        "--data-dir",
+        str(data_dir),
+        "--cluster-id",
+        cluster_id,
+    ]
 
 
 def test_sigterm_shuts_a_node_down_cleanly(live: LocalCluster) -> None:
@@ -81,8 +92,12 @@ def test_a_corrupt_database_stops_the_node_naming_the_file(tmp_path: Path) -> No
 
 def test_garbage_sent_to_a_live_node_does_not_hurt_it(live: LocalCluster) -> None:
     host, _, port = live.nodes[1].address.rpartition(":")
-    payloads = [b"\x00\x00\x00\x05hello", b"GET / HTTP/1.1\r\n\r\n", b"\xff" * 64,
-                b"\x7f\xff\xff\xff" + b"x" * 100]
+    payloads = [
+        b"\x00\x00\x00\x05hello",
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"\xff" * 64,
+        b"\x7f\xff\xff\xff" + b"x" * 100,
+    ]
     for payload in payloads:
         with socket.create_connection((host, int(port)), timeout=5) as s:
             s.sendall(payload)
@@ -125,9 +140,22 @@ def test_bad_peers_and_flags_are_named() -> None:
     runner = CliRunner()
     bad_peers = runner.invoke(main, ["kv", "get", "k", "--peers", "one=localhost"])
     assert bad_peers.exit_code != 0 and "one" in bad_peers.output
-    bad_flag = runner.invoke(main, ["node", "--id", "1", "--listen", "127.0.0.1:1",
-                                    "--peers", "1=127.0.0.1:1", "--data-dir", "/tmp/x",
-                                    "--flag", "actors=maybe"])
+    bad_flag = runner.invoke(
+        main,
+        [
+            "node",
+            "--id",
+            "1",
+            "--listen",
+            "127.0.0.1:1",
+            "--peers",
+            "1=127.0.0.1:1",
+            "--data-dir",
+            "/tmp/x",
+            "--flag",
+            "actors=maybe",
+        ],
+    )
     assert bad_flag.exit_code != 0 and "actors" in bad_flag.output and "maybe" in bad_flag.output
 
 
@@ -144,8 +172,12 @@ def test_config_check_names_the_bad_key(tmp_path: Path) -> None:
 
 
 def test_cluster_command_runs_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    proc = subprocess.Popen(RAFTMW + ["cluster", "--nodes", "3", "--data-dir", str(tmp_path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [*RAFTMW, "cluster", "--nodes", "3", "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     assert proc.stdout is not None
     lines = []
     for line in proc.stdout:
@@ -161,9 +193,12 @@ def test_cluster_command_runs_and_stops_on_ctrl_c(tmp_path: Path) -> None:
 
 
 def test_demo_runs_and_checks_its_writes(tmp_path: Path) -> None:
-    out = subprocess.run(RAFTMW + ["demo", "--seconds", "2", "--clients", "4",
-                                   "--data-dir", str(tmp_path / "demo")],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [*RAFTMW, "demo", "--seconds", "2", "--clients", "4", "--data-dir", str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "raftmw demo summary" in out.stdout
     assert "leader killed" in out.stdout

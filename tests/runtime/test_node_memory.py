@@ -44,11 +44,17 @@ class Cluster:
     def peers(self) -> dict[int, str]:
         return {nid: f"mem://{nid}" for nid in self.stores}
 
-    async def start(self, node_id: int, *, join: bool = False,
-                    peers: dict[int, str] | None = None) -> RaftNode:
+    async def start(
+        self, node_id: int, *, join: bool = False, peers: dict[int, str] | None = None
+    ) -> RaftNode:
         store = self.stores.setdefault(node_id, MemoryLogStore())
-        config = NodeConfig(node_id=node_id, cluster_id="mem", peers=peers or self.peers,
-                            settings=self.settings, join=join)  # type: ignore[arg-type]
+        config = NodeConfig(
+            node_id=node_id,
+            cluster_id="mem",
+            peers=peers or self.peers,
+            settings=self.settings,
+            join=join,
+        )  # type: ignore[arg-type]
         node = RaftNode(config, store=store, transport=self.network.transport(node_id))
         scope = anyio.CancelScope()
 
@@ -120,14 +126,16 @@ async def test_a_follower_redirects_to_the_leader() -> None:
         leader = await c.wait_leader()
         follower = next(nid for nid in c.nodes if nid != leader)
         direct = await c.nodes[follower].handle(
-            ClientRequest(id=1, body=KVOp(op="put", key="k", value="v", client_id=1, seq=1)))
+            ClientRequest(id=1, body=KVOp(op="put", key="k", value="v", client_id=1, seq=1))
+        )
         assert not direct.ok and direct.error is not None
         assert direct.error.kind == "not_leader"
         assert direct.error.leader_address == f"mem://{leader}"
         # A client that only knows the follower follows the redirect to the leader.
         async with c.client() as full:
-            only_follower = KVClient({follower: f"mem://{follower}"}, timeout=2.0,
-                                     connector=full._connector)
+            only_follower = KVClient(
+                {follower: f"mem://{follower}"}, timeout=2.0, connector=full._connector
+            )
             async with only_follower:
                 await only_follower.put("k", "v")
                 assert await only_follower.get("k") == "v"

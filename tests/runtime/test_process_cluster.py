@@ -31,8 +31,9 @@ def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
     assert all(code in (0, None, -9) for code in codes.values()), codes
 
 
-async def _write_many(cluster: LocalCluster, prefix: str, count: int,
-                      acked: dict[str, str]) -> None:
+async def _write_many(
+    cluster: LocalCluster, prefix: str, count: int, acked: dict[str, str]
+) -> None:
     async with cluster.client(timeout=10.0) as client:
         for i in range(count):
             key, value = f"{prefix}{i}", f"value-{prefix}{i}"
@@ -155,8 +156,9 @@ async def test_sigkill_under_load_at_random_moments(tmp_path: Path) -> None:
         assert len(acked) > 100
 
 
-async def _write_loop(cluster: LocalCluster, prefix: str, acked: dict[str, str],
-                      seconds: float) -> None:
+async def _write_loop(
+    cluster: LocalCluster, prefix: str, acked: dict[str, str], seconds: float
+) -> None:
     deadline = anyio.current_time() + seconds
     async with cluster.client(timeout=10.0) as client:
         i = 0

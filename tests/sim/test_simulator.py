@@ -25,8 +25,7 @@ def test_mixed_fault_seeds(chunk: int) -> None:
 
 @pytest.mark.parametrize("nodes", [3, 5, 7])
 def test_every_cluster_size_makes_progress(nodes: int) -> None:
-    result = run_seed(7, nodes=nodes, drop=0.05, crashes=False, partitions=False,
-                      membership=False)
+    result = run_seed(7, nodes=nodes, drop=0.05, crashes=False, partitions=False, membership=False)
     # Without crashes or partitions, clients are never stuck for long: each client issues
     # a new operation every few ticks over 300 ticks.
     assert result.completed == result.operations
@@ -50,7 +49,10 @@ def test_failure_message_carries_the_replay_command() -> None:
 def test_the_replay_command_runs() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "framework.sim.simulator", "--seed", "3", "--nodes", "5"],
-        capture_output=True, text=True, check=True, timeout=120,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
     assert "seed 3: 5 nodes" in out.stdout
     assert "1/1 seeds passed" in out.stdout
@@ -63,8 +65,11 @@ def test_a_broken_kernel_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     def reckless_vote(self: raft.RawNode, msg: raft.VoteRequest) -> None:
         if not msg.pre_vote:
             self.vote = msg.src
-        self._send(raft.VoteResponse(src=self.id, dst=msg.src, term=msg.term, granted=True,
-                                     pre_vote=msg.pre_vote))
+        self._send(
+            raft.VoteResponse(
+                src=self.id, dst=msg.src, term=msg.term, granted=True, pre_vote=msg.pre_vote
+            )
+        )
 
     monkeypatch.setattr(raft.RawNode, "_handle_vote_request", reckless_vote)
     with pytest.raises(SimulationFailure):
@@ -86,8 +91,9 @@ def test_network_faults_are_seeded() -> None:
     import random
 
     def run(seed: int) -> list[tuple[int, int, int]]:
-        net: SimNetwork[int] = SimNetwork(random.Random(seed),
-                                          LinkFaults(drop=0.3, duplicate=0.3, max_delay=5))
+        net: SimNetwork[int] = SimNetwork(
+            random.Random(seed), LinkFaults(drop=0.3, duplicate=0.3, max_delay=5)
+        )
         for i in range(200):
             net.send(0, 1, 2, i)
         return list(net.due(10))

@@ -545,6 +545,27 @@ async def test_a_client_sees_connection_lost_when_the_server_stops() -> None:
                 await conn.request(StatusRequest())
 
 
+@BOTH_BACKENDS
+async def test_a_cancelled_request_leaves_the_connection_usable() -> None:
+    async with cluster((1, 2)) as (nodes, _):
+        server = nodes[2]
+        server.service.gates["slow"] = anyio.Event()
+        async with TcpClientConnection.connect(server.address, timeout=5) as conn:
+            with anyio.move_on_after(0.05) as timeout:
+                await conn.request(KVOp(op="get", key="slow"))
+            assert timeout.cancelled_caught
+            assert (await conn.request(KVOp(op="get", key="a"))).value == "node 2: a"
+            server.service.gates["slow"].set()  # its late answer finds nobody waiting
+            assert (await conn.request(KVOp(op="get", key="b"))).value == "node 2: b"
+
+        server.service.gates["slow"] = anyio.Event()
+        with anyio.move_on_after(0.05) as timeout:
+            async with TcpClientConnection.connect(server.address, timeout=5) as conn:
+                await conn.request(KVOp(op="get", key="slow"))
+        assert timeout.cancelled_caught
+        await wait_until(lambda: server.transport.open_connections == 1, "the client gone")
+
+
 async def test_connecting_to_nothing_raises_connection_lost() -> None:
     address = f"127.0.0.1:{closed_port()}"
     with pytest.raises(ConnectionLost, match=f"connection to {address} lost: cannot connect"):
@@ -637,6 +658,15 @@ async def test_shutdown_closes_every_socket_and_ends_every_task(anyio_backend: s
         assert set(asyncio.all_tasks()) == tasks_before
     with pytest.raises(OSError):
         await anyio.connect_tcp(*parse_address(nodes[1].address))
+
+
+async def test_a_transport_serves_once_and_names_a_busy_port() -> None:
+    async with cluster((1,)) as (nodes, _):
+        with pytest.raises(RuntimeError, match="already serving"):
+            await nodes[1].transport.serve(Inbox(), Service(1))
+        busy = make(2, listen=nodes[1].address)
+        with pytest.raises(OSError, match=f"node 2 cannot listen on {nodes[1].address}"):
+            await busy.serve(Inbox(), Service(2))
 
 
 def test_configuration_errors_name_the_value() -> None:
