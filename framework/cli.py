@@ -18,7 +18,7 @@ from framework.client import KVClient, parse_peers
 from framework.config import Settings, SettingsError, load_settings, settings_to_toml
 from framework.errors import RaftError
 
-__all__ = ["main", "run_async"]
+__all__ = ["main", "run", "run_async"]
 
 T = TypeVar("T")
 
@@ -32,23 +32,28 @@ def run_async(fn: Callable[[], Awaitable[T]]) -> T:
     return anyio.run(fn, backend="asyncio", backend_options={"use_uvloop": True})
 
 
-def _parse_flag(text: str) -> tuple[str, object]:
-    name, sep, raw = text.partition("=")
-    if not sep or not name:
-        raise click.BadParameter(f"{text!r}: expected NAME=VALUE, like actors=on")
-    value: object
-    lowered = raw.strip().lower()
-    if lowered in ("on", "true", "yes", "1"):
-        value = True
-    elif lowered in ("off", "false", "no", "0"):
-        value = False
-    else:
-        raise click.BadParameter(f"--flag {name}={raw!r}: expected on or off")
-    return name.strip(), value
+def _parse_flag(text: str) -> tuple[str, Any]:
+    from framework.flags import FlagError, parse_flag_assignment
+
+    try:
+        return parse_flag_assignment(text)
+    except FlagError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def _settings(profile: str, files: Sequence[str], flags: Sequence[str]) -> Settings:
-    overrides = {f"flags.{name}": value for name, value in map(_parse_flag, flags)}
+    from framework.config import Rollout
+
+    overrides: dict[str, object] = {}
+    for name, value in map(_parse_flag, flags):
+        if isinstance(value, Rollout):
+            value = {
+                "enabled": value.enabled,
+                "percent": value.percent,
+                "include": list(value.include),
+                "exclude": list(value.exclude),
+            }
+        overrides[f"flags.{name}"] = value
     try:
         return load_settings(profile=profile, files=files, overrides=overrides)
     except SettingsError as exc:
@@ -439,6 +444,215 @@ def bench(
         click.echo(json.dumps(report, indent=2))
 
 
+# -- plugins and flags ----------------------------------------------------------------------------
+
+
+@main.command("plugins")
+@click.option(
+    "--peers",
+    default=None,
+    envvar="RAFTMW_PEERS",
+    help="Also show which plugin runs each seam on every node.",
+)
+@click.option("--json", "as_json", is_flag=True)
+def plugins_command(peers: str | None, as_json: bool) -> None:
+    """Installed plugins: name, tier, version, flags, seams; and what runs on each node."""
+    from rich.console import Console
+
+    from framework.plugins import PluginError, PluginHost
+    from framework.runtime.report import plugins_table
+
+    try:
+        host = PluginHost()
+        host.declare_flags()
+    except PluginError as exc:
+        raise click.ClickException(str(exc)) from None
+    nodes: dict[int, dict[str, Any]] = {}
+    if peers:
+        members = _peers(peers)
+
+        async def go() -> None:
+            async with KVClient(members, timeout=3.0) as client:
+                for node_id in members:
+                    try:
+                        nodes[node_id] = (await client.status(node_id)).get("components", {})
+                    except RaftError as exc:
+                        nodes[node_id] = {"error": str(exc)}
+
+        run_async(go)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "plugins": [
+                        {
+                            "name": p.name,
+                            "tier": p.tier.value,
+                            "version": p.version,
+                            "loaded": p.loaded,
+                            "flags": list(p.flags),
+                            "seams": list(p.seams),
+                        }
+                        for p in host.plugins()
+                    ],
+                    "nodes": {str(k): v for k, v in nodes.items()},
+                },
+                indent=2,
+            )
+        )
+        return
+    Console().print(plugins_table(host.plugins(), nodes))
+
+
+@main.group()
+def flags() -> None:
+    """Feature flags: per-node evaluations, cluster-wide changes, overrides, history."""
+
+
+def _flag_scope(cluster: bool, node: int | None) -> tuple[str, int | None]:
+    if node is not None and cluster:
+        raise click.UsageError("give either --cluster or --node N, not both")
+    return ("node", node) if node is not None else ("cluster", None)
+
+
+def _show_flags(result: dict[int, dict[str, Any]], as_json: bool, only: Sequence[str] = ()) -> None:
+    if as_json:
+        click.echo(json.dumps({str(k): v for k, v in result.items()}, indent=2, sort_keys=True))
+        return
+    from rich.console import Console
+
+    from framework.runtime.report import flags_table
+
+    Console().print(flags_table(result, only))
+
+
+def _per_node(peers: str, timeout: float, action: str) -> dict[int, dict[str, Any]]:
+    members = _peers(peers)
+
+    async def go() -> dict[int, dict[str, Any]]:
+        out: dict[int, dict[str, Any]] = {}
+        async with KVClient(members, timeout=timeout) as client:
+            for node_id in members:
+                try:
+                    out[node_id] = await client.flags(action, scope="node", node_id=node_id)
+                except RaftError as exc:
+                    out[node_id] = {"error": str(exc)}
+        return out
+
+    return run_async(go)
+
+
+@flags.command("list")
+@_peers_option
+@_timeout_option
+@click.option("--json", "as_json", is_flag=True)
+def flags_list(peers: str, timeout: float, as_json: bool) -> None:
+    """Every flag on every node: value, reason, source, and the log index that set it."""
+    _show_flags(_per_node(peers, timeout, "list"), as_json)
+
+
+@flags.command("get")
+@click.argument("names", nargs=-1, required=True)
+@_peers_option
+@_timeout_option
+@click.option("--json", "as_json", is_flag=True)
+def flags_get(names: tuple[str, ...], peers: str, timeout: float, as_json: bool) -> None:
+    """NAMES on every node."""
+    result = _per_node(peers, timeout, "get")
+    for table in result.values():
+        unknown = [n for n in names if "flags" in table and n not in table["flags"]]
+        if unknown:
+            raise click.ClickException(
+                f"unknown flag(s) {unknown}; known: {sorted(table['flags'])}"
+            )
+    if as_json:
+        click.echo(
+            json.dumps(
+                {str(k): {n: v.get("flags", {}).get(n) for n in names} for k, v in result.items()},
+                indent=2,
+            )
+        )
+        return
+    _show_flags(result, False, names)
+
+
+@flags.command("set")
+@click.argument("assignments", nargs=-1, required=True)
+@click.option("--cluster", is_flag=True, help="One log entry for the whole cluster (default).")
+@click.option(
+    "--node",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Node-local override on node N (break-glass).",
+)
+@click.option("--reason", default="", help="Note kept in the flag history.")
+@_peers_option
+@_timeout_option
+@click.option("--json", "as_json", is_flag=True)
+def flags_set(
+    assignments: tuple[str, ...],
+    cluster: bool,
+    node: int | None,
+    reason: str,
+    peers: str,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Set flags, e.g. `actors=on backpressure=25%`: all in one atomic change."""
+    scope, node_id = _flag_scope(cluster, node)
+    values = dict(map(_parse_flag, assignments))
+    result = _client_call(
+        peers,
+        timeout,
+        lambda c: c.flags("set", scope=scope, node_id=node_id, assignments=values, reason=reason),
+    )
+    where = f"node {node_id} (override)" if node_id else "the cluster"
+    click.echo(f"set {', '.join(assignments)} on {where}")
+    _show_flags({int(result.get("node_id", 0)): result}, as_json, tuple(values))
+
+
+@flags.command("unset")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--cluster", is_flag=True, help="Remove the cluster-wide values (default).")
+@click.option("--node", type=click.IntRange(min=1), default=None, help="Remove node N's overrides.")
+@click.option("--reason", default="")
+@_peers_option
+@_timeout_option
+def flags_unset(
+    names: tuple[str, ...], cluster: bool, node: int | None, reason: str, peers: str, timeout: float
+) -> None:
+    """Remove cluster-wide values (or a node's overrides) so lower layers decide again."""
+    scope, node_id = _flag_scope(cluster, node)
+    _client_call(
+        peers,
+        timeout,
+        lambda c: c.flags("unset", scope=scope, node_id=node_id, names=names, reason=reason),
+    )
+    click.echo(f"unset {', '.join(names)}")
+
+
+@flags.command("history")
+@_peers_option
+@_timeout_option
+@click.option("--json", "as_json", is_flag=True)
+def flags_history(peers: str, timeout: float, as_json: bool) -> None:
+    """Cluster-wide flag changes, with the log index each took effect at."""
+    result = _client_call(peers, timeout, lambda c: c.flags("history"))
+    history = result.get("history", [])
+    if as_json:
+        click.echo(json.dumps(history, indent=2))
+        return
+    if not history:
+        click.echo("no cluster-wide flag changes")
+    for change in history:
+        sets = ", ".join(f"{k}={v}" for k, v in change["set"].items())
+        unsets = ", ".join(f"-{k}" for k in change["unset"])
+        note = f"  ({change['reason']})" if change["reason"] else ""
+        click.echo(
+            f"index {change['log_index']}: {', '.join(x for x in (sets, unsets) if x)}{note}"
+        )
+
+
 # -- config ------------------------------------------------------------------------------------
 
 
@@ -488,6 +702,17 @@ def config_write(file: Path, profile: str, force: bool) -> None:
     click.echo(f"wrote {file}")
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The console script: ``main`` plus the subcommands plugins add (``raftmw_add_cli``)."""
+    from framework.plugins import PluginError, PluginHost
+
+    try:
+        PluginHost().add_cli(main)
+    except PluginError as exc:
+        click.echo(f"raftmw: plugin commands unavailable: {exc}", err=True)
     with contextlib.suppress(KeyboardInterrupt):
         main()
+
+
+if __name__ == "__main__":
+    run()

@@ -23,6 +23,7 @@ import anyio.abc
 
 from framework.errors import BadRequest, Overloaded, RaftError, Timeout, Unavailable
 from framework.transport.wire import (
+    AdminFlags,
     AdminMembers,
     AdminTransfer,
     ClientResponse,
@@ -130,7 +131,7 @@ class KVClient:
 
     async def get(self, key: str) -> str | None:
         """Linearizable read (ReadIndex on the leader)."""
-        value = await self._call(KVOp(op="get", key=key), write=False)
+        value = (await self._call(KVOp(op="get", key=key), write=False)).value
         assert value is None or isinstance(value, str)
         return value
 
@@ -163,8 +164,51 @@ class KVClient:
     async def members(self, action: str, node_id: int, address: str = "") -> dict[str, Any]:
         """Membership change through the leader: add, add_learner, promote or remove."""
         body = AdminMembers(action=action, node_id=node_id, address=address)  # type: ignore[arg-type]
-        await self._call(body, write=True)
-        return {}
+        response = await self._call(body, write=True)
+        return dict(response.status or {})
+
+    async def flags(
+        self,
+        action: str,
+        *,
+        scope: str = "cluster",
+        node_id: int | None = None,
+        assignments: Mapping[str, Any] | None = None,
+        names: Sequence[str] = (),
+        reason: str = "",
+    ) -> dict[str, Any]:
+        """Read or change feature flags (see ``framework.transport.wire.AdminFlags``).
+
+        Cluster-wide changes go through the leader; node-scope requests (overrides, and
+        reads of one node's evaluations) go to ``node_id``.
+        """
+        from framework.config import Rollout
+        from framework.flags import RolloutWire
+
+        wire = {
+            name: RolloutWire.from_rollout(value) if isinstance(value, Rollout) else value
+            for name, value in (assignments or {}).items()
+        }
+        body = AdminFlags(
+            action=action,
+            scope=scope,
+            assignments=wire,
+            names=list(names),  # type: ignore[arg-type]
+            reason=reason,
+        )
+        if node_id is not None:
+            address = self.peers.get(node_id)
+            if address is None:
+                raise BadRequest(f"node {node_id} is not in the peer list {sorted(self.peers)}")
+            response = await self._send_once(address, body, self.timeout)
+            if response is None:
+                raise Unavailable(f"node {node_id} at {address} did not answer")
+            if not response.ok:
+                assert response.error is not None
+                raise BadRequest(response.error.message)
+            return dict(response.status or {})
+        response = await self._call(body, write=action in ("set", "unset"))
+        return dict(response.status or {})
 
     async def transfer_leader(self, to: int) -> None:
         await self._call(AdminTransfer(to=to), write=True)
@@ -181,9 +225,9 @@ class KVClient:
             client_id=self.client_id,
             seq=self._seq,
         )
-        return await self._call(session, write=True)
+        return (await self._call(session, write=True)).value
 
-    async def _call(self, body: RequestBody, *, write: bool) -> object:
+    async def _call(self, body: RequestBody, *, write: bool) -> ClientResponse:
         deadline = anyio.current_time() + self.timeout
         maybe_applied = False
         last_problem = "no node answered"
@@ -203,7 +247,7 @@ class KVClient:
                 self._leader = None
             elif response.ok:
                 self._leader = address
-                return response.value
+                return response
             else:
                 error = response.error
                 assert error is not None

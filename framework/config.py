@@ -620,6 +620,7 @@ FlagValue: TypeAlias = bool | Rollout
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PluginSettings:
     blocked: tuple[str, ...] = field(metadata=_kind(_ListOf(_Text(), "a list of plugin names")))
+    enabled: tuple[str, ...] = field(metadata=_kind(_ListOf(_Text(), "a list of plugin names")))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,1 +1,26 @@
-"""raftmw."""
+"""The legacy implementations: the plan's "before", one per seam, chosen when a flag is off.
+
+They keep the seed's problems on purpose (a read-write lock on the node status, one
+unbounded queue with no priorities, fixed timeouts, no circuit breakers, metrics behind one
+mutex) and are correct, so an A/B run can compare them with the new plugins. The pluggy
+plugin module is `legacy.plugin`, registered by entry point like any other plugin.
+"""
+
+from legacy.metrics import HISTOGRAM_WINDOW, LockedMetrics
+from legacy.queue import UnboundedQueue
+from legacy.rwlock import CountingLock, CountingThreadLock, RWLock
+from legacy.send_guard import NoGuard
+from legacy.status import LockedNodeStatus
+from legacy.timeouts import FixedTimeouts
+
+__all__ = [
+    "HISTOGRAM_WINDOW",
+    "CountingLock",
+    "CountingThreadLock",
+    "FixedTimeouts",
+    "LockedMetrics",
+    "LockedNodeStatus",
+    "NoGuard",
+    "RWLock",
+    "UnboundedQueue",
+]

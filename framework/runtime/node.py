@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,8 @@ from framework.core import (
     ConfState,
     Entry,
     EntryKind,
+    Heartbeat,
+    HeartbeatResponse,
     InvalidMessage,
     Message,
     NotLeader,
@@ -54,10 +56,18 @@ from framework.core import (
     RawNode,
     Ready,
     Role,
+    TimeoutNow,
     TransferInProgress,
     UncommittedSizeExceeded,
+    VoteRequest,
+    VoteResponse,
     decode_conf_change,
 )
+from framework.flags import FlagChange, FlagError, RolloutWire, encode_flag_change, validate_change
+from framework.plugins import PluginHost
+from framework.runtime.components import Components
+from framework.runtime.node_flags import NodeFlags
+from framework.seams import NodeStatus, Priority, QueueFull
 from framework.statemachine import (
     Append,
     Cas,
@@ -72,6 +82,7 @@ from framework.statemachine import (
 from framework.storage import LogStore, StorageError, StoredState
 from framework.transport.base import Transport
 from framework.transport.wire import (
+    AdminFlags,
     AdminMembers,
     AdminTransfer,
     ClientRequest,
@@ -95,6 +106,9 @@ class NodeConfig:
     settings: Settings
     join: bool = False
     """Start with no membership and wait to be added (instead of bootstrapping ``peers``)."""
+    plugin_host: PluginHost | None = None
+    """The plugins to build components with; by default the installed ones, minus
+    ``settings.plugins.blocked``."""
 
 
 class NodeSnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -103,6 +117,8 @@ class NodeSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     version: int
     members: dict[int, str]
     state_machine: bytes
+    flags: bytes = b""
+    """The cluster's replicated flag state (``ClusterFlagState.to_bytes``)."""
 
 
 _SNAP_ENCODER = msgspec.msgpack.Encoder()
@@ -151,10 +167,17 @@ class RaftNode:
         self.addresses: dict[int, str] = dict(config.peers)
         self.kernel: RawNode | None = None
         self._wake = anyio.Event()
-        self._inbox: list[Message] = []
         self._ticks = 0
         self._unreachable: set[int] = set()
-        self._proposals: list[tuple[bytes, _Waiter]] = []
+        self.host = config.plugin_host or PluginHost(
+            blocked=self.settings.plugins.blocked, enabled=self.settings.plugins.enabled
+        )
+        self.flags = NodeFlags(self.host, node_id=self.id, settings=self.settings)
+        self.components = Components(
+            self.host, node_id=self.id, settings=self.settings, on_shed=self._on_shed
+        )
+        self._flags_changed = False
+        self._last_role = ""
         self._reads: list[tuple[bytes, str, _Waiter]] = []
         self._actions: list[Callable[[RawNode], None]] = []
         self._waiting_apply: dict[int, tuple[int, _Waiter]] = {}
@@ -165,6 +188,7 @@ class RaftNode:
         self._changed = anyio.Event()
         """Set (and replaced) after every Ready: admin waits watch state without polling."""
         self.invalid_messages = 0
+        self.dropped_messages = 0
 
     # == lifecycle ============================================================================
 
@@ -173,7 +197,12 @@ class RaftNode:
         try:
             state = await anyio.to_thread.run_sync(self._open_store)
             self.kernel = self._build_kernel(state)
+            # The cluster's flag state is known before the node serves anyone: from the
+            # snapshot, then from committed flag entries it will re-apply.
+            self.flags.replay_committed(state.entries, state.hard_state.commit)
             async with anyio.create_task_group() as tg:
+                await self.components.start(tg, self.flags.evaluate())
+                await self._publish_status()
                 self.transport.set_peers(self._peer_addresses())
                 await tg.start(self.transport.serve, self, self)
                 tg.start_soon(self._ticker)
@@ -235,6 +264,7 @@ class RaftNode:
             raise StorageError(f"node {self.id}: snapshot is not a raftmw snapshot: {exc}") from exc
         self.sm.restore(snap.state_machine)
         self.addresses.update(snap.members)
+        self.flags.restore(snap.flags)
 
     def _peer_addresses(self) -> dict[int, str]:
         return {nid: addr for nid, addr in self.addresses.items() if nid != self.id}
@@ -242,12 +272,39 @@ class RaftNode:
     # == transport callbacks (PeerInbox) ======================================================
 
     def deliver(self, messages: Any) -> None:
-        self._inbox.extend(messages)
+        inbox = self.components.inbox
+        for msg in messages:
+            try:
+                inbox.put_nowait(msg, priority_of(msg))
+            except QueueFull:
+                # Raft retransmits what is lost; shedding here protects the node.
+                self.dropped_messages += 1
         self._wake.set()
 
     def peer_unreachable(self, node_id: int) -> None:
         self._unreachable.add(node_id)
+        self.components.send_guard.record(node_id, ok=False)
         self._wake.set()
+
+    def _send(self, messages: Sequence[Message]) -> None:
+        """Send through the send guard, which may hold back messages to a failing peer."""
+        guard = self.components.send_guard
+        by_peer: dict[int, list[Message]] = {}
+        for msg in messages:
+            by_peer.setdefault(msg.dst, []).append(msg)
+        allowed: list[Message] = []
+        for peer, batch in by_peer.items():
+            allowed.extend(guard.allow(peer, batch))
+        if allowed:
+            self.transport.send(allowed)
+
+    def _on_shed(self, queue: str, item: Any) -> None:
+        """A bounded queue dropped an item it had accepted: tell its owner."""
+        if queue == "proposals":
+            _data, waiter = item
+            waiter.fail("overloaded", f"node {self.id} shed the request under load")
+        else:
+            self.dropped_messages += 1
 
     # == the loop =============================================================================
 
@@ -268,6 +325,12 @@ class RaftNode:
             self._drain_inputs(kernel)
             while kernel.has_ready():
                 await self._handle_ready(kernel, kernel.ready())
+                if self._flags_changed:
+                    # Between two Ready iterations: the kernel sees no half-swapped node.
+                    await self._apply_flag_change()
+            if self._flags_changed:  # a node-local override, with no Ready to wait for
+                await self._apply_flag_change()
+            await self._publish_status()
             self._changed.set()
             self._changed = anyio.Event()
 
@@ -279,9 +342,9 @@ class RaftNode:
             for node_id in self._unreachable:
                 kernel.report_unreachable(node_id)
             self._unreachable.clear()
-        if self._inbox:
-            inbox, self._inbox = self._inbox, []
-            for msg in inbox:
+        inbox = self.components.inbox
+        if len(inbox):
+            for msg in inbox.drain():
                 try:
                     kernel.step(msg)
                 except InvalidMessage as exc:
@@ -291,7 +354,7 @@ class RaftNode:
             actions, self._actions = self._actions, []
             for action in actions:
                 action(kernel)
-        if self._proposals:
+        if len(self.components.proposals):
             self._propose(kernel)
         if self._reads:
             reads, self._reads = self._reads, []
@@ -300,9 +363,9 @@ class RaftNode:
                 kernel.read_index(context)
 
     def _propose(self, kernel: RawNode) -> None:
-        limit = self.settings.raft.max_batch_proposals
-        batch, self._proposals = self._proposals[:limit], self._proposals[limit:]
-        if self._proposals:
+        queue = self.components.proposals
+        batch: list[tuple[bytes, _Waiter]] = queue.drain(self.settings.raft.max_batch_proposals)
+        if len(queue):
             self._wake.set()
         try:
             indexes = kernel.propose_batch([data for data, _ in batch])
@@ -325,13 +388,12 @@ class RaftNode:
             waiter.fail("overloaded", "uncommitted entries exceed max_uncommitted_entries_size")
 
     async def _handle_ready(self, kernel: RawNode, rd: Ready) -> None:
-        transport = self.transport
         if rd.messages:
-            transport.send(rd.messages)
+            self._send(rd.messages)
         if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
             await anyio.to_thread.run_sync(self._persist, rd)
         if rd.persisted_messages:
-            transport.send(rd.persisted_messages)
+            self._send(rd.persisted_messages)
         if rd.snapshot is not None:
             await anyio.to_thread.run_sync(self._restore, rd.snapshot.data)
             self.transport.set_peers(self._peer_addresses())
@@ -362,9 +424,12 @@ class RaftNode:
         sm = self.sm
         waiting = self._waiting_apply
         for entry in entries:
-            result = sm.apply(entry)
+            result: object = sm.apply(entry)
             if entry.kind is EntryKind.CONF_CHANGE:
                 self._on_conf_change(entry)
+            elif entry.kind is EntryKind.FLAGS:
+                result = self.flags.apply_entry(entry)
+                self._flags_changed = True
             if waiting:
                 pending = waiting.pop(entry.index, None)
                 if pending is not None:
@@ -437,6 +502,7 @@ class RaftNode:
             NodeSnapshot(
                 version=_SNAPSHOT_VERSION,
                 members=dict(self.addresses),
+                flags=self.flags.snapshot(),
                 state_machine=self.sm.snapshot(),
             )
         )
@@ -446,8 +512,9 @@ class RaftNode:
             waiter.fail(kind, message)
         for _key, waiter in self._waiting_reads.values():
             waiter.fail(kind, message)
-        for _data, waiter in self._proposals:
-            waiter.fail(kind, message)
+        if self.components.ready:
+            for _data, waiter in self.components.proposals.drain():
+                waiter.fail(kind, message)
         for _ctx, _key, waiter in self._reads:
             waiter.fail(kind, message)
         for _index, waiter in self._apply_watchers:
@@ -472,10 +539,12 @@ class RaftNode:
                 value = await self._kv(body)
                 return ClientResponse(id=request.id, ok=True, value=value)  # type: ignore[arg-type]
             if isinstance(body, StatusRequest):
-                return ClientResponse(id=request.id, ok=True, status=self.status())
+                return ClientResponse(id=request.id, ok=True, status=await self.status())
             if isinstance(body, AdminMembers):
                 await self._members(body)
-                return ClientResponse(id=request.id, ok=True, status=self.status())
+                return ClientResponse(id=request.id, ok=True, status=await self.status())
+            if isinstance(body, AdminFlags):
+                return ClientResponse(id=request.id, ok=True, status=await self._flags(body))
             if isinstance(body, AdminTransfer):
                 await self._transfer(body.to)
                 return ClientResponse(id=request.id, ok=True)
@@ -488,16 +557,17 @@ class RaftNode:
         )
 
     async def _await(self, waiter: _Waiter) -> object:
-        with anyio.move_on_after(self.settings.client.request_timeout):
+        timeouts = self.components.timeouts
+        limit = timeouts.timeout("client_request")
+        started = anyio.current_time()
+        with anyio.move_on_after(limit):
             await waiter.event.wait()
+        timeouts.observe("client_request", anyio.current_time() - started, ok=waiter.event.is_set())
         if not waiter.event.is_set():
             raise _Refused(
                 ErrorReply(
                     kind="retry",
-                    message=(
-                        f"node {self.id}: no outcome within "
-                        f"{self.settings.client.request_timeout:g}s; outcome unknown"
-                    ),
+                    message=(f"node {self.id}: no outcome within {limit:g}s; outcome unknown"),
                 )
             )
         if waiter.error is not None:
@@ -537,7 +607,10 @@ class RaftNode:
         command = _command(op)
         data = encode_request(Request(client_id=op.client_id, seq=op.seq, op=command))
         waiter = _Waiter()
-        self._proposals.append((data, waiter))
+        try:
+            self.components.proposals.put_nowait((data, waiter), Priority.NORMAL)
+        except QueueFull as exc:
+            raise _Refused(ErrorReply(kind="overloaded", message=str(exc))) from None
         self._wake.set()
         return await self._await(waiter)
 
@@ -627,34 +700,209 @@ class RaftNode:
 
     # == status ===============================================================================
 
-    def status(self) -> dict[str, object]:
+    async def _publish_status(self) -> None:
         kernel = self.kernel
-        if kernel is None:
-            return {"node_id": self.id, "role": "starting"}
+        assert kernel is not None
         st = kernel.status()
+        await self.components.status_store.publish(
+            NodeStatus(
+                node_id=self.id,
+                role=st.role.value,
+                term=st.term,
+                leader=st.leader,
+                commit=st.commit,
+                applied=self.sm.applied_index,
+                first_index=st.first_index,
+                last_index=st.last_index,
+                snapshot_index=kernel.snapshot.meta.index,
+                voters=st.conf_state.voters,
+                learners=st.conf_state.learners,
+                progress=st.progress,
+            )
+        )
+        role = f"{st.role.value}:{st.leader}:{st.term}"
+        if role != self._last_role:
+            previous_leader = self._last_role.split(":")[1] if self._last_role else ""
+            self._last_role = role
+            self.host.notify(
+                "raftmw_on_role_change",
+                node_id=self.id,
+                role=st.role.value,
+                term=st.term,
+                leader=st.leader,
+            )
+            if previous_leader != str(st.leader):
+                self.host.notify(
+                    "raftmw_on_leader_change", node_id=self.id, leader=st.leader, term=st.term
+                )
+
+    async def status(self) -> dict[str, Any]:
+        """The status page: read through the status store, plus flags and components."""
+        ns: NodeStatus = await self.components.status_store.read()
+        c = self.components
         return {
             "node_id": self.id,
             "cluster_id": self.config.cluster_id,
             "address": self.transport.listen_address,
-            "role": st.role.value,
-            "term": st.term,
-            "leader": st.leader,
-            "leader_address": self.addresses.get(st.leader, ""),
-            "commit": st.commit,
-            "applied": self.sm.applied_index,
-            "first_index": st.first_index,
-            "last_index": st.last_index,
-            "log_entries": st.last_index - st.first_index + 1,
-            "snapshot_index": kernel.snapshot.meta.index,
-            "voters": list(st.conf_state.voters),
-            "learners": list(st.conf_state.learners),
+            "role": ns.role,
+            "term": ns.term,
+            "leader": ns.leader,
+            "leader_address": self.addresses.get(ns.leader, ""),
+            "commit": ns.commit,
+            "applied": ns.applied,
+            "first_index": ns.first_index,
+            "last_index": ns.last_index,
+            "log_entries": ns.last_index - ns.first_index + 1,
+            "snapshot_index": ns.snapshot_index,
+            "voters": list(ns.voters),
+            "learners": list(ns.learners),
             "members": {str(k): v for k, v in sorted(self.addresses.items())},
             "progress": {
                 str(nid): {"state": state, "match": match, "next": nxt}
-                for nid, (state, match, nxt) in st.progress.items()
+                for nid, (state, match, nxt) in ns.progress.items()
             },
             "invalid_messages": self.invalid_messages,
+            "dropped_messages": self.dropped_messages,
+            "flags": self._flag_table(),
+            "components": c.plugins(),
+            "swaps": [
+                {"slot": r.slot, "old": r.old, "new": r.new, "ok": r.ok, "error": r.error}
+                for r in c.swaps[-10:]
+            ],
+            "performance": self._performance(),
         }
+
+    def _flag_table(self) -> dict[str, dict[str, Any]]:
+        return {
+            name: {
+                "value": ev.value,
+                "reason": str(ev.reason),
+                "source": ev.source.name,
+                "detail": ev.detail,
+                "log_index": ev.log_index,
+            }
+            for name, ev in self.flags.current.items()
+        }
+
+    def _performance(self) -> dict[str, Any]:
+        """The plan's PerformanceMetrics: locks, queues, breakers, timeouts."""
+        c = self.components
+        locks = c.lock_stats()
+        return {
+            "locks": {
+                slot: {
+                    "acquisitions": s.acquisitions,
+                    "contended": s.contended,
+                    "wait_seconds": round(s.wait_seconds, 6),
+                }
+                for slot, s in locks.items()
+            },
+            "queues": {
+                name: _stats_dict(c.get(f"queue:{name}").stats()) for name in ("inbox", "proposals")
+            },
+            "circuit_breakers": {str(k): v for k, v in c.send_guard.states().items()},
+            "timeouts": {k: dict(v) for k, v in c.timeouts.stats().items()},
+            "metrics": dict(c.metrics.snapshot()),
+        }
+
+    # == flags ==================================================================================
+
+    async def _apply_flag_change(self) -> None:
+        self._flags_changed = False
+        before = dict(self.flags.current)
+        evaluations = self.flags.evaluate()
+        changed = self.flags.changed(before)
+        if not changed:
+            return
+        for ev in changed:
+            log.info(
+                "node %d: flag %s is now %s (%s from %s)",
+                self.id,
+                ev.flag,
+                "on" if ev.value else "off",
+                ev.reason,
+                ev.source.name,
+            )
+            self.host.notify(
+                "raftmw_on_flag_change",
+                node_id=self.id,
+                flag=ev.flag,
+                value=ev.value,
+                reason=str(ev.reason),
+                source=ev.source.name,
+                log_index=ev.log_index,
+            )
+        await self.components.reconfigure(evaluations)
+
+    async def _flags(self, req: AdminFlags) -> dict[str, Any]:
+        if req.action in ("set", "unset") and req.scope == "cluster":
+            self._check_leader()
+            change = FlagChange(set=dict(req.assignments), unset=list(req.names), reason=req.reason)
+            problems = validate_change(self.flags.registry, change)
+            if problems:
+                raise _Refused(ErrorReply(kind="bad_request", message="; ".join(problems)))
+            data = encode_flag_change(change)
+            index = await self._kernel_call(lambda k: k.propose(data, EntryKind.FLAGS))
+            assert isinstance(index, int)
+            await self._wait_applied(index)
+            await self._changed.wait()  # the swap, if any, happens in that loop iteration
+        elif req.action in ("set", "unset"):
+            try:
+                if req.action == "set":
+                    self.flags.set_overrides(
+                        {
+                            k: v.to_rollout() if isinstance(v, RolloutWire) else v
+                            for k, v in req.assignments.items()
+                        }
+                    )
+                else:
+                    self.flags.unset_overrides(req.names)
+            except FlagError as exc:
+                raise _Refused(ErrorReply(kind="bad_request", message=str(exc))) from None
+            self._flags_changed = True
+            self._wake.set()
+            await self._changed.wait()
+        return {
+            "node_id": self.id,
+            "flags": self._flag_table(),
+            "components": self.components.plugins(),
+            "history": [
+                {
+                    "log_index": index,
+                    "set": {k: _wire_value(v) for k, v in ch.set.items()},
+                    "unset": list(ch.unset),
+                    "reason": ch.reason,
+                }
+                for index, ch in self.flags.cluster.history()
+            ],
+            "overrides": sorted(self.flags.overrides),
+        }
+
+
+def _wire_value(value: object) -> object:
+    if isinstance(value, RolloutWire):
+        return msgspec.to_builtins(value)
+    return value
+
+
+def _stats_dict(stats: Any) -> dict[str, Any]:
+    return {
+        "depth": stats.depth,
+        "capacity": stats.capacity,
+        "max_depth": stats.max_depth,
+        "enqueued": stats.enqueued,
+        "rejected": stats.rejected,
+    }
+
+
+_CRITICAL = (VoteRequest, VoteResponse, Heartbeat, HeartbeatResponse, TimeoutNow)
+
+
+def priority_of(msg: Message) -> Priority:
+    """Messages that keep leadership alive go first and are shed last."""
+    if isinstance(msg, _CRITICAL):
+        return Priority.CRITICAL
+    return Priority.HIGH
 
 
 class _Refused(Exception):

@@ -62,3 +62,53 @@ def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, An
         else:
             rows.append((dotted, value))
     return rows
+
+
+def plugins_table(plugins: Any, nodes: Mapping[int, Mapping[str, Any]]) -> Table:
+    table = Table(title="raftmw plugins")
+    for column in ("plugin", "tier", "version", "loaded", "flags", "seams"):
+        table.add_column(column)
+    for node_id in sorted(nodes):
+        table.add_column(f"node {node_id}", overflow="fold")
+    for p in plugins:
+        active = []
+        for node_id in sorted(nodes):
+            slots = nodes[node_id]
+            if "error" in slots:
+                active.append("unreachable")
+                continue
+            mine = sorted(slot for slot, plugin in slots.items() if plugin == p.name)
+            active.append(", ".join(mine) or "-")
+        table.add_row(
+            p.name,
+            p.tier.value,
+            p.version,
+            "yes" if p.loaded else "no",
+            ", ".join(p.flags) or "-",
+            ", ".join(p.seams) or "-",
+            *active,
+        )
+    return table
+
+
+def flags_table(result: Mapping[int, Mapping[str, Any]], only: Any = ()) -> Table:
+    table = Table(title="raftmw flags")
+    for column in ("node", "flag", "value", "reason", "source", "log index", "detail"):
+        table.add_column(column, overflow="fold")
+    for node_id, answer in sorted(result.items()):
+        if "error" in answer:
+            table.add_row(str(node_id), "-", "-", "-", "-", "-", str(answer["error"]))
+            continue
+        for name, ev in sorted(answer.get("flags", {}).items()):
+            if only and name not in only:
+                continue
+            table.add_row(
+                str(node_id),
+                name,
+                "on" if ev["value"] else "off",
+                ev["reason"],
+                ev["source"],
+                str(ev["log_index"] or "-"),
+                ev["detail"],
+            )
+    return table

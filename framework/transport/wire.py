@@ -22,10 +22,12 @@ import msgspec
 
 from framework.core import Message, validate_message
 from framework.core.errors import InvalidMessage
+from framework.flags import RolloutWire
 
 __all__ = [
     "PROTOCOL",
     "PROTOCOL_VERSION",
+    "AdminFlags",
     "AdminMembers",
     "AdminTransfer",
     "ClientRequest",
@@ -104,7 +106,23 @@ class AdminTransfer(msgspec.Struct, frozen=True, kw_only=True, tag="transfer"):
     to: int
 
 
-RequestBody = KVOp | StatusRequest | AdminMembers | AdminTransfer
+class AdminFlags(msgspec.Struct, frozen=True, kw_only=True, tag="flags"):
+    """Read or change feature flags.
+
+    ``scope="cluster"`` changes go through the leader as one ``flags`` log entry (atomic,
+    applied at the same index everywhere); ``scope="node"`` sets or clears a node-local
+    override on the node that receives the request (break-glass). ``list``/``get``/
+    ``history`` read the receiving node's evaluations.
+    """
+
+    action: Literal["list", "get", "set", "unset", "history"]
+    scope: Literal["cluster", "node"] = "cluster"
+    assignments: dict[str, bool | RolloutWire] = msgspec.field(default_factory=dict)
+    names: list[str] = msgspec.field(default_factory=list)
+    reason: str = ""
+
+
+RequestBody = KVOp | StatusRequest | AdminMembers | AdminTransfer | AdminFlags
 
 
 class ClientRequest(msgspec.Struct, frozen=True, kw_only=True, tag="request"):

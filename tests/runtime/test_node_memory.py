@@ -12,6 +12,7 @@ import pytest
 
 from framework.client import KVClient
 from framework.config import load_settings
+from framework.errors import RaftError
 from framework.runtime.node import NodeConfig, RaftNode
 from framework.storage import MemoryLogStore
 from framework.transport.memory import MemoryNetwork
@@ -81,15 +82,15 @@ class Cluster:
 
         return KVClient(self.peers, timeout=timeout, connector=connect)  # type: ignore[arg-type]
 
-    def leader(self) -> int:
-        leaders = [nid for nid, n in self.nodes.items() if n.status()["role"] == "leader"]
+    async def leader(self) -> int:
+        leaders = [nid for nid, n in self.nodes.items() if (await n.status())["role"] == "leader"]
         return leaders[0] if len(leaders) == 1 else 0
 
     async def wait_leader(self) -> int:
         with anyio.fail_after(10):
-            while not self.leader():
+            while not (leader := await self.leader()):
                 await anyio.sleep(0.01)
-        return self.leader()
+        return leader
 
 
 @asynccontextmanager
@@ -117,7 +118,7 @@ async def test_writes_and_reads_through_any_node() -> None:
             while any(n.sm.read("x") != "12" for n in c.nodes.values()):
                 await anyio.sleep(0.01)
         follower = next(nid for nid in c.nodes if nid != leader)
-        status = c.nodes[follower].status()
+        status = await c.nodes[follower].status()
         assert status["role"] == "follower" and status["leader"] == leader
 
 
@@ -154,7 +155,7 @@ async def test_isolated_leader_is_replaced_and_no_write_is_lost() -> None:
             await client.put(f"b{i}", str(i))
             acked[f"b{i}"] = str(i)
         with anyio.fail_after(10):
-            while c.nodes[old].status()["role"] == "leader":
+            while (await c.nodes[old].status())["role"] == "leader":
                 await anyio.sleep(0.01)  # check-quorum makes the old leader step down
         c.network.heal()
         c.network.cut_clients(old, False)
@@ -170,12 +171,12 @@ async def test_a_lagging_follower_catches_up_from_a_snapshot() -> None:
         for i in range(100):
             await client.put(f"s{i}", str(i))
         # The leader compacted its log past what the lagging node has.
-        assert c.nodes[leader].status()["snapshot_index"] > 20
+        assert (await c.nodes[leader].status())["snapshot_index"] > 20
         node = await c.start(lagging)
         with anyio.fail_after(10):
             while node.sm.read("s99") != "99":
                 await anyio.sleep(0.01)
-        assert node.status()["snapshot_index"] > 0
+        assert (await node.status())["snapshot_index"] > 0
         assert all(node.sm.read(f"s{i}") == str(i) for i in range(100))
 
 
@@ -199,15 +200,15 @@ async def test_members_add_promote_and_remove() -> None:
         await c.start(4, join=True, peers={**c.peers, 4: "mem://4"})
         await client.members("add", 4, "mem://4")
         leader = await c.wait_leader()
-        assert c.nodes[leader].status()["voters"] == [1, 2, 3, 4]
+        assert (await c.nodes[leader].status())["voters"] == [1, 2, 3, 4]
         with anyio.fail_after(10):
             while c.nodes[4].sm.read("m") != "1":
                 await anyio.sleep(0.01)
         await client.members("remove", leader)
         with anyio.fail_after(10):
-            while (new := c.leader()) in (0, leader):
+            while (new := await c.leader()) in (0, leader):
                 await anyio.sleep(0.01)
-        assert c.nodes[new].status()["voters"] == sorted({1, 2, 3, 4} - {leader})
+        assert (await c.nodes[new].status())["voters"] == sorted({1, 2, 3, 4} - {leader})
         await client.put("m", "2")
         assert await client.get("m") == "2"
 
@@ -228,3 +229,123 @@ async def test_shutdown_stops_serving() -> None:
         assert all(t.serving for t in transports)
     # Leaving the cluster's task group cancelled every node; nothing is still serving.
     assert not any(t.serving for t in transports)
+
+
+async def test_flags_flip_under_load_without_losing_a_write(anyio_backend: str) -> None:
+    """Issue #4: flip ``backpressure`` cluster-wide and per node, back and forth, 60 times
+    while clients write; every acknowledged write survives and no client sees an error."""
+    if anyio_backend == "asyncio":
+        import asyncio
+
+        tasks_before = len(asyncio.all_tasks())
+    acked: dict[str, str] = {}
+    errors: list[BaseException] = []
+    async with cluster() as c:
+        await c.wait_leader()
+        stop = anyio.Event()
+
+        async def writer(n: int) -> None:
+            async with c.client(timeout=10.0) as client:
+                i = 0
+                while not stop.is_set():
+                    key = f"w{n}.{i}"
+                    try:
+                        await client.put(key, key)
+                    except RaftError as exc:
+                        errors.append(exc)
+                        return
+                    acked[key] = key
+                    i += 1
+
+        async with anyio.create_task_group() as tg:
+            for n in range(4):
+                tg.start_soon(writer, n)
+            async with c.client(timeout=10.0) as admin:
+                for flip in range(60):
+                    value = flip % 2 == 0
+                    if flip % 3 == 2:
+                        await admin.flags(
+                            "set",
+                            scope="node",
+                            node_id=1 + flip % 3,
+                            assignments={"backpressure": value},
+                        )
+                    else:
+                        await admin.flags(
+                            "set", assignments={"backpressure": value}, reason=f"flip {flip}"
+                        )
+                await admin.flags("unset", names=["backpressure"])
+                for node_id in (1, 2, 3):
+                    await admin.flags(
+                        "unset", scope="node", node_id=node_id, names=["backpressure"]
+                    )
+            stop.set()
+        assert not errors, errors
+        # Every node ran both plugins on its queues at some point, and ends on legacy.
+        for node in c.nodes.values():
+            swapped = {(r.old, r.new) for r in node.components.swaps if r.ok}
+            assert ("legacy", "backpressure") in swapped and ("backpressure", "legacy") in swapped
+            assert node.components.plugins()["queue:proposals"] == "legacy"
+            assert not any(not r.ok for r in node.components.swaps)
+        async with c.client() as client:
+            for key, value in acked.items():
+                assert await client.get(key) == value
+        history = (await c.nodes[1].status())["flags"]
+        assert history["backpressure"]["value"] is False
+        assert len(acked) > 50
+    if anyio_backend == "asyncio":
+        assert len(asyncio.all_tasks()) == tasks_before
+
+
+async def test_a_cluster_flag_switches_every_node_at_the_same_index() -> None:
+    async with cluster() as c, c.client() as client:
+        await c.wait_leader()
+        await client.put("before", "1")
+        result = await client.flags("set", assignments={"backpressure": True}, reason="try")
+        with anyio.fail_after(5):
+            while any(
+                n.components.plugins()["queue:inbox"] != "backpressure" for n in c.nodes.values()
+            ):
+                await anyio.sleep(0.01)
+        indexes = {n.flags.current["backpressure"].log_index for n in c.nodes.values()}
+        assert len(indexes) == 1 and None not in indexes
+        for node in c.nodes.values():
+            ev = node.flags.current["backpressure"]
+            assert (ev.reason, ev.source.name) == ("STATIC", "CLUSTER")
+            assert node.components.plugins()["queue:inbox"] == "backpressure"
+        assert result["history"][-1]["reason"] == "try"
+
+
+async def test_a_node_override_wins_over_the_cluster_and_shows_as_override() -> None:
+    async with cluster() as c, c.client() as client:
+        await c.wait_leader()
+        await client.flags("set", assignments={"backpressure": True})
+        answer = await client.flags(
+            "set", scope="node", node_id=2, assignments={"backpressure": False}
+        )
+        assert answer["flags"]["backpressure"]["reason"] == "OVERRIDE"
+        assert answer["flags"]["backpressure"]["value"] is False
+        assert c.nodes[2].components.plugins()["queue:inbox"] == "legacy"
+        assert c.nodes[1].components.plugins()["queue:inbox"] == "backpressure"
+
+
+async def test_an_unknown_flag_is_refused_naming_the_closest() -> None:
+    from framework.errors import BadRequest
+
+    async with cluster() as c, c.client() as client:
+        await c.wait_leader()
+        with pytest.raises(BadRequest, match="backpressure"):
+            await client.flags("set", assignments={"backpresure": True})
+
+
+async def test_a_restarted_node_has_the_cluster_flags_before_it_serves() -> None:
+    async with cluster(**{"raft.snapshot_threshold_entries": 10}) as c, c.client() as client:
+        await c.wait_leader()
+        await client.flags("set", assignments={"backpressure": True})
+        for i in range(30):  # pushes the flag entry into a snapshot
+            await client.put(f"k{i}", "v")
+        victim = 3
+        c.crash(victim)
+        node = await c.start(victim)
+        assert node.flags.current["backpressure"].value is True
+        assert node.components.plugins()["queue:inbox"] == "backpressure"

@@ -125,13 +125,16 @@ async def test_add_and_remove_members_under_writes(cluster: LocalCluster) -> Non
         tg.start_soon(_write_many, cluster, "m", 150, acked)
         async with cluster.client(timeout=20.0) as admin:
             await admin.members("add", fourth.node_id, fourth.address)
-            status = await admin.status(fourth.node_id)
-            assert fourth.node_id in status["voters"]
+            # The leader applied the promotion; the new node applies it soon after.
+            with anyio.fail_after(10):
+                while fourth.node_id not in (await admin.status(fourth.node_id))["voters"]:
+                    await anyio.sleep(0.05)
             await admin.members("remove", 1)
     cluster.stop(1)
     async with cluster.client(timeout=10.0) as client:
-        status = await client.status(fourth.node_id)
-        assert status["voters"] == [2, 3, 4]
+        with anyio.fail_after(10):
+            while (await client.status(fourth.node_id))["voters"] != [2, 3, 4]:
+                await anyio.sleep(0.05)
     await _check_all(cluster, acked)
 
 

@@ -464,3 +464,48 @@ def test_error_replies_round_trip() -> None:
         error=ErrorReply(kind="not_leader", message="ask 2", leader_id=2, leader_address="h:1"),
     )
     assert decode_client_response(encode_frame(response)[4:]) == response
+
+
+def test_the_public_api_is_pinned() -> None:
+    """Changing this list changes the public interface: document it in the README."""
+    import framework.transport
+
+    assert sorted(framework.transport.__all__) == sorted(
+        [
+            "DEFAULT_MAX_FRAME_SIZE",
+            "PROTOCOL",
+            "PROTOCOL_VERSION",
+            "AdminMembers",
+            "AdminTransfer",
+            "ClientRequest",
+            "ClientResponse",
+            "ClientService",
+            "ConnectionLost",
+            "ErrorReply",
+            "FrameDecoder",
+            "Goodbye",
+            "Hello",
+            "KVOp",
+            "LinkFaults",
+            "MemoryClient",
+            "MemoryNetwork",
+            "MemoryTransport",
+            "PeerBatch",
+            "PeerInbox",
+            "ProtocolError",
+            "RequestBody",
+            "StatusRequest",
+            "TcpClientConnection",
+            "TcpTransport",
+            "Transport",
+            "answer_request",
+            "decode_client_request",
+            "decode_client_response",
+            "decode_hello",
+            "decode_peer_batch",
+            "encode_frame",
+            "parse_address",
+        ]
+    )
+    for name in framework.transport.__all__:
+        assert hasattr(framework.transport, name), name

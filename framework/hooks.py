@@ -1,0 +1,168 @@
+"""Every raftmw hook specification: the seams plugins implement.
+
+raftmw uses pluggy (project name ``raftmw``). Plugins are modules or objects with functions
+marked ``@hookimpl``; they are found through the ``raftmw`` entry point group (built-in
+plugins too) and registered by ``framework.plugins.PluginHost``.
+
+Hooks are synchronous and never called per log entry or per message: a factory hook builds
+a component when a node starts or a flag changes, a declaration hook is called once at
+start, and an observer hook is called on a rare event (a role change, a swap).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from framework.config import Settings
+    from framework.flags import Evaluation, FlagSpec
+    from framework.seams import (
+        MessageQueue,
+        MetricsPrimitives,
+        SendGuard,
+        StatusStore,
+        TimeoutPolicy,
+    )
+
+__all__ = ["BuildContext", "hookimpl", "hookspec"]
+
+hookspec = pluggy.HookspecMarker("raftmw")
+hookimpl = pluggy.HookimplMarker("raftmw")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuildContext:
+    """What a factory hook knows when it builds a component."""
+
+    node_id: int
+    settings: Settings
+    flags: Mapping[str, Evaluation]
+    """This node's flag evaluations at build time."""
+
+    def flag(self, name: str) -> bool:
+        """The evaluated value of flag ``name`` (False if no plugin declares it)."""
+        evaluation = self.flags.get(name)
+        return bool(evaluation and evaluation.value)
+
+
+# ===========================================================================================
+# Declarations: called once when the plugin host starts
+# ===========================================================================================
+
+
+@hookspec
+def raftmw_declare_flags() -> Sequence[FlagSpec]:  # type: ignore[empty-body]
+    """Flags this plugin reads, with their defaults.
+
+    Called once at start, on every registered plugin; the results are merged. Declaring the
+    same flag twice with different defaults is an error naming both plugins.
+    """
+
+
+@hookspec
+def raftmw_validate_settings(settings: Settings) -> Sequence[str]:  # type: ignore[empty-body]
+    """Problems with the settings this plugin uses, as messages naming key, value and what
+    was expected. Called once at start, after settings load; any problem stops the node."""
+
+
+@hookspec
+def raftmw_add_cli(group: click.Group) -> None:
+    """Add subcommands to the ``raftmw`` command group. Called once when the CLI starts."""
+
+
+# ===========================================================================================
+# Seams: one component per node each. ``firstresult``: the host asks the implementations in
+# pluggy's order (tryfirst, normal, trylast; later-registered first within a class) and
+# takes the first non-None answer. Two plugins answering at the same priority class is an
+# error naming both. A factory answers None when its flag condition does not hold.
+# The component takes effect at node start, or at the next swap after a flag change.
+# ===========================================================================================
+
+
+@hookspec(firstresult=True)
+def raftmw_make_status_store(ctx: BuildContext) -> StatusStore | None:
+    """Build the node status store (flag ``actors``: RwLock-guarded vs actor)."""
+
+
+@hookspec(firstresult=True)
+def raftmw_make_queue(
+    ctx: BuildContext, name: str, on_shed: Callable[[Any], None]
+) -> MessageQueue[Any] | None:
+    """Build the queue ``name`` between two tasks: ``inbox`` (peer messages to the Ready loop)
+    or ``proposals`` (client writes to the Ready loop). Flag ``backpressure``: unbounded vs
+    bounded with priorities and shedding.
+
+    A queue that drops an item it had accepted (evicted for a higher priority one, or not
+    fitting when taking over a predecessor's items) passes it to ``on_shed`` so its owner
+    learns of it (a client gets ``Overloaded``)."""
+
+
+@hookspec(firstresult=True)
+def raftmw_make_timeouts(ctx: BuildContext) -> TimeoutPolicy | None:
+    """Build the per-operation timeout policy (flag ``adaptive_timeout``: fixed vs adaptive)."""
+
+
+@hookspec(firstresult=True)
+def raftmw_make_send_guard(ctx: BuildContext) -> SendGuard | None:
+    """Build the guard around peer sends (flag ``circuit_breaker``: none vs breakers)."""
+
+
+@hookspec(firstresult=True)
+def raftmw_make_metrics(ctx: BuildContext) -> MetricsPrimitives | None:
+    """Build the metrics primitives (flag ``lock_free``: lock-guarded vs lock-free)."""
+
+
+# ===========================================================================================
+# Observers: called after the event, on the event loop; return values are ignored; an
+# exception is logged and does not affect the node.
+# ===========================================================================================
+
+
+@hookspec
+def raftmw_on_role_change(node_id: int, role: str, term: int, leader: int) -> None:
+    """This node's role or known leader changed."""
+
+
+@hookspec
+def raftmw_on_leader_change(node_id: int, leader: int, term: int) -> None:
+    """This node learned of a new leader (0: none known)."""
+
+
+@hookspec
+def raftmw_on_commit(node_id: int, commit_index: int) -> None:
+    """The commit index advanced (called at most once per Ready, not per entry)."""
+
+
+@hookspec
+def raftmw_on_apply(node_id: int, applied_index: int, entries: int) -> None:
+    """A batch of ``entries`` was applied, up to ``applied_index`` (once per Ready)."""
+
+
+@hookspec
+def raftmw_on_peer_up(node_id: int, peer: int) -> None:
+    """A peer became reachable."""
+
+
+@hookspec
+def raftmw_on_peer_down(node_id: int, peer: int) -> None:
+    """Messages to a peer could not be delivered."""
+
+
+@hookspec
+def raftmw_on_flag_change(
+    node_id: int, flag: str, value: bool, reason: str, source: str, log_index: int | None
+) -> None:
+    """This node's evaluation of ``flag`` changed (cluster entry, override, or start)."""
+
+
+@hookspec
+def raftmw_on_plugin_swap(
+    node_id: int, seam: str, old: str, new: str, ok: bool, error: str | None
+) -> None:
+    """A component swap finished (``ok``) or was aborted (the old one keeps running)."""

@@ -1,0 +1,179 @@
+"""The legacy metrics primitives: dicts and sample lists behind one lock.
+
+Before the plan's lock-free counters, every counter bump and latency sample took the same
+mutex, from the event loop and from worker threads alike, and a snapshot sorted the
+samples while holding it, so a status request stalled every hot path that wanted to count
+something. That single ``threading.Lock`` is counted (`lock_stats`) so the A/B comparison
+can show what it costs. Each histogram keeps its last `HISTOGRAM_WINDOW` samples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping
+from typing import Any, Final
+
+import anyio
+from anyio.abc import TaskStatus
+
+from framework.seams import LockStats
+from legacy.rwlock import CountingThreadLock
+
+__all__ = ["HISTOGRAM_WINDOW", "LockedMetrics"]
+
+HISTOGRAM_WINDOW: Final = 10_000
+"""Samples kept per histogram; percentiles are computed over these."""
+
+
+class _Histogram:
+    __slots__ = ("count", "max", "samples", "sum")
+
+    def __init__(self) -> None:
+        self.samples: deque[float] = deque(maxlen=HISTOGRAM_WINDOW)
+        self.count = 0
+        self.sum = 0.0
+        self.max = -math.inf
+
+    def add(self, value: float) -> None:
+        self.samples.append(value)
+        self.count += 1
+        self.sum += value
+        if value > self.max:
+            self.max = value
+
+    def summary(self) -> dict[str, float]:
+        ordered = sorted(self.samples)
+        return {
+            "count": self.count,
+            "sum": self.sum,
+            "p50": _percentile(ordered, 0.50),
+            "p99": _percentile(ordered, 0.99),
+            "max": self.max,
+        }
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    """Nearest rank: the smallest sample with at least ``q`` of the samples at or below it
+    (NaN without samples, which only a predecessor's state without samples can cause)."""
+    if not ordered:
+        return math.nan
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+class LockedMetrics:
+    """`MetricsPrimitives` with every access under one counted ``threading.Lock``.
+
+    ``snapshot()`` is flat: a counter's name maps to its int, a histogram's to
+    ``{count, sum, p50, p99, max}`` (count, sum and max over every sample recorded,
+    p50 and p99 over the last `HISTOGRAM_WINDOW`). A name is a counter or a histogram, not
+    both: using it as the other raises ``ValueError``.
+
+    State carried across a swap: ``{"counters": {name: int}, "histograms": {name:
+    {"count", "sum", "max", "samples": [...]}}}``; importing adds to what is here.
+    """
+
+    __slots__ = ("_counters", "_histograms", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = CountingThreadLock()
+        self._counters: dict[str, int] = {}
+        self._histograms: dict[str, _Histogram] = {}
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await anyio.sleep_forever()
+
+    def add(self, name: str, value: int = 1) -> None:
+        with self._lock:
+            counter = self._counters.get(name)
+            if counter is None:
+                self._check_unused(name, self._histograms, "a histogram")
+                counter = 0
+            self._counters[name] = counter + value
+
+    def record(self, name: str, value: float) -> None:
+        with self._lock:
+            histogram = self._histograms.get(name)
+            if histogram is None:
+                self._check_unused(name, self._counters, "a counter")
+                histogram = self._histograms[name] = _Histogram()
+            histogram.add(value)
+
+    @staticmethod
+    def _check_unused(name: str, other: Mapping[str, object], kind: str) -> None:
+        if name in other:
+            raise ValueError(f"metric {name!r} is {kind}; use another name")
+
+    def snapshot(self) -> Mapping[str, Any]:
+        with self._lock:
+            # Sorting under the lock is the legacy cost this plugin exists to show.
+            snapshot: dict[str, Any] = dict(self._counters)
+            for name, histogram in self._histograms.items():
+                snapshot[name] = histogram.summary()
+            return snapshot
+
+    def export_state(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "counters": dict(self._counters),
+                "histograms": {
+                    name: {
+                        "count": h.count,
+                        "sum": h.sum,
+                        "max": h.max,
+                        "samples": list(h.samples),
+                    }
+                    for name, h in self._histograms.items()
+                },
+            }
+
+    def import_state(self, state: Any) -> None:
+        if state is None:
+            return
+        if not isinstance(state, Mapping):
+            raise TypeError(f"metrics state must be a mapping, not {type(state).__name__}")
+        counters = state.get("counters", {})
+        histograms = state.get("histograms", {})
+        if not isinstance(counters, Mapping) or not isinstance(histograms, Mapping):
+            raise TypeError('metrics state must hold mappings under "counters" and "histograms"')
+        # Everything is read and checked before anything changes.
+        added = {str(name): _read_count(name, value) for name, value in counters.items()}
+        imported = {str(name): _read_histogram(name, h) for name, h in histograms.items()}
+        with self._lock:
+            clashes = (added.keys() & (self._histograms.keys() | imported.keys())) | (
+                imported.keys() & self._counters.keys()
+            )
+            if clashes:
+                raise ValueError(
+                    f"metrics state: {sorted(clashes)} would be both counters and histograms"
+                )
+            for name, value in added.items():
+                self._counters[name] = self._counters.get(name, 0) + value
+            for name, theirs in imported.items():
+                ours = self._histograms.setdefault(name, _Histogram())
+                ours.samples.extend(theirs.samples)
+                ours.count += theirs.count
+                ours.sum += theirs.sum
+                ours.max = max(ours.max, theirs.max)
+
+    def lock_stats(self) -> LockStats:
+        return self._lock.stats()
+
+
+def _read_count(name: object, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"metrics state: counter {name!r} is {value!r}; expected an int")
+    return value
+
+
+def _read_histogram(name: object, data: object) -> _Histogram:
+    if not isinstance(data, Mapping):
+        raise TypeError(f"metrics state: histogram {name!r} must be a mapping")
+    histogram = _Histogram()
+    samples = [float(v) for v in data.get("samples", ())]
+    histogram.samples.extend(samples)
+    histogram.count = int(data.get("count", len(samples)))
+    histogram.sum = float(data.get("sum", math.fsum(samples)))
+    histogram.max = float(data.get("max", max(samples, default=-math.inf)))
+    return histogram
