@@ -34,6 +34,8 @@ from framework.transport.wire import (
 
 __all__ = ["KVClient", "parse_peers"]
 
+_FLAG_ACTIONS = frozenset({"list", "get", "set", "unset", "history"})
+
 
 class _Connection(Protocol):
     async def request(self, body: RequestBody) -> ClientResponse: ...
@@ -189,11 +191,16 @@ class KVClient:
             name: RolloutWire.from_rollout(value) if isinstance(value, Rollout) else value
             for name, value in (assignments or {}).items()
         }
+        if action not in _FLAG_ACTIONS or scope not in ("cluster", "node"):
+            raise BadRequest(
+                f"flags action={action!r} scope={scope!r}; expected an action in "
+                f"{sorted(_FLAG_ACTIONS)} and scope 'cluster' or 'node'"
+            )
         body = AdminFlags(
-            action=action,
-            scope=scope,
+            action=action,  # type: ignore[arg-type]  # checked just above
+            scope=scope,  # type: ignore[arg-type]
             assignments=wire,
-            names=list(names),  # type: ignore[arg-type]
+            names=list(names),
             reason=reason,
         )
         if node_id is not None:
