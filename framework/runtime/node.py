@@ -63,7 +63,14 @@ from framework.core import (
     VoteResponse,
     decode_conf_change,
 )
-from framework.flags import FlagChange, FlagError, RolloutWire, encode_flag_change, validate_change
+from framework.flags import (
+    Evaluation,
+    FlagChange,
+    FlagError,
+    RolloutWire,
+    encode_flag_change,
+    validate_change,
+)
 from framework.plugins import PluginHost
 from framework.runtime.components import Components
 from framework.runtime.node_flags import NodeFlags
@@ -202,6 +209,8 @@ class RaftNode:
             self.flags.replay_committed(state.entries, state.hard_state.commit)
             async with anyio.create_task_group() as tg:
                 await self.components.start(tg, self.flags.evaluate())
+                for ev in self.flags.current.values():
+                    self._notify_flag(ev)
                 await self._publish_status()
                 self.transport.set_peers(self._peer_addresses())
                 await tg.start(self.transport.serve, self, self)
@@ -823,16 +832,19 @@ class RaftNode:
                 ev.reason,
                 ev.source.name,
             )
-            self.host.notify(
-                "raftmw_on_flag_change",
-                node_id=self.id,
-                flag=ev.flag,
-                value=ev.value,
-                reason=str(ev.reason),
-                source=ev.source.name,
-                log_index=ev.log_index,
-            )
+            self._notify_flag(ev)
         await self.components.reconfigure(evaluations)
+
+    def _notify_flag(self, ev: Evaluation) -> None:
+        self.host.notify(
+            "raftmw_on_flag_change",
+            node_id=self.id,
+            flag=ev.flag,
+            value=ev.value,
+            reason=str(ev.reason),
+            source=ev.source.name,
+            log_index=ev.log_index,
+        )
 
     async def _flags(self, req: AdminFlags) -> dict[str, Any]:
         if req.action in ("set", "unset") and req.scope == "cluster":

@@ -1,0 +1,1 @@
+"""raftmw-audit: an example third-party raftmw plugin (see plugin.py)."""

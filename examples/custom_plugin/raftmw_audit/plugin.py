@@ -1,0 +1,129 @@
+"""An audit log of leadership changes, flag changes and component swaps.
+
+This is a complete raftmw plugin, installed like any third-party one:
+
+- ``pyproject.toml`` registers this module under the ``raftmw`` entry point group;
+- ``raftmw_declare_flags`` declares the ``audit_log`` flag (off by default), so operators
+  turn auditing on per node, for a percentage of nodes, or cluster-wide, like any flag;
+- observer hooks (``raftmw_on_leader_change``, ``raftmw_on_flag_change``,
+  ``raftmw_on_plugin_swap``) write one JSON line per event while the flag is on;
+- ``raftmw_add_cli`` adds ``raftmw audit show``.
+
+Hooks run on the node's event loop, so they must be quick: one short append to a file.
+The file is ``$AUDIT_LOG_PATH`` or ``raftmw-audit.jsonl`` in the working directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from framework.flags import FlagSpec
+from framework.hooks import hookimpl
+
+RAFTMW_TIER = "default"
+RAFTMW_VERSION = "0.1.0"
+
+FLAG = "audit_log"
+
+# Which nodes have auditing on, as told by raftmw_on_flag_change (called at start and on
+# every change). Keyed by node id: one process may run several nodes (tests, embedders).
+_enabled: dict[int, bool] = {}
+
+
+def audit_file() -> Path:
+    return Path(os.environ.get("AUDIT_LOG_PATH", "raftmw-audit.jsonl"))
+
+
+def _write(node_id: int, event: str, **fields: Any) -> None:
+    if not _enabled.get(node_id):
+        return
+    record = {"time": round(time.time(), 6), "node": node_id, "event": event, **fields}
+    with audit_file().open("a", encoding="utf-8") as out:
+        out.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+@hookimpl
+def raftmw_declare_flags() -> list[FlagSpec]:
+    return [
+        FlagSpec(
+            name=FLAG,
+            default=False,
+            description="Write leader changes, flag changes and swaps to an audit file.",
+            owner="audit",
+        )
+    ]
+
+
+@hookimpl
+def raftmw_on_flag_change(
+    node_id: int, flag: str, value: bool, reason: str, source: str, log_index: int | None
+) -> None:
+    if flag == FLAG:
+        if value:
+            _enabled[node_id] = True
+        _write(
+            node_id,
+            "flag",
+            flag=flag,
+            value=value,
+            reason=reason,
+            source=source,
+            log_index=log_index,
+        )
+        if not value:
+            _enabled[node_id] = False
+    else:
+        _write(
+            node_id,
+            "flag",
+            flag=flag,
+            value=value,
+            reason=reason,
+            source=source,
+            log_index=log_index,
+        )
+
+
+@hookimpl
+def raftmw_on_leader_change(node_id: int, leader: int, term: int) -> None:
+    _write(node_id, "leader", leader=leader, term=term)
+
+
+@hookimpl
+def raftmw_on_plugin_swap(
+    node_id: int, seam: str, old: str, new: str, ok: bool, error: str | None
+) -> None:
+    _write(node_id, "swap", seam=seam, old=old, new=new, ok=ok, error=error)
+
+
+@hookimpl
+def raftmw_add_cli(group: click.Group) -> None:
+    @group.group("audit")
+    def audit() -> None:
+        """The audit log written by the raftmw-audit plugin."""
+
+    @audit.command("show")
+    @click.option(
+        "--file",
+        "path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Audit file (default: $AUDIT_LOG_PATH).",
+    )
+    def show(path: Path | None) -> None:
+        """Print the audit log, one event per line."""
+        path = path or audit_file()
+        if not path.exists():
+            raise click.ClickException(f"{path}: no audit log (is the audit_log flag on?)")
+        for line in path.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            rest = ", ".join(
+                f"{k}={v}" for k, v in sorted(record.items()) if k not in ("time", "node", "event")
+            )
+            click.echo(f"node {record['node']} {record['event']}: {rest}")
