@@ -185,6 +185,8 @@ class RaftNode:
         )
         self._flags_changed = False
         self._last_role = ""
+        self._published: tuple[object, ...] = ()
+        self._next_publish = 0.0
         self._reads: list[tuple[bytes, str, _Waiter]] = []
         self._actions: list[Callable[[RawNode], None]] = []
         self._waiting_apply: dict[int, tuple[int, _Waiter]] = {}
@@ -339,7 +341,7 @@ class RaftNode:
                     await self._apply_flag_change()
             if self._flags_changed:  # a node-local override, with no Ready to wait for
                 await self._apply_flag_change()
-            await self._publish_status()
+            await self._publish_status(force=False)
             self._changed.set()
             self._changed = anyio.Event()
 
@@ -709,9 +711,18 @@ class RaftNode:
 
     # == status ===============================================================================
 
-    async def _publish_status(self) -> None:
+    async def _publish_status(self, *, force: bool = True) -> None:
+        """Publish the node status; under load at most once per tick, unless the role,
+        term or leader changed (a status page may be one tick stale, never wrong about
+        who leads)."""
         kernel = self.kernel
         assert kernel is not None
+        now = anyio.current_time()
+        identity = (kernel.role, kernel.term, kernel.leader)
+        if not force and identity == self._published and now < self._next_publish:
+            return
+        self._published = identity
+        self._next_publish = now + self.settings.raft.tick_interval
         st = kernel.status()
         await self.components.status_store.publish(
             NodeStatus(
