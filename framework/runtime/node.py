@@ -713,12 +713,13 @@ class RaftNode:
 
     async def _publish_status(self, *, force: bool = True) -> None:
         """Publish the node status; under load at most once per tick, unless the role,
-        term or leader changed (a status page may be one tick stale, never wrong about
-        who leads)."""
+        term, leader, membership or snapshot changed (commit and applied indexes on a
+        status page may be one tick stale; who leads and who is a member never are)."""
         kernel = self.kernel
         assert kernel is not None
         now = anyio.current_time()
-        identity = (kernel.role, kernel.term, kernel.leader)
+        identity = (kernel.role, kernel.term, kernel.leader, kernel.conf_state,
+                    kernel.snapshot.meta.index)
         if not force and identity == self._published and now < self._next_publish:
             return
         self._published = identity

@@ -61,11 +61,22 @@ def test_sigint_shuts_a_node_down_cleanly(live: LocalCluster) -> None:
     assert proc.wait(timeout=10) == 0
 
 
+def _wait_listening(port: int) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"node on port {port} never listened"
+            time.sleep(0.05)
+
+
 def test_a_data_dir_of_another_node_is_refused(tmp_path: Path) -> None:
     (port,) = free_ports(1)
     data = tmp_path / "d"
     first = subprocess.Popen(_node_cmd(1, data, port), stderr=subprocess.PIPE)
-    time.sleep(1.0)  # let it stamp the directory; then stop it cleanly
+    _wait_listening(port)  # it stamped the directory; now stop it cleanly
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=10) == 0
     out = subprocess.run(_node_cmd(2, data, port), capture_output=True, text=True, timeout=30)
@@ -77,7 +88,7 @@ def test_a_corrupt_database_stops_the_node_naming_the_file(tmp_path: Path) -> No
     (port,) = free_ports(1)
     data = tmp_path / "d"
     first = subprocess.Popen(_node_cmd(1, data, port), stderr=subprocess.PIPE)
-    time.sleep(1.0)
+    _wait_listening(port)
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=10) == 0
     db = data / "raft.db"
