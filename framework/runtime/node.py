@@ -32,6 +32,7 @@ import os
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import anyio
@@ -184,8 +185,12 @@ class RaftNode:
             self.host, node_id=self.id, settings=self.settings, on_shed=self._on_shed
         )
         self._flags_changed = False
+        self._flag_waiters: list[anyio.Event] = []
+        """Node-local flag requests waiting for their re-evaluation (and swap) to finish."""
         self._last_role = ""
         self._published: tuple[object, ...] = ()
+        self._settlements: list[Callable[[], None]] = []
+        """Answers to writers, released after the Ready's status is published."""
         self._next_publish = 0.0
         self._reads: list[tuple[bytes, str, _Waiter]] = []
         self._actions: list[Callable[[RawNode], None]] = []
@@ -421,6 +426,13 @@ class RaftNode:
                 self._fail_not_leader(entry[1], kernel.leader)
         kernel.advance(rd)
         self._serve_reads()
+        if self._settlements:
+            # Writers are answered once the status they may read next reflects their write
+            # (a membership change, say): publish first, then settle.
+            await self._publish_status(force=False)
+            settlements, self._settlements = self._settlements, []
+            for settle in settlements:
+                settle()
         await self._maybe_snapshot(kernel)
 
     def _persist(self, rd: Ready) -> None:
@@ -446,15 +458,21 @@ class RaftNode:
                 if pending is not None:
                     term, waiter = pending
                     if term == entry.term:
-                        _answer(waiter, result)
+                        self._settlements.append(partial(_answer, waiter, result))
                     else:
-                        waiter.fail("retry", "leadership changed before the write committed")
+                        self._settlements.append(
+                            partial(
+                                waiter.fail,
+                                "retry",
+                                "leadership changed before the write committed",
+                            )
+                        )
         if self._apply_watchers:
             applied = entries[-1].index
             keep = []
             for index, waiter in self._apply_watchers:
                 if index <= applied:
-                    waiter.succeed(None)
+                    self._settlements.append(partial(waiter.succeed, None))
                 else:
                     keep.append((index, waiter))
             self._apply_watchers = keep
@@ -718,8 +736,13 @@ class RaftNode:
         kernel = self.kernel
         assert kernel is not None
         now = anyio.current_time()
-        identity = (kernel.role, kernel.term, kernel.leader, kernel.conf_state,
-                    kernel.snapshot.meta.index)
+        identity = (
+            kernel.role,
+            kernel.term,
+            kernel.leader,
+            kernel.conf_state,
+            kernel.snapshot.meta.index,
+        )
         if not force and identity == self._published and now < self._next_publish:
             return
         self._published = identity
@@ -830,6 +853,14 @@ class RaftNode:
 
     async def _apply_flag_change(self) -> None:
         self._flags_changed = False
+        waiters, self._flag_waiters = self._flag_waiters, []
+        try:
+            await self._reevaluate_flags()
+        finally:
+            for done in waiters:
+                done.set()
+
+    async def _reevaluate_flags(self) -> None:
         before = dict(self.flags.current)
         evaluations = self.flags.evaluate()
         changed = self.flags.changed(before)
@@ -883,9 +914,11 @@ class RaftNode:
                     self.flags.unset_overrides(req.names)
             except FlagError as exc:
                 raise _Refused(ErrorReply(kind="bad_request", message=str(exc))) from None
+            done = anyio.Event()
+            self._flag_waiters.append(done)
             self._flags_changed = True
             self._wake.set()
-            await self._changed.wait()
+            await done.wait()
         return {
             "node_id": self.id,
             "flags": self._flag_table(),

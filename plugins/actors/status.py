@@ -28,10 +28,11 @@ mailbox's high-water mark instead.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import anyio
 from anyio.abc import TaskStatus
+from anyio.lowlevel import checkpoint_if_cancelled
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from framework.seams import LockStats, NodeStatus
@@ -44,7 +45,7 @@ __all__ = [
     "MAILBOX_CAPACITY",
     "NodeStatusActor",
     "StatusActorStats",
-    "publish_timeout",
+    "publish_timeout_from",
 ]
 
 MAILBOX_CAPACITY: Final = 1024
@@ -52,7 +53,7 @@ MAILBOX_CAPACITY: Final = 1024
 
 Fixed rather than ``performance.backpressure.max_pending`` (10000 and more), which sizes
 queues of peer messages and client requests. The status has one regular writer, the Ready
-loop, which publishes once per Ready and waits for the acknowledgement, so the mailbox
+loop, which publishes at most once per Ready and waits for the acknowledgement, so the mailbox
 rarely holds more than one request; 1024 leaves ample room for extra writers (admin
 tools, tests) while bounding what a stalled actor can accumulate.
 """
@@ -61,7 +62,7 @@ DEFAULT_PUBLISH_TIMEOUT: Final = 1.0
 """Seconds a publish may take when ``performance.timeouts.raft_message`` is not set."""
 
 
-def publish_timeout(settings: Settings) -> float:
+def publish_timeout_from(settings: Settings) -> float:
     """How long a publish may wait: the ``raft_message`` base timeout, else one second.
 
     A publish is part of handling a Ready, so it gets the budget of a Raft message.
@@ -157,8 +158,13 @@ class NodeStatusActor:
 
     @classmethod
     def from_settings(cls, node_id: int, settings: Settings) -> NodeStatusActor:
-        """The actor as the plugin builds it: publishes bounded by `publish_timeout`."""
-        return cls(node_id, publish_timeout=publish_timeout(settings))
+        """The actor as the plugin builds it: publishes bounded by `publish_timeout_from`."""
+        return cls(node_id, publish_timeout=publish_timeout_from(settings))
+
+    @property
+    def publish_timeout(self) -> float:
+        """Seconds a ``publish`` may take before it raises `TimeoutError`."""
+        return self._publish_timeout
 
     def __repr__(self) -> str:
         return f"<{self.name}>"
@@ -213,7 +219,7 @@ class NodeStatusActor:
         `RuntimeError` naming the actor when the actor stopped before applying it.
         """
         if self._stopped:
-            raise self._stopped_error()
+            await self._refuse()
         mailbox, _ = self._streams()
         request = _Publish(status)
         self._pending.add(request)
@@ -223,14 +229,15 @@ class NodeStatusActor:
                 try:
                     await mailbox.send(request)
                 except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    raise self._stopped_error() from None
-                queued = True
-                await request.done.wait()
+                    request.failed = True  # the actor closed the mailbox as it stopped
+                else:
+                    queued = True
+                    await request.done.wait()
         finally:
             self._pending.discard(request)
-        if request.done.is_set():  # applied, or failed, even if the deadline struck too
-            if request.failed:
-                raise self._stopped_error()
+        if request.failed:
+            await self._refuse()
+        if request.done.is_set():  # applied, even if the deadline struck too
             return
         assert deadline.cancelled_caught  # nothing else leaves the scope without `done`
         raise self._timeout_error(queued)
@@ -279,8 +286,12 @@ class NodeStatusActor:
             waiting_publishers=waiting,
         )
 
-    def _stopped_error(self) -> RuntimeError:
-        return RuntimeError(
+    async def _refuse(self) -> NoReturn:
+        """Fail a publish because the actor stopped, unless the publisher is itself being
+        cancelled: when a node shuts down, its actor and the task publishing to it are
+        cancelled together, and that publisher must see its cancellation, not an error."""
+        await checkpoint_if_cancelled()
+        raise RuntimeError(
             f"{self.name} is stopped (its run task was cancelled); the status was not published"
         )
 
