@@ -64,30 +64,14 @@ def raftmw_declare_flags() -> list[FlagSpec]:
 def raftmw_on_flag_change(
     node_id: int, flag: str, value: bool, reason: str, source: str, log_index: int | None
 ) -> None:
-    if flag == FLAG:
-        if value:
-            _enabled[node_id] = True
-        _write(
-            node_id,
-            "flag",
-            flag=flag,
-            value=value,
-            reason=reason,
-            source=source,
-            log_index=log_index,
-        )
-        if not value:
-            _enabled[node_id] = False
-    else:
-        _write(
-            node_id,
-            "flag",
-            flag=flag,
-            value=value,
-            reason=reason,
-            source=source,
-            log_index=log_index,
-        )
+    # Turning auditing on is the first record written; turning it off, the last.
+    if flag == FLAG and value:
+        _enabled[node_id] = True
+    _write(
+        node_id, "flag", flag=flag, value=value, reason=reason, source=source, log_index=log_index
+    )
+    if flag == FLAG and not value:
+        _enabled[node_id] = False
 
 
 @hookimpl
