@@ -41,10 +41,21 @@ def _parse_flag(text: str) -> tuple[str, Any]:
         raise click.BadParameter(str(exc)) from None
 
 
-def _settings(profile: str, files: Sequence[str], flags: Sequence[str]) -> Settings:
+def _settings(
+    profile: str,
+    files: Sequence[str],
+    flags: Sequence[str],
+    *,
+    blocked: Sequence[str] = (),
+    enabled: Sequence[str] = (),
+) -> Settings:
     from framework.config import Rollout
 
     overrides: dict[str, object] = {}
+    if blocked:
+        overrides["plugins.blocked"] = list(blocked)
+    if enabled:
+        overrides["plugins.enabled"] = list(enabled)
     for name, value in map(_parse_flag, flags):
         if isinstance(value, Rollout):
             value = {
@@ -107,6 +118,12 @@ def main(verbose: int) -> None:
     is_flag=True,
     help="Join an existing cluster (wait to be added) instead of bootstrapping.",
 )
+@click.option(
+    "--plugin",
+    "plugin_args",
+    multiple=True,
+    help="no:NAME blocks plugin NAME; NAME enables an optional one (repeatable).",
+)
 def node(
     node_id: int,
     listen: str,
@@ -117,6 +134,7 @@ def node(
     flags: tuple[str, ...],
     cluster_id: str,
     join: bool,
+    plugin_args: tuple[str, ...],
 ) -> None:
     """Run one node until SIGTERM or SIGINT, then shut down cleanly (exit 0)."""
     from framework.runtime.node import NodeConfig, RaftNode
@@ -124,7 +142,9 @@ def node(
     from framework.storage.sqlite import SQLiteLogStore
     from framework.transport.tcp import TcpTransport
 
-    settings = _settings(profile, settings_files, flags)
+    blocked = [p.removeprefix("no:") for p in plugin_args if p.startswith("no:")]
+    enabled = [p for p in plugin_args if not p.startswith("no:")]
+    settings = _settings(profile, settings_files, flags, blocked=blocked, enabled=enabled)
     members = _peers(peers)
     if members.get(node_id, listen) != listen:
         raise click.BadParameter(
@@ -164,10 +184,32 @@ def node(
 
     try:
         run_async(serve)
-    except StorageError as exc:
-        raise click.ClickException(f"node {node_id}: {exc}") from None
-    except OSError as exc:
-        raise click.ClickException(f"node {node_id} cannot listen on {listen}: {exc}") from None
+    except BaseException as exc:
+        problem = _start_failure(exc)
+        if problem is None:
+            raise
+        if isinstance(problem, OSError) and not isinstance(problem, StorageError):
+            raise click.ClickException(
+                f"node {node_id} cannot listen on {listen}: {problem}"
+            ) from None
+        raise click.ClickException(f"node {node_id}: {problem}") from None
+
+
+def _start_failure(exc: BaseException) -> Exception | None:
+    """The user-facing error inside ``exc`` (task groups wrap errors in groups), if any."""
+    from framework.flags import FlagError
+    from framework.plugins import PluginError
+    from framework.storage import StorageError
+
+    known = (StorageError, PluginError, FlagError, SettingsError, OSError)
+    if isinstance(exc, known):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _start_failure(inner)
+            if found is not None:
+                return found
+    return None
 
 
 # -- kv --------------------------------------------------------------------------------------

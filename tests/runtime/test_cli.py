@@ -216,3 +216,49 @@ def test_demo_runs_and_checks_its_writes(tmp_path: Path) -> None:
     verified = next(line for line in out.stdout.splitlines() if line.startswith("verified:"))
     got, total = verified.split()[1].split("/")
     assert got == total and int(total) > 0
+
+
+def test_flags_commands_against_a_live_cluster(live: LocalCluster) -> None:
+    runner = CliRunner()
+    peers = ["--peers", live.peers_arg()]
+    listed = runner.invoke(main, ["flags", "list", "--json", *peers])
+    assert listed.exit_code == 0, listed.output
+    before = json.loads(listed.output)
+    assert before["1"]["flags"]["backpressure"]["source"] == "PLUGIN_DEFAULT"
+    changed = runner.invoke(
+        main, ["flags", "set", "backpressure=on", "--reason", "stage 1", *peers]
+    )
+    assert changed.exit_code == 0, changed.output
+    after = json.loads(runner.invoke(main, ["flags", "list", "--json", *peers]).output)
+    indexes = {after[n]["flags"]["backpressure"]["log_index"] for n in ("1", "2", "3")}
+    assert len(indexes) == 1 and None not in indexes  # same log index on every node
+    assert {after[n]["flags"]["backpressure"]["source"] for n in after} == {"CLUSTER"}
+    override = runner.invoke(main, ["flags", "set", "backpressure=off", "--node", "2", *peers])
+    assert override.exit_code == 0, override.output
+    got = json.loads(runner.invoke(main, ["flags", "get", "backpressure", "--json", *peers]).output)
+    assert got["2"]["backpressure"]["reason"] == "OVERRIDE"
+    assert got["1"]["backpressure"]["value"] is True
+    history = runner.invoke(main, ["flags", "history", *peers])
+    assert "backpressure=True" in history.output and "stage 1" in history.output
+    unknown = runner.invoke(main, ["flags", "set", "backpresure=on", *peers])
+    assert unknown.exit_code != 0 and "backpressure" in unknown.output
+    plugins = runner.invoke(main, ["plugins", "--json", *peers])
+    assert plugins.exit_code == 0, plugins.output
+    report = json.loads(plugins.output)
+    assert report["nodes"]["1"]["queue:inbox"] == "backpressure"
+    assert report["nodes"]["2"]["queue:inbox"] == "legacy"
+    names = {p["name"]: p for p in report["plugins"]}
+    assert names["legacy"]["tier"] == "essential"
+    assert "backpressure" in names["backpressure"]["flags"]
+
+
+def test_blocking_a_plugin_at_start_is_checked(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    out = subprocess.run(
+        [*_node_cmd(1, tmp_path / "d", port), "--plugin", "no:legacy"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode != 0
+    assert "legacy" in out.stderr and "essential" in out.stderr
