@@ -718,7 +718,10 @@ class Simulation:
         self._log("heal: faults stop")
         self.faulty = False
         self.network.set_partition(Partition.none())
-        self.network.faults = LinkFaults(min_delay=1, max_delay=self.network.faults.max_delay)
+        # Raft is live only when a round trip is well under the election timeout (§5.6:
+        # broadcastTime << electionTimeout); long delays are a fault that stops here too.
+        calm = max(1, min(self.network.faults.max_delay, self.options.election_tick // 4))
+        self.network.faults = LinkFaults(min_delay=1, max_delay=calm)
         for node in self.nodes.values():
             node.crash_in_ready = ""
             if node.kernel is None and not node.removed:
