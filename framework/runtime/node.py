@@ -185,6 +185,8 @@ class RaftNode:
             self.host, node_id=self.id, settings=self.settings, on_shed=self._on_shed
         )
         self._flags_changed = False
+        self._down_peers: set[int] = set()
+        """Peers reported unreachable and not heard from since (for peer up/down hooks)."""
         self._flag_waiters: list[anyio.Event] = []
         """Node-local flag requests waiting for their re-evaluation (and swap) to finish."""
         self._last_role = ""
@@ -295,11 +297,20 @@ class RaftNode:
             except QueueFull:
                 # Raft retransmits what is lost; shedding here protects the node.
                 self.dropped_messages += 1
+        if messages:
+            peer = messages[0].src
+            if peer in self._down_peers:
+                self._down_peers.discard(peer)
+                self.components.send_guard.record(peer, ok=True)
+                self.host.notify("raftmw_on_peer_up", node_id=self.id, peer=peer)
         self._wake.set()
 
     def peer_unreachable(self, node_id: int) -> None:
         self._unreachable.add(node_id)
         self.components.send_guard.record(node_id, ok=False)
+        if node_id not in self._down_peers:
+            self._down_peers.add(node_id)
+            self.host.notify("raftmw_on_peer_down", node_id=self.id, peer=node_id)
         self._wake.set()
 
     def _send(self, messages: Sequence[Message]) -> None:
@@ -397,6 +408,8 @@ class RaftNode:
             for _, waiter in batch:
                 waiter.fail("overloaded", str(exc))
             return
+        self.components.metrics.add("proposals", len(indexes))
+        self.components.metrics.record("proposal_batch", len(indexes))
         term = kernel.term
         for index, (_, waiter) in zip(indexes, batch, strict=False):
             self._waiting_apply[index] = (term, waiter)
@@ -414,8 +427,20 @@ class RaftNode:
             await anyio.to_thread.run_sync(self._restore, rd.snapshot.data)
             self.transport.set_peers(self._peer_addresses())
             log.info("node %d installed a snapshot at index %d", self.id, rd.snapshot.meta.index)
+        metrics = self.components.metrics
+        if rd.entries:
+            metrics.add("entries_persisted", len(rd.entries))
         if rd.committed_entries:
             self._apply(rd.committed_entries)
+            last = rd.committed_entries[-1].index
+            metrics.add("entries_applied", len(rd.committed_entries))
+            self.host.notify("raftmw_on_commit", node_id=self.id, commit_index=kernel.log.committed)
+            self.host.notify(
+                "raftmw_on_apply",
+                node_id=self.id,
+                applied_index=last,
+                entries=len(rd.committed_entries),
+            )
         if rd.soft_state is not None:
             self._on_soft_state(kernel, rd)
         if rd.read_states:
@@ -775,7 +800,10 @@ class RaftNode:
                 term=st.term,
                 leader=st.leader,
             )
+            if st.role is Role.LEADER:
+                self.components.metrics.add("elections_won")
             if previous_leader != str(st.leader):
+                self.components.metrics.add("leader_changes")
                 self.host.notify(
                     "raftmw_on_leader_change", node_id=self.id, leader=st.leader, term=st.term
                 )

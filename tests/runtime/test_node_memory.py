@@ -349,3 +349,33 @@ async def test_a_restarted_node_has_the_cluster_flags_before_it_serves() -> None
         node = await c.start(victim)
         assert node.flags.current["backpressure"].value is True
         assert node.components.plugins()["queue:inbox"] == "backpressure"
+
+
+async def test_observer_hooks_and_metrics_see_the_node_work() -> None:
+    from framework.hooks import hookimpl
+
+    events: list[tuple[str, int]] = []
+
+    class Observer:
+        @hookimpl
+        def raftmw_on_commit(self, node_id: int, commit_index: int) -> None:
+            events.append(("commit", node_id))
+
+        @hookimpl
+        def raftmw_on_apply(self, node_id: int, applied_index: int, entries: int) -> None:
+            events.append(("apply", node_id))
+
+        @hookimpl
+        def raftmw_on_leader_change(self, node_id: int, leader: int, term: int) -> None:
+            events.append(("leader", node_id))
+
+    async with cluster() as c, c.client() as client:
+        for node in c.nodes.values():
+            node.host.pm.register(Observer(), name=f"observer{node.id}")
+        leader = await c.wait_leader()
+        await client.put("o", "1")
+        await client.put("o", "2")
+        metrics = (await c.nodes[leader].status())["performance"]["metrics"]
+    assert ("commit", leader) in events and ("apply", leader) in events
+    assert metrics["proposals"] >= 2 and metrics["entries_applied"] >= 2
+    assert metrics["proposal_batch"]["count"] >= 1
