@@ -23,8 +23,10 @@ if TYPE_CHECKING:
     from framework.config import Settings
     from framework.flags import Evaluation, FlagSpec
     from framework.seams import (
+        ConnectionPool,
         MessageQueue,
         MetricsPrimitives,
+        PeerDialer,
         SendGuard,
         StatusStore,
         TimeoutPolicy,
@@ -116,6 +118,17 @@ def raftmw_make_send_guard(ctx: BuildContext) -> SendGuard | None:
 @hookspec(firstresult=True)
 def raftmw_make_metrics(ctx: BuildContext) -> MetricsPrimitives | None:
     """Build the metrics primitives (flag ``lock_free``: lock-guarded vs lock-free)."""
+
+
+@hookspec(firstresult=True)
+def raftmw_make_connection_pool(ctx: BuildContext, dialer: PeerDialer) -> ConnectionPool | None:
+    """Build the pool of connections this node dials to its higher-id peers (flag
+    ``actors``: one lock around every connection vs one task per peer).
+
+    ``dialer`` is the transport's: the pool dials and encodes through it and reports lost
+    messages to it. Only built for a transport that keeps connections (TCP); a node on the
+    in-memory network has no pool. The factory must only construct: the pool starts dialling
+    when its ``run`` has started and the transport has given it the address book."""
 
 
 # ===========================================================================================

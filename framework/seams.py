@@ -11,8 +11,8 @@ closes the old one (``framework.runtime.components``). So every component:
   (queued items, per-peer breaker states, RTT estimates, counters).
 
 The hot paths call components synchronously where they can (``put_nowait``, ``allow``,
-``timeout``); only the status store is awaited, because reading it is what the plan's
-``RwLock`` vs actor comparison is about.
+``timeout``, ``send``); only the status store is awaited, because reading it is what the
+plan's ``RwLock`` vs actor comparison is about.
 """
 
 from __future__ import annotations
@@ -20,19 +20,28 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from anyio.abc import TaskStatus
 
 from framework.errors import Overloaded
 
+if TYPE_CHECKING:
+    from framework.core import Message
+
 __all__ = [
     "SEAMS",
     "Component",
+    "ConnectionPool",
     "LockStats",
     "MessageQueue",
     "MetricsPrimitives",
     "NodeStatus",
+    "PeerConnection",
+    "PeerDialer",
+    "PeerLinkStats",
+    "PoolStats",
+    "PooledTransport",
     "Priority",
     "QueueFull",
     "QueueStats",
@@ -43,7 +52,14 @@ __all__ = [
 
 T = TypeVar("T")
 
-SEAMS: tuple[str, ...] = ("status_store", "queue", "timeouts", "send_guard", "metrics")
+SEAMS: tuple[str, ...] = (
+    "status_store",
+    "queue",
+    "timeouts",
+    "send_guard",
+    "metrics",
+    "connection_pool",
+)
 """Seam names, as used by factory hooks, ``raftmw plugins`` and swap reports."""
 
 
@@ -212,4 +228,158 @@ class MetricsPrimitives(Component, Protocol):
 
     def snapshot(self) -> Mapping[str, Any]:
         """Counters as ints; histograms as {count, sum, p50, p99, max}."""
+        ...
+
+
+# -- the peer connection pool -----------------------------------------------------------------
+#
+# Which connections are the pool's: TCP keeps one connection per peer pair and the node with
+# the lower id dials (``framework.transport.tcp``, rule 1). The pool owns the *dialled*
+# connections, those to peers with a higher id than this node: it dials them, redials them,
+# queues the messages for them and writes them. The transport keeps the rest:
+#
+# - the accept side. A peer with a lower id dials this node, and the transport writes this
+#   node's messages to it on that accepted connection, through its own per-peer queue and
+#   writer task, as before. An accepted connection cannot be re-established from this end
+#   (only the lower id dials), so a pool that owned it could only close it: a pool swap
+#   would cut every link from lower ids until those peers noticed and redialled.
+# - the read side of dialled connections. Both directions share a connection, so the peer's
+#   messages arrive on the connection the pool dialled; the transport reads them in a task
+#   of its own (started by ``PeerDialer.dial``) and delivers them to the node. The pool only
+#   writes, which is all the plan's lock contention is about.
+#
+# Connections are never moved between pools: at a swap the new pool dials afresh (the peer
+# replaces its older connection with the newer one) and the old pool closes its own when its
+# ``run`` is cancelled. Only the queued messages move (``export_state``).
+
+
+@runtime_checkable
+class PeerConnection(Protocol):
+    """One established connection to a peer, dialled and handshaken by a `PeerDialer`.
+
+    The transport reads the peer's messages from it; its owner (a pool) writes and closes it.
+    """
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is closed, by either end; it never reopens."""
+        ...
+
+    async def send_frames(self, frames: Sequence[bytes]) -> None:
+        """Write whole frames, in order. Raises ``OSError`` (``ConnectionLost``) if the
+        connection is or becomes dead; a write cancelled part-way closes the connection,
+        since half a frame on the wire poisons everything after it."""
+        ...
+
+    async def wait_closed(self) -> None:
+        """Return once the connection is closed (by either end)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Close the connection and return once its socket is released. Idempotent, and
+        finishes even in a cancelled scope (it shields itself), so it is safe in cleanup."""
+        ...
+
+
+class PeerDialer(Protocol):
+    """What a transport gives its connection pool: how to reach a peer, how messages become
+    frames, and whom to tell when messages are lost."""
+
+    async def dial(self, peer: int, address: str) -> PeerConnection:
+        """Connect to ``peer`` at ``address`` and shake hands, each step bounded by the
+        transport's connect timeout. Raises ``OSError`` when the peer cannot be reached:
+        refused, timed out, the handshake refused or not answered, or the transport is not
+        serving, or no longer dials ``peer`` at ``address``. On success the transport is
+        already reading the connection; the caller owns it and must ``aclose`` it. If the
+        connection later fails (the peer closes it, a write fails) the transport reports
+        ``peer`` unreachable; closing it with ``aclose`` is not a failure."""
+        ...
+
+    def encode(self, peer: int, messages: Sequence[Message]) -> list[bytes]:
+        """The frames that carry ``messages`` to ``peer``: one if they fit in the peer's
+        frame size limit, more if not; a message too big for any frame is dropped and
+        ``peer`` reported unreachable."""
+        ...
+
+    def unreachable(self, peer: int) -> None:
+        """Tell Raft that messages to ``peer`` were lost (``PeerInbox.peer_unreachable``)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerLinkStats:
+    """One peer as its pool sees it."""
+
+    peer: int
+    address: str
+    state: str
+    """``connected``, ``connecting`` (a dial is in flight), ``backoff`` (waiting to redial
+    after a failure), ``idle`` (not connected and no dial due yet) or ``restarting`` (the
+    peer's task crashed and waits to restart)."""
+    queued: int
+    """Messages waiting to be written."""
+    dial_attempts: int
+    dropped: int
+    """Messages dropped: no connection, queue full, or lost with a failed connection."""
+    restarts: int = 0
+    """Times the peer's task was restarted after a crash (pools that supervise tasks)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PoolStats:
+    connections_open: int
+    queued: int
+    dial_attempts: int
+    dropped: int
+    peers: Mapping[int, PeerLinkStats] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ConnectionPool(Component, Protocol):
+    """The connections this node dials (to peers with a higher id) and the messages waiting
+    for them. Built with the transport's `PeerDialer`; the transport routes every message
+    for a higher-id peer to ``send``.
+
+    Duties of every implementation (``tests/plugins/test_connection_pool_contract.py``):
+
+    - ``send`` never blocks and never raises for a down peer; messages a peer cannot be
+      given (unknown peer, no connection, queue full, connection lost under them) are
+      dropped and the peer reported through ``PeerDialer.unreachable``;
+    - messages queued for one peer are written in order, coalesced: everything queued when
+      the writer comes round goes out together (``PeerDialer.encode``, one frame if it fits);
+    - every peer in the address book is kept connected (a peer with a higher id can only
+      reach this node over the connection this node dials) and redialled with backoff after
+      a failed dial; a connection that closes under the pool is redialled (the transport,
+      which sees the failure first, reports it: see ``PeerDialer.dial``);
+    - ``run`` cancelled: every connection closed (``aclose``) and every task ended.
+
+    Swap state (``export_state``/``import_state``): ``dict[int, list[Message]]``, the
+    messages queued per peer, in order; export *moves* them out. Connections do not move.
+    """
+
+    def set_peers(self, addresses: Mapping[int, str]) -> None:
+        """Replace the address book of peers to dial: new peers are dialled, removed ones
+        closed (their queued messages dropped, unreported), a changed address redialled."""
+        ...
+
+    def send(self, peer: int, messages: Sequence[Message]) -> None:
+        """Queue ``messages`` for ``peer``, in order; never blocks."""
+        ...
+
+    def stats(self) -> PoolStats: ...
+
+
+@runtime_checkable
+class PooledTransport(Protocol):
+    """A transport whose dialled connections are kept by a `ConnectionPool` (TCP is one;
+    the in-memory network has no connections and is not). The node builds the pool from
+    ``dialer`` and hands every pool it starts, or swaps in, to ``use_pool``."""
+
+    @property
+    def dialer(self) -> PeerDialer: ...
+
+    def use_pool(self, pool: ConnectionPool) -> None:
+        """Route dialled traffic through ``pool`` from now on (its ``run`` is started by
+        whoever built it). Called with no await between the predecessor's state moving into
+        ``pool`` and the predecessor being cancelled, so no message slips between them."""
         ...

@@ -2,11 +2,13 @@
 
 They keep the seed's problems on purpose (a read-write lock on the node status, one
 unbounded queue with no priorities, fixed timeouts, no circuit breakers, metrics behind one
-mutex) and are correct, so an A/B run can compare them with the new plugins. The pluggy
-plugin module is `legacy.plugin`, registered by entry point like any other plugin.
+mutex, peer connections behind one lock that is held while connecting) and are correct, so
+an A/B run can compare them with the new plugins. The pluggy plugin module is
+`legacy.plugin`, registered by entry point like any other plugin.
 """
 
 from legacy.metrics import HISTOGRAM_WINDOW, LockedMetrics
+from legacy.pool import LockedConnectionPool
 from legacy.queue import UnboundedQueue
 from legacy.rwlock import CountingLock, CountingThreadLock, RWLock
 from legacy.send_guard import NoGuard
@@ -18,6 +20,7 @@ __all__ = [
     "CountingLock",
     "CountingThreadLock",
     "FixedTimeouts",
+    "LockedConnectionPool",
     "LockedMetrics",
     "LockedNodeStatus",
     "NoGuard",

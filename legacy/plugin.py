@@ -15,8 +15,17 @@ from __future__ import annotations
 from typing import Any, Final
 
 from framework.hooks import BuildContext, hookimpl
-from framework.seams import MessageQueue, MetricsPrimitives, SendGuard, StatusStore, TimeoutPolicy
+from framework.seams import (
+    ConnectionPool,
+    MessageQueue,
+    MetricsPrimitives,
+    PeerDialer,
+    SendGuard,
+    StatusStore,
+    TimeoutPolicy,
+)
 from legacy.metrics import LockedMetrics
+from legacy.pool import LockedConnectionPool
 from legacy.queue import UnboundedQueue
 from legacy.send_guard import NoGuard
 from legacy.status import LockedNodeStatus
@@ -48,3 +57,19 @@ def raftmw_make_send_guard(ctx: BuildContext) -> SendGuard | None:
 @hookimpl(trylast=True)
 def raftmw_make_metrics(ctx: BuildContext) -> MetricsPrimitives | None:
     return None if ctx.flag("lock_free") else LockedMetrics()
+
+
+@hookimpl(trylast=True)
+def raftmw_make_connection_pool(ctx: BuildContext, dialer: PeerDialer) -> ConnectionPool | None:
+    if ctx.flag("actors"):
+        return None
+    transport = ctx.settings.transport
+    snapshot = ctx.settings.performance.timeouts.get("snapshot")
+    return LockedConnectionPool(
+        dialer,
+        connect_timeout=transport.connect_timeout,
+        # The longest fixed per-message bound: a write may carry a snapshot.
+        write_timeout=snapshot.base_timeout if snapshot is not None else 10.0,
+        backoff_min=transport.reconnect_backoff_min,
+        backoff_max=transport.reconnect_backoff_max,
+    )

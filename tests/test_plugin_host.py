@@ -150,4 +150,5 @@ def test_installed_plugins_are_found_by_entry_point() -> None:
         "timeouts",
         "send_guard",
         "metrics",
+        "connection_pool",
     }

@@ -18,6 +18,12 @@ which plugin would build each slot now; where that differs from the running one 
 Every outcome is reported: the log, ``swaps`` (for status pages), and the
 ``raftmw_on_plugin_swap`` observer hook. The Ready loop calls ``reconfigure`` between two
 Ready iterations, so the kernel never sees a half-swapped node.
+
+The ``connection_pool`` slot exists only when the node's transport keeps connections (a
+``PooledTransport``, like TCP; the in-memory network has none). Its factory gets the
+transport's ``dialer``, and every pool installed in the slot, at start or by a swap, is
+handed to the transport (``use_pool``) in step 3, with no await between the state moving
+and the transport switching, so every message the node sends lands in exactly one pool.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import anyio.abc
 
 from framework.hooks import BuildContext
 from framework.plugins import PluginError, PluginHost
-from framework.seams import LockStats
+from framework.seams import LockStats, PooledTransport
 
 __all__ = ["Components", "SwapReport"]
 
@@ -47,6 +53,8 @@ SLOTS: tuple[tuple[str, str], ...] = (
     ("send_guard", ""),
     ("metrics", ""),
 )
+POOL_SLOT: tuple[str, str] = ("connection_pool", "")
+"""Added to ``SLOTS`` for a node whose transport keeps connections (``PooledTransport``)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -74,11 +82,16 @@ class Components:
         node_id: int,
         settings: Any,
         on_shed: Callable[[str, Any], None],
+        transport: object = None,
     ) -> None:
         self.host = host
         self.node_id = node_id
         self.settings = settings
         self._on_shed = on_shed
+        self._pooled = transport if isinstance(transport, PooledTransport) else None
+        self.slots: tuple[tuple[str, str], ...] = (
+            SLOTS if self._pooled is None else (*SLOTS, POOL_SLOT)
+        )
         self._running: dict[str, _Running] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self.swaps: list[SwapReport] = []
@@ -92,7 +105,7 @@ class Components:
     @property
     def ready(self) -> bool:
         """Whether every slot has a running component."""
-        return len(self._running) == len(SLOTS)
+        return len(self._running) == len(self.slots)
 
     def get(self, slot: str) -> Any:
         return self._running[slot].component
@@ -121,6 +134,12 @@ class Components:
     def metrics(self) -> Any:
         return self._running["metrics"].component
 
+    @property
+    def connection_pool(self) -> Any:
+        """The running pool, or None for a transport without connections."""
+        running = self._running.get("connection_pool")
+        return None if running is None else running.component
+
     def plugins(self) -> dict[str, str]:
         """slot -> name of the plugin whose component runs there."""
         return {slot: running.plugin for slot, running in self._running.items()}
@@ -135,14 +154,24 @@ class Components:
         kwargs: dict[str, Any] = {}
         if seam == "queue":
             kwargs = {"name": name, "on_shed": lambda item: self._on_shed(name, item)}
+        elif seam == "connection_pool":
+            assert self._pooled is not None
+            kwargs = {"dialer": self._pooled.dialer}
         return self.host.build(seam, ctx, **kwargs)
+
+    def _installed(self, slot: str, component: Any) -> None:
+        """``component`` now fills ``slot``: tell whoever uses it directly."""
+        if slot == "connection_pool" and self._pooled is not None:
+            self._pooled.use_pool(component)
 
     async def start(self, tg: anyio.abc.TaskGroup, flags: Mapping[str, Any]) -> None:
         """Build and start every slot; a failure here stops the node (PluginError)."""
         self._tg = tg
-        for seam, name in SLOTS:
+        for seam, name in self.slots:
             component, plugin = self._build(seam, name, flags)
-            self._running[self.slot_name(seam, name)] = await self._launch(component, plugin)
+            slot = self.slot_name(seam, name)
+            self._running[slot] = await self._launch(component, plugin)
+            self._installed(slot, component)
 
     async def _launch(self, component: Any, plugin: str) -> _Running:
         assert self._tg is not None
@@ -161,7 +190,7 @@ class Components:
     async def reconfigure(self, flags: Mapping[str, Any]) -> list[SwapReport]:
         """Swap every slot whose plugin choice changed under ``flags``."""
         reports = []
-        for seam, name in SLOTS:
+        for seam, name in self.slots:
             slot = self.slot_name(seam, name)
             current = self._running[slot]
             try:
@@ -193,6 +222,7 @@ class Components:
                 f"plugin {plugin!r} could not take over the state: {exc!r}",
             )
         self._running[slot] = new
+        self._installed(slot, new.component)
         old.scope.cancel()
         return self._report(slot, old.plugin, plugin, None)
 

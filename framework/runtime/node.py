@@ -182,7 +182,11 @@ class RaftNode:
         )
         self.flags = NodeFlags(self.host, node_id=self.id, settings=self.settings)
         self.components = Components(
-            self.host, node_id=self.id, settings=self.settings, on_shed=self._on_shed
+            self.host,
+            node_id=self.id,
+            settings=self.settings,
+            on_shed=self._on_shed,
+            transport=transport,
         )
         self._flags_changed = False
         self._down_peers: set[int] = set()
@@ -707,11 +711,9 @@ class RaftNode:
             await self._change(change)
             if req.action == "add_learner":
                 return
-            await self._wait_caught_up(req.node_id)
-            await self._change(ConfChange(type=ConfChangeType.PROMOTE, node_id=req.node_id))
+            await self._promote(req.node_id)
         elif req.action == "promote":
-            await self._wait_caught_up(req.node_id)
-            await self._change(ConfChange(type=ConfChangeType.PROMOTE, node_id=req.node_id))
+            await self._promote(req.node_id)
         else:
             await self._change(ConfChange(type=ConfChangeType.REMOVE, node_id=req.node_id))
 
@@ -719,6 +721,25 @@ class RaftNode:
         index = await self._kernel_call(lambda k: k.propose_conf_change(change))
         assert isinstance(index, int)
         await self._wait_applied(index)
+
+    async def _promote(self, node_id: int) -> None:
+        """Promote a learner once caught up. The kernel checks again when the change is
+        proposed and the commit index may have moved meanwhile (writes keep coming), so a
+        "not caught up" refusal is retried until the request's deadline."""
+        change = ConfChange(type=ConfChangeType.PROMOTE, node_id=node_id)
+        with anyio.move_on_after(self.settings.client.request_timeout):
+            while True:
+                await self._wait_caught_up(node_id)
+                try:
+                    await self._change(change)
+                    return
+                except _Refused as refused:
+                    if "has not caught up" not in refused.reply.message:
+                        raise
+                await self._changed.wait()
+        raise _Refused(
+            ErrorReply(kind="retry", message=f"learner {node_id} did not catch up in time")
+        )
 
     async def _wait_caught_up(self, node_id: int) -> None:
         """Wait (within the request deadline) until a learner holds every committed entry."""
@@ -875,6 +896,7 @@ class RaftNode:
             "circuit_breakers": {str(k): v for k, v in c.send_guard.states().items()},
             "timeouts": {k: dict(v) for k, v in c.timeouts.stats().items()},
             "metrics": dict(c.metrics.snapshot()),
+            "connection_pool": _pool_dict(c.connection_pool),
         }
 
     # == flags ==================================================================================
@@ -968,6 +990,30 @@ def _wire_value(value: object) -> object:
     if isinstance(value, RolloutWire):
         return msgspec.to_builtins(value)
     return value
+
+
+def _pool_dict(pool: Any) -> dict[str, Any] | None:
+    """The connection pool's stats (None for a transport without connections)."""
+    if pool is None:
+        return None
+    stats = pool.stats()
+    return {
+        "connections_open": stats.connections_open,
+        "queued": stats.queued,
+        "dial_attempts": stats.dial_attempts,
+        "dropped": stats.dropped,
+        "peers": {
+            str(peer): {
+                "address": p.address,
+                "state": p.state,
+                "queued": p.queued,
+                "dial_attempts": p.dial_attempts,
+                "dropped": p.dropped,
+                "restarts": p.restarts,
+            }
+            for peer, p in stats.peers.items()
+        },
+    }
 
 
 def _stats_dict(stats: Any) -> dict[str, Any]:

@@ -6,34 +6,48 @@ The rules this module keeps, and why:
 
 1. **One connection per peer pair.** The node with the lower id dials, the higher one only
    accepts, and both directions share the connection. Two nodes dialling each other would
-   otherwise race and each could tear down the other's connection forever. The dialler
-   redials with exponential backoff and jitter (``backoff_min`` .. ``backoff_max``) for as
-   long as the peer is in the address book; the acceptor refuses a peer with a higher id
-   than its own. A newer connection from the same peer replaces the older one (the peer
-   restarted, and the old socket may be half-open).
-2. **Handshake first.** Each side's first frame is a ``Hello``; both send theirs at once,
+   otherwise race and each could tear down the other's connection forever. The acceptor
+   refuses a peer with a higher id than its own. A newer connection from the same peer
+   replaces the older one (the peer restarted, and the old socket may be half-open, or a
+   swapped-in connection pool dialled afresh).
+2. **The dialled side belongs to a connection pool** (``framework.seams.ConnectionPool``).
+   The pool dials the higher-id peers through ``dialer`` (connect and handshake here), keeps
+   their connections up (redialling with backoff for as long as a peer is in the address
+   book), queues their messages and writes them. This transport reads what arrives on a
+   dialled connection, in a task of its own, reports the peer unreachable if that
+   connection fails (not when its pool closes it), and writes only on *accepted*
+   connections, through its own per-peer queue and writer (an accepted connection can only
+   be re-established by the peer, so it stays here whatever pool runs). A node hands the
+   transport the pool of its ``connection_pool`` slot (``use_pool``) and swaps it while
+   serving; a transport used on its own builds one with ``pool_factory`` (default:
+   ``TransportPool``, one dialling task per peer) and runs it while it serves.
+3. **Handshake first.** Each side's first frame is a ``Hello``; both send theirs at once,
    so the handshake costs no extra round trip. The acceptor checks protocol, version,
    cluster id and that the node id is a known peer; whoever refuses says why in a
    ``Goodbye`` and closes. A connection that sends nothing within ``connect_timeout`` is
    closed: a silent socket must not hold a slot forever.
-3. **``send`` never blocks.** Messages go to a per-peer list; one writer task per connection
-   takes everything queued and writes it as one ``PeerBatch`` frame, so a burst of sends
-   costs one write (coalescing). A peer with no connection gets nothing queued: its
+4. **``send`` never blocks.** Messages for a higher-id peer go to the pool's ``send``, the
+   others to the accepted link's queue; one writer task per accepted connection takes
+   everything queued and writes it as one ``PeerBatch`` frame, so a burst of sends costs
+   one write (coalescing). A lower-id peer with no connection gets nothing queued: its
    messages are dropped and it is reported unreachable, since Raft retransmits and stale
    queued messages are worse than none. A queue over ``max_queued_messages`` drops the
-   new messages and reports the peer unreachable once per overflow episode.
-4. **A bad connection is closed, nothing else.** A malformed or oversized frame (the
+   new messages and reports the peer unreachable once per overflow episode. (What a pool
+   does with messages for a peer it is still dialling is the pool's business.)
+5. **A bad connection is closed, nothing else.** A malformed or oversized frame (the
    header is checked before the body is buffered), garbage, a wrong protocol, a message
    whose ``src``/``dst`` do not match the handshake, or a ``Goodbye`` closes that
    connection with a warning on ``raftmw.transport`` naming the remote address and the
    reason. Every other connection keeps working.
-5. **Every task has an owner.** ``serve`` owns one task group: the accept loops, one dial
-   loop per higher-id peer, and one handler per accepted socket, each running its
-   connection's reader and writer (or, for a client, its request handlers) in a task
-   group of its own inside the connection's cancel scope. Cancelling that scope closes the
-   connection; cancelling ``serve`` closes them all. Sockets are closed in shielded
-   cleanup, so cancellation releases what it took.
-6. **Writes are whole frames or the connection is dead.** A write interrupted part-way
+6. **Every task has an owner.** ``serve`` owns one task group: the accept loops, the pool it
+   built itself (if any), one handler per accepted socket, each running its connection's
+   reader and writer (or, for a client, its request handlers) in a task group of its own
+   inside the connection's cancel scope, and one reader per dialled connection, inside that
+   connection's scope. Cancelling that scope closes the connection; cancelling ``serve``
+   closes them all. A pool's tasks are the pool's (its ``run``); the pool closes the
+   connections it dialled with ``aclose``, which waits for the reader to release the
+   socket. Sockets are closed in shielded cleanup, so cancellation releases what it took.
+7. **Writes are whole frames or the connection is dead.** A write interrupted part-way
    leaves half a frame on the wire; such a connection is never written to again (not even
    a ``Goodbye``).
 """
@@ -54,7 +68,10 @@ import anyio.abc
 from anyio.abc import SocketAttribute, TaskStatus
 
 from framework.core import Message
+from framework.seams import ConnectionPool, PeerConnection, PeerDialer, PooledTransport
+from framework.transport.backoff import Backoff
 from framework.transport.base import ClientService, PeerInbox, Transport
+from framework.transport.pool import OutboundQueue, TransportPool
 from framework.transport.wire import (
     PROTOCOL,
     PROTOCOL_VERSION,
@@ -77,6 +94,7 @@ from framework.transport.wire import (
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
     "ConnectionLost",
+    "PoolFactory",
     "TcpClientConnection",
     "TcpTransport",
     "answer_request",
@@ -100,6 +118,11 @@ _LOST: Final = (
     OSError,
 )
 """What a socket raises when the other end went away (``TimeoutError`` is an ``OSError``)."""
+
+PoolFactory = Callable[[PeerDialer], ConnectionPool]
+"""Builds the pool a transport runs itself when no pool was handed to it (``use_pool``)."""
+
+_Backoff = Backoff  # its old name here (tests import it)
 
 
 class ConnectionLost(ConnectionError):
@@ -182,7 +205,7 @@ class _FrameReader:
 
 
 class _FrameWriter:
-    """Serialises whole-frame writes; a write cut short poisons the stream (rule 6)."""
+    """Serialises whole-frame writes; a write cut short poisons the stream (rule 7)."""
 
     __slots__ = ("_lock", "_stream", "torn")
 
@@ -203,7 +226,17 @@ class _FrameWriter:
 class _Connection:
     """One accepted or dialled socket, with the scope that closes it and why it closed."""
 
-    __slots__ = ("address", "goodbye", "level", "reader", "reason", "scope", "stream", "writer")
+    __slots__ = (
+        "address",
+        "ended",
+        "goodbye",
+        "level",
+        "reader",
+        "reason",
+        "scope",
+        "stream",
+        "writer",
+    )
 
     def __init__(self, stream: anyio.abc.SocketStream, max_frame_size: int) -> None:
         self.stream = stream
@@ -214,6 +247,8 @@ class _Connection:
         self.reason: str | None = None
         self.level = logging.INFO
         self.goodbye = False
+        self.ended = anyio.Event()
+        """Set once the connection is closing or closed: no write will succeed any more."""
 
     def close(self, reason: str, *, level: int = logging.WARNING, goodbye: bool = False) -> None:
         """Close this connection (its scope); the first reason given is the one logged."""
@@ -222,58 +257,25 @@ class _Connection:
             self.level = level
             self.goodbye = goodbye
         self.scope.cancel()
-
-
-class _Backoff:
-    """Redial delays: doubling from ``low`` up to ``high``, each drawn from the upper half of
-    its step (jitter keeps restarted nodes from redialling in lockstep), never below ``low``.
-    """
-
-    __slots__ = ("_ceiling", "_high", "_low", "_rng")
-
-    def __init__(self, low: float, high: float, rng: random.Random) -> None:
-        self._low = low
-        self._high = high
-        self._rng = rng
-        self._ceiling = low
-
-    def reset(self) -> None:
-        self._ceiling = self._low
-
-    def next_delay(self) -> float:
-        ceiling = self._ceiling
-        self._ceiling = min(self._high, ceiling * 2)
-        return self._rng.uniform(max(self._low, ceiling / 2), ceiling)
+        self.ended.set()
 
 
 class _PeerLink:
-    """Everything about one peer while serving: its queue and its live connection."""
+    """Everything about one peer while serving: its live connection (accepted or dialled)
+    and, for a lower-id peer, whose connection was accepted, the queue its writer drains."""
 
-    __slots__ = (
-        "address",
-        "connection",
-        "dial_scope",
-        "overflowing",
-        "peer_id",
-        "queue",
-        "removed",
-        "wakeup",
-    )
+    __slots__ = ("address", "connection", "peer_id", "queue", "removed")
 
-    def __init__(self, peer_id: int, address: str) -> None:
+    def __init__(self, peer_id: int, address: str, max_queued: int) -> None:
         self.peer_id = peer_id
         self.address = address
-        self.queue: list[Message] = []
-        self.wakeup: anyio.Event | None = None
-        self.overflowing = False
+        self.queue = OutboundQueue(max_queued)
         self.connection: _Connection | None = None
-        self.dial_scope = anyio.CancelScope()
         self.removed = False
 
     def remove(self, reason: str) -> None:
         self.removed = True
-        self.dial_scope.cancel()
-        self.queue = []
+        self.queue.take()
         if self.connection is not None:
             self.connection.close(reason, level=logging.INFO)
 
@@ -304,6 +306,7 @@ class TcpTransport:
         backoff_min: float = 0.05,
         backoff_max: float = 2.0,
         max_queued_messages: int = 100_000,
+        pool_factory: PoolFactory | None = None,
     ) -> None:
         if node_id <= 0:
             raise ValueError(f"node_id={node_id}: expected a positive node id")
@@ -325,9 +328,17 @@ class TcpTransport:
         self._max_frame_size = max_frame_size
         self._connect_timeout = connect_timeout
         self._backoff_min = backoff_min
-        self._backoff_max = backoff_max
         self._max_queued = max_queued_messages
         self._rng = random.Random()
+        self._pool_factory: PoolFactory = pool_factory or (
+            lambda dialer: TransportPool(
+                dialer,
+                max_queued=max_queued_messages,
+                backoff_min=backoff_min,
+                backoff_max=backoff_max,
+                rng=self._rng,
+            )
+        )
         self._hello = encode_frame(
             Hello(
                 protocol=PROTOCOL,
@@ -337,6 +348,13 @@ class TcpTransport:
                 cluster_id=cluster_id,
             )
         )
+        self._dialer = _TcpDialer(self)
+        self._pool: ConnectionPool | None = None
+        """The pool dialled traffic goes through while serving."""
+        self._given_pool: ConnectionPool | None = None
+        """The pool handed over by ``use_pool`` (run by whoever built it)."""
+        self._own_pool_scope: anyio.CancelScope | None = None
+        """While serving with a pool of its own (from ``pool_factory``): the scope running it."""
         self._state: _Serving | None = None
         self._serving = False
         self._open_connections = 0
@@ -372,6 +390,34 @@ class TcpTransport:
         """Outgoing connection attempts since creation."""
         return self._dial_attempts
 
+    @property
+    def pool(self) -> ConnectionPool | None:
+        """The pool the dialled traffic goes through now (None while not serving and no pool
+        was handed over)."""
+        return self._pool
+
+    # -- PooledTransport ------------------------------------------------------------------------
+
+    @property
+    def dialer(self) -> PeerDialer:
+        """How a pool dials this transport's peers (connect + handshake), encodes messages
+        for them and reports lost ones."""
+        return self._dialer
+
+    def use_pool(self, pool: ConnectionPool) -> None:
+        """Send dialled traffic through ``pool`` from now on; its caller runs it.
+
+        If this transport is serving with a pool it built itself, that pool's queued
+        messages move into ``pool`` and it is stopped (its connections close; ``pool``
+        dials afresh)."""
+        own, self._own_pool_scope = self._own_pool_scope, None
+        if own is not None and self._pool is not None:
+            pool.import_state(self._pool.export_state())
+            own.cancel()
+        self._given_pool = self._pool = pool
+        if self._state is not None:
+            pool.set_peers(self._dialled_book())
+
     # -- Transport ------------------------------------------------------------------------------
 
     async def serve(
@@ -406,8 +452,12 @@ class TcpTransport:
             # already dial.
             self._listen_port = listener.listeners[0].extra(SocketAttribute.local_port)
             state = _Serving(tg, inbox, clients)
-            self._state = state
             try:
+                if self._given_pool is None:
+                    await tg.start(self._run_own_pool, self._pool_factory(self._dialer))
+                else:
+                    self._pool = self._given_pool
+                self._state = state
                 for sub in listener.listeners:
                     assert isinstance(sub, anyio.abc.SocketListener)
                     tg.start_soon(self._accept_loop, sub, state)
@@ -417,38 +467,50 @@ class TcpTransport:
                 await anyio.sleep_forever()
             finally:
                 self._state = None
+                if self._given_pool is not None:
+                    # Stop it dialling a transport that no longer serves (until a restart).
+                    self._given_pool.set_peers({})
+
+    async def _run_own_pool(self, pool: ConnectionPool, *, task_status: TaskStatus[None]) -> None:
+        scope = anyio.CancelScope()
+        self._own_pool_scope = scope
+        self._pool = pool
+        try:
+            with scope:
+                await pool.run(task_status=task_status)
+        finally:
+            if self._pool is pool:
+                self._pool = None
+            if self._own_pool_scope is scope:
+                self._own_pool_scope = None
 
     def send(self, messages: Sequence[Message]) -> None:
         state = self._state
-        if state is None:
+        pool = self._pool
+        if state is None or pool is None:
             return
-        max_queued = self._max_queued
-        links = state.links
-        woken: list[_PeerLink] = []
-        unreachable: dict[int, None] = {}
+        node_id = self.node_id
+        by_peer: dict[int, list[Message]] = {}
         for msg in messages:
-            link = links.get(msg.dst)
+            batch = by_peer.get(msg.dst)
+            if batch is None:
+                by_peer[msg.dst] = [msg]
+            else:
+                batch.append(msg)
+        for peer_id, batch in by_peer.items():
+            if peer_id > node_id:
+                pool.send(peer_id, batch)  # the pool reports an unknown peer itself
+                continue
+            link = state.links.get(peer_id)
             if link is None or link.connection is None:
-                unreachable[msg.dst] = None
-                continue
-            if len(link.queue) >= max_queued:
-                if not link.overflowing:
-                    link.overflowing = True
-                    unreachable[msg.dst] = None
-                    logger.warning(
-                        "queue to node %d is full (%d messages); dropping new messages",
-                        msg.dst,
-                        max_queued,
-                    )
-                continue
-            if not link.queue:
-                woken.append(link)
-            link.queue.append(msg)
-        for link in woken:
-            if link.wakeup is not None:
-                link.wakeup.set()
-        for peer_id in unreachable:
-            state.inbox.peer_unreachable(peer_id)
+                state.inbox.peer_unreachable(peer_id)
+            elif link.queue.put(batch):
+                logger.warning(
+                    "queue to node %d is full (%d messages); dropping new messages",
+                    peer_id,
+                    self._max_queued,
+                )
+                state.inbox.peer_unreachable(peer_id)
 
     def set_peers(self, addresses: Mapping[int, str]) -> None:
         self._peers = self._address_book(addresses)
@@ -467,8 +529,13 @@ class TcpTransport:
                 book[peer_id] = address
         return book
 
+    def _dialled_book(self) -> dict[int, str]:
+        """The peers this node dials (rule 1): those with a higher id."""
+        return {p: a for p, a in self._peers.items() if p > self.node_id}
+
     def _reconcile(self, state: _Serving) -> None:
-        """Make ``state.links`` match the address book: close removed, open added."""
+        """Make ``state.links`` match the address book (close removed, add new) and give the
+        pool the peers it dials."""
         for peer_id, link in list(state.links.items()):
             address = self._peers.get(peer_id)
             if address is None:
@@ -482,48 +549,42 @@ class TcpTransport:
                     link.address = address  # it dials us; nothing to redo
         for peer_id, address in self._peers.items():
             if peer_id not in state.links:
-                link = _PeerLink(peer_id, address)
-                state.links[peer_id] = link
-                if self.node_id < peer_id:
-                    state.tg.start_soon(self._dial_loop, link, state)
+                state.links[peer_id] = _PeerLink(peer_id, address, self._max_queued)
+        if self._pool is not None:
+            self._pool.set_peers(self._dialled_book())
 
-    async def _dial_loop(self, link: _PeerLink, state: _Serving) -> None:
-        backoff = _Backoff(self._backoff_min, self._backoff_max, self._rng)
-        failing = False
-        with link.dial_scope:
-            while True:
-                self._dial_attempts += 1
-                try:
-                    established = await self._dial_once(link, state)
-                except OSError as exc:
-                    level = logging.DEBUG if failing else logging.INFO
-                    logger.log(
-                        level,
-                        "cannot connect to node %d at %s: %s; retrying with backoff",
-                        link.peer_id,
-                        link.address,
-                        str(exc) or type(exc).__name__,
-                    )
-                    failing = True
-                else:
-                    failing = False
-                    if established:
-                        backoff.reset()
-                await anyio.sleep(backoff.next_delay())
+    # -- dialled connections (the pool's; see PeerDialer) ---------------------------------------
 
-    async def _dial_once(self, link: _PeerLink, state: _Serving) -> bool:
-        """Connect, shake hands and run the connection until it ends; ``True`` if the
-        handshake succeeded. Raises ``OSError`` if the connection could not be made."""
-        host, port = parse_address(link.address)
+    async def _dial(self, peer_id: int, address: str) -> _DialledConnection:
+        state = self._state
+        if state is None:
+            raise ConnectionLost(address, f"node {self.node_id} is not serving")
+        link = state.links.get(peer_id)
+        if peer_id <= self.node_id or link is None or link.address != address:
+            raise ConnectionLost(
+                address, f"node {self.node_id} does not dial node {peer_id} at {address}"
+            )
+        self._dial_attempts += 1
+        host, port = parse_address(address)
         with anyio.fail_after(self._connect_timeout):
             stream = await anyio.connect_tcp(host, port)
-        established = False
-        async with self._connection(stream) as conn:
-            with conn.scope:
-                if await self._guard(conn, self._dial_handshake, conn, link):
-                    established = True
-                    await self._run_peer(conn, link, state)
-        return established
+        conn = self._open(stream)
+        try:
+            established = await self._guard(conn, self._dial_handshake, conn, link)
+        except BaseException:
+            await self._finish(conn)
+            raise
+        if established and (link.removed or self._state is not state):
+            conn.close(f"node {peer_id} was removed while dialling", level=logging.INFO)
+        if not established or conn.reason is not None:
+            reason = conn.reason or "handshake failed"
+            await self._finish(conn)
+            raise ConnectionLost(address, reason)
+        # No await from here on: the reader owns the socket before the caller sees it.
+        self._attach(conn, link)
+        handle = _DialledConnection(self, conn, address)
+        state.tg.start_soon(self._read_dialled, handle, link, state)
+        return handle
 
     async def _dial_handshake(self, conn: _Connection, link: _PeerLink) -> bool:
         await conn.writer.send(self._hello)
@@ -545,17 +606,41 @@ class TcpTransport:
             return False
         return True
 
-    async def _run_peer(self, conn: _Connection, link: _PeerLink, state: _Serving) -> None:
-        """Carry peer traffic on ``conn`` until it closes; it replaces any older connection."""
-        if link.removed:
-            return
+    async def _read_dialled(
+        self, handle: _DialledConnection, link: _PeerLink, state: _Serving
+    ) -> None:
+        """Deliver what arrives on a dialled connection until it closes, then release the
+        socket. Its pool writes it; a failure is reported here, where it is first seen."""
+        conn = handle.conn
+        try:
+            with conn.scope:
+                await self._guard(conn, self._read_peer, conn, link.peer_id, state.inbox)
+        finally:
+            if link.connection is conn:
+                link.connection = None
+                # Only a failure is news for Raft: the pool closing it, removal and
+                # shutdown are not.
+                if conn.reason is not None and not link.removed and not handle.closing:
+                    state.inbox.peer_unreachable(link.peer_id)
+            await self._finish(conn)
+            handle.released.set()
+
+    def _attach(self, conn: _Connection, link: _PeerLink) -> None:
+        """``conn`` now carries ``link``'s traffic; it replaces any older connection."""
         old = link.connection
         if old is not None:
             old.close(f"replaced by a newer connection from {conn.address}", level=logging.INFO)
         link.connection = conn
-        link.queue = []
-        link.overflowing = False
         logger.info("node %d connected to node %d via %s", self.node_id, link.peer_id, conn.address)
+
+    # -- accepted peer connections ------------------------------------------------------------
+
+    async def _run_peer(self, conn: _Connection, link: _PeerLink, state: _Serving) -> None:
+        """Carry peer traffic both ways on an accepted ``conn`` until it closes."""
+        if link.removed:
+            return
+        self._attach(conn, link)
+        link.queue.take()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._guard, conn, self._write_peer, conn, link)
@@ -563,27 +648,21 @@ class TcpTransport:
         finally:
             if link.connection is conn:
                 link.connection = None
-                link.queue = []
+                link.queue.take()
                 # Only a failure is news for Raft: shutdown and removal are not.
                 if conn.reason is not None and not link.removed:
                     state.inbox.peer_unreachable(link.peer_id)
 
     async def _write_peer(self, conn: _Connection, link: _PeerLink) -> None:
         while True:
-            if not link.queue:
-                wakeup = link.wakeup = anyio.Event()
-                await wakeup.wait()
-                continue
-            batch = link.queue
-            link.queue = []
-            link.overflowing = False
-            for frame in self._encode_batch(batch, link.peer_id):
+            await link.queue.wait()
+            for frame in self._encode_batch(link.queue.take(), link.peer_id):
                 await conn.writer.send(frame)
                 self._frames_sent += 1
 
-    def _encode_batch(self, batch: list[Message], peer_id: int) -> list[bytes]:
+    def _encode_batch(self, batch: Sequence[Message], peer_id: int) -> list[bytes]:
         """One frame, or several if one would exceed ``max_frame_size`` on the receiver."""
-        frame = encode_frame(PeerBatch(messages=batch))
+        frame = encode_frame(PeerBatch(messages=list(batch)))
         if len(frame) - 4 <= self._max_frame_size:
             return [frame]
         if len(batch) == 1:
@@ -594,12 +673,15 @@ class TcpTransport:
                 len(frame) - 4,
                 self._max_frame_size,
             )
-            state = self._state
-            if state is not None:
-                state.inbox.peer_unreachable(peer_id)
+            self._report_unreachable(peer_id)
             return []
         half = len(batch) // 2
         return self._encode_batch(batch[:half], peer_id) + self._encode_batch(batch[half:], peer_id)
+
+    def _report_unreachable(self, peer_id: int) -> None:
+        state = self._state
+        if state is not None:
+            state.inbox.peer_unreachable(peer_id)
 
     async def _read_peer(self, conn: _Connection, peer_id: int, inbox: PeerInbox) -> None:
         node_id = self.node_id
@@ -618,7 +700,7 @@ class TcpTransport:
             if messages:
                 inbox.deliver(messages)
 
-    # -- accepted connections -----------------------------------------------------------------
+    # -- accepting ----------------------------------------------------------------------------
 
     async def _accept_loop(self, listener: anyio.abc.SocketListener, state: _Serving) -> None:
         while True:
@@ -701,24 +783,32 @@ class TcpTransport:
 
     @asynccontextmanager
     async def _connection(self, stream: anyio.abc.SocketStream) -> AsyncIterator[_Connection]:
-        """Own ``stream`` for the block: count it, then say goodbye if owed, close it and log
-        why, whatever ended the block."""
-        _set_nodelay(stream)
-        self._open_connections += 1
-        conn = _Connection(stream, self._max_frame_size)
+        """Own ``stream`` for the block (``_open`` ... ``_finish``), whatever ends it."""
+        conn = self._open(stream)
         try:
             yield conn
         finally:
-            try:
-                if conn.goodbye and not conn.writer.torn and conn.reason is not None:
-                    with anyio.move_on_after(_GOODBYE_TIMEOUT, shield=True):
-                        with suppress(*_LOST):
-                            await conn.writer.send(encode_frame(Goodbye(reason=conn.reason)))
-                await _close_stream(stream)
-            finally:
-                self._open_connections -= 1
-            if conn.reason is not None:
-                logger.log(conn.level, "closed connection with %s: %s", conn.address, conn.reason)
+            await self._finish(conn)
+
+    def _open(self, stream: anyio.abc.SocketStream) -> _Connection:
+        """Take ``stream`` over: count it. Its owner must ``_finish`` it exactly once."""
+        _set_nodelay(stream)
+        self._open_connections += 1
+        return _Connection(stream, self._max_frame_size)
+
+    async def _finish(self, conn: _Connection) -> None:
+        """Say goodbye if owed, close the socket (shielded) and log why."""
+        try:
+            if conn.goodbye and not conn.writer.torn and conn.reason is not None:
+                with anyio.move_on_after(_GOODBYE_TIMEOUT, shield=True):
+                    with suppress(*_LOST):
+                        await conn.writer.send(encode_frame(Goodbye(reason=conn.reason)))
+            await _close_stream(conn.stream)
+        finally:
+            self._open_connections -= 1
+            conn.ended.set()
+        if conn.reason is not None:
+            logger.log(conn.level, "closed connection with %s: %s", conn.address, conn.reason)
 
     async def _guard(
         self,
@@ -738,6 +828,72 @@ class TcpTransport:
         except _LOST as exc:
             conn.close(f"connection lost: {exc!r}", level=logging.INFO)
         return None
+
+
+class _DialledConnection:
+    """`PeerConnection`: the pool's handle on a connection ``TcpTransport`` dialled for it.
+
+    The pool writes (``send_frames``) and closes (``aclose``); the transport's reader task
+    reads, and releases the socket when the connection ends, however it ends.
+    """
+
+    __slots__ = ("address", "closing", "conn", "released", "transport")
+
+    def __init__(self, transport: TcpTransport, conn: _Connection, address: str) -> None:
+        self.transport = transport
+        self.conn = conn
+        self.address = address
+        self.closing = False
+        """Set by ``aclose``: the pool let it go, which is not a failure to report."""
+        self.released = anyio.Event()
+        """Set by the reader task once the socket is closed."""
+
+    @property
+    def closed(self) -> bool:
+        return self.conn.ended.is_set()
+
+    async def send_frames(self, frames: Sequence[bytes]) -> None:
+        conn = self.conn
+        if conn.ended.is_set():
+            raise ConnectionLost(self.address, conn.reason or "closed")
+        try:
+            for frame in frames:
+                await conn.writer.send(frame)
+                self.transport._frames_sent += 1
+        except _LOST as exc:
+            conn.close(f"connection lost: {exc!r}", level=logging.INFO)
+            raise ConnectionLost(self.address, conn.reason or repr(exc)) from exc
+        finally:
+            if conn.writer.torn:  # cancelled mid-frame (its pool is stopping): rule 7
+                self.closing = True
+                conn.close("a write was cut short", level=logging.INFO)
+
+    async def wait_closed(self) -> None:
+        await self.conn.ended.wait()
+
+    async def aclose(self) -> None:
+        self.closing = True
+        self.conn.close("closed by its connection pool", level=logging.DEBUG)
+        with anyio.CancelScope(shield=True):
+            await self.released.wait()
+
+
+class _TcpDialer:
+    """`PeerDialer`: ``TcpTransport``'s side of its connection pool."""
+
+    __slots__ = ("_transport",)
+
+    def __init__(self, transport: TcpTransport) -> None:
+        self._transport = transport
+
+    async def dial(self, peer: int, address: str) -> PeerConnection:
+        return await self._transport._dial(peer, address)
+
+    def encode(self, peer: int, messages: Sequence[Message]) -> list[bytes]:
+        return self._transport._encode_batch(messages, peer) if messages else []
+
+    def unreachable(self, peer: int) -> None:
+        self._transport._report_unreachable(peer)
 
 
 class _Waiter:
@@ -897,5 +1053,6 @@ class TcpClientConnection:
             waiter.event.set()
 
 
-if TYPE_CHECKING:  # mypy checks that TcpTransport satisfies the protocol
+if TYPE_CHECKING:  # mypy checks that TcpTransport satisfies the protocols
     _: Transport = TcpTransport(node_id=1, cluster_id="", listen=":0", peers={})
+    __: PooledTransport = TcpTransport(node_id=1, cluster_id="", listen=":0", peers={})

@@ -29,6 +29,7 @@ from legacy import (
     CountingLock,
     CountingThreadLock,
     FixedTimeouts,
+    LockedConnectionPool,
     LockedMetrics,
     LockedNodeStatus,
     NoGuard,
@@ -717,6 +718,7 @@ FLAG_OF_SEAM = {
     "timeouts": ("adaptive_timeout", FixedTimeouts),
     "send_guard": ("circuit_breaker", NoGuard),
     "metrics": ("lock_free", LockedMetrics),
+    "connection_pool": ("actors", LockedConnectionPool),
 }
 
 
@@ -731,7 +733,11 @@ def _context(settings: Settings, **flags: bool) -> BuildContext:
 
 def _build(seam: str, ctx: BuildContext) -> object:
     factory = getattr(legacy_plugin, f"raftmw_make_{seam}")
-    return factory(ctx, "inbox") if seam == "queue" else factory(ctx)
+    if seam == "queue":
+        return factory(ctx, "inbox")
+    if seam == "connection_pool":
+        return factory(ctx, SimpleNamespace())  # a factory only constructs: no dialling
+    return factory(ctx)
 
 
 def test_the_plugin_has_a_trylast_factory_for_every_seam_and_is_essential() -> None:
@@ -789,6 +795,7 @@ def test_public_api() -> None:
             "CountingLock",
             "CountingThreadLock",
             "FixedTimeouts",
+            "LockedConnectionPool",
             "LockedMetrics",
             "LockedNodeStatus",
             "NoGuard",

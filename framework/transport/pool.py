@@ -1,0 +1,305 @@
+"""The transport's own connection pool, and the per-peer outbound queue every writer uses.
+
+``TransportPool`` is what ``TcpTransport`` runs by itself when nobody hands it a pool (a
+transport used on its own, as ``tests/transport`` does): the transport's behaviour from
+before the pool was a seam, moved here unchanged. A node never runs it: the node's
+``connection_pool`` slot holds the legacy or the actor pool, chosen by flag ``actors``.
+
+Theory of operation
+-------------------
+- One task per peer dials it, carries the connection until it closes, and redials with
+  backoff (``Backoff``: reset after a successful handshake) for as long as the peer is in
+  the address book.
+- A message for a peer with no live connection is dropped and the peer reported at once:
+  Raft retransmits, and stale queued messages are worse than none. A queue over
+  ``max_queued`` drops the new messages and reports the peer once per overflow episode
+  (``OutboundQueue``).
+- The writer takes everything queued and hands it to ``PeerDialer.encode`` in one go, so a
+  burst of sends costs one frame (coalescing).
+- A connection that closes under the pool, or a write that fails, is news for Raft: the
+  transport reports it (``PeerDialer``), so the pool only redials.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import anyio
+import anyio.abc
+from anyio.abc import TaskStatus
+
+from framework.core import Message
+from framework.seams import LockStats, PeerConnection, PeerDialer, PeerLinkStats, PoolStats
+from framework.transport.backoff import Backoff
+
+__all__ = ["OutboundQueue", "TransportPool", "check_pool_state", "pump"]
+
+logger = logging.getLogger("raftmw.transport")
+
+
+class OutboundQueue:
+    """Messages waiting for one peer's writer, in order.
+
+    ``put`` appends up to ``capacity`` (None: unbounded) and drops the rest; it says when a
+    call *starts* an overflow episode, so its caller reports the peer once, not once per
+    dropped message. ``take`` empties the queue and ends the episode: the writer caught up.
+    """
+
+    __slots__ = ("_wakeup", "capacity", "dropped", "items", "overflowing")
+
+    def __init__(self, capacity: int | None) -> None:
+        if capacity is not None and capacity <= 0:
+            raise ValueError(f"queue capacity={capacity}: expected > 0 (or None: unbounded)")
+        self.capacity = capacity
+        self.items: list[Message] = []
+        self.overflowing = False
+        self.dropped = 0
+        self._wakeup: anyio.Event | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def put(self, messages: Sequence[Message]) -> bool:
+        """Queue ``messages``; True if some were dropped and this call began the episode."""
+        items = self.items
+        was_empty = not items
+        room = len(messages) if self.capacity is None else self.capacity - len(items)
+        if room >= len(messages):
+            items.extend(messages)
+            overflow = 0
+        else:
+            room = max(room, 0)
+            items.extend(messages[:room])
+            overflow = len(messages) - room
+        if was_empty and items and self._wakeup is not None:
+            self._wakeup.set()
+        if not overflow:
+            return False
+        self.dropped += overflow
+        started = not self.overflowing
+        self.overflowing = True
+        return started
+
+    def take(self) -> list[Message]:
+        batch, self.items = self.items, []
+        self.overflowing = False
+        return batch
+
+    def clear(self) -> int:
+        """Drop everything queued (counted in ``dropped``); returns how many."""
+        count = len(self.items)
+        self.items = []
+        self.dropped += count
+        return count
+
+    async def wait(self) -> None:
+        """Return once something is queued."""
+        while not self.items:
+            self._wakeup = anyio.Event()
+            await self._wakeup.wait()
+
+
+async def pump(
+    queue: OutboundQueue,
+    conn: PeerConnection,
+    encode: Callable[[Sequence[Message]], list[bytes]],
+) -> None:
+    """Write what ``queue`` holds to ``conn`` until the connection closes or a write fails.
+
+    Each round takes everything queued, so a burst of sends goes out as one ``encode`` (one
+    frame if it fits): coalescing. Messages lost with a failed write count as dropped; the
+    transport reports the failure. A bug (``encode`` raising, say) propagates.
+    """
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            await conn.wait_closed()
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        while True:
+            await queue.wait()
+            batch = queue.take()
+            try:
+                await conn.send_frames(encode(batch))
+            except OSError:
+                queue.dropped += len(batch)
+                break
+        tg.cancel_scope.cancel()
+
+
+def check_pool_state(state: Any) -> dict[int, list[Message]]:
+    """Validate a pool's swap state (``dict[int, list[Message]]``) before taking any of it."""
+    if not isinstance(state, dict):
+        raise TypeError(
+            f"connection pool state must be a dict of peer -> messages, not {type(state).__name__}"
+        )
+    for peer, messages in state.items():
+        if not isinstance(peer, int) or not isinstance(messages, list):
+            raise TypeError(
+                f"connection pool state entry {peer!r}: expected an int peer id and a list of "
+                "messages"
+            )
+    return state
+
+
+class _Link:
+    __slots__ = ("address", "conn", "dial_attempts", "peer", "queue", "scope", "state")
+
+    def __init__(self, peer: int, address: str, max_queued: int) -> None:
+        self.peer = peer
+        self.address = address
+        self.queue = OutboundQueue(max_queued)
+        self.conn: PeerConnection | None = None
+        self.scope = anyio.CancelScope()
+        self.state = "idle"
+        self.dial_attempts = 0
+
+    @property
+    def connected(self) -> bool:
+        return self.conn is not None and not self.conn.closed
+
+
+class TransportPool:
+    """`ConnectionPool`: one task per peer, messages dropped while a peer is not connected.
+    See the module docstring."""
+
+    def __init__(
+        self,
+        dialer: PeerDialer,
+        *,
+        max_queued: int = 100_000,
+        backoff_min: float = 0.05,
+        backoff_max: float = 2.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._dialer = dialer
+        self._max_queued = max_queued
+        self._backoff_min = backoff_min
+        self._backoff_max = backoff_max
+        self._rng = rng or random.Random()
+        self._links: dict[int, _Link] = {}
+        self._pending: dict[int, list[Message]] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    # -- Component --------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                for link in self._links.values():
+                    tg.start_soon(self._serve_link, link)
+                task_status.started()
+                await anyio.sleep_forever()
+        finally:
+            self._tg = None
+
+    def export_state(self) -> dict[int, list[Message]]:
+        state = {peer: link.queue.take() for peer, link in self._links.items() if link.queue}
+        for peer, messages in self._pending.items():
+            state.setdefault(peer, []).extend(messages)
+        self._pending = {}
+        return state
+
+    def import_state(self, state: Any) -> None:
+        for peer, messages in check_pool_state(state).items():
+            link = self._links.get(peer)
+            if link is not None:
+                link.queue.put(messages)
+            else:  # the address book comes later (set_peers)
+                self._pending.setdefault(peer, []).extend(messages)
+
+    def lock_stats(self) -> LockStats:
+        return LockStats()
+
+    # -- ConnectionPool ---------------------------------------------------------------------
+
+    def set_peers(self, addresses: Mapping[int, str]) -> None:
+        for peer, link in list(self._links.items()):
+            if addresses.get(peer) != link.address:
+                link.scope.cancel()
+                del self._links[peer]
+        for peer, address in addresses.items():
+            if peer not in self._links:
+                link = self._links[peer] = _Link(peer, address, self._max_queued)
+                link.queue.put(self._pending.pop(peer, []))
+                if self._tg is not None:
+                    self._tg.start_soon(self._serve_link, link)
+        self._pending = {}
+
+    def send(self, peer: int, messages: Sequence[Message]) -> None:
+        link = self._links.get(peer)
+        if link is None or not link.connected:
+            if link is not None:
+                link.queue.dropped += len(messages)
+            self._dialer.unreachable(peer)
+            return
+        if link.queue.put(messages):
+            logger.warning(
+                "queue to node %d is full (%d messages); dropping new messages",
+                peer,
+                self._max_queued,
+            )
+            self._dialer.unreachable(peer)
+
+    def stats(self) -> PoolStats:
+        peers = {
+            peer: PeerLinkStats(
+                peer=peer,
+                address=link.address,
+                state=link.state,
+                queued=len(link.queue),
+                dial_attempts=link.dial_attempts,
+                dropped=link.queue.dropped,
+            )
+            for peer, link in self._links.items()
+        }
+        return PoolStats(
+            connections_open=sum(link.connected for link in self._links.values()),
+            queued=sum(p.queued for p in peers.values()),
+            dial_attempts=sum(p.dial_attempts for p in peers.values()),
+            dropped=sum(p.dropped for p in peers.values()),
+            peers=peers,
+        )
+
+    # -- one peer ---------------------------------------------------------------------------
+
+    async def _serve_link(self, link: _Link) -> None:
+        backoff = Backoff(self._backoff_min, self._backoff_max, self._rng)
+        failing = False
+        with link.scope:
+            while True:
+                link.state = "connecting"
+                link.dial_attempts += 1
+                try:
+                    conn = await self._dialer.dial(link.peer, link.address)
+                except OSError as exc:
+                    logger.log(
+                        logging.DEBUG if failing else logging.INFO,
+                        "cannot connect to node %d at %s: %s; retrying with backoff",
+                        link.peer,
+                        link.address,
+                        str(exc) or type(exc).__name__,
+                    )
+                    failing = True
+                else:
+                    failing = False
+                    backoff.reset()
+                    await self._carry(link, conn)
+                link.state = "backoff"
+                await anyio.sleep(backoff.next_delay())
+
+    async def _carry(self, link: _Link, conn: PeerConnection) -> None:
+        """Write ``link``'s queue to ``conn`` until it closes (the transport reports that)."""
+        link.conn = conn
+        link.state = "connected"
+        try:
+            await pump(link.queue, conn, lambda batch: self._dialer.encode(link.peer, batch))
+        finally:
+            link.conn = None
+            link.queue.clear()
+            await conn.aclose()

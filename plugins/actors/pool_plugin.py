@@ -1,0 +1,39 @@
+"""The ``actors_pool`` plugin: the `ConnectionPoolActor` when flag ``actors`` is on.
+
+Registered through the ``raftmw`` entry point group as ``actors_pool``, beside the
+``actors`` plugin (``plugins.actors.plugin``), which declares the flag and builds the status
+actor; this module only reads the flag. With the flag off it answers None and the legacy
+``LockedConnectionPool`` is built instead.
+"""
+
+from __future__ import annotations
+
+from framework.hooks import BuildContext, hookimpl
+from framework.seams import PeerDialer
+from plugins.actors.pool import ConnectionPoolActor, queue_capacity_from
+
+__all__ = ["FLAG", "RAFTMW_TIER", "raftmw_make_connection_pool"]
+
+RAFTMW_TIER = "default"
+
+FLAG = "actors"
+"""Declared by the ``actors`` plugin, not here: one flag, one owner."""
+
+
+@hookimpl
+def raftmw_make_connection_pool(
+    ctx: BuildContext, dialer: PeerDialer
+) -> ConnectionPoolActor | None:
+    """A `ConnectionPoolActor` when the flag is on: peer queues bounded by
+    ``queue_capacity_from(settings)``; dials bounded by ``transport.connect_timeout`` and
+    retried with ``transport.reconnect_backoff_*``, as the legacy pool does."""
+    if not ctx.flag(FLAG):
+        return None
+    transport = ctx.settings.transport
+    return ConnectionPoolActor(
+        dialer,
+        max_queued=queue_capacity_from(ctx.settings),
+        connect_timeout=transport.connect_timeout,
+        backoff_min=transport.reconnect_backoff_min,
+        backoff_max=transport.reconnect_backoff_max,
+    )

@@ -1,0 +1,533 @@
+"""The connection pool seam: the duties every `ConnectionPool` keeps (framework.seams), by
+the legacy `LockedConnectionPool`, the `ConnectionPoolActor` and the transport's own
+`TransportPool` alike, then what sets them apart, then the pools on real TCP sockets.
+
+A scriptable dialer (``pool_fakes``) stands in for the transport, so every test is about
+behaviour (what was written, dialled, closed, reported), never about how fast.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+from anyio.lowlevel import checkpoint
+from pool_fakes import FakeDialer, hb
+
+from framework.core import Heartbeat, Message
+from framework.seams import Component, ConnectionPool, PeerDialer
+from framework.transport.pool import TransportPool
+from framework.transport.tcp import TcpTransport
+from legacy.pool import LockedConnectionPool
+from plugins.actors.pool import ConnectionPoolActor
+
+pytestmark = pytest.mark.anyio
+
+KINDS = ("transport", "legacy", "actor")
+BOTH_BACKENDS = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def make_pool(kind: str, dialer: PeerDialer, *, max_queued: int = 100_000) -> Any:
+    low, high = 0.01, 0.05  # redial backoff: quick, but not a busy loop
+    if kind == "legacy":
+        return LockedConnectionPool(
+            dialer, connect_timeout=2.0, write_timeout=5.0, backoff_min=low, backoff_max=high
+        )
+    if kind == "actor":
+        return ConnectionPoolActor(
+            dialer,
+            max_queued=max_queued,
+            connect_timeout=2.0,
+            backoff_min=low,
+            backoff_max=high,
+            crash_backoff_min=low,
+            crash_backoff_max=high,
+        )
+    return TransportPool(dialer, max_queued=max_queued, backoff_min=low, backoff_max=high)
+
+
+BOOK = {2: "a2", 3: "a3"}
+
+
+@asynccontextmanager
+async def running(pool: Any) -> AsyncIterator[anyio.abc.TaskGroup]:
+    """``pool.run`` in a task group, cancelled when the block ends; bounded so a wedged pool
+    fails the test instead of hanging it."""
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(pool.run)
+            yield tg
+            tg.cancel_scope.cancel()
+
+
+async def until(predicate: Callable[[], bool], what: str = "the condition") -> None:
+    try:
+        with anyio.fail_after(5):
+            while not predicate():
+                await anyio.sleep(0.001)
+    except TimeoutError:
+        pytest.fail(f"gave up waiting for {what}")
+
+
+def connected(dialer: FakeDialer, *peers: int) -> Callable[[], bool]:
+    return lambda: all(dialer.live(p) is not None for p in peers)
+
+
+def one_connection(pool: Any) -> Callable[[], bool]:
+    return lambda: bool(pool.stats().connections_open == 1)
+
+
+def running_tasks() -> set[tuple[int, str | None]]:
+    return {(task.id, task.name) for task in anyio.get_running_tasks()}
+
+
+def beats(dst: int, terms: Sequence[int]) -> list[Message]:
+    return [hb(dst, t) for t in terms]
+
+
+# == the contract ==============================================================================
+
+
+async def test_a_pool_dials_every_peer_at_once_and_keeps_them_connected(kind: str) -> None:
+    dialer = FakeDialer()
+    pool = make_pool(kind, dialer)
+    assert isinstance(pool, ConnectionPool) and isinstance(pool, Component)
+    pool.set_peers(BOOK)  # before run: dialling starts with run
+    async with running(pool):
+        # Nothing is sent: a higher-id peer can only reach us over what we dial.
+        await until(connected(dialer, 2, 3), "both peers connected")
+        stats = pool.stats()
+        assert stats.connections_open == 2
+        assert {p: s.state for p, s in stats.peers.items()} == {2: "connected", 3: "connected"}
+        assert sorted(dialer.dials) == [(2, "a2"), (3, "a3")]
+        assert dialer.reports == []
+    assert dialer.open == 0
+
+
+async def test_messages_reach_each_peer_in_order(kind: str) -> None:
+    dialer = FakeDialer()
+    pool = make_pool(kind, dialer)
+    pool.set_peers(BOOK)
+    async with running(pool):
+        await until(connected(dialer, 2, 3))
+        for t in range(50):
+            pool.send(2, [hb(2, t)])
+            pool.send(3, [hb(3, t), hb(3, 1000 + t)])
+            if t % 7 == 0:
+                await checkpoint()
+        await until(lambda: len(dialer.delivered[2]) == 50 and len(dialer.delivered[3]) == 100)
+        assert dialer.terms(2) == list(range(50))
+        assert dialer.terms(3) == [x for t in range(50) for x in (t, 1000 + t)]
+        assert dialer.reports == []
+
+
+async def test_a_burst_of_sends_is_coalesced(kind: str) -> None:
+    dialer = FakeDialer()
+    pool = make_pool(kind, dialer)
+    pool.set_peers(BOOK)
+    async with running(pool):
+        await until(connected(dialer, 2, 3))
+        before = dialer.writes[2]
+        for t in range(1000):  # nothing yields between the sends
+            pool.send(2, [hb(2, t)])
+        await until(lambda: len(dialer.delivered[2]) == 1000, "1000 messages")
+        assert dialer.terms(2) == list(range(1000))
+        assert dialer.writes[2] - before < 10
+
+
+async def test_a_connection_that_closes_under_the_pool_is_redialled(kind: str) -> None:
+    dialer = FakeDialer()
+    pool = make_pool(kind, dialer)
+    pool.set_peers(BOOK)
+    async with running(pool):
+        await until(connected(dialer, 2, 3))
+        first = dialer.live(2)
+        assert first is not None
+        first.fail()  # the peer restarted
+        await until(lambda: dialer.live(2) not in (None, first), "the redial")
+        assert len(dialer.connections[2]) == 2
+        pool.send(2, beats(2, range(5)))
+        await until(lambda: dialer.terms(2) == list(range(5)), "delivery on the new connection")
+        assert first.closed_by == "remote"
+        assert len(dialer.connections[3]) == 1  # the other peer never noticed
+
+
+async def test_an_unknown_peer_is_reported_at_once(kind: str) -> None:
+    dialer = FakeDialer()
+    pool = make_pool(kind, dialer)
+    pool.set_peers(BOOK)
+    async with running(pool):
+        pool.send(9, [hb(9, 1)])
+        assert dialer.reports == [9]
+
+
+async def test_a_peer_that_refuses_is_reported_redialled_with_backoff_and_joins_later(
+    kind: str,
+) -> None:
+    dialer = FakeDialer()
+    dialer.refuse.add(3)
+    pool = make_pool(kind, dialer)
+    pool.set_peers(BOOK)
+    async with running(pool):
+        await until(lambda: sum(p == 3 for p, _ in dialer.dials) >= 3, "three dials to 3")
+        started = anyio.current_time()
+        term = 0
+        while 3 not in dialer.reports:  # Raft keeps sending; the loss must be reported
+            term += 1
+            pool.send(3, [hb(3, term)])
+            await anyio.sleep(0.005)
+            assert anyio.current_time() - started < 5, "node 3 was never reported"
+        # The healthy peer is served all along.
+        pool.send(2, beats(2, range(3)))
+        await until(lambda: dialer.terms(2) == [0, 1, 2], "delivery to node 2")
+        # Redials back off (0.01s doubling to 0.05s): a busy loop would dial thousands
+        # of times in this window.
+        dials = sum(p == 3 for p, _ in dialer.dials)
+        await anyio.sleep(0.2)
+        assert sum(p == 3 for p, _ in dialer.dials) - dials <= 25
+        dialer.refuse.clear()
+        await until(connected(dialer, 3), "node 3 accepting at last")
+        pool.send(3, [hb(3, 9999)])
+        await until(lambda: 9999 in dialer.terms(3), "delivery to node 3")
+
+
+async def test_removing_a_peer_closes_its_connection_without_a_report(kind: str) -> None:
+    dialer = FakeDialer()
+    pool = make_pool(kind, dialer)
+    pool.set_peers(BOOK)
+    async with running(pool):
+        await until(connected(dialer, 2, 3))
+        conn = dialer.live(3)
+        assert conn is not None
+        pool.set_peers({2: "a2"})
+        await until(lambda: conn.closed, "the removed peer's connection closed")
+        assert conn.closed_by == "pool"
+        assert set(pool.stats().peers) == {2}
+        assert dialer.reports == []  # removal is not a failure
+        pool.send(3, [hb(3, 1)])
+        assert dialer.reports == [3]
+        await anyio.sleep(0.05)
+        assert sum(p == 3 for p, _ in dialer.dials) == 1  # no redial of a removed peer
+
+
+async def test_a_moved_peer_is_dialled_at_its_new_address(kind: str) -> None:
+    dialer = FakeDialer()
+    pool = make_pool(kind, dialer)
+    pool.set_peers(BOOK)
+    async with running(pool):
+        await until(connected(dialer, 2, 3))
+        old = dialer.live(2)
+        assert old is not None
+        pool.set_peers({2: "b2", 3: "a3"})
+        await until(lambda: (c := dialer.live(2)) is not None and c.address == "b2", "redial")
+        await until(lambda: old.closed)
+        assert old.closed_by == "pool"
+        pool.send(2, [hb(2, 7)])
+        await until(lambda: dialer.terms(2) == [7])
+
+
+@BOTH_BACKENDS
+async def test_shutdown_closes_every_connection_and_ends_every_task(kind: str) -> None:
+    tasks_before = running_tasks()
+    dialer = FakeDialer()
+    dialer.hang[4] = anyio.Event()  # a dial in flight at shutdown
+    pool = make_pool(kind, dialer)
+    pool.set_peers({**BOOK, 4: "a4"})
+    async with running(pool):
+        await until(lambda: connected(dialer, 2, 3)() and 4 in dialer.dialling)
+        dialer.write_gates[3] = anyio.Event()  # and a write stuck in flight
+        pool.send(3, [hb(3, 1)])
+        pool.send(2, [hb(2, 1)])
+        await anyio.sleep(0.01)
+    assert dialer.open == 0
+    assert all(c.closed_by == "pool" for conns in dialer.connections.values() for c in conns)
+    assert pool.stats().connections_open == 0
+    assert running_tasks() == tasks_before
+
+
+SWAPS = [
+    ("legacy", "actor"),
+    ("actor", "legacy"),
+    ("transport", "legacy"),
+    ("transport", "actor"),
+]
+
+
+@pytest.mark.parametrize(("old_kind", "new_kind"), SWAPS)
+async def test_queued_messages_move_across_a_swap(old_kind: str, new_kind: str) -> None:
+    dialer = FakeDialer()
+    old, new = make_pool(old_kind, dialer), make_pool(new_kind, dialer)
+    old.set_peers(BOOK)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            old_scope, new_scope = anyio.CancelScope(), anyio.CancelScope()
+
+            async def run(pool: Any, scope: anyio.CancelScope, *, task_status: Any) -> None:
+                with scope:
+                    await pool.run(task_status=task_status)
+
+            await tg.start(run, old, old_scope)
+            await until(connected(dialer, 2, 3))
+            old_conns = [dialer.live(2), dialer.live(3)]
+            dialer.write_gates[2] = anyio.Event()  # node 2 stops reading
+            old.send(2, [hb(2, 0)])
+            await until(lambda: old.stats().peers[2].queued == 0, "the writer took message 0")
+            old.send(2, beats(2, range(1, 6)))
+            old.send(2, beats(2, range(6, 11)))
+            await tg.start(run, new, new_scope)
+
+            # The swap, as Components does it: no await from the export to the cancel.
+            state = old.export_state()
+            new.import_state(state)
+            new.set_peers(BOOK)
+            old_scope.cancel()
+
+            assert state == {2: beats(2, range(1, 11))}
+            assert old.export_state() == {}  # moved, not copied
+            del dialer.write_gates[2]  # node 2 reads again (message 0 died with the old pool)
+            await until(lambda: dialer.terms(2) == list(range(1, 11)), "the moved messages")
+            await until(lambda: all(c is not None and c.closed for c in old_conns))
+            assert all(c is not None and c.closed_by == "pool" for c in old_conns)
+            assert dialer.open == 2  # the new pool's own connections
+            new.send(3, [hb(3, 5)])
+            await until(lambda: dialer.terms(3) == [5])
+            tg.cancel_scope.cancel()
+    assert dialer.open == 0
+
+
+@pytest.mark.parametrize("kind", ["legacy", "actor"])
+async def test_state_of_the_wrong_shape_is_refused_before_any_is_taken(kind: str) -> None:
+    pool = make_pool(kind, FakeDialer())
+    with pytest.raises(TypeError, match="connection pool state"):
+        pool.import_state([("2", [])])
+    with pytest.raises(TypeError, match="expected an int peer id"):
+        pool.import_state({"2": []})
+    assert pool.export_state() == {}
+
+
+# == what sets them apart ======================================================================
+
+
+async def test_legacy_holds_every_peer_behind_a_connect_in_progress() -> None:
+    """The seed's problem: the one lock is held across the dial of a slow peer."""
+    dialer = FakeDialer()
+    pool = make_pool("legacy", dialer)
+    pool.set_peers({2: "a2"})
+    async with running(pool):
+        await until(connected(dialer, 2))
+        dialer.hang[3] = gate = anyio.Event()
+        pool.set_peers({2: "a2", 3: "a3"})  # a new peer that takes long to answer
+        await until(lambda: 3 in dialer.dialling, "the dial to node 3")
+        pool.send(2, beats(2, range(5)))
+        for _ in range(50):
+            await checkpoint()
+        assert dialer.delivered[2] == []  # written to nobody: the lock is held
+        assert pool.stats().peers[3].state == "connecting"
+        gate.set()
+        await until(lambda: dialer.terms(2) == list(range(5)), "node 2 after the dial")
+        assert pool.lock_stats().acquisitions > 0
+
+
+async def test_the_actor_serves_other_peers_while_one_connects_or_stalls() -> None:
+    dialer = FakeDialer()
+    pool = make_pool("actor", dialer)
+    pool.set_peers({2: "a2", 4: "a4"})
+    async with running(pool):
+        await until(connected(dialer, 2, 4))
+        dialer.hang[3] = anyio.Event()
+        pool.set_peers({2: "a2", 3: "a3", 4: "a4"})
+        await until(lambda: 3 in dialer.dialling, "the dial to node 3")
+        dialer.write_gates[4] = anyio.Event()  # and node 4 stops reading
+        pool.send(4, [hb(4, 1)])
+        pool.send(2, beats(2, range(5)))
+        await until(lambda: dialer.terms(2) == list(range(5)), "node 2, meanwhile")
+        assert pool.stats().peers[3].state == "connecting"
+        assert dialer.delivered[4] == []
+        assert pool.lock_stats().acquisitions == 0
+
+
+async def test_legacy_buffers_grow_without_bound() -> None:
+    dialer = FakeDialer()
+    pool = make_pool("legacy", dialer)
+    pool.set_peers({2: "a2"})
+    async with running(pool):
+        await until(connected(dialer, 2))
+        dialer.write_gates[2] = gate = anyio.Event()
+        pool.send(2, [hb(2, 0)])
+        await until(lambda: pool.stats().peers[2].queued == 0, "message 0 in flight")
+        for t in range(1, 50_001):
+            pool.send(2, [hb(2, t)])
+        assert pool.stats().queued == 50_000
+        assert dialer.reports == []  # never refuses
+        gate.set()
+        await until(lambda: len(dialer.delivered[2]) == 50_001, "everything")
+        assert dialer.terms(2) == list(range(50_001))
+
+
+async def test_the_actor_bounds_each_queue_and_reports_overflow_once_per_episode() -> None:
+    dialer = FakeDialer()
+    pool = make_pool("actor", dialer, max_queued=10)
+    pool.set_peers({2: "a2"})
+    async with running(pool):
+        await until(connected(dialer, 2))
+        dialer.write_gates[2] = gate = anyio.Event()
+        pool.send(2, [hb(2, 0)])
+        await until(lambda: pool.stats().peers[2].queued == 0, "message 0 in flight")
+        pool.send(2, beats(2, range(1, 9)))
+        pool.send(2, beats(2, range(9, 17)))  # 6 over the bound
+        pool.send(2, beats(2, range(17, 21)))  # the same episode
+        assert dialer.reports == [2]
+        assert pool.stats().peers[2].dropped == 10
+        gate.set()
+        await until(lambda: dialer.terms(2) == list(range(11)), "message 0 and the first 10")
+        pool.send(2, beats(2, range(100, 111)))  # the writer drained: a new episode
+        assert dialer.reports == [2, 2]
+
+
+async def test_the_actor_restarts_a_crashed_peer_task_and_logs_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="raftmw.actors.pool")
+    dialer = FakeDialer()
+    pool = make_pool("actor", dialer)
+    pool.set_peers(BOOK)
+    async with running(pool):
+        await until(connected(dialer, 2, 3))
+        first = dialer.live(2)
+        dialer.crash_encode.add(2)
+        pool.send(2, [hb(2, 1)])
+        await until(lambda: pool.stats().peers[2].restarts == 1, "the restart")
+        assert "the connection task for node 2 crashed" in caplog.text
+        assert "a bug while encoding for node 2" in caplog.text  # with its traceback
+        assert dialer.reports == [2]  # the crash lost message 1
+        await until(lambda: dialer.live(2) not in (None, first), "a fresh connection")
+        assert first is not None and first.closed_by == "pool"
+        pool.send(2, [hb(2, 2)])
+        pool.send(3, [hb(3, 2)])
+        await until(lambda: dialer.terms(2) == [2] and dialer.terms(3) == [2])
+        assert len(dialer.connections[3]) == 1  # the other peer never noticed
+
+
+# == on real sockets ===========================================================================
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.unreachable: list[int] = []
+
+    def deliver(self, messages: Sequence[Message]) -> None:
+        self.messages.extend(messages)
+
+    def peer_unreachable(self, node_id: int) -> None:
+        self.unreachable.append(node_id)
+
+    def terms(self) -> list[int]:
+        return [m.term for m in self.messages]
+
+
+class Clients:
+    async def handle(self, request: Any) -> Any:
+        raise AssertionError("no clients here")
+
+
+def tcp(node_id: int) -> TcpTransport:
+    return TcpTransport(
+        node_id=node_id,
+        cluster_id="pool",
+        listen="127.0.0.1:0",
+        peers={},
+        connect_timeout=1.0,
+        backoff_min=0.01,
+        backoff_max=0.05,
+    )
+
+
+async def exchange(a: TcpTransport, inbox_a: Inbox, b: TcpTransport, inbox_b: Inbox) -> None:
+    base_a, base_b = len(inbox_a.messages), len(inbox_b.messages)
+    a.send([Heartbeat(src=a.node_id, dst=b.node_id, term=t) for t in range(20)])
+    b.send([Heartbeat(src=b.node_id, dst=a.node_id, term=t) for t in range(20)])
+    await until(lambda: len(inbox_b.messages) == base_b + 20, "a -> b")
+    await until(lambda: len(inbox_a.messages) == base_a + 20, "b -> a")
+    assert inbox_b.terms()[base_b:] == inbox_a.terms()[base_a:] == list(range(20))
+
+
+@BOTH_BACKENDS
+@pytest.mark.parametrize("kind", ["legacy", "actor"])
+async def test_the_pool_carries_tcp_traffic_both_ways_and_leaves_no_socket(kind: str) -> None:
+    t1, t2 = tcp(1), tcp(2)
+    inbox1, inbox2 = Inbox(), Inbox()
+    pool = make_pool(kind, t1.dialer)
+    t1.use_pool(pool)  # before serving, as a node does
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(pool.run)
+            await tg.start(t1.serve, inbox1, Clients())
+            await tg.start(t2.serve, inbox2, Clients())
+            book = {1: t1.listen_address, 2: t2.listen_address}
+            t1.set_peers(book)
+            t2.set_peers(book)
+            await until(lambda: t1.connected_peers == {2} and t2.connected_peers == {1})
+            await exchange(t1, inbox1, t2, inbox2)
+            assert t1.dial_attempts >= 1 and t2.dial_attempts == 0
+            assert t1.open_connections == t2.open_connections == 1
+            assert pool.stats().connections_open == 1
+            tg.cancel_scope.cancel()
+    assert t1.open_connections == t2.open_connections == 0
+    assert pool.stats().connections_open == 0
+
+
+async def test_a_serving_transport_swaps_pools_without_losing_the_link() -> None:
+    t1, t2 = tcp(1), tcp(2)
+    inbox1, inbox2 = Inbox(), Inbox()
+    with anyio.fail_after(15):
+        async with anyio.create_task_group() as tg:
+            await tg.start(t1.serve, inbox1, Clients())  # with a TransportPool of its own
+            await tg.start(t2.serve, inbox2, Clients())
+            book = {1: t1.listen_address, 2: t2.listen_address}
+            t1.set_peers(book)
+            t2.set_peers(book)
+            await until(lambda: t1.connected_peers == {2} and t2.connected_peers == {1})
+            assert isinstance(t1.pool, TransportPool)
+            await exchange(t1, inbox1, t2, inbox2)
+
+            scopes: list[anyio.CancelScope] = []
+
+            async def run(pool: Any, *, task_status: Any) -> None:
+                scope = anyio.CancelScope()
+                scopes.append(scope)
+                with scope:
+                    await pool.run(task_status=task_status)
+
+            for kind in ("legacy", "actor", "legacy"):
+                previous = t1.pool
+                pool = make_pool(kind, t1.dialer)
+                await tg.start(run, pool)
+                if len(scopes) > 1:  # between two pools the node runs: Components' swap
+                    pool.import_state(previous.export_state())
+                    t1.use_pool(pool)
+                    scopes[-2].cancel()
+                else:  # from the transport's own pool: use_pool moves the state itself
+                    t1.use_pool(pool)
+                assert t1.pool is pool
+                await until(one_connection(pool), f"{kind} connected")
+                await until(lambda: t1.connected_peers == {2} and t2.connected_peers == {1})
+                await exchange(t1, inbox1, t2, inbox2)
+            assert t1.open_connections == t2.open_connections == 1
+            tg.cancel_scope.cancel()
+    assert t1.open_connections == t2.open_connections == 0

@@ -1,0 +1,357 @@
+"""Issue 5, the connection pool half: one stuck follower, and what each pool makes of it.
+
+A 3-node cluster of in-process `RaftNode`s on real `TcpTransport`s (127.0.0.1) and
+`MemoryLogStore`s, where node 3's address leads to a *stuck peer* instead of a node:
+
+- ``accepts-never-reads``: a listening socket that the kernel accepts connections on and
+  nobody ever reads: TCP connects, the handshake is never answered;
+- ``connect-never-completes``: a listening socket with a full backlog (``listen(0)`` plus
+  one connection parked in its accept queue); Linux drops further SYNs, so a connect hangs
+  until the dialler gives up: what a host dropping packets looks like, reproducible on
+  loopback. (A non-routable address such as 10.255.255.1 would be the textbook choice, but
+  whether its connect hangs, fails at once or is answered by a proxy depends on the
+  machine's routes, so it proves nothing portable.)
+
+Both live nodes have a lower id than node 3, so both dial it, through their connection pool,
+every few seconds, and each dial stays in flight for ``transport.connect_timeout`` (1s, more
+than the 200-400ms election timeout). What follows is behaviour, not speed:
+
+- actors (``actors = true``): writes keep committing, no election happens (term and
+  leader unchanged), and the healthy follower's frames are written *while* a dial to node 3
+  is in flight;
+- legacy: no frame to the healthy follower is ever written while a dial to node 3 is in
+  flight (the dial holds the pool lock and the one sender task), so the leader loses touch
+  with its only live follower for a whole connect timeout, check-quorum ends its term, and
+  elections follow. Every acknowledged write is still there: slow, not wrong.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import anyio.abc
+import pytest
+
+from framework.client import KVClient
+from framework.config import Settings, load_settings
+from framework.core import Message
+from framework.runtime.localcluster import free_ports
+from framework.runtime.node import NodeConfig, RaftNode
+from framework.seams import PeerConnection, PeerDialer
+from framework.storage import MemoryLogStore
+from framework.transport.tcp import TcpTransport
+
+pytestmark = pytest.mark.anyio
+
+STUCK = 3
+HOLES = ("accepts-never-reads", "connect-never-completes")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+# -- the stuck peer --------------------------------------------------------------------------
+
+
+@contextmanager
+def stuck_peer(kind: str) -> Iterator[str]:
+    """The address of a peer that never answers, in the way ``kind`` says."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    parked: socket.socket | None = None
+    try:
+        listener.bind(("127.0.0.1", 0))
+        if kind == "accepts-never-reads":
+            listener.listen(64)
+        else:
+            listener.listen(0)
+            parked = socket.create_connection(listener.getsockname(), timeout=2)
+        host, port = listener.getsockname()
+        yield f"{host}:{port}"
+    finally:
+        if parked is not None:
+            parked.close()
+        listener.close()
+
+
+def test_the_full_backlog_peer_really_never_completes_a_connect() -> None:
+    """The premise of ``connect-never-completes`` on this machine: a connect times out."""
+    with stuck_peer("connect-never-completes") as address:
+        host, port = address.rsplit(":", 1)
+        with socket.socket() as sock, pytest.raises(TimeoutError):
+            sock.settimeout(0.3)
+            sock.connect((host, int(port)))
+
+
+# -- instrumenting a node's pool: which writes happened while node 3 was being dialled -----------
+
+
+class DialWatch:
+    """Counts, per peer, the frames the pool writes, and those written while a dial to the
+    stuck peer was in flight."""
+
+    def __init__(self) -> None:
+        self.dialling_stuck = 0
+        self.dials_to_stuck_done = 0
+        self.writes: dict[int, int] = defaultdict(int)
+        self.writes_during_stuck_dial: dict[int, int] = defaultdict(int)
+
+
+class WatchedDialer:
+    """A `PeerDialer` that reports to a `DialWatch` and delegates to the transport's."""
+
+    def __init__(self, inner: PeerDialer, watch: DialWatch) -> None:
+        self._inner = inner
+        self._watch = watch
+
+    async def dial(self, peer: int, address: str) -> PeerConnection:
+        watch = self._watch
+        if peer == STUCK:
+            watch.dialling_stuck += 1
+        try:
+            conn = await self._inner.dial(peer, address)
+        finally:
+            if peer == STUCK:
+                watch.dialling_stuck -= 1
+                watch.dials_to_stuck_done += 1
+        return WatchedConnection(conn, peer, watch)
+
+    def encode(self, peer: int, messages: Sequence[Message]) -> list[bytes]:
+        return self._inner.encode(peer, messages)
+
+    def unreachable(self, peer: int) -> None:
+        self._inner.unreachable(peer)
+
+
+class WatchedConnection:
+    def __init__(self, inner: PeerConnection, peer: int, watch: DialWatch) -> None:
+        self._inner = inner
+        self._peer = peer
+        self._watch = watch
+
+    @property
+    def closed(self) -> bool:
+        return self._inner.closed
+
+    async def send_frames(self, frames: Sequence[bytes]) -> None:
+        watch = self._watch
+        watch.writes[self._peer] += 1
+        if watch.dialling_stuck:
+            watch.writes_during_stuck_dial[self._peer] += 1
+        await self._inner.send_frames(frames)
+
+    async def wait_closed(self) -> None:
+        await self._inner.wait_closed()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class WatchedTcpTransport(TcpTransport):
+    """A `TcpTransport` whose pool (built by the node from ``dialer``) is watched."""
+
+    def __init__(self, watch: DialWatch, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.watch = watch
+        self._watched = WatchedDialer(super().dialer, watch)
+
+    @property
+    def dialer(self) -> PeerDialer:
+        return self._watched
+
+
+# -- the cluster -------------------------------------------------------------------------------
+
+
+@dataclass
+class Cluster:
+    settings: Settings
+    addresses: dict[int, str]
+    nodes: dict[int, RaftNode] = field(default_factory=dict)
+
+    def client(self) -> KVClient:
+        live = {i: a for i, a in self.addresses.items() if i in self.nodes}
+        return KVClient(live, timeout=20)
+
+    async def views(self) -> dict[int, tuple[int, int]]:
+        """(term, leader) as each node's status says."""
+        views = {}
+        for node_id, node in self.nodes.items():
+            status = await node.status()
+            views[node_id] = (status["term"], status["leader"])
+        return views
+
+    def watch(self, node_id: int) -> DialWatch:
+        transport = self.nodes[node_id].transport
+        assert isinstance(transport, WatchedTcpTransport)
+        return transport.watch
+
+
+def settings_for(*, actors: bool) -> Settings:
+    return load_settings(env={}, overrides={"flags.actors": actors})
+
+
+@asynccontextmanager
+async def cluster(
+    settings: Settings, *, stuck: str | None, size: int = 3
+) -> AsyncIterator[Cluster]:
+    """Nodes 1..size on loopback, or 1..size-1 with node ``size``'s address a stuck peer."""
+    live = size - 1 if stuck else size
+    ports = free_ports(live)
+    addresses = {i: f"127.0.0.1:{ports[i - 1]}" for i in range(1, live + 1)}
+    t = settings.transport
+    with stuck_peer(stuck) if stuck else _nothing() as hole:
+        if hole is not None:
+            addresses[size] = hole
+        c = Cluster(settings=settings, addresses=addresses)
+        async with anyio.create_task_group() as tg:
+            for node_id in range(1, live + 1):
+                transport = WatchedTcpTransport(
+                    DialWatch(),
+                    node_id=node_id,
+                    cluster_id="stuck",
+                    listen=addresses[node_id],
+                    peers={i: a for i, a in addresses.items() if i != node_id},
+                    max_frame_size=t.max_frame_size,
+                    connect_timeout=t.connect_timeout,
+                    backoff_min=t.reconnect_backoff_min,
+                    backoff_max=t.reconnect_backoff_max,
+                )
+                node = RaftNode(
+                    NodeConfig(
+                        node_id=node_id, cluster_id="stuck", peers=addresses, settings=settings
+                    ),
+                    store=MemoryLogStore(),
+                    transport=transport,
+                )
+                await tg.start(node.run)
+                c.nodes[node_id] = node
+            yield c
+            tg.cancel_scope.cancel()
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield None
+
+
+async def settled(c: Cluster, client: KVClient) -> tuple[int, int]:
+    """One write acknowledged and every live node agreeing on (term, leader)."""
+    with anyio.fail_after(30):
+        await client.put("settle", "1")
+        while True:
+            views = set((await c.views()).values())
+            if len(views) == 1:
+                (term, leader) = views.pop()
+                if leader:
+                    return term, leader
+            await anyio.sleep(0.01)
+
+
+# -- the scenario --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hole", HOLES)
+async def test_with_actors_a_stuck_follower_stops_no_write_and_starts_no_election(
+    hole: str,
+) -> None:
+    async with cluster(settings_for(actors=True), stuck=hole) as c, c.client() as client:
+        assert {n.components.plugins()["connection_pool"] for n in c.nodes.values()} == {
+            "actors_pool"
+        }
+        term, leader = await settled(c, client)
+        watch = c.watch(1)  # node 1 dials both node 2 and the stuck node 3
+        dials_before = watch.dials_to_stuck_done
+        acknowledged = 0
+        with anyio.fail_after(60):
+            # Write through at least two whole dials to the stuck peer (1s each).
+            while acknowledged < 200 or watch.dials_to_stuck_done < dials_before + 2:
+                await client.put(f"k{acknowledged}", str(acknowledged))
+                acknowledged += 1
+        assert await c.views() == {1: (term, leader), 2: (term, leader)}  # no election
+        # The healthy follower was written to while node 3's dial was in flight.
+        assert watch.writes_during_stuck_dial[2] > 0
+        assert await client.get(f"k{acknowledged - 1}") == str(acknowledged - 1)
+        # What an operator sees (raftmw status): node 3 never connected, node 2 is.
+        pool = (await client.status(1))["performance"]["connection_pool"]
+        assert pool["peers"]["2"]["state"] == "connected"
+        assert pool["peers"][str(STUCK)]["state"] != "connected"
+        assert pool["peers"][str(STUCK)]["dial_attempts"] >= 2
+
+
+@pytest.mark.parametrize("hole", HOLES)
+async def test_in_legacy_mode_the_stuck_follower_holds_up_the_healthy_one(hole: str) -> None:
+    async with cluster(settings_for(actors=False), stuck=hole) as c, c.client() as client:
+        assert {n.components.plugins()["connection_pool"] for n in c.nodes.values()} == {"legacy"}
+        term, _leader = await settled(c, client)
+        watch = c.watch(1)
+        dials_before = watch.dials_to_stuck_done
+        acknowledged = 0
+        with anyio.fail_after(60):
+            # Write until an election has happened, through at least two stuck dials.
+            while (
+                max(t for t, _ in (await c.views()).values()) == term
+                or watch.dials_to_stuck_done < dials_before + 2
+            ):
+                await client.put(f"k{acknowledged}", str(acknowledged))
+                acknowledged += 1
+        # The lock (and the one sender) is held across the dial: nothing reaches node 2
+        # meanwhile, though node 2 is written to before and after.
+        assert watch.writes_during_stuck_dial[2] == 0
+        assert watch.writes[2] > 0
+        assert c.nodes[1].components.connection_pool.lock_stats().acquisitions > 0
+        # Slow, not wrong: every acknowledged write is there.
+        for i in (0, acknowledged // 2, acknowledged - 1):
+            assert await client.get(f"k{i}") == str(i)
+
+
+async def test_flipping_actors_on_a_live_cluster_swaps_every_pool_and_keeps_every_write() -> None:
+    async with cluster(settings_for(actors=False), stuck=None) as c, c.client() as client:
+        await settled(c, client)
+        done = anyio.Event()
+        acknowledged: list[int] = []
+
+        async def writer() -> None:
+            i = 0
+            while not done.is_set():
+                await client.put(f"w{i}", str(i))
+                acknowledged.append(i)
+                i += 1
+
+        def pools() -> set[str]:
+            return {n.components.plugins()["connection_pool"] for n in c.nodes.values()}
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(writer)
+                for value, plugin in (
+                    (True, "actors_pool"),
+                    (False, "legacy"),
+                    (True, "actors_pool"),
+                ):
+                    before = len(acknowledged)
+                    await client.flags("set", assignments={"actors": value}, reason="test")
+                    while pools() != {plugin}:
+                        await anyio.sleep(0.01)
+                    while len(acknowledged) < before + 50:  # writes go on after the swap
+                        await anyio.sleep(0.01)
+                done.set()
+        for node in c.nodes.values():
+            swaps = [s for s in node.components.swaps if s.slot == "connection_pool"]
+            assert [(s.old, s.new, s.ok) for s in swaps] == [
+                ("legacy", "actors_pool", True),
+                ("actors_pool", "legacy", True),
+                ("legacy", "actors_pool", True),
+            ]
+            assert node.components.connection_pool.stats().connections_open == sum(
+                peer > node.id for peer in c.nodes
+            )
+        for i in (0, len(acknowledged) // 2, acknowledged[-1]):
+            assert await client.get(f"w{i}") == str(i)
