@@ -37,6 +37,7 @@ float seconds and sizes int bytes; `settings_to_toml` writes them back as "200ms
 
 from __future__ import annotations
 
+import abc
 import copy
 import json
 import os
@@ -225,7 +226,7 @@ def format_size(size: int) -> int | str:
 # --------------------------------------------------------------------------- value kinds
 
 
-class _Kind:
+class _Kind(abc.ABC):
     """How one setting is spelt in TOML and what it becomes in Python."""
 
     __slots__ = ("expected",)
@@ -233,8 +234,9 @@ class _Kind:
     def __init__(self, expected: str) -> None:
         self.expected = expected
 
+    @abc.abstractmethod
     def read(self, key: str, raw: object) -> object:
-        raise NotImplementedError
+        """Validate and convert ``raw`` read at ``key``; raise ``SettingsError`` if bad."""
 
     def write(self, value: Any) -> Any:
         return value
