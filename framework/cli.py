@@ -137,10 +137,10 @@ def node(
     plugin_args: tuple[str, ...],
 ) -> None:
     """Run one node until SIGTERM or SIGINT, then shut down cleanly (exit 0)."""
+    from framework.plugins import PluginError, PluginHost
     from framework.runtime.node import NodeConfig, RaftNode
     from framework.storage import StorageError
     from framework.storage.sqlite import SQLiteLogStore
-    from framework.transport.tcp import TcpTransport
 
     blocked = [p.removeprefix("no:") for p in plugin_args if p.startswith("no:")]
     enabled = [p for p in plugin_args if not p.startswith("no:")]
@@ -154,23 +154,22 @@ def node(
         )
     members[node_id] = listen
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    try:
+        host = PluginHost(blocked=settings.plugins.blocked, enabled=settings.plugins.enabled)
+    except PluginError as exc:
+        raise click.ClickException(f"node {node_id}: {exc}") from None
     config = NodeConfig(
-        node_id=node_id, cluster_id=cluster_id, peers=members, settings=settings, join=join
+        node_id=node_id,
+        cluster_id=cluster_id,
+        peers=members,
+        settings=settings,
+        join=join,
+        plugin_host=host,
     )
-    t = settings.transport
 
     async def serve() -> None:
         store = SQLiteLogStore(data_dir, sync=settings.storage.sync)  # type: ignore[arg-type]
-        transport = TcpTransport(
-            node_id=node_id,
-            cluster_id=cluster_id,
-            listen=listen,
-            peers={k: v for k, v in members.items() if k != node_id},
-            max_frame_size=t.max_frame_size,
-            connect_timeout=t.connect_timeout,
-            backoff_min=t.reconnect_backoff_min,
-            backoff_max=t.reconnect_backoff_max,
-        )
+        transport = _build_transport(config, listen)
         raft_node = RaftNode(config, store=store, transport=transport)
         async with anyio.create_task_group() as tg:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -193,6 +192,35 @@ def node(
                 f"node {node_id} cannot listen on {listen}: {problem}"
             ) from None
         raise click.ClickException(f"node {node_id}: {problem}") from None
+
+
+def _build_transport(config: Any, listen: str) -> Any:
+    """The transport ``transport.kind`` names, from whichever plugin provides it."""
+    from framework.hooks import BuildContext
+    from framework.plugins import PluginError
+    from framework.runtime.node_flags import NodeFlags
+
+    host = config.plugin_host
+    kind = config.settings.transport.kind
+    flags = NodeFlags(host, node_id=config.node_id, settings=config.settings).evaluate()
+    ctx = BuildContext(node_id=config.node_id, settings=config.settings, flags=flags)
+    try:
+        transport, _plugin = host.build(
+            "transport",
+            ctx,
+            kind=kind,
+            listen=listen,
+            peers=config.peers,
+            cluster_id=config.cluster_id,
+        )
+    except PluginError as exc:
+        if "no plugin provides" in str(exc):
+            raise PluginError(
+                f"transport.kind = {kind!r}: no installed plugin provides it; expected "
+                '"tcp" (built in) or the kind of an installed transport plugin'
+            ) from None
+        raise
+    return transport
 
 
 def _start_failure(exc: BaseException) -> Exception | None:

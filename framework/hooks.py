@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         StatusStore,
         TimeoutPolicy,
     )
+    from framework.transport.base import Transport
 
 __all__ = ["BuildContext", "hookimpl", "hookspec"]
 
@@ -129,6 +130,16 @@ def raftmw_make_connection_pool(ctx: BuildContext, dialer: PeerDialer) -> Connec
     messages to it. Only built for a transport that keeps connections (TCP); a node on the
     in-memory network has no pool. The factory must only construct: the pool starts dialling
     when its ``run`` has started and the transport has given it the address book."""
+
+
+@hookspec(firstresult=True)
+def raftmw_make_transport(
+    ctx: BuildContext, kind: str, listen: str, peers: Mapping[int, str], cluster_id: str
+) -> Transport | None:
+    """Build the node's transport for ``transport.kind`` (``kind``), listening on ``listen``
+    and reaching ``peers`` (node id -> address, this node included). Answer None for a
+    kind this plugin does not provide. Called once when ``raftmw node`` starts; a
+    transport is not swapped while the node runs."""
 
 
 # ===========================================================================================

@@ -53,6 +53,7 @@ __all__ = [
 T = TypeVar("T")
 
 SEAMS: tuple[str, ...] = (
+    "transport",
     "status_store",
     "queue",
     "timeouts",

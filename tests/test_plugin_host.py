@@ -142,6 +142,7 @@ def test_installed_plugins_are_found_by_entry_point() -> None:
     names = {p.name: p for p in h.plugins()}
     assert names["legacy"].tier is Tier.ESSENTIAL
     assert "backpressure" in names
+    assert names["tcp"].tier is Tier.ESSENTIAL and names["tcp"].seams == ("transport",)
     registry = h.declare_flags()
     assert "backpressure" in registry
     assert set(names["legacy"].seams) == {

@@ -4,6 +4,7 @@ cluster, garbage sent to a live node, `cluster`, `demo`, and settings errors."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -262,3 +263,16 @@ def test_blocking_a_plugin_at_start_is_checked(tmp_path: Path) -> None:
     )
     assert out.returncode != 0
     assert "legacy" in out.stderr and "essential" in out.stderr
+
+
+def test_an_unknown_transport_kind_is_named(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    out = subprocess.run(
+        _node_cmd(1, tmp_path / "d", port),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "RAFTMW_TRANSPORT__KIND": "carrier-pigeon"},
+    )
+    assert out.returncode != 0
+    assert "transport.kind" in out.stderr and "carrier-pigeon" in out.stderr, out.stderr

@@ -1,0 +1,33 @@
+"""Plugin ``tcp``: builds ``framework.transport.TcpTransport`` for ``transport.kind = "tcp"``.
+
+Essential: a node needs a transport, and TCP is the one every installation has. Other
+transports (an iroh/QUIC one, say) are plugins answering for their own ``kind``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from framework.hooks import BuildContext, hookimpl
+from framework.transport.tcp import TcpTransport
+
+RAFTMW_TIER = "essential"
+
+
+@hookimpl
+def raftmw_make_transport(
+    ctx: BuildContext, kind: str, listen: str, peers: Mapping[int, str], cluster_id: str
+) -> TcpTransport | None:
+    if kind != "tcp":
+        return None
+    t = ctx.settings.transport
+    return TcpTransport(
+        node_id=ctx.node_id,
+        cluster_id=cluster_id,
+        listen=listen,
+        peers={k: v for k, v in peers.items() if k != ctx.node_id},
+        max_frame_size=t.max_frame_size,
+        connect_timeout=t.connect_timeout,
+        backoff_min=t.reconnect_backoff_min,
+        backoff_max=t.reconnect_backoff_max,
+    )
