@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "SEAMS",
+    "SWAPPABLE_SEAMS",
     "Component",
     "ConnectionPool",
     "LockStats",
@@ -62,6 +63,10 @@ SEAMS: tuple[str, ...] = (
     "connection_pool",
 )
 """Seam names, as used by factory hooks, ``raftmw plugins`` and swap reports."""
+
+SWAPPABLE_SEAMS: tuple[str, ...] = tuple(seam for seam in SEAMS if seam != "transport")
+"""Seams whose component a flag selects and a live node swaps; the transport is chosen by
+the ``transport.kind`` setting, once, at start."""
 
 
 @dataclass(frozen=True, slots=True)
