@@ -379,3 +379,19 @@ async def test_observer_hooks_and_metrics_see_the_node_work() -> None:
     assert ("commit", leader) in events and ("apply", leader) in events
     assert metrics["proposals"] >= 2 and metrics["entries_applied"] >= 2
     assert metrics["proposal_batch"]["count"] >= 1
+
+
+async def test_in_actor_and_lock_free_mode_the_hot_path_takes_no_lock() -> None:
+    """Issue #5: with ``actors`` and ``lock_free`` on, writes take no lock anywhere; in the
+    legacy mode the same writes are counted on the status lock and the metrics lock."""
+    modes = {}
+    for actors in (False, True):
+        flags = {"flags.actors": actors, "flags.lock_free": actors}
+        async with cluster(**flags) as c, c.client() as client:
+            leader = await c.wait_leader()
+            for i in range(20):
+                await client.put(f"l{i}", "v")
+            locks = (await c.nodes[leader].status())["performance"]["locks"]
+            modes[actors] = sum(s["acquisitions"] for s in locks.values())
+    assert modes[True] == 0
+    assert modes[False] > 0

@@ -1,0 +1,160 @@
+"""``LockFreeMetrics``: the plan's lock-free counters and histograms, the Python way.
+
+The runtime updates metrics only from its event loop thread, so every counter and
+histogram has exactly one writer: an update is a plain ``+=`` with no lock at all (the
+analogue of a relaxed atomic in the Rust plan). Readers on the same loop see a consistent
+value between two awaits; ``snapshot`` copies the numbers, so a status request never holds
+anything the hot path needs (the legacy metrics sort samples under their lock instead).
+
+Histograms keep counts in logarithmic buckets (``BUCKETS_PER_DOUBLING`` per power of two,
+so a percentile is within about 9% of the true value) instead of raw samples: constant
+memory, O(1) ``record``, percentiles from cumulative counts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Final
+
+import anyio
+from anyio.abc import TaskStatus
+
+from framework.seams import LockStats
+
+__all__ = ["BUCKETS_PER_DOUBLING", "LockFreeMetrics", "LogHistogram"]
+
+BUCKETS_PER_DOUBLING: Final = 8
+_ZERO_BUCKET: Final = -(10**9)
+"""Bucket key for values <= 0 (they have no logarithm)."""
+
+
+class LogHistogram:
+    __slots__ = ("buckets", "count", "max", "sum")
+
+    def __init__(self) -> None:
+        self.buckets: dict[int, int] = {}
+        self.count = 0
+        self.sum = 0.0
+        self.max = -math.inf
+
+    def record(self, value: float) -> None:
+        key = math.floor(math.log2(value) * BUCKETS_PER_DOUBLING) if value > 0 else _ZERO_BUCKET
+        self.buckets[key] = self.buckets.get(key, 0) + 1
+        self.count += 1
+        self.sum += value
+        if value > self.max:
+            self.max = value
+
+    def quantile(self, q: float) -> float:
+        """Upper bound of the bucket holding the ``q`` quantile (0.0 when empty)."""
+        if not self.count:
+            return 0.0
+        rank = q * self.count
+        seen = 0
+        for key in sorted(self.buckets):
+            seen += self.buckets[key]
+            if seen >= rank:
+                if key == _ZERO_BUCKET:
+                    return 0.0
+                return min(2 ** ((key + 1) / BUCKETS_PER_DOUBLING), self.max)
+        return self.max
+
+    def representative_samples(self) -> list[float]:
+        """Up to a few thousand values whose distribution matches the buckets (for swaps to
+        an implementation that keeps samples)."""
+        scale = max(1, self.count // 5_000)
+        out: list[float] = []
+        for key, n in sorted(self.buckets.items()):
+            value = 0.0 if key == _ZERO_BUCKET else 2 ** ((key + 0.5) / BUCKETS_PER_DOUBLING)
+            out.extend([value] * max(1, n // scale))
+        return out
+
+
+class LockFreeMetrics:
+    def __init__(self) -> None:
+        self._counters: dict[str, int] = {}
+        self._histograms: dict[str, LogHistogram] = {}
+
+    # -- hot path ---------------------------------------------------------------------------
+
+    def add(self, name: str, value: int = 1) -> None:
+        counters = self._counters
+        if name in self._histograms:
+            raise ValueError(f"metric {name!r} is a histogram, not a counter")
+        counters[name] = counters.get(name, 0) + value
+
+    def record(self, name: str, value: float) -> None:
+        histogram = self._histograms.get(name)
+        if histogram is None:
+            if name in self._counters:
+                raise ValueError(f"metric {name!r} is a counter, not a histogram")
+            histogram = self._histograms[name] = LogHistogram()
+        histogram.record(value)
+
+    # -- readers ----------------------------------------------------------------------------
+
+    def snapshot(self) -> Mapping[str, Any]:
+        out: dict[str, Any] = dict(self._counters)
+        for name, h in self._histograms.items():
+            out[name] = {
+                "count": h.count,
+                "sum": h.sum,
+                "p50": h.quantile(0.5),
+                "p99": h.quantile(0.99),
+                "max": h.max if h.count else 0.0,
+            }
+        return out
+
+    def lock_stats(self) -> LockStats:
+        return LockStats()
+
+    # -- component --------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await anyio.sleep_forever()
+
+    def export_state(self) -> dict[str, Any]:
+        """The legacy metrics' shape, so swaps work both ways."""
+        return {
+            "counters": dict(self._counters),
+            "histograms": {
+                name: {
+                    "count": h.count,
+                    "sum": h.sum,
+                    "max": h.max,
+                    "samples": h.representative_samples(),
+                }
+                for name, h in self._histograms.items()
+            },
+        }
+
+    def import_state(self, state: Any) -> None:
+        if state is None:
+            return
+        if not isinstance(state, Mapping):
+            raise TypeError(f"metrics state must be a mapping, not {type(state).__name__}")
+        counters = state.get("counters", {})
+        histograms = state.get("histograms", {})
+        if not isinstance(counters, Mapping) or not isinstance(histograms, Mapping):
+            raise TypeError('metrics state must hold mappings under "counters" and "histograms"')
+        # Read and check everything before changing anything.
+        added = {str(k): int(v) for k, v in counters.items()}
+        built: dict[str, LogHistogram] = {}
+        for name, data in histograms.items():
+            if not isinstance(data, Mapping):
+                raise TypeError(f"metrics state: histogram {name!r} must be a mapping")
+            h = LogHistogram()
+            for sample in data.get("samples", ()):
+                h.record(float(sample))
+            h.count = int(data.get("count", h.count))
+            h.sum = float(data.get("sum", h.sum))
+            h.max = float(data.get("max", h.max))
+            built[str(name)] = h
+        clashes = added.keys() & (built.keys() | self._histograms.keys())
+        if clashes:
+            raise ValueError(f"metrics state: {sorted(clashes)} would be both kinds")
+        for name, value in added.items():
+            self._counters[name] = self._counters.get(name, 0) + value
+        self._histograms.update(built)
