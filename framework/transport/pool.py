@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -131,6 +131,18 @@ async def pump(
         tg.cancel_scope.cancel()
 
 
+def take_queued(
+    queues: Iterable[tuple[int, OutboundQueue]], pending: dict[int, list[Message]]
+) -> dict[int, list[Message]]:
+    """A pool's swap state: every message queued per peer (and ``pending`` ones for peers
+    not in the address book yet), moved out: the queues and ``pending`` are empty after."""
+    state = {peer: queue.take() for peer, queue in queues if queue}
+    for peer, messages in pending.items():
+        state.setdefault(peer, []).extend(messages)
+    pending.clear()
+    return state
+
+
 def check_pool_state(state: Any) -> dict[int, list[Message]]:
     """Validate a pool's swap state (``dict[int, list[Message]]``) before taking any of it."""
     if not isinstance(state, dict):
@@ -199,11 +211,7 @@ class TransportPool:
             self._tg = None
 
     def export_state(self) -> dict[int, list[Message]]:
-        state = {peer: link.queue.take() for peer, link in self._links.items() if link.queue}
-        for peer, messages in self._pending.items():
-            state.setdefault(peer, []).extend(messages)
-        self._pending = {}
-        return state
+        return take_queued(((p, link.queue) for p, link in self._links.items()), self._pending)
 
     def import_state(self, state: Any) -> None:
         for peer, messages in check_pool_state(state).items():

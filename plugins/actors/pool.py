@@ -45,7 +45,7 @@ from anyio.abc import TaskStatus
 from framework.core import Message
 from framework.seams import LockStats, PeerConnection, PeerDialer, PeerLinkStats, PoolStats
 from framework.transport.backoff import Backoff
-from framework.transport.pool import OutboundQueue, check_pool_state, pump
+from framework.transport.pool import OutboundQueue, check_pool_state, pump, take_queued
 
 if TYPE_CHECKING:
     from framework.config import Settings
@@ -131,11 +131,7 @@ class ConnectionPoolActor:
             self._tg = None
 
     def export_state(self) -> dict[int, list[Message]]:
-        state = {peer: actor.queue.take() for peer, actor in self._actors.items() if actor.queue}
-        for peer, messages in self._pending.items():
-            state.setdefault(peer, []).extend(messages)
-        self._pending = {}
-        return state
+        return take_queued(((p, actor.queue) for p, actor in self._actors.items()), self._pending)
 
     def import_state(self, state: Any) -> None:
         for peer, messages in check_pool_state(state).items():
