@@ -35,7 +35,7 @@ from framework.core import Message
 from framework.seams import LockStats, PeerConnection, PeerDialer, PeerLinkStats, PoolStats
 from framework.transport.backoff import Backoff
 
-__all__ = ["OutboundQueue", "TransportPool", "check_pool_state", "pump"]
+__all__ = ["OutboundQueue", "TransportPool", "check_pool_state", "pump", "take_queued"]
 
 logger = logging.getLogger("raftmw.transport")
 
