@@ -198,12 +198,11 @@ def _build_transport(config: Any, listen: str) -> Any:
     """The transport ``transport.kind`` names, from whichever plugin provides it."""
     from framework.hooks import BuildContext
     from framework.plugins import PluginError
-    from framework.runtime.node_flags import NodeFlags
-
     host = config.plugin_host
     kind = config.settings.transport.kind
-    flags = NodeFlags(host, node_id=config.node_id, settings=config.settings).evaluate()
-    ctx = BuildContext(node_id=config.node_id, settings=config.settings, flags=flags)
+    # The transport is chosen by its kind, not by flags; the node evaluates flags itself
+    # (declaring and validating them once, in RaftNode).
+    ctx = BuildContext(node_id=config.node_id, settings=config.settings, flags={})
     try:
         transport, _plugin = host.build(
             "transport",

@@ -138,7 +138,8 @@ def raftmw_make_transport(
 ) -> Transport | None:
     """Build the node's transport for ``transport.kind`` (``kind``), listening on ``listen``
     and reaching ``peers`` (node id -> address, this node included). Answer None for a
-    kind this plugin does not provide. Called once when ``raftmw node`` starts; a
+    kind this plugin does not provide. Called once when ``raftmw node`` starts, before
+    flags are evaluated (``ctx.flags`` is empty: the kind selects the transport); a
     transport is not swapped while the node runs."""
 
 
