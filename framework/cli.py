@@ -17,19 +17,11 @@ import click
 from framework.client import KVClient, parse_peers
 from framework.config import Settings, SettingsError, load_settings, settings_to_toml
 from framework.errors import RaftError
+from framework.runtime.eventloop import run_async
 
 __all__ = ["main", "run", "run_async"]
 
 T = TypeVar("T")
-
-
-def run_async(fn: Callable[[], Awaitable[T]]) -> T:
-    """Run ``fn`` on asyncio, with uvloop when it is installed."""
-    try:
-        import uvloop  # noqa: F401  (only probing for it)
-    except ImportError:
-        return anyio.run(fn, backend="asyncio")
-    return anyio.run(fn, backend="asyncio", backend_options={"use_uvloop": True})
 
 
 def _parse_flag(text: str) -> tuple[str, Any]:
@@ -198,6 +190,7 @@ def _build_transport(config: Any, listen: str) -> Any:
     """The transport ``transport.kind`` names, from whichever plugin provides it."""
     from framework.hooks import BuildContext
     from framework.plugins import PluginError
+
     host = config.plugin_host
     kind = config.settings.transport.kind
     # The transport is chosen by its kind, not by flags; the node evaluates flags itself
@@ -474,7 +467,20 @@ def demo(seconds: float, clients: int, data_dir: Path | None) -> None:
 
 @main.command()
 @click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
-@click.option("--clients", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option(
+    "--clients",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Concurrent writers, each waiting for its write before the next.",
+)
+@click.option(
+    "--connections",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="KVClient instances the writers share (each holds one connection per node).",
+)
 @click.option(
     "--payload", type=click.IntRange(min=0), default=100, show_default=True, help="Bytes per value."
 )
@@ -487,6 +493,7 @@ def demo(seconds: float, clients: int, data_dir: Path | None) -> None:
 def bench(
     nodes: int,
     clients: int,
+    connections: int,
     payload: int,
     seconds: float,
     kill_leader: bool,
@@ -501,6 +508,7 @@ def bench(
     options = BenchOptions(
         nodes=nodes,
         clients=clients,
+        connections=connections,
         payload=payload,
         seconds=seconds,
         kill_leader=kill_leader,

@@ -2,8 +2,14 @@
 
 It finds the leader (following ``not_leader`` redirects), keeps one connection per node,
 and retries through leader changes and lost connections until its deadline. Each write
-carries the client's session ``(client_id, seq)`` and a retry reuses it, so a write the
+carries a client session ``(client_id, seq)`` and a retry reuses it, so a write the
 cluster already applied is not applied again (Raft dissertation §6.3).
+
+One client may be used by many tasks at once. The cluster remembers one outstanding write
+per session, so each write in flight holds a session of its own, taken from the client's
+idle sessions (a new one is opened when all are busy) and given back when the write's
+outcome is known; a client used by one task at a time uses one session, ``client_id``.
+Concurrent requests share the connections and leave in one write when made together.
 
 Errors (all ``framework.errors.RaftError``): ``Overloaded`` (the leader shed the request;
 nothing applied), ``Unavailable`` (no leader reached before the deadline; nothing known to be
@@ -85,6 +91,16 @@ def _tcp_connector(connect_timeout: float) -> Connector:
     return connect
 
 
+class _Session:
+    """A client session: its id and the last ``seq`` it used."""
+
+    __slots__ = ("client_id", "seq")
+
+    def __init__(self, client_id: int) -> None:
+        self.client_id = client_id
+        self.seq = 0
+
+
 class KVClient:
     def __init__(
         self,
@@ -100,11 +116,13 @@ class KVClient:
         self.timeout = timeout
         self.retry_backoff = retry_backoff
         self.client_id = client_id or random.SystemRandom().randrange(1, 2**62)
-        self._seq = 0
+        """The first session's id (the only one unless writes run concurrently)."""
+        self._idle_sessions: list[_Session] = [_Session(self.client_id)]
         self._connector = connector or _tcp_connector(connect_timeout)
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._connections: dict[str, tuple[_Connection, anyio.Event]] = {}
+        self._opening: dict[str, anyio.Event] = {}
         self._leader: str | None = None
         self._rng = random.Random(self.client_id)
 
@@ -223,16 +241,23 @@ class KVClient:
     # == the retry loop =======================================================================
 
     async def _write(self, op: KVOp) -> object:
-        self._seq += 1
-        session = KVOp(
+        idle = self._idle_sessions
+        session = idle.pop() if idle else _Session(random.SystemRandom().randrange(1, 2**62))
+        session.seq += 1
+        body = KVOp(
             op=op.op,
             key=op.key,
             value=op.value,
             expected=op.expected,
-            client_id=self.client_id,
-            seq=self._seq,
+            client_id=session.client_id,
+            seq=session.seq,
         )
-        return (await self._call(session, write=True)).value
+        try:
+            return (await self._call(body, write=True)).value
+        finally:
+            # Even after a Timeout: the next write takes seq + 1, and the cluster refuses
+            # (as stale) the timed-out one if it is still in flight.
+            idle.append(session)
 
     async def _call(self, body: RequestBody, *, write: bool) -> ClientResponse:
         deadline = anyio.current_time() + self.timeout
@@ -288,23 +313,36 @@ class KVClient:
         self, address: str, body: RequestBody, remaining: float
     ) -> ClientResponse | None:
         """One request to one node; None if the connection failed or the time ran out."""
+        conn: _Connection | None = None
         with anyio.move_on_after(remaining):
             try:
                 conn = await self._connection(address)
                 return await conn.request(body)
             except (OSError, RaftError, anyio.BrokenResourceError, anyio.EndOfStream):
-                await self._drop(address)
-                return None
-        await self._drop(address)
+                pass
+        if conn is not None:
+            self._drop(address, conn)
         return None
 
     async def _connection(self, address: str) -> _Connection:
-        cached = self._connections.get(address)
-        if cached is not None:
-            return cached[0]
+        """The open connection to ``address``, opening it if needed. Concurrent callers
+        wait for one opening instead of each opening (and orphaning) their own."""
+        while True:
+            cached = self._connections.get(address)
+            if cached is not None:
+                return cached[0]
+            opening = self._opening.get(address)
+            if opening is None:
+                break
+            await opening.wait()  # then look again: the opening may have failed
         if self._tg is None:
             raise RuntimeError("KVClient must be used as 'async with KVClient(...) as client'")
-        held: tuple[_Connection, anyio.Event] = await self._tg.start(self._hold, address)
+        self._opening[address] = opened = anyio.Event()
+        try:
+            held: tuple[_Connection, anyio.Event] = await self._tg.start(self._hold, address)
+        finally:
+            del self._opening[address]
+            opened.set()
         self._connections[address] = held
         return held[0]
 
@@ -323,7 +361,10 @@ class KVClient:
                 raise  # to the caller of start(): the connection could not be opened
             # Once handed out, a dead connection shows up in requests; nothing to report.
 
-    async def _drop(self, address: str) -> None:
-        cached = self._connections.pop(address, None)
-        if cached is not None:
+    def _drop(self, address: str, conn: _Connection) -> None:
+        """Close ``conn`` if it is still the one cached for ``address`` (another request
+        may already have replaced a failed connection with a fresh one)."""
+        cached = self._connections.get(address)
+        if cached is not None and cached[0] is conn:
+            del self._connections[address]
             cached[1].set()

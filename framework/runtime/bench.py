@@ -7,11 +7,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import anyio
 import tomli_w
 from rich.console import Console
 from rich.table import Table
 
+from framework.runtime.eventloop import run_async
 from framework.runtime.localcluster import LocalCluster
 from framework.runtime.workload import percentile, run_workload
 
@@ -22,6 +22,7 @@ __all__ = ["BenchOptions", "run_bench"]
 class BenchOptions:
     nodes: int = 3
     clients: int = 64
+    connections: int = 4
     payload: int = 100
     seconds: float = 10.0
     kill_leader: bool = False
@@ -44,7 +45,7 @@ def run_bench(options: BenchOptions, *, progress: bool = True) -> dict[str, Any]
             cluster_id="bench",
         )
         try:
-            report = anyio.run(_bench, cluster, options, backend="asyncio")
+            report = run_async(_bench, cluster, options)
         finally:
             cluster.stop_all()
     if progress:
@@ -59,6 +60,7 @@ async def _bench(cluster: LocalCluster, options: BenchOptions) -> dict[str, Any]
     result = await run_workload(
         cluster,
         clients=options.clients,
+        connections=options.connections,
         seconds=options.seconds,
         payload=options.payload,
         kill_leader_after=options.seconds / 2 if options.kill_leader else None,
@@ -89,7 +91,8 @@ def _print(report: dict[str, Any]) -> None:
     o = report["options"]
     table.add_row(
         "setup",
-        f"{o['nodes']} nodes, {o['clients']} clients, {o['payload']} B "
+        f"{o['nodes']} nodes, {o['clients']} clients on {o['connections']} connections, "
+        f"{o['payload']} B "
         f"values, sync={o['sync']}, {o['seconds']:g}s",
     )
     table.add_row("committed writes/s", f"{report['ops_per_second']:,.0f}")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-import anyio
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from framework.runtime.eventloop import run_async
 from framework.runtime.localcluster import LocalCluster
 from framework.runtime.workload import percentile, run_workload
 
@@ -21,7 +21,7 @@ def run_demo(*, seconds: float, clients: int, data_dir: Path | None) -> None:
     root = data_dir or Path(tempfile.mkdtemp(prefix="raftmw-demo-"))
     cluster = LocalCluster(root, nodes=3, cluster_id="demo")
     try:
-        anyio.run(_demo, cluster, console, seconds, clients, root, backend="asyncio")
+        run_async(_demo, cluster, console, seconds, clients, root)
     finally:
         cluster.stop_all()
 

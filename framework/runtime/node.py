@@ -37,7 +37,7 @@ from typing import Any
 
 import anyio
 import msgspec
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from framework.config import Settings
 from framework.core import (
@@ -75,6 +75,7 @@ from framework.flags import (
 from framework.plugins import PluginHost
 from framework.runtime.components import Components
 from framework.runtime.node_flags import NodeFlags
+from framework.runtime.pending import Deadlines, Waiter
 from framework.seams import NodeStatus, Priority, QueueFull
 from framework.statemachine import (
     Append,
@@ -134,29 +135,6 @@ _SNAP_DECODER = msgspec.msgpack.Decoder(NodeSnapshot)
 _SNAPSHOT_VERSION = 1
 
 
-class _Waiter:
-    """One client waiting for an outcome from the Ready loop."""
-
-    __slots__ = ("error", "event", "value")
-
-    def __init__(self) -> None:
-        self.event = anyio.Event()
-        self.value: object = None
-        self.error: ErrorReply | None = None
-
-    def succeed(self, value: object) -> None:
-        if not self.event.is_set():
-            self.value = value
-            self.event.set()
-
-    def fail(self, kind: Any, message: str, leader_id: int = 0, address: str = "") -> None:
-        if not self.event.is_set():
-            self.error = ErrorReply(
-                kind=kind, message=message, leader_id=leader_id, leader_address=address
-            )
-            self.event.set()
-
-
 class RaftNode:
     def __init__(
         self,
@@ -198,13 +176,16 @@ class RaftNode:
         self._settlements: list[Callable[[], None]] = []
         """Answers to writers, released after the Ready's status is published."""
         self._next_publish = 0.0
-        self._reads: list[tuple[bytes, str, _Waiter]] = []
+        self._reads: list[tuple[bytes, str, Waiter]] = []
         self._actions: list[Callable[[RawNode], None]] = []
-        self._waiting_apply: dict[int, tuple[int, _Waiter]] = {}
-        self._waiting_reads: dict[bytes, tuple[str, _Waiter]] = {}
+        self._waiting_apply: dict[int, tuple[int, Waiter]] = {}
+        self._waiting_reads: dict[bytes, tuple[str, Waiter]] = {}
         self._ready_reads: list[tuple[int, bytes]] = []
-        self._apply_watchers: list[tuple[int, _Waiter]] = []
+        self._apply_watchers: list[tuple[int, Waiter]] = []
         self._read_seq = 0
+        self._deadlines = Deadlines()
+        """Client requests answered by callback, in arrival order, to expire when late."""
+        self._tg: TaskGroup | None = None
         self._changed = anyio.Event()
         """Set (and replaced) after every Ready: admin waits watch state without polling."""
         self.invalid_messages = 0
@@ -221,6 +202,7 @@ class RaftNode:
             # snapshot, then from committed flag entries it will re-apply.
             self.flags.replay_committed(state.entries, state.hard_state.commit)
             async with anyio.create_task_group() as tg:
+                self._tg = tg
                 await self.components.start(tg, self.flags.evaluate())
                 for ev in self.flags.current.values():
                     self._notify_flag(ev)
@@ -354,6 +336,8 @@ class RaftNode:
             # A new event first: inputs that arrive while we work wake the next round.
             self._wake = anyio.Event()
             self._drain_inputs(kernel)
+            if len(self._deadlines):
+                self._expire_requests()
             while kernel.has_ready():
                 await self._handle_ready(kernel, kernel.ready())
                 if self._flags_changed:
@@ -395,7 +379,7 @@ class RaftNode:
 
     def _propose(self, kernel: RawNode) -> None:
         queue = self.components.proposals
-        batch: list[tuple[bytes, _Waiter]] = queue.drain(self.settings.raft.max_batch_proposals)
+        batch: list[tuple[bytes, Waiter]] = queue.drain(self.settings.raft.max_batch_proposals)
         if len(queue):
             self._wake.set()
         try:
@@ -577,8 +561,10 @@ class RaftNode:
             waiter.fail(kind, message)
         for _index, waiter in self._apply_watchers:
             waiter.fail(kind, message)
+        for waiter in self._deadlines.drain():
+            waiter.fail(kind, message)
 
-    def _fail_not_leader(self, waiter: _Waiter, leader: int) -> None:
+    def _fail_not_leader(self, waiter: Waiter, leader: int) -> None:
         address = self.addresses.get(leader, "") if leader and leader != self.id else ""
         where = f"node {leader} at {address}" if address else "unknown"
         waiter.fail(
@@ -590,12 +576,59 @@ class RaftNode:
 
     # == client service =======================================================================
 
-    async def handle(self, request: ClientRequest) -> ClientResponse:
+    def submit(self, request: ClientRequest, reply: Callable[[ClientResponse], None]) -> None:
+        """``ClientService``: answer ``request`` by calling ``reply`` once, on the event loop.
+
+        A KV operation costs no task: it is parked as a ``Waiter`` with a deadline and the
+        Ready loop answers it (applied, read, refused or expired). Status and admin requests
+        are rare and slow (they wait for changes to commit); each runs as a task of the
+        node's group. If the node stops first, queued KV operations are answered ``retry``
+        and admin tasks are cancelled unanswered, as their connection closes with the node.
+        """
+        body = request.body
+        if not isinstance(body, KVOp):
+            assert self._tg is not None, "submit() before the node serves"
+            self._tg.start_soon(self._answer_admin, request, reply)
+            return
+        request_id = request.id
+        timeouts = self.components.timeouts
+        started = anyio.current_time()
+
+        def done(waiter: Waiter) -> None:
+            finished = anyio.current_time()
+            timeouts.observe("client_request", finished - started, ok=finished < waiter.deadline)
+            if waiter.error is None:
+                reply(ClientResponse(id=request_id, ok=True, value=waiter.value))  # type: ignore[arg-type]
+            else:
+                reply(ClientResponse(id=request_id, ok=False, error=waiter.error))
+
+        waiter = Waiter(done, started + timeouts.timeout("client_request"))
+        try:
+            self._start_kv(body, waiter)
+        except _Refused as refused:
+            waiter.error = refused.reply
+            waiter.done = True
+            done(waiter)
+            return
+        self._deadlines.add(waiter)
+
+    async def _answer_admin(
+        self, request: ClientRequest, reply: Callable[[ClientResponse], None]
+    ) -> None:
+        try:
+            response = await self._admin(request)
+        except Exception as exc:  # a bug must not take the node down with it
+            log.exception("node %d failed on request %d", self.id, request.id)
+            response = ClientResponse(
+                id=request.id,
+                ok=False,
+                error=ErrorReply(kind="retry", message=f"internal error: {exc!r}"),
+            )
+        reply(response)
+
+    async def _admin(self, request: ClientRequest) -> ClientResponse:
         body = request.body
         try:
-            if isinstance(body, KVOp):
-                value = await self._kv(body)
-                return ClientResponse(id=request.id, ok=True, value=value)  # type: ignore[arg-type]
             if isinstance(body, StatusRequest):
                 return ClientResponse(id=request.id, ok=True, status=await self.status())
             if isinstance(body, AdminMembers):
@@ -614,14 +647,29 @@ class RaftNode:
             error=ErrorReply(kind="bad_request", message=f"unknown request {body!r}"),
         )
 
-    async def _await(self, waiter: _Waiter) -> object:
+    def _expire_requests(self) -> None:
+        """Answer ``retry`` to client requests past their deadline (checked every tick)."""
+        expired = self._deadlines.expire(anyio.current_time())
+        if not expired:
+            return
+        for waiter in expired:
+            waiter.fail(
+                "retry",
+                f"node {self.id}: no outcome within the client_request timeout; outcome unknown",
+            )
+        # An expired read's ReadIndex may never be answered (its leader lost a quorum).
+        self._waiting_reads = {
+            context: entry for context, entry in self._waiting_reads.items() if not entry[1].done
+        }
+
+    async def _await(self, waiter: Waiter) -> object:
         timeouts = self.components.timeouts
         limit = timeouts.timeout("client_request")
         started = anyio.current_time()
         with anyio.move_on_after(limit):
-            await waiter.event.wait()
-        timeouts.observe("client_request", anyio.current_time() - started, ok=waiter.event.is_set())
-        if not waiter.event.is_set():
+            await waiter.wait()
+        timeouts.observe("client_request", anyio.current_time() - started, ok=waiter.done)
+        if not waiter.done:
             raise _Refused(
                 ErrorReply(
                     kind="retry",
@@ -635,23 +683,20 @@ class RaftNode:
     def _check_leader(self) -> None:
         kernel = self.kernel
         if kernel is None or kernel.role is not Role.LEADER:
-            waiter = _Waiter()
+            waiter = Waiter()
             self._fail_not_leader(waiter, kernel.leader if kernel else 0)
             assert waiter.error is not None
             raise _Refused(waiter.error)
 
-    async def _kv(self, op: KVOp) -> object:
+    def _start_kv(self, op: KVOp, waiter: Waiter) -> None:
+        """Queue ``op`` for the Ready loop, which settles ``waiter``; raises ``_Refused``."""
         self._check_leader()
         if op.op == "get":
             self._read_seq += 1
             context = f"{self.id}:{self._read_seq}".encode()
-            waiter = _Waiter()
             self._reads.append((context, op.key, waiter))
             self._wake.set()
-            try:
-                return await self._await(waiter)
-            finally:
-                self._waiting_reads.pop(context, None)
+            return
         if op.client_id <= 0 or op.seq <= 0:
             raise _Refused(
                 ErrorReply(
@@ -664,17 +709,15 @@ class RaftNode:
             )
         command = _command(op)
         data = encode_request(Request(client_id=op.client_id, seq=op.seq, op=command))
-        waiter = _Waiter()
         try:
             self.components.proposals.put_nowait((data, waiter), Priority.NORMAL)
         except QueueFull as exc:
             raise _Refused(ErrorReply(kind="overloaded", message=str(exc))) from None
         self._wake.set()
-        return await self._await(waiter)
 
     async def _kernel_call(self, call: Callable[[RawNode], object]) -> object:
         """Run ``call`` on the kernel inside the Ready loop and return its result."""
-        waiter = _Waiter()
+        waiter = Waiter()
 
         def action(kernel: RawNode) -> None:
             try:
@@ -689,7 +732,7 @@ class RaftNode:
         return await self._await(waiter)
 
     async def _wait_applied(self, index: int) -> None:
-        waiter = _Waiter()
+        waiter = Waiter()
         if self.sm.applied_index >= index:
             return
         self._apply_watchers.append((index, waiter))
@@ -1059,7 +1102,7 @@ def _command(op: KVOp) -> Put | Delete | Append | Cas:
     return Cas(key=op.key, expected=op.expected, new=need_value())
 
 
-def _answer(waiter: _Waiter, result: object) -> None:
+def _answer(waiter: Waiter, result: object) -> None:
     if isinstance(result, StaleRequest):
         waiter.fail(
             "bad_request",

@@ -3,18 +3,22 @@ behind ``raftmw demo`` and ``raftmw bench``.
 
 Each simulated client writes one key at a time (put of a ``payload``-byte value), waiting
 for each acknowledgement, and records every acknowledged write so the caller can check
-that all of them survive. Failover time is measured from the SIGKILL of the leader to the
-first write acknowledged after it.
+that all of them survive. Clients share ``connections`` ``KVClient`` instances (each with
+one connection per node), as the tasks of a real application share its client; each
+write in flight still has a session of its own. Failover time is measured from the
+SIGKILL of the leader to the first write acknowledged after it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 import anyio
 
+from framework.client import KVClient
 from framework.errors import RaftError
 from framework.runtime.localcluster import LocalCluster
 
@@ -55,6 +59,7 @@ async def run_workload(
     clients: int,
     seconds: float,
     payload: int,
+    connections: int = 0,
     kill_leader_after: float | None = None,
     on_progress: Callable[[float, int], None] | None = None,
     timeout: float = 5.0,
@@ -65,24 +70,23 @@ async def run_workload(
     stop_at = started + seconds
     killed_at: list[float] = []
 
-    async def writer(n: int) -> None:
-        async with cluster.client(timeout=timeout) as client:
-            i = 0
-            while time.perf_counter() < stop_at:
-                key = f"c{n}-{i}"
-                t0 = time.perf_counter()
-                try:
-                    await client.put(key, value)
-                except RaftError as exc:
-                    name = type(exc).__name__
-                    result.errors[name] = result.errors.get(name, 0) + 1
-                    continue
-                t1 = time.perf_counter()
-                result.latencies.append(t1 - t0)
-                result.acknowledged[key] = value
-                if killed_at and result.failover_seconds is None and t0 >= killed_at[0]:
-                    result.failover_seconds = t1 - killed_at[0]
-                i += 1
+    async def writer(n: int, client: KVClient) -> None:
+        i = 0
+        while time.perf_counter() < stop_at:
+            key = f"c{n}-{i}"
+            t0 = time.perf_counter()
+            try:
+                await client.put(key, value)
+            except RaftError as exc:
+                name = type(exc).__name__
+                result.errors[name] = result.errors.get(name, 0) + 1
+                continue
+            t1 = time.perf_counter()
+            result.latencies.append(t1 - t0)
+            result.acknowledged[key] = value
+            if killed_at and result.failover_seconds is None and t0 >= killed_at[0]:
+                result.failover_seconds = t1 - killed_at[0]
+            i += 1
 
     async def killer(delay: float) -> None:
         await anyio.sleep(delay)
@@ -99,12 +103,17 @@ async def run_workload(
                 on_progress(time.perf_counter() - started, result.ops)
             await anyio.sleep(0.1)
 
-    async with anyio.create_task_group() as tg:
-        for n in range(clients):
-            tg.start_soon(writer, n)
-        tg.start_soon(monitor)
-        if kill_leader_after is not None:
-            tg.start_soon(killer, kill_leader_after)
+    shared = max(1, min(clients, connections or clients))
+    async with AsyncExitStack() as stack:
+        kv = [
+            await stack.enter_async_context(cluster.client(timeout=timeout)) for _ in range(shared)
+        ]
+        async with anyio.create_task_group() as tg:
+            for n in range(clients):
+                tg.start_soon(writer, n, kv[n % shared])
+            tg.start_soon(monitor)
+            if kill_leader_after is not None:
+                tg.start_soon(killer, kill_leader_after)
     result.seconds = time.perf_counter() - started
     _sample_rss(cluster, result)
     if on_progress is not None:

@@ -6,14 +6,19 @@
 frames and messages both TCP ends speak.
 """
 
-from framework.transport.base import ClientService, PeerInbox, Transport
+from framework.transport.base import (
+    ClientService,
+    PeerInbox,
+    Transport,
+    answer_request,
+    submit_request,
+)
 from framework.transport.memory import LinkFaults, MemoryClient, MemoryNetwork, MemoryTransport
 from framework.transport.tcp import (
     DEFAULT_MAX_FRAME_SIZE,
     ConnectionLost,
     TcpClientConnection,
     TcpTransport,
-    answer_request,
     parse_address,
 )
 from framework.transport.wire import (
@@ -73,4 +78,5 @@ __all__ = [
     "decode_peer_batch",
     "encode_frame",
     "parse_address",
+    "submit_request",
 ]

@@ -6,15 +6,19 @@ whole life; ``send`` is called from the Ready loop and must never block it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
+import anyio
 from anyio.abc import TaskStatus
 
 from framework.core import Message
-from framework.transport.wire import ClientRequest, ClientResponse
+from framework.transport.wire import ClientRequest, ClientResponse, ErrorReply
 
-__all__ = ["ClientService", "PeerInbox", "Transport"]
+__all__ = ["ClientService", "PeerInbox", "Transport", "answer_request", "submit_request"]
+
+logger = logging.getLogger("raftmw.transport")
 
 
 class PeerInbox(Protocol):
@@ -33,9 +37,47 @@ class PeerInbox(Protocol):
 class ClientService(Protocol):
     """The node side of client and admin traffic."""
 
-    async def handle(self, request: ClientRequest) -> ClientResponse:
-        """Answer one request; may take as long as the request's own deadline."""
+    def submit(self, request: ClientRequest, reply: Callable[[ClientResponse], None]) -> None:
+        """Start answering ``request``; returns at once.
+
+        ``reply`` is called exactly once with the response, on the event loop, now or later
+        (within the request's own deadline), unless the node stops first. ``reply`` must
+        not block or raise: a transport queues the response for its connection's writer, so
+        many answers settled together leave in one write.
+        """
         ...
+
+
+def submit_request(
+    clients: ClientService, request: ClientRequest, reply: Callable[[ClientResponse], None]
+) -> None:
+    """``clients.submit(request, reply)``; a service that raises answers ``retry`` instead
+    of taking the connection (or the node) down with it. Shared by every transport."""
+    try:
+        clients.submit(request, reply)
+    except Exception as exc:
+        logger.exception("client service failed on request %d", request.id)
+        reply(
+            ClientResponse(
+                id=request.id,
+                ok=False,
+                error=ErrorReply(kind="retry", message=f"internal error: {exc!r}"),
+            )
+        )
+
+
+async def answer_request(clients: ClientService, request: ClientRequest) -> ClientResponse:
+    """Submit ``request`` and wait for its response (for transports that answer in a task)."""
+    done = anyio.Event()
+    answers: list[ClientResponse] = []
+
+    def reply(response: ClientResponse) -> None:
+        answers.append(response)
+        done.set()
+
+    submit_request(clients, request, reply)
+    await done.wait()
+    return answers[0]
 
 
 class Transport(Protocol):

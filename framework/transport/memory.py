@@ -39,8 +39,8 @@ import anyio.abc
 from anyio.abc import TaskStatus
 
 from framework.core import Message
-from framework.transport.base import ClientService, PeerInbox, Transport
-from framework.transport.tcp import ConnectionLost, answer_request
+from framework.transport.base import ClientService, PeerInbox, Transport, answer_request
+from framework.transport.tcp import ConnectionLost
 from framework.transport.wire import ClientRequest, ClientResponse, RequestBody
 
 __all__ = ["LinkFaults", "MemoryClient", "MemoryNetwork", "MemoryTransport"]

@@ -70,14 +70,18 @@ from anyio.abc import SocketAttribute, TaskStatus
 from framework.core import Message
 from framework.seams import ConnectionPool, PeerConnection, PeerDialer, PooledTransport
 from framework.transport.backoff import Backoff
-from framework.transport.base import ClientService, PeerInbox, Transport
+from framework.transport.base import (
+    ClientService,
+    PeerInbox,
+    Transport,
+    submit_request,
+)
 from framework.transport.pool import OutboundQueue, TransportPool
 from framework.transport.wire import (
     PROTOCOL,
     PROTOCOL_VERSION,
     ClientRequest,
     ClientResponse,
-    ErrorReply,
     FrameDecoder,
     Goodbye,
     Hello,
@@ -97,7 +101,6 @@ __all__ = [
     "PoolFactory",
     "TcpClientConnection",
     "TcpTransport",
-    "answer_request",
     "parse_address",
 ]
 
@@ -107,6 +110,8 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 DEFAULT_MAX_FRAME_SIZE: Final = 64 * 1024 * 1024
+DEFAULT_MAX_UNSENT_BYTES: Final = 64 * 1024 * 1024
+"""Responses queued for a client that does not read them before its connection is closed."""
 _RECEIVE_SIZE: Final = 65536
 _GOODBYE_TIMEOUT: Final = 0.5
 """How long a refusing side waits to say why before closing anyway."""
@@ -173,20 +178,6 @@ async def _close_stream(stream: anyio.abc.SocketStream) -> None:
         await stream.aclose()
 
 
-async def answer_request(clients: ClientService, request: ClientRequest) -> ClientResponse:
-    """``clients.handle(request)``; a failing service answers ``retry`` instead of taking the
-    connection (or the node) down with it. Shared by every transport."""
-    try:
-        return await clients.handle(request)
-    except Exception as exc:
-        logger.exception("client service failed on request %d", request.id)
-        return ClientResponse(
-            id=request.id,
-            ok=False,
-            error=ErrorReply(kind="retry", message=f"internal error: {exc!r}"),
-        )
-
-
 class _FrameReader:
     """Whole frames from a stream; ``receive`` raises ``EndOfStream`` at EOF."""
 
@@ -221,6 +212,44 @@ class _FrameWriter:
             self.torn = True
             await self._stream.send(frame)
             self.torn = False
+
+
+class _Outbox:
+    """Frames queued for a connection's one writer task. Whatever piles up while a write is
+    in progress leaves in the next write, so a burst of answers costs one system call."""
+
+    __slots__ = ("_frames", "_limit", "_wake", "closed", "unsent")
+
+    def __init__(self, *, limit: int | None = None) -> None:
+        self._frames: list[bytes] = []
+        self._wake = anyio.Event()
+        self._limit = limit
+        self.unsent = 0
+        """Bytes queued and not yet handed to the socket."""
+        self.closed = False
+
+    def put(self, frame: bytes) -> bool:
+        """Queue ``frame``; False (and nothing queued) once closed or over the limit."""
+        if self.closed or (self._limit is not None and self.unsent + len(frame) > self._limit):
+            return False
+        self._frames.append(frame)
+        self.unsent += len(frame)
+        self._wake.set()
+        return True
+
+    async def take(self) -> bytes:
+        """Everything queued, as one buffer; waits while nothing is."""
+        while not self._frames:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+        frames, self._frames = self._frames, []
+        self.unsent = 0
+        return frames[0] if len(frames) == 1 else b"".join(frames)
+
+    def close(self) -> None:
+        self.closed = True
+        self._frames = []
+        self.unsent = 0
 
 
 class _Connection:
@@ -306,6 +335,7 @@ class TcpTransport:
         backoff_min: float = 0.05,
         backoff_max: float = 2.0,
         max_queued_messages: int = 100_000,
+        max_unsent_bytes: int = DEFAULT_MAX_UNSENT_BYTES,
         pool_factory: PoolFactory | None = None,
     ) -> None:
         if node_id <= 0:
@@ -321,6 +351,8 @@ class TcpTransport:
             )
         if max_queued_messages <= 0:
             raise ValueError(f"max_queued_messages={max_queued_messages}: expected > 0")
+        if max_unsent_bytes <= 0:
+            raise ValueError(f"max_unsent_bytes={max_unsent_bytes}: expected > 0")
         self.node_id = node_id
         self.cluster_id = cluster_id
         self._listen_host, self._listen_port = parse_address(listen)
@@ -329,6 +361,7 @@ class TcpTransport:
         self._connect_timeout = connect_timeout
         self._backoff_min = backoff_min
         self._max_queued = max_queued_messages
+        self._max_unsent = max_unsent_bytes
         self._rng = random.Random()
         self._pool_factory: PoolFactory = pool_factory or (
             lambda dialer: TransportPool(
@@ -758,26 +791,45 @@ class TcpTransport:
         return None
 
     async def _serve_client(self, conn: _Connection, clients: ClientService) -> None:
-        # Requests are answered concurrently, each in its own task; the reader is guarded
-        # too, as an exception raised in a task group's body would escape as a group.
-        async with anyio.create_task_group() as tg:
-            await self._guard(conn, self._read_requests, conn, clients, tg)
+        # No task per request: the service answers through ``reply``, which queues the
+        # response for this connection's writer; answers settled together (a Ready's worth)
+        # leave in one write. Both tasks are guarded, as an exception raised in a task
+        # group's body would escape as a group.
+        outbox = _Outbox(limit=self._max_unsent)
+
+        def reply(response: ClientResponse) -> None:
+            if not outbox.put(encode_frame(response)) and not outbox.closed:
+                outbox.close()
+                conn.close(
+                    f"client is not reading its responses (over max_unsent_bytes="
+                    f"{self._max_unsent} queued)"
+                )
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._guard, conn, self._write_outbox, conn, outbox)
+                await self._guard(conn, self._read_requests, conn, clients, reply)
+                tg.cancel_scope.cancel()
+        finally:
+            outbox.close()
 
     async def _read_requests(
-        self, conn: _Connection, clients: ClientService, tg: anyio.abc.TaskGroup
+        self,
+        conn: _Connection,
+        clients: ClientService,
+        reply: Callable[[ClientResponse], None],
     ) -> None:
         while True:
             request = decode_client_request(await conn.reader.receive())
             if isinstance(request, Goodbye):
                 conn.close(f"client said goodbye: {request.reason}", level=logging.INFO)
                 return
-            tg.start_soon(self._guard, conn, self._answer, conn, request, clients)
+            submit_request(clients, request, reply)
 
-    async def _answer(
-        self, conn: _Connection, request: ClientRequest, clients: ClientService
-    ) -> None:
-        response = await answer_request(clients, request)
-        await conn.writer.send(encode_frame(response))
+    @staticmethod
+    async def _write_outbox(conn: _Connection, outbox: _Outbox) -> None:
+        while True:
+            await conn.writer.send(await outbox.take())
 
     # -- connection plumbing ------------------------------------------------------------------
 
@@ -913,7 +965,8 @@ class TcpClientConnection:
     run concurrently; the server answers them in any order. If the connection dies or the
     server says ``Goodbye``, every waiting and later request raises ``ConnectionLost``.
     Cancelling a request (a caller's timeout) abandons its answer; the connection stays
-    usable unless the cancellation cut a frame in half.
+    usable. Frames are written by one writer task, so requests made together (many tasks
+    sharing the connection) leave together in one write.
     """
 
     def __init__(self, address: str, *, timeout: float, max_frame_size: int) -> None:
@@ -926,6 +979,7 @@ class TcpClientConnection:
         self._writer: _FrameWriter | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._pending: dict[int, _Waiter] = {}
+        self._outbox: _Outbox | None = None
         self._next_id = 1
         self._lost: str | None = None
 
@@ -960,12 +1014,14 @@ class TcpClientConnection:
             raise
         self.node_id = hello.node_id
         # Entered by hand (not in an @asynccontextmanager) so an exception from the caller's
-        # block propagates as itself, not wrapped in an ExceptionGroup; the reader never
-        # raises, so the group has nothing else to report.
+        # block propagates as itself, not wrapped in an ExceptionGroup; the reader and the
+        # writer never raise, so the group has nothing else to report.
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
+        self._outbox = _Outbox()
         tg.start_soon(self._read_responses, reader)
+        tg.start_soon(self._write_requests, self._outbox)
         return self
 
     async def _handshake(self, reader: _FrameReader) -> Hello:
@@ -1005,27 +1061,33 @@ class TcpClientConnection:
                 await _close_stream(stream)
 
     async def request(self, body: RequestBody) -> ClientResponse:
-        """Send one request and wait for its response; raises ``ConnectionLost``."""
-        if self._lost is not None or self._writer is None:
+        """Send one request and wait for its response; raises ``ConnectionLost``.
+
+        The frame is queued for the connection's writer task, so concurrent requests leave
+        together in one write (pipelining); a cancelled request never tears a frame.
+        """
+        if self._lost is not None or self._outbox is None:
             raise ConnectionLost(self.address, self._lost or "not connected")
         request_id = self._next_id
         self._next_id += 1
         waiter = _Waiter()
         self._pending[request_id] = waiter
         try:
-            try:
-                await self._writer.send(encode_frame(ClientRequest(id=request_id, body=body)))
-            except _LOST as exc:
-                self._fail(f"send failed: {exc!r}")
-            finally:
-                if self._writer.torn:
-                    self._fail("a request was cancelled half-written")
+            self._outbox.put(encode_frame(ClientRequest(id=request_id, body=body)))
             await waiter.event.wait()
         finally:
             del self._pending[request_id]
         if waiter.response is None:
             raise ConnectionLost(self.address, self._lost or "closed")
         return waiter.response
+
+    async def _write_requests(self, outbox: _Outbox) -> None:
+        assert self._writer is not None
+        try:
+            while True:
+                await self._writer.send(await outbox.take())
+        except _LOST as exc:
+            self._fail(f"send failed: {exc!r}")
 
     async def _read_responses(self, reader: _FrameReader) -> None:
         try:
@@ -1049,6 +1111,8 @@ class TcpClientConnection:
     def _fail(self, reason: str) -> None:
         if self._lost is None:
             self._lost = reason
+        if self._outbox is not None:
+            self._outbox.close()
         for waiter in self._pending.values():
             waiter.event.set()
 

@@ -15,6 +15,7 @@ from framework.config import load_settings
 from framework.errors import RaftError
 from framework.runtime.node import NodeConfig, RaftNode
 from framework.storage import MemoryLogStore
+from framework.transport.base import answer_request
 from framework.transport.memory import MemoryNetwork
 from framework.transport.wire import ClientRequest, KVOp
 
@@ -126,8 +127,9 @@ async def test_a_follower_redirects_to_the_leader() -> None:
     async with cluster() as c:
         leader = await c.wait_leader()
         follower = next(nid for nid in c.nodes if nid != leader)
-        direct = await c.nodes[follower].handle(
-            ClientRequest(id=1, body=KVOp(op="put", key="k", value="v", client_id=1, seq=1))
+        direct = await answer_request(
+            c.nodes[follower],
+            ClientRequest(id=1, body=KVOp(op="put", key="k", value="v", client_id=1, seq=1)),
         )
         assert not direct.ok and direct.error is not None
         assert direct.error.kind == "not_leader"
@@ -161,6 +163,42 @@ async def test_isolated_leader_is_replaced_and_no_write_is_lost() -> None:
         c.network.cut_clients(old, False)
         for key, value in acked.items():
             assert await client.get(key) == value
+
+
+async def test_a_write_that_cannot_commit_is_answered_retry_at_its_deadline() -> None:
+    # Without check-quorum an isolated leader stays leader, so its write waits for a quorum
+    # that never answers: the node's deadline sweep must answer it "retry" (outcome unknown).
+    async with cluster(**{"raft.check_quorum": False, "client.request_timeout": "300ms"}) as c:
+        leader = await c.wait_leader()
+        c.network.isolate(leader)
+        with anyio.fail_after(5):
+            response = await answer_request(
+                c.nodes[leader],
+                ClientRequest(id=7, body=KVOp(op="put", key="k", value="v", client_id=3, seq=1)),
+            )
+        assert response.id == 7 and not response.ok and response.error is not None
+        assert response.error.kind == "retry"
+        assert "no outcome within the client_request timeout" in response.error.message
+        stats = (await c.nodes[leader].status())["performance"]["timeouts"]["client_request"]
+        assert stats["timeouts"] >= 1
+
+
+async def test_one_client_shared_by_many_tasks_applies_each_write_once() -> None:
+    # Each concurrent write holds a session of its own; with one session shared, a retried
+    # append would apply twice or be refused as stale.
+    async with cluster() as c, c.client() as client:
+        await c.wait_leader()
+        async with anyio.create_task_group() as tg:
+            for i in range(40):
+                tg.start_soon(client.append, "log", f"<{i}>")
+        log = await client.get("log")
+        assert log is not None
+        assert sorted(log.removeprefix("<").removesuffix(">").split("><"), key=int) == [
+            str(i) for i in range(40)
+        ]
+        # The sessions go back to the client: sequential writes after reuse one of them.
+        await client.put("after", "1")
+        assert await client.get("after") == "1"
 
 
 async def test_a_lagging_follower_catches_up_from_a_snapshot() -> None:

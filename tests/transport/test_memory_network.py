@@ -54,21 +54,32 @@ class Inbox:
 
 
 class Service:
-    """Answers ``get k`` with ``"node N: k"``; a key in ``gates`` waits for its event; the
-    key ``"boom"`` raises."""
+    """Answers ``get k`` with ``"node N: k"`` at once; a key put on ``hold`` is answered
+    when ``release``d; the key ``"boom"`` raises."""
 
     def __init__(self, node_id: int) -> None:
         self.node_id = node_id
-        self.gates: dict[str, anyio.Event] = {}
+        self.held: dict[str, list[tuple[ClientRequest, Callable[[ClientResponse], None]]]] = {}
 
-    async def handle(self, request: ClientRequest) -> ClientResponse:
+    def hold(self, key: str) -> None:
+        self.held.setdefault(key, [])
+
+    def release(self, key: str) -> None:
+        for request, reply in self.held.pop(key, []):
+            reply(self.answer(request, key))
+
+    def submit(self, request: ClientRequest, reply: Callable[[ClientResponse], None]) -> None:
         body = request.body
         assert isinstance(body, KVOp | StatusRequest)
         key = body.key if isinstance(body, KVOp) else "status"
-        if key in self.gates:
-            await self.gates[key].wait()
         if key == "boom":
             raise RuntimeError("the service broke")
+        if key in self.held:
+            self.held[key].append((request, reply))
+        else:
+            reply(self.answer(request, key))
+
+    def answer(self, request: ClientRequest, key: str) -> ClientResponse:
         return ClientResponse(id=request.id, ok=True, value=f"node {self.node_id}: {key}")
 
 
@@ -317,7 +328,7 @@ async def test_client_requests_reach_the_node_service() -> None:
         assert (first.id, first.value) == (1, "node 2: a")
         assert (second.id, second.value) == (2, "node 2: status")
 
-        nodes[2].service.gates["slow"] = anyio.Event()
+        nodes[2].service.hold("slow")
         answers: dict[str, Any] = {}
 
         async def ask(key: str) -> None:
@@ -326,7 +337,7 @@ async def test_client_requests_reach_the_node_service() -> None:
         tg.start_soon(ask, "slow")
         await ask("fast")
         assert answers == {"fast": "node 2: fast"}
-        nodes[2].service.gates["slow"].set()
+        nodes[2].service.release("slow")
         await wait_until(lambda: "slow" in answers, "the slow answer")
 
 
@@ -351,7 +362,7 @@ async def test_clients_cannot_reach_a_node_that_is_cut_off_or_down() -> None:
         network.heal()
         assert (await client.request(StatusRequest())).ok
 
-        nodes[2].service.gates["slow"] = anyio.Event()
+        nodes[2].service.hold("slow")
         errors: list[BaseException] = []
 
         async def ask_slow() -> None:

@@ -39,7 +39,7 @@ from framework.transport import (
     encode_frame,
     parse_address,
 )
-from framework.transport.tcp import _Backoff
+from framework.transport.tcp import _Backoff, _Outbox
 
 pytestmark = pytest.mark.anyio
 
@@ -72,20 +72,31 @@ class Inbox:
 
 
 class Service:
-    """Answers ``get k`` with ``"node N: k"``; a key in ``gates`` waits for its event; the
-    key ``"boom"`` raises."""
+    """Answers ``get k`` with ``"node N: k"`` at once; a key put on ``hold`` is answered
+    when ``release``d; the key ``"boom"`` raises."""
 
     def __init__(self, node_id: int) -> None:
         self.node_id = node_id
-        self.gates: dict[str, anyio.Event] = {}
+        self.held: dict[str, list[tuple[ClientRequest, Callable[[ClientResponse], None]]]] = {}
 
-    async def handle(self, request: ClientRequest) -> ClientResponse:
+    def hold(self, key: str) -> None:
+        self.held.setdefault(key, [])
+
+    def release(self, key: str) -> None:
+        for request, reply in self.held.pop(key, []):
+            reply(self.answer(request, key))
+
+    def submit(self, request: ClientRequest, reply: Callable[[ClientResponse], None]) -> None:
         body = request.body
         key = body.key if isinstance(body, KVOp) else type(body).__name__
-        if key in self.gates:
-            await self.gates[key].wait()
         if key == "boom":
             raise RuntimeError("the service broke")
+        if key in self.held:
+            self.held[key].append((request, reply))
+        else:
+            reply(self.answer(request, key))
+
+    def answer(self, request: ClientRequest, key: str) -> ClientResponse:
         return ClientResponse(id=request.id, ok=True, value=f"node {self.node_id}: {key}")
 
 
@@ -505,7 +516,7 @@ async def test_a_peer_impersonating_another_is_cut_off(
 async def test_concurrent_client_requests_are_answered_out_of_order() -> None:
     async with cluster((1, 2)) as (nodes, tg):
         server = nodes[2]
-        server.service.gates["slow"] = anyio.Event()
+        server.service.hold("slow")
         answers: dict[str, ClientResponse] = {}
         async with TcpClientConnection.connect(server.address, timeout=5) as conn:
             assert conn.node_id == 2
@@ -517,7 +528,7 @@ async def test_concurrent_client_requests_are_answered_out_of_order() -> None:
             await wait_until(lambda: conn._next_id > 1, "the slow request to be sent")
             await ask("fast")
             assert list(answers) == ["fast"]
-            server.service.gates["slow"].set()
+            server.service.release("slow")
             await wait_until(lambda: "slow" in answers, "the slow answer")
             assert answers["slow"].value == "node 2: slow"
             assert answers["fast"].value == "node 2: fast"
@@ -530,10 +541,43 @@ async def test_concurrent_client_requests_are_answered_out_of_order() -> None:
         assert server.transport.connected_peers == {1}
 
 
+async def test_frames_queued_while_the_writer_is_busy_leave_in_one_write() -> None:
+    outbox = _Outbox(limit=10)
+    assert outbox.put(b"abc") and outbox.put(b"de") and outbox.put(b"fgh")
+    assert outbox.unsent == 8
+    assert not outbox.put(b"xyz")  # 11 bytes would pass the limit: refused, nothing queued
+    with anyio.fail_after(1):
+        assert await outbox.take() == b"abcdefgh"
+    assert outbox.unsent == 0 and outbox.put(b"xyz")
+    outbox.close()
+    assert outbox.closed and not outbox.put(b"late")
+
+
+async def test_a_client_that_never_reads_its_answers_is_disconnected() -> None:
+    # Answers a client does not read pile up on the server; past max_unsent_bytes the server
+    # closes that connection rather than grow without bound, and serves everyone else.
+    async with cluster((1, 2), max_unsent_bytes=256 * 1024) as (nodes, _tg):
+        server = nodes[2]
+        stream = await anyio.connect_tcp(*parse_address(server.address))
+        async with stream:
+            await stream.send(_hello(role="client", node_id=0))
+            request = encode_frame(ClientRequest(id=1, body=KVOp(op="get", key="k" * 1000)))
+            with anyio.fail_after(20):
+                # 30 MB of answers: more than the socket buffers and the limit together.
+                with suppress(anyio.BrokenResourceError, OSError):
+                    for _ in range(300):
+                        await stream.send(request * 100)
+                with suppress(anyio.BrokenResourceError, anyio.EndOfStream, OSError):
+                    while True:
+                        await stream.receive()
+        async with TcpClientConnection.connect(server.address, timeout=5) as conn:
+            assert (await conn.request(KVOp(op="get", key="ok"))).value == "node 2: ok"
+
+
 async def test_a_client_sees_connection_lost_when_the_server_stops() -> None:
     async with cluster((1, 2)) as (nodes, tg):
         server = nodes[2]
-        server.service.gates["slow"] = anyio.Event()
+        server.service.hold("slow")
         errors: list[ConnectionLost] = []
         async with TcpClientConnection.connect(server.address, timeout=5) as conn:
 
@@ -558,16 +602,16 @@ async def test_a_client_sees_connection_lost_when_the_server_stops() -> None:
 async def test_a_cancelled_request_leaves_the_connection_usable() -> None:
     async with cluster((1, 2)) as (nodes, _):
         server = nodes[2]
-        server.service.gates["slow"] = anyio.Event()
+        server.service.hold("slow")
         async with TcpClientConnection.connect(server.address, timeout=5) as conn:
             with anyio.move_on_after(0.05) as timeout:
                 await conn.request(KVOp(op="get", key="slow"))
             assert timeout.cancelled_caught
             assert (await conn.request(KVOp(op="get", key="a"))).value == "node 2: a"
-            server.service.gates["slow"].set()  # its late answer finds nobody waiting
+            server.service.release("slow")  # its late answer finds nobody waiting
             assert (await conn.request(KVOp(op="get", key="b"))).value == "node 2: b"
 
-        server.service.gates["slow"] = anyio.Event()
+        server.service.hold("slow")
         with anyio.move_on_after(0.05) as timeout:
             async with TcpClientConnection.connect(server.address, timeout=5) as conn:
                 await conn.request(KVOp(op="get", key="slow"))
@@ -644,7 +688,7 @@ async def test_shutdown_closes_every_socket_and_ends_every_task() -> None:
         async with anyio.create_task_group() as outer:
             async with cluster((1, 2, 3)) as (nodes, _):
                 await exchange(nodes[1], nodes[3])
-                nodes[2].service.gates["slow"] = anyio.Event()
+                nodes[2].service.hold("slow")
                 address = nodes[2].address
 
                 async def client_session(*, task_status: anyio.abc.TaskStatus[None]) -> None:

@@ -499,6 +499,7 @@ def test_the_public_api_is_pinned() -> None:
             "TcpTransport",
             "Transport",
             "answer_request",
+            "submit_request",
             "decode_client_request",
             "decode_client_response",
             "decode_hello",
