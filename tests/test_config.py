@@ -121,7 +121,7 @@ def test_defaults() -> None:
         max_size_per_msg=1 << 20,
         max_uncommitted_entries_size=64 << 20,
         lease_reads=False,
-        snapshot_threshold_entries=10_000,
+        snapshot_threshold_entries=100_000,
         max_batch_proposals=1024,
     )
     assert (s.storage.engine, s.storage.sync, s.storage.data_dir) == (
