@@ -44,7 +44,9 @@ _FLAG_ACTIONS = frozenset({"list", "get", "set", "unset", "history"})
 
 
 class _Connection(Protocol):
-    async def request(self, body: RequestBody) -> ClientResponse: ...
+    async def request(
+        self, body: RequestBody, *, timeout: float | None = None
+    ) -> ClientResponse: ...
 
 
 Connector = Callable[[str], AbstractAsyncContextManager[_Connection]]
@@ -261,21 +263,20 @@ class KVClient:
 
     async def _call(self, body: RequestBody, *, write: bool) -> ClientResponse:
         deadline = anyio.current_time() + self.timeout
+        remaining = self.timeout
         maybe_applied = False
         last_problem = "no node answered"
         backoff = self.retry_backoff
         tried: set[str] = set()
-        while True:
-            remaining = deadline - anyio.current_time()
-            if remaining <= 0:
-                break
+        while remaining > 0:
             address = self._leader or self._pick(tried)
             tried.add(address)
             response = await self._send_once(address, body, remaining)
+            remaining = deadline - anyio.current_time()
             if response is None:
                 # The request may have reached the node before the connection died.
                 maybe_applied = maybe_applied or write
-                last_problem = f"connection to {address} failed"
+                last_problem = f"connection to {address} failed or did not answer"
                 self._leader = None
             elif response.ok:
                 self._leader = address
@@ -295,7 +296,8 @@ class KVClient:
                 elif error.kind == "retry":
                     maybe_applied = maybe_applied or write
                     self._leader = None
-            await anyio.sleep(min(backoff, max(0.0, deadline - anyio.current_time())))
+            await anyio.sleep(min(backoff, max(0.0, remaining)))
+            remaining = deadline - anyio.current_time()
             backoff = min(backoff * 2, 0.5)
         if maybe_applied:
             raise Timeout(
@@ -312,17 +314,27 @@ class KVClient:
     async def _send_once(
         self, address: str, body: RequestBody, remaining: float
     ) -> ClientResponse | None:
-        """One request to one node; None if the connection failed or the time ran out."""
-        conn: _Connection | None = None
-        with anyio.move_on_after(remaining):
-            try:
-                conn = await self._connection(address)
-                return await conn.request(body)
-            except (OSError, RaftError, anyio.BrokenResourceError, anyio.EndOfStream):
-                pass
-        if conn is not None:
-            self._drop(address, conn)
-        return None
+        """One request to one node; None if the connection failed or the time ran out (a
+        connection that let the time run out is dropped: its node may be stopped)."""
+        cached = self._connections.get(address)
+        conn = cached[0] if cached is not None else None
+        try:
+            if conn is None:
+                started = anyio.current_time()
+                with anyio.move_on_after(remaining):
+                    conn = await self._connection(address)
+                if conn is None:
+                    return None
+                remaining -= anyio.current_time() - started
+                if remaining <= 0:
+                    return None
+            # The connection times the request out itself: no cancel scope per request.
+            return await conn.request(body, timeout=remaining)
+        except (OSError, RaftError, anyio.BrokenResourceError, anyio.EndOfStream):
+            # OSError includes TimeoutError: no answer in time.
+            if conn is not None:
+                self._drop(address, conn)
+            return None
 
     async def _connection(self, address: str) -> _Connection:
         """The open connection to ``address``, opening it if needed. Concurrent callers

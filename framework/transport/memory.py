@@ -319,15 +319,19 @@ class MemoryClient:
         self.address = f"mem://{node_id}"
         self._next_id = 1
 
-    async def request(self, body: RequestBody) -> ClientResponse:
+    async def request(self, body: RequestBody, *, timeout: float | None = None) -> ClientResponse:
         """Answer ``body``; raises ``ConnectionLost`` if the node is not serving, clients are
-        cut off from it, or it stops (or is cut off) before answering."""
+        cut off from it, or it stops (or is cut off) before answering, and ``TimeoutError``
+        if ``timeout`` seconds pass first."""
         state = self._reachable()
         request = ClientRequest(id=self._next_id, body=body)
         self._next_id += 1
         call = _Call()
         state.tg.start_soon(self._run, state, request, call)
-        await call.done.wait()
+        with anyio.move_on_after(timeout):
+            await call.done.wait()
+        if not call.done.is_set():
+            raise TimeoutError(f"no answer from {self.address} within {timeout:g}s")
         if call.response is None:
             raise ConnectionLost(self.address, f"node {self.node_id} stopped before answering")
         self._reachable()  # the answer is lost if clients were cut off meanwhile

@@ -54,6 +54,7 @@ The rules this module keeps, and why:
 
 from __future__ import annotations
 
+import heapq
 import logging
 import random
 import socket
@@ -949,11 +950,60 @@ class _TcpDialer:
 
 
 class _Waiter:
-    __slots__ = ("event", "response")
+    __slots__ = ("event", "response", "timed_out")
 
     def __init__(self) -> None:
         self.event = anyio.Event()
         self.response: ClientResponse | None = None
+        self.timed_out = False
+
+
+class _Timers:
+    """Request deadlines of one connection, expired by one task instead of a cancel scope
+    per request (a scope costs more than the rest of a request's client-side work).
+
+    A heap by deadline with lazy removal: answered requests leave it when they reach the top
+    or when answered entries outnumber the waiting ones (then it is rebuilt), so it holds
+    about twice the requests in flight, whatever the traffic.
+    """
+
+    __slots__ = ("_heap", "_seq", "_wake")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Waiter]] = []
+        self._seq = 0
+        self._wake = anyio.Event()
+
+    def add(self, waiter: _Waiter, deadline: float, in_flight: int) -> None:
+        heap = self._heap
+        self._seq += 1
+        heapq.heappush(heap, (deadline, self._seq, waiter))
+        if heap[0][2] is waiter:
+            self._wake.set()  # a new earliest deadline: the expiry task sleeps too long
+        if len(heap) > 2 * in_flight + 64:
+            self._heap = [item for item in heap if not item[2].event.is_set()]
+            heapq.heapify(self._heap)
+
+    async def run(self) -> None:
+        """Wake each waiter whose deadline passed unanswered, marking it ``timed_out``."""
+        while True:
+            heap = self._heap
+            while heap and heap[0][2].event.is_set():
+                heapq.heappop(heap)
+            if not heap:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                continue
+            delay = heap[0][0] - anyio.current_time()
+            if delay > 0:
+                with anyio.move_on_after(delay):
+                    await self._wake.wait()
+                if self._wake.is_set():
+                    self._wake = anyio.Event()
+                continue
+            _, _, waiter = heapq.heappop(heap)
+            waiter.timed_out = True
+            waiter.event.set()
 
 
 class TcpClientConnection:
@@ -979,6 +1029,7 @@ class TcpClientConnection:
         self._writer: _FrameWriter | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._pending: dict[int, _Waiter] = {}
+        self._timers = _Timers()
         self._outbox: _Outbox | None = None
         self._next_id = 1
         self._lost: str | None = None
@@ -1014,14 +1065,15 @@ class TcpClientConnection:
             raise
         self.node_id = hello.node_id
         # Entered by hand (not in an @asynccontextmanager) so an exception from the caller's
-        # block propagates as itself, not wrapped in an ExceptionGroup; the reader and the
-        # writer never raise, so the group has nothing else to report.
+        # block propagates as itself, not wrapped in an ExceptionGroup; the reader, the
+        # writer and the timers never raise, so the group has nothing else to report.
         tg = anyio.create_task_group()
         await tg.__aenter__()
         self._tg = tg
         self._outbox = _Outbox()
         tg.start_soon(self._read_responses, reader)
         tg.start_soon(self._write_requests, self._outbox)
+        tg.start_soon(self._timers.run)
         return self
 
     async def _handshake(self, reader: _FrameReader) -> Hello:
@@ -1060,26 +1112,33 @@ class TcpClientConnection:
             if stream is not None:
                 await _close_stream(stream)
 
-    async def request(self, body: RequestBody) -> ClientResponse:
-        """Send one request and wait for its response; raises ``ConnectionLost``.
+    async def request(self, body: RequestBody, *, timeout: float | None = None) -> ClientResponse:
+        """Send one request and wait for its response, at most ``timeout`` seconds if given.
 
-        The frame is queued for the connection's writer task, so concurrent requests leave
-        together in one write (pipelining); a cancelled request never tears a frame.
+        Raises ``ConnectionLost``, or ``TimeoutError`` when no answer came in time (the
+        request may still take effect). The frame is queued for the connection's writer
+        task, so concurrent requests leave together in one write (pipelining); a cancelled
+        request never tears a frame.
         """
         if self._lost is not None or self._outbox is None:
             raise ConnectionLost(self.address, self._lost or "not connected")
         request_id = self._next_id
         self._next_id += 1
         waiter = _Waiter()
-        self._pending[request_id] = waiter
+        pending = self._pending
+        pending[request_id] = waiter
         try:
             self._outbox.put(encode_frame(ClientRequest(id=request_id, body=body)))
+            if timeout is not None:
+                self._timers.add(waiter, anyio.current_time() + timeout, len(pending))
             await waiter.event.wait()
         finally:
-            del self._pending[request_id]
-        if waiter.response is None:
-            raise ConnectionLost(self.address, self._lost or "closed")
-        return waiter.response
+            del pending[request_id]
+        if waiter.response is not None:
+            return waiter.response
+        if waiter.timed_out:
+            raise TimeoutError(f"no answer from {self.address} within {timeout:g}s")
+        raise ConnectionLost(self.address, self._lost or "closed")
 
     async def _write_requests(self, outbox: _Outbox) -> None:
         assert self._writer is not None

@@ -13,6 +13,7 @@ import os
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
+from functools import partial
 from typing import Any
 
 import anyio
@@ -572,6 +573,24 @@ async def test_a_client_that_never_reads_its_answers_is_disconnected() -> None:
                         await stream.receive()
         async with TcpClientConnection.connect(server.address, timeout=5) as conn:
             assert (await conn.request(KVOp(op="get", key="ok"))).value == "node 2: ok"
+
+
+@BOTH_BACKENDS
+async def test_a_request_unanswered_within_its_timeout_raises_timeout_error() -> None:
+    async with cluster((1, 2)) as (nodes, _tg):
+        server = nodes[2]
+        server.service.hold("slow")
+        async with TcpClientConnection.connect(server.address, timeout=5) as conn:
+            with anyio.fail_after(5), pytest.raises(TimeoutError, match=r"within 0\.1s"):
+                await conn.request(KVOp(op="get", key="slow"), timeout=0.1)
+            # A later, shorter deadline behind a longer one still expires on time.
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(partial(conn.request, KVOp(op="get", key="slow"), timeout=30))
+                with anyio.fail_after(5), pytest.raises(TimeoutError):
+                    await conn.request(KVOp(op="get", key="slow"), timeout=0.1)
+                tg.cancel_scope.cancel()
+            answer = await conn.request(KVOp(op="get", key="fast"), timeout=5)
+            assert answer.value == "node 2: fast"
 
 
 async def test_a_client_sees_connection_lost_when_the_server_stops() -> None:
