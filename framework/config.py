@@ -515,12 +515,20 @@ class StorageSettings:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TransportSettings:
     kind: str = field(metadata=_kind(_Text('a transport name, like "tcp"')))
-    max_frame_size: int = field(metadata=_kind(_Size(minimum=1)))
+    max_frame_size: int = field(metadata=_kind(_Size(minimum=1024)))
+    max_message_size: int = field(metadata=_kind(_Size(minimum=1024)))
     connect_timeout: float = field(metadata=_DURATION)
     reconnect_backoff_min: float = field(metadata=_DURATION_OR_ZERO)
     reconnect_backoff_max: float = field(metadata=_DURATION)
 
     def _validate(self, key: str) -> None:
+        if self.max_message_size < self.max_frame_size:
+            raise SettingsError(
+                f"{key}.max_message_size",
+                f"is less than max_frame_size ({self.max_frame_size} bytes)",
+                "a size at least max_frame_size",
+                value=str(self.max_message_size),
+            )
         if self.reconnect_backoff_max < self.reconnect_backoff_min:
             raise SettingsError(
                 f"{key}.reconnect_backoff_max",

@@ -87,17 +87,21 @@ from framework.transport.wire import (
     Goodbye,
     Hello,
     PeerBatch,
+    PeerPart,
     ProtocolError,
+    Reassembly,
     RequestBody,
     decode_client_request,
     decode_client_response,
     decode_hello,
     decode_peer_batch,
     encode_frame,
+    encode_parts,
 )
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
+    "DEFAULT_MAX_MESSAGE_SIZE",
     "ConnectionLost",
     "PoolFactory",
     "TcpClientConnection",
@@ -111,6 +115,8 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 DEFAULT_MAX_FRAME_SIZE: Final = 64 * 1024 * 1024
+DEFAULT_MAX_MESSAGE_SIZE: Final = 2 * 1024 * 1024 * 1024
+"""Largest single peer message (a snapshot, sent in parts) a node sends or accepts."""
 DEFAULT_MAX_UNSENT_BYTES: Final = 64 * 1024 * 1024
 """Responses queued for a client that does not read them before its connection is closed."""
 _RECEIVE_SIZE: Final = 65536
@@ -337,6 +343,7 @@ class TcpTransport:
         backoff_max: float = 2.0,
         max_queued_messages: int = 100_000,
         max_unsent_bytes: int = DEFAULT_MAX_UNSENT_BYTES,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         pool_factory: PoolFactory | None = None,
     ) -> None:
         if node_id <= 0:
@@ -354,6 +361,11 @@ class TcpTransport:
             raise ValueError(f"max_queued_messages={max_queued_messages}: expected > 0")
         if max_unsent_bytes <= 0:
             raise ValueError(f"max_unsent_bytes={max_unsent_bytes}: expected > 0")
+        if max_message_size < max_frame_size:
+            raise ValueError(
+                f"max_message_size={max_message_size}: expected at least "
+                f"max_frame_size={max_frame_size}"
+            )
         self.node_id = node_id
         self.cluster_id = cluster_id
         self._listen_host, self._listen_port = parse_address(listen)
@@ -363,6 +375,8 @@ class TcpTransport:
         self._backoff_min = backoff_min
         self._max_queued = max_queued_messages
         self._max_unsent = max_unsent_bytes
+        self._max_message_size = max_message_size
+        self._part_seq = 0
         self._rng = random.Random()
         self._pool_factory: PoolFactory = pool_factory or (
             lambda dialer: TransportPool(
@@ -695,22 +709,30 @@ class TcpTransport:
                 self._frames_sent += 1
 
     def _encode_batch(self, batch: Sequence[Message], peer_id: int) -> list[bytes]:
-        """One frame, or several if one would exceed ``max_frame_size`` on the receiver."""
+        """One frame, or several if one would exceed ``max_frame_size`` on the receiver: the
+        batch is split, and a single message still too large (a snapshot) goes in parts."""
         frame = encode_frame(PeerBatch(messages=list(batch)))
         if len(frame) - 4 <= self._max_frame_size:
             return [frame]
-        if len(batch) == 1:
+        if len(batch) > 1:
+            half = len(batch) // 2
+            return self._encode_batch(batch[:half], peer_id) + self._encode_batch(
+                batch[half:], peer_id
+            )
+        if len(frame) - 4 > self._max_message_size:
             logger.warning(
-                "dropping a %s to node %d: %d bytes exceed max_frame_size=%d",
+                "dropping a %s to node %d: %d bytes exceed max_message_size=%d",
                 type(batch[0]).__name__,
                 peer_id,
                 len(frame) - 4,
-                self._max_frame_size,
+                self._max_message_size,
             )
             self._report_unreachable(peer_id)
             return []
-        half = len(batch) // 2
-        return self._encode_batch(batch[:half], peer_id) + self._encode_batch(batch[half:], peer_id)
+        self._part_seq += 1
+        return encode_parts(
+            memoryview(frame)[4:].tobytes(), seq=self._part_seq, max_frame_size=self._max_frame_size
+        )
 
     def _report_unreachable(self, peer_id: int) -> None:
         state = self._state
@@ -719,8 +741,16 @@ class TcpTransport:
 
     async def _read_peer(self, conn: _Connection, peer_id: int, inbox: PeerInbox) -> None:
         node_id = self.node_id
+        parts = Reassembly(self._max_message_size)
         while True:
             batch = decode_peer_batch(await conn.reader.receive())
+            if isinstance(batch, PeerPart):
+                whole = parts.add(batch)
+                if whole is None:
+                    continue
+                batch = decode_peer_batch(whole)
+                if not isinstance(batch, PeerBatch):
+                    raise ProtocolError(f"peer parts from node {peer_id} joined into a {batch!r}")
             if isinstance(batch, Goodbye):
                 conn.close(f"node {peer_id} said goodbye: {batch.reason}")
                 return

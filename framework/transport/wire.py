@@ -5,7 +5,9 @@ bytes of msgpack (msgspec). The first frame each side sends is a ``Hello``; a pe
 another protocol or version is told why in a ``Goodbye`` and disconnected.
 
 - Peer connections (``Hello.role == "peer"``) then carry ``PeerBatch`` frames: many Raft
-  messages coalesced into one write.
+  messages coalesced into one write. A single message too large for one frame (a snapshot)
+  travels as consecutive ``PeerPart`` frames, each within ``max_frame_size``, which the
+  receiver joins (up to ``max_message_size``) and decodes as one ``PeerBatch``.
 - Client connections (``Hello.role == "client"``) carry ``ClientRequest`` frames, each
   answered by a ``ClientResponse`` with the same ``id`` (responses may come out of order).
 
@@ -38,7 +40,9 @@ __all__ = [
     "Hello",
     "KVOp",
     "PeerBatch",
+    "PeerPart",
     "ProtocolError",
+    "Reassembly",
     "RequestBody",
     "StatusRequest",
     "decode_client_request",
@@ -46,6 +50,7 @@ __all__ = [
     "decode_hello",
     "decode_peer_batch",
     "encode_frame",
+    "encode_parts",
 ]
 
 PROTOCOL: Final = "raftmw"
@@ -72,6 +77,15 @@ class Goodbye(msgspec.Struct, frozen=True, kw_only=True, tag="goodbye"):
 
 class PeerBatch(msgspec.Struct, frozen=True, kw_only=True, tag="batch"):
     messages: list[Message]
+
+
+class PeerPart(msgspec.Struct, frozen=True, kw_only=True, tag="part"):
+    """Part ``index`` (from 0) of ``count`` of the encoded ``PeerBatch`` numbered ``seq``."""
+
+    seq: int
+    index: int
+    count: int
+    data: bytes
 
 
 # -- client and admin requests ---------------------------------------------------------------
@@ -156,7 +170,7 @@ class ClientResponse(msgspec.Struct, frozen=True, kw_only=True, tag="response"):
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
 _HELLO: Final = msgspec.msgpack.Decoder(Hello | Goodbye)
-_PEER: Final = msgspec.msgpack.Decoder(PeerBatch | Goodbye)
+_PEER: Final = msgspec.msgpack.Decoder(PeerBatch | PeerPart | Goodbye)
 _REQUEST: Final = msgspec.msgpack.Decoder(ClientRequest | Goodbye)
 _RESPONSE: Final = msgspec.msgpack.Decoder(ClientResponse | Goodbye)
 
@@ -190,9 +204,9 @@ def decode_hello(data: bytes) -> Hello | Goodbye:
     return hello
 
 
-def decode_peer_batch(data: bytes) -> PeerBatch | Goodbye:
+def decode_peer_batch(data: bytes) -> PeerBatch | PeerPart | Goodbye:
     batch = _decode(_PEER, "peer", data)
-    assert isinstance(batch, PeerBatch | Goodbye)
+    assert isinstance(batch, PeerBatch | PeerPart | Goodbye)
     if isinstance(batch, PeerBatch):
         for msg in batch.messages:
             try:
@@ -212,6 +226,67 @@ def decode_client_response(data: bytes) -> ClientResponse | Goodbye:
     response = _decode(_RESPONSE, "client response", data)
     assert isinstance(response, ClientResponse | Goodbye)
     return response
+
+
+_PART_OVERHEAD: Final = 64
+"""Bytes a ``PeerPart`` frame spends besides its data (tag, field names, integers)."""
+
+
+def encode_parts(body: bytes, *, seq: int, max_frame_size: int) -> list[bytes]:
+    """Frames carrying ``body`` (an encoded ``PeerBatch``) in parts that each fit in
+    ``max_frame_size``."""
+    size = max_frame_size - _PART_OVERHEAD
+    if size <= 0:
+        raise ValueError(f"max_frame_size={max_frame_size} leaves no room for a part's data")
+    chunks = [body[i : i + size] for i in range(0, len(body), size)] or [b""]
+    return [
+        encode_frame(PeerPart(seq=seq, index=i, count=len(chunks), data=chunk))
+        for i, chunk in enumerate(chunks)
+    ]
+
+
+class Reassembly:
+    """Joins the ``PeerPart`` frames of one connection back into peer frames.
+
+    Parts of one message arrive consecutively and in order (a connection has one writer,
+    which writes a message's parts back to back); anything else is the sender's fault and
+    raises ``ProtocolError``, as does a message that would exceed ``max_message_size``.
+    """
+
+    __slots__ = ("_max", "_parts", "_received", "_seq")
+
+    def __init__(self, max_message_size: int) -> None:
+        self._max = max_message_size
+        self._seq: int | None = None
+        self._parts: list[bytes] = []
+        self._received = 0
+
+    def add(self, part: PeerPart) -> bytes | None:
+        """The whole message once ``part`` completes it, else None."""
+        if part.count < 1 or not 0 <= part.index < part.count:
+            raise ProtocolError(f"peer part {part.index} of {part.count} is out of range")
+        if self._seq is None:
+            if part.index != 0:
+                raise ProtocolError(
+                    f"peer message {part.seq} starts at part {part.index}; expected part 0"
+                )
+            self._seq = part.seq
+        elif part.seq != self._seq or part.index != len(self._parts):
+            raise ProtocolError(
+                f"peer part {part.index} of message {part.seq} arrived while expecting part "
+                f"{len(self._parts)} of message {self._seq}"
+            )
+        self._received += len(part.data)
+        if self._received > self._max:
+            raise ProtocolError(
+                f"peer message {part.seq} exceeds max_message_size={self._max} bytes"
+            )
+        self._parts.append(part.data)
+        if len(self._parts) < part.count:
+            return None
+        body = b"".join(self._parts)
+        self._seq, self._parts, self._received = None, [], 0
+        return body
 
 
 class FrameDecoder:

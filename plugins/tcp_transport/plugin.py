@@ -27,6 +27,7 @@ def raftmw_make_transport(
         listen=listen,
         peers={k: v for k, v in peers.items() if k != ctx.node_id},
         max_frame_size=t.max_frame_size,
+        max_message_size=t.max_message_size,
         connect_timeout=t.connect_timeout,
         backoff_min=t.reconnect_backoff_min,
         backoff_max=t.reconnect_backoff_max,

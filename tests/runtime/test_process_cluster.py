@@ -173,3 +173,41 @@ async def _write_loop(
                 continue  # not acknowledged: no promise to check
             acked[key] = key
             i += 1
+
+
+async def test_a_follower_catches_up_from_a_snapshot_larger_than_a_frame(tmp_path: Path) -> None:
+    # The snapshot (about 40 kB of state) is ten times max_frame_size: it must travel in
+    # parts, or the restarted follower, whose missing entries were compacted away, never
+    # catches up.
+    settings = tmp_path / "small-frames.toml"
+    settings.write_text(
+        '[transport]\nmax_frame_size = "4KiB"\n[raft]\nsnapshot_threshold_entries = 50\n'
+    )
+    cluster = LocalCluster(
+        tmp_path / "nodes", nodes=3, cluster_id="test", settings_files=[str(settings)]
+    )
+    cluster.start_all()
+    try:
+        await cluster.wait_serving()
+        leader = await cluster.leader()
+        follower = next(node_id for node_id in cluster.nodes if node_id != leader)
+        async with cluster.client(timeout=10.0) as client:
+            had = (await client.status(follower))["last_index"]
+        cluster.kill(follower)
+        acked: dict[str, str] = {}
+        await _write_many(cluster, "s" * 100, 300, acked)
+        async with cluster.client(timeout=10.0) as client:
+            # The leader compacted away entries the follower lacks: only a snapshot helps.
+            assert (await client.status(leader))["first_index"] > had + 1
+        cluster.start(follower)
+        await cluster.wait_serving([follower])
+        async with cluster.client(timeout=10.0) as client:
+            target = (await client.status(leader))["commit"]
+            with anyio.fail_after(20):
+                while (status := await client.status(follower))["applied"] < target:
+                    await anyio.sleep(0.05)
+        assert status["snapshot_index"] > 0
+        cluster.kill(leader)  # the caught-up follower now holds what a quorum needs
+        await _check_all(cluster, acked)
+    finally:
+        cluster.stop_all()

@@ -249,37 +249,57 @@ async def test_many_sends_are_coalesced_into_few_frames() -> None:
         assert nodes[2].inbox.deliveries < 10
 
 
-async def test_a_batch_over_max_frame_size_is_split_and_an_oversized_message_dropped(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level(logging.WARNING, logger="raftmw.transport")
-    async with cluster((1, 2), max_frame_size=4096) as (nodes, _):
-        appends = [
-            AppendEntries(
-                src=1,
-                dst=2,
-                term=1,
-                prev_index=i,
-                prev_term=1,
-                entries=(Entry(term=1, index=i + 1, data=bytes(200)),),
-            )
-            for i in range(100)
-        ]
-        huge = AppendEntries(
+def _appends(count: int, size: int) -> list[AppendEntries]:
+    return [
+        AppendEntries(
             src=1,
             dst=2,
             term=1,
-            prev_index=0,
-            prev_term=0,
-            entries=(Entry(term=1, index=1, data=bytes(5000)),),
+            prev_index=i,
+            prev_term=1,
+            entries=(Entry(term=1, index=i + 1, data=bytes(size)),),
         )
+        for i in range(count)
+    ]
+
+
+def _huge(size: int) -> AppendEntries:
+    data = random.Random(size).randbytes(size)  # incompressible, and checked byte for byte
+    return AppendEntries(
+        src=1,
+        dst=2,
+        term=1,
+        prev_index=0,
+        prev_term=0,
+        entries=(Entry(term=1, index=1, data=data),),
+    )
+
+
+async def test_a_batch_over_max_frame_size_is_split_and_a_huge_message_sent_in_parts() -> None:
+    # A snapshot larger than a frame must still reach a lagging follower, or it never
+    # catches up: it travels in frame-sized parts and arrives whole, in order.
+    async with cluster((1, 2), max_frame_size=4096) as (nodes, _):
+        appends, huge = _appends(100, 200), _huge(50_000)
         before = nodes[1].transport.frames_sent
         nodes[1].transport.send([*appends[:50], huge, *appends[50:]])
+        await wait_until(lambda: len(nodes[2].inbox.messages) == 101, "101 messages")
+        assert nodes[2].inbox.messages == [*appends[:50], huge, *appends[50:]]
+        assert nodes[1].transport.frames_sent - before > 13  # 50 kB in 4 kB frames, at least
+        assert nodes[1].inbox.unreachable == []
+        assert nodes[1].transport.connected_peers == {2}
+
+
+async def test_a_message_over_max_message_size_is_dropped_and_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="raftmw.transport")
+    async with cluster((1, 2), max_frame_size=4096, max_message_size=16_384) as (nodes, _):
+        appends = _appends(100, 200)
+        nodes[1].transport.send([*appends[:50], _huge(50_000), *appends[50:]])
         await wait_until(lambda: len(nodes[2].inbox.messages) == 100, "100 appends")
         assert nodes[2].inbox.messages == appends
-        assert nodes[1].transport.frames_sent - before > 1
         assert nodes[1].inbox.unreachable == [2]
-        assert "exceed max_frame_size=4096" in caplog.text
+        assert "exceed max_message_size=16384" in caplog.text
         assert nodes[1].transport.connected_peers == {2}  # the link survived
 
 

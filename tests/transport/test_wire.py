@@ -51,6 +51,7 @@ from framework.transport import (
     decode_peer_batch,
     encode_frame,
 )
+from framework.transport.wire import PeerPart, Reassembly, encode_parts
 
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -464,6 +465,49 @@ def test_error_replies_round_trip() -> None:
         error=ErrorReply(kind="not_leader", message="ask 2", leader_id=2, leader_address="h:1"),
     )
     assert decode_client_response(encode_frame(response)[4:]) == response
+
+
+@FUZZ
+@given(body=st.binary(max_size=5000), max_frame_size=st.integers(65, 2000))
+def test_a_message_in_parts_joins_back_whole(body: bytes, max_frame_size: int) -> None:
+    frames = encode_parts(body, seq=9, max_frame_size=max_frame_size)
+    decoder = FrameDecoder(max_frame_size)  # every part fits the receiver's frame limit
+    parts = [decode_peer_batch(f) for f in decoder.feed(b"".join(frames))]
+    assert len(parts) == len(frames)
+    joined = Reassembly(max_message_size=len(body) or 1)
+    results = [joined.add(p) for p in parts if isinstance(p, PeerPart)]
+    assert results[:-1] == [None] * (len(parts) - 1) and results[-1] == body
+
+
+def _part(seq: int, index: int, count: int, data: bytes = b"x") -> PeerPart:
+    return PeerPart(seq=seq, index=index, count=count, data=data)
+
+
+@pytest.mark.parametrize(
+    ("parts", "match"),
+    [
+        ([_part(1, 1, 2)], "starts at part 1; expected part 0"),
+        ([_part(1, 0, 3), _part(1, 2, 3)], "part 2 of message 1 arrived while expecting part 1"),
+        ([_part(1, 0, 2), _part(2, 0, 2)], "part 0 of message 2 arrived while expecting part 1"),
+        ([_part(1, 0, 0)], "out of range"),
+        ([_part(1, 3, 2)], "out of range"),
+        ([_part(1, 0, 2, b"x" * 60), _part(1, 1, 2, b"x" * 41)], "exceeds max_message_size=100"),
+    ],
+)
+def test_parts_out_of_order_or_too_large_are_a_protocol_error(
+    parts: list[PeerPart], match: str
+) -> None:
+    joined = Reassembly(max_message_size=100)
+    with pytest.raises(ProtocolError, match=match):
+        for part in parts:
+            joined.add(part)
+
+
+def test_after_a_whole_message_the_next_may_begin() -> None:
+    joined = Reassembly(max_message_size=100)
+    assert joined.add(_part(1, 0, 2, b"ab")) is None
+    assert joined.add(_part(1, 1, 2, b"cd")) == b"abcd"
+    assert joined.add(_part(2, 0, 1, b"ef")) == b"ef"
 
 
 def test_the_public_api_is_pinned() -> None:
