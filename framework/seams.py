@@ -214,7 +214,9 @@ class SendGuard(Component, Protocol):
         ...
 
     def record(self, peer: int, *, ok: bool) -> None:
-        """A send to ``peer`` succeeded or failed (connection refused, queue overflow)."""
+        """What the node learned about ``peer``: ``ok=False`` when a send failed (connection
+        refused, queue overflow), ``ok=True`` whenever a batch of messages arrived from it.
+        Called on the event loop, once per received batch: keep it cheap."""
         ...
 
     def states(self) -> Mapping[int, str]:

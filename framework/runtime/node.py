@@ -290,10 +290,12 @@ class RaftNode:
                 # Raft retransmits what is lost; shedding here protects the node.
                 self.dropped_messages += 1
         if messages:
+            # A batch from a peer is the send guard's evidence that the peer is reachable
+            # (a circuit breaker's half-open probes are judged by it), once per batch.
             peer = messages[0].src
+            self.components.send_guard.record(peer, ok=True)
             if peer in self._down_peers:
                 self._down_peers.discard(peer)
-                self.components.send_guard.record(peer, ok=True)
                 self.host.notify("raftmw_on_peer_up", node_id=self.id, peer=peer)
         self._wake.set()
 
