@@ -10,6 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from framework.client import KVClient
 from framework.errors import RaftError
 from framework.runtime.localcluster import LocalCluster
 
@@ -211,3 +212,31 @@ async def test_a_follower_catches_up_from_a_snapshot_larger_than_a_frame(tmp_pat
         await _check_all(cluster, acked)
     finally:
         cluster.stop_all()
+
+
+async def test_a_client_shared_by_many_writers_loses_nothing_when_the_leader_dies(
+    cluster: LocalCluster,
+) -> None:
+    # 64 writers share two clients (pipelined requests, a session per write in flight)
+    # while the leader is SIGKILLed: every write acknowledged to any of them survives.
+    from framework.runtime.workload import run_workload
+
+    await cluster.wait_serving()
+    await cluster.leader()
+    result = await run_workload(
+        cluster, clients=64, connections=2, seconds=3.0, payload=20, kill_leader_after=1.5
+    )
+    assert result.killed_leader and len(result.acknowledged) > 64
+    assert result.failover_seconds is not None  # writes were acknowledged after the kill
+    cluster.start(result.killed_leader)
+    await cluster.wait_serving([result.killed_leader])
+    acked = result.acknowledged
+    keys = sorted(acked)
+
+    async def check(client: KVClient, part: list[str]) -> None:
+        for key in part:
+            assert await client.get(key) == acked[key], f"acknowledged write {key} lost"
+
+    async with cluster.client(timeout=10.0) as client, anyio.create_task_group() as tg:
+        for i in range(32):
+            tg.start_soon(check, client, keys[i::32])
