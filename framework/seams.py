@@ -391,3 +391,9 @@ class PooledTransport(Protocol):
         whoever built it). Called with no await between the predecessor's state moving into
         ``pool`` and the predecessor being cancelled, so no message slips between them."""
         ...
+
+    def use_timeouts(self, policy: TimeoutPolicy) -> None:
+        """Time each dial by ``policy.timeout("connect")`` and report how long a connection
+        took (or that it timed out) to ``policy.observe``. Called when the node starts and
+        whenever the timeout policy is swapped."""
+        ...

@@ -163,6 +163,8 @@ class Components:
         """``component`` now fills ``slot``: tell whoever uses it directly."""
         if slot == "connection_pool" and self._pooled is not None:
             self._pooled.use_pool(component)
+        elif slot == "timeouts" and self._pooled is not None:
+            self._pooled.use_timeouts(component)
 
     async def start(self, tg: anyio.abc.TaskGroup, flags: Mapping[str, Any]) -> None:
         """Build and start every slot; a failure here stops the node (PluginError)."""

@@ -69,7 +69,13 @@ import anyio.abc
 from anyio.abc import SocketAttribute, TaskStatus
 
 from framework.core import Message
-from framework.seams import ConnectionPool, PeerConnection, PeerDialer, PooledTransport
+from framework.seams import (
+    ConnectionPool,
+    PeerConnection,
+    PeerDialer,
+    PooledTransport,
+    TimeoutPolicy,
+)
 from framework.transport.backoff import Backoff
 from framework.transport.base import (
     ClientService,
@@ -377,6 +383,9 @@ class TcpTransport:
         self._max_unsent = max_unsent_bytes
         self._max_message_size = max_message_size
         self._part_seq = 0
+        self._timeouts: TimeoutPolicy | None = None
+        """The node's timeout policy for dials, once given (``use_timeouts``); until then
+        ``connect_timeout``."""
         self._rng = random.Random()
         self._pool_factory: PoolFactory = pool_factory or (
             lambda dialer: TransportPool(
@@ -451,6 +460,9 @@ class TcpTransport:
         """How a pool dials this transport's peers (connect + handshake), encodes messages
         for them and reports lost ones."""
         return self._dialer
+
+    def use_timeouts(self, policy: TimeoutPolicy) -> None:
+        self._timeouts = policy
 
     def use_pool(self, pool: ConnectionPool) -> None:
         """Send dialled traffic through ``pool`` from now on; its caller runs it.
@@ -614,8 +626,20 @@ class TcpTransport:
             )
         self._dial_attempts += 1
         host, port = parse_address(address)
-        with anyio.fail_after(self._connect_timeout):
-            stream = await anyio.connect_tcp(host, port)
+        policy = self._timeouts
+        limit = self._connect_timeout if policy is None else policy.timeout("connect")
+        started = anyio.current_time()
+        try:
+            with anyio.fail_after(limit):
+                stream = await anyio.connect_tcp(host, port)
+        except TimeoutError:
+            if policy is not None:
+                policy.observe("connect", anyio.current_time() - started, ok=False)
+            raise
+        # A refused connection says nothing about how long one takes: only successes and
+        # timeouts are reported.
+        if policy is not None:
+            policy.observe("connect", anyio.current_time() - started, ok=True)
         conn = self._open(stream)
         try:
             established = await self._guard(conn, self._dial_handshake, conn, link)

@@ -303,6 +303,42 @@ async def test_a_message_over_max_message_size_is_dropped_and_reported(
         assert nodes[1].transport.connected_peers == {2}  # the link survived
 
 
+class TimingPolicy:
+    """A timeout policy that records what the transport asks and reports."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.asked: list[str] = []
+        self.observed: list[tuple[str, bool]] = []
+
+    def timeout(self, operation: str, attempt: int = 0) -> float:
+        self.asked.append(operation)
+        return self.seconds
+
+    def observe(self, operation: str, seconds: float, *, ok: bool) -> None:
+        assert seconds >= 0
+        self.observed.append((operation, ok))
+
+
+async def test_dials_are_timed_by_the_node_timeout_policy() -> None:
+    async with anyio.create_task_group() as tg:
+        first, second = Node(make(1)), Node(make(2))
+        policy = TimingPolicy(seconds=5.0)
+        first.transport.use_timeouts(policy)  # node 1 dials node 2 (the lower id dials)
+        await first.start(tg)
+        await second.start(tg)
+        first.transport.set_peers({2: second.address})
+        await wait_until(lambda: first.transport.connected_peers == {2}, "the dial")
+        assert policy.asked[:1] == ["connect"]
+        assert policy.observed[:1] == [("connect", True)]
+        # A policy that allows no time at all: every dial now times out, and says so.
+        policy.seconds = 0.0
+        policy.observed.clear()
+        await second.stop()
+        await wait_until(lambda: ("connect", False) in policy.observed, "a timed-out dial")
+        tg.cancel_scope.cancel()
+
+
 async def test_a_restarted_peer_is_redialled() -> None:
     async with cluster((1, 2)) as (nodes, tg):
         await exchange(nodes[1], nodes[2])
