@@ -129,6 +129,7 @@ def node(
     plugin_args: tuple[str, ...],
 ) -> None:
     """Run one node until SIGTERM or SIGINT, then shut down cleanly (exit 0)."""
+    from framework.metrics import configure_from_environment
     from framework.plugins import PluginError, PluginHost
     from framework.runtime.node import NodeConfig, RaftNode
     from framework.storage import StorageError
@@ -146,6 +147,7 @@ def node(
         )
     members[node_id] = listen
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    configure_from_environment()  # an OpenTelemetry exporter, if OTEL_METRICS_EXPORTER asks
     try:
         host = PluginHost(blocked=settings.plugins.blocked, enabled=settings.plugins.enabled)
     except PluginError as exc:

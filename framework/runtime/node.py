@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -38,6 +39,7 @@ from typing import Any
 import anyio
 import msgspec
 from anyio.abc import TaskGroup, TaskStatus
+from opentelemetry.metrics import MeterProvider
 
 from framework.config import Settings
 from framework.core import (
@@ -72,6 +74,7 @@ from framework.flags import (
     encode_flag_change,
     validate_change,
 )
+from framework.metrics import GaugeReadings, NodeInstruments, PerformanceMetrics
 from framework.plugins import PluginHost
 from framework.runtime.components import Components
 from framework.runtime.node_flags import NodeFlags
@@ -143,6 +146,7 @@ class RaftNode:
         store: LogStore,
         transport: Transport,
         state_machine: KVStateMachine | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         self.config = config
         self.id = config.node_id
@@ -195,6 +199,15 @@ class RaftNode:
         """Set (and replaced) after every Ready: admin waits watch state without polling."""
         self.invalid_messages = 0
         self.dropped_messages = 0
+        self._gauges = GaugeReadings()
+        self._rejections: dict[str, int] = {}
+        """Client requests answered with an error, per reason, not yet reported."""
+        self.instruments = NodeInstruments(
+            node_id=self.id,
+            cluster_id=config.cluster_id,
+            readings=lambda: self._gauges,
+            meter_provider=meter_provider,
+        )
 
     # == lifecycle ============================================================================
 
@@ -203,6 +216,7 @@ class RaftNode:
         try:
             state = await anyio.to_thread.run_sync(self._open_store)
             self.kernel = self._build_kernel(state)
+            self.instruments.start(commit_index=self.kernel.log.committed)
             # The cluster's flag state is known before the node serves anyone: from the
             # snapshot, then from committed flag entries it will re-apply.
             self.flags.replay_committed(state.entries, state.hard_state.commit)
@@ -220,6 +234,7 @@ class RaftNode:
                 log.info("node %d serving at %s", self.id, self.transport.listen_address)
                 task_status.started()
         finally:
+            self.instruments.close()
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self.store.close)
                 self._fail_all("retry", f"node {self.id} is shutting down")
@@ -348,13 +363,24 @@ class RaftNode:
             if len(self._deadlines):
                 self._expire_requests()
             while kernel.has_ready():
-                await self._handle_ready(kernel, kernel.ready())
+                rd = kernel.ready()
+                started = time.perf_counter()
+                await self._handle_ready(kernel, rd)
+                self.instruments.on_ready(
+                    entries_persisted=len(rd.entries),
+                    commit_index=kernel.log.committed,
+                    applied=len(rd.committed_entries),
+                    duration_s=time.perf_counter() - started,
+                )
                 if self._flags_changed:
                     # Between two Ready iterations: the kernel sees no half-swapped node.
                     await self._apply_flag_change()
             if self._flags_changed:  # a node-local override, with no Ready to wait for
                 await self._apply_flag_change()
             await self._publish_status(force=False)
+            if self._rejections:
+                self.instruments.on_rejections(self._rejections)
+                self._rejections = {}
             self._changed.set()
             self._changed = anyio.Event()
 
@@ -407,6 +433,8 @@ class RaftNode:
             return
         self.components.metrics.add("proposals", len(indexes))
         self.components.metrics.record("proposal_batch", len(indexes))
+        if indexes:
+            self.instruments.on_proposals(len(indexes))
         term = kernel.term
         for index, (_, waiter) in zip(indexes, batch, strict=False):
             self._waiting_apply[index] = (term, waiter)
@@ -610,6 +638,9 @@ class RaftNode:
             if waiter.error is None:
                 reply(ClientResponse(id=request_id, ok=True, value=waiter.value))  # type: ignore[arg-type]
             else:
+                # Tallied here, reported once per Ready-loop iteration (never per request).
+                reason = "timeout" if finished >= waiter.deadline else waiter.error.kind
+                self._rejections[reason] = self._rejections.get(reason, 0) + 1
                 reply(ClientResponse(id=request_id, ok=False, error=waiter.error))
 
         waiter = Waiter(done, started + timeouts.timeout("client_request"))
@@ -847,6 +878,13 @@ class RaftNode:
         self._published = identity
         self._next_publish = now + self.settings.raft.tick_interval
         st = kernel.status()
+        self._gauges = GaugeReadings.collect(
+            self.components,
+            term=st.term,
+            is_leader=st.role is Role.LEADER,
+            commit=st.commit,
+            applied=self.sm.applied_index,
+        )
         await self.components.status_store.publish(
             NodeStatus(
                 node_id=self.id,
@@ -876,8 +914,10 @@ class RaftNode:
             )
             if st.role is Role.LEADER:
                 self.components.metrics.add("elections_won")
+                self.instruments.on_election_won()
             if previous_leader != str(st.leader):
                 self.components.metrics.add("leader_changes")
+                self.instruments.on_leader_change()
                 self.host.notify(
                     "raftmw_on_leader_change", node_id=self.id, leader=st.leader, term=st.term
                 )
@@ -932,25 +972,7 @@ class RaftNode:
 
     def _performance(self) -> dict[str, Any]:
         """The plan's PerformanceMetrics: locks, queues, breakers, timeouts."""
-        c = self.components
-        locks = c.lock_stats()
-        return {
-            "locks": {
-                slot: {
-                    "acquisitions": s.acquisitions,
-                    "contended": s.contended,
-                    "wait_seconds": round(s.wait_seconds, 6),
-                }
-                for slot, s in locks.items()
-            },
-            "queues": {
-                name: _stats_dict(c.get(f"queue:{name}").stats()) for name in ("inbox", "proposals")
-            },
-            "circuit_breakers": {str(k): v for k, v in c.send_guard.states().items()},
-            "timeouts": {k: dict(v) for k, v in c.timeouts.stats().items()},
-            "metrics": dict(c.metrics.snapshot()),
-            "connection_pool": _pool_dict(c.connection_pool),
-        }
+        return PerformanceMetrics.collect(self.components).to_dict()
 
     # == flags ==================================================================================
 
@@ -1043,40 +1065,6 @@ def _wire_value(value: object) -> object:
     if isinstance(value, RolloutWire):
         return msgspec.to_builtins(value)
     return value
-
-
-def _pool_dict(pool: Any) -> dict[str, Any] | None:
-    """The connection pool's stats (None for a transport without connections)."""
-    if pool is None:
-        return None
-    stats = pool.stats()
-    return {
-        "connections_open": stats.connections_open,
-        "queued": stats.queued,
-        "dial_attempts": stats.dial_attempts,
-        "dropped": stats.dropped,
-        "peers": {
-            str(peer): {
-                "address": p.address,
-                "state": p.state,
-                "queued": p.queued,
-                "dial_attempts": p.dial_attempts,
-                "dropped": p.dropped,
-                "restarts": p.restarts,
-            }
-            for peer, p in stats.peers.items()
-        },
-    }
-
-
-def _stats_dict(stats: Any) -> dict[str, Any]:
-    return {
-        "depth": stats.depth,
-        "capacity": stats.capacity,
-        "max_depth": stats.max_depth,
-        "enqueued": stats.enqueued,
-        "rejected": stats.rejected,
-    }
 
 
 _CRITICAL = (VoteRequest, VoteResponse, Heartbeat, HeartbeatResponse, TimeoutNow)
