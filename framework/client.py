@@ -45,7 +45,7 @@ _FLAG_ACTIONS = frozenset({"list", "get", "set", "unset", "history"})
 
 class _Connection(Protocol):
     async def request(
-        self, body: RequestBody, *, timeout: float | None = None
+        self, body: RequestBody, *, timeout: float | None = None, deadline: float | None = None
     ) -> ClientResponse: ...
 
 
@@ -178,7 +178,9 @@ class KVClient:
         address = self.peers.get(node_id)
         if address is None:
             raise BadRequest(f"node {node_id} is not in the peer list {sorted(self.peers)}")
-        response = await self._send_once(address, StatusRequest(), self.timeout)
+        response = await self._send_once(
+            address, StatusRequest(), anyio.current_time() + self.timeout
+        )
         if response is None or response.status is None:
             raise Unavailable(f"node {node_id} at {address} did not answer")
         return dict(response.status)
@@ -227,7 +229,7 @@ class KVClient:
             address = self.peers.get(node_id)
             if address is None:
                 raise BadRequest(f"node {node_id} is not in the peer list {sorted(self.peers)}")
-            response = await self._send_once(address, body, self.timeout)
+            response = await self._send_once(address, body, anyio.current_time() + self.timeout)
             if response is None:
                 raise Unavailable(f"node {node_id} at {address} did not answer")
             if not response.ok:
@@ -262,17 +264,16 @@ class KVClient:
             idle.append(session)
 
     async def _call(self, body: RequestBody, *, write: bool) -> ClientResponse:
+        # One clock read on the way to an answer: the deadline travels with the request.
         deadline = anyio.current_time() + self.timeout
-        remaining = self.timeout
         maybe_applied = False
         last_problem = "no node answered"
         backoff = self.retry_backoff
         tried: set[str] = set()
-        while remaining > 0:
+        while True:
             address = self._leader or self._pick(tried)
             tried.add(address)
-            response = await self._send_once(address, body, remaining)
-            remaining = deadline - anyio.current_time()
+            response = await self._send_once(address, body, deadline)
             if response is None:
                 # The request may have reached the node before the connection died.
                 maybe_applied = maybe_applied or write
@@ -287,7 +288,7 @@ class KVClient:
                 last_problem = f"{address}: {error.message}"
                 if error.kind == "not_leader":
                     self._leader = error.leader_address or None
-                    if self._leader:
+                    if self._leader and anyio.current_time() < deadline:
                         continue  # follow the redirect at once
                 elif error.kind == "overloaded":
                     raise Overloaded(error.message)
@@ -296,8 +297,12 @@ class KVClient:
                 elif error.kind == "retry":
                     maybe_applied = maybe_applied or write
                     self._leader = None
-            await anyio.sleep(min(backoff, max(0.0, remaining)))
             remaining = deadline - anyio.current_time()
+            if remaining <= 0:
+                break
+            await anyio.sleep(min(backoff, remaining))
+            if anyio.current_time() >= deadline:
+                break
             backoff = min(backoff * 2, 0.5)
         if maybe_applied:
             raise Timeout(
@@ -312,24 +317,21 @@ class KVClient:
         return self._rng.choice(fresh or addresses)
 
     async def _send_once(
-        self, address: str, body: RequestBody, remaining: float
+        self, address: str, body: RequestBody, deadline: float
     ) -> ClientResponse | None:
-        """One request to one node; None if the connection failed or the time ran out (a
-        connection that let the time run out is dropped: its node may be stopped)."""
+        """One request to one node, answered by ``deadline`` (on anyio's clock); None if the
+        connection failed or the time ran out (a connection that let the time run out is
+        dropped: its node may be stopped)."""
         cached = self._connections.get(address)
         conn = cached[0] if cached is not None else None
         try:
             if conn is None:
-                started = anyio.current_time()
-                with anyio.move_on_after(remaining):
+                with anyio.move_on_after(deadline - anyio.current_time()):
                     conn = await self._connection(address)
                 if conn is None:
                     return None
-                remaining -= anyio.current_time() - started
-                if remaining <= 0:
-                    return None
             # The connection times the request out itself: no cancel scope per request.
-            return await conn.request(body, timeout=remaining)
+            return await conn.request(body, deadline=deadline)
         except (OSError, RaftError, anyio.BrokenResourceError, anyio.EndOfStream):
             # OSError includes TimeoutError: no answer in time.
             if conn is not None:

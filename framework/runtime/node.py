@@ -59,6 +59,7 @@ from framework.core import (
     RawNode,
     Ready,
     Role,
+    Snapshot,
     TimeoutNow,
     TransferInProgress,
     UncommittedSizeExceeded,
@@ -188,6 +189,10 @@ class RaftNode:
         self._apply_watchers: list[tuple[int, Waiter]] = []
         self._read_seq = 0
         self._deadlines = Deadlines()
+        self._snapshot_writing = False
+        """A local snapshot is being written or waits to be recorded (one at a time)."""
+        self._snapshot_written: object = None
+        """A written snapshot (``prepare_snapshot``'s token) for the Ready loop to record."""
         self._now = 0.0
         """The event loop's clock as of the Ready loop's last wake or write: request
         deadlines and latencies are measured with it (one clock read per Ready, not two per
@@ -377,6 +382,8 @@ class RaftNode:
                     await self._apply_flag_change()
             if self._flags_changed:  # a node-local override, with no Ready to wait for
                 await self._apply_flag_change()
+            if self._snapshot_written is not None:
+                await self._record_snapshot()
             await self._publish_status(force=False)
             if self._rejections:
                 self.instruments.on_rejections(self._rejections)
@@ -572,10 +579,29 @@ class RaftNode:
         threshold = self.settings.raft.snapshot_threshold_entries
         if threshold <= 0 or kernel.log.applied - kernel.snapshot.meta.index < threshold:
             return
+        if self._snapshot_writing:
+            return  # the previous one is still being written; the next Ready asks again
         data = await anyio.to_thread.run_sync(self._snapshot_bytes)
         snapshot = kernel.compact(data)
-        await anyio.to_thread.run_sync(self.store.save_snapshot, snapshot)
-        log.info("node %d took a snapshot at index %d", self.id, snapshot.meta.index)
+        # Writing the file (the slow part: the whole state, fsynced) goes on beside the
+        # Ready loop, which records it in the store between two Readies once it is written
+        # (``_record_snapshot``). Until then the store keeps every entry: a crash loses
+        # nothing, and only the Ready loop ever writes to the log.
+        self._snapshot_writing = True
+        assert self._tg is not None
+        self._tg.start_soon(self._write_snapshot, snapshot)
+
+    async def _write_snapshot(self, snapshot: Snapshot) -> None:
+        self._snapshot_written = await anyio.to_thread.run_sync(
+            self.store.prepare_snapshot, snapshot
+        )
+        self._wake.set()
+
+    async def _record_snapshot(self) -> None:
+        written, self._snapshot_written = self._snapshot_written, None
+        await anyio.to_thread.run_sync(self.store.commit_snapshot, written)
+        self._snapshot_writing = False
+        log.info("node %d took a snapshot", self.id)
 
     def _snapshot_bytes(self) -> bytes:
         return _SNAP_ENCODER.encode(

@@ -2,8 +2,9 @@
 
 A store holds, for one node: its identity (node id, cluster id), the bootstrap membership,
 the hard state, the latest snapshot and the log entries after it. The runtime calls it from
-one worker thread at a time (never from the event loop); a store need not be thread-safe
-beyond that.
+one worker thread at a time (never from the event loop), with one exception:
+``prepare_snapshot`` may run while another thread runs ``save_ready``, so that writing a
+large snapshot does not hold up the log; it must not touch what ``save_ready`` uses.
 
 Durability contract: when ``save_ready`` returns with ``sync=True``, everything it was given
 survives a SIGKILL or power loss of the process; with ``sync=False`` it survives a process
@@ -75,11 +76,24 @@ class LogStore(Protocol):
         ...
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
-        """Store a locally taken snapshot, then drop the entries it covers (§7).
+        """Store a locally taken snapshot, then drop the entries it covers (§7):
+        ``commit_snapshot(prepare_snapshot(snapshot))``.
 
         The snapshot is durable before any entry is deleted, so a crash in between leaves
         both (harmless), never neither.
         """
+        ...
+
+    def prepare_snapshot(self, snapshot: Snapshot) -> object:
+        """The slow half of ``save_snapshot``: make the snapshot's data durable where no
+        committed state refers to it yet (a file written, fsynced and renamed), and return a
+        token for ``commit_snapshot``. May run concurrently with ``save_ready``."""
+        ...
+
+    def commit_snapshot(self, prepared: object) -> None:
+        """The quick half: record the prepared snapshot and drop the entries it covers, in
+        one transaction. If the store already holds a snapshot at or past its index (one
+        received from the leader meanwhile), the prepared data is discarded instead."""
         ...
 
     def close(self) -> None:

@@ -79,6 +79,13 @@ class MemoryLogStore:
         if sync:
             self.syncs += 1
 
+    def prepare_snapshot(self, snapshot: Snapshot) -> Snapshot:
+        return snapshot  # nothing to write: memory holds it already
+
+    def commit_snapshot(self, prepared: object) -> None:
+        assert isinstance(prepared, Snapshot)
+        self.save_snapshot(prepared)
+
     def save_snapshot(self, snapshot: Snapshot) -> None:
         offset = self._snapshot.meta.index
         index = snapshot.meta.index

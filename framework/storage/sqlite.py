@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import os
 import sqlite3
 import sys
@@ -124,6 +125,8 @@ _REPLACE_SNAPSHOT = (
 )
 
 _FULL = "FULL"
+_UNIQUE = itertools.count(1)
+"""Numbers the files of prepared snapshots (with the pid: unique on this data directory)."""
 _NORMAL = "NORMAL"
 
 _KINDS = {kind.value: kind for kind in EntryKind}
@@ -324,15 +327,32 @@ class SQLiteLogStore:
             self._switch_snapshot_file(written.name)
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
-        conn = self._connection()
         self._require_initialized("save_snapshot")
+        self.commit_snapshot(self._write_snapshot_file(snapshot))
+
+    def prepare_snapshot(self, snapshot: Snapshot) -> _SnapshotFile:
+        """Write the snapshot file (rule 3) under a name no row refers to. Touches neither
+        the database nor the store's fields, so it may run beside ``save_ready``."""
+        self._require_initialized("prepare_snapshot")
+        return self._write_snapshot_file(snapshot, unique=True)
+
+    def commit_snapshot(self, prepared: object) -> None:
+        assert isinstance(prepared, _SnapshotFile), "commit_snapshot takes prepare_snapshot's"
+        conn = self._connection()
+        self._require_initialized("commit_snapshot")
         old = self._bounds
-        index, term = snapshot.meta.index, snapshot.meta.term
+        index, term = prepared.meta.index, prepared.meta.term
         if index <= old.snap_index:
-            return  # already covered by the stored snapshot
+            # Already covered (a snapshot from the leader was stored meanwhile): the file
+            # was never referenced, so it simply goes.
+            with contextlib.suppress(OSError):
+                (self._snap_dir / prepared.name).unlink()
+            return
         if index <= old.last_index:
             stored_term = self._term_at(index)
             if stored_term != term:
+                with contextlib.suppress(OSError):
+                    (self._snap_dir / prepared.name).unlink()
                 raise StorageError(
                     f"{self._db_path}: snapshot at index {index} has term {term}, but the "
                     f"stored entry at that index has term {stored_term}"
@@ -340,13 +360,11 @@ class SQLiteLogStore:
             new = old._replace(snap_index=index, snap_term=term)
         else:
             new = _Bounds(index, term, index, term, old.commit)
-
-        written = self._write_snapshot_file(snapshot)
         with self._transaction(_FULL, "save_snapshot"):
-            self._replace_snapshot_row(conn, written)
+            self._replace_snapshot_row(conn, prepared)
             conn.execute("DELETE FROM entries WHERE idx <= ?", (index,))
         self._bounds = new
-        self._switch_snapshot_file(written.name)
+        self._switch_snapshot_file(prepared.name)
 
     def close(self) -> None:
         """Close the database (checkpointing the WAL) and release the directory lock."""
@@ -522,11 +540,15 @@ class SQLiteLogStore:
         term: int = row[0]
         return term
 
-    def _write_snapshot_file(self, snapshot: Snapshot) -> _SnapshotFile:
-        """Make the snapshot's data durable under its final name (rule 3)."""
+    def _write_snapshot_file(self, snapshot: Snapshot, *, unique: bool = False) -> _SnapshotFile:
+        """Make the snapshot's data durable under its final name (rule 3). ``unique``: a
+        name no other writer can pick (``prepare_snapshot`` runs beside ``save_ready``,
+        which may be writing a snapshot from the leader at the same index)."""
         meta = snapshot.meta
         name = f"snap-{meta.term}-{meta.index}.bin"
-        if name == self._snap_file:
+        if unique:
+            name = f"snap-{meta.term}-{meta.index}.{os.getpid()}-{next(_UNIQUE)}.bin"
+        elif name == self._snap_file:
             # The same snapshot again: never overwrite the file the committed row names.
             name = f"snap-{meta.term}-{meta.index}.1.bin"
         data = snapshot.data

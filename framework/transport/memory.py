@@ -319,7 +319,9 @@ class MemoryClient:
         self.address = f"mem://{node_id}"
         self._next_id = 1
 
-    async def request(self, body: RequestBody, *, timeout: float | None = None) -> ClientResponse:
+    async def request(
+        self, body: RequestBody, *, timeout: float | None = None, deadline: float | None = None
+    ) -> ClientResponse:
         """Answer ``body``; raises ``ConnectionLost`` if the node is not serving, clients are
         cut off from it, or it stops (or is cut off) before answering, and ``TimeoutError``
         if ``timeout`` seconds pass first."""
@@ -328,10 +330,12 @@ class MemoryClient:
         self._next_id += 1
         call = _Call()
         state.tg.start_soon(self._run, state, request, call)
+        if deadline is not None:
+            timeout = deadline - anyio.current_time()
         with anyio.move_on_after(timeout):
             await call.done.wait()
         if not call.done.is_set():
-            raise TimeoutError(f"no answer from {self.address} within {timeout:g}s")
+            raise TimeoutError(f"no answer from {self.address} in time")
         if call.response is None:
             raise ConnectionLost(self.address, f"node {self.node_id} stopped before answering")
         self._reachable()  # the answer is lost if clients were cut off meanwhile

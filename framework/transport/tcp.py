@@ -1060,6 +1060,10 @@ class _Timers:
             waiter.event.set()
 
 
+def _limit(timeout: float | None) -> str:
+    return "by its deadline" if timeout is None else f"within {timeout:g}s"
+
+
 class TcpClientConnection:
     """A client's connection to one node: concurrent requests, matched to responses by id.
 
@@ -1166,8 +1170,11 @@ class TcpClientConnection:
             if stream is not None:
                 await _close_stream(stream)
 
-    async def request(self, body: RequestBody, *, timeout: float | None = None) -> ClientResponse:
-        """Send one request and wait for its response, at most ``timeout`` seconds if given.
+    async def request(
+        self, body: RequestBody, *, timeout: float | None = None, deadline: float | None = None
+    ) -> ClientResponse:
+        """Send one request and wait for its response, at most ``timeout`` seconds or until
+        ``deadline`` (on anyio's clock, ``anyio.current_time()``) if either is given.
 
         Raises ``ConnectionLost``, or ``TimeoutError`` when no answer came in time (the
         request may still take effect). The frame is queued for the connection's writer
@@ -1184,14 +1191,16 @@ class TcpClientConnection:
         try:
             self._outbox.put(encode_frame(ClientRequest(id=request_id, body=body)))
             if timeout is not None:
-                self._timers.add(waiter, anyio.current_time() + timeout, len(pending))
+                deadline = anyio.current_time() + timeout
+            if deadline is not None:
+                self._timers.add(waiter, deadline, len(pending))
             await waiter.event.wait()
         finally:
             del pending[request_id]
         if waiter.response is not None:
             return waiter.response
         if waiter.timed_out:
-            raise TimeoutError(f"no answer from {self.address} within {timeout:g}s")
+            raise TimeoutError(f"no answer from {self.address} in time ({_limit(timeout)})")
         raise ConnectionLost(self.address, self._lost or "closed")
 
     async def _write_requests(self, outbox: _Outbox) -> None:

@@ -253,6 +253,54 @@ def test_a_refused_ready_with_a_snapshot_writes_no_snapshot_file(
 
 
 # --------------------------------------------------------------------------------------------
+# Snapshots written beside the log (prepare_snapshot, then commit_snapshot)
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_snapshot_prepared_beside_a_ready_commits_like_save_snapshot(
+    store: SQLiteLogStore, data_dir: Path
+) -> None:
+    fill(store, last=10, commit=8)
+    snap = snapshot(6, 1, b"six")
+    prepared: list[object] = []
+    writing = threading.Thread(target=lambda: prepared.append(store.prepare_snapshot(snap)))
+    writing.start()  # the file is written while the log grows (as the node does it)
+    store.save_ready(hard_state=None, entries=entries(11, 12), snapshot=None, sync=True)
+    writing.join()
+    store.commit_snapshot(prepared[0])
+    state = store.load()
+    assert state is not None and state.snapshot == snap
+    assert [e.index for e in state.entries] == list(range(7, 13))
+    assert len(os.listdir(data_dir / "snapshots")) == 1
+
+
+def test_a_prepared_snapshot_overtaken_by_the_leaders_is_discarded(
+    store: SQLiteLogStore, data_dir: Path
+) -> None:
+    fill(store, last=10, commit=8)
+    prepared = store.prepare_snapshot(snapshot(6, 1, b"mine"))
+    leaders = snapshot(20, 2, b"leader's")
+    store.save_ready(
+        hard_state=HardState(term=2, commit=20), entries=[], snapshot=leaders, sync=True
+    )
+    store.commit_snapshot(prepared)
+    state = store.load()
+    assert state is not None and state.snapshot == leaders and state.entries == ()
+    assert os.listdir(data_dir / "snapshots") == ["snap-2-20.bin"]
+
+
+def test_a_crash_between_prepare_and_commit_keeps_every_entry(
+    store: SQLiteLogStore, data_dir: Path
+) -> None:
+    fill(store, last=10, commit=8)
+    before = store.load()
+    store.prepare_snapshot(snapshot(6, 1))
+    store.close()  # the process dies before commit_snapshot
+    assert load_dir(data_dir) == before
+    assert os.listdir(data_dir / "snapshots") == []  # load() removed the unreferenced file
+
+
+# --------------------------------------------------------------------------------------------
 # Snapshot files
 # --------------------------------------------------------------------------------------------
 
