@@ -320,8 +320,7 @@ class KVClient:
         self, address: str, body: RequestBody, deadline: float
     ) -> ClientResponse | None:
         """One request to one node, answered by ``deadline`` (on anyio's clock); None if the
-        connection failed or the time ran out (a connection that let the time run out is
-        dropped: its node may be stopped)."""
+        connection failed (it is dropped) or the time ran out."""
         cached = self._connections.get(address)
         conn = cached[0] if cached is not None else None
         try:
@@ -332,8 +331,12 @@ class KVClient:
                     return None
             # The connection times the request out itself: no cancel scope per request.
             return await conn.request(body, deadline=deadline)
+        except TimeoutError:
+            # No answer in time. The connection stays: the other requests sharing it have
+            # deadlines of their own, and a stopped node accepts a new connection as
+            # readily as it kept the old one.
+            return None
         except (OSError, RaftError, anyio.BrokenResourceError, anyio.EndOfStream):
-            # OSError includes TimeoutError: no answer in time.
             if conn is not None:
                 self._drop(address, conn)
             return None
