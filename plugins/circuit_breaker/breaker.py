@@ -12,10 +12,14 @@ keeps the state, from the outcomes it is told (``record_failure`` / ``record_suc
   means the peer is down, and every further bulky send would only cost a connection
   attempt and its timeout (the seed's "one dead peer slows the sends to the live ones").
 - OPEN: no bulky traffic. After ``timeout`` seconds the breaker becomes HALF_OPEN by
-  itself (read lazily from the clock, so no task or timer is needed). Outcomes reported
-  while open do not move it: failures are expected (the guard still lets the small Raft
-  messages through, and those fail too), and a single success is not trusted before the
-  timeout, or a peer in a crash loop would make the breaker flap.
+  itself (read lazily from the clock, so no task or timer is needed), or at once when the
+  peer is heard from (a success: a batch of messages arrived from it). Failures while open
+  are expected (the guard still lets the small Raft messages through, and those fail too)
+  and do not restart the timeout. Waiting out the timeout for a peer that answers would
+  cost Raft liveness: a follower that restarted would fall behind for the whole timeout,
+  and a commit that needs it for its majority would wait as long. A peer in a crash loop
+  makes the breaker go half-open and open again; half-open admits one bulky batch at a
+  time, so that costs little.
 - HALF_OPEN: bulky traffic goes one batch per *probe*. ``admit_bulk`` grants a probe when
   none is in flight; the probe is judged by the next outcome: a failure re-opens the
   breaker (and restarts the timeout), a success counts towards ``success_threshold``
@@ -193,7 +197,11 @@ class CircuitBreaker:
             self._consecutive_failures = 0
         elif state is BreakerState.HALF_OPEN:
             self._probe_succeeded()
-        # OPEN: not trusted before the timeout (see the module docstring).
+        else:
+            # OPEN, and the peer answers: probe it now rather than after the timeout (see
+            # the module docstring); this success is the first of ``success_threshold``.
+            self._enter(BreakerState.HALF_OPEN, self._clock())
+            self._probe_succeeded()
 
     def _probe_succeeded(self) -> bool:
         """Count a successful probe; True if it closed the breaker."""

@@ -83,9 +83,11 @@ TRANSITIONS: list[tuple[str, list[str]]] = [
     ("open holds bulky traffic back", [*OPEN_IT, "bulk=no->open", "+9.5->open", "bulk=no->open"]),
     # Open -> half_open after `timeout`, by itself (read from the clock, no timer task).
     ("open -> half_open after the timeout", [*OPEN_IT, "+9.5->open", "+0.5->half_open"]),
-    # A success while open is not trusted before the timeout (a crash-looping peer would
-    # make the breaker flap), but does not stop the timeout either.
-    ("open ignores a success", [*OPEN_IT, "ok->open", "+10->half_open"]),
+    # A peer heard from while open is probed at once, not after the timeout: a restarted
+    # follower must not fall behind (nor hold up commits) for a whole timeout. The success
+    # counts as its first good probe.
+    ("open -> half_open when the peer answers", [*OPEN_IT, "ok->half_open", "ok->closed"]),
+    ("a peer that answers then fails opens again", [*OPEN_IT, "ok->half_open", "fail->open"]),
     # Failures while open are expected (small messages still go and fail); they do not
     # restart the timeout, so a peer that is back gets probed on schedule.
     ("failures while open keep the timeout", [*OPEN_IT, "+5->open", "fail->open", "+5->half_open"]),

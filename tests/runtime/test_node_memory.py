@@ -201,6 +201,29 @@ async def test_one_client_shared_by_many_tasks_applies_each_write_once() -> None
         assert await client.get("after") == "1"
 
 
+async def test_with_circuit_breakers_a_restarted_follower_catches_up_at_once() -> None:
+    # The leader's breaker for a crashed follower opens (its sends fail); when the follower
+    # is back and answers, the breaker must let entries through again well before its
+    # 30 s timeout, or the follower lags (and a commit needing it waits) all that time.
+    async with cluster(**{"flags.circuit_breaker": True}) as c, c.client() as client:
+        leader = await c.wait_leader()
+        follower = next(nid for nid in c.nodes if nid != leader)
+        c.crash(follower)
+        for i in range(20):
+            await client.put(f"cb{i}", str(i))
+        guard = c.nodes[leader].components.send_guard
+        with anyio.fail_after(10):
+            while guard.states().get(follower) != "open":
+                await client.put("tick", "x")  # sends to the dead follower fail
+        node = await c.start(follower)
+        with anyio.fail_after(5):
+            while node.sm.read("cb19") != "19":
+                await anyio.sleep(0.01)
+        with anyio.fail_after(5):
+            while guard.states().get(follower) != "closed":
+                await anyio.sleep(0.01)
+
+
 async def test_a_lagging_follower_catches_up_from_a_snapshot() -> None:
     async with cluster(**{"raft.snapshot_threshold_entries": 20}) as c, c.client() as client:
         leader = await c.wait_leader()
