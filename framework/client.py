@@ -85,7 +85,7 @@ def parse_peers(peers: str | Sequence[str] | Mapping[int, str]) -> dict[int, str
 
 
 def _tcp_connector(connect_timeout: float) -> Connector:
-    from framework.transport.tcp import TcpClientConnection
+    from framework.transport.tcp_client import TcpClientConnection
 
     def connect(address: str) -> AbstractAsyncContextManager[_Connection]:
         return TcpClientConnection.connect(address, timeout=connect_timeout)

@@ -1,4 +1,4 @@
-"""``TcpTransport``: peers and clients over TCP, and ``TcpClientConnection``, the client side.
+"""``TcpTransport``: peers and clients over TCP (the client side is ``tcp_client``).
 
 Theory of operation
 -------------------
@@ -54,15 +54,11 @@ The rules this module keeps, and why:
 
 from __future__ import annotations
 
-import heapq
 import logging
 import random
-import socket
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
-from types import TracebackType
-from typing import TYPE_CHECKING, Final, ParamSpec, Self, TypeVar
+from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar
 
 import anyio
 import anyio.abc
@@ -84,21 +80,31 @@ from framework.transport.base import (
     submit_request,
 )
 from framework.transport.pool import OutboundQueue, TransportPool
+from framework.transport.streams import (
+    DEFAULT_MAX_FRAME_SIZE,
+    LOST,
+    ConnectionLost,
+    FrameReader,
+    FrameWriter,
+    Outbox,
+    close_stream,
+    format_address,
+    parse_address,
+    remote_address,
+    set_nodelay,
+)
+from framework.transport.tcp_client import TcpClientConnection
 from framework.transport.wire import (
     PROTOCOL,
     PROTOCOL_VERSION,
-    ClientRequest,
     ClientResponse,
-    FrameDecoder,
     Goodbye,
     Hello,
     PeerBatch,
     PeerPart,
     ProtocolError,
     Reassembly,
-    RequestBody,
     decode_client_request,
-    decode_client_response,
     decode_hello,
     decode_peer_batch,
     encode_frame,
@@ -120,149 +126,17 @@ logger = logging.getLogger("raftmw.transport")
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
-DEFAULT_MAX_FRAME_SIZE: Final = 64 * 1024 * 1024
 DEFAULT_MAX_MESSAGE_SIZE: Final = 2 * 1024 * 1024 * 1024
 """Largest single peer message (a snapshot, sent in parts) a node sends or accepts."""
 DEFAULT_MAX_UNSENT_BYTES: Final = 64 * 1024 * 1024
 """Responses queued for a client that does not read them before its connection is closed."""
-_RECEIVE_SIZE: Final = 65536
 _GOODBYE_TIMEOUT: Final = 0.5
 """How long a refusing side waits to say why before closing anyway."""
-
-_LOST: Final = (
-    anyio.EndOfStream,
-    anyio.BrokenResourceError,
-    anyio.ClosedResourceError,
-    OSError,
-)
-"""What a socket raises when the other end went away (``TimeoutError`` is an ``OSError``)."""
 
 PoolFactory = Callable[[PeerDialer], ConnectionPool]
 """Builds the pool a transport runs itself when no pool was handed to it (``use_pool``)."""
 
 _Backoff = Backoff  # its old name here (tests import it)
-
-
-class ConnectionLost(ConnectionError):
-    """The connection to ``address`` died, was refused, or the server said ``Goodbye``."""
-
-    def __init__(self, address: str, reason: str) -> None:
-        super().__init__(f"connection to {address} lost: {reason}")
-        self.address = address
-        self.reason = reason
-
-
-def parse_address(address: str) -> tuple[str, int]:
-    """``"host:port"`` or ``"[v6]:port"`` -> ``(host, port)``; raises ``ValueError``."""
-    host, sep, port_text = address.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ValueError(f"address {address!r}: expected HOST:PORT with a port in 0..65535")
-    return host, int(port_text)
-
-
-def _format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _remote_address(stream: anyio.abc.SocketStream) -> str:
-    try:
-        address = stream.extra(SocketAttribute.remote_address)
-    except (OSError, anyio.TypedAttributeLookupError):
-        return "<unknown>"
-    if isinstance(address, str):  # a UNIX socket
-        return address
-    return _format_address(address[0], address[1])
-
-
-def _set_nodelay(stream: anyio.abc.SocketStream) -> None:
-    # Frames are already coalesced; Nagle would only add latency to each batch.
-    try:
-        sock = stream.extra(SocketAttribute.raw_socket)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, anyio.TypedAttributeLookupError):
-        pass
-
-
-async def _close_stream(stream: anyio.abc.SocketStream) -> None:
-    # Shielded: cancellation must still release the socket.
-    with anyio.CancelScope(shield=True):
-        await stream.aclose()
-
-
-class _FrameReader:
-    """Whole frames from a stream; ``receive`` raises ``EndOfStream`` at EOF."""
-
-    __slots__ = ("_decoder", "_frames", "_stream")
-
-    def __init__(self, stream: anyio.abc.ByteReceiveStream, max_frame_size: int) -> None:
-        self._stream = stream
-        self._decoder = FrameDecoder(max_frame_size)
-        self._frames: deque[bytes] = deque()
-
-    async def receive(self) -> bytes:
-        while not self._frames:
-            chunk = await self._stream.receive(_RECEIVE_SIZE)
-            self._frames.extend(self._decoder.feed(chunk))
-        return self._frames.popleft()
-
-
-class _FrameWriter:
-    """Serialises whole-frame writes; a write cut short poisons the stream (rule 7)."""
-
-    __slots__ = ("_lock", "_stream", "torn")
-
-    def __init__(self, stream: anyio.abc.ByteSendStream) -> None:
-        self._stream = stream
-        self._lock = anyio.Lock()
-        self.torn = False
-
-    async def send(self, frame: bytes) -> None:
-        async with self._lock:
-            if self.torn:
-                raise anyio.ClosedResourceError
-            self.torn = True
-            await self._stream.send(frame)
-            self.torn = False
-
-
-class _Outbox:
-    """Frames queued for a connection's one writer task. Whatever piles up while a write is
-    in progress leaves in the next write, so a burst of answers costs one system call."""
-
-    __slots__ = ("_frames", "_limit", "_wake", "closed", "unsent")
-
-    def __init__(self, *, limit: int | None = None) -> None:
-        self._frames: list[bytes] = []
-        self._wake = anyio.Event()
-        self._limit = limit
-        self.unsent = 0
-        """Bytes queued and not yet handed to the socket."""
-        self.closed = False
-
-    def put(self, frame: bytes) -> bool:
-        """Queue ``frame``; False (and nothing queued) once closed or over the limit."""
-        if self.closed or (self._limit is not None and self.unsent + len(frame) > self._limit):
-            return False
-        self._frames.append(frame)
-        self.unsent += len(frame)
-        self._wake.set()
-        return True
-
-    async def take(self) -> bytes:
-        """Everything queued, as one buffer; waits while nothing is."""
-        while not self._frames:
-            await self._wake.wait()
-            self._wake = anyio.Event()
-        frames, self._frames = self._frames, []
-        self.unsent = 0
-        return frames[0] if len(frames) == 1 else b"".join(frames)
-
-    def close(self) -> None:
-        self.closed = True
-        self._frames = []
-        self.unsent = 0
 
 
 class _Connection:
@@ -282,9 +156,9 @@ class _Connection:
 
     def __init__(self, stream: anyio.abc.SocketStream, max_frame_size: int) -> None:
         self.stream = stream
-        self.address = _remote_address(stream)
-        self.reader = _FrameReader(stream, max_frame_size)
-        self.writer = _FrameWriter(stream)
+        self.address = remote_address(stream)
+        self.reader = FrameReader(stream, max_frame_size)
+        self.writer = FrameWriter(stream)
         self.scope = anyio.CancelScope()
         self.reason: str | None = None
         self.level = logging.INFO
@@ -422,7 +296,7 @@ class TcpTransport:
 
     @property
     def listen_address(self) -> str:
-        return _format_address(self._listen_host, self._listen_port)
+        return format_address(self._listen_host, self._listen_port)
 
     @property
     def open_connections(self) -> int:
@@ -850,7 +724,7 @@ class TcpTransport:
         # response for this connection's writer; answers settled together (a Ready's worth)
         # leave in one write. Both tasks are guarded, as an exception raised in a task
         # group's body would escape as a group.
-        outbox = _Outbox(limit=self._max_unsent)
+        outbox = Outbox(limit=self._max_unsent)
 
         def reply(response: ClientResponse) -> None:
             if not outbox.put(encode_frame(response)) and not outbox.closed:
@@ -882,7 +756,7 @@ class TcpTransport:
             submit_request(clients, request, reply)
 
     @staticmethod
-    async def _write_outbox(conn: _Connection, outbox: _Outbox) -> None:
+    async def _write_outbox(conn: _Connection, outbox: Outbox) -> None:
         while True:
             await conn.writer.send(await outbox.take())
 
@@ -899,7 +773,7 @@ class TcpTransport:
 
     def _open(self, stream: anyio.abc.SocketStream) -> _Connection:
         """Take ``stream`` over: count it. Its owner must ``_finish`` it exactly once."""
-        _set_nodelay(stream)
+        set_nodelay(stream)
         self._open_connections += 1
         return _Connection(stream, self._max_frame_size)
 
@@ -908,9 +782,9 @@ class TcpTransport:
         try:
             if conn.goodbye and not conn.writer.torn and conn.reason is not None:
                 with anyio.move_on_after(_GOODBYE_TIMEOUT, shield=True):
-                    with suppress(*_LOST):
+                    with suppress(*LOST):
                         await conn.writer.send(encode_frame(Goodbye(reason=conn.reason)))
-            await _close_stream(conn.stream)
+            await close_stream(conn.stream)
         finally:
             self._open_connections -= 1
             conn.ended.set()
@@ -932,7 +806,7 @@ class TcpTransport:
             conn.close(str(exc), goodbye=True)
         except anyio.EndOfStream:
             conn.close("closed by the remote end", level=logging.INFO)
-        except _LOST as exc:
+        except LOST as exc:
             conn.close(f"connection lost: {exc!r}", level=logging.INFO)
         return None
 
@@ -967,7 +841,7 @@ class _DialledConnection:
             for frame in frames:
                 await conn.writer.send(frame)
                 self.transport._frames_sent += 1
-        except _LOST as exc:
+        except LOST as exc:
             conn.close(f"connection lost: {exc!r}", level=logging.INFO)
             raise ConnectionLost(self.address, conn.reason or repr(exc)) from exc
         finally:
@@ -1001,242 +875,6 @@ class _TcpDialer:
 
     def unreachable(self, peer: int) -> None:
         self._transport._report_unreachable(peer)
-
-
-class _Waiter:
-    __slots__ = ("event", "response", "timed_out")
-
-    def __init__(self) -> None:
-        self.event = anyio.Event()
-        self.response: ClientResponse | None = None
-        self.timed_out = False
-
-
-class _Timers:
-    """Request deadlines of one connection, expired by one task instead of a cancel scope
-    per request (a scope costs more than the rest of a request's client-side work).
-
-    A heap by deadline with lazy removal: answered requests leave it when they reach the top
-    or when answered entries outnumber the waiting ones (then it is rebuilt), so it holds
-    about twice the requests in flight, whatever the traffic.
-    """
-
-    __slots__ = ("_heap", "_seq", "_wake")
-
-    def __init__(self) -> None:
-        self._heap: list[tuple[float, int, _Waiter]] = []
-        self._seq = 0
-        self._wake = anyio.Event()
-
-    def add(self, waiter: _Waiter, deadline: float, in_flight: int) -> None:
-        heap = self._heap
-        self._seq += 1
-        heapq.heappush(heap, (deadline, self._seq, waiter))
-        if heap[0][2] is waiter:
-            self._wake.set()  # a new earliest deadline: the expiry task sleeps too long
-        if len(heap) > 2 * in_flight + 64:
-            self._heap = [item for item in heap if not item[2].event.is_set()]
-            heapq.heapify(self._heap)
-
-    async def run(self) -> None:
-        """Wake each waiter whose deadline passed unanswered, marking it ``timed_out``."""
-        while True:
-            heap = self._heap
-            while heap and heap[0][2].event.is_set():
-                heapq.heappop(heap)
-            if not heap:
-                await self._wake.wait()
-                self._wake = anyio.Event()
-                continue
-            delay = heap[0][0] - anyio.current_time()
-            if delay > 0:
-                with anyio.move_on_after(delay):
-                    await self._wake.wait()
-                if self._wake.is_set():
-                    self._wake = anyio.Event()
-                continue
-            _, _, waiter = heapq.heappop(heap)
-            waiter.timed_out = True
-            waiter.event.set()
-
-
-def _limit(timeout: float | None) -> str:
-    return "by its deadline" if timeout is None else f"within {timeout:g}s"
-
-
-class TcpClientConnection:
-    """A client's connection to one node: concurrent requests, matched to responses by id.
-
-    ``async with TcpClientConnection.connect(address, timeout=..., max_frame_size=...) as
-    conn:`` connects and shakes hands (raising ``ConnectionLost`` if either fails), then
-    ``await conn.request(body)`` sends one request and waits for its response. Requests may
-    run concurrently; the server answers them in any order. If the connection dies or the
-    server says ``Goodbye``, every waiting and later request raises ``ConnectionLost``.
-    Cancelling a request (a caller's timeout) abandons its answer; the connection stays
-    usable. Frames are written by one writer task, so requests made together (many tasks
-    sharing the connection) leave together in one write.
-    """
-
-    def __init__(self, address: str, *, timeout: float, max_frame_size: int) -> None:
-        self.address = address
-        self.node_id = 0
-        """The node at the other end, from its ``Hello``."""
-        self._timeout = timeout
-        self._max_frame_size = max_frame_size
-        self._stream: anyio.abc.SocketStream | None = None
-        self._writer: _FrameWriter | None = None
-        self._tg: anyio.abc.TaskGroup | None = None
-        self._pending: dict[int, _Waiter] = {}
-        self._timers = _Timers()
-        self._outbox: _Outbox | None = None
-        self._next_id = 1
-        self._lost: str | None = None
-
-    @classmethod
-    def connect(
-        cls,
-        address: str,
-        *,
-        timeout: float = 5.0,
-        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
-    ) -> TcpClientConnection:
-        """A connection to ``address``, opened by ``async with``."""
-        return cls(address, timeout=timeout, max_frame_size=max_frame_size)
-
-    async def __aenter__(self) -> Self:
-        if self._stream is not None:
-            raise RuntimeError(f"connection to {self.address} was already opened")
-        host, port = parse_address(self.address)
-        try:
-            with anyio.fail_after(self._timeout):
-                stream = await anyio.connect_tcp(host, port)
-        except OSError as exc:
-            raise ConnectionLost(self.address, f"cannot connect: {exc!r}") from exc
-        _set_nodelay(stream)
-        self._stream = stream
-        self._writer = _FrameWriter(stream)
-        reader = _FrameReader(stream, self._max_frame_size)
-        try:
-            hello = await self._handshake(reader)
-        except BaseException:
-            await _close_stream(stream)
-            raise
-        self.node_id = hello.node_id
-        # Entered by hand (not in an @asynccontextmanager) so an exception from the caller's
-        # block propagates as itself, not wrapped in an ExceptionGroup; the reader, the
-        # writer and the timers never raise, so the group has nothing else to report.
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
-        self._tg = tg
-        self._outbox = _Outbox()
-        tg.start_soon(self._read_responses, reader)
-        tg.start_soon(self._write_requests, self._outbox)
-        tg.start_soon(self._timers.run)
-        return self
-
-    async def _handshake(self, reader: _FrameReader) -> Hello:
-        assert self._writer is not None
-        hello_frame = encode_frame(
-            Hello(protocol=PROTOCOL, version=PROTOCOL_VERSION, role="client")
-        )
-        try:
-            with anyio.fail_after(self._timeout):
-                await self._writer.send(hello_frame)
-                hello = decode_hello(await reader.receive())
-        except ProtocolError as exc:
-            raise ConnectionLost(self.address, f"bad handshake: {exc}") from exc
-        except anyio.EndOfStream as exc:
-            raise ConnectionLost(self.address, "closed by the server") from exc
-        except _LOST as exc:
-            raise ConnectionLost(self.address, f"handshake failed: {exc!r}") from exc
-        if isinstance(hello, Goodbye):
-            raise ConnectionLost(self.address, f"server said goodbye: {hello.reason}")
-        return hello
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        tg, stream = self._tg, self._stream
-        self._tg = None
-        self._fail("the connection was closed by the client")
-        try:
-            if tg is not None:
-                tg.cancel_scope.cancel()
-                await tg.__aexit__(None, None, None)
-        finally:
-            if stream is not None:
-                await _close_stream(stream)
-
-    async def request(
-        self, body: RequestBody, *, timeout: float | None = None, deadline: float | None = None
-    ) -> ClientResponse:
-        """Send one request and wait for its response, at most ``timeout`` seconds or until
-        ``deadline`` (on anyio's clock, ``anyio.current_time()``) if either is given.
-
-        Raises ``ConnectionLost``, or ``TimeoutError`` when no answer came in time (the
-        request may still take effect). The frame is queued for the connection's writer
-        task, so concurrent requests leave together in one write (pipelining); a cancelled
-        request never tears a frame.
-        """
-        if self._lost is not None or self._outbox is None:
-            raise ConnectionLost(self.address, self._lost or "not connected")
-        request_id = self._next_id
-        self._next_id += 1
-        waiter = _Waiter()
-        pending = self._pending
-        pending[request_id] = waiter
-        try:
-            self._outbox.put(encode_frame(ClientRequest(id=request_id, body=body)))
-            if timeout is not None:
-                deadline = anyio.current_time() + timeout
-            if deadline is not None:
-                self._timers.add(waiter, deadline, len(pending))
-            await waiter.event.wait()
-        finally:
-            del pending[request_id]
-        if waiter.response is not None:
-            return waiter.response
-        if waiter.timed_out:
-            raise TimeoutError(f"no answer from {self.address} in time ({_limit(timeout)})")
-        raise ConnectionLost(self.address, self._lost or "closed")
-
-    async def _write_requests(self, outbox: _Outbox) -> None:
-        assert self._writer is not None
-        try:
-            while True:
-                await self._writer.send(await outbox.take())
-        except _LOST as exc:
-            self._fail(f"send failed: {exc!r}")
-
-    async def _read_responses(self, reader: _FrameReader) -> None:
-        try:
-            while True:
-                response = decode_client_response(await reader.receive())
-                if isinstance(response, Goodbye):
-                    self._fail(f"server said goodbye: {response.reason}")
-                    return
-                waiter = self._pending.get(response.id)
-                if waiter is not None:  # else: the answer to a request its caller abandoned
-                    waiter.response = response
-                    waiter.event.set()
-        except ProtocolError as exc:
-            logger.warning("closing connection with %s: %s", self.address, exc)
-            self._fail(str(exc))
-        except anyio.EndOfStream:
-            self._fail("closed by the server")
-        except _LOST as exc:
-            self._fail(f"connection lost: {exc!r}")
-
-    def _fail(self, reason: str) -> None:
-        if self._lost is None:
-            self._lost = reason
-        if self._outbox is not None:
-            self._outbox.close()
-        for waiter in self._pending.values():
-            waiter.event.set()
 
 
 if TYPE_CHECKING:  # mypy checks that TcpTransport satisfies the protocols

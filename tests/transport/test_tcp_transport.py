@@ -40,7 +40,8 @@ from framework.transport import (
     encode_frame,
     parse_address,
 )
-from framework.transport.tcp import _Backoff, _Outbox
+from framework.transport.streams import Outbox
+from framework.transport.tcp import _Backoff
 
 pytestmark = pytest.mark.anyio
 
@@ -599,7 +600,7 @@ async def test_concurrent_client_requests_are_answered_out_of_order() -> None:
 
 
 async def test_frames_queued_while_the_writer_is_busy_leave_in_one_write() -> None:
-    outbox = _Outbox(limit=10)
+    outbox = Outbox(limit=10)
     assert outbox.put(b"abc") and outbox.put(b"de") and outbox.put(b"fgh")
     assert outbox.unsent == 8
     assert not outbox.put(b"xyz")  # 11 bytes would pass the limit: refused, nothing queued

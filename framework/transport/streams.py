@@ -1,0 +1,166 @@
+"""Framed TCP streams, shared by both ends of a raftmw connection (``tcp``, ``tcp_client``).
+
+A ``FrameReader`` yields whole frames, a ``FrameWriter`` writes whole frames or marks the
+stream torn, and an ``Outbox`` queues frames for a connection's single writer task so that
+whatever piles up while a write is in progress leaves in the next one (coalescing).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+from typing import Final
+
+import anyio
+import anyio.abc
+from anyio.abc import SocketAttribute
+
+from framework.transport.wire import FrameDecoder
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_SIZE",
+    "LOST",
+    "RECEIVE_SIZE",
+    "ConnectionLost",
+    "FrameReader",
+    "FrameWriter",
+    "Outbox",
+    "close_stream",
+    "format_address",
+    "parse_address",
+    "remote_address",
+    "set_nodelay",
+]
+
+DEFAULT_MAX_FRAME_SIZE: Final = 64 * 1024 * 1024
+RECEIVE_SIZE: Final = 65536
+
+LOST: Final = (
+    anyio.EndOfStream,
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    OSError,
+)
+"""What a socket raises when the other end went away (``TimeoutError`` is an ``OSError``)."""
+
+
+class ConnectionLost(ConnectionError):
+    """The connection to ``address`` died, was refused, or the server said ``Goodbye``."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        super().__init__(f"connection to {address} lost: {reason}")
+        self.address = address
+        self.reason = reason
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """``"host:port"`` or ``"[v6]:port"`` -> ``(host, port)``; raises ``ValueError``."""
+    host, sep, port_text = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"address {address!r}: expected HOST:PORT with a port in 0..65535")
+    return host, int(port_text)
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def remote_address(stream: anyio.abc.SocketStream) -> str:
+    try:
+        address = stream.extra(SocketAttribute.remote_address)
+    except (OSError, anyio.TypedAttributeLookupError):
+        return "<unknown>"
+    if isinstance(address, str):  # a UNIX socket
+        return address
+    return format_address(address[0], address[1])
+
+
+def set_nodelay(stream: anyio.abc.SocketStream) -> None:
+    # Frames are already coalesced; Nagle would only add latency to each batch.
+    try:
+        sock = stream.extra(SocketAttribute.raw_socket)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, anyio.TypedAttributeLookupError):
+        pass
+
+
+async def close_stream(stream: anyio.abc.SocketStream) -> None:
+    # Shielded: cancellation must still release the socket.
+    with anyio.CancelScope(shield=True):
+        await stream.aclose()
+
+
+class FrameReader:
+    """Whole frames from a stream; ``receive`` raises ``EndOfStream`` at EOF."""
+
+    __slots__ = ("_decoder", "_frames", "_stream")
+
+    def __init__(self, stream: anyio.abc.ByteReceiveStream, max_frame_size: int) -> None:
+        self._stream = stream
+        self._decoder = FrameDecoder(max_frame_size)
+        self._frames: deque[bytes] = deque()
+
+    async def receive(self) -> bytes:
+        while not self._frames:
+            chunk = await self._stream.receive(RECEIVE_SIZE)
+            self._frames.extend(self._decoder.feed(chunk))
+        return self._frames.popleft()
+
+
+class FrameWriter:
+    """Serialises whole-frame writes; a write cut short poisons the stream (rule 7)."""
+
+    __slots__ = ("_lock", "_stream", "torn")
+
+    def __init__(self, stream: anyio.abc.ByteSendStream) -> None:
+        self._stream = stream
+        self._lock = anyio.Lock()
+        self.torn = False
+
+    async def send(self, frame: bytes) -> None:
+        async with self._lock:
+            if self.torn:
+                raise anyio.ClosedResourceError
+            self.torn = True
+            await self._stream.send(frame)
+            self.torn = False
+
+
+class Outbox:
+    """Frames queued for a connection's one writer task. Whatever piles up while a write is
+    in progress leaves in the next write, so a burst of answers costs one system call."""
+
+    __slots__ = ("_frames", "_limit", "_wake", "closed", "unsent")
+
+    def __init__(self, *, limit: int | None = None) -> None:
+        self._frames: list[bytes] = []
+        self._wake = anyio.Event()
+        self._limit = limit
+        self.unsent = 0
+        """Bytes queued and not yet handed to the socket."""
+        self.closed = False
+
+    def put(self, frame: bytes) -> bool:
+        """Queue ``frame``; False (and nothing queued) once closed or over the limit."""
+        if self.closed or (self._limit is not None and self.unsent + len(frame) > self._limit):
+            return False
+        self._frames.append(frame)
+        self.unsent += len(frame)
+        self._wake.set()
+        return True
+
+    async def take(self) -> bytes:
+        """Everything queued, as one buffer; waits while nothing is."""
+        while not self._frames:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+        frames, self._frames = self._frames, []
+        self.unsent = 0
+        return frames[0] if len(frames) == 1 else b"".join(frames)
+
+    def close(self) -> None:
+        self.closed = True
+        self._frames = []
+        self.unsent = 0
