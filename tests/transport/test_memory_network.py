@@ -11,11 +11,10 @@ import anyio
 import anyio.abc
 import pytest
 import trio.testing
+from fake_service import Service
 
 from framework.core import Heartbeat, Message
 from framework.transport import (
-    ClientRequest,
-    ClientResponse,
     ConnectionLost,
     KVOp,
     MemoryNetwork,
@@ -51,36 +50,6 @@ class Inbox:
 
     def terms(self) -> list[int]:
         return [m.term for m in self.messages]
-
-
-class Service:
-    """Answers ``get k`` with ``"node N: k"`` at once; a key put on ``hold`` is answered
-    when ``release``d; the key ``"boom"`` raises."""
-
-    def __init__(self, node_id: int) -> None:
-        self.node_id = node_id
-        self.held: dict[str, list[tuple[ClientRequest, Callable[[ClientResponse], None]]]] = {}
-
-    def hold(self, key: str) -> None:
-        self.held.setdefault(key, [])
-
-    def release(self, key: str) -> None:
-        for request, reply in self.held.pop(key, []):
-            reply(self.answer(request, key))
-
-    def submit(self, request: ClientRequest, reply: Callable[[ClientResponse], None]) -> None:
-        body = request.body
-        assert isinstance(body, KVOp | StatusRequest)
-        key = body.key if isinstance(body, KVOp) else "status"
-        if key == "boom":
-            raise RuntimeError("the service broke")
-        if key in self.held:
-            self.held[key].append((request, reply))
-        else:
-            reply(self.answer(request, key))
-
-    def answer(self, request: ClientRequest, key: str) -> ClientResponse:
-        return ClientResponse(id=request.id, ok=True, value=f"node {self.node_id}: {key}")
 
 
 class Node:
@@ -326,7 +295,7 @@ async def test_client_requests_reach_the_node_service() -> None:
         first = await client.request(KVOp(op="get", key="a"))
         second = await client.request(StatusRequest())
         assert (first.id, first.value) == (1, "node 2: a")
-        assert (second.id, second.value) == (2, "node 2: status")
+        assert (second.id, second.value) == (2, "node 2: StatusRequest")
 
         nodes[2].service.hold("slow")
         answers: dict[str, Any] = {}

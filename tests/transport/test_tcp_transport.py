@@ -20,6 +20,7 @@ import anyio
 import anyio.abc
 import pytest
 from anyio.abc import SocketAttribute
+from fake_service import Service
 
 from framework.core import AppendEntries, Entry, Heartbeat, Message
 from framework.transport import (
@@ -71,35 +72,6 @@ class Inbox:
 
     def terms_from(self, src: int) -> list[int]:
         return [m.term for m in self.messages if m.src == src]
-
-
-class Service:
-    """Answers ``get k`` with ``"node N: k"`` at once; a key put on ``hold`` is answered
-    when ``release``d; the key ``"boom"`` raises."""
-
-    def __init__(self, node_id: int) -> None:
-        self.node_id = node_id
-        self.held: dict[str, list[tuple[ClientRequest, Callable[[ClientResponse], None]]]] = {}
-
-    def hold(self, key: str) -> None:
-        self.held.setdefault(key, [])
-
-    def release(self, key: str) -> None:
-        for request, reply in self.held.pop(key, []):
-            reply(self.answer(request, key))
-
-    def submit(self, request: ClientRequest, reply: Callable[[ClientResponse], None]) -> None:
-        body = request.body
-        key = body.key if isinstance(body, KVOp) else type(body).__name__
-        if key == "boom":
-            raise RuntimeError("the service broke")
-        if key in self.held:
-            self.held[key].append((request, reply))
-        else:
-            reply(self.answer(request, key))
-
-    def answer(self, request: ClientRequest, key: str) -> ClientResponse:
-        return ClientResponse(id=request.id, ok=True, value=f"node {self.node_id}: {key}")
 
 
 def make(node_id: int, *, peers: dict[int, str] | None = None, **options: Any) -> TcpTransport:
