@@ -518,6 +518,7 @@ class TransportSettings:
     max_frame_size: int = field(metadata=_kind(_Size(minimum=1024)))
     max_message_size: int = field(metadata=_kind(_Size(minimum=1024)))
     connect_timeout: float = field(metadata=_DURATION)
+    dead_connection_timeout: float = field(metadata=_DURATION)
     reconnect_backoff_min: float = field(metadata=_DURATION_OR_ZERO)
     reconnect_backoff_max: float = field(metadata=_DURATION)
 

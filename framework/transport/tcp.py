@@ -81,6 +81,7 @@ from framework.transport.base import (
 )
 from framework.transport.pool import OutboundQueue, TransportPool
 from framework.transport.streams import (
+    DEFAULT_DEAD_CONNECTION_TIMEOUT,
     DEFAULT_MAX_FRAME_SIZE,
     LOST,
     ConnectionLost,
@@ -91,7 +92,7 @@ from framework.transport.streams import (
     format_address,
     parse_address,
     remote_address,
-    set_nodelay,
+    tune_socket,
 )
 from framework.transport.tcp_client import TcpClientConnection
 from framework.transport.wire import (
@@ -224,6 +225,7 @@ class TcpTransport:
         max_queued_messages: int = 100_000,
         max_unsent_bytes: int = DEFAULT_MAX_UNSENT_BYTES,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        dead_connection_timeout: float = DEFAULT_DEAD_CONNECTION_TIMEOUT,
         pool_factory: PoolFactory | None = None,
     ) -> None:
         if node_id <= 0:
@@ -241,6 +243,10 @@ class TcpTransport:
             raise ValueError(f"max_queued_messages={max_queued_messages}: expected > 0")
         if max_unsent_bytes <= 0:
             raise ValueError(f"max_unsent_bytes={max_unsent_bytes}: expected > 0")
+        if not dead_connection_timeout > 0:
+            raise ValueError(
+                f"dead_connection_timeout={dead_connection_timeout}: expected seconds > 0"
+            )
         if max_message_size < max_frame_size:
             raise ValueError(
                 f"max_message_size={max_message_size}: expected at least "
@@ -256,6 +262,7 @@ class TcpTransport:
         self._max_queued = max_queued_messages
         self._max_unsent = max_unsent_bytes
         self._max_message_size = max_message_size
+        self._dead_after = dead_connection_timeout
         self._part_seq = 0
         self._timeouts: TimeoutPolicy | None = None
         """The node's timeout policy for dials, once given (``use_timeouts``); until then
@@ -773,7 +780,7 @@ class TcpTransport:
 
     def _open(self, stream: anyio.abc.SocketStream) -> _Connection:
         """Take ``stream`` over: count it. Its owner must ``_finish`` it exactly once."""
-        set_nodelay(stream)
+        tune_socket(stream, dead_after=self._dead_after)
         self._open_connections += 1
         return _Connection(stream, self._max_frame_size)
 

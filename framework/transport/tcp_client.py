@@ -24,7 +24,7 @@ from framework.transport.streams import (
     Outbox,
     close_stream,
     parse_address,
-    set_nodelay,
+    tune_socket,
 )
 from framework.transport.wire import (
     PROTOCOL,
@@ -154,7 +154,7 @@ class TcpClientConnection:
                 stream = await anyio.connect_tcp(host, port)
         except OSError as exc:
             raise ConnectionLost(self.address, f"cannot connect: {exc!r}") from exc
-        set_nodelay(stream)
+        tune_socket(stream)
         self._stream = stream
         self._writer = FrameWriter(stream)
         reader = FrameReader(stream, self._max_frame_size)

@@ -29,6 +29,7 @@ def raftmw_make_transport(
         max_frame_size=t.max_frame_size,
         max_message_size=t.max_message_size,
         connect_timeout=t.connect_timeout,
+        dead_connection_timeout=t.dead_connection_timeout,
         backoff_min=t.reconnect_backoff_min,
         backoff_max=t.reconnect_backoff_max,
     )

@@ -782,3 +782,27 @@ def test_configuration_errors_name_the_value() -> None:
         "127.0.0.1:7000"
     )
     assert parse_address("[::1]:80") == ("::1", 80)
+
+
+async def test_sockets_notice_a_vanished_peer_within_the_dead_connection_timeout() -> None:
+    # A peer machine that dies without closing its connection must not keep it "open" for
+    # TCP's default 15 minutes: the dialler would never redial the restarted peer.
+    import socket
+
+    from framework.transport.streams import tune_socket
+
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(SocketAttribute.local_port)
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            tune_socket(stream, dead_after=6.0)
+            sock = stream.extra(SocketAttribute.raw_socket)
+            tcp = socket.IPPROTO_TCP
+            assert sock.getsockopt(tcp, socket.TCP_NODELAY) == 1
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux
+                assert sock.getsockopt(tcp, socket.TCP_USER_TIMEOUT) == 6000
+            if hasattr(socket, "TCP_KEEPIDLE"):
+                idle = sock.getsockopt(tcp, socket.TCP_KEEPIDLE)
+                interval = sock.getsockopt(tcp, socket.TCP_KEEPINTVL)
+                probes = sock.getsockopt(tcp, socket.TCP_KEEPCNT)
+                assert idle + interval * probes == 6
