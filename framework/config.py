@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import abc
 import copy
+import datetime
 import json
 import os
 import re
@@ -412,6 +413,42 @@ class _TableOf(_Kind):
         return {name: self.value.write(v) for name, v in value.items()}
 
 
+class _Free(_Kind):
+    """A plugin's own table: any TOML values, frozen (tuples for arrays, read-only maps for
+    tables). raftmw does not know their meaning; the plugin checks them in its
+    ``raftmw_validate_settings`` hook."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__("a table of the plugin's own settings")
+
+    def read(self, key: str, raw: object) -> Mapping[str, object]:
+        if not isinstance(raw, Mapping):
+            raise self.fail(key, raw, "is not a table")
+        return self._value(key, raw)  # type: ignore[return-value]
+
+    def _value(self, key: str, raw: object) -> object:
+        if isinstance(raw, Mapping):
+            return _FrozenMap(
+                (str(name), self._value(f"{key}.{name}", value)) for name, value in raw.items()
+            )
+        if isinstance(raw, list | tuple):
+            return tuple(self._value(f"{key}[{i}]", value) for i, value in enumerate(raw))
+        if isinstance(raw, str | int | float | bool | datetime.date | datetime.time):
+            return raw
+        raise SettingsError(
+            key, "is not a TOML value", "a string, number, boolean, date, array or table", value=raw
+        )
+
+    def write(self, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {name: self.write(v) for name, v in value.items()}
+        if isinstance(value, tuple):
+            return [self.write(v) for v in value]
+        return value
+
+
 class _Flag(_Kind):
     __slots__ = ()
 
@@ -652,6 +689,10 @@ class Settings:
         metadata=_kind(_TableOf(_Flag(), "a table of flag name -> flag value"))
     )
     plugins: PluginSettings = field(metadata=_kind(_Section(PluginSettings)))
+    plugin: Mapping[str, Mapping[str, object]] = field(
+        metadata=_kind(_TableOf(_Free(), "a table of plugin name -> its own settings table"))
+    )
+    """Each plugin's own settings, ``[plugin.<name>]``, as written (the plugin validates)."""
     sources: Mapping[str, str] = field(default_factory=_empty_map, compare=False)
 
 

@@ -24,6 +24,7 @@ ambiguous installation fails at start instead of depending on registration order
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import importlib.metadata
 import logging
@@ -208,7 +209,18 @@ class PluginHost:
         return registry
 
     def validate_settings(self, settings: Any) -> list[str]:
+        """Problems with the settings: a ``[plugin.<name>]`` table for a plugin that is not
+        installed (a misspelt name would otherwise be silently ignored), then what each
+        plugin's ``raftmw_validate_settings`` reports."""
         problems: list[str] = []
+        for name in getattr(settings, "plugin", {}):
+            if name not in self._infos:
+                close = difflib.get_close_matches(name, list(self._infos), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.append(
+                    f"settings table [plugin.{name}]: no installed plugin is named {name!r}"
+                    f"{hint}; expected one of {sorted(self._infos)}"
+                )
         for impl in self.pm.hook.raftmw_validate_settings.get_hookimpls():
             try:
                 found: Iterable[str] = impl.function(settings=settings) or ()  # type: ignore[assignment]

@@ -792,6 +792,7 @@ def test_toml_round_trip(tmp_path: Path, profile: str) -> None:
             "flags.actors": True,
             "flags.backpressure": {"percent": 12.5, "include": [1], "exclude": [3]},
             "plugins.blocked": ["chaos"],
+            "plugin.chaos": {"rate": 0.5, "kinds": ["drop", "delay"], "limits": {"max": 3}},
             "performance.timeouts.election": {
                 "base_timeout": "150ms",
                 "max_timeout": "1.5s",
@@ -804,6 +805,31 @@ def test_toml_round_trip(tmp_path: Path, profile: str) -> None:
     path = write(tmp_path / "written.toml", text)
     assert load(files=[path]) == settings
     assert settings_from_mapping(tomllib.loads(text)) == settings
+
+
+def test_a_plugin_table_is_kept_as_written_and_frozen(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "mine.toml",
+        '[plugin.audit]\nlog_path = "/var/log/a.jsonl"\nlevels = ["x", "y"]\n'
+        "[plugin.audit.rotate]\nkeep = 3\n",
+    )
+    s = load(files=[path], env={"RAFTMW_PLUGIN__AUDIT__ROTATE__KEEP": "4"})
+    audit = s.plugin["audit"]
+    assert audit["log_path"] == "/var/log/a.jsonl"
+    assert audit["levels"] == ("x", "y")  # frozen: settings are immutable
+    assert audit["rotate"]["keep"] == 4  # the environment layers on top, as for any key
+    assert s.sources["plugin.audit.rotate.keep"] == "RAFTMW_PLUGIN__AUDIT__ROTATE__KEEP"
+    with pytest.raises(TypeError):
+        audit["log_path"] = "elsewhere"  # type: ignore[index]
+    assert load().plugin == {}
+
+
+def test_a_plugin_table_for_no_installed_plugin_is_refused_naming_the_closest() -> None:
+    from framework.plugins import PluginHost
+
+    problems = PluginHost().validate_settings(load(overrides={"plugin.legcy.x": 1}))
+    assert any("[plugin.legcy]" in p and "'legacy'" in p for p in problems), problems
+    assert PluginHost().validate_settings(load(overrides={"plugin.legacy.x": 1})) == []
 
 
 def test_toml_writes_durations_and_sizes_as_text() -> None:

@@ -9,8 +9,14 @@ This is a complete raftmw plugin, installed like any third-party one:
   ``raftmw_on_plugin_swap``) write one JSON line per event while the flag is on;
 - ``raftmw_add_cli`` adds ``raftmw audit show``.
 
+- ``raftmw_validate_settings`` reads and checks the plugin's own settings table,
+  ``[plugin.audit]`` (``log_path``), when a node starts.
+
 Hooks run on the node's event loop, so they must be quick: one short append to a file.
-The file is ``$AUDIT_LOG_PATH`` or ``raftmw-audit.jsonl`` in the working directory.
+The file is ``[plugin.audit] log_path`` from the node's settings (also settable as
+``RAFTMW_PLUGIN__AUDIT__LOG_PATH``), else ``$AUDIT_LOG_PATH``, else ``raftmw-audit.jsonl``
+in the working directory. It is one setting per process: nodes that share a process share
+their settings.
 """
 
 from __future__ import annotations
@@ -36,8 +42,36 @@ FLAG = "audit_log"
 _enabled: dict[int, bool] = {}
 
 
+_SETTINGS = ("log_path",)
+_configured: Path | None = None
+"""``[plugin.audit] log_path`` of the last node that started in this process, if set."""
+
+
 def audit_file() -> Path:
+    if _configured is not None:
+        return _configured
     return Path(os.environ.get("AUDIT_LOG_PATH", "raftmw-audit.jsonl"))
+
+
+@hookimpl
+def raftmw_validate_settings(settings: Any) -> list[str]:
+    """Check ``[plugin.audit]`` and, if it is good, take ``log_path`` from it."""
+    global _configured
+    own = settings.plugin.get("audit", {})
+    problems = [
+        f"[plugin.audit] {key} = {value!r} is not a setting of this plugin; expected one of "
+        f"{list(_SETTINGS)}"
+        for key, value in own.items()
+        if key not in _SETTINGS
+    ]
+    path = own.get("log_path")
+    if path is not None and not (isinstance(path, str) and path.strip()):
+        problems.append(
+            f"[plugin.audit] log_path = {path!r} is not a file path; expected a non-empty string"
+        )
+    if not problems:
+        _configured = Path(path) if path is not None else None
+    return problems
 
 
 def _write(node_id: int, event: str, **fields: Any) -> None:

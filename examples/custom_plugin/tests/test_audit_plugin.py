@@ -26,6 +26,7 @@ def fresh_audit_state() -> None:
     from raftmw_audit import plugin
 
     plugin._enabled.clear()
+    plugin._configured = None
 
 
 def test_the_plugin_is_found_by_its_entry_point() -> None:
@@ -38,8 +39,10 @@ def test_the_plugin_is_found_by_its_entry_point() -> None:
 
 
 @asynccontextmanager
-async def three_nodes(flag_on: bool) -> AsyncIterator[dict[int, RaftNode]]:
-    settings = load_settings(overrides={"raft.tick_interval": "5ms", "flags.audit_log": flag_on})
+async def three_nodes(flag_on: bool, **more: object) -> AsyncIterator[dict[int, RaftNode]]:
+    settings = load_settings(
+        overrides={"raft.tick_interval": "5ms", "flags.audit_log": flag_on, **more}
+    )
     network = MemoryNetwork(seed=1)
     peers = {n: f"mem://{n}" for n in (1, 2, 3)}
     nodes = {
@@ -93,6 +96,40 @@ async def test_nothing_is_written_when_the_flag_is_off(
     async with three_nodes(flag_on=False) as nodes:
         await _wait_for_leader(nodes)
     assert not log.exists()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_the_audit_file_comes_from_the_plugins_settings_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, anyio_backend: str
+) -> None:
+    env_log, table_log = tmp_path / "env.jsonl", tmp_path / "table.jsonl"
+    monkeypatch.setenv("AUDIT_LOG_PATH", str(env_log))
+    async with three_nodes(flag_on=True, **{"plugin.audit.log_path": str(table_log)}) as nodes:
+        leader = await _wait_for_leader(nodes)
+        with anyio.fail_after(10):
+            while not table_log.exists() or f'"leader": {leader}' not in table_log.read_text():
+                await anyio.sleep(0.01)
+    assert not env_log.exists()  # the settings table wins over the plugin's own variable
+
+
+@pytest.mark.parametrize(
+    ("table", "named"),
+    [
+        ({"plugin.audit.log_path": 5}, "[plugin.audit] log_path = 5 is not a file path"),
+        ({"plugin.audit.logpath": "x"}, "[plugin.audit] logpath = 'x' is not a setting"),
+    ],
+)
+def test_a_bad_plugin_setting_stops_the_node_naming_it(
+    table: dict[str, object], named: str
+) -> None:
+    from framework.plugins import PluginError
+
+    settings = load_settings(overrides=table)
+    config = NodeConfig(node_id=1, cluster_id="audit", peers={1: "mem://1"}, settings=settings)
+    with pytest.raises(PluginError) as refused:
+        RaftNode(config, store=MemoryLogStore(), transport=MemoryNetwork(seed=1).transport(1))
+    assert named in str(refused.value)
 
 
 def test_the_cli_gains_an_audit_command(tmp_path: Path) -> None:
