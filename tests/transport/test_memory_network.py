@@ -11,14 +11,13 @@ import anyio
 import anyio.abc
 import pytest
 import trio.testing
-from fake_service import Service
+from transport_harness import Inbox, Node, Service
 
 from framework.core import Heartbeat, Message
 from framework.transport import (
     ConnectionLost,
     KVOp,
     MemoryNetwork,
-    MemoryTransport,
     StatusRequest,
     Transport,
 )
@@ -35,54 +34,6 @@ pytestmark = pytest.mark.anyio
 
 
 # -- harness ---------------------------------------------------------------------------------
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-        self.unreachable: list[int] = []
-
-    def deliver(self, messages: Sequence[Message]) -> None:
-        self.messages.extend(messages)
-
-    def peer_unreachable(self, node_id: int) -> None:
-        self.unreachable.append(node_id)
-
-    def terms(self) -> list[int]:
-        return [m.term for m in self.messages]
-
-
-class Node:
-    """One transport serving in its own cancel scope, so a test can stop and restart it."""
-
-    def __init__(self, transport: MemoryTransport) -> None:
-        self.transport = transport
-        self.inbox = Inbox()
-        self.service = Service(transport.node_id)
-        self._scope: anyio.CancelScope | None = None
-        self._stopped: anyio.Event | None = None
-
-    async def start(self, tg: anyio.abc.TaskGroup) -> None:
-        self._scope, self._stopped = anyio.CancelScope(), anyio.Event()
-        await tg.start(self._serve, self._scope, self._stopped)
-
-    async def _serve(
-        self,
-        scope: anyio.CancelScope,
-        stopped: anyio.Event,
-        *,
-        task_status: anyio.abc.TaskStatus[None],
-    ) -> None:
-        try:
-            with scope:
-                await self.transport.serve(self.inbox, self.service, task_status=task_status)
-        finally:
-            stopped.set()
-
-    async def stop(self) -> None:
-        assert self._scope is not None and self._stopped is not None
-        self._scope.cancel()
-        await self._stopped.wait()
 
 
 @asynccontextmanager

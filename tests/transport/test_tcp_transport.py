@@ -20,9 +20,9 @@ import anyio
 import anyio.abc
 import pytest
 from anyio.abc import SocketAttribute
-from fake_service import Service
+from transport_harness import Inbox, Node, Service
 
-from framework.core import AppendEntries, Entry, Heartbeat, Message
+from framework.core import AppendEntries, Entry, Heartbeat
 from framework.transport import (
     PROTOCOL,
     PROTOCOL_VERSION,
@@ -57,64 +57,10 @@ def anyio_backend() -> str:
 # -- harness ---------------------------------------------------------------------------------
 
 
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-        self.deliveries = 0
-        self.unreachable: list[int] = []
-
-    def deliver(self, messages: Sequence[Message]) -> None:
-        self.messages.extend(messages)
-        self.deliveries += 1
-
-    def peer_unreachable(self, node_id: int) -> None:
-        self.unreachable.append(node_id)
-
-    def terms_from(self, src: int) -> list[int]:
-        return [m.term for m in self.messages if m.src == src]
-
-
 def make(node_id: int, *, peers: dict[int, str] | None = None, **options: Any) -> TcpTransport:
     options = {"connect_timeout": 0.5, "backoff_min": 0.02, "backoff_max": 0.2, **options}
     options.setdefault("listen", "127.0.0.1:0")
     return TcpTransport(node_id=node_id, cluster_id="test", peers=peers or {}, **options)
-
-
-class Node:
-    """One transport serving in its own cancel scope, so a test can stop it."""
-
-    def __init__(self, transport: TcpTransport) -> None:
-        self.transport = transport
-        self.inbox = Inbox()
-        self.service = Service(transport.node_id)
-        self._scope: anyio.CancelScope | None = None
-        self._stopped: anyio.Event | None = None
-
-    @property
-    def address(self) -> str:
-        return self.transport.listen_address
-
-    async def start(self, tg: anyio.abc.TaskGroup) -> None:
-        self._scope, self._stopped = anyio.CancelScope(), anyio.Event()
-        await tg.start(self._serve, self._scope, self._stopped)
-
-    async def _serve(
-        self,
-        scope: anyio.CancelScope,
-        stopped: anyio.Event,
-        *,
-        task_status: anyio.abc.TaskStatus[None],
-    ) -> None:
-        try:
-            with scope:
-                await self.transport.serve(self.inbox, self.service, task_status=task_status)
-        finally:
-            stopped.set()
-
-    async def stop(self) -> None:
-        assert self._scope is not None and self._stopped is not None
-        self._scope.cancel()
-        await self._stopped.wait()
 
 
 @asynccontextmanager
