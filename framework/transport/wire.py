@@ -13,18 +13,31 @@ another protocol or version is told why in a ``Goodbye`` and disconnected.
 
 ``FrameDecoder`` is sans-IO: feed it bytes, take frames; it raises ``ProtocolError`` naming
 what is wrong (oversized frame, undecodable body) and never buffers more than one frame.
+
+Nothing decoded here is trusted: every integer and string of a frame has a bound, declared on
+the struct (``msgspec.Meta``, checked while decoding) or, for the kernel's Raft messages,
+checked right after decoding (``bounds.check_message``). A value past its bound is a
+``ProtocolError`` naming the field, the value and the bound: the connection is dropped, and
+nothing of the frame reaches the kernel, the log or the store.
 """
 
 from __future__ import annotations
 
 import struct
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
 from framework.core import Message, validate_message
 from framework.core.errors import InvalidMessage
 from framework.flags import RolloutWire
+from framework.transport.bounds import (
+    MAX_MEMBERS,
+    MAX_NODE_ID,
+    OutOfBounds,
+    check_batch_size,
+    check_message,
+)
 
 __all__ = [
     "PROTOCOL",
@@ -39,6 +52,10 @@ __all__ = [
     "Goodbye",
     "Hello",
     "KVOp",
+    "MAX_ADDRESS_CHARS",
+    "MAX_KEY_BYTES",
+    "MAX_VALUE_BYTES",
+    "MIN_FRAME_SIZE",
     "PeerBatch",
     "PeerPart",
     "ProtocolError",
@@ -57,6 +74,24 @@ PROTOCOL: Final = "raftmw"
 PROTOCOL_VERSION: Final = 1
 _HEADER = struct.Struct(">I")
 
+MIN_FRAME_SIZE: Final = 1024
+"""The smallest ``transport.max_frame_size`` the settings accept: a correct sender's parts
+each carry at least ``MIN_FRAME_SIZE - _PART_OVERHEAD`` bytes, which bounds their count."""
+
+# Bounds of the wire's own fields (the kernel's Raft messages are checked in ``bounds``).
+_U63 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+"""Ids and sequence numbers: anything a signed 64-bit column or counter can hold."""
+_NodeId = Annotated[int, msgspec.Meta(ge=0, le=MAX_NODE_ID)]
+_MemberId = Annotated[int, msgspec.Meta(ge=1, le=MAX_NODE_ID)]
+MAX_KEY_BYTES: Final = 64 * 1024
+MAX_VALUE_BYTES: Final = 64 * 1024 * 1024
+MAX_ADDRESS_CHARS: Final = 300
+"""A DNS name is at most 253 characters; with brackets and a port, 300 is plenty."""
+_Key = Annotated[str, msgspec.Meta(max_length=MAX_KEY_BYTES)]
+_Value = Annotated[str, msgspec.Meta(max_length=MAX_VALUE_BYTES)]
+_Short = Annotated[str, msgspec.Meta(max_length=4096)]
+"""Names, reasons, cluster ids: human-sized text."""
+
 
 class ProtocolError(Exception):
     """The remote end sent something this protocol does not allow; close the connection."""
@@ -66,13 +101,13 @@ class Hello(msgspec.Struct, frozen=True, kw_only=True, tag="hello"):
     protocol: str
     version: int
     role: Literal["peer", "client"]
-    node_id: int = 0
+    node_id: _NodeId = 0
     """The sender's node id (peers only)."""
-    cluster_id: str = ""
+    cluster_id: _Short = ""
 
 
 class Goodbye(msgspec.Struct, frozen=True, kw_only=True, tag="goodbye"):
-    reason: str
+    reason: _Short
 
 
 class PeerBatch(msgspec.Struct, frozen=True, kw_only=True, tag="batch"):
@@ -82,9 +117,9 @@ class PeerBatch(msgspec.Struct, frozen=True, kw_only=True, tag="batch"):
 class PeerPart(msgspec.Struct, frozen=True, kw_only=True, tag="part"):
     """Part ``index`` (from 0) of ``count`` of the encoded ``PeerBatch`` numbered ``seq``."""
 
-    seq: int
-    index: int
-    count: int
+    seq: _U63
+    index: _U63
+    count: _U63
     data: bytes
 
 
@@ -99,11 +134,11 @@ class KVOp(msgspec.Struct, frozen=True, kw_only=True, tag="kv"):
     """
 
     op: Literal["get", "put", "delete", "append", "cas"]
-    key: str
-    value: str | None = None
-    expected: str | None = None
-    client_id: int = 0
-    seq: int = 0
+    key: _Key
+    value: _Value | None = None
+    expected: _Value | None = None
+    client_id: _U63 = 0
+    seq: _U63 = 0
 
 
 class StatusRequest(msgspec.Struct, frozen=True, kw_only=True, tag="status"):
@@ -112,12 +147,12 @@ class StatusRequest(msgspec.Struct, frozen=True, kw_only=True, tag="status"):
 
 class AdminMembers(msgspec.Struct, frozen=True, kw_only=True, tag="members"):
     action: Literal["add", "add_learner", "remove", "promote"]
-    node_id: int
-    address: str = ""
+    node_id: _MemberId
+    address: Annotated[str, msgspec.Meta(max_length=MAX_ADDRESS_CHARS)] = ""
 
 
 class AdminTransfer(msgspec.Struct, frozen=True, kw_only=True, tag="transfer"):
-    to: int
+    to: _MemberId
 
 
 class AdminFlags(msgspec.Struct, frozen=True, kw_only=True, tag="flags"):
@@ -131,16 +166,20 @@ class AdminFlags(msgspec.Struct, frozen=True, kw_only=True, tag="flags"):
 
     action: Literal["list", "get", "set", "unset", "history"]
     scope: Literal["cluster", "node"] = "cluster"
-    assignments: dict[str, bool | RolloutWire] = msgspec.field(default_factory=dict)
-    names: list[str] = msgspec.field(default_factory=list)
-    reason: str = ""
+    assignments: Annotated[
+        dict[_Short, bool | RolloutWire], msgspec.Meta(max_length=MAX_MEMBERS)
+    ] = msgspec.field(default_factory=dict)
+    names: Annotated[list[_Short], msgspec.Meta(max_length=MAX_MEMBERS)] = msgspec.field(
+        default_factory=list
+    )
+    reason: _Short = ""
 
 
 RequestBody = KVOp | StatusRequest | AdminMembers | AdminTransfer | AdminFlags
 
 
 class ClientRequest(msgspec.Struct, frozen=True, kw_only=True, tag="request"):
-    id: int
+    id: _U63
     body: RequestBody
 
 
@@ -183,7 +222,8 @@ def encode_frame(obj: msgspec.Struct) -> bytes:
 def _decode(decoder: msgspec.msgpack.Decoder[Any], what: str, data: bytes) -> object:
     try:
         return decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+        # msgspec lets UnicodeDecodeError through for a tag or key that is not UTF-8.
         raise ProtocolError(f"undecodable {what} frame ({len(data)} bytes): {exc}") from None
     except RecursionError:
         # ``object``-typed fields (``ClientResponse.status``) accept any nesting; a frame
@@ -208,11 +248,13 @@ def decode_peer_batch(data: bytes) -> PeerBatch | PeerPart | Goodbye:
     batch = _decode(_PEER, "peer", data)
     assert isinstance(batch, PeerBatch | PeerPart | Goodbye)
     if isinstance(batch, PeerBatch):
-        for msg in batch.messages:
-            try:
+        try:
+            check_batch_size(len(batch.messages))
+            for msg in batch.messages:
                 validate_message(msg)
-            except InvalidMessage as exc:
-                raise ProtocolError(f"invalid Raft message in peer frame: {exc}") from None
+                check_message(msg)
+        except (InvalidMessage, OutOfBounds) as exc:
+            raise ProtocolError(f"invalid Raft message in peer frame: {exc}") from None
     return batch
 
 
@@ -251,15 +293,27 @@ class Reassembly:
     Parts of one message arrive consecutively and in order (a connection has one writer,
     which writes a message's parts back to back); anything else is the sender's fault and
     raises ``ProtocolError``, as does a message that would exceed ``max_message_size``.
+
+    What is held is bounded twice: by bytes (``max_message_size``, counted as the parts
+    arrive, joined into one buffer so an empty part costs nothing) and by part count: a part
+    announces the message's ``count`` of parts, which must stay the same for every part and
+    may not exceed what a correct sender, whose frames are at least ``min_frame_size``
+    bytes, needs for a message of ``max_message_size``. (Two million empty parts used to be
+    held against a 1 KiB limit.)
     """
 
-    __slots__ = ("_max", "_parts", "_received", "_seq")
+    __slots__ = ("_buffer", "_count", "_index", "_max", "_max_parts", "_seq")
 
-    def __init__(self, max_message_size: int) -> None:
+    def __init__(self, max_message_size: int, *, min_frame_size: int = MIN_FRAME_SIZE) -> None:
+        per_part = min_frame_size - _PART_OVERHEAD
+        if per_part <= 0:
+            raise ValueError(f"min_frame_size={min_frame_size} leaves no room for a part's data")
         self._max = max_message_size
+        self._max_parts = max(1, -(-max_message_size // per_part))
         self._seq: int | None = None
-        self._parts: list[bytes] = []
-        self._received = 0
+        self._count = 0
+        self._index = 0
+        self._buffer = bytearray()
 
     def add(self, part: PeerPart) -> bytes | None:
         """The whole message once ``part`` completes it, else None."""
@@ -270,22 +324,32 @@ class Reassembly:
                 raise ProtocolError(
                     f"peer message {part.seq} starts at part {part.index}; expected part 0"
                 )
-            self._seq = part.seq
-        elif part.seq != self._seq or part.index != len(self._parts):
+            if part.count > self._max_parts:
+                raise ProtocolError(
+                    f"peer message {part.seq} announces count={part.count} parts; expected at "
+                    f"most {self._max_parts} for max_message_size={self._max} bytes"
+                )
+            self._seq, self._count = part.seq, part.count
+        elif part.seq != self._seq or part.index != self._index:
             raise ProtocolError(
                 f"peer part {part.index} of message {part.seq} arrived while expecting part "
-                f"{len(self._parts)} of message {self._seq}"
+                f"{self._index} of message {self._seq}"
             )
-        self._received += len(part.data)
-        if self._received > self._max:
+        elif part.count != self._count:
+            raise ProtocolError(
+                f"peer part {part.index} of message {part.seq} announces count={part.count}; "
+                f"part 0 announced {self._count}"
+            )
+        if len(self._buffer) + len(part.data) > self._max:
             raise ProtocolError(
                 f"peer message {part.seq} exceeds max_message_size={self._max} bytes"
             )
-        self._parts.append(part.data)
-        if len(self._parts) < part.count:
+        self._buffer += part.data
+        self._index += 1
+        if self._index < self._count:
             return None
-        body = b"".join(self._parts)
-        self._seq, self._parts, self._received = None, [], 0
+        body = bytes(self._buffer)
+        self._seq, self._count, self._index, self._buffer = None, 0, 0, bytearray()
         return body
 
 

@@ -474,7 +474,7 @@ def test_a_message_in_parts_joins_back_whole(body: bytes, max_frame_size: int) -
     decoder = FrameDecoder(max_frame_size)  # every part fits the receiver's frame limit
     parts = [decode_peer_batch(f) for f in decoder.feed(b"".join(frames))]
     assert len(parts) == len(frames)
-    joined = Reassembly(max_message_size=len(body) or 1)
+    joined = Reassembly(max_message_size=len(body) or 1, min_frame_size=max_frame_size)
     results = [joined.add(p) for p in parts if isinstance(p, PeerPart)]
     assert results[:-1] == [None] * (len(parts) - 1) and results[-1] == body
 
@@ -497,14 +497,14 @@ def _part(seq: int, index: int, count: int, data: bytes = b"x") -> PeerPart:
 def test_parts_out_of_order_or_too_large_are_a_protocol_error(
     parts: list[PeerPart], match: str
 ) -> None:
-    joined = Reassembly(max_message_size=100)
+    joined = Reassembly(max_message_size=100, min_frame_size=65)
     with pytest.raises(ProtocolError, match=match):
         for part in parts:
             joined.add(part)
 
 
 def test_after_a_whole_message_the_next_may_begin() -> None:
-    joined = Reassembly(max_message_size=100)
+    joined = Reassembly(max_message_size=100, min_frame_size=65)
     assert joined.add(_part(1, 0, 2, b"ab")) is None
     assert joined.add(_part(1, 1, 2, b"cd")) == b"abcd"
     assert joined.add(_part(2, 0, 1, b"ef")) == b"ef"
