@@ -125,6 +125,15 @@ class StateMachine(Protocol):
         """Replace the whole state with a ``snapshot()``; on bad data raise, change nothing."""
         ...
 
+    # Optional, outside the protocol so that existing machines still satisfy it:
+    #
+    #     def check_snapshot(self, data: bytes) -> int
+    #
+    # The ``applied_index`` that ``restore(data)`` would leave, changing nothing; raises
+    # ``ValueError`` (``BadSnapshot``) naming what is wrong. Called in a worker thread on
+    # every snapshot a leader sends, before the node replaces its log with it: a machine
+    # that has it never has its log wiped by a snapshot it cannot restore.
+
 
 # --------------------------------------------------------------------------------------
 # Errors and result markers
@@ -267,7 +276,7 @@ def _decode_snapshot(data: bytes) -> _SnapshotBody:
         )
     try:
         body = _SNAPSHOT_DECODER.decode(data[1:])
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise BadSnapshot(f"snapshot body ({len(data) - 1} bytes) is malformed: {exc}") from None
     seen: set[int] = set()
     previous_index = 0
@@ -404,6 +413,11 @@ class KVStateMachine:
             sessions=list(self._sessions.values()),
         )
         return bytes((_SNAPSHOT_VERSION,)) + _SNAPSHOT_ENCODER.encode(body)
+
+    def check_snapshot(self, data: bytes) -> int:
+        """The ``applied_index`` that ``restore(data)`` would leave; ``BadSnapshot`` if it
+        would fail. Reads nothing of this machine (safe in a worker thread)."""
+        return _decode_snapshot(data).applied_index
 
     def restore(self, data: bytes) -> None:
         body = _decode_snapshot(data)

@@ -51,6 +51,7 @@ from framework.core import (
     EntryKind,
     Heartbeat,
     HeartbeatResponse,
+    InstallSnapshot,
     InvalidMessage,
     Message,
     NotLeader,
@@ -78,8 +79,22 @@ from framework.flags import (
 from framework.metrics import GaugeReadings, NodeInstruments, PerformanceMetrics
 from framework.plugins import PluginHost
 from framework.runtime.components import Components
+from framework.runtime.members import (
+    BadMemberAddress,
+    address_check_for,
+    address_of,
+    check_member_address,
+)
 from framework.runtime.node_flags import NodeFlags
 from framework.runtime.pending import Deadlines, Waiter
+from framework.runtime.snapshots import (
+    SNAPSHOT_VERSION,
+    BadNodeSnapshot,
+    InboundSnapshots,
+    NodeSnapshot,
+    decode_node_snapshot,
+    encode_node_snapshot,
+)
 from framework.seams import NodeStatus, Priority, QueueFull
 from framework.statemachine import (
     Append,
@@ -124,21 +139,6 @@ class NodeConfig:
     ``settings.plugins.blocked``."""
 
 
-class NodeSnapshot(msgspec.Struct, frozen=True, kw_only=True):
-    """What a runtime snapshot holds besides the state machine's own bytes."""
-
-    version: int
-    members: dict[int, str]
-    state_machine: bytes
-    flags: bytes = b""
-    """The cluster's replicated flag state (``ClusterFlagState.to_bytes``)."""
-
-
-_SNAP_ENCODER = msgspec.msgpack.Encoder()
-_SNAP_DECODER = msgspec.msgpack.Decoder(NodeSnapshot)
-_SNAPSHOT_VERSION = 1
-
-
 class RaftNode:
     def __init__(
         self,
@@ -156,6 +156,7 @@ class RaftNode:
         self.transport = transport
         self.sm = state_machine or KVStateMachine()
         self.addresses: dict[int, str] = dict(config.peers)
+        self._address_problem = address_check_for(transport)
         self.kernel: RawNode | None = None
         self._wake = anyio.Event()
         self._ticks = 0
@@ -204,6 +205,12 @@ class RaftNode:
         """Set (and replaced) after every Ready: admin waits watch state without polling."""
         self.invalid_messages = 0
         self.dropped_messages = 0
+        self.snapshots = InboundSnapshots(
+            node_id=self.id,
+            state_machine=self.sm,
+            address_problem=self._address_problem,
+            deliver=self._deliver_checked,
+        )
         self._gauges = GaugeReadings()
         self._rejections: dict[str, int] = {}
         """Client requests answered with an error, per reason, not yet reported."""
@@ -227,6 +234,7 @@ class RaftNode:
             self.flags.replay_committed(state.entries, state.hard_state.commit)
             async with anyio.create_task_group() as tg:
                 self._tg = tg
+                self.snapshots.start(tg)
                 self._now = anyio.current_time()
                 await self.components.start(tg, self.flags.evaluate())
                 for ev in self.flags.current.values():
@@ -289,9 +297,9 @@ class RaftNode:
 
     def _restore(self, data: bytes) -> None:
         try:
-            snap = _SNAP_DECODER.decode(data)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise StorageError(f"node {self.id}: snapshot is not a raftmw snapshot: {exc}") from exc
+            snap = decode_node_snapshot(data)
+        except BadNodeSnapshot as exc:
+            raise StorageError(f"node {self.id}: {exc}") from exc
         self.sm.restore(snap.state_machine)
         self.addresses.update(snap.members)
         self.flags.restore(snap.flags)
@@ -304,6 +312,9 @@ class RaftNode:
     def deliver(self, messages: Any) -> None:
         inbox = self.components.inbox
         for msg in messages:
+            if isinstance(msg, InstallSnapshot):
+                self.snapshots.receive(msg)  # checked off the loop before the kernel sees it
+                continue
             try:
                 inbox.put_nowait(msg, priority_of(msg))
             except QueueFull:
@@ -317,6 +328,13 @@ class RaftNode:
             if peer in self._down_peers:
                 self._down_peers.discard(peer)
                 self.host.notify("raftmw_on_peer_up", node_id=self.id, peer=peer)
+        self._wake.set()
+
+    def _deliver_checked(self, msg: InstallSnapshot) -> None:
+        try:
+            self.components.inbox.put_nowait(msg, priority_of(msg))
+        except QueueFull:
+            self.dropped_messages += 1
         self._wake.set()
 
     def peer_unreachable(self, node_id: int) -> None:
@@ -539,8 +557,10 @@ class RaftNode:
         change = decode_conf_change(entry.data)
         if change.type is ConfChangeType.REMOVE:
             self.addresses.pop(change.node_id, None)
-        elif change.context:
-            self.addresses[change.node_id] = change.context.decode()
+        elif address := address_of(
+            change, node_id=self.id, index=entry.index, problem_of=self._address_problem
+        ):
+            self.addresses[change.node_id] = address
         self.transport.set_peers(self._peer_addresses())
         log.info("node %d applied %s %d", self.id, change.type.value, change.node_id)
 
@@ -604,9 +624,9 @@ class RaftNode:
         log.info("node %d took a snapshot", self.id)
 
     def _snapshot_bytes(self) -> bytes:
-        return _SNAP_ENCODER.encode(
+        return encode_node_snapshot(
             NodeSnapshot(
-                version=_SNAPSHOT_VERSION,
+                version=SNAPSHOT_VERSION,
                 members=dict(self.addresses),
                 flags=self.flags.snapshot(),
                 state_machine=self.sm.snapshot(),
@@ -808,13 +828,10 @@ class RaftNode:
     async def _members(self, req: AdminMembers) -> None:
         self._check_leader()
         if req.action in ("add", "add_learner"):
-            if not req.address:
-                raise _Refused(
-                    ErrorReply(
-                        kind="bad_request",
-                        message=(f"adding node {req.node_id} needs its address (host:port)"),
-                    )
-                )
+            try:
+                check_member_address(req.node_id, req.address, self._address_problem)
+            except BadMemberAddress as exc:
+                raise _Refused(ErrorReply(kind="bad_request", message=str(exc))) from None
             change = ConfChange(
                 type=ConfChangeType.ADD_LEARNER, node_id=req.node_id, context=req.address.encode()
             )
@@ -973,8 +990,8 @@ class RaftNode:
                 str(nid): {"state": state, "match": match, "next": nxt}
                 for nid, (state, match, nxt) in ns.progress.items()
             },
-            "invalid_messages": self.invalid_messages,
-            "dropped_messages": self.dropped_messages,
+            "invalid_messages": self.invalid_messages + self.snapshots.rejected,
+            "dropped_messages": self.dropped_messages + self.snapshots.dropped,
             "flags": self._flag_table(),
             "components": c.plugins(),
             "swaps": [
