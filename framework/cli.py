@@ -127,6 +127,17 @@ def main(verbose: int) -> None:
     help="Join an existing cluster (wait to be added) instead of bootstrapping.",
 )
 @click.option(
+    "--initial-cluster",
+    type=click.Choice(["new", "existing"]),
+    default="existing",
+    show_default=True,
+    help=(
+        "With an empty data directory: 'new' bootstraps the cluster from --peers; 'existing' "
+        "refuses to start (a wiped node must not rejoin as a voter; use --join). Ignored "
+        "once the directory holds state."
+    ),
+)
+@click.option(
     "--plugin",
     "plugin_args",
     multiple=True,
@@ -142,6 +153,7 @@ def node(
     flags: tuple[str, ...],
     cluster_id: str,
     join: bool,
+    initial_cluster: str,
     plugin_args: tuple[str, ...],
 ) -> None:
     """Run one node until SIGTERM or SIGINT, then shut down cleanly (exit 0)."""
@@ -179,6 +191,8 @@ def node(
 
     async def serve() -> None:
         store = SQLiteLogStore(data_dir, sync=settings.storage.sync)  # type: ignore[arg-type]
+        if initial_cluster == "existing" and not join:
+            await _refuse_empty_directory(store, config, data_dir)
         transport = _build_transport(config, listen)
         raft_node = RaftNode(config, store=store, transport=transport)
         async with anyio.create_task_group() as tg:
@@ -197,11 +211,36 @@ def node(
         problem = _start_failure(exc)
         if problem is None:
             raise
+        if isinstance(problem, _EmptyDirectory):
+            raise problem from None
         if isinstance(problem, OSError) and not isinstance(problem, StorageError):
             raise click.ClickException(
                 f"node {node_id} cannot listen on {listen}: {problem}"
             ) from None
         raise click.ClickException(f"node {node_id}: {problem}") from None
+
+
+class _EmptyDirectory(click.ClickException):
+    """A node refuses to bootstrap an empty data directory without --initial-cluster new."""
+
+
+async def _refuse_empty_directory(store: Any, config: Any, data_dir: Path) -> None:
+    from framework.runtime.bootstrap import empty_directory_refusal, probe_peers
+
+    state = await anyio.to_thread.run_sync(store.load)
+    if state is not None:
+        return
+    await anyio.to_thread.run_sync(store.close)
+    peers = {nid: addr for nid, addr in config.peers.items() if nid != config.node_id}
+    views = await probe_peers(peers)
+    raise _EmptyDirectory(
+        empty_directory_refusal(
+            node_id=config.node_id,
+            cluster_id=config.cluster_id,
+            data_dir=str(data_dir),
+            views=views,
+        )
+    )
 
 
 def _build_transport(config: Any, listen: str) -> Any:
@@ -239,6 +278,8 @@ def _start_failure(exc: BaseException) -> Exception | None:
     from framework.plugins import PluginError
     from framework.storage import StorageError
 
+    if isinstance(exc, _EmptyDirectory):
+        return exc
     known = (StorageError, PluginError, FlagError, SettingsError, OSError)
     if isinstance(exc, known):
         return exc

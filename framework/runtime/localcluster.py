@@ -135,6 +135,8 @@ class LocalCluster:
             cmd += ["--settings", path]
         for flag in self.flags:
             cmd += ["--flag", flag]
+        if not {"--join", "--initial-cluster"} & set(node.extra_args):
+            cmd += ["--initial-cluster", "new"]  # the harness creates its clusters
         return cmd + node.extra_args
 
     def start(self, node_id: int, peers: dict[int, str] | None = None) -> NodeProcess:

@@ -767,6 +767,23 @@ class RaftNode:
             raise _Refused(waiter.error)
         return waiter.value
 
+    def _check_read_capacity(self) -> None:
+        """Pending linearizable reads are bounded like any queue between tasks: a leader
+        that cannot confirm its leadership (cut off from a quorum) would otherwise hold
+        every read sent to it until its deadline."""
+        limit = self.settings.performance.backpressure.max_pending
+        pending = len(self._reads) + len(self._waiting_reads)
+        if pending >= limit:
+            raise _Refused(
+                ErrorReply(
+                    kind="overloaded",
+                    message=(
+                        f"node {self.id}: {pending} linearizable reads are pending, the limit "
+                        f"(performance.backpressure.max_pending) is {limit}; retry later"
+                    ),
+                )
+            )
+
     def _check_leader(self) -> None:
         kernel = self.kernel
         if kernel is None or kernel.role is not Role.LEADER:
@@ -779,6 +796,7 @@ class RaftNode:
         """Queue ``op`` for the Ready loop, which settles ``waiter``; raises ``_Refused``."""
         self._check_leader()
         if op.op == "get":
+            self._check_read_capacity()
             self._read_seq += 1
             context = f"{self.id}:{self._read_seq}".encode()
             self._reads.append((context, op.key, waiter))

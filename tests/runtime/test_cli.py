@@ -45,6 +45,8 @@ def _node_cmd(node_id: int, data_dir: Path, port: int, cluster_id: str = "cli") 
         str(data_dir),
         "--cluster-id",
         cluster_id,
+        "--initial-cluster",
+        "new",
     ]
 
 

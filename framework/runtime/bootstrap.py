@@ -1,0 +1,133 @@
+"""Starting on an empty data directory: bootstrap a new cluster only when asked to.
+
+Theory of operation
+-------------------
+A node that starts with no state and bootstraps its membership from ``--peers`` becomes a
+voter with no vote and no log. If its data directory was wiped (a replaced disk, an operator
+cleaning up) while the cluster kept running, it can then vote for a stale candidate and
+help lose committed writes (a voter's log and vote must survive it, Raft §5.2/§5.4). So, as
+etcd does with ``--initial-cluster-state``, bootstrapping is an explicit choice:
+
+- ``--initial-cluster new``: an empty directory bootstraps the membership from ``--peers``
+  (what ``raftmw cluster``, ``demo``, ``bench``, ``compare`` and the test harnesses pass for
+  a cluster they create);
+- ``--initial-cluster existing`` (the default): an empty directory is refused. Before
+  refusing, the node asks each peer for its status over the client protocol (a few
+  seconds at most, all peers at once) so that the error says what it found: peers that
+  already hold this cluster (then: ``raftmw members remove`` the node, restart it with
+  ``--join``, ``raftmw members add`` it back), peers of another cluster, or no answer (then:
+  pass ``--initial-cluster new`` to create the cluster, or ``--join``).
+- ``--join``: start with no membership and wait to be added (no probe).
+
+A directory that holds state ignores the option: the state says which cluster it belongs
+to (``RaftNode`` refuses a directory of another node or cluster).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final, Literal
+
+import anyio
+
+from framework.client import KVClient
+from framework.errors import RaftError
+
+__all__ = [
+    "DEFAULT_PROBE_TIMEOUT",
+    "InitialCluster",
+    "PeerView",
+    "empty_directory_refusal",
+    "probe_peers",
+]
+
+InitialCluster = Literal["new", "existing"]
+
+DEFAULT_PROBE_TIMEOUT: Final = 3.0
+"""Seconds a starting node waits for its peers' status before refusing to start."""
+
+
+class PeerView:
+    """What one peer said about itself (or why it said nothing)."""
+
+    __slots__ = ("cluster_id", "commit", "node_id", "problem", "term")
+
+    def __init__(
+        self,
+        node_id: int,
+        *,
+        cluster_id: str = "",
+        term: int = 0,
+        commit: int = 0,
+        problem: str = "",
+    ) -> None:
+        self.node_id = node_id
+        self.cluster_id = cluster_id
+        self.term = term
+        self.commit = commit
+        self.problem = problem
+
+    @property
+    def running(self) -> bool:
+        """The peer answered and has taken part in an election (term > 0)."""
+        return not self.problem and self.term > 0
+
+
+async def probe_peers(
+    peers: Mapping[int, str], *, timeout: float = DEFAULT_PROBE_TIMEOUT, **client: Any
+) -> list[PeerView]:
+    """Ask every peer for its status at once; each answer or problem, by node id."""
+    views: dict[int, PeerView] = {}
+    async with KVClient(dict(peers), timeout=timeout, connect_timeout=timeout, **client) as kv:
+
+        async def ask(node_id: int) -> None:
+            try:
+                with anyio.fail_after(timeout):
+                    status = await kv.status(node_id)
+            except (RaftError, OSError, TimeoutError) as exc:
+                views[node_id] = PeerView(node_id, problem=str(exc) or type(exc).__name__)
+                return
+            views[node_id] = PeerView(
+                node_id,
+                cluster_id=str(status.get("cluster_id", "")),
+                term=int(status.get("term", 0)),
+                commit=int(status.get("commit", 0)),
+            )
+
+        async with anyio.create_task_group() as tg:
+            for node_id in peers:
+                tg.start_soon(ask, node_id)
+    return [views[nid] for nid in sorted(views)]
+
+
+def empty_directory_refusal(
+    *, node_id: int, cluster_id: str, data_dir: str, views: list[PeerView]
+) -> str:
+    """Why node ``node_id`` refuses to start on an empty ``data_dir``, and what to do."""
+    members = [v for v in views if v.cluster_id == cluster_id and v.running]
+    if members:
+        seen = ", ".join(f"node {v.node_id} (term {v.term}, commit {v.commit})" for v in members)
+        return (
+            f"node {node_id}: the data directory {data_dir} is empty, but its peers already hold "
+            f"cluster {cluster_id!r}: {seen}. A node whose data was lost must not rejoin as a "
+            f"voter (it could vote for a stale candidate and lose committed writes). Remove "
+            f"it with `raftmw members remove {node_id}`, start it with --join, then add it "
+            f"back with `raftmw members add {node_id} HOST:PORT`."
+        )
+    others = [v for v in views if not v.problem and v.cluster_id != cluster_id]
+    unanswered = [v for v in views if v.problem]
+    found = "; ".join(
+        [f"node {v.node_id} belongs to cluster {v.cluster_id!r}" for v in others]
+        + [f"node {v.node_id} did not answer ({v.problem})" for v in unanswered]
+        + [
+            f"node {v.node_id} has no state yet"
+            for v in views
+            if not v.problem and v.cluster_id == cluster_id and not v.running
+        ]
+    )
+    return (
+        f"node {node_id}: the data directory {data_dir} is empty and no peer answered as a "
+        f"running member of cluster {cluster_id!r} ({found or 'no peers'}). To create the "
+        f"cluster, start every node with --initial-cluster new; to add this node to a "
+        f"running cluster, start it with --join and `raftmw members add {node_id} HOST:PORT`."
+    )
