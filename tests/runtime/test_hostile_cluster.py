@@ -62,29 +62,29 @@ def _alive(cluster: LocalCluster) -> dict[int, bool]:
 
 
 async def test_forged_peer_messages_neither_kill_nor_wipe_a_node(cluster: LocalCluster) -> None:
+    """A node accepts peer connections from lower ids only (the lower id dials), so the
+    forged peer poses as node 1 to nodes 2 and 3, with node 3 leading and node 2 following."""
     with anyio.fail_after(120):
         await cluster.wait_serving()
         acked: dict[str, str] = {}
         await _write(cluster, "before", 20, acked)
-        leader = await cluster.leader()
-        target = next(nid for nid in cluster.nodes if nid != leader)
-        other = next(nid for nid in cluster.nodes if nid not in (leader, target))
-        async with cluster.client(timeout=10.0) as client:
-            before = await client.status(target)
+        async with cluster.client(timeout=20.0) as client:
+            await client.transfer_leader(3)
+            before = await client.status(2)
+        leader, target = 3, 2
 
-        # A term no SQLite INTEGER survives incrementing, at every node: each drops the
-        # connection (the frame breaks the protocol) and lives.
-        for nid, node in cluster.nodes.items():
-            forged_src = leader if nid != leader else target
-            overflow = Heartbeat(src=forged_src, dst=nid, term=HUGE, commit=HUGE)
+        # A term no SQLite INTEGER survives incrementing (it used to kill nodes in
+        # save_ready, and again after every restart), to the leader and to a follower.
+        for nid in (2, 3):
+            overflow = Heartbeat(src=1, dst=nid, term=HUGE, commit=HUGE)
             assert send_as_peer(
-                node.address, [batch(overflow)], as_node=forged_src, cluster_id="hostile",
+                cluster.nodes[nid].address, [batch(overflow)], as_node=1, cluster_id="hostile",
                 linger=10,
             ), f"node {nid} kept a connection that sent term {HUGE}"
         # A forged append that would make the follower apply forged commands at an absurd
         # term and commit index, and a forged answer that would depose the leader.
         forged_append = AppendEntries(
-            src=leader,
+            src=1,
             dst=target,
             term=HUGE,
             prev_index=0,
@@ -93,12 +93,12 @@ async def test_forged_peer_messages_neither_kill_nor_wipe_a_node(cluster: LocalC
             commit=HUGE,
         )
         assert send_as_peer(
-            cluster.nodes[target].address, [batch(forged_append)], as_node=leader,
+            cluster.nodes[target].address, [batch(forged_append)], as_node=1,
             cluster_id="hostile", linger=10,
         )
-        forged_answer = AppendResponse(src=other, dst=leader, term=HUGE, index=HUGE)
+        forged_answer = AppendResponse(src=1, dst=leader, term=HUGE, index=HUGE)
         assert send_as_peer(
-            cluster.nodes[leader].address, [batch(forged_answer)], as_node=other,
+            cluster.nodes[leader].address, [batch(forged_answer)], as_node=1,
             cluster_id="hostile", linger=10,
         )
         # A well-formed InstallSnapshot at a higher term whose bytes are junk: it used to
@@ -106,7 +106,7 @@ async def test_forged_peer_messages_neither_kill_nor_wipe_a_node(cluster: LocalC
         # again). It must be refused before anything is deleted or adopted.
         forged_term = before["term"] + 1000
         junk = InstallSnapshot(
-            src=leader,
+            src=1,
             dst=target,
             term=forged_term,
             snapshot=Snapshot(
@@ -119,7 +119,7 @@ async def test_forged_peer_messages_neither_kill_nor_wipe_a_node(cluster: LocalC
             ),
         )
         send_as_peer(
-            cluster.nodes[target].address, [batch(junk)], as_node=leader, cluster_id="hostile",
+            cluster.nodes[target].address, [batch(junk)], as_node=1, cluster_id="hostile",
             linger=1,
         )
         async with cluster.client(timeout=10.0) as client:
@@ -131,6 +131,11 @@ async def test_forged_peer_messages_neither_kill_nor_wipe_a_node(cluster: LocalC
         assert after["term"] < forged_term  # the kernel never saw the junk snapshot
         assert after["snapshot_index"] == before["snapshot_index"]
         assert after["last_index"] >= before["last_index"]
+        # Each forged frame got past the handshake and was refused at decode.
+        logs = {nid: cluster.nodes[nid].log_path.read_text() for nid in (2, 3)}
+        assert f"term={HUGE} exceeds the bound {MAX_TERM}" in logs[2]
+        assert f"term={HUGE} exceeds the bound {MAX_TERM}" in logs[3]
+        assert "refused the snapshot" in logs[2]
 
         await _write(cluster, "after", 20, acked)
         # Nothing rejected was persisted: the attacked follower restarts from its own disk
