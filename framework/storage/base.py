@@ -16,15 +16,49 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Final, Protocol, runtime_checkable
 
 from framework.core import ConfState, Entry, HardState, Snapshot
 
-__all__ = ["LogStore", "StorageError", "StoredState"]
+__all__ = ["MAX_STORABLE", "LogStore", "StorageError", "StoredState", "check_storable"]
 
 
 class StorageError(Exception):
     """The store cannot be used as it is (corrupt, another node's, missing files)."""
+
+
+MAX_STORABLE: Final = 2**63 - 1
+"""The largest term, index or node id a store keeps (a signed 64-bit SQLite INTEGER)."""
+
+
+def check_storable(
+    hard_state: HardState | None, entries: Sequence[Entry], snapshot: Snapshot | None
+) -> None:
+    """Refuse, before anything is written, a Ready holding a number no store can keep.
+
+    The decode boundary keeps such numbers out (``transport.bounds``); this is the last
+    line, so that a value that slipped through is named instead of half-written (SQLite
+    raised ``OverflowError`` mid-transaction). Costs a few comparisons per Ready.
+    """
+    values: list[tuple[str, int]] = []
+    if hard_state is not None:
+        values += [
+            ("hard state term", hard_state.term),
+            ("hard state vote", hard_state.vote),
+            ("hard state commit", hard_state.commit),
+        ]
+    if entries:
+        values += [
+            ("entry index", entries[-1].index),
+            ("entry term", max(entry.term for entry in entries)),
+        ]
+    if snapshot is not None:
+        values += [("snapshot index", snapshot.meta.index), ("snapshot term", snapshot.meta.term)]
+    for what, value in values:
+        if not 0 <= value <= MAX_STORABLE:
+            raise StorageError(
+                f"refusing to store {what} {value}: expected 0..{MAX_STORABLE} (nothing written)"
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

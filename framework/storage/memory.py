@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from framework.core import ConfState, Entry, HardState, Snapshot
-from framework.storage.base import StorageError, StoredState
+from framework.storage.base import StorageError, StoredState, check_storable
 
 __all__ = ["MemoryLogStore"]
 
@@ -56,6 +56,7 @@ class MemoryLogStore:
         sync: bool,
     ) -> None:
         # Check everything before changing anything: a refused Ready stores nothing.
+        check_storable(hard_state, entries, snapshot)
         snap = snapshot if snapshot is not None else self._snapshot
         stored = [] if snapshot is not None else self._entries
         offset = snap.meta.index

@@ -68,7 +68,7 @@ from typing import Literal, NamedTuple
 import msgspec
 
 from framework.core import ConfState, Entry, EntryKind, HardState, Snapshot, SnapshotMeta
-from framework.storage.base import StorageError, StoredState
+from framework.storage.base import StorageError, StoredState, check_storable
 
 if sys.platform != "win32":
     import fcntl
@@ -284,6 +284,7 @@ class SQLiteLogStore:
     ) -> None:
         conn = self._connection()
         self._require_initialized("save_ready")
+        check_storable(hard_state, entries, snapshot)
         old = self._bounds
         new = old
         if snapshot is not None:

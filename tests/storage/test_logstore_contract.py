@@ -340,3 +340,33 @@ def test_a_received_snapshot_then_a_local_one(initialized: StoreUnderTest) -> No
     state = initialized.load_after_reopen()
     assert state.snapshot == snapshot(13, 2, data=b"local")
     assert state.entries == tuple(entries(14, 15, term=2))
+
+
+# --------------------------------------------------------------------------------------------
+# numbers no store can keep
+# --------------------------------------------------------------------------------------------
+
+TOO_LARGE = 2**63
+"""One past a signed 64-bit SQLite INTEGER (the term that used to raise OverflowError
+inside ``save_ready``'s transaction)."""
+
+
+@pytest.mark.parametrize(
+    ("ready", "named"),
+    [
+        ({"hard_state": HardState(term=TOO_LARGE, vote=1, commit=3)}, "hard state term"),
+        ({"hard_state": HardState(term=2, vote=TOO_LARGE, commit=3)}, "hard state vote"),
+        ({"entries": [Entry(term=TOO_LARGE, index=4)]}, "entry term"),
+        ({"snapshot": snapshot(TOO_LARGE, 1)}, "snapshot index"),
+    ],
+)
+def test_a_number_no_store_can_keep_is_refused_before_anything_is_written(
+    initialized: StoreUnderTest, ready: dict[str, object], named: str
+) -> None:
+    append(initialized.store, entries(1, 3), commit=3)
+    before = initialized.load()
+    arguments: dict[str, object] = {"hard_state": None, "entries": [], "snapshot": None}
+    arguments.update(ready)
+    with pytest.raises(StorageError, match=f"refusing to store {named} {TOO_LARGE}"):
+        initialized.store.save_ready(sync=True, **arguments)  # type: ignore[arg-type]
+    assert initialized.load_after_reopen() == before
