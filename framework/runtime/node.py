@@ -768,21 +768,15 @@ class RaftNode:
         return waiter.value
 
     def _check_read_capacity(self) -> None:
-        """Pending linearizable reads are bounded like any queue between tasks: a leader
-        that cannot confirm its leadership (cut off from a quorum) would otherwise hold
-        every read sent to it until its deadline."""
+        """Pending reads are bounded like any queue between tasks (a leader cut off from its
+        quorum would otherwise hold every read sent to it until its deadline)."""
         limit = self.settings.performance.backpressure.max_pending
-        pending = len(self._reads) + len(self._waiting_reads)
-        if pending >= limit:
-            raise _Refused(
-                ErrorReply(
-                    kind="overloaded",
-                    message=(
-                        f"node {self.id}: {pending} linearizable reads are pending, the limit "
-                        f"(performance.backpressure.max_pending) is {limit}; retry later"
-                    ),
-                )
+        if (pending := len(self._reads) + len(self._waiting_reads)) >= limit:
+            message = (
+                f"node {self.id}: {pending} linearizable reads are pending, the limit "
+                f"(performance.backpressure.max_pending) is {limit}; retry later"
             )
+            raise _Refused(ErrorReply(kind="overloaded", message=message))
 
     def _check_leader(self) -> None:
         kernel = self.kernel

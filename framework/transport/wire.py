@@ -250,9 +250,10 @@ def decode_peer_batch(data: bytes) -> PeerBatch | PeerPart | Goodbye:
     if isinstance(batch, PeerBatch):
         try:
             check_batch_size(len(batch.messages))
+            size = len(data)
             for msg in batch.messages:
                 validate_message(msg)
-                check_message(msg)
+                check_message(msg, size)
         except (InvalidMessage, OutOfBounds) as exc:
             raise ProtocolError(f"invalid Raft message in peer frame: {exc}") from None
     return batch
