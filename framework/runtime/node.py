@@ -116,6 +116,7 @@ from framework.transport.wire import (
     ClientRequest,
     ClientResponse,
     ErrorReply,
+    InvalidRequest,
     KVOp,
     StatusRequest,
 )
@@ -726,6 +727,8 @@ class RaftNode:
             if isinstance(body, AdminTransfer):
                 await self._transfer(body.to)
                 return ClientResponse(id=request.id, ok=True)
+            if isinstance(body, InvalidRequest):  # decoded, but out of the protocol's bounds
+                raise _Refused(ErrorReply(kind="bad_request", message=body.reason))
         except _Refused as refused:
             return ClientResponse(id=request.id, ok=False, error=refused.reply)
         return ClientResponse(  # pragma: no cover - the decoder admits no other body

@@ -51,6 +51,7 @@ __all__ = [
     "FrameDecoder",
     "Goodbye",
     "Hello",
+    "InvalidRequest",
     "KVOp",
     "MAX_ADDRESS_CHARS",
     "MAX_KEY_BYTES",
@@ -178,6 +179,20 @@ class AdminFlags(msgspec.Struct, frozen=True, kw_only=True, tag="flags"):
 RequestBody = KVOp | StatusRequest | AdminMembers | AdminTransfer | AdminFlags
 
 
+class InvalidRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """Stands in for the body of a request whose envelope decoded but whose body broke the
+    protocol (a key too long, an id out of range): the node answers it ``bad_request`` with
+    ``reason`` instead of dropping the connection, so the client learns what was wrong.
+    Made by ``decode_client_request``; never sent."""
+
+    reason: str
+
+
+class _RequestEnvelope(msgspec.Struct, frozen=True, kw_only=True, tag="request"):
+    id: _U63
+    body: msgspec.Raw
+
+
 class ClientRequest(msgspec.Struct, frozen=True, kw_only=True, tag="request"):
     id: _U63
     body: RequestBody
@@ -211,6 +226,7 @@ _ENCODER: Final = msgspec.msgpack.Encoder()
 _HELLO: Final = msgspec.msgpack.Decoder(Hello | Goodbye)
 _PEER: Final = msgspec.msgpack.Decoder(PeerBatch | PeerPart | Goodbye)
 _REQUEST: Final = msgspec.msgpack.Decoder(ClientRequest | Goodbye)
+_ENVELOPE: Final = msgspec.msgpack.Decoder(_RequestEnvelope)
 _RESPONSE: Final = msgspec.msgpack.Decoder(ClientResponse | Goodbye)
 
 
@@ -260,7 +276,17 @@ def decode_peer_batch(data: bytes) -> PeerBatch | PeerPart | Goodbye:
 
 
 def decode_client_request(data: bytes) -> ClientRequest | Goodbye:
-    request = _decode(_REQUEST, "client request", data)
+    """The request in ``data``; a request whose body breaks the protocol comes back with an
+    ``InvalidRequest`` body to answer; anything else undecodable is a ``ProtocolError``."""
+    try:
+        request = _REQUEST.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+        try:
+            envelope = _ENVELOPE.decode(data)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            return _decode(_REQUEST, "client request", data)  # raises, naming the problem
+        reason = f"request {envelope.id} ({len(data)} bytes) breaks the protocol: {exc}"
+        return ClientRequest(id=envelope.id, body=InvalidRequest(reason=reason))  # type: ignore[arg-type]
     assert isinstance(request, ClientRequest | Goodbye)
     return request
 

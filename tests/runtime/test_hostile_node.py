@@ -14,13 +14,14 @@ from framework.client import KVClient
 from framework.config import Settings, load_settings
 from framework.core import ConfChange, ConfChangeType, Entry, EntryKind, HardState
 from framework.core.raft import encode_conf_change
+from framework.errors import BadRequest
 from framework.runtime.localcluster import free_ports
 from framework.runtime.node import NodeConfig, RaftNode
 from framework.storage import MemoryLogStore
 from framework.storage.sqlite import SQLiteLogStore
 from framework.transport.memory import MemoryNetwork
 from framework.transport.tcp import TcpTransport
-from framework.transport.wire import ClientRequest, ClientResponse, KVOp
+from framework.transport.wire import MAX_KEY_BYTES, ClientRequest, ClientResponse, KVOp
 
 pytestmark = pytest.mark.anyio
 
@@ -144,3 +145,19 @@ async def test_a_committed_member_address_no_node_can_use_is_skipped_on_replay(
             unusable = [r.getMessage() for r in caplog.records if "unusable address" in r.message]
             assert any("node 4" in m and "no-port-here" in m for m in unusable), unusable
             assert any("node 5" in m and "not UTF-8" in m for m in unusable), unusable
+
+
+async def test_a_request_out_of_bounds_is_answered_bad_request_naming_the_field(
+    tmp_path: Path,
+) -> None:
+    """Not a dropped connection (which the client would retry into a Timeout)."""
+    settings = load_settings(env={}, overrides={"raft.tick_interval": "10ms"})
+    (port,) = free_ports(1)
+    with anyio.fail_after(60):
+        async with _running(_tcp_node(tmp_path, f"127.0.0.1:{port}", settings)) as client:
+            with pytest.raises(BadRequest, match=r"length <= 65536 - at `\$\.body\.key`"):
+                await client.put("k" * (MAX_KEY_BYTES + 1), "v")
+            with pytest.raises(BadRequest, match=r"`\$\.body\.node_id`"):
+                await client.members("add", 0, "127.0.0.1:7004")
+            await client.put("k", "still served")
+            assert await client.get("k") == "still served"

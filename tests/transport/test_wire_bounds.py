@@ -41,7 +41,7 @@ from framework.transport.bounds import (
     MAX_NODE_ID,
     MAX_TERM,
 )
-from framework.transport.wire import MAX_KEY_BYTES, PeerPart, Reassembly
+from framework.transport.wire import MAX_KEY_BYTES, InvalidRequest, PeerPart, Reassembly
 
 HUGE = 2**63 - 1
 """The term of the heartbeat that used to kill nodes in SQLite (OverflowError)."""
@@ -213,10 +213,17 @@ def test_an_integer_beyond_64_bits_is_refused_not_crashing() -> None:
         (AdminMembers(action="add", node_id=4, address="h" * 400 + ":1"), r"address"),
     ],
 )
-def test_client_requests_out_of_bounds_are_refused(request_body: object, match: str) -> None:
-    frame = encode_frame(ClientRequest(id=1, body=request_body))  # type: ignore[arg-type]
-    with pytest.raises(ProtocolError, match=match):
-        decode_client_request(frame[4:])
+def test_client_requests_out_of_bounds_come_back_to_be_answered_bad_request(
+    request_body: object, match: str
+) -> None:
+    """The envelope is sane, so the node can answer (the client learns what was wrong)
+    instead of dropping the connection (the client would retry into a timeout)."""
+    frame = encode_frame(ClientRequest(id=41, body=request_body))  # type: ignore[arg-type]
+    request = decode_client_request(frame[4:])
+    assert isinstance(request, ClientRequest) and request.id == 41
+    assert isinstance(request.body, InvalidRequest)
+    assert request.body.reason.startswith("request 41 (")
+    assert f"$.body.{match}" in request.body.reason
 
 
 def test_a_request_id_past_64_bits_signed_is_refused() -> None:
