@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-from framework.transport.tls import CertificateIdentity
+from framework.transport.tls import CertificateIdentity, TlsError, client_context
 from framework.transport.wire import (
     AdminFlags,
     AdminMembers,
@@ -43,6 +45,7 @@ from framework.transport.wire import (
 __all__ = [
     "ANYONE",
     "UNAUTHENTICATED",
+    "ClientCredentials",
     "Principal",
     "Role",
     "TokenBook",
@@ -193,3 +196,43 @@ def principal_for(
             return Principal(f"client {identity.name or '?'}", Role(identity.role))
     found = tokens.authenticate(token) if token else None
     return found if found is not None else UNAUTHENTICATED
+
+
+# -- what a client presents -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientCredentials:
+    """A client's side of authentication: the cluster CA to trust (TLS on when given), an
+    optional client certificate and key, and an optional token.
+
+    ``from_environment`` reads ``RAFTMW_TLS_CA``, ``RAFTMW_TLS_CERT``, ``RAFTMW_TLS_KEY`` and
+    ``RAFTMW_TOKEN``; ``KVClient`` does so when given no credentials.
+    """
+
+    ca: str = ""
+    cert: str = ""
+    key: str = ""
+    token: str = ""
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> ClientCredentials:
+        env = os.environ if environ is None else environ
+        return cls(
+            ca=env.get("RAFTMW_TLS_CA", ""),
+            cert=env.get("RAFTMW_TLS_CERT", ""),
+            key=env.get("RAFTMW_TLS_KEY", ""),
+            token=env.get("RAFTMW_TOKEN", ""),
+        )
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context to connect with, or None for plain TCP (no CA given). Raises
+        ``TlsError`` naming the option and file at fault."""
+        if not self.ca:
+            if self.cert or self.key:
+                raise TlsError(
+                    f"--tls-cert = {self.cert!r} / --tls-key = {self.key!r} without --tls-ca; "
+                    "expected the cluster CA too (RAFTMW_TLS_CA)"
+                )
+            return None
+        return client_context(ca=self.ca, cert=self.cert, key=self.key)

@@ -136,9 +136,7 @@ class CertificateAuthority:
     def key_pem(self) -> bytes:
         return _key_pem(self.key)
 
-    def _issue(
-        self, common_name: str, uri: str, hosts: Sequence[str], *, server: bool
-    ) -> Issued:
+    def _issue(self, common_name: str, uri: str, hosts: Sequence[str], *, server: bool) -> Issued:
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH]

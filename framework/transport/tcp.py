@@ -77,7 +77,7 @@ import anyio.abc
 from anyio.abc import SocketAttribute, TaskStatus
 from anyio.streams.tls import TLSStream
 
-from framework.auth import Principal, TokenBook, authorize, principal_for
+import framework.auth as auth  # a module: auth imports this package (the wire types)
 from framework.core import Message
 from framework.seams import (
     ConnectionPool,
@@ -166,6 +166,7 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # "" (every interface) or a name: assume reachable
+
 
 PoolFactory = Callable[[PeerDialer], ConnectionPool]
 """Builds the pool a transport runs itself when no pool was handed to it (``use_pool``)."""
@@ -262,7 +263,7 @@ class TcpTransport:
         pool_factory: PoolFactory | None = None,
         tls: NodeTls | None = None,
         insecure: bool = False,
-        tokens: TokenBook | None = None,
+        tokens: auth.TokenBook | None = None,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
         handshake_frame_size: int = DEFAULT_HANDSHAKE_FRAME_SIZE,
@@ -315,7 +316,7 @@ class TcpTransport:
                 "purpose"
             )
         self._tls = tls
-        self._tokens = tokens or TokenBook()
+        self._tokens = tokens or auth.TokenBook()
         self._authenticating = tls is not None or bool(self._tokens)
         """Clients must prove a role (else every client is trusted: ``framework.auth``)."""
         self._max_connections = max_connections
@@ -858,7 +859,7 @@ class TcpTransport:
             return
         identity = identity_of(conn.stream)
         if hello.role == "client":
-            principal = principal_for(
+            principal = auth.principal_for(
                 identity, hello.token, self._tokens, authentication=self._authenticating
             )
             await conn.writer.send(self._hello)
@@ -867,10 +868,13 @@ class TcpTransport:
             await self._serve_client(conn, state.clients, principal)
             return
         refusal = self._refuse_peer(hello, state)
-        if refusal is None and self._tls is not None:
-            if identity is None or identity.node_id != hello.node_id:
-                shown = "no certificate" if identity is None else identity.describe()
-                refusal = f"a caller claiming to be node {hello.node_id} presented {shown}"
+        if (
+            refusal is None
+            and self._tls is not None
+            and (identity is None or identity.node_id != hello.node_id)
+        ):
+            shown = "no certificate" if identity is None else identity.describe()
+            refusal = f"a caller claiming to be node {hello.node_id} presented {shown}"
         if refusal is not None:
             conn.close(refusal, goodbye=True)
             return
@@ -904,7 +908,7 @@ class TcpTransport:
         return None
 
     async def _serve_client(
-        self, conn: _Connection, clients: ClientService, principal: Principal
+        self, conn: _Connection, clients: ClientService, principal: auth.Principal
     ) -> None:
         # No task per request: the service answers through ``reply``, which queues the
         # response for this connection's writer; answers settled together (a Ready's worth)
@@ -933,14 +937,14 @@ class TcpTransport:
         conn: _Connection,
         clients: ClientService,
         reply: Callable[[ClientResponse], None],
-        principal: Principal,
+        principal: auth.Principal,
     ) -> None:
         while True:
             request = decode_client_request(await conn.reader.receive())
             if isinstance(request, Goodbye):
                 conn.close(f"client said goodbye: {request.reason}", level=logging.INFO)
                 return
-            refusal: ErrorReply | None = authorize(principal, request.body)
+            refusal: ErrorReply | None = auth.authorize(principal, request.body)
             if refusal is None:
                 submit_request(clients, request, reply)
             else:

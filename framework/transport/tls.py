@@ -41,8 +41,8 @@ __all__ = [
     "NodeTls",
     "TlsError",
     "client_context",
-    "identity_of",
     "identity_from_peercert",
+    "identity_of",
     "load_node_tls",
     "read_certificate_identity",
     "wrap",
@@ -249,5 +249,7 @@ def client_context(*, ca: str, cert: str = "", key: str = "") -> ssl.SSLContext:
             "certificate and its key) or neither"
         )
     cert_path = _readable("--tls-cert", cert, "a client certificate, a PEM file") if cert else None
-    key_path = _readable("--tls-key", key, "the client certificate's key, a PEM file") if key else None
+    key_path = (
+        _readable("--tls-key", key, "the client certificate's key, a PEM file") if key else None
+    )
     return _context(ssl.Purpose.SERVER_AUTH, ca_path, cert_path, key_path, prefix="--tls-")
