@@ -354,13 +354,15 @@ async def test_an_admin_certificate_or_token_may_do_anything(
     who: str | None, token: str, certs: TlsDirectory
 ) -> None:
     tokens = TokenBook({"ops": ("admin", hash_token(ADMIN_TOKEN))})
-    async with tls_cluster(certs, (1, 2), tokens=tokens) as nodes:
-        async with TcpClientConnection.connect(
+    async with (
+        tls_cluster(certs, (1, 2), tokens=tokens) as nodes,
+        TcpClientConnection.connect(
             nodes[2].address, timeout=5, ssl_context=context(certs, who), token=token
-        ) as conn:
-            for body, _ in ADMIN_OPS:
-                answer = await conn.request(body, timeout=5)
-                assert answer.ok, answer.error
+        ) as conn,
+    ):
+        for body, _ in ADMIN_OPS:
+            answer = await conn.request(body, timeout=5)
+            assert answer.ok, answer.error
 
 
 async def test_a_client_checks_the_node_certificate(
