@@ -642,6 +642,12 @@ def demo(seconds: float, clients: int, data_dir: Path | None) -> None:
 @click.option("--profile", default=None)
 @click.option("--flag", "flags", multiple=True)
 @click.option("--sync", type=click.Choice(["always", "os"]), default="always", show_default=True)
+@click.option(
+    "--tls/--no-tls",
+    default=True,
+    show_default=True,
+    help="Mutual TLS (--no-tls: plain TCP on loopback, to measure what TLS costs).",
+)
 @click.option("--json", "as_json", is_flag=True)
 def bench(
     nodes: int,
@@ -653,6 +659,7 @@ def bench(
     profile: str | None,
     flags: tuple[str, ...],
     sync: str,
+    tls: bool,
     as_json: bool,
 ) -> None:
     """Load a local cluster of node processes; report ops/s, latency, RSS and failover."""
@@ -669,6 +676,7 @@ def bench(
         profile=profile,
         flags=tuple(flags),
         sync=sync,
+        tls=tls,
     )
     report = run_bench(options, progress=not as_json)
     if as_json:

@@ -29,6 +29,9 @@ class BenchOptions:
     profile: str | None = None
     flags: tuple[str, ...] = ()
     sync: str = "always"
+    tls: bool = True
+    """Mutual TLS between nodes and clients (as ``LocalCluster`` sets it up); False for
+    plain TCP on loopback, to measure what TLS costs."""
 
 
 def run_bench(options: BenchOptions, *, progress: bool = True) -> dict[str, Any]:
@@ -43,6 +46,7 @@ def run_bench(options: BenchOptions, *, progress: bool = True) -> dict[str, Any]
             flags=options.flags,
             settings_files=[str(settings)],
             cluster_id="bench",
+            tls=options.tls,
         )
         try:
             report = run_async(_bench, cluster, options)
@@ -93,7 +97,7 @@ def _print(report: dict[str, Any]) -> None:
         "setup",
         f"{o['nodes']} nodes, {o['clients']} clients on {o['connections']} connections, "
         f"{o['payload']} B "
-        f"values, sync={o['sync']}, {o['seconds']:g}s",
+        f"values, sync={o['sync']}, TLS {'on' if o['tls'] else 'off'}, {o['seconds']:g}s",
     )
     table.add_row("committed writes/s", f"{report['ops_per_second']:,.0f}")
     lat = report["latency_ms"]
