@@ -325,6 +325,8 @@ class TcpTransport:
         self._accepted: dict[str, int] = {}
         """Accepted connections open now, by remote host (rule 3a)."""
         self._accepted_total = 0
+        self._securing = 0
+        """Accepted sockets in the TLS handshake (not yet ``_open``)."""
         self._refused_at_accept = 0
         self._refusal_logged_at = -_REFUSAL_LOG_INTERVAL
         self._peers = self._address_book(peers)
@@ -379,8 +381,8 @@ class TcpTransport:
 
     @property
     def open_connections(self) -> int:
-        """Sockets open right now: peers, clients and connections still in the handshake."""
-        return self._open_connections
+        """Sockets open right now: peers, clients and connections still in a handshake."""
+        return self._open_connections + self._securing
 
     @property
     def connected_peers(self) -> frozenset[int]:
@@ -841,11 +843,15 @@ class TcpTransport:
         if self._tls is None:
             return stream
         problem = f"no TLS handshake within {self._connect_timeout}s"
-        with anyio.move_on_after(self._connect_timeout):
-            try:
-                return await wrap(stream, self._tls.server, server_side=True)
-            except LOST as exc:
-                problem = f"TLS handshake failed: {exc!r}"
+        self._securing += 1
+        try:
+            with anyio.move_on_after(self._connect_timeout):
+                try:
+                    return await wrap(stream, self._tls.server, server_side=True)
+                except LOST as exc:
+                    problem = f"TLS handshake failed: {exc!r}"
+        finally:
+            self._securing -= 1
         address = remote_address(stream)
         await close_stream(stream)
         logger.warning("closed connection with %s: %s", address, problem)
