@@ -65,7 +65,6 @@ The rules this module keeps, and why:
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -85,6 +84,11 @@ from framework.seams import (
     PeerDialer,
     PooledTransport,
     TimeoutPolicy,
+)
+from framework.transport.admission import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    Admission,
 )
 from framework.transport.backoff import Backoff
 from framework.transport.base import (
@@ -110,7 +114,13 @@ from framework.transport.streams import (
     tune_socket,
 )
 from framework.transport.tcp_client import TcpClientConnection
-from framework.transport.tls import NodeTls, TlsError, identity_of, wrap
+from framework.transport.tls import (
+    NodeTls,
+    TlsError,
+    identity_of,
+    require_tls_off_loopback,
+    wrap,
+)
 from framework.transport.wire import (
     PROTOCOL,
     PROTOCOL_VERSION,
@@ -152,20 +162,6 @@ _GOODBYE_TIMEOUT: Final = 0.5
 """How long a refusing side waits to say why before closing anyway."""
 DEFAULT_HANDSHAKE_FRAME_SIZE: Final = 4096
 """Largest first frame (a ``Hello``) read from a connection not yet authenticated."""
-DEFAULT_MAX_CONNECTIONS: Final = 1024
-DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: Final = 256
-_REFUSAL_LOG_INTERVAL: Final = 5.0
-"""Seconds between warnings about connections refused at accept (a flood logs little)."""
-
-
-def is_loopback(host: str) -> bool:
-    """Whether listening on ``host`` is reachable from this machine only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False  # "" (every interface) or a name: assume reachable
 
 
 PoolFactory = Callable[[PeerDialer], ConnectionPool]
@@ -292,11 +288,6 @@ class TcpTransport:
                 f"max_message_size={max_message_size}: expected at least "
                 f"max_frame_size={max_frame_size}"
             )
-        if not 0 < max_connections_per_address <= max_connections:
-            raise ValueError(
-                f"max_connections_per_address={max_connections_per_address} "
-                f"max_connections={max_connections}: expected 0 < per address <= in all"
-            )
         if not 64 <= handshake_frame_size <= max_frame_size:
             raise ValueError(
                 f"handshake_frame_size={handshake_frame_size}: expected 64 bytes to "
@@ -307,28 +298,19 @@ class TcpTransport:
         self.node_id = node_id
         self.cluster_id = cluster_id
         self._listen_host, self._listen_port = parse_address(listen)
-        if tls is None and not insecure and not is_loopback(self._listen_host):
-            raise TlsError(
-                f"node {node_id} would listen on {listen} without TLS, where anyone who can "
-                "reach it could pose as a peer or an operator; expected TLS (tls.ca, "
-                "tls.cert and tls.key, or --tls-ca/--tls-cert/--tls-key: raftmw tls init "
-                "makes them), a loopback address, or --insecure to run unauthenticated on "
-                "purpose"
-            )
+        if tls is None and not insecure:
+            require_tls_off_loopback(node_id, listen, self._listen_host)
         self._tls = tls
         self._tokens = tokens or auth.TokenBook()
         self._authenticating = tls is not None or bool(self._tokens)
         """Clients must prove a role (else every client is trusted: ``framework.auth``)."""
-        self._max_connections = max_connections
-        self._max_per_address = max_connections_per_address
+        self._admission = Admission(
+            max_connections=max_connections,
+            max_connections_per_address=max_connections_per_address,
+        )
         self._handshake_frame_size = handshake_frame_size
-        self._accepted: dict[str, int] = {}
-        """Accepted connections open now, by remote host (rule 3a)."""
-        self._accepted_total = 0
         self._securing = 0
         """Accepted sockets in the TLS handshake (not yet ``_open``)."""
-        self._refused_at_accept = 0
-        self._refusal_logged_at = -_REFUSAL_LOG_INTERVAL
         self._peers = self._address_book(peers)
         self._max_frame_size = max_frame_size
         self._connect_timeout = connect_timeout
@@ -395,7 +377,7 @@ class TcpTransport:
     @property
     def refused_at_accept(self) -> int:
         """Connections closed at accept, unread, for being over a connection cap."""
-        return self._refused_at_accept
+        return self._admission.refused
 
     @property
     def tls(self) -> bool:
@@ -787,36 +769,23 @@ class TcpTransport:
                 await anyio.sleep(self._backoff_min)
                 continue
             host = remote_host(stream)
-            refusal = self._over_cap(host)
-            if refusal is not None:
+            refusal = self._admission.admit(host)
+            if refusal is None:
+                state.tg.start_soon(self._handle_accepted, stream, host, state)
+            else:
                 await self._refuse_at_accept(stream, refusal)
-                continue
-            self._accepted[host] = self._accepted.get(host, 0) + 1
-            self._accepted_total += 1
-            state.tg.start_soon(self._handle_accepted, stream, host, state)
-
-    def _over_cap(self, host: str) -> str | None:
-        """Why a new connection from ``host`` is refused unread (rule 3a), or None."""
-        if self._accepted_total >= self._max_connections:
-            return f"{self._accepted_total} connections open (max_connections)"
-        count = self._accepted.get(host, 0)
-        if count >= self._max_per_address:
-            return f"{count} connections open from {host} (max_connections_per_address)"
-        return None
 
     async def _refuse_at_accept(self, stream: anyio.abc.SocketStream, reason: str) -> None:
-        self._refused_at_accept += 1
+        """Close ``stream`` unread (rule 3a)."""
         address = remote_address(stream)
         await close_stream(stream)
-        now = anyio.current_time()
-        if now - self._refusal_logged_at >= _REFUSAL_LOG_INTERVAL:
-            self._refusal_logged_at = now
+        if self._admission.should_log(anyio.current_time()):
             logger.warning(
                 "node %d refused a connection from %s unread: %s (%d refused so far)",
                 self.node_id,
                 address,
                 reason,
-                self._refused_at_accept,
+                self._admission.refused,
             )
 
     async def _handle_accepted(
@@ -830,12 +799,7 @@ class TcpTransport:
                 with conn.scope:
                     await self._guard(conn, self._accept_handshake, conn, state)
         finally:
-            self._accepted_total -= 1
-            left = self._accepted[host] - 1
-            if left:
-                self._accepted[host] = left
-            else:
-                del self._accepted[host]
+            self._admission.release(host)
 
     async def _secure(self, stream: anyio.abc.SocketStream) -> anyio.abc.ByteStream | None:
         """``stream`` after the server side of the TLS handshake (itself without TLS), or

@@ -25,6 +25,7 @@ Theory of operation
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ __all__ = [
     "identity_of",
     "load_node_tls",
     "read_certificate_identity",
+    "require_tls_off_loopback",
     "wrap",
 ]
 
@@ -122,6 +124,27 @@ async def wrap(
     return await TLSStream.wrap(
         stream, server_side=server_side, ssl_context=context, standard_compatible=False
     )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listener on ``host`` is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # "" (every interface) or a name: assume reachable
+
+
+def require_tls_off_loopback(node_id: int, listen: str, host: str) -> None:
+    """Secure by default: refuse to listen without TLS anywhere but on loopback."""
+    if not is_loopback(host):
+        raise TlsError(
+            f"node {node_id} would listen on {listen} without TLS, where anyone who can "
+            "reach it could pose as a peer or an operator; expected TLS (tls.ca, tls.cert "
+            "and tls.key, or --tls-ca/--tls-cert/--tls-key: raftmw tls init makes them), a "
+            "loopback address, or --insecure to run unauthenticated on purpose"
+        )
 
 
 # -- loading files ------------------------------------------------------------------------------
