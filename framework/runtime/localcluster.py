@@ -76,6 +76,18 @@ class NodeProcess:
                 return int(line.split()[1])
         return None
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time the process has used so far (Linux), while it runs."""
+        if self.process is None:
+            return None
+        try:
+            text = Path(f"/proc/{self.process.pid}/stat").read_text()
+        except OSError:
+            return None
+        # Fields after the command name (which may hold spaces) close with ")".
+        fields = text.rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
 
 class LocalCluster:
     def __init__(
