@@ -141,6 +141,7 @@ def run(mode: str, scenario: str, args: argparse.Namespace) -> Row:
             flags=[f"actors={'true' if mode == 'actors' else 'false'}"],
             settings_files=[str(settings)],
             cluster_id="stuck-bench",
+            tls=False,  # the pools as measured before TLS: the hole speaks no TLS
         )
         try:
             with stuck_peer(args.hole) as hole:

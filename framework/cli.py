@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import signal
@@ -14,10 +15,13 @@ from typing import Any, TypeVar
 import anyio
 import click
 
+from framework.auth import ClientCredentials
 from framework.client import KVClient, parse_peers
 from framework.config import Settings, SettingsError, load_settings, settings_to_toml
 from framework.errors import RaftError
 from framework.runtime.eventloop import run_async
+from framework.tls_cli import tls_group
+from framework.transport.tls import TlsError
 
 __all__ = ["main", "run", "run_async"]
 
@@ -56,10 +60,11 @@ def _settings(
     *,
     blocked: Sequence[str] = (),
     enabled: Sequence[str] = (),
+    extra: dict[str, object] | None = None,
 ) -> Settings:
     from framework.config import Rollout
 
-    overrides: dict[str, object] = {}
+    overrides: dict[str, object] = dict(extra or {})
     if blocked:
         overrides["plugins.blocked"] = list(blocked)
     if enabled:
@@ -143,6 +148,16 @@ def main(verbose: int) -> None:
     multiple=True,
     help="no:NAME blocks plugin NAME; NAME enables an optional one (repeatable).",
 )
+@click.option("--tls-ca", default=None, help="Cluster CA certificate (PEM); sets tls.ca.")
+@click.option(
+    "--tls-cert", default=None, help="This node's certificate, naming it (PEM); sets tls.cert."
+)
+@click.option("--tls-key", default=None, help="This node's private key (PEM); sets tls.key.")
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="Allow listening on a non-loopback address without TLS (unauthenticated).",
+)
 def node(
     node_id: int,
     listen: str,
@@ -155,8 +170,16 @@ def node(
     join: bool,
     initial_cluster: str,
     plugin_args: tuple[str, ...],
+    tls_ca: str | None,
+    tls_cert: str | None,
+    tls_key: str | None,
+    insecure: bool,
 ) -> None:
-    """Run one node until SIGTERM or SIGINT, then shut down cleanly (exit 0)."""
+    """Run one node until SIGTERM or SIGINT, then shut down cleanly (exit 0).
+
+    With --tls-ca/--tls-cert/--tls-key (or the tls.* settings) every peer and client
+    connection is mutual TLS. Without TLS a node listens only on a loopback address,
+    unless --insecure says to listen elsewhere unauthenticated."""
     from framework.metrics import configure_from_environment
     from framework.plugins import PluginError, PluginHost
     from framework.runtime.node import NodeConfig, RaftNode
@@ -165,7 +188,13 @@ def node(
 
     blocked = [p.removeprefix("no:") for p in plugin_args if p.startswith("no:")]
     enabled = [p for p in plugin_args if not p.startswith("no:")]
-    settings = _settings(profile, settings_files, flags, blocked=blocked, enabled=enabled)
+    tls = {"tls.ca": tls_ca, "tls.cert": tls_cert, "tls.key": tls_key}
+    tls_overrides: dict[str, object] = {k: v for k, v in tls.items() if v is not None}
+    if insecure:
+        tls_overrides["tls.insecure"] = True
+    settings = _settings(
+        profile, settings_files, flags, blocked=blocked, enabled=enabled, extra=tls_overrides
+    )
     members = _peers(peers)
     if members.get(node_id, listen) != listen:
         raise click.BadParameter(
@@ -263,6 +292,8 @@ def _build_transport(config: Any, listen: str) -> Any:
             cluster_id=config.cluster_id,
         )
     except PluginError as exc:
+        if isinstance(exc.__cause__, TlsError):
+            raise exc.__cause__ from None  # the user's files, not the plugin, are at fault
         if "no plugin provides" in str(exc):
             raise PluginError(
                 f"transport.kind = {kind!r}: no installed plugin provides it; expected "
@@ -280,7 +311,7 @@ def _start_failure(exc: BaseException) -> Exception | None:
 
     if isinstance(exc, _EmptyDirectory):
         return exc
-    known = (StorageError, PluginError, FlagError, SettingsError, OSError)
+    known = (StorageError, PluginError, FlagError, SettingsError, OSError, TlsError)
     if isinstance(exc, known):
         return exc
     if isinstance(exc, BaseExceptionGroup):
@@ -294,11 +325,58 @@ def _start_failure(exc: BaseException) -> Exception | None:
 # -- kv --------------------------------------------------------------------------------------
 
 
-def _client_call(peers: str, timeout: float, fn: Callable[[KVClient], Awaitable[Any]]) -> Any:
-    members = _peers(peers)
+def _credential_options(func: Callable[..., T]) -> Callable[..., T]:
+    """``--tls-ca``, ``--tls-cert``, ``--tls-key`` and ``--token`` (or their ``RAFTMW_``
+    variables), handed to the command as one ``credentials`` argument."""
+
+    @click.option(
+        "--tls-ca",
+        envvar="RAFTMW_TLS_CA",
+        default="",
+        help="Cluster CA (PEM): connect with TLS (or $RAFTMW_TLS_CA).",
+    )
+    @click.option(
+        "--tls-cert",
+        envvar="RAFTMW_TLS_CERT",
+        default="",
+        help="Client certificate carrying a role (or $RAFTMW_TLS_CERT).",
+    )
+    @click.option(
+        "--tls-key", envvar="RAFTMW_TLS_KEY", default="", help="Its key (or $RAFTMW_TLS_KEY)."
+    )
+    @click.option(
+        "--token",
+        envvar="RAFTMW_TOKEN",
+        default="",
+        help="Client token, instead of a certificate (better: $RAFTMW_TOKEN).",
+    )
+    @functools.wraps(func)
+    def with_credentials(
+        *args: Any, tls_ca: str, tls_cert: str, tls_key: str, token: str, **kwargs: Any
+    ) -> T:
+        credentials = ClientCredentials(ca=tls_ca, cert=tls_cert, key=tls_key, token=token)
+        return func(*args, credentials=credentials, **kwargs)
+
+    return with_credentials
+
+
+def _client(members: dict[int, str], timeout: float, credentials: ClientCredentials) -> KVClient:
+    try:
+        return KVClient(members, timeout=timeout, credentials=credentials)
+    except TlsError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _client_call(
+    peers: str,
+    timeout: float,
+    credentials: ClientCredentials,
+    fn: Callable[[KVClient], Awaitable[Any]],
+) -> Any:
+    client = _client(_peers(peers), timeout, credentials)
 
     async def go() -> Any:
-        async with KVClient(members, timeout=timeout) as client:
+        async with client:
             return await fn(client)
 
     try:
@@ -327,9 +405,10 @@ def kv() -> None:
 @click.argument("key")
 @_peers_option
 @_timeout_option
-def kv_get(key: str, peers: str, timeout: float) -> None:
+@_credential_options
+def kv_get(key: str, peers: str, timeout: float, credentials: ClientCredentials) -> None:
     """Print KEY's value (linearizable read); exit 1 if absent."""
-    value = _client_call(peers, timeout, lambda c: c.get(key))
+    value = _client_call(peers, timeout, credentials, lambda c: c.get(key))
     if value is None:
         click.echo(f"{key}: (absent)", err=True)
         sys.exit(1)
@@ -341,8 +420,15 @@ def kv_get(key: str, peers: str, timeout: float) -> None:
 @click.argument("value")
 @_peers_option
 @_timeout_option
-def kv_put(key: str, value: str, peers: str, timeout: float) -> None:
-    _client_call(peers, timeout, lambda c: c.put(key, value))
+@_credential_options
+def kv_put(
+    key: str,
+    value: str,
+    peers: str,
+    timeout: float,
+    credentials: ClientCredentials,
+) -> None:
+    _client_call(peers, timeout, credentials, lambda c: c.put(key, value))
     click.echo("ok")
 
 
@@ -350,8 +436,9 @@ def kv_put(key: str, value: str, peers: str, timeout: float) -> None:
 @click.argument("key")
 @_peers_option
 @_timeout_option
-def kv_delete(key: str, peers: str, timeout: float) -> None:
-    _client_call(peers, timeout, lambda c: c.delete(key))
+@_credential_options
+def kv_delete(key: str, peers: str, timeout: float, credentials: ClientCredentials) -> None:
+    _client_call(peers, timeout, credentials, lambda c: c.delete(key))
     click.echo("ok")
 
 
@@ -360,9 +447,16 @@ def kv_delete(key: str, peers: str, timeout: float) -> None:
 @click.argument("value")
 @_peers_option
 @_timeout_option
-def kv_append(key: str, value: str, peers: str, timeout: float) -> None:
+@_credential_options
+def kv_append(
+    key: str,
+    value: str,
+    peers: str,
+    timeout: float,
+    credentials: ClientCredentials,
+) -> None:
     """Append VALUE to KEY; print the new value."""
-    click.echo(_client_call(peers, timeout, lambda c: c.append(key, value)))
+    click.echo(_client_call(peers, timeout, credentials, lambda c: c.append(key, value)))
 
 
 @kv.command("cas")
@@ -372,9 +466,20 @@ def kv_append(key: str, value: str, peers: str, timeout: float) -> None:
 @click.option("--absent", is_flag=True, help="Expect KEY to be absent (EXPECTED is ignored).")
 @_peers_option
 @_timeout_option
-def kv_cas(key: str, expected: str, new: str, absent: bool, peers: str, timeout: float) -> None:
+@_credential_options
+def kv_cas(
+    key: str,
+    expected: str,
+    new: str,
+    absent: bool,
+    peers: str,
+    timeout: float,
+    credentials: ClientCredentials,
+) -> None:
     """Set KEY to NEW if it holds EXPECTED; exit 1 if it did not."""
-    ok = _client_call(peers, timeout, lambda c: c.cas(key, None if absent else expected, new))
+    ok = _client_call(
+        peers, timeout, credentials, lambda c: c.cas(key, None if absent else expected, new)
+    )
     click.echo("swapped" if ok else "not swapped")
     if not ok:
         sys.exit(1)
@@ -386,14 +491,16 @@ def kv_cas(key: str, expected: str, new: str, absent: bool, peers: str, timeout:
 @main.command()
 @_peers_option
 @_timeout_option
+@_credential_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def status(peers: str, timeout: float, as_json: bool) -> None:
+def status(peers: str, timeout: float, as_json: bool, credentials: ClientCredentials) -> None:
     """Role, term, leader, commit/applied index, log size and replication state per node."""
     members = _peers(peers)
+    client = _client(members, timeout, credentials)
 
     async def go() -> dict[int, dict[str, Any]]:
         out: dict[int, dict[str, Any]] = {}
-        async with KVClient(members, timeout=timeout) as client:
+        async with client:
             for node_id in members:
                 try:
                     out[node_id] = await client.status(node_id)
@@ -423,10 +530,18 @@ def members() -> None:
 @click.option("--learner", is_flag=True, help="Add as a learner only (no promotion).")
 @_peers_option
 @_timeout_option
-def members_add(node_id: int, address: str, learner: bool, peers: str, timeout: float) -> None:
+@_credential_options
+def members_add(
+    node_id: int,
+    address: str,
+    learner: bool,
+    peers: str,
+    timeout: float,
+    credentials: ClientCredentials,
+) -> None:
     """Add NODE_ID at ADDRESS: as a learner, then promoted to voter once caught up."""
     action = "add_learner" if learner else "add"
-    _client_call(peers, timeout, lambda c: c.members(action, node_id, address))
+    _client_call(peers, timeout, credentials, lambda c: c.members(action, node_id, address))
     click.echo(f"node {node_id} added as {'learner' if learner else 'voter'}")
 
 
@@ -434,8 +549,14 @@ def members_add(node_id: int, address: str, learner: bool, peers: str, timeout: 
 @click.argument("node_id", type=click.IntRange(min=1))
 @_peers_option
 @_timeout_option
-def members_promote(node_id: int, peers: str, timeout: float) -> None:
-    _client_call(peers, timeout, lambda c: c.members("promote", node_id))
+@_credential_options
+def members_promote(
+    node_id: int,
+    peers: str,
+    timeout: float,
+    credentials: ClientCredentials,
+) -> None:
+    _client_call(peers, timeout, credentials, lambda c: c.members("promote", node_id))
     click.echo(f"node {node_id} promoted to voter")
 
 
@@ -443,8 +564,14 @@ def members_promote(node_id: int, peers: str, timeout: float) -> None:
 @click.argument("node_id", type=click.IntRange(min=1))
 @_peers_option
 @_timeout_option
-def members_remove(node_id: int, peers: str, timeout: float) -> None:
-    _client_call(peers, timeout, lambda c: c.members("remove", node_id))
+@_credential_options
+def members_remove(
+    node_id: int,
+    peers: str,
+    timeout: float,
+    credentials: ClientCredentials,
+) -> None:
+    _client_call(peers, timeout, credentials, lambda c: c.members("remove", node_id))
     click.echo(f"node {node_id} removed")
 
 
@@ -452,9 +579,15 @@ def members_remove(node_id: int, peers: str, timeout: float) -> None:
 @click.argument("node_id", type=click.IntRange(min=1))
 @_peers_option
 @_timeout_option
-def transfer_leader(node_id: int, peers: str, timeout: float) -> None:
+@_credential_options
+def transfer_leader(
+    node_id: int,
+    peers: str,
+    timeout: float,
+    credentials: ClientCredentials,
+) -> None:
     """Move leadership to NODE_ID."""
-    _client_call(peers, timeout, lambda c: c.transfer_leader(node_id))
+    _client_call(peers, timeout, credentials, lambda c: c.transfer_leader(node_id))
     click.echo(f"node {node_id} is the leader")
 
 
@@ -481,8 +614,10 @@ def cluster(nodes: int, data_dir: Path, profile: str | None, flags: tuple[str, .
     async def supervise() -> None:
         local.start_all()
         await local.wait_serving()
-        click.echo(f"cluster of {nodes} up; --peers {local.peers_arg()}")
-        click.echo(f"logs and data in {where}; Ctrl-C to stop")
+        click.echo(f"cluster of {nodes} up (TLS on); to use it, in another shell:")
+        for name, value in local.environment().items():
+            click.echo(f"  export {name}={value}")
+        click.echo(f"logs, data and certificates in {where}; Ctrl-C to stop")
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async with anyio.create_task_group() as tg:
 
@@ -548,6 +683,12 @@ def demo(seconds: float, clients: int, data_dir: Path | None) -> None:
 @click.option("--profile", default=None)
 @click.option("--flag", "flags", multiple=True)
 @click.option("--sync", type=click.Choice(["always", "os"]), default="always", show_default=True)
+@click.option(
+    "--tls/--no-tls",
+    default=True,
+    show_default=True,
+    help="Mutual TLS (--no-tls: plain TCP on loopback, to measure what TLS costs).",
+)
 @click.option("--json", "as_json", is_flag=True)
 def bench(
     nodes: int,
@@ -559,6 +700,7 @@ def bench(
     profile: str | None,
     flags: tuple[str, ...],
     sync: str,
+    tls: bool,
     as_json: bool,
 ) -> None:
     """Load a local cluster of node processes; report ops/s, latency, RSS and failover."""
@@ -575,6 +717,7 @@ def bench(
         profile=profile,
         flags=tuple(flags),
         sync=sync,
+        tls=tls,
     )
     report = run_bench(options, progress=not as_json)
     if as_json:
@@ -656,7 +799,8 @@ def compare(
     help="Also show which plugin runs each seam on every node.",
 )
 @click.option("--json", "as_json", is_flag=True)
-def plugins_command(peers: str | None, as_json: bool) -> None:
+@_credential_options
+def plugins_command(peers: str | None, as_json: bool, credentials: ClientCredentials) -> None:
     """Installed plugins: name, tier, version, flags, seams; and what runs on each node."""
     from rich.console import Console
 
@@ -671,9 +815,10 @@ def plugins_command(peers: str | None, as_json: bool) -> None:
     nodes: dict[int, dict[str, Any]] = {}
     if peers:
         members = _peers(peers)
+        client = _client(members, 3.0, credentials)
 
         async def go() -> None:
-            async with KVClient(members, timeout=3.0) as client:
+            async with client:
                 for node_id in members:
                     try:
                         nodes[node_id] = (await client.status(node_id)).get("components", {})
@@ -727,12 +872,15 @@ def _show_flags(result: dict[int, dict[str, Any]], as_json: bool, only: Sequence
     Console().print(flags_table(result, only))
 
 
-def _per_node(peers: str, timeout: float, action: str) -> dict[int, dict[str, Any]]:
+def _per_node(
+    peers: str, timeout: float, credentials: ClientCredentials, action: str
+) -> dict[int, dict[str, Any]]:
     members = _peers(peers)
+    client = _client(members, timeout, credentials)
 
     async def go() -> dict[int, dict[str, Any]]:
         out: dict[int, dict[str, Any]] = {}
-        async with KVClient(members, timeout=timeout) as client:
+        async with client:
             for node_id in members:
                 try:
                     out[node_id] = await client.flags(action, scope="node", node_id=node_id)
@@ -746,20 +894,28 @@ def _per_node(peers: str, timeout: float, action: str) -> dict[int, dict[str, An
 @flags.command("list")
 @_peers_option
 @_timeout_option
+@_credential_options
 @click.option("--json", "as_json", is_flag=True)
-def flags_list(peers: str, timeout: float, as_json: bool) -> None:
+def flags_list(peers: str, timeout: float, as_json: bool, credentials: ClientCredentials) -> None:
     """Every flag on every node: value, reason, source, and the log index that set it."""
-    _show_flags(_per_node(peers, timeout, "list"), as_json)
+    _show_flags(_per_node(peers, timeout, credentials, "list"), as_json)
 
 
 @flags.command("get")
 @click.argument("names", nargs=-1, required=True)
 @_peers_option
 @_timeout_option
+@_credential_options
 @click.option("--json", "as_json", is_flag=True)
-def flags_get(names: tuple[str, ...], peers: str, timeout: float, as_json: bool) -> None:
+def flags_get(
+    names: tuple[str, ...],
+    peers: str,
+    timeout: float,
+    as_json: bool,
+    credentials: ClientCredentials,
+) -> None:
     """NAMES on every node."""
-    result = _per_node(peers, timeout, "get")
+    result = _per_node(peers, timeout, credentials, "get")
     for table in result.values():
         unknown = [n for n in names if "flags" in table and n not in table["flags"]]
         if unknown:
@@ -789,6 +945,7 @@ def flags_get(names: tuple[str, ...], peers: str, timeout: float, as_json: bool)
 @click.option("--reason", default="", help="Note kept in the flag history.")
 @_peers_option
 @_timeout_option
+@_credential_options
 @click.option("--json", "as_json", is_flag=True)
 def flags_set(
     assignments: tuple[str, ...],
@@ -798,6 +955,7 @@ def flags_set(
     peers: str,
     timeout: float,
     as_json: bool,
+    credentials: ClientCredentials,
 ) -> None:
     """Set flags, e.g. `actors=on backpressure=25%`: all in one atomic change."""
     scope, node_id = _flag_scope(cluster, node)
@@ -805,6 +963,7 @@ def flags_set(
     result = _client_call(
         peers,
         timeout,
+        credentials,
         lambda c: c.flags("set", scope=scope, node_id=node_id, assignments=values, reason=reason),
     )
     where = f"node {node_id} (override)" if node_id else "the cluster"
@@ -819,14 +978,22 @@ def flags_set(
 @click.option("--reason", default="")
 @_peers_option
 @_timeout_option
+@_credential_options
 def flags_unset(
-    names: tuple[str, ...], cluster: bool, node: int | None, reason: str, peers: str, timeout: float
+    names: tuple[str, ...],
+    cluster: bool,
+    node: int | None,
+    reason: str,
+    peers: str,
+    timeout: float,
+    credentials: ClientCredentials,
 ) -> None:
     """Remove cluster-wide values (or a node's overrides) so lower layers decide again."""
     scope, node_id = _flag_scope(cluster, node)
     _client_call(
         peers,
         timeout,
+        credentials,
         lambda c: c.flags("unset", scope=scope, node_id=node_id, names=names, reason=reason),
     )
     click.echo(f"unset {', '.join(names)}")
@@ -835,10 +1002,16 @@ def flags_unset(
 @flags.command("history")
 @_peers_option
 @_timeout_option
+@_credential_options
 @click.option("--json", "as_json", is_flag=True)
-def flags_history(peers: str, timeout: float, as_json: bool) -> None:
+def flags_history(
+    peers: str,
+    timeout: float,
+    as_json: bool,
+    credentials: ClientCredentials,
+) -> None:
     """Cluster-wide flag changes, with the log index each took effect at."""
-    result = _client_call(peers, timeout, lambda c: c.flags("history"))
+    result = _client_call(peers, timeout, credentials, lambda c: c.flags("history"))
     history = result.get("history", [])
     if as_json:
         click.echo(json.dumps(history, indent=2))
@@ -901,6 +1074,9 @@ def config_write(file: Path, profile: str, force: bool) -> None:
     tmp.write_text(text)
     tmp.replace(file)
     click.echo(f"wrote {file}")
+
+
+main.add_command(tls_group)
 
 
 def run() -> None:

@@ -27,12 +27,22 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 
-from framework.errors import BadRequest, Overloaded, RaftError, Timeout, Unavailable
+from framework.auth import ClientCredentials
+from framework.errors import (
+    BadRequest,
+    Forbidden,
+    Overloaded,
+    RaftError,
+    Timeout,
+    Unauthorized,
+    Unavailable,
+)
 from framework.transport.wire import (
     AdminFlags,
     AdminMembers,
     AdminTransfer,
     ClientResponse,
+    ErrorReply,
     KVOp,
     RequestBody,
     StatusRequest,
@@ -84,13 +94,29 @@ def parse_peers(peers: str | Sequence[str] | Mapping[int, str]) -> dict[int, str
     return out
 
 
-def _tcp_connector(connect_timeout: float) -> Connector:
+def _tcp_connector(connect_timeout: float, credentials: ClientCredentials) -> Connector:
     from framework.transport.tcp_client import TcpClientConnection
 
+    context = credentials.ssl_context()  # a bad file fails here, not on every connection
+    token = credentials.token
+
     def connect(address: str) -> AbstractAsyncContextManager[_Connection]:
-        return TcpClientConnection.connect(address, timeout=connect_timeout)
+        return TcpClientConnection.connect(
+            address, timeout=connect_timeout, ssl_context=context, token=token
+        )
 
     return connect
+
+
+def _refused(error: ErrorReply) -> RaftError | None:
+    """The error to raise at once for a refusal no retry can change, or None."""
+    if error.kind == "unauthorized":
+        return Unauthorized(error.message)
+    if error.kind == "forbidden":
+        return Forbidden(error.message)
+    if error.kind == "bad_request":
+        return BadRequest(error.message)
+    return None
 
 
 class _Session:
@@ -113,14 +139,20 @@ class KVClient:
         retry_backoff: float = 0.02,
         client_id: int | None = None,
         connector: Connector | None = None,
+        credentials: ClientCredentials | None = None,
     ) -> None:
         self.peers = parse_peers(peers)
+        self.credentials = (
+            credentials if credentials is not None else ClientCredentials.from_environment()
+        )
+        """TLS and token (``RAFTMW_TLS_CA``, ``RAFTMW_TLS_CERT``, ``RAFTMW_TLS_KEY``,
+        ``RAFTMW_TOKEN`` when not given)."""
         self.timeout = timeout
         self.retry_backoff = retry_backoff
         self.client_id = client_id or random.SystemRandom().randrange(1, 2**62)
         """The first session's id (the only one unless writes run concurrently)."""
         self._idle_sessions: list[_Session] = [_Session(self.client_id)]
-        self._connector = connector or _tcp_connector(connect_timeout)
+        self._connector = connector or _tcp_connector(connect_timeout, self.credentials)
         self._stack: AsyncExitStack | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._connections: dict[str, tuple[_Connection, anyio.Event]] = {}
@@ -181,6 +213,10 @@ class KVClient:
         response = await self._send_once(
             address, StatusRequest(), anyio.current_time() + self.timeout
         )
+        if response is not None and response.error is not None:
+            refused = _refused(response.error)
+            if refused is not None:
+                raise refused
         if response is None or response.status is None:
             raise Unavailable(f"node {node_id} at {address} did not answer")
         return dict(response.status)
@@ -234,7 +270,7 @@ class KVClient:
                 raise Unavailable(f"node {node_id} at {address} did not answer")
             if not response.ok:
                 assert response.error is not None
-                raise BadRequest(response.error.message)
+                raise _refused(response.error) or BadRequest(response.error.message)
             return dict(response.status or {})
         response = await self._call(body, write=action in ("set", "unset"))
         return dict(response.status or {})
@@ -292,8 +328,8 @@ class KVClient:
                         continue  # follow the redirect at once
                 elif error.kind == "overloaded":
                     raise Overloaded(error.message)
-                elif error.kind == "bad_request":
-                    raise BadRequest(error.message)
+                elif (refused := _refused(error)) is not None:
+                    raise refused
                 elif error.kind == "retry":
                     maybe_applied = maybe_applied or write
                     self._leader = None

@@ -76,10 +76,13 @@ __all__ = [
     "PluginSettings",
     "RaftSettings",
     "Rollout",
+    "SecuritySettings",
     "Settings",
     "SettingsError",
     "StorageSettings",
     "TimeoutSettings",
+    "TlsSettings",
+    "TokenSettings",
     "TransportSettings",
     "format_duration",
     "format_size",
@@ -93,7 +96,18 @@ __all__ = [
 
 ENV_PREFIX: Final = "RAFTMW_"
 # Names under the prefix that the command line reads for its own options; never settings.
-NON_SETTING_ENV_VARS: Final = frozenset({"RAFTMW_PROFILE", "RAFTMW_SETTINGS"})
+NON_SETTING_ENV_VARS: Final = frozenset(
+    {
+        "RAFTMW_PROFILE",
+        "RAFTMW_SETTINGS",
+        "RAFTMW_PEERS",
+        # A client's credentials (the node's are tls.* settings: RAFTMW_TLS__CA, ...).
+        "RAFTMW_TLS_CA",
+        "RAFTMW_TLS_CERT",
+        "RAFTMW_TLS_KEY",
+        "RAFTMW_TOKEN",
+    }
+)
 
 _PACKAGE: Final = __name__.rpartition(".")[0]
 _SETTINGS_FILE: Final = "settings.toml"
@@ -349,6 +363,32 @@ class _Text(_Kind):
         return raw
 
 
+class _OptionalText(_Kind):
+    __slots__ = ()
+
+    def read(self, key: str, raw: object) -> str:
+        if not isinstance(raw, str):
+            raise self.fail(key, raw, "is not a string")
+        return raw
+
+
+class _Hex(_Kind):
+    __slots__ = ("digits",)
+
+    def __init__(self, digits: int, expected: str) -> None:
+        super().__init__(expected)
+        self.digits = digits
+
+    def read(self, key: str, raw: object) -> str:
+        if (
+            not isinstance(raw, str)
+            or len(raw) != self.digits
+            or raw.strip("0123456789abcdefABCDEF")
+        ):
+            raise self.fail(key, raw, f"is not {self.digits} hex digits")
+        return raw.lower()
+
+
 class _ListOf(_Kind):
     """A list read into a tuple, duplicates dropped (merged layers may repeat items)."""
 
@@ -578,6 +618,70 @@ class TransportSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class TlsSettings:
+    """A node's certificates (``raftmw tls init`` makes them); all three or none."""
+
+    ca: str = field(default="", metadata=_kind(_OptionalText('a PEM file path, or ""')))
+    cert: str = field(default="", metadata=_kind(_OptionalText('a PEM file path, or ""')))
+    key: str = field(default="", metadata=_kind(_OptionalText('a PEM file path, or ""')))
+    insecure: bool = field(default=False, metadata=_kind(_BOOL))
+    """Listen on a non-loopback address without TLS anyway (``--insecure``)."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.ca)
+
+    def _validate(self, key: str) -> None:
+        given = [name for name in ("ca", "cert", "key") if getattr(self, name)]
+        if given and len(given) != 3:
+            missing = sorted({"ca", "cert", "key"} - set(given))
+            raise SettingsError(
+                f"{key}.{missing[0]}",
+                f"is missing while {', '.join(f'{key}.{g}' for g in given)} "
+                f"{'is' if len(given) == 1 else 'are'} set",
+                "all of tls.ca, tls.cert and tls.key, or none of them",
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenSettings:
+    """A client token: the role it grants and the SHA-256 of the token (never the token)."""
+
+    role: str = field(metadata=_kind(_Choice("read-write", "admin")))
+    sha256: str = field(
+        metadata=_kind(_Hex(64, "the token's SHA-256 as 64 hex digits (raftmw tls token)"))
+    )
+
+
+def _no_tokens() -> Mapping[str, TokenSettings]:
+    return _FrozenMap()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecuritySettings:
+    """Bounds on connections before authentication, and client tokens."""
+
+    max_connections: int = field(default=1024, metadata=_kind(_Int(1)))
+    max_connections_per_address: int = field(default=256, metadata=_kind(_Int(1)))
+    handshake_frame_size: int = field(default=4096, metadata=_kind(_Size(minimum=64)))
+    tokens: Mapping[str, TokenSettings] = field(
+        default_factory=_no_tokens,
+        metadata=_kind(
+            _TableOf(_Section(TokenSettings), "a table of token name -> { role, sha256 }")
+        ),
+    )
+
+    def _validate(self, key: str) -> None:
+        if self.max_connections_per_address > self.max_connections:
+            raise SettingsError(
+                f"{key}.max_connections_per_address",
+                f"is more than max_connections ({self.max_connections})",
+                "at most max_connections",
+                value=self.max_connections_per_address,
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ClientSettings:
     request_timeout: float = field(metadata=_DURATION)
     retry_backoff: float = field(metadata=_DURATION_OR_ZERO)
@@ -693,6 +797,10 @@ class Settings:
         metadata=_kind(_TableOf(_Free(), "a table of plugin name -> its own settings table"))
     )
     """Each plugin's own settings, ``[plugin.<name>]``, as written (the plugin validates)."""
+    tls: TlsSettings = field(default_factory=TlsSettings, metadata=_kind(_Section(TlsSettings)))
+    security: SecuritySettings = field(
+        default_factory=SecuritySettings, metadata=_kind(_Section(SecuritySettings))
+    )
     sources: Mapping[str, str] = field(default_factory=_empty_map, compare=False)
 
 

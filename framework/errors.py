@@ -7,11 +7,22 @@
 - ``Timeout``: the request was sent but no answer came before the deadline; it may or may
   not have been applied (outcome unknown). Retrying with the same session is safe.
 - ``BadRequest``: the request can never succeed as sent (e.g. an unknown member).
+- ``Unauthorized``: the connection is not authenticated (no client certificate or token)
+  and the operation needs a role; ``Forbidden``: the client's role may not do it. Both
+  name the operation and the role it needs; nothing was applied.
 """
 
 from __future__ import annotations
 
-__all__ = ["BadRequest", "Overloaded", "RaftError", "Timeout", "Unavailable"]
+__all__ = [
+    "BadRequest",
+    "Forbidden",
+    "Overloaded",
+    "RaftError",
+    "Timeout",
+    "Unauthorized",
+    "Unavailable",
+]
 
 
 class RaftError(Exception):
@@ -32,3 +43,11 @@ class Timeout(RaftError):
 
 class BadRequest(RaftError):
     """The request is invalid and retrying will not help."""
+
+
+class Unauthorized(RaftError):
+    """The operation needs a role and the connection is not authenticated."""
+
+
+class Forbidden(RaftError):
+    """The client's role may not perform the operation."""

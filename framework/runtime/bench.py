@@ -29,6 +29,9 @@ class BenchOptions:
     profile: str | None = None
     flags: tuple[str, ...] = ()
     sync: str = "always"
+    tls: bool = True
+    """Mutual TLS between nodes and clients (as ``LocalCluster`` sets it up); False for
+    plain TCP on loopback, to measure what TLS costs."""
 
 
 def run_bench(options: BenchOptions, *, progress: bool = True) -> dict[str, Any]:
@@ -43,6 +46,7 @@ def run_bench(options: BenchOptions, *, progress: bool = True) -> dict[str, Any]
             flags=options.flags,
             settings_files=[str(settings)],
             cluster_id="bench",
+            tls=options.tls,
         )
         try:
             report = run_async(_bench, cluster, options)
@@ -57,6 +61,7 @@ async def _bench(cluster: LocalCluster, options: BenchOptions) -> dict[str, Any]
     cluster.start_all()
     await cluster.wait_serving()
     await cluster.leader()
+    cpu_before = {n: node.cpu_seconds() for n, node in cluster.nodes.items()}
     result = await run_workload(
         cluster,
         clients=options.clients,
@@ -64,6 +69,19 @@ async def _bench(cluster: LocalCluster, options: BenchOptions) -> dict[str, Any]
         seconds=options.seconds,
         payload=options.payload,
         kill_leader_after=options.seconds / 2 if options.kill_leader else None,
+    )
+    cpu_after = {n: node.cpu_seconds() for n, node in cluster.nodes.items()}
+    spent = [
+        after - before
+        for n, after in cpu_after.items()
+        if after is not None and (before := cpu_before[n]) is not None
+    ]
+    # The nodes' CPU per acknowledged write: unlike throughput, it hardly moves when other
+    # processes load the machine. Not comparable when a node was killed (its CPU is gone).
+    cpu_per_write = (
+        round(sum(spent) / result.ops * 1e6, 1)
+        if result.ops and len(spent) == len(cluster.nodes)
+        else None
     )
     lat = result.latencies
     return {
@@ -75,6 +93,7 @@ async def _bench(cluster: LocalCluster, options: BenchOptions) -> dict[str, Any]
             "p99": round(percentile(lat, 0.99) * 1e3, 3),
             "p999": round(percentile(lat, 0.999) * 1e3, 3),
         },
+        "node_cpu_us_per_write": cpu_per_write,
         "peak_rss_mib": {str(k): round(v / 1024, 1) for k, v in result.peak_rss_kib.items()},
         "failover_ms": round(result.failover_seconds * 1e3, 1)
         if result.failover_seconds is not None
@@ -93,13 +112,15 @@ def _print(report: dict[str, Any]) -> None:
         "setup",
         f"{o['nodes']} nodes, {o['clients']} clients on {o['connections']} connections, "
         f"{o['payload']} B "
-        f"values, sync={o['sync']}, {o['seconds']:g}s",
+        f"values, sync={o['sync']}, TLS {'on' if o['tls'] else 'off'}, {o['seconds']:g}s",
     )
     table.add_row("committed writes/s", f"{report['ops_per_second']:,.0f}")
     lat = report["latency_ms"]
     table.add_row(
         "latency p50 / p99 / p999", f"{lat['p50']:.2f} / {lat['p99']:.2f} / {lat['p999']:.2f} ms"
     )
+    if report["node_cpu_us_per_write"] is not None:
+        table.add_row("node CPU per write (all nodes)", f"{report['node_cpu_us_per_write']} us")
     table.add_row(
         "peak RSS per node", ", ".join(f"{k}: {v} MiB" for k, v in report["peak_rss_mib"].items())
     )

@@ -3,6 +3,10 @@
 Used by ``raftmw cluster``, ``raftmw demo``, ``raftmw bench`` and the multi-process tests:
 one home for starting nodes, waiting until they serve, killing them (SIGKILL, SIGSTOP) and
 restarting them on the same data directory.
+
+TLS is on unless ``tls=False``: the cluster makes its own CA and certificates in
+``root/tls`` (kept across restarts of the same root, so a supervised cluster can be reached
+again with the same files), and its clients connect as ``admin``.
 """
 
 from __future__ import annotations
@@ -20,8 +24,10 @@ from typing import Any
 
 import anyio
 
+from framework.auth import ClientCredentials
 from framework.client import KVClient
 from framework.errors import RaftError
+from framework.transport.certificates import TlsDirectory, init_tls_directory
 
 __all__ = ["LocalCluster", "NodeProcess", "free_ports"]
 
@@ -70,6 +76,18 @@ class NodeProcess:
                 return int(line.split()[1])
         return None
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time the process has used so far (Linux), while it runs."""
+        if self.process is None:
+            return None
+        try:
+            text = Path(f"/proc/{self.process.pid}/stat").read_text()
+        except OSError:
+            return None
+        # Fields after the command name (which may hold spaces) close with ")".
+        fields = text.rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
 
 class LocalCluster:
     def __init__(
@@ -83,6 +101,7 @@ class LocalCluster:
         flags: Sequence[str] = (),
         env: dict[str, str] | None = None,
         cluster_id: str = "local",
+        tls: bool = True,
     ) -> None:
         self.root = Path(root)
         self.host = host
@@ -95,6 +114,28 @@ class LocalCluster:
         self.nodes: dict[int, NodeProcess] = {}
         for node_id, port in enumerate(ports, start=1):
             self.nodes[node_id] = self._node_process(node_id, f"{host}:{port}")
+        self.tls: TlsDirectory | None = self._certificates(self.root / "tls") if tls else None
+        self.credentials = (
+            ClientCredentials(
+                ca=str(self.tls.ca),
+                cert=str(self.tls.client_cert("admin")),
+                key=str(self.tls.client_key("admin")),
+            )
+            if self.tls is not None
+            else ClientCredentials()
+        )
+        """How this cluster's clients connect: TLS as admin (plain TCP without TLS)."""
+
+    def _certificates(self, where: Path) -> TlsDirectory:
+        """This cluster's CA and certificates: made once, then reused (new nodes added)."""
+        hosts = sorted({self.host, "localhost", "127.0.0.1"})
+        directory = TlsDirectory(where)
+        if not directory.ca.exists():
+            return init_tls_directory(where, self.nodes, hosts=hosts)
+        for node_id in self.nodes:
+            if not directory.node_cert(node_id).exists():
+                directory.add_node(node_id, hosts)
+        return directory
 
     def _node_process(self, node_id: int, address: str) -> NodeProcess:
         data_dir = self.root / f"node{node_id}"
@@ -129,6 +170,15 @@ class LocalCluster:
             "--cluster-id",
             self.cluster_id,
         ]
+        if self.tls is not None:
+            cmd += [
+                "--tls-ca",
+                str(self.tls.ca),
+                "--tls-cert",
+                str(self.tls.node_cert(node.node_id)),
+                "--tls-key",
+                str(self.tls.node_key(node.node_id)),
+            ]
         if self.profile:
             cmd += ["--profile", self.profile]
         for path in self.settings_files:
@@ -165,6 +215,8 @@ class LocalCluster:
         node_id = max(self.nodes) + 1
         (port,) = free_ports(1, self.host)
         node = self._node_process(node_id, f"{self.host}:{port}")
+        if self.tls is not None and not self.tls.node_cert(node_id).exists():
+            self.tls.add_node(node_id, sorted({self.host, "localhost", "127.0.0.1"}))
         if join:
             node.extra_args.append("--join")
         self.nodes[node_id] = node
@@ -202,7 +254,18 @@ class LocalCluster:
         return {node_id: self.stop(node_id) for node_id in self.nodes}
 
     def client(self, **kwargs: Any) -> KVClient:
+        """A client of this cluster, as admin (``credentials=`` to connect otherwise)."""
+        kwargs.setdefault("credentials", self.credentials)
         return KVClient(self.peers, **kwargs)
+
+    def environment(self) -> dict[str, str]:
+        """``RAFTMW_`` variables that let the ``raftmw`` commands reach this cluster."""
+        env = {"RAFTMW_PEERS": self.peers_arg()}
+        if self.tls is not None:
+            env["RAFTMW_TLS_CA"] = self.credentials.ca
+            env["RAFTMW_TLS_CERT"] = self.credentials.cert
+            env["RAFTMW_TLS_KEY"] = self.credentials.key
+        return env
 
     async def wait_serving(
         self, node_ids: Sequence[int] | None = None, timeout: float = 30.0
@@ -210,7 +273,7 @@ class LocalCluster:
         """Wait until each node answers a status request."""
         ids = list(node_ids or self.nodes)
         with anyio.fail_after(timeout):
-            async with KVClient(self.peers, timeout=1.0) as client:
+            async with self.client(timeout=1.0) as client:
                 for node_id in ids:
                     while True:
                         node = self.nodes[node_id]
@@ -228,7 +291,7 @@ class LocalCluster:
     async def leader(self, timeout: float = 30.0) -> int:
         """The node id that a majority of live nodes reports as leader."""
         with anyio.fail_after(timeout):
-            async with KVClient(self.peers, timeout=0.5) as client:
+            async with self.client(timeout=0.5) as client:
                 while True:
                     votes: dict[int, int] = {}
                     for node_id, node in self.nodes.items():

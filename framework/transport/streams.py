@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 from collections import deque
 from typing import Final
 
@@ -16,7 +17,7 @@ import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute
 
-from framework.transport.wire import FrameDecoder
+from framework.transport.wire import FrameDecoder, ProtocolError
 
 __all__ = [
     "DEFAULT_DEAD_CONNECTION_TIMEOUT",
@@ -31,6 +32,7 @@ __all__ = [
     "format_address",
     "parse_address",
     "remote_address",
+    "remote_host",
     "tune_socket",
 ]
 
@@ -69,7 +71,7 @@ def format_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def remote_address(stream: anyio.abc.SocketStream) -> str:
+def remote_address(stream: anyio.abc.ByteStream) -> str:
     try:
         address = stream.extra(SocketAttribute.remote_address)
     except (OSError, anyio.TypedAttributeLookupError):
@@ -77,6 +79,15 @@ def remote_address(stream: anyio.abc.SocketStream) -> str:
     if isinstance(address, str):  # a UNIX socket
         return address
     return format_address(address[0], address[1])
+
+
+def remote_host(stream: anyio.abc.ByteStream) -> str:
+    """The other end's address without its port: what connection caps count by."""
+    try:
+        address = stream.extra(SocketAttribute.remote_address)
+    except (OSError, anyio.TypedAttributeLookupError):
+        return "<unknown>"
+    return address if isinstance(address, str) else str(address[0])
 
 
 DEFAULT_DEAD_CONNECTION_TIMEOUT: Final = 10.0
@@ -87,7 +98,7 @@ _KEEPALIVE_PROBES: Final = 3
 
 
 def tune_socket(
-    stream: anyio.abc.SocketStream, *, dead_after: float = DEFAULT_DEAD_CONNECTION_TIMEOUT
+    stream: anyio.abc.ByteStream, *, dead_after: float = DEFAULT_DEAD_CONNECTION_TIMEOUT
 ) -> None:
     """No Nagle delay, and a dead peer noticed within about ``dead_after`` seconds.
 
@@ -126,14 +137,23 @@ def tune_socket(
             sock.setsockopt(level, option, value)
 
 
-async def close_stream(stream: anyio.abc.SocketStream) -> None:
+async def close_stream(stream: anyio.abc.ByteStream) -> None:
     # Shielded: cancellation must still release the socket.
     with anyio.CancelScope(shield=True):
         await stream.aclose()
 
 
+_HEADER: Final = struct.Struct(">I")
+
+
 class FrameReader:
-    """Whole frames from a stream; ``receive`` raises ``EndOfStream`` at EOF."""
+    """Whole frames from a stream; ``receive`` raises ``EndOfStream`` at EOF.
+
+    ``receive_first`` reads a connection's first frame (its ``Hello``) exactly, refusing it
+    over a small limit and reading nothing past it: until the other end is authenticated,
+    it cannot make this node buffer more than that limit. ``set_limit`` then raises (or
+    keeps) the frame size for the rest of the connection.
+    """
 
     __slots__ = ("_decoder", "_frames", "_stream")
 
@@ -147,6 +167,29 @@ class FrameReader:
             chunk = await self._stream.receive(RECEIVE_SIZE)
             self._frames.extend(self._decoder.feed(chunk))
         return self._frames.popleft()
+
+    async def receive_first(self, limit: int) -> bytes:
+        if self._frames or self._decoder.pending:
+            raise RuntimeError("receive_first after frames were received")
+        (size,) = _HEADER.unpack(await self._exactly(_HEADER.size))
+        if size > limit:
+            raise ProtocolError(
+                f"first frame of {size} bytes exceeds the {limit}-byte limit of a handshake "
+                "(security.handshake_frame_size)"
+            )
+        return await self._exactly(size)
+
+    async def _exactly(self, count: int) -> bytes:
+        data = bytearray()
+        while len(data) < count:
+            data += await self._stream.receive(count - len(data))
+        return bytes(data)
+
+    def set_limit(self, max_frame_size: int) -> None:
+        """Frames up to ``max_frame_size`` from now on (only between frames)."""
+        if self._frames or self._decoder.pending:
+            raise RuntimeError("set_limit while a frame is partly received")
+        self._decoder = FrameDecoder(max_frame_size)
 
 
 class FrameWriter:

@@ -9,7 +9,8 @@ The rules this module keeps, and why:
    otherwise race and each could tear down the other's connection forever. The acceptor
    refuses a peer with a higher id than its own. A newer connection from the same peer
    replaces the older one (the peer restarted, and the old socket may be half-open, or a
-   swapped-in connection pool dialled afresh).
+   swapped-in connection pool dialled afresh); with TLS only a connection authenticated as
+   that peer gets that far.
 2. **The dialled side belongs to a connection pool** (``framework.seams.ConnectionPool``).
    The pool dials the higher-id peers through ``dialer`` (connect and handshake here), keeps
    their connections up (redialling with backoff for as long as a peer is in the address
@@ -21,11 +22,21 @@ The rules this module keeps, and why:
    transport the pool of its ``connection_pool`` slot (``use_pool``) and swaps it while
    serving; a transport used on its own builds one with ``pool_factory`` (default:
    ``TransportPool``, one dialling task per peer) and runs it while it serves.
-3. **Handshake first.** Each side's first frame is a ``Hello``; both send theirs at once,
-   so the handshake costs no extra round trip. The acceptor checks protocol, version,
-   cluster id and that the node id is a known peer; whoever refuses says why in a
-   ``Goodbye`` and closes. A connection that sends nothing within ``connect_timeout`` is
-   closed: a silent socket must not hold a slot forever.
+3. **Authenticate first, then handshake.** With TLS (``framework.transport.tls``) every
+   connection starts with a mutual TLS handshake against the cluster CA. Then the caller
+   sends its ``Hello`` and the acceptor answers with its own only once it accepts the
+   caller: it checks protocol, version, cluster id, that the node id is a known peer and,
+   with TLS, that the caller's certificate names that node; the dialler checks that the
+   certificate it was shown names the node it dialled. A client's certificate or token
+   gives it a role (``framework.auth``). Whoever refuses says why in a ``Goodbye`` and
+   closes. A connection that has not finished both handshakes within ``connect_timeout``
+   is closed: a silent socket must not hold a slot forever.
+3a. **Bounded before authentication.** An accepted connection over ``max_connections`` in
+   all, or over ``max_connections_per_address`` from one address, is closed at accept
+   without reading a byte. The first frame is read exactly, and refused over
+   ``handshake_frame_size`` (a few KiB): nothing past it is read until the caller is
+   authenticated. A client that did not authenticate while authentication is on keeps that
+   small frame limit, and every request it makes is answered ``unauthorized``.
 4. **``send`` never blocks.** Messages for a higher-id peer go to the pool's ``send``, the
    others to the accepted link's queue; one writer task per accepted connection takes
    everything queued and writes it as one ``PeerBatch`` frame, so a burst of sends costs
@@ -63,7 +74,9 @@ from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar
 import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute, TaskStatus
+from anyio.streams.tls import TLSStream
 
+import framework.auth as auth  # a module: auth imports this package (the wire types)
 from framework.core import Message
 from framework.seams import (
     ConnectionPool,
@@ -71,6 +84,11 @@ from framework.seams import (
     PeerDialer,
     PooledTransport,
     TimeoutPolicy,
+)
+from framework.transport.admission import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    Admission,
 )
 from framework.transport.backoff import Backoff
 from framework.transport.base import (
@@ -92,13 +110,22 @@ from framework.transport.streams import (
     format_address,
     parse_address,
     remote_address,
+    remote_host,
     tune_socket,
 )
 from framework.transport.tcp_client import TcpClientConnection
+from framework.transport.tls import (
+    NodeTls,
+    TlsError,
+    identity_of,
+    require_tls_off_loopback,
+    wrap,
+)
 from framework.transport.wire import (
     PROTOCOL,
     PROTOCOL_VERSION,
     ClientResponse,
+    ErrorReply,
     Goodbye,
     Hello,
     PeerBatch,
@@ -133,6 +160,9 @@ DEFAULT_MAX_UNSENT_BYTES: Final = 64 * 1024 * 1024
 """Responses queued for a client that does not read them before its connection is closed."""
 _GOODBYE_TIMEOUT: Final = 0.5
 """How long a refusing side waits to say why before closing anyway."""
+DEFAULT_HANDSHAKE_FRAME_SIZE: Final = 4096
+"""Largest first frame (a ``Hello``) read from a connection not yet authenticated."""
+
 
 PoolFactory = Callable[[PeerDialer], ConnectionPool]
 """Builds the pool a transport runs itself when no pool was handed to it (``use_pool``)."""
@@ -155,7 +185,7 @@ class _Connection:
         "writer",
     )
 
-    def __init__(self, stream: anyio.abc.SocketStream, max_frame_size: int) -> None:
+    def __init__(self, stream: anyio.abc.ByteStream, max_frame_size: int) -> None:
         self.stream = stream
         self.address = remote_address(stream)
         self.reader = FrameReader(stream, max_frame_size)
@@ -227,6 +257,12 @@ class TcpTransport:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         dead_connection_timeout: float = DEFAULT_DEAD_CONNECTION_TIMEOUT,
         pool_factory: PoolFactory | None = None,
+        tls: NodeTls | None = None,
+        insecure: bool = False,
+        tokens: auth.TokenBook | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+        handshake_frame_size: int = DEFAULT_HANDSHAKE_FRAME_SIZE,
     ) -> None:
         if node_id <= 0:
             raise ValueError(f"node_id={node_id}: expected a positive node id")
@@ -252,9 +288,29 @@ class TcpTransport:
                 f"max_message_size={max_message_size}: expected at least "
                 f"max_frame_size={max_frame_size}"
             )
+        if not 64 <= handshake_frame_size <= max_frame_size:
+            raise ValueError(
+                f"handshake_frame_size={handshake_frame_size}: expected 64 bytes to "
+                f"max_frame_size={max_frame_size}"
+            )
+        if tls is not None and tls.node_id != node_id:
+            raise TlsError(f"the TLS identity of node {tls.node_id} was given to node {node_id}")
         self.node_id = node_id
         self.cluster_id = cluster_id
         self._listen_host, self._listen_port = parse_address(listen)
+        if tls is None and not insecure:
+            require_tls_off_loopback(node_id, listen, self._listen_host)
+        self._tls = tls
+        self._tokens = tokens or auth.TokenBook()
+        self._authenticating = tls is not None or bool(self._tokens)
+        """Clients must prove a role (else every client is trusted: ``framework.auth``)."""
+        self._admission = Admission(
+            max_connections=max_connections,
+            max_connections_per_address=max_connections_per_address,
+        )
+        self._handshake_frame_size = handshake_frame_size
+        self._securing = 0
+        """Accepted sockets in the TLS handshake (not yet ``_open``)."""
         self._peers = self._address_book(peers)
         self._max_frame_size = max_frame_size
         self._connect_timeout = connect_timeout
@@ -307,8 +363,8 @@ class TcpTransport:
 
     @property
     def open_connections(self) -> int:
-        """Sockets open right now: peers, clients and connections still in the handshake."""
-        return self._open_connections
+        """Sockets open right now: peers, clients and connections still in a handshake."""
+        return self._open_connections + self._securing
 
     @property
     def connected_peers(self) -> frozenset[int]:
@@ -317,6 +373,15 @@ class TcpTransport:
         if state is None:
             return frozenset()
         return frozenset(p for p, link in state.links.items() if link.connection is not None)
+
+    @property
+    def refused_at_accept(self) -> int:
+        """Connections closed at accept, unread, for being over a connection cap."""
+        return self._admission.refused
+
+    @property
+    def tls(self) -> bool:
+        return self._tls is not None
 
     @property
     def frames_sent(self) -> int:
@@ -512,7 +577,9 @@ class TcpTransport:
         started = anyio.current_time()
         try:
             with anyio.fail_after(limit):
-                stream = await anyio.connect_tcp(host, port)
+                stream: anyio.abc.ByteStream = await anyio.connect_tcp(host, port)
+                if self._tls is not None:
+                    stream = await self._secure_dialled(stream, address)
         except TimeoutError:
             if policy is not None:
                 policy.observe("connect", anyio.current_time() - started, ok=False)
@@ -521,7 +588,7 @@ class TcpTransport:
         # timeouts are reported.
         if policy is not None:
             policy.observe("connect", anyio.current_time() - started, ok=True)
-        conn = self._open(stream)
+        conn = self._open(stream, self._max_frame_size)
         try:
             established = await self._guard(conn, self._dial_handshake, conn, link)
         except BaseException:
@@ -539,7 +606,28 @@ class TcpTransport:
         state.tg.start_soon(self._read_dialled, handle, link, state)
         return handle
 
+    async def _secure_dialled(self, stream: anyio.abc.ByteStream, address: str) -> TLSStream:
+        """The client side of the TLS handshake on a dialled ``stream`` (closed if it fails)."""
+        assert self._tls is not None
+        try:
+            return await wrap(stream, self._tls.client, server_side=False)
+        except BaseException as exc:
+            await close_stream(stream)
+            if isinstance(exc, LOST) and not isinstance(exc, TimeoutError):
+                raise ConnectionLost(address, f"TLS handshake failed: {exc!r}") from exc
+            raise
+
     async def _dial_handshake(self, conn: _Connection, link: _PeerLink) -> bool:
+        if self._tls is not None:
+            identity = identity_of(conn.stream)
+            if identity is None or identity.node_id != link.peer_id:
+                shown = "no certificate" if identity is None else identity.describe()
+                conn.close(
+                    f"expected node {link.peer_id} at {link.address}, but its certificate "
+                    f"names {shown}",
+                    goodbye=True,
+                )
+                return False
         await conn.writer.send(self._hello)
         hello = await self._receive_hello(conn)
         if hello is None:
@@ -680,25 +768,88 @@ class TcpTransport:
                 logger.warning("accept failed on %s: %s", self.listen_address, exc)
                 await anyio.sleep(self._backoff_min)
                 continue
-            state.tg.start_soon(self._handle_accepted, stream, state)
+            host = remote_host(stream)
+            refusal = self._admission.admit(host)
+            if refusal is None:
+                state.tg.start_soon(self._handle_accepted, stream, host, state)
+            else:
+                await self._refuse_at_accept(stream, refusal)
 
-    async def _handle_accepted(self, stream: anyio.abc.SocketStream, state: _Serving) -> None:
-        async with self._connection(stream) as conn:
-            with conn.scope:
-                await self._guard(conn, self._accept_handshake, conn, state)
+    async def _refuse_at_accept(self, stream: anyio.abc.SocketStream, reason: str) -> None:
+        """Close ``stream`` unread (rule 3a)."""
+        address = remote_address(stream)
+        await close_stream(stream)
+        if self._admission.should_log(anyio.current_time()):
+            logger.warning(
+                "node %d refused a connection from %s unread: %s (%d refused so far)",
+                self.node_id,
+                address,
+                reason,
+                self._admission.refused,
+            )
+
+    async def _handle_accepted(
+        self, stream: anyio.abc.SocketStream, host: str, state: _Serving
+    ) -> None:
+        try:
+            ready = await self._secure(stream)
+            if ready is None:
+                return
+            async with self._connection(ready, self._handshake_frame_size) as conn:
+                with conn.scope:
+                    await self._guard(conn, self._accept_handshake, conn, state)
+        finally:
+            self._admission.release(host)
+
+    async def _secure(self, stream: anyio.abc.SocketStream) -> anyio.abc.ByteStream | None:
+        """``stream`` after the server side of the TLS handshake (itself without TLS), or
+        None (closed) if the handshake failed or took longer than ``connect_timeout``."""
+        if self._tls is None:
+            return stream
+        problem = f"no TLS handshake within {self._connect_timeout}s"
+        self._securing += 1
+        try:
+            with anyio.move_on_after(self._connect_timeout):
+                try:
+                    return await wrap(stream, self._tls.server, server_side=True)
+                except LOST as exc:
+                    problem = f"TLS handshake failed: {exc!r}"
+        finally:
+            self._securing -= 1
+        address = remote_address(stream)
+        await close_stream(stream)
+        logger.warning("closed connection with %s: %s", address, problem)
+        return None
 
     async def _accept_handshake(self, conn: _Connection, state: _Serving) -> None:
-        await conn.writer.send(self._hello)
+        # Our Hello goes out only once the caller is accepted (rule 3): a caller that
+        # proved nothing learns nothing.
         hello = await self._receive_hello(conn)
         if hello is None:
             return
+        identity = identity_of(conn.stream)
         if hello.role == "client":
-            await self._serve_client(conn, state.clients)
+            principal = auth.principal_for(
+                identity, hello.token, self._tokens, authentication=self._authenticating
+            )
+            await conn.writer.send(self._hello)
+            if principal.role is not None:
+                conn.reader.set_limit(self._max_frame_size)
+            await self._serve_client(conn, state.clients, principal)
             return
         refusal = self._refuse_peer(hello, state)
+        if (
+            refusal is None
+            and self._tls is not None
+            and (identity is None or identity.node_id != hello.node_id)
+        ):
+            shown = "no certificate" if identity is None else identity.describe()
+            refusal = f"a caller claiming to be node {hello.node_id} presented {shown}"
         if refusal is not None:
             conn.close(refusal, goodbye=True)
             return
+        await conn.writer.send(self._hello)
+        conn.reader.set_limit(self._max_frame_size)
         await self._run_peer(conn, state.links[hello.node_id], state)
 
     def _refuse_peer(self, hello: Hello, state: _Serving) -> str | None:
@@ -718,7 +869,7 @@ class TcpTransport:
 
     async def _receive_hello(self, conn: _Connection) -> Hello | None:
         with anyio.move_on_after(self._connect_timeout):
-            hello = decode_hello(await conn.reader.receive())
+            hello = decode_hello(await conn.reader.receive_first(self._handshake_frame_size))
             if isinstance(hello, Goodbye):
                 conn.close(f"said goodbye: {hello.reason}")
                 return None
@@ -726,7 +877,9 @@ class TcpTransport:
         conn.close(f"no Hello within {self._connect_timeout}s (handshake timeout)")
         return None
 
-    async def _serve_client(self, conn: _Connection, clients: ClientService) -> None:
+    async def _serve_client(
+        self, conn: _Connection, clients: ClientService, principal: auth.Principal
+    ) -> None:
         # No task per request: the service answers through ``reply``, which queues the
         # response for this connection's writer; answers settled together (a Ready's worth)
         # leave in one write. Both tasks are guarded, as an exception raised in a task
@@ -744,7 +897,7 @@ class TcpTransport:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._guard, conn, self._write_outbox, conn, outbox)
-                await self._guard(conn, self._read_requests, conn, clients, reply)
+                await self._guard(conn, self._read_requests, conn, clients, reply, principal)
                 tg.cancel_scope.cancel()
         finally:
             outbox.close()
@@ -754,13 +907,18 @@ class TcpTransport:
         conn: _Connection,
         clients: ClientService,
         reply: Callable[[ClientResponse], None],
+        principal: auth.Principal,
     ) -> None:
         while True:
             request = decode_client_request(await conn.reader.receive())
             if isinstance(request, Goodbye):
                 conn.close(f"client said goodbye: {request.reason}", level=logging.INFO)
                 return
-            submit_request(clients, request, reply)
+            refusal: ErrorReply | None = auth.authorize(principal, request.body)
+            if refusal is None:
+                submit_request(clients, request, reply)
+            else:
+                reply(ClientResponse(id=request.id, ok=False, error=refusal))
 
     @staticmethod
     async def _write_outbox(conn: _Connection, outbox: Outbox) -> None:
@@ -770,19 +928,21 @@ class TcpTransport:
     # -- connection plumbing ------------------------------------------------------------------
 
     @asynccontextmanager
-    async def _connection(self, stream: anyio.abc.SocketStream) -> AsyncIterator[_Connection]:
+    async def _connection(
+        self, stream: anyio.abc.ByteStream, max_frame_size: int
+    ) -> AsyncIterator[_Connection]:
         """Own ``stream`` for the block (``_open`` ... ``_finish``), whatever ends it."""
-        conn = self._open(stream)
+        conn = self._open(stream, max_frame_size)
         try:
             yield conn
         finally:
             await self._finish(conn)
 
-    def _open(self, stream: anyio.abc.SocketStream) -> _Connection:
+    def _open(self, stream: anyio.abc.ByteStream, max_frame_size: int) -> _Connection:
         """Take ``stream`` over: count it. Its owner must ``_finish`` it exactly once."""
         tune_socket(stream, dead_after=self._dead_after)
         self._open_connections += 1
-        return _Connection(stream, self._max_frame_size)
+        return _Connection(stream, max_frame_size)
 
     async def _finish(self, conn: _Connection) -> None:
         """Say goodbye if owed, close the socket (shielded) and log why."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import ssl
 from types import TracebackType
 from typing import Self
 
@@ -26,6 +27,7 @@ from framework.transport.streams import (
     parse_address,
     tune_socket,
 )
+from framework.transport.tls import identity_of, wrap
 from framework.transport.wire import (
     PROTOCOL,
     PROTOCOL_VERSION,
@@ -119,13 +121,23 @@ class TcpClientConnection:
     sharing the connection) leave together in one write.
     """
 
-    def __init__(self, address: str, *, timeout: float, max_frame_size: int) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout: float,
+        max_frame_size: int,
+        ssl_context: ssl.SSLContext | None = None,
+        token: str = "",
+    ) -> None:
         self.address = address
+        self._ssl_context = ssl_context
+        self._token = token
         self.node_id = 0
         """The node at the other end, from its ``Hello``."""
         self._timeout = timeout
         self._max_frame_size = max_frame_size
-        self._stream: anyio.abc.SocketStream | None = None
+        self._stream: anyio.abc.ByteStream | None = None
         self._writer: FrameWriter | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._pending: dict[int, _Waiter] = {}
@@ -141,9 +153,19 @@ class TcpClientConnection:
         *,
         timeout: float = 5.0,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        ssl_context: ssl.SSLContext | None = None,
+        token: str = "",
     ) -> TcpClientConnection:
-        """A connection to ``address``, opened by ``async with``."""
-        return cls(address, timeout=timeout, max_frame_size=max_frame_size)
+        """A connection to ``address``, opened by ``async with``: over TLS if
+        ``ssl_context`` is given (``framework.auth.ClientCredentials``), presenting
+        ``token`` in its ``Hello`` if given."""
+        return cls(
+            address,
+            timeout=timeout,
+            max_frame_size=max_frame_size,
+            ssl_context=ssl_context,
+            token=token,
+        )
 
     async def __aenter__(self) -> Self:
         if self._stream is not None:
@@ -151,10 +173,12 @@ class TcpClientConnection:
         host, port = parse_address(self.address)
         try:
             with anyio.fail_after(self._timeout):
-                stream = await anyio.connect_tcp(host, port)
+                stream: anyio.abc.ByteStream = await anyio.connect_tcp(host, port)
         except OSError as exc:
             raise ConnectionLost(self.address, f"cannot connect: {exc!r}") from exc
         tune_socket(stream)
+        if self._ssl_context is not None:
+            stream = await self._secure(stream)
         self._stream = stream
         self._writer = FrameWriter(stream)
         reader = FrameReader(stream, self._max_frame_size)
@@ -163,6 +187,15 @@ class TcpClientConnection:
         except BaseException:
             await close_stream(stream)
             raise
+        if self._ssl_context is not None:
+            identity = identity_of(stream)
+            if identity is None or identity.node_id != hello.node_id:
+                await close_stream(stream)
+                shown = "no certificate" if identity is None else identity.describe()
+                raise ConnectionLost(
+                    self.address,
+                    f"the server says it is node {hello.node_id} but its certificate names {shown}",
+                )
         self.node_id = hello.node_id
         # Entered by hand (not in an @asynccontextmanager) so an exception from the caller's
         # block propagates as itself, not wrapped in an ExceptionGroup; the reader, the
@@ -176,10 +209,21 @@ class TcpClientConnection:
         tg.start_soon(self._timers.run)
         return self
 
+    async def _secure(self, stream: anyio.abc.ByteStream) -> anyio.abc.ByteStream:
+        assert self._ssl_context is not None
+        try:
+            with anyio.fail_after(self._timeout):
+                return await wrap(stream, self._ssl_context, server_side=False)
+        except BaseException as exc:
+            await close_stream(stream)
+            if isinstance(exc, LOST):  # TimeoutError included
+                raise ConnectionLost(self.address, f"TLS handshake failed: {exc!r}") from exc
+            raise
+
     async def _handshake(self, reader: FrameReader) -> Hello:
         assert self._writer is not None
         hello_frame = encode_frame(
-            Hello(protocol=PROTOCOL, version=PROTOCOL_VERSION, role="client")
+            Hello(protocol=PROTOCOL, version=PROTOCOL_VERSION, role="client", token=self._token)
         )
         try:
             with anyio.fail_after(self._timeout):

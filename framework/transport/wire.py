@@ -105,6 +105,8 @@ class Hello(msgspec.Struct, frozen=True, kw_only=True, tag="hello"):
     node_id: _NodeId = 0
     """The sender's node id (peers only)."""
     cluster_id: _Short = ""
+    token: _Short = ""
+    """A client's bearer token, for a client without a certificate (``framework.auth``)."""
 
 
 class Goodbye(msgspec.Struct, frozen=True, kw_only=True, tag="goodbye"):
@@ -203,10 +205,19 @@ class ErrorReply(msgspec.Struct, frozen=True, kw_only=True):
 
     ``kind``: ``not_leader`` (retry at ``leader_address`` if given), ``overloaded`` (retry
     later), ``unavailable`` (no quorum now), ``retry`` (outcome unknown; retry with the same
-    session), ``bad_request`` (will never succeed as sent).
+    session), ``bad_request`` (will never succeed as sent), ``unauthorized`` (the connection
+    is not authenticated), ``forbidden`` (its role may not do this; ``framework.auth``).
     """
 
-    kind: Literal["not_leader", "overloaded", "unavailable", "retry", "bad_request"]
+    kind: Literal[
+        "not_leader",
+        "overloaded",
+        "unavailable",
+        "retry",
+        "bad_request",
+        "unauthorized",
+        "forbidden",
+    ]
     message: str
     leader_id: int = 0
     leader_address: str = ""

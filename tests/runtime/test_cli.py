@@ -120,7 +120,7 @@ def test_garbage_sent_to_a_live_node_does_not_hurt_it(live: LocalCluster) -> Non
             data = b""
             while chunk := s.recv(4096):
                 data += chunk
-    runner = CliRunner()
+    runner = CliRunner(env=live.environment())
     result = runner.invoke(main, ["kv", "put", "after-garbage", "ok", "--peers", live.peers_arg()])
     assert result.exit_code == 0, result.output
     result = runner.invoke(main, ["kv", "get", "after-garbage", "--peers", live.peers_arg()])
@@ -128,7 +128,7 @@ def test_garbage_sent_to_a_live_node_does_not_hurt_it(live: LocalCluster) -> Non
 
 
 def test_kv_and_status_commands(live: LocalCluster) -> None:
-    runner = CliRunner()
+    runner = CliRunner(env=live.environment())
     peers = ["--peers", live.peers_arg()]
     assert runner.invoke(main, ["kv", "put", "k", "v1", *peers]).exit_code == 0
     assert runner.invoke(main, ["kv", "append", "k", "+", *peers]).output.strip() == "v1+"
@@ -196,10 +196,16 @@ def test_cluster_command_runs_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if "cluster of 3 up" in line:
+        if "Ctrl-C to stop" in line:
             break
-    peers = lines[-1].split("--peers ")[1].strip()
-    assert CliRunner().invoke(main, ["kv", "put", "c", "1", "--peers", peers]).exit_code == 0
+    # It prints what a shell needs to reach it: the peers and its TLS files (admin).
+    env = dict(
+        line.strip().removeprefix("export ").split("=", 1)
+        for line in lines
+        if line.strip().startswith("export ")
+    )
+    assert set(env) == {"RAFTMW_PEERS", "RAFTMW_TLS_CA", "RAFTMW_TLS_CERT", "RAFTMW_TLS_KEY"}
+    assert CliRunner(env=env).invoke(main, ["kv", "put", "c", "1"]).exit_code == 0
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, rest
@@ -264,7 +270,7 @@ def test_compare_and_bench_refuse_an_unknown_flag_before_starting_anything() -> 
 
 
 def test_flags_commands_against_a_live_cluster(live: LocalCluster) -> None:
-    runner = CliRunner()
+    runner = CliRunner(env=live.environment())
     peers = ["--peers", live.peers_arg()]
     listed = runner.invoke(main, ["flags", "list", "--json", *peers])
     assert listed.exit_code == 0, listed.output
