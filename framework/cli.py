@@ -255,9 +255,11 @@ def _start_failure(exc: BaseException) -> Exception | None:
 
 def _client_call(peers: str, timeout: float, fn: Callable[[KVClient], Awaitable[Any]]) -> Any:
     members = _peers(peers)
+    # [client] settings (attempt_timeout, retry_backoff) from ./settings.toml and RAFTMW_*.
+    settings = _settings("default", (), ())
 
     async def go() -> Any:
-        async with KVClient(members, timeout=timeout) as client:
+        async with KVClient.from_settings(members, settings, timeout=timeout) as client:
             return await fn(client)
 
     try:

@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 
 from framework.client import KVClient
+from framework.config import Settings, load_settings
 from framework.errors import RaftError
 
 __all__ = ["LocalCluster", "NodeProcess", "free_ports"]
@@ -91,6 +92,7 @@ class LocalCluster:
         self.flags = list(flags)
         self.cluster_id = cluster_id
         self.env = {**os.environ, **(env or {})}
+        self._settings: Settings | None = None
         ports = free_ports(nodes, host)
         self.nodes: dict[int, NodeProcess] = {}
         for node_id, port in enumerate(ports, start=1):
@@ -200,7 +202,17 @@ class LocalCluster:
         return {node_id: self.stop(node_id) for node_id in self.nodes}
 
     def client(self, **kwargs: Any) -> KVClient:
-        return KVClient(self.peers, **kwargs)
+        """A client timed by the nodes' own settings (their profile and files: the attempt
+        timeout follows their election timeout); keyword arguments override."""
+        return KVClient.from_settings(self.peers, self.settings(), **kwargs)
+
+    def settings(self) -> Settings:
+        """The settings the nodes start with (without their ``--flag`` overrides)."""
+        if self._settings is None:
+            self._settings = load_settings(
+                profile=self.profile or "default", files=self.settings_files, env=self.env
+            )
+        return self._settings
 
     async def wait_serving(
         self, node_ids: Sequence[int] | None = None, timeout: float = 30.0
