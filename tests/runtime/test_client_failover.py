@@ -4,8 +4,9 @@ histories stay linearizable, and followers stop redirecting to a leader they los
 A *frozen* node models a stopped process (SIGSTOP) as the client sees it: its peer links
 are cut (``MemoryNetwork.isolate``), answers to requests in flight are not delivered, and a
 new request to it is accepted and not answered until it thaws, when it is handled after all
-(as a resumed process reads its socket), long after the client gave up on it. Writers keep appending unique tokens meanwhile, so a write
-applied twice would show up as a token repeated in the final value.
+(as a resumed process reads its socket), long after the client gave up on it. Writers
+keep appending unique tokens meanwhile, so a write applied twice would show up as a token
+repeated in the final value.
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from contextlib import asynccontextmanager
 import anyio
 import anyio.abc
 import pytest
+from client_history import History, applied_tokens
 from test_node_memory import Cluster, cluster
 
 from framework.client import KVClient
 from framework.core import ConfState, Heartbeat, RaftConfig, RawNode, Role
-from framework.errors import RaftError, Timeout
 from framework.runtime.redirect import redirect_target
-from framework.sim.linearizability import Operation, check_history
+from framework.sim.linearizability import check_history
 from framework.transport.base import answer_request
 from framework.transport.wire import ClientRequest, ClientResponse, RequestBody
 
@@ -120,54 +121,6 @@ class FrozenAware:
         await answer_request(node, ClientRequest(id=0, body=body))
 
 
-class History:
-    def __init__(self) -> None:
-        self.clock = itertools.count(1)
-        self.ops: list[Operation] = []
-        self.acknowledged: dict[str, list[str]] = {}
-
-    async def append(self, client: KVClient, writer: int, key: str, token: str) -> bool:
-        call = next(self.clock)
-        result: str | None
-        try:
-            result = await client.append(key, token)
-            ret: int | None = next(self.clock)
-        except Timeout:  # outcome unknown: it may apply at any time after its call
-            result, ret = None, None
-        self.ops.append(
-            Operation(
-                client_id=writer,
-                kind="append",
-                key=key,
-                value=token,
-                call=call,
-                ret=ret,
-                result=result,
-            )
-        )
-        if ret is not None:
-            self.acknowledged.setdefault(key, []).append(token)
-        return ret is not None
-
-    async def get(self, client: KVClient, writer: int, key: str) -> str | None:
-        call = next(self.clock)
-        try:
-            result = await client.get(key)
-        except RaftError:
-            return None  # a read that failed constrains nothing
-        self.ops.append(
-            Operation(
-                client_id=writer,
-                kind="get",
-                key=key,
-                call=call,
-                ret=next(self.clock),
-                result=result,
-            )
-        )
-        return result
-
-
 async def test_writers_get_past_a_frozen_leader_and_every_write_applies_once() -> None:
     keys = ("a", "b")
     async with (
@@ -223,8 +176,8 @@ async def test_writers_get_past_a_frozen_leader_and_every_write_applies_once() -
                 final = {key: await history.get(client, 0, key) for key in keys}
         tg.cancel_scope.cancel()
     for key in keys:
-        tokens = (final[key] or "").split(";")[:-1]
+        tokens = applied_tokens(final[key])
         assert len(tokens) == len(set(tokens)), f"{key}: a write was applied twice"
-        assert {t.rstrip(";") for t in history.acknowledged[key]} <= set(tokens)  # none lost
+        assert set(history.acknowledged[key]) <= set(tokens)  # no acknowledged write lost
     verdict = check_history(history.ops)
     assert verdict.ok is not False, verdict.explanation
