@@ -424,7 +424,7 @@ class KVClient:
         fresh = [a for a in untried if a not in penalised]
         if fresh:
             return self._rng.choice(fresh)
-        if untried and len(penalised) == len(self.peers):
+        if untried and all(a in penalised for a in self.peers.values()):
             return min(untried, key=penalised.__getitem__)
         return None
 
