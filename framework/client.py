@@ -374,7 +374,8 @@ class KVClient:
             outcome = await self._send_once(address, body, min(deadline, now + attempt))
             now = anyio.current_time()
             if isinstance(outcome, _Failure):
-                # Sent and unanswered (or lost with the connection): it may yet apply.
+                # A write that reached the node (silent, or lost with the connection) may
+                # yet apply; one never sent cannot. Either way the node goes last a while.
                 maybe_applied = maybe_applied or (write and outcome is not _Failure.NOT_SENT)
                 last_problem = f"{address}: {_FAILURES[outcome]}"
                 self._penalised[address] = now + self.attempt_timeout
