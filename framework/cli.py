@@ -361,8 +361,12 @@ def _credential_options(func: Callable[..., T]) -> Callable[..., T]:
 
 
 def _client(members: dict[int, str], timeout: float, credentials: ClientCredentials) -> KVClient:
+    # [client] settings (attempt_timeout, retry_backoff) from ./settings.toml and RAFTMW_*.
+    settings = _settings("default", (), ())
     try:
-        return KVClient(members, timeout=timeout, credentials=credentials)
+        return KVClient.from_settings(
+            members, settings, timeout=timeout, credentials=credentials
+        )
     except TlsError as exc:
         raise click.UsageError(str(exc)) from None
 

@@ -5,24 +5,47 @@ and retries through leader changes and lost connections until its deadline. Each
 carries a client session ``(client_id, seq)`` and a retry reuses it, so a write the
 cluster already applied is not applied again (Raft dissertation §6.3).
 
+Attempts and the deadline
+-------------------------
+A request has a deadline (``timeout``, retries included); each attempt, one node, waits at
+most ``attempt_timeout`` of it (``client.attempt_timeout``: about one election timeout).
+A hung, stopped or cut-off leader accepts a request and never answers; bounding the attempt
+lets the client move on to the other nodes, which elect a new leader in about one election
+timeout, instead of spending the whole deadline on one silent node. A node that failed an
+attempt (silent, unreachable, connection lost) is *penalised* for ``attempt_timeout``: it is
+tried only after every other node, so writers do not walk back into the same hung leader
+(a redirect to it is not followed meanwhile). Followers help: one that has not heard from
+its leader for an election timeout answers "no leader known" instead of a redirect.
+
+The client works in rounds: the known leader first, then the other nodes in random order,
+penalised ones last; a round in which no node led anywhere ends with a short backoff.
+
+What the errors promise
+-----------------------
+All are ``framework.errors.RaftError``. ``Overloaded``: the leader shed the request and no
+attempt of it can have been applied. ``Unavailable``: no leader reached before the deadline
+and no attempt can have been applied (reads never apply anything). ``Timeout``: an attempt
+of this write may have been applied (it reached a node that did not say it refused it), so
+the client retried with the same ``(client_id, seq)`` until the deadline and the outcome is
+unknown. ``BadRequest``: the request can never succeed as sent. So once an attempt may have
+applied, an ``overloaded`` answer from a later attempt no longer ends the request: it is
+retried like any other until the deadline.
+
 One client may be used by many tasks at once. The cluster remembers one outstanding write
 per session, so each write in flight holds a session of its own, taken from the client's
 idle sessions (a new one is opened when all are busy) and given back when the write's
 outcome is known; a client used by one task at a time uses one session, ``client_id``.
 Concurrent requests share the connections and leave in one write when made together.
-
-Errors (all ``framework.errors.RaftError``): ``Overloaded`` (the leader shed the request;
-nothing applied), ``Unavailable`` (no leader reached before the deadline; nothing known to be
-applied), ``Timeout`` (a write was sent but its outcome is unknown), ``BadRequest``.
 """
 
 from __future__ import annotations
 
+import enum
 import random
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.abc
@@ -48,7 +71,10 @@ from framework.transport.wire import (
     StatusRequest,
 )
 
-__all__ = ["KVClient", "parse_peers"]
+if TYPE_CHECKING:
+    from framework.config import Settings
+
+__all__ = ["DEFAULT_ATTEMPT_TIMEOUT", "KVClient", "parse_peers"]
 
 _FLAG_ACTIONS = frozenset({"list", "get", "set", "unset", "history"})
 
@@ -129,18 +155,52 @@ class _Session:
         self.seq = 0
 
 
+DEFAULT_ATTEMPT_TIMEOUT = 0.5
+"""``client.attempt_timeout = "auto"`` under the default settings (``Settings.
+client_attempt_timeout``; a test keeps the two equal): what a client built without settings
+gives one node."""
+
+
+class _Failure(enum.Enum):
+    """How an attempt ended without an answer."""
+
+    NOT_SENT = "not sent"
+    """No connection could be opened: the node never saw the request."""
+    LOST = "lost"
+    """The connection failed with the request on it: it may have reached the node."""
+    SILENT = "silent"
+    """Sent, and no answer by the attempt's deadline: it may yet take effect."""
+
+
+_FAILURES = {
+    _Failure.NOT_SENT: "cannot connect",
+    _Failure.LOST: "the connection failed before an answer",
+    _Failure.SILENT: "no answer within the attempt timeout",
+}
+
+
 class KVClient:
     def __init__(
         self,
         peers: str | Sequence[str] | Mapping[int, str],
         *,
         timeout: float = 5.0,
+        attempt_timeout: float | None = None,
         connect_timeout: float = 1.0,
         retry_backoff: float = 0.02,
         client_id: int | None = None,
         connector: Connector | None = None,
         credentials: ClientCredentials | None = None,
     ) -> None:
+        """``timeout``: a request's deadline, retries included. ``attempt_timeout``: the
+        most one attempt (one node) may take of it; by default ``DEFAULT_ATTEMPT_TIMEOUT``,
+        never more than ``timeout``. ``from_settings`` takes both from settings."""
+        if timeout <= 0 or (attempt_timeout is not None and attempt_timeout <= 0):
+            raise ValueError(
+                f"timeout={timeout!r} attempt_timeout={attempt_timeout!r}: expected seconds > 0"
+            )
+        if retry_backoff < 0:
+            raise ValueError(f"retry_backoff={retry_backoff!r}: expected seconds >= 0")
         self.peers = parse_peers(peers)
         self.credentials = (
             credentials if credentials is not None else ClientCredentials.from_environment()
@@ -148,7 +208,11 @@ class KVClient:
         """TLS and token (``RAFTMW_TLS_CA``, ``RAFTMW_TLS_CERT``, ``RAFTMW_TLS_KEY``,
         ``RAFTMW_TOKEN`` when not given)."""
         self.timeout = timeout
+        self.attempt_timeout = min(timeout, attempt_timeout or DEFAULT_ATTEMPT_TIMEOUT)
         self.retry_backoff = retry_backoff
+        # Rounds in which no node knew a leader are an election in progress: poll it a few
+        # times per attempt timeout, not at the 500ms a doubling backoff would reach.
+        self._max_backoff = max(retry_backoff, min(0.5, self.attempt_timeout / 8))
         self.client_id = client_id or random.SystemRandom().randrange(1, 2**62)
         """The first session's id (the only one unless writes run concurrently)."""
         self._idle_sessions: list[_Session] = [_Session(self.client_id)]
@@ -158,7 +222,28 @@ class KVClient:
         self._connections: dict[str, tuple[_Connection, anyio.Event]] = {}
         self._opening: dict[str, anyio.Event] = {}
         self._leader: str | None = None
+        self._penalised: dict[str, float] = {}
+        """Address -> until when (anyio's clock) it is tried only after the others."""
         self._rng = random.Random(self.client_id)
+
+    @classmethod
+    def from_settings(
+        cls,
+        peers: str | Sequence[str] | Mapping[int, str],
+        settings: Settings,
+        **kwargs: Any,
+    ) -> KVClient:
+        """A client timed by ``settings`` (``[client]``, and ``transport.connect_timeout``);
+        keyword arguments override them (``timeout=...``, ``connector=...``)."""
+        timed: dict[str, Any] = {
+            "timeout": settings.client.request_timeout,
+            "retry_backoff": settings.client.retry_backoff,
+            "connect_timeout": settings.transport.connect_timeout,
+        }
+        timed.update(kwargs)
+        if "attempt_timeout" not in kwargs:
+            timed["attempt_timeout"] = min(timed["timeout"], settings.client_attempt_timeout)
+        return cls(peers, **timed)
 
     async def __aenter__(self) -> KVClient:
         # Connections live in holder tasks of this group, so a request's timeout scope
@@ -213,11 +298,11 @@ class KVClient:
         response = await self._send_once(
             address, StatusRequest(), anyio.current_time() + self.timeout
         )
-        if response is not None and response.error is not None:
-            refused = _refused(response.error)
-            if refused is not None:
-                raise refused
-        if response is None or response.status is None:
+        if isinstance(response, _Failure):
+            raise Unavailable(f"node {node_id} at {address} did not answer")
+        if response.error is not None and (refused := _refused(response.error)) is not None:
+            raise refused
+        if response.status is None:
             raise Unavailable(f"node {node_id} at {address} did not answer")
         return dict(response.status)
 
@@ -266,7 +351,7 @@ class KVClient:
             if address is None:
                 raise BadRequest(f"node {node_id} is not in the peer list {sorted(self.peers)}")
             response = await self._send_once(address, body, anyio.current_time() + self.timeout)
-            if response is None:
+            if isinstance(response, _Failure):
                 raise Unavailable(f"node {node_id} at {address} did not answer")
             if not response.ok:
                 assert response.error is not None
@@ -300,46 +385,60 @@ class KVClient:
             idle.append(session)
 
     async def _call(self, body: RequestBody, *, write: bool) -> ClientResponse:
+        """Send ``body`` to the leader, trying node after node until an answer or the
+        deadline (see the module docstring: attempts, penalties, what each error means)."""
         # One clock read on the way to an answer: the deadline travels with the request.
-        deadline = anyio.current_time() + self.timeout
+        now = anyio.current_time()
+        deadline = now + self.timeout
+        # Admin requests wait on the cluster (a learner catching up, a transfer, a swap):
+        # their one attempt may take the whole deadline.
+        attempt = self.attempt_timeout if isinstance(body, KVOp) else self.timeout
         maybe_applied = False
         last_problem = "no node answered"
         backoff = self.retry_backoff
         tried: set[str] = set()
-        while True:
-            address = self._leader or self._pick(tried)
+        while now < deadline:
+            address = self._next_target(tried, now)
+            if address is None:
+                # A round without a leader (an election, most likely): wait a little.
+                await anyio.sleep(min(backoff, deadline - now))
+                backoff = min(backoff * 2, self._max_backoff)
+                tried.clear()
+                now = anyio.current_time()
+                continue
             tried.add(address)
-            response = await self._send_once(address, body, deadline)
-            if response is None:
-                # The request may have reached the node before the connection died.
-                maybe_applied = maybe_applied or write
-                last_problem = f"connection to {address} failed or did not answer"
-                self._leader = None
-            elif response.ok:
-                self._leader = address
-                return response
-            else:
-                error = response.error
-                assert error is not None
-                last_problem = f"{address}: {error.message}"
-                if error.kind == "not_leader":
-                    self._leader = error.leader_address or None
-                    if self._leader and anyio.current_time() < deadline:
-                        continue  # follow the redirect at once
-                elif error.kind == "overloaded":
-                    raise Overloaded(error.message)
-                elif (refused := _refused(error)) is not None:
-                    raise refused
-                elif error.kind == "retry":
-                    maybe_applied = maybe_applied or write
+            outcome = await self._send_once(address, body, min(deadline, now + attempt))
+            now = anyio.current_time()
+            if isinstance(outcome, _Failure):
+                # A write that reached the node (silent, or lost with the connection) may
+                # yet apply; one never sent cannot. Either way the node goes last a while.
+                maybe_applied = maybe_applied or (write and outcome is not _Failure.NOT_SENT)
+                last_problem = f"{address}: {_FAILURES[outcome]}"
+                self._penalised[address] = now + self.attempt_timeout
+                if self._leader == address:
                     self._leader = None
-            remaining = deadline - anyio.current_time()
-            if remaining <= 0:
-                break
-            await anyio.sleep(min(backoff, remaining))
-            if anyio.current_time() >= deadline:
-                break
-            backoff = min(backoff * 2, 0.5)
+                continue
+            self._penalised.pop(address, None)  # it answers: whatever it says, it is alive
+            if outcome.ok:
+                self._leader = address
+                return outcome
+            error = outcome.error
+            assert error is not None
+            last_problem = f"{address}: {error.message}"
+            if error.kind == "not_leader":
+                # Refused before proposing: this attempt applied nothing. Follow the
+                # redirect unless its target failed us recently (tried last, as penalised).
+                self._leader = error.leader_address or None
+            elif error.kind == "overloaded":
+                if not maybe_applied:
+                    raise Overloaded(error.message)
+                # An earlier attempt may have applied: only the deadline ends this request.
+                self._leader = None
+            elif (refused := _refused(error)) is not None:
+                raise refused  # bad_request, unauthorized, forbidden: no retry changes them
+            else:  # "retry" (outcome unknown) or "unavailable" (no quorum there)
+                maybe_applied = maybe_applied or (write and error.kind == "retry")
+                self._leader = None
         if maybe_applied:
             raise Timeout(
                 f"no outcome within {self.timeout:g}s; the write may or may not have been "
@@ -347,16 +446,30 @@ class KVClient:
             )
         raise Unavailable(f"no leader reachable within {self.timeout:g}s (last: {last_problem})")
 
-    def _pick(self, tried: set[str]) -> str:
-        addresses = list(self.peers.values())
-        fresh = [a for a in addresses if a not in tried]
-        return self._rng.choice(fresh or addresses)
+    def _next_target(self, tried: set[str], now: float) -> str | None:
+        """The next node of this round: the known leader, else a random node not tried yet;
+        nodes penalised until after ``now`` only once no other node is left at all (then
+        the one penalised first). None ends the round."""
+        penalised = self._penalised
+        for address, until in list(penalised.items()):
+            if until <= now:
+                del penalised[address]
+        leader = self._leader
+        if leader is not None and leader not in tried and leader not in penalised:
+            return leader
+        untried = [a for a in self.peers.values() if a not in tried]
+        fresh = [a for a in untried if a not in penalised]
+        if fresh:
+            return self._rng.choice(fresh)
+        if untried and all(a in penalised for a in self.peers.values()):
+            return min(untried, key=penalised.__getitem__)
+        return None
 
     async def _send_once(
         self, address: str, body: RequestBody, deadline: float
-    ) -> ClientResponse | None:
-        """One request to one node, answered by ``deadline`` (on anyio's clock); None if the
-        connection failed (it is dropped) or the time ran out."""
+    ) -> ClientResponse | _Failure:
+        """One request to one node, answered by ``deadline`` (on anyio's clock), or how it
+        failed (a failed connection is dropped)."""
         cached = self._connections.get(address)
         conn = cached[0] if cached is not None else None
         try:
@@ -364,18 +477,20 @@ class KVClient:
                 with anyio.move_on_after(deadline - anyio.current_time()):
                     conn = await self._connection(address)
                 if conn is None:
-                    return None
+                    return _Failure.NOT_SENT
+        except (OSError, RaftError, anyio.BrokenResourceError, anyio.EndOfStream):
+            return _Failure.NOT_SENT
+        try:
             # The connection times the request out itself: no cancel scope per request.
             return await conn.request(body, deadline=deadline)
         except TimeoutError:
             # No answer in time. The connection stays: the other requests sharing it have
             # deadlines of their own, and a stopped node accepts a new connection as
             # readily as it kept the old one.
-            return None
+            return _Failure.SILENT
         except (OSError, RaftError, anyio.BrokenResourceError, anyio.EndOfStream):
-            if conn is not None:
-                self._drop(address, conn)
-            return None
+            self._drop(address, conn)
+            return _Failure.LOST
 
     async def _connection(self, address: str) -> _Connection:
         """The open connection to ``address``, opening it if needed. Concurrent callers

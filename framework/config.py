@@ -66,6 +66,7 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 __all__ = [
+    "ATTEMPT_TIMEOUT_FLOOR",
     "ENV_PREFIX",
     "NON_SETTING_ENV_VARS",
     "BackpressureSettings",
@@ -319,6 +320,27 @@ class _Duration(_Kind):
 
     def write(self, value: Any) -> Any:
         return format_duration(value)
+
+
+class _AutoOrDuration(_Kind):
+    """``"auto"`` (None: derived from other settings where it is used) or a duration > 0."""
+
+    __slots__ = ("duration",)
+
+    def __init__(self) -> None:
+        super().__init__('"auto" or ' + _DURATION_EXPECTED)
+        self.duration = _Duration()
+
+    def read(self, key: str, raw: object) -> float | None:
+        if raw == "auto":
+            return None
+        try:
+            return self.duration.read(key, raw)
+        except SettingsError as exc:
+            raise self.fail(key, raw, exc.problem) from None
+
+    def write(self, value: Any) -> Any:
+        return "auto" if value is None else format_duration(value)
 
 
 class _Size(_Kind):
@@ -617,6 +639,11 @@ class TransportSettings:
             )
 
 
+ATTEMPT_TIMEOUT_FLOOR: Final = 0.5
+"""Seconds: the least ``client.attempt_timeout = "auto"`` gives, so a slow link or a busy
+leader is not given up on after a fast profile's 100ms election timeout."""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TlsSettings:
     """A node's certificates (``raftmw tls init`` makes them); all three or none."""
@@ -684,7 +711,20 @@ class SecuritySettings:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClientSettings:
     request_timeout: float = field(metadata=_DURATION)
+    attempt_timeout: float | None = field(metadata=_kind(_AutoOrDuration()))
+    """None for ``"auto"``: see ``Settings.client_attempt_timeout``."""
     retry_backoff: float = field(metadata=_DURATION_OR_ZERO)
+
+    def _validate(self, key: str) -> None:
+        if self.attempt_timeout is not None and self.attempt_timeout > self.request_timeout:
+            raise SettingsError(
+                f"{key}.attempt_timeout",
+                f"is longer than {key}.request_timeout "
+                f"({_show(format_duration(self.request_timeout))}), the deadline of the "
+                "whole request",
+                '"auto" or a duration at most request_timeout',
+                value=format_duration(self.attempt_timeout),
+            )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -802,6 +842,21 @@ class Settings:
         default_factory=SecuritySettings, metadata=_kind(_Section(SecuritySettings))
     )
     sources: Mapping[str, str] = field(default_factory=_empty_map, compare=False)
+
+    @property
+    def client_attempt_timeout(self) -> float:
+        """How long a client waits for one node before trying another (seconds).
+
+        ``client.attempt_timeout`` if set; for ``"auto"``, one election timeout
+        (``raft.election_tick`` x ``raft.tick_interval``: a leader silent that long is what
+        followers take for dead) but at least ``ATTEMPT_TIMEOUT_FLOOR``, and never past
+        ``client.request_timeout``.
+        """
+        explicit = self.client.attempt_timeout
+        if explicit is not None:
+            return explicit
+        election = self.raft.election_tick * self.raft.tick_interval
+        return min(self.client.request_timeout, max(ATTEMPT_TIMEOUT_FLOOR, election))
 
 
 _D = TypeVar("_D", bound="DataclassInstance")

@@ -3,25 +3,33 @@
 The seed's ``Arc<RwLock<HashMap<u64, PeerConnection>>>`` in ``iroh.rs``, with its problems
 kept on purpose (and still correct: every message is written in order or its peer reported):
 
-- **A lock held across an await while connecting to a slow peer.** One sender task walks
-  the peers in id order; for each peer with buffered messages (or without a connection,
-  once a redial is due) it takes the pool lock, dials *under the lock* if there is no live
-  connection (bounded by ``transport.connect_timeout``), writes *under the lock* and
-  releases. A peer that accepts TCP but never answers the handshake holds the lock, and
-  the sender, for the whole connect timeout, and every other peer's messages wait behind it.
+- **A lock held across an await while writing to a slow peer.** One sender task walks the
+  peers in id order; for each peer with buffered messages it takes the pool lock, writes
+  *under the lock* and releases. A peer that stops reading holds the lock, and the sender,
+  until its socket buffers take the write or the write times out, and every other peer's
+  messages wait behind it.
 - **Locks taken one after another on the send path**: one acquisition per peer per walk.
 - **Unbounded buffers** (``iroh.rs`` lines 110, 308): ``send`` appends to the peer's buffer,
   whatever its length, and a down peer's buffer keeps growing until it is reachable again.
-- **Check-then-use**: a watcher task per connection waits for it to close, then takes the
-  lock to remove it from the dict if it is still the one there.
+- **Check-then-use**: a dial's connection is put in the dict under the lock if its peer is
+  still at the address dialled; a watcher task per connection waits for it to close, then
+  takes the lock to remove it from the dict if it is still the one there.
+
+Dials do not hold the lock or the sender. They used to (the seed connects under its lock):
+a peer whose connect or handshake never completes then held every other peer's messages
+for a whole ``transport.connect_timeout`` (1s) per redial, as long as an election timeout;
+a leader whose only other follower was that peer's neighbour heard from nobody for a whole
+check-quorum window and stepped down, though it had a quorum (issue #19: one follower's
+link cut cost the cluster its leader). Each dial now runs in a task of its own, one per
+peer at a time, while the sender goes on writing to the connected peers.
 
 Liveness: the sender also wakes when a redial comes due (per-peer backoff from
-``transport.reconnect_backoff_*``) and when a connection closes, so every peer in the address
-book is kept connected even when this node has nothing to send (a higher-id peer can only
-reach this node over the connection this node dials). A write is bounded by the fixed
-``snapshot`` timeout (a write may carry a snapshot; it is the longest fixed per-message
-bound): a peer that stops reading would otherwise hold the lock forever. After that the
-connection is closed, its messages dropped and the peer reported.
+``transport.reconnect_backoff_*``), when a dial ends and when a connection closes, so every
+peer in the address book is kept connected even when this node has nothing to send (a
+higher-id peer can only reach this node over the connection this node dials). A write is
+bounded by the fixed ``snapshot`` timeout (a write may carry a snapshot; it is the longest
+fixed per-message bound): a peer that stops reading would otherwise hold the lock forever.
+After that the connection is closed, its messages dropped and the peer reported.
 
 The actor plugin (``plugins/actors/pool.py``) replaces this with one task per peer.
 """
@@ -87,7 +95,8 @@ class LockedConnectionPool:
         self._dropped: dict[int, int] = {}
         self._retired: list[PeerConnection] = []
         """Connections of removed or moved peers, closed by the sender's next walk."""
-        self._dialling: int | None = None
+        self._dialling: set[int] = set()
+        """Peers with a dial in flight (each in a task of its own)."""
         self._wakeup: anyio.Event | None = None
         self._tg: anyio.abc.TaskGroup | None = None
 
@@ -152,7 +161,7 @@ class LockedConnectionPool:
             conn = self._connections.get(peer)
             if conn is not None and not conn.closed:
                 state = "connected"
-            elif self._dialling == peer:
+            elif peer in self._dialling:
                 state = "connecting"
             elif self._next_dial.get(peer, 0.0) > now:
                 state = "backoff"
@@ -225,23 +234,21 @@ class LockedConnectionPool:
         waits = [
             max(0.0, self._next_dial.get(peer, 0.0) - now)
             for peer in self._addresses
-            if not self._live(peer)
+            if not self._live(peer) and peer not in self._dialling
         ]
         return min(waits, default=float("inf"))
 
     async def _flush(self, peer: int) -> None:
-        """Under the pool lock: connect to ``peer`` if needed, then write its buffer."""
+        """Under the pool lock: write ``peer``'s buffer, or start a dial if it has no live
+        connection (the buffer waits for it)."""
         async with self._lock:
             conn = self._connections.get(peer)
             if conn is None or conn.closed:
                 if conn is not None:
                     del self._connections[peer]
                     await conn.aclose()
-                if self._next_dial.get(peer, 0.0) > anyio.current_time():
-                    return  # still backing off: the buffer waits (and grows)
-                conn = await self._dial(peer)
-                if conn is None:
-                    return
+                self._start_dial(peer)
+                return
             buffer = self._buffers.get(peer)
             batch = buffer.take() if buffer is not None else []
             if not batch:
@@ -265,43 +272,52 @@ class LockedConnectionPool:
                 del self._connections[peer]
                 await conn.aclose()
 
-    async def _dial(self, peer: int) -> PeerConnection | None:
-        """Connect to ``peer`` (the caller holds the lock, across this await)."""
-        address = self._addresses[peer]
+    def _start_dial(self, peer: int) -> None:
+        """Dial ``peer`` in a task of its own unless a dial is in flight or backing off."""
+        if peer in self._dialling or self._tg is None:
+            return
+        if self._next_dial.get(peer, 0.0) > anyio.current_time():
+            return  # still backing off: the buffer waits (and grows)
+        self._dialling.add(peer)
+        self._tg.start_soon(self._dial, peer, self._addresses[peer])
+
+    async def _dial(self, peer: int, address: str) -> None:
+        """Connect to ``peer``, then put the connection in the dict under the lock."""
         self._dial_attempts[peer] = self._dial_attempts.get(peer, 0) + 1
         backoff = self._backoffs.get(peer)
         if backoff is None:
             backoff = self._backoffs[peer] = Backoff(
                 self._backoff_min, self._backoff_max, self._rng
             )
-        self._dialling = peer
         try:
-            with anyio.fail_after(self._connect_timeout):
-                conn = await self._dialer.dial(peer, address)
-        except OSError as exc:
-            first = peer not in self._next_dial
-            self._next_dial[peer] = anyio.current_time() + backoff.next_delay()
-            logger.log(
-                logging.INFO if first else logging.DEBUG,
-                "cannot connect to node %d at %s: %s; retrying with backoff",
-                peer,
-                address,
-                str(exc) or type(exc).__name__,
-            )
-            if self._buffers.get(peer):
-                self._dialer.unreachable(peer)  # its messages wait in the buffer
-            return None
+            try:
+                with anyio.fail_after(self._connect_timeout):
+                    conn = await self._dialer.dial(peer, address)
+            except OSError as exc:
+                first = peer not in self._next_dial
+                self._next_dial[peer] = anyio.current_time() + backoff.next_delay()
+                logger.log(
+                    logging.INFO if first else logging.DEBUG,
+                    "cannot connect to node %d at %s: %s; retrying with backoff",
+                    peer,
+                    address,
+                    str(exc) or type(exc).__name__,
+                )
+                if self._buffers.get(peer):
+                    self._dialer.unreachable(peer)  # its messages wait in the buffer
+                return
+            async with self._lock:
+                if self._addresses.get(peer) != address:  # removed or moved while dialling
+                    await conn.aclose()
+                    return
+                backoff.reset()
+                self._next_dial.pop(peer, None)
+                self._connections[peer] = conn
+                if self._tg is not None:
+                    self._tg.start_soon(self._watch, peer, conn)
         finally:
-            self._dialling = None
-        if self._addresses.get(peer) != address:  # removed or moved while dialling
-            await conn.aclose()
-            return None
-        backoff.reset()
-        self._next_dial.pop(peer, None)
-        self._connections[peer] = conn
-        if self._tg is not None:
-            self._tg.start_soon(self._watch, peer, conn)
-        return conn
+            self._dialling.discard(peer)
+            self._wake()  # connected: its buffer goes out; failed: the next dial is timed
 
     async def _watch(self, peer: int, conn: PeerConnection) -> None:
         await conn.wait_closed()

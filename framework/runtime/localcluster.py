@@ -26,6 +26,7 @@ import anyio
 
 from framework.auth import ClientCredentials
 from framework.client import KVClient
+from framework.config import Settings, load_settings
 from framework.errors import RaftError
 from framework.transport.certificates import TlsDirectory, init_tls_directory
 
@@ -110,6 +111,7 @@ class LocalCluster:
         self.flags = list(flags)
         self.cluster_id = cluster_id
         self.env = {**os.environ, **(env or {})}
+        self._settings: Settings | None = None
         ports = free_ports(nodes, host)
         self.nodes: dict[int, NodeProcess] = {}
         for node_id, port in enumerate(ports, start=1):
@@ -254,9 +256,19 @@ class LocalCluster:
         return {node_id: self.stop(node_id) for node_id in self.nodes}
 
     def client(self, **kwargs: Any) -> KVClient:
-        """A client of this cluster, as admin (``credentials=`` to connect otherwise)."""
+        """A client timed by the nodes' own settings (their profile and files: the attempt
+        timeout follows their election timeout), connected as admin; keyword arguments
+        override (``credentials=`` to connect otherwise)."""
         kwargs.setdefault("credentials", self.credentials)
-        return KVClient(self.peers, **kwargs)
+        return KVClient.from_settings(self.peers, self.settings(), **kwargs)
+
+    def settings(self) -> Settings:
+        """The settings the nodes start with (without their ``--flag`` overrides)."""
+        if self._settings is None:
+            self._settings = load_settings(
+                profile=self.profile or "default", files=self.settings_files, env=self.env
+            )
+        return self._settings
 
     def environment(self) -> dict[str, str]:
         """``RAFTMW_`` variables that let the ``raftmw`` commands reach this cluster."""

@@ -87,6 +87,7 @@ from framework.runtime.members import (
 )
 from framework.runtime.node_flags import NodeFlags
 from framework.runtime.pending import Deadlines, Waiter
+from framework.runtime.redirect import redirect_target
 from framework.runtime.snapshots import (
     SNAPSHOT_VERSION,
     BadNodeSnapshot,
@@ -445,9 +446,9 @@ class RaftNode:
             self._wake.set()
         try:
             indexes = kernel.propose_batch([data for data, _ in batch])
-        except NotLeader as exc:
+        except NotLeader:
             for _, waiter in batch:
-                self._fail_not_leader(waiter, exc.leader)
+                self._fail_not_leader(waiter)
             return
         except TransferInProgress as exc:
             for _, waiter in batch:
@@ -500,7 +501,7 @@ class RaftNode:
         for context in rd.dropped_reads:
             entry = self._waiting_reads.pop(context, None)
             if entry is not None:
-                self._fail_not_leader(entry[1], kernel.leader)
+                self._fail_not_leader(entry[1])
         kernel.advance(rd)
         self._serve_reads()
         if self._settlements:
@@ -649,8 +650,9 @@ class RaftNode:
         for waiter in self._deadlines.drain():
             waiter.fail(kind, message)
 
-    def _fail_not_leader(self, waiter: Waiter, leader: int) -> None:
-        address = self.addresses.get(leader, "") if leader and leader != self.id else ""
+    def _fail_not_leader(self, waiter: Waiter) -> None:
+        leader = redirect_target(self.kernel) if self.kernel is not None else 0
+        address = self.addresses.get(leader, "") if leader else ""
         where = f"node {leader} at {address}" if address else "unknown"
         waiter.fail(
             "not_leader",
@@ -785,7 +787,7 @@ class RaftNode:
         kernel = self.kernel
         if kernel is None or kernel.role is not Role.LEADER:
             waiter = Waiter()
-            self._fail_not_leader(waiter, kernel.leader if kernel else 0)
+            self._fail_not_leader(waiter)
             assert waiter.error is not None
             raise _Refused(waiter.error)
 
@@ -824,8 +826,8 @@ class RaftNode:
         def action(kernel: RawNode) -> None:
             try:
                 waiter.succeed(call(kernel))
-            except NotLeader as exc:
-                self._fail_not_leader(waiter, exc.leader)
+            except NotLeader:
+                self._fail_not_leader(waiter)
             except (ConfChangeRejected, ProposalRejected) as exc:
                 waiter.fail("bad_request", str(exc))
 

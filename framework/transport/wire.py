@@ -40,6 +40,10 @@ from framework.transport.bounds import (
 )
 
 __all__ = [
+    "MAX_ADDRESS_CHARS",
+    "MAX_KEY_BYTES",
+    "MAX_VALUE_BYTES",
+    "MIN_FRAME_SIZE",
     "PROTOCOL",
     "PROTOCOL_VERSION",
     "AdminFlags",
@@ -53,10 +57,6 @@ __all__ = [
     "Hello",
     "InvalidRequest",
     "KVOp",
-    "MAX_ADDRESS_CHARS",
-    "MAX_KEY_BYTES",
-    "MAX_VALUE_BYTES",
-    "MIN_FRAME_SIZE",
     "PeerBatch",
     "PeerPart",
     "ProtocolError",

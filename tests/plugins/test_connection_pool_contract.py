@@ -323,8 +323,30 @@ async def test_state_of_the_wrong_shape_is_refused_before_any_is_taken(kind: str
 # == what sets them apart ======================================================================
 
 
-async def test_legacy_holds_every_peer_behind_a_connect_in_progress() -> None:
-    """The seed's problem: the one lock is held across the dial of a slow peer."""
+async def test_legacy_holds_every_peer_behind_a_write_in_progress() -> None:
+    """The seed's problem: the one lock is held across the write to a peer that stopped
+    reading, and every other peer's messages wait behind it."""
+    dialer = FakeDialer()
+    pool = make_pool("legacy", dialer)
+    pool.set_peers({2: "a2", 3: "a3"})
+    async with running(pool):
+        await until(connected(dialer, 2, 3))
+        dialer.write_gates[2] = gate = anyio.Event()  # node 2 stops reading
+        pool.send(2, [hb(2, 0)])
+        await until(lambda: pool.stats().peers[2].queued == 0, "the write to node 2")
+        pool.send(3, beats(3, range(5)))
+        for _ in range(50):
+            await checkpoint()
+        assert dialer.delivered[3] == []  # written to nobody: the lock is held
+        gate.set()
+        await until(lambda: dialer.terms(3) == list(range(5)), "node 3 after the write")
+        assert pool.lock_stats().acquisitions > 0
+
+
+async def test_legacy_serves_other_peers_while_one_connects() -> None:
+    """Issue #19: a dial that never completes (a follower whose link is cut) held the lock
+    and the sender for a whole connect timeout, and the leader's healthy follower heard
+    nothing meanwhile; the dial now runs beside the sender."""
     dialer = FakeDialer()
     pool = make_pool("legacy", dialer)
     pool.set_peers({2: "a2"})
@@ -333,14 +355,13 @@ async def test_legacy_holds_every_peer_behind_a_connect_in_progress() -> None:
         dialer.hang[3] = gate = anyio.Event()
         pool.set_peers({2: "a2", 3: "a3"})  # a new peer that takes long to answer
         await until(lambda: 3 in dialer.dialling, "the dial to node 3")
+        pool.send(3, beats(3, range(2)))
         pool.send(2, beats(2, range(5)))
-        for _ in range(50):
-            await checkpoint()
-        assert dialer.delivered[2] == []  # written to nobody: the lock is held
+        await until(lambda: dialer.terms(2) == list(range(5)), "node 2, meanwhile")
         assert pool.stats().peers[3].state == "connecting"
+        assert dialer.dials.count((3, "a3")) == 1  # one dial in flight, not one per walk
         gate.set()
-        await until(lambda: dialer.terms(2) == list(range(5)), "node 2 after the dial")
-        assert pool.lock_stats().acquisitions > 0
+        await until(lambda: dialer.terms(3) == [0, 1], "node 3 once connected")
 
 
 async def test_the_actor_serves_other_peers_while_one_connects_or_stalls() -> None:

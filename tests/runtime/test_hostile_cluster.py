@@ -10,6 +10,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from hostile_peer import batch, send_as_peer
 
 from framework.core import (
     AppendEntries,
@@ -24,7 +25,6 @@ from framework.core import (
 from framework.errors import BadRequest
 from framework.runtime.localcluster import LocalCluster
 from framework.transport.bounds import MAX_TERM
-from hostile_peer import batch, send_as_peer
 
 pytestmark = pytest.mark.anyio
 

@@ -14,15 +14,15 @@ A 3-node cluster of in-process `RaftNode`s on real `TcpTransport`s (127.0.0.1) a
 
 Both live nodes have a lower id than node 3, so both dial it, through their connection pool,
 every few seconds, and each dial stays in flight for ``transport.connect_timeout`` (1s, more
-than the 200-400ms election timeout). What follows is behaviour, not speed:
+than the 200-400ms election timeout). What follows is behaviour, not speed, and the same in
+both modes (``actors`` on and off): writes keep committing, no election happens (term and
+leader unchanged), and the healthy follower's frames are written *while* a dial to node 3
+is in flight.
 
-- actors (``actors = true``): writes keep committing, no election happens (term and
-  leader unchanged), and the healthy follower's frames are written *while* a dial to node 3
-  is in flight;
-- legacy: no frame to the healthy follower is ever written while a dial to node 3 is in
-  flight (the dial holds the pool lock and the one sender task), so the leader loses touch
-  with its only live follower for a whole connect timeout, check-quorum ends its term, and
-  elections follow. Every acknowledged write is still there: slow, not wrong.
+Issue #19: legacy mode used to dial under its pool lock, in its one sender task, so no frame
+reached the healthy follower during a dial; the leader heard from nobody for a whole connect
+timeout, check-quorum ended its term and elections followed, though it had a quorum (with a
+1s election timeout, once in a few runs). The legacy case below failed that way.
 """
 
 from __future__ import annotations
@@ -258,13 +258,15 @@ async def settled(c: Cluster, client: KVClient) -> tuple[int, int]:
 # -- the scenario --------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("actors", [False, True], ids=["legacy", "actors"])
 @pytest.mark.parametrize("hole", HOLES)
-async def test_with_actors_a_stuck_follower_stops_no_write_and_starts_no_election(
-    hole: str,
+async def test_a_stuck_follower_stops_no_write_and_starts_no_election(
+    hole: str, actors: bool
 ) -> None:
-    async with cluster(settings_for(actors=True), stuck=hole) as c, c.client() as client:
+    pool_plugin = "actors_pool" if actors else "legacy"
+    async with cluster(settings_for(actors=actors), stuck=hole) as c, c.client() as client:
         assert {n.components.plugins()["connection_pool"] for n in c.nodes.values()} == {
-            "actors_pool"
+            pool_plugin
         }
         term, leader = await settled(c, client)
         watch = c.watch(1)  # node 1 dials both node 2 and the stuck node 3
@@ -284,32 +286,8 @@ async def test_with_actors_a_stuck_follower_stops_no_write_and_starts_no_electio
         assert pool["peers"]["2"]["state"] == "connected"
         assert pool["peers"][str(STUCK)]["state"] != "connected"
         assert pool["peers"][str(STUCK)]["dial_attempts"] >= 2
-
-
-@pytest.mark.parametrize("hole", HOLES)
-async def test_in_legacy_mode_the_stuck_follower_holds_up_the_healthy_one(hole: str) -> None:
-    async with cluster(settings_for(actors=False), stuck=hole) as c, c.client() as client:
-        assert {n.components.plugins()["connection_pool"] for n in c.nodes.values()} == {"legacy"}
-        term, _leader = await settled(c, client)
-        watch = c.watch(1)
-        dials_before = watch.dials_to_stuck_done
-        acknowledged = 0
-        with anyio.fail_after(60):
-            # Write until an election has happened, through at least two stuck dials.
-            while (
-                max(t for t, _ in (await c.views()).values()) == term
-                or watch.dials_to_stuck_done < dials_before + 2
-            ):
-                await client.put(f"k{acknowledged}", str(acknowledged))
-                acknowledged += 1
-        # The lock (and the one sender) is held across the dial: nothing reaches node 2
-        # meanwhile, though node 2 is written to before and after.
-        assert watch.writes_during_stuck_dial[2] == 0
-        assert watch.writes[2] > 0
-        assert c.nodes[1].components.connection_pool.lock_stats().acquisitions > 0
-        # Slow, not wrong: every acknowledged write is there.
-        for i in (0, acknowledged // 2, acknowledged - 1):
-            assert await client.get(f"k{i}") == str(i)
+        lock_taken = c.nodes[1].components.connection_pool.lock_stats().acquisitions
+        assert (lock_taken == 0) if actors else (lock_taken > 0)
 
 
 async def test_flipping_actors_on_a_live_cluster_swaps_every_pool_and_keeps_every_write() -> None:
