@@ -79,8 +79,11 @@ from framework.metrics import GaugeReadings, NodeInstruments, PerformanceMetrics
 from framework.plugins import PluginHost
 from framework.runtime.components import Components
 from framework.runtime.node_flags import NodeFlags
+from framework.runtime.node_health import NodeHealth
+from framework.runtime.node_services import NodeServices
 from framework.runtime.pending import Deadlines, Waiter
 from framework.seams import NodeStatus, Priority, QueueFull
+from framework.services import ServiceError
 from framework.statemachine import (
     Append,
     Cas,
@@ -97,6 +100,7 @@ from framework.transport.base import Transport
 from framework.transport.wire import (
     AdminFlags,
     AdminMembers,
+    AdminService,
     AdminTransfer,
     ClientRequest,
     ClientResponse,
@@ -164,6 +168,10 @@ class RaftNode:
             blocked=self.settings.plugins.blocked, enabled=self.settings.plugins.enabled
         )
         self.flags = NodeFlags(self.host, node_id=self.id, settings=self.settings)
+        self.store, self.transport = self.host.wrap_io(
+            node_id=self.id, settings=self.settings, store=store, transport=transport
+        )
+        transport = self.transport
         self.components = Components(
             self.host,
             node_id=self.id,
@@ -207,6 +215,8 @@ class RaftNode:
         self._gauges = GaugeReadings()
         self._rejections: dict[str, int] = {}
         """Client requests answered with an error, per reason, not yet reported."""
+        self.health = NodeHealth()
+        self.services = NodeServices(self)
         self.instruments = NodeInstruments(
             node_id=self.id,
             cluster_id=config.cluster_id,
@@ -229,6 +239,7 @@ class RaftNode:
                 self._tg = tg
                 self._now = anyio.current_time()
                 await self.components.start(tg, self.flags.evaluate())
+                self.instruments.set_mode(n for n, ev in self.flags.current.items() if ev.value)
                 for ev in self.flags.current.values():
                     self._notify_flag(ev)
                 await self._publish_status()
@@ -236,6 +247,8 @@ class RaftNode:
                 await tg.start(self.transport.serve, self, self)
                 tg.start_soon(self._ticker)
                 tg.start_soon(self._ready_loop)
+                self.services.build()
+                await self.services.start(tg)
                 log.info("node %d serving at %s", self.id, self.transport.listen_address)
                 task_status.started()
         finally:
@@ -371,6 +384,7 @@ class RaftNode:
                 rd = kernel.ready()
                 started = time.perf_counter()
                 await self._handle_ready(kernel, rd)
+                self.health.on_ready(time.perf_counter() - started)
                 self.instruments.on_ready(
                     entries_persisted=len(rd.entries),
                     commit_index=kernel.log.committed,
@@ -454,6 +468,8 @@ class RaftNode:
         if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
             await anyio.to_thread.run_sync(self._persist, rd)
             self._now = anyio.current_time()
+            if rd.entries:
+                self.health.on_persisted(rd.entries[-1].index, self._now)
         if rd.persisted_messages:
             self._send(rd.persisted_messages)
         if rd.snapshot is not None:
@@ -466,6 +482,7 @@ class RaftNode:
         if rd.committed_entries:
             self._apply(rd.committed_entries)
             last = rd.committed_entries[-1].index
+            self.health.on_applied(last, self._now)
             metrics.add("entries_applied", len(rd.committed_entries))
             self.host.notify("raftmw_on_commit", node_id=self.id, commit_index=kernel.log.committed)
             self.host.notify(
@@ -661,6 +678,12 @@ class RaftNode:
         def done(waiter: Waiter) -> None:
             finished = self._now
             timeouts.observe("client_request", finished - started, ok=finished < waiter.deadline)
+            self.health.on_request(
+                finished - started,
+                None
+                if waiter.error is None
+                else ("timeout" if finished >= waiter.deadline else waiter.error.kind),
+            )
             if waiter.error is None:
                 reply(ClientResponse(id=request_id, ok=True, value=waiter.value))  # type: ignore[arg-type]
             else:
@@ -706,8 +729,15 @@ class RaftNode:
             if isinstance(body, AdminTransfer):
                 await self._transfer(body.to)
                 return ClientResponse(id=request.id, ok=True)
+            if isinstance(body, AdminService):
+                answer = await self.services.handle(body.service, body.action, body.payload)
+                return ClientResponse(id=request.id, ok=True, status=answer)
         except _Refused as refused:
             return ClientResponse(id=request.id, ok=False, error=refused.reply)
+        except ServiceError as exc:
+            return ClientResponse(
+                id=request.id, ok=False, error=ErrorReply(kind="bad_request", message=str(exc))
+            )
         return ClientResponse(  # pragma: no cover - the decoder admits no other body
             id=request.id,
             ok=False,
@@ -952,6 +982,7 @@ class RaftNode:
         """The status page: read through the status store, plus flags and components."""
         ns: NodeStatus = await self.components.status_store.read()
         c = self.components
+        performance = self._performance()
         return {
             "node_id": self.id,
             "cluster_id": self.config.cluster_id,
@@ -976,12 +1007,20 @@ class RaftNode:
             "invalid_messages": self.invalid_messages,
             "dropped_messages": self.dropped_messages,
             "flags": self._flag_table(),
+            "migration": self.flags.migration_summary(),
             "components": c.plugins(),
             "swaps": [
                 {"slot": r.slot, "old": r.old, "new": r.new, "ok": r.ok, "error": r.error}
                 for r in c.swaps[-10:]
             ],
-            "performance": self._performance(),
+            "performance": performance,
+            "health": self.health.to_dict(
+                commit=ns.commit,
+                applied=ns.applied,
+                performance=performance,
+                modes=[name for name, ev in self.flags.current.items() if ev.value],
+            ),
+            "services": self.services.status(),
         }
 
     def _flag_table(self) -> dict[str, dict[str, Any]]:
@@ -1027,7 +1066,22 @@ class RaftNode:
                 ev.source.name,
             )
             self._notify_flag(ev)
+        self.instruments.set_mode(name for name, ev in evaluations.items() if ev.value)
         await self.components.reconfigure(evaluations)
+
+    async def _propose_flag_change(self, change: FlagChange) -> int:
+        """Validate, propose as one ``flags`` entry, wait until applied here (and the swap
+        it causes, if any); returns the entry's index."""
+        self._check_leader()
+        problems = validate_change(self.flags.registry, change, state=self.flags.cluster)
+        if problems:
+            raise _Refused(ErrorReply(kind="bad_request", message="; ".join(problems)))
+        data = encode_flag_change(change)
+        index = await self._kernel_call(lambda k: k.propose(data, EntryKind.FLAGS))
+        assert isinstance(index, int)
+        await self._wait_applied(index)
+        await self._changed.wait()  # the swap, if any, happens in that loop iteration
+        return index
 
     def _notify_flag(self, ev: Evaluation) -> None:
         self.host.notify(
@@ -1042,16 +1096,8 @@ class RaftNode:
 
     async def _flags(self, req: AdminFlags) -> dict[str, Any]:
         if req.action in ("set", "unset") and req.scope == "cluster":
-            self._check_leader()
             change = FlagChange(set=dict(req.assignments), unset=list(req.names), reason=req.reason)
-            problems = validate_change(self.flags.registry, change)
-            if problems:
-                raise _Refused(ErrorReply(kind="bad_request", message="; ".join(problems)))
-            data = encode_flag_change(change)
-            index = await self._kernel_call(lambda k: k.propose(data, EntryKind.FLAGS))
-            assert isinstance(index, int)
-            await self._wait_applied(index)
-            await self._changed.wait()  # the swap, if any, happens in that loop iteration
+            await self._propose_flag_change(change)
         elif req.action in ("set", "unset"):
             try:
                 if req.action == "set":

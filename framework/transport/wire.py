@@ -18,7 +18,7 @@ what is wrong (oversized frame, undecodable body) and never buffers more than on
 from __future__ import annotations
 
 import struct
-from typing import Any, Final, Literal
+from typing import Annotated, Any, Final, Literal
 
 import msgspec
 
@@ -31,6 +31,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "AdminFlags",
     "AdminMembers",
+    "AdminService",
     "AdminTransfer",
     "ClientRequest",
     "ClientResponse",
@@ -136,7 +137,16 @@ class AdminFlags(msgspec.Struct, frozen=True, kw_only=True, tag="flags"):
     reason: str = ""
 
 
-RequestBody = KVOp | StatusRequest | AdminMembers | AdminTransfer | AdminFlags
+class AdminService(msgspec.Struct, frozen=True, kw_only=True, tag="service"):
+    """A request for a node service (``framework.services``), e.g. ``raftmw migrate``:
+    ``action`` and an opaque ``payload`` the service validates."""
+
+    service: Annotated[str, msgspec.Meta(max_length=64)]
+    action: Annotated[str, msgspec.Meta(max_length=64)]
+    payload: Annotated[bytes, msgspec.Meta(max_length=256 * 1024)] = b""
+
+
+RequestBody = KVOp | StatusRequest | AdminMembers | AdminTransfer | AdminFlags | AdminService
 
 
 class ClientRequest(msgspec.Struct, frozen=True, kw_only=True, tag="request"):
