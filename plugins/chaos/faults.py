@@ -156,7 +156,7 @@ class ChaosTransport:
         send, receive = anyio.create_memory_object_stream[tuple[float, list[Any]]](
             max_buffer_size=self.switch.config.max_delayed
         )
-        async with anyio.create_task_group() as tg, send, receive:
+        async with send, receive, anyio.create_task_group() as tg:
             tg.start_soon(self._send_later, receive)
             await tg.start(self.inner.serve, inbox, clients)
             self._later = send
