@@ -54,6 +54,8 @@ log = logging.getLogger("raftmw.migration")
 
 _RETRY_AFTER = 0.5
 """Seconds before a pass that failed (no quorum, a peer away) is tried again."""
+_TRANSFER_ATTEMPTS = 2
+"""Failed leadership transfers before a step moves the leader in place."""
 _ACTIONS = ("check", "start", "pause", "resume", "promote", "abort", "status", "history")
 
 
@@ -82,6 +84,8 @@ class MigrationController:
         self.live: dict[str, Any] = {"phase": "idle"}
         self._plans: dict[str, Plan] = {}
         self._settings_written: str | None = None
+        self._failed_transfers: dict[tuple[str, int], int] = {}
+        """Leadership transfers that did not complete, per (migration, step)."""
 
     # -- the service ---------------------------------------------------------------------------
 
@@ -193,19 +197,37 @@ class MigrationController:
             baseline = {name: cohort_value(values, voters, name) for name in self._analysed(plan)}
             detail = json.dumps({"baseline": baseline})
         decided = plan_step(step.cohort, voters=voters, leader=self.ctx.node_id, migrated=migrated)
+        attempt = (active.migration, k)
+        in_place = False
         if decided.transfer_to is not None:
-            self.live = {"phase": "transfer", "step": k + 1, "to": decided.transfer_to}
-            log.info(
-                "node %d: step %d moves the leader; leadership goes to migrated node %d first",
+            if self._failed_transfers.get(attempt, 0) < _TRANSFER_ATTEMPTS:
+                self.live = {"phase": "transfer", "step": k + 1, "to": decided.transfer_to}
+                log.info(
+                    "node %d: step %d moves the leader; leadership goes to migrated node %d first",
+                    self.ctx.node_id,
+                    k + 1,
+                    decided.transfer_to,
+                )
+                try:
+                    await self.ctx.transfer_leader(decided.transfer_to)
+                except Exception:
+                    self._failed_transfers[attempt] = self._failed_transfers.get(attempt, 0) + 1
+                    raise
+                return
+            # A migrated node that cannot take over (too slow to catch up, say) must not
+            # hold the migration forever: the leader switches in place, and says so.
+            log.warning(
+                "node %d: leadership did not move to node %d in %d attempts; step %d moves "
+                "the leader in place",
                 self.ctx.node_id,
-                k + 1,
                 decided.transfer_to,
+                _TRANSFER_ATTEMPTS,
+                k + 1,
             )
-            await self.ctx.transfer_leader(decided.transfer_to)
-            return
+            in_place = True
         change = step_change(plan.target, decided.nodes, voters)
         if not detail:
-            detail = json.dumps({"nodes": sorted(decided.nodes)})
+            detail = json.dumps({"nodes": sorted(decided.nodes), "leader_in_place": in_place})
         record = self._record(active, MigrationEvent.STEP, step=k, detail=detail)
         self.live = {"phase": "step", "step": k + 1, "nodes": sorted(decided.nodes)}
         await self._propose(FlagChange(set=change.set, migration=record))
