@@ -18,7 +18,9 @@ member, not hidden in an average. A check compares the migrated cohort's value w
 
 A check with no data on the side it needs (no old cohort left at 100%, a metric the
 cohort does not produce) is reported as "no data" and does not fail: absolute limits still
-hold. A measurement fails when any check fails; the gate fails when more than
+hold. A migrated node that does not answer its status request at all fails the
+measurement (the new mode may be what stopped it); an old-cohort node that does not
+answer only has no data. A measurement fails when any check fails; the gate fails when more than
 ``failure_limit`` measurements failed (it stops at once), and passes after
 ``measurements`` windows. Pure: no I/O.
 """
@@ -200,9 +202,23 @@ def measure(
     migrated: Collection[int],
     old: Collection[int],
     baseline: Mapping[str, float | None] | None,
+    silent: Collection[int] = (),
 ) -> Measurement:
-    """Judge one window's per-node ``values`` against every check of ``analysis``."""
+    """Judge one window's per-node ``values`` against every check of ``analysis``;
+    ``silent`` nodes did not answer (see the module doc)."""
     results = []
+    for node in sorted(set(silent) & set(migrated)):
+        results.append(
+            CheckResult(
+                check="migrated nodes answer",
+                metric="status",
+                migrated=None,
+                old=None,
+                baseline=None,
+                ok=False,
+                reason=f"migrated node {node} did not answer its status request",
+            )
+        )
     for check in analysis.checks:
         m = cohort_value(values, migrated, check.metric)
         o = cohort_value(values, old, check.metric)

@@ -326,7 +326,14 @@ class MigrationController:
                 "measurements": [m.to_dict() for m in measurements],
             }
             values = await self._window(voters, analysis.interval)
-            measurement = measure(analysis, values, migrated=migrated, old=old, baseline=baseline)
+            measurement = measure(
+                analysis,
+                values,
+                migrated=migrated,
+                old=old,
+                baseline=baseline,
+                silent=[v for v in voters if v not in values],
+            )
             measurements.append(measurement)
             if sum(not m.ok for m in measurements) > analysis.failure_limit:
                 break

@@ -116,3 +116,17 @@ def test_a_measurement_fails_when_any_check_fails() -> None:
         baseline=None,
     )
     assert not result.ok and [r.metric for r in result.failures()] == ["b"]
+
+
+def test_a_migrated_node_that_does_not_answer_fails_the_measurement() -> None:
+    values: dict[int, dict[str, float | None]] = {2: {"m": 1.0}}
+    check = Check(metric="m", max_ratio=2.0)
+    silent_canary = measure(
+        analysis(check), values, migrated=(1,), old=(2, 3), baseline=None, silent=(1, 3)
+    )
+    assert not silent_canary.ok
+    assert "migrated node 1 did not answer" in silent_canary.failures()[0].reason
+    silent_old = measure(
+        analysis(check), values, migrated=(2,), old=(3,), baseline=None, silent=(3,)
+    )
+    assert silent_old.ok  # an old-cohort node away is only missing data
