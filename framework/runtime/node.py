@@ -678,18 +678,14 @@ class RaftNode:
         def done(waiter: Waiter) -> None:
             finished = self._now
             timeouts.observe("client_request", finished - started, ok=finished < waiter.deadline)
-            self.health.on_request(
-                finished - started,
-                None
-                if waiter.error is None
-                else ("timeout" if finished >= waiter.deadline else waiter.error.kind),
-            )
             if waiter.error is None:
+                self.health.on_request(finished - started, None)
                 reply(ClientResponse(id=request_id, ok=True, value=waiter.value))  # type: ignore[arg-type]
             else:
                 # Tallied here, reported once per Ready-loop iteration (never per request).
                 reason = "timeout" if finished >= waiter.deadline else waiter.error.kind
                 self._rejections[reason] = self._rejections.get(reason, 0) + 1
+                self.health.on_request(finished - started, reason)
                 reply(ClientResponse(id=request_id, ok=False, error=waiter.error))
 
         waiter = Waiter(done, started + timeouts.timeout("client_request"))
