@@ -42,11 +42,18 @@ class Histogram:
         self.counts = [0] * (_BUCKETS + 1)
 
     def observe_ms(self, ms: float) -> None:
-        if ms <= _SMALLEST_MS:
-            k = 0
-        else:
-            k = min(_BUCKETS, math.ceil(math.log(ms / _SMALLEST_MS, _GROWTH) - 1e-9))
-        self.counts[k] += 1
+        self.counts[_bucket(ms)] += 1
+
+
+_SCALE: Final = 1.0 / math.log(_GROWTH)
+
+
+def _bucket(ms: float) -> int:
+    """The first bucket whose upper bound is >= ``ms`` (one log, no division by a base)."""
+    if ms <= _SMALLEST_MS:
+        return 0
+    k = math.ceil(math.log(ms * (1.0 / _SMALLEST_MS)) * _SCALE - 1e-9)
+    return k if k < _BUCKETS else _BUCKETS
 
 
 def percentile_ms(counts: Sequence[int], q: float) -> float | None:
@@ -77,7 +84,7 @@ class NodeHealth:
         if error == "not_leader":
             return  # a redirect is not an answer: neither latency nor a rejection
         self.requests += 1
-        self.client_latency.observe_ms(seconds * 1e3)
+        self.client_latency.counts[_bucket(seconds * 1e3)] += 1
         if error is not None:
             self.rejections[error] = self.rejections.get(error, 0) + 1
 
