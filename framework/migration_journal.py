@@ -176,9 +176,12 @@ def record_problem(record: MigrationRecord) -> str | None:
 class MigrationJournal:
     """The replicated migration state: records applied in log order (see the module doc)."""
 
-    __slots__ = ("_active", "_outcomes", "_records", "_refusals")
+    __slots__ = ("_active", "_outcomes", "_records", "_refusals", "revision")
 
     def __init__(self) -> None:
+        self.revision = 0
+        """Counts records applied (refused ones too) by this instance: a cheap way for a
+        reader to notice a change (local only: not replicated, not in snapshots)."""
         self._active: ActiveMigration | None = None
         self._records: deque[tuple[int, MigrationRecord]] = deque(maxlen=JOURNAL_LIMIT)
         self._outcomes: deque[MigrationOutcome] = deque(maxlen=JOURNAL_LIMIT)
@@ -259,6 +262,7 @@ class MigrationJournal:
         """Apply ``record`` committed at ``log_index``; returns why it was refused (then
         nothing changed but the remembered refusal), or None. ``restore`` (for a start) is
         the encoded change a rollback will apply."""
+        self.revision += 1
         problem = self.problem(record)
         if problem is not None:
             self._refusals.append((log_index, problem))

@@ -65,7 +65,7 @@ class _Key(msgspec.Struct, frozen=True):
     step: int
     gate_passed: bool
     paused: bool
-    outcomes: int
+    revision: int
 
 
 class MigrationController:
@@ -113,7 +113,7 @@ class MigrationController:
             step=active.current_step if active else -2,
             gate_passed=active.gate_passed if active else False,
             paused=active.paused if active else False,
-            outcomes=len(journal.outcomes()),
+            revision=journal.revision,
         )
 
     async def _cancel_on_change(self, key: _Key, scope: anyio.CancelScope) -> None:
@@ -189,13 +189,12 @@ class MigrationController:
             await self._propose(FlagChange(migration=record))
             return
         step = plan.steps[k]
-        detail = ""
+        baseline: dict[str, float | None] | None = None
         if k == 0 and plan.needs_baseline:
             interval = max(a.interval for a in plan.analyses.values() if a.needs_baseline)
             self.live = {"phase": "baseline", "step": 1, "interval": interval}
             values = await self._window(voters, interval)
             baseline = {name: cohort_value(values, voters, name) for name in self._analysed(plan)}
-            detail = json.dumps({"baseline": baseline})
         decided = plan_step(step.cohort, voters=voters, leader=self.ctx.node_id, migrated=migrated)
         attempt = (active.migration, k)
         in_place = False
@@ -226,8 +225,10 @@ class MigrationController:
             )
             in_place = True
         change = step_change(plan.target, decided.nodes, voters)
-        if not detail:
-            detail = json.dumps({"nodes": sorted(decided.nodes), "leader_in_place": in_place})
+        facts: dict[str, Any] = {"nodes": sorted(decided.nodes), "leader_in_place": in_place}
+        if baseline is not None:
+            facts["baseline"] = baseline  # a new leader judges against the same one
+        detail = json.dumps(facts)
         record = self._record(active, MigrationEvent.STEP, step=k, detail=detail)
         self.live = {"phase": "step", "step": k + 1, "nodes": sorted(decided.nodes)}
         await self._propose(FlagChange(set=change.set, migration=record))
@@ -345,9 +346,13 @@ class MigrationController:
                 record.migration == active.migration
                 and record.event == MigrationEvent.STEP
                 and record.step == 0
-                and record.detail.startswith('{"baseline"')
             ):
-                baseline = json.loads(record.detail)["baseline"]
+                try:
+                    baseline = json.loads(record.detail).get("baseline")
+                except (ValueError, AttributeError):
+                    return None
+                if not isinstance(baseline, dict):
+                    return None
                 return {k: v for k, v in baseline.items() if isinstance(v, int | float)}
         return None
 

@@ -78,7 +78,8 @@ async def test_a_healthy_plan_moves_every_node_and_writes_the_final_settings(
         '[[steps]]\ncohort = { role = "all" }\n',
         '[analysis.canary]\ninterval = "700ms"\nmeasurements = 2\nfailure_limit = 1\n'
         'checks = [{ metric = "commit_latency_p99", max = 10000 },'
-        ' { metric = "ready_pause_p99", max_ratio = 10, min_reference = 20 }]\n',
+        ' { metric = "ready_pause_p99", max_ratio = 10, min_reference = 20 },'
+        ' { metric = "commit_latency_p99", max_baseline_ratio = 100, min_reference = 50 }]\n',
         f'id = "healthy"\nwrite_settings = "{settings}"',
     )
     async with writing(cluster) as writer:
@@ -101,7 +102,10 @@ async def test_a_healthy_plan_moves_every_node_and_writes_the_final_settings(
     assert counts[("step", 0)] == counts[("step", 1)] == counts[("verdict", 0)] == 1
     assert history["outcomes"][-1]["outcome"] == "complete"
     verdict = next(r for r in history["records"] if r["event"] == "verdict" and r["step"] == 0)
-    assert json.loads(verdict["detail"])["analysis"] == "canary"
+    checks = json.loads(verdict["detail"])["measurements"][-1]["checks"]
+    assert checks[2]["baseline"] is not None  # measured before step 1, kept in its record
+    first = next(r for r in history["records"] if r["event"] == "step" and r["step"] == 0)
+    assert "commit_latency_p99" in json.loads(first["detail"])["baseline"]
     with anyio.fail_after(20):
         for n in (1, 2, 3):
             while not await anyio.Path(str(settings).format(node=n)).exists():
