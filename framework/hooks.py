@@ -173,7 +173,7 @@ def raftmw_wrap_transport(node_id: int, settings: Settings, inner: Any) -> Any:
 
 
 @hookspec
-def raftmw_make_service(ctx: ServiceContext) -> Service | None:
+def raftmw_node_service(ctx: ServiceContext) -> Service | None:
     """A service to run on this node for as long as it runs, or None.
 
     Called once per node start on every plugin; every non-None answer is started in the

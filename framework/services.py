@@ -1,6 +1,6 @@
 """Node services: long-running plugin tasks that live beside the Ready loop.
 
-A plugin answers ``raftmw_make_service`` with a `Service` when a node starts; the node runs
+A plugin answers ``raftmw_node_service`` with a `Service` when a node starts; the node runs
 it in its own task group for as long as it runs (structured concurrency: the node owns
 it), hands it a `ServiceContext`, and routes ``AdminService`` requests named for it to
 its ``handle``. A service acts only through the context: it reads the replicated flag

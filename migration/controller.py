@@ -427,7 +427,7 @@ class MigrationController:
             )
         try:
             args = json.loads(payload or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ServiceError(f"migrate {action}: the request is not JSON") from None
         if not isinstance(args, dict):
             raise ServiceError(f"migrate {action}: the request is not a JSON object")

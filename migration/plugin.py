@@ -44,7 +44,7 @@ def merge_metrics(answers: list[tuple[str, Any]]) -> dict[str, Metric]:
 
 
 @hookimpl
-def raftmw_make_service(ctx: ServiceContext) -> MigrationController:
+def raftmw_node_service(ctx: ServiceContext) -> MigrationController:
     return MigrationController(ctx, merge_metrics(ctx.plugin_answers("raftmw_analysis_metrics")))
 
 

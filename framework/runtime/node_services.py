@@ -1,6 +1,6 @@
 """``NodeServices``: the services plugins run beside a node, and the context they get.
 
-Services are built once when the node starts (``raftmw_make_service``), run as tasks of the
+Services are built once when the node starts (``raftmw_node_service``), run as tasks of the
 node's task group, and reach the node only through `NodeContext` (the
 ``framework.services.ServiceContext`` protocol): reads of the replicated state, flag
 changes proposed as log entries, leadership transfer. See ``framework/services.py``.
@@ -113,7 +113,7 @@ class NodeServices:
 
     def build(self) -> None:
         """Ask every plugin for its service (once, when the node starts)."""
-        caller = self._host.pm.hook.raftmw_make_service
+        caller = self._host.pm.hook.raftmw_node_service
         for impl in reversed(caller.get_hookimpls()):
             try:
                 service = impl.function(ctx=self.context)
@@ -125,7 +125,7 @@ class NodeServices:
                 continue
             if not isinstance(service, Service):
                 raise PluginError(
-                    f"plugin {impl.plugin_name!r} answered raftmw_make_service with "
+                    f"plugin {impl.plugin_name!r} answered raftmw_node_service with "
                     f"{type(service).__name__}; expected a framework.services.Service"
                 )
             if service.name in self.services:
