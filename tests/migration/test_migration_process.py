@@ -166,7 +166,7 @@ async def test_a_killed_leader_s_step_is_continued_and_a_restarted_node_has_the_
         '[[steps]]\ncohort = { count = 1 }\ngate = { analysis = "canary" }\n'
         "[[steps]]\ncohort = { count = 2 }\ngate = { approval = true }\n"
         '[[steps]]\ncohort = { role = "all" }\n',
-        '[analysis.canary]\ninterval = "1s"\nmeasurements = 3\n'
+        '[analysis.canary]\ninterval = "700ms"\nmeasurements = 2\n'
         'checks = [{ metric = "commit_latency_p99", max = 60000 }]\n',
         'id = "failover"',
     )
@@ -174,7 +174,7 @@ async def test_a_killed_leader_s_step_is_continued_and_a_restarted_node_has_the_
         await service(cluster, "start", plan=text)
         await wait_until(cluster, all_pages(lambda p: (migration_of(p) or {}).get("step") == 1))
         leader = await cluster.leader()
-        await anyio.sleep(0.8)  # in the middle of the canary's analysis
+        await anyio.sleep(0.5)  # in the middle of the canary's analysis
         cluster.kill(leader)
         live = tuple(n for n in (1, 2, 3) if n != leader)
         await wait_until(
@@ -206,6 +206,12 @@ async def test_a_killed_leader_s_step_is_continued_and_a_restarted_node_has_the_
     for step in (0, 1, 2):
         assert counts[("step", step)] == 1, counts  # no step twice, none skipped
     assert counts[("verdict", 0)] == 1 and counts[("promote", 1)] == 1
+    # The killed leader started the canary's analysis; the next leader ran it again, whole.
+    records = [r for r in history["records"] if r["migration"] == "failover"]
+    (first_step,) = [r for r in records if r["event"] == "step" and r["step"] == 0]
+    (verdict,) = [r for r in records if r["event"] == "verdict" and r["step"] == 0]
+    assert first_step["by"] == f"controller@{leader}"
+    assert verdict["by"] != f"controller@{leader}"
     assert history["outcomes"][-1]["outcome"] == "complete"
 
 
