@@ -42,7 +42,8 @@ class Writer:
         self.errors = 0
 
     async def run(self) -> None:
-        async with self.cluster.client(timeout=5.0) as client:
+        # A generous deadline: a write that fails is an error a client saw, not load.
+        async with self.cluster.client(timeout=10.0) as client:
             i = 0
             while True:
                 key, value = f"{self.prefix}{i}", f"v{i}"

@@ -91,7 +91,7 @@ async def test_a_healthy_plan_moves_every_node_and_writes_the_final_settings(
             all_pages(lambda p: migration_of(p) is None and flags_on(p, "actors", "backpressure")),
         )
     await writer.check()
-    assert len(writer.acked) > 20
+    assert len(writer.acked) > 20 and writer.errors == 0
     for page in pages.values():
         for name in ("actors", "backpressure"):
             assert page["flags"][name]["source"] == "CLUSTER"
@@ -141,6 +141,7 @@ async def test_a_chaos_degraded_mode_rolls_back_at_the_canary_in_one_entry(
         )
         await anyio.sleep(0.3)  # writes go on after the rollback
     await writer.check()
+    assert writer.errors == 0  # no client saw an error from the canary or the rollback
     for page in pages.values():
         assert not page["flags"]["actors"]["value"] and not page["flags"]["chaos"]["value"]
     history = await service(cluster, "history")
