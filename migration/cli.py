@@ -159,7 +159,8 @@ def history(peers: str, timeout: float, as_json: bool) -> None:
         click.echo(json.dumps(answer, indent=2, sort_keys=True))
         return
     for record in answer.get("records", []):
-        step = f" step {record['step'] + 1}" if record.get("step", -1) >= 0 else ""
+        n = record.get("step", -1) + 1
+        step = "" if n <= 0 else (f" {n}" if record["event"] == "step" else f" (step {n})")
         detail = record.get("detail", "")
         click.echo(
             f"{record['log_index']:>8}  {record['migration']}  {record['event']}{step}"
