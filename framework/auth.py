@@ -35,6 +35,7 @@ from framework.transport.tls import CertificateIdentity, TlsError, client_contex
 from framework.transport.wire import (
     AdminFlags,
     AdminMembers,
+    AdminService,
     AdminTransfer,
     ErrorReply,
     KVOp,
@@ -81,6 +82,8 @@ ANYONE: Final = Principal("anyone (authentication is off)", Role.ADMIN)
 UNAUTHENTICATED: Final = Principal("unauthenticated", None)
 
 _FLAG_READS: Final = frozenset({"list", "get", "history"})
+_SERVICE_READS: Final = frozenset({"check", "status", "history"})
+"""Node-service actions that only read (``raftmw migrate check|status|history``)."""
 
 
 def operation(body: RequestBody) -> str:
@@ -96,6 +99,8 @@ def operation(body: RequestBody) -> str:
             return "transfer-leader"
         case AdminFlags():
             return f"flags {body.action}" + (" --node" if body.scope == "node" else "")
+        case AdminService():
+            return f"{body.service} {body.action}"
     raise TypeError(f"unknown request body {type(body).__name__}")
 
 
@@ -105,7 +110,9 @@ def required_role(body: RequestBody) -> Role:
         return Role.READ_WRITE
     if isinstance(body, AdminFlags) and body.action in _FLAG_READS:
         return Role.READ_WRITE
-    return Role.ADMIN
+    if isinstance(body, AdminService) and body.action in _SERVICE_READS:
+        return Role.READ_WRITE
+    return Role.ADMIN  # membership, leadership, flag and migration changes
 
 
 def authorize(principal: Principal, body: RequestBody) -> ErrorReply | None:

@@ -656,8 +656,18 @@ def cluster(nodes: int, data_dir: Path, profile: str | None, flags: tuple[str, .
     default=None,
     help="Where the nodes keep their data (default: a new temporary directory).",
 )
-def demo(seconds: float, clients: int, data_dir: Path | None) -> None:
+@click.option(
+    "--migrate",
+    is_flag=True,
+    help="Instead: two staged migrations under load, one completed, one rolled back.",
+)
+def demo(seconds: float, clients: int, data_dir: Path | None, migrate: bool) -> None:
     """Start a local 3-node cluster, run a KV workload, kill the leader, show what happened."""
+    if migrate:
+        from framework.runtime.demo_migration import run_migration_demo
+
+        run_migration_demo(seconds=max(seconds, 12.0), clients=clients, data_dir=data_dir)
+        return
     from framework.runtime.demo import run_demo
 
     run_demo(seconds=seconds, clients=clients, data_dir=data_dir)

@@ -63,6 +63,7 @@ from framework.errors import (
 from framework.transport.wire import (
     AdminFlags,
     AdminMembers,
+    AdminService,
     AdminTransfer,
     ClientResponse,
     ErrorReply,
@@ -362,6 +363,14 @@ class KVClient:
 
     async def transfer_leader(self, to: int) -> None:
         await self._call(AdminTransfer(to=to), write=True)
+
+    async def service(self, service: str, action: str, payload: bytes = b"") -> dict[str, Any]:
+        """A request for a node service (``framework.services``), such as ``migration``,
+        sent to the leader (a service that answers on any node answers there too)."""
+        response = await self._call(
+            AdminService(service=service, action=action, payload=payload), write=True
+        )
+        return dict(response.status or {})
 
     # == the retry loop =======================================================================
 

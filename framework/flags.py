@@ -77,6 +77,12 @@ from typing import Annotated, Final
 import msgspec
 
 from framework.config import FlagValue, Rollout, Settings
+from framework.migration_journal import (
+    JournalSnapshot,
+    MigrationEvent,
+    MigrationJournal,
+    MigrationRecord,
+)
 
 __all__ = [
     "HISTORY_LIMIT",
@@ -597,11 +603,16 @@ def _same_ids(ids: tuple[int, ...]) -> tuple[int, ...]:
 
 
 class FlagChange(msgspec.Struct, frozen=True):
-    """One ``flags`` log entry: applied atomically at its log index (unset, then set)."""
+    """One ``flags`` log entry: applied atomically at its log index (unset, then set).
+
+    ``migration`` records a staged-migration event in the same entry (see
+    ``framework.migration_journal``): a step's cohort change and its record commit together,
+    and a refused record refuses the whole change."""
 
     set: dict[str, bool | RolloutWire] = msgspec.field(default_factory=dict)
     unset: list[str] = msgspec.field(default_factory=list)
     reason: str = ""  # the operator's note, kept in the history
+    migration: MigrationRecord | None = None
 
 
 _ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
@@ -642,8 +653,16 @@ def validate_change(
     """
     known = registry.names()
     problems: list[str] = []
-    if not change.set and not change.unset:
+    if not change.set and not change.unset and change.migration is None:
         problems.append("the change sets and unsets nothing")
+    if change.migration is not None:
+        journal = state.migrations if state is not None else MigrationJournal()
+        problem = journal.problem(change.migration)
+        if problem is not None:
+            problems.append(problem)
+        for name in change.migration.targets:
+            if name not in registry:
+                problems.append(_unknown(name, known, what="cannot migrate"))
     for name, wire in change.set.items():
         if name not in registry:
             problems.append(_unknown(name, known, what="cannot set"))
@@ -667,6 +686,7 @@ class _Snapshot(msgspec.Struct, frozen=True):
     applied_index: int
     flags: dict[str, _StoredFlag]
     history: list[tuple[int, FlagChange]]
+    migrations: JournalSnapshot | None = None
 
 
 _SNAPSHOT_VERSION: Final = 1
@@ -676,12 +696,14 @@ _SNAPSHOT_DECODER: Final = msgspec.msgpack.Decoder(_Snapshot)
 class ClusterFlagState:
     """The replicated flag state: committed `FlagChange` entries applied in log order."""
 
-    __slots__ = ("_applied_index", "_flags", "_history")
+    __slots__ = ("_applied_index", "_flags", "_history", "migrations")
 
     def __init__(self) -> None:
         self._applied_index = 0
         self._flags: dict[str, tuple[FlagValue, int]] = {}
         self._history: deque[tuple[int, FlagChange]] = deque(maxlen=HISTORY_LIMIT)
+        self.migrations = MigrationJournal()
+        """The staged-migration journal, fed by changes that carry a record."""
 
     @property
     def applied_index(self) -> int:
@@ -700,6 +722,8 @@ class ClusterFlagState:
                 f"flag change at log index {log_index!r} applied after log index "
                 f"{self._applied_index}; expected changes in increasing log order"
             )
+        if change.migration is not None:
+            change = self._apply_migration(change, log_index)
         values = {name: _to_value(wire) for name, wire in change.set.items()}
         for name in change.unset:
             self._flags.pop(name, None)
@@ -714,6 +738,41 @@ class ClusterFlagState:
             reason=change.reason,
         )
         self._history.append((log_index, normal))
+
+    def _apply_migration(self, change: FlagChange, log_index: int) -> FlagChange:
+        """Feed the change's record to the journal; returns the flag change to apply.
+
+        A refused record applies nothing (the history says why). A start captures, at its
+        own index, the change that restores its target flags; a rollback applies exactly
+        that change, whatever its entry's own set/unset say, so every node restores the
+        same state."""
+        record = change.migration
+        assert record is not None
+        restore = b""
+        if record.event == MigrationEvent.START:
+            restore = encode_flag_change(self.restore_change(record.targets))
+        rollback = self.migrations.active if record.event == MigrationEvent.ROLLBACK else None
+        refused = self.migrations.apply(record, log_index, restore=restore)
+        note = f"migration {record.migration!r} {record.event}"
+        if record.step >= 0:
+            note += f" step {record.step + 1}"
+        if refused is not None:
+            return FlagChange(reason=f"{note} refused: {refused}")
+        if rollback is not None:
+            back = decode_flag_change(rollback.restore)
+            return FlagChange(set=back.set, unset=back.unset, reason=f"{note}: {record.detail}")
+        return FlagChange(set=change.set, unset=change.unset, reason=change.reason or note)
+
+    def restore_change(self, names: Iterable[str]) -> FlagChange:
+        """The change that puts ``names`` back to their current cluster values."""
+        set_: dict[str, bool | RolloutWire] = {}
+        unset: list[str] = []
+        for name in sorted(set(names)):
+            if name in self._flags:
+                set_[name] = _to_wire(self._flags[name][0])
+            else:
+                unset.append(name)
+        return FlagChange(set=set_, unset=unset, reason="restore")
 
     def values(self) -> dict[str, FlagValue]:
         return {name: value for name, (value, _) in sorted(self._flags.items())}
@@ -742,6 +801,7 @@ class ClusterFlagState:
                     for name, (value, index) in self._flags.items()
                 },
                 history=list(self._history),
+                migrations=self.migrations.to_wire(),
             )
         )
 
@@ -766,15 +826,23 @@ class ClusterFlagState:
             for name, stored in snapshot.flags.items()
         }
         state._history.extend(snapshot.history)
+        if snapshot.migrations is not None:
+            try:
+                state.migrations = MigrationJournal.from_wire(
+                    snapshot.migrations, snapshot.applied_index
+                )
+            except ValueError as error:
+                raise FlagError(f"flag state snapshot is not consistent: {error}") from None
         return state
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, ClusterFlagState):
             return NotImplemented
-        return (self._applied_index, self._flags, list(self._history)) == (
+        return (self._applied_index, self._flags, list(self._history), self.migrations) == (
             other._applied_index,
             other._flags,
             list(other._history),
+            other.migrations,
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable: equal now, maybe not later

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         StatusStore,
         TimeoutPolicy,
     )
+    from framework.services import Service, ServiceContext
     from framework.transport.base import Transport
 
 __all__ = ["BuildContext", "hookimpl", "hookspec"]
@@ -144,6 +145,60 @@ def raftmw_make_transport(
 
 
 # ===========================================================================================
+# Wrappers: called once when a node is built, each answer wrapping the previous one
+# ===========================================================================================
+
+
+@hookspec
+def raftmw_wrap_log_store(node_id: int, settings: Settings, inner: Any) -> Any:
+    """A log store wrapping ``inner`` (same ``LogStore`` protocol), or None to leave it.
+
+    Called once when a ``RaftNode`` is built; every non-None answer wraps the one before
+    (pluggy's call order), so fault injection (``chaos``) or accounting can sit around the
+    store without the node knowing. A wrapper must keep the protocol's durability promise
+    (``save_ready`` returns only once the data is stored as ``sync`` says)."""
+
+
+@hookspec
+def raftmw_wrap_transport(node_id: int, settings: Settings, inner: Any) -> Any:
+    """A transport wrapping ``inner`` (same ``Transport`` protocol), or None to leave it.
+
+    Called once when a ``RaftNode`` is built, like ``raftmw_wrap_log_store``. The wrapper's
+    ``serve`` must run the inner ``serve`` and may start tasks of its own beside it."""
+
+
+# ===========================================================================================
+# Services: long-running tasks beside the Ready loop (framework/services.py)
+# ===========================================================================================
+
+
+@hookspec
+def raftmw_node_service(ctx: ServiceContext) -> Service | None:
+    """A service to run on this node for as long as it runs, or None.
+
+    Called once per node start on every plugin; every non-None answer is started in the
+    node's task group after the node serves, and cancelled when it stops. ``AdminService``
+    requests naming ``Service.name`` go to its ``handle``; its ``status()`` appears in the
+    node's status page under ``services``. Two services with one name are an error at start.
+    """
+
+
+AnalysisMetric = Callable[[Mapping[str, Any], Mapping[str, Any]], "float | None"]
+"""(a node's status page at a window's start, at its end) -> its value, or None."""
+
+
+@hookspec
+def raftmw_analysis_metrics() -> Mapping[str, AnalysisMetric]:  # type: ignore[empty-body]
+    """Metrics a staged migration's analysis can check, by name (merged over plugins; a
+    name already taken is an error at start).
+
+    Each metric is a function of two status pages of one node, taken at the start and the
+    end of a measurement window (``raftmw status --json``: ``health``, ``performance``, ...),
+    returning the node's value over the window, or None when the node has no data. Called
+    once when the migration service starts and by ``raftmw migrate check``."""
+
+
+# ===========================================================================================
 # Observers: called after the event, on the event loop; return values are ignored; an
 # exception is logged and does not affect the node.
 # ===========================================================================================
@@ -191,3 +246,13 @@ def raftmw_on_plugin_swap(
     node_id: int, seam: str, old: str, new: str, ok: bool, error: str | None
 ) -> None:
     """A component swap finished (``ok``) or was aborted (the old one keeps running)."""
+
+
+@hookspec
+def raftmw_on_migration_event(
+    node_id: int, migration: str, event: str, step: int, log_index: int, detail: str
+) -> None:
+    """A staged-migration record was applied on this node at ``log_index``: ``event`` is
+    start, step, verdict, pause, resume, promote, rollback or complete; ``step`` counts from
+    1 (0: none); ``detail`` is the reason or the measurements. Called on every node, once per
+    record, in log order (not for records replayed at start)."""

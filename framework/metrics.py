@@ -297,6 +297,14 @@ class NodeInstruments:
         self._commit = commit_index
         self._shared.register(self)
 
+    def set_mode(self, flags_on: Iterable[str]) -> None:
+        """Label this node's measurements with the flags it has on (``raftmw.mode``, sorted
+        and comma-joined), so a dashboard can split any measurement by mode: during a staged
+        migration, the migrated cohort from the rest. Called at start and on flag changes."""
+        mode = ",".join(sorted(flags_on)) or "-"
+        self.attributes = {**self.attributes, "raftmw.mode": mode}
+        self._by_reason = {}
+
     def close(self) -> None:
         """The node stopped: its gauges stop reporting. Idempotent."""
         self._shared.unregister(self)

@@ -276,6 +276,45 @@ class PluginHost:
             except Exception:
                 log.exception("plugin %r failed in %s", impl.plugin_name, hook)
 
+    def wrap_io(
+        self, *, node_id: int, settings: Any, store: Any, transport: Any
+    ) -> tuple[Any, Any]:
+        """The node's log store and transport, each wrapped by every plugin that answers
+        ``raftmw_wrap_log_store`` / ``raftmw_wrap_transport`` (in pluggy's call order)."""
+        for hook, name in (("raftmw_wrap_log_store", "store"), ("raftmw_wrap_transport", "t")):
+            for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
+                inner = store if name == "store" else transport
+                try:
+                    wrapped = impl.function(
+                        **{
+                            a: {"node_id": node_id, "settings": settings, "inner": inner}[a]
+                            for a in impl.argnames
+                        }
+                    )
+                except Exception as exc:
+                    raise PluginError(
+                        f"plugin {impl.plugin_name!r} failed in {hook}: {exc!r}"
+                    ) from exc
+                if wrapped is not None:
+                    if name == "store":
+                        store = wrapped
+                    else:
+                        transport = wrapped
+        return store, transport
+
+    def answers(self, hook: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """(plugin name, answer) of every implementation of ``hook`` that answers, in
+        pluggy's call order; a plugin that raises is a ``PluginError`` naming it."""
+        found: list[tuple[str, Any]] = []
+        for impl in reversed(getattr(self.pm.hook, hook).get_hookimpls()):
+            try:
+                answer = impl.function(**{a: kwargs[a] for a in impl.argnames})
+            except Exception as exc:
+                raise PluginError(f"plugin {impl.plugin_name!r} failed in {hook}: {exc!r}") from exc
+            if answer is not None:
+                found.append((impl.plugin_name, answer))
+        return found
+
     def add_cli(self, group: Any) -> None:
         for impl in self.pm.hook.raftmw_add_cli.get_hookimpls():
             try:

@@ -86,6 +86,8 @@ from framework.runtime.members import (
     check_member_address,
 )
 from framework.runtime.node_flags import NodeFlags
+from framework.runtime.node_health import NodeHealth
+from framework.runtime.node_services import NodeServices
 from framework.runtime.pending import Deadlines, Waiter
 from framework.runtime.redirect import redirect_target
 from framework.runtime.snapshots import (
@@ -97,6 +99,7 @@ from framework.runtime.snapshots import (
     encode_node_snapshot,
 )
 from framework.seams import NodeStatus, Priority, QueueFull
+from framework.services import ServiceError
 from framework.statemachine import (
     Append,
     Cas,
@@ -113,6 +116,7 @@ from framework.transport.base import Transport
 from framework.transport.wire import (
     AdminFlags,
     AdminMembers,
+    AdminService,
     AdminTransfer,
     ClientRequest,
     ClientResponse,
@@ -167,6 +171,10 @@ class RaftNode:
             blocked=self.settings.plugins.blocked, enabled=self.settings.plugins.enabled
         )
         self.flags = NodeFlags(self.host, node_id=self.id, settings=self.settings)
+        self.store, self.transport = self.host.wrap_io(
+            node_id=self.id, settings=self.settings, store=store, transport=transport
+        )
+        transport = self.transport
         self.components = Components(
             self.host,
             node_id=self.id,
@@ -216,6 +224,8 @@ class RaftNode:
         self._gauges = GaugeReadings()
         self._rejections: dict[str, int] = {}
         """Client requests answered with an error, per reason, not yet reported."""
+        self.health = NodeHealth()
+        self.services = NodeServices(self)
         self.instruments = NodeInstruments(
             node_id=self.id,
             cluster_id=config.cluster_id,
@@ -239,6 +249,7 @@ class RaftNode:
                 self.snapshots.start(tg)
                 self._now = anyio.current_time()
                 await self.components.start(tg, self.flags.evaluate())
+                self.instruments.set_mode(n for n, ev in self.flags.current.items() if ev.value)
                 for ev in self.flags.current.values():
                     self._notify_flag(ev)
                 await self._publish_status()
@@ -246,6 +257,8 @@ class RaftNode:
                 await tg.start(self.transport.serve, self, self)
                 tg.start_soon(self._ticker)
                 tg.start_soon(self._ready_loop)
+                self.services.build()
+                await self.services.start(tg)
                 log.info("node %d serving at %s", self.id, self.transport.listen_address)
                 task_status.started()
         finally:
@@ -391,6 +404,7 @@ class RaftNode:
                 rd = kernel.ready()
                 started = time.perf_counter()
                 await self._handle_ready(kernel, rd)
+                self.health.on_ready(time.perf_counter() - started)
                 self.instruments.on_ready(
                     entries_persisted=len(rd.entries),
                     commit_index=kernel.log.committed,
@@ -474,6 +488,8 @@ class RaftNode:
         if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
             await anyio.to_thread.run_sync(self._persist, rd)
             self._now = anyio.current_time()
+            if rd.entries:
+                self.health.on_persisted(rd.entries[-1].index, self._now)
         if rd.persisted_messages:
             self._send(rd.persisted_messages)
         if rd.snapshot is not None:
@@ -486,6 +502,7 @@ class RaftNode:
         if rd.committed_entries:
             self._apply(rd.committed_entries)
             last = rd.committed_entries[-1].index
+            self.health.on_applied(last, self._now)
             metrics.add("entries_applied", len(rd.committed_entries))
             self.host.notify("raftmw_on_commit", node_id=self.id, commit_index=kernel.log.committed)
             self.host.notify(
@@ -685,11 +702,13 @@ class RaftNode:
             finished = self._now
             timeouts.observe("client_request", finished - started, ok=finished < waiter.deadline)
             if waiter.error is None:
+                self.health.on_request(finished - started, None)
                 reply(ClientResponse(id=request_id, ok=True, value=waiter.value))  # type: ignore[arg-type]
             else:
                 # Tallied here, reported once per Ready-loop iteration (never per request).
                 reason = "timeout" if finished >= waiter.deadline else waiter.error.kind
                 self._rejections[reason] = self._rejections.get(reason, 0) + 1
+                self.health.on_request(finished - started, reason)
                 reply(ClientResponse(id=request_id, ok=False, error=waiter.error))
 
         waiter = Waiter(done, started + timeouts.timeout("client_request"))
@@ -731,8 +750,15 @@ class RaftNode:
                 return ClientResponse(id=request.id, ok=True)
             if isinstance(body, InvalidRequest):  # decoded, but out of the protocol's bounds
                 raise _Refused(ErrorReply(kind="bad_request", message=body.reason))
+            if isinstance(body, AdminService):
+                answer = await self.services.handle(body.service, body.action, body.payload)
+                return ClientResponse(id=request.id, ok=True, status=answer)
         except _Refused as refused:
             return ClientResponse(id=request.id, ok=False, error=refused.reply)
+        except ServiceError as exc:
+            return ClientResponse(
+                id=request.id, ok=False, error=ErrorReply(kind="bad_request", message=str(exc))
+            )
         return ClientResponse(  # pragma: no cover - the decoder admits no other body
             id=request.id,
             ok=False,
@@ -986,6 +1012,7 @@ class RaftNode:
         """The status page: read through the status store, plus flags and components."""
         ns: NodeStatus = await self.components.status_store.read()
         c = self.components
+        performance = self._performance()
         return {
             "node_id": self.id,
             "cluster_id": self.config.cluster_id,
@@ -1010,12 +1037,20 @@ class RaftNode:
             "invalid_messages": self.invalid_messages + self.snapshots.rejected,
             "dropped_messages": self.dropped_messages + self.snapshots.dropped,
             "flags": self._flag_table(),
+            "migration": self.flags.migration_summary(),
             "components": c.plugins(),
             "swaps": [
                 {"slot": r.slot, "old": r.old, "new": r.new, "ok": r.ok, "error": r.error}
                 for r in c.swaps[-10:]
             ],
-            "performance": self._performance(),
+            "performance": performance,
+            "health": self.health.to_dict(
+                commit=ns.commit,
+                applied=ns.applied,
+                performance=performance,
+                modes=[name for name, ev in self.flags.current.items() if ev.value],
+            ),
+            "services": self.services.status(),
         }
 
     def _flag_table(self) -> dict[str, dict[str, Any]]:
@@ -1061,7 +1096,22 @@ class RaftNode:
                 ev.source.name,
             )
             self._notify_flag(ev)
+        self.instruments.set_mode(name for name, ev in evaluations.items() if ev.value)
         await self.components.reconfigure(evaluations)
+
+    async def _propose_flag_change(self, change: FlagChange) -> int:
+        """Validate, propose as one ``flags`` entry, wait until applied here (and the swap
+        it causes, if any); returns the entry's index."""
+        self._check_leader()
+        problems = validate_change(self.flags.registry, change, state=self.flags.cluster)
+        if problems:
+            raise _Refused(ErrorReply(kind="bad_request", message="; ".join(problems)))
+        data = encode_flag_change(change)
+        index = await self._kernel_call(lambda k: k.propose(data, EntryKind.FLAGS))
+        assert isinstance(index, int)
+        await self._wait_applied(index)
+        await self._changed.wait()  # the swap, if any, happens in that loop iteration
+        return index
 
     def _notify_flag(self, ev: Evaluation) -> None:
         self.host.notify(
@@ -1076,16 +1126,8 @@ class RaftNode:
 
     async def _flags(self, req: AdminFlags) -> dict[str, Any]:
         if req.action in ("set", "unset") and req.scope == "cluster":
-            self._check_leader()
             change = FlagChange(set=dict(req.assignments), unset=list(req.names), reason=req.reason)
-            problems = validate_change(self.flags.registry, change)
-            if problems:
-                raise _Refused(ErrorReply(kind="bad_request", message="; ".join(problems)))
-            data = encode_flag_change(change)
-            index = await self._kernel_call(lambda k: k.propose(data, EntryKind.FLAGS))
-            assert isinstance(index, int)
-            await self._wait_applied(index)
-            await self._changed.wait()  # the swap, if any, happens in that loop iteration
+            await self._propose_flag_change(change)
         elif req.action in ("set", "unset"):
             try:
                 if req.action == "set":

@@ -36,6 +36,7 @@ log = logging.getLogger("raftmw.flags")
 class NodeFlags:
     def __init__(self, host: PluginHost, *, node_id: int, settings: Settings) -> None:
         self.node_id = node_id
+        self._host = host
         self.registry: FlagRegistry = host.declare_flags()
         self._settings_layers = settings_layers(settings)
         problems = validate_layers(self.registry, self._settings_layers)
@@ -54,9 +55,9 @@ class NodeFlags:
             if entry.index > commit:
                 break
             if entry.kind is EntryKind.FLAGS:
-                self.apply_entry(entry)
+                self.apply_entry(entry, notify=False)
 
-    def apply_entry(self, entry: Entry) -> object:
+    def apply_entry(self, entry: Entry, *, notify: bool = True) -> object:
         """Apply one committed ``flags`` entry (idempotent: already-applied indexes are
         skipped). Returns what the writer of the entry is told."""
         if entry.index <= self.cluster.applied_index:
@@ -70,7 +71,53 @@ class NodeFlags:
             )
             change = FlagChange(reason=f"undecodable entry: {exc}")
         self.cluster.apply(change, entry.index)
+        record = change.migration
+        if record is not None:
+            refused = self.cluster.migrations.refusal(entry.index)
+            step = record.step + 1 if record.step >= 0 else 0
+            if refused is not None:
+                log.warning(
+                    "node %d: migration %s: %s (entry %d) refused: %s",
+                    self.node_id,
+                    record.migration,
+                    record.event,
+                    entry.index,
+                    refused,
+                )
+            else:
+                log.info(
+                    "node %d: migration %s: %s (step %d) at index %d %s",
+                    self.node_id,
+                    record.migration,
+                    record.event,
+                    step,
+                    entry.index,
+                    record.detail[:200],
+                )
+                if notify:
+                    self._host.notify(
+                        "raftmw_on_migration_event",
+                        node_id=self.node_id,
+                        migration=record.migration,
+                        event=record.event,
+                        step=step,
+                        log_index=entry.index,
+                        detail=record.detail,
+                    )
         return None
+
+    def migration_summary(self) -> dict[str, object] | None:
+        """The running migration as this node applied it (None: none runs)."""
+        active = self.cluster.migrations.active
+        if active is None:
+            return None
+        return {
+            "id": active.migration,
+            "step": active.current_step + 1,
+            "steps": active.start.steps,
+            "gate_passed": active.gate_passed,
+            "paused": active.paused,
+        }
 
     def restore(self, data: bytes) -> None:
         self.cluster = ClusterFlagState.from_bytes(data) if data else ClusterFlagState()

@@ -48,6 +48,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "AdminFlags",
     "AdminMembers",
+    "AdminService",
     "AdminTransfer",
     "ClientRequest",
     "ClientResponse",
@@ -178,7 +179,16 @@ class AdminFlags(msgspec.Struct, frozen=True, kw_only=True, tag="flags"):
     reason: _Short = ""
 
 
-RequestBody = KVOp | StatusRequest | AdminMembers | AdminTransfer | AdminFlags
+class AdminService(msgspec.Struct, frozen=True, kw_only=True, tag="service"):
+    """A request for a node service (``framework.services``), e.g. ``raftmw migrate``:
+    ``action`` and an opaque ``payload`` the service validates."""
+
+    service: Annotated[str, msgspec.Meta(max_length=64)]
+    action: Annotated[str, msgspec.Meta(max_length=64)]
+    payload: Annotated[bytes, msgspec.Meta(max_length=256 * 1024)] = b""
+
+
+RequestBody = KVOp | StatusRequest | AdminMembers | AdminTransfer | AdminFlags | AdminService
 
 
 class InvalidRequest(msgspec.Struct, frozen=True, kw_only=True):

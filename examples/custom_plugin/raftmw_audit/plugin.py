@@ -6,7 +6,8 @@ This is a complete raftmw plugin, installed like any third-party one:
 - ``raftmw_declare_flags`` declares the ``audit_log`` flag (off by default), so operators
   turn auditing on per node, for a percentage of nodes, or cluster-wide, like any flag;
 - observer hooks (``raftmw_on_leader_change``, ``raftmw_on_flag_change``,
-  ``raftmw_on_plugin_swap``) write one JSON line per event while the flag is on;
+  ``raftmw_on_plugin_swap``, ``raftmw_on_migration_event``) write one JSON line per event
+  while the flag is on;
 - ``raftmw_add_cli`` adds ``raftmw audit show``.
 
 - ``raftmw_validate_settings`` reads and checks the plugin's own settings table,
@@ -118,6 +119,21 @@ def raftmw_on_plugin_swap(
     node_id: int, seam: str, old: str, new: str, ok: bool, error: str | None
 ) -> None:
     _write(node_id, "swap", seam=seam, old=old, new=new, ok=ok, error=error)
+
+
+@hookimpl
+def raftmw_on_migration_event(
+    node_id: int, migration: str, event: str, step: int, log_index: int, detail: str
+) -> None:
+    _write(
+        node_id,
+        "migration",
+        migration=migration,
+        migration_event=event,
+        step=step,
+        log_index=log_index,
+        detail=detail[:500],
+    )
 
 
 @hookimpl

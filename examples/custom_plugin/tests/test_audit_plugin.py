@@ -141,3 +141,26 @@ def test_the_cli_gains_an_audit_command(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["audit", "show", "--file", str(log)])
     assert result.exit_code == 0, result.output
     assert "node 2 leader: leader=3, term=4" in result.output
+
+
+def test_migration_events_are_recorded_while_the_flag_is_on(tmp_path: Path) -> None:
+    from raftmw_audit import plugin
+
+    plugin._configured = tmp_path / "audit.jsonl"
+    host = PluginHost()
+    event = {
+        "migration": "m1",
+        "event": "rollback",
+        "step": 1,
+        "log_index": 42,
+        "detail": "p99 3x the old cohort",
+    }
+    host.notify("raftmw_on_migration_event", node_id=7, **event)  # flag off: nothing
+    assert not plugin._configured.exists()
+    plugin._enabled[7] = True
+    host.notify("raftmw_on_migration_event", node_id=7, **event)
+    (line,) = plugin._configured.read_text().splitlines()
+    record = json.loads(line)
+    assert record["event"] == "migration" and record["node"] == 7
+    assert (record["migration"], record["migration_event"], record["step"]) == ("m1", "rollback", 1)
+    assert record["log_index"] == 42 and record["detail"] == "p99 3x the old cohort"

@@ -1,0 +1,149 @@
+"""The chaos plugin: its settings are checked with named errors; its faults act only on
+nodes where the ``chaos`` flag is on (persistence latency in the storage thread, dropped
+and delayed sends, components that fail to build and so abort their swap)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import pytest
+
+from framework.config import SettingsError, load_settings
+from framework.flags import Evaluation, Reason, Source
+from framework.hooks import BuildContext
+from framework.plugins import PluginError, PluginHost
+from plugins.chaos import faults
+from plugins.chaos.faults import ChaosConfig, ChaosStore, ChaosSwitch, ChaosTransport
+
+
+@pytest.mark.parametrize(
+    ("table", "named"),
+    [
+        ({"persist_latency": "slow"}, ["plugin.chaos.persist_latency", '"slow"', "ms, s"]),
+        ({"send_latency": "20s"}, ["plugin.chaos.send_latency", "out of range", "10s"]),
+        ({"drop_to": [0]}, ["plugin.chaos.drop_to", "[0]", "node ids"]),
+        ({"fail": ["disk"]}, ["plugin.chaos.fail", '"disk"', "send_guard"]),
+        ({"latency": "1s"}, ["plugin.chaos.latency", "not a chaos setting", "persist_latency"]),
+        ({"max_delayed": 0}, ["plugin.chaos.max_delayed", "1..1000000"]),
+    ],
+)
+def test_bad_settings_are_refused_naming_key_and_value(
+    table: dict[str, Any], named: list[str]
+) -> None:
+    with pytest.raises(SettingsError) as caught:
+        ChaosConfig.from_table(table)
+    for text in named:
+        assert text in str(caught.value)
+
+
+def test_a_node_refuses_to_start_with_bad_chaos_settings() -> None:
+    from framework.runtime.node_flags import NodeFlags
+
+    host = PluginHost(enabled=["chaos"])
+    settings = load_settings(overrides={"plugin.chaos.persist_latency": "forever"})
+    with pytest.raises(PluginError, match="persist_latency"):
+        NodeFlags(host, node_id=1, settings=settings)
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.saved: list[dict[str, Any]] = []
+        self.path = "/somewhere"
+
+    def save_ready(self, **kwargs: Any) -> None:
+        self.saved.append(kwargs)
+
+
+def test_persistence_is_slow_only_while_the_flag_is_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(faults.time, "sleep", slept.append)
+    switch = ChaosSwitch(ChaosConfig(persist_latency=0.25))
+    inner = FakeStore()
+    store = ChaosStore(inner, 2, switch)
+    store.save_ready(entries=(), sync=True)
+    switch.set(2, True)
+    store.save_ready(entries=(1,), sync=True)
+    switch.set(3, True)  # another node's flag changes nothing here
+    switch.set(2, False)
+    store.save_ready(entries=(2,), sync=True)
+    assert slept == [0.25]
+    assert [s["entries"] for s in inner.saved] == [(), (1,), (2,)]  # nothing lost
+    assert store.path == "/somewhere"  # everything else is the inner store's
+
+
+@dataclass
+class Msg:
+    dst: int
+    n: int
+
+
+class FakeTransport:
+    listen_address = "here:1"
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[int, int]] = []
+
+    async def serve(self, inbox: Any, clients: Any, *, task_status: Any) -> None:
+        task_status.started()
+        await anyio.sleep_forever()
+
+    def send(self, messages: Any) -> None:
+        self.sent.extend((m.dst, m.n) for m in messages)
+
+
+@pytest.mark.anyio
+async def test_sends_are_dropped_to_chosen_peers_and_delayed_in_order() -> None:
+    switch = ChaosSwitch(ChaosConfig(send_latency=0.05, drop_to=frozenset({3})))
+    inner = FakeTransport()
+    transport = ChaosTransport(inner, 1, switch)
+    async with anyio.create_task_group() as tg:
+        await tg.start(transport.serve, None, None)
+        transport.send([Msg(2, 0)])
+        assert inner.sent == [(2, 0)]  # flag off: straight through
+        switch.set(1, True)
+        transport.send([Msg(2, 1), Msg(3, 2)])
+        transport.send([Msg(2, 3)])
+        assert inner.sent == [(2, 0)]  # held back
+        with anyio.fail_after(10):
+            while len(inner.sent) < 3:
+                await anyio.sleep(0.01)
+        assert inner.sent == [(2, 0), (2, 1), (2, 3)]  # in order; node 3's dropped
+        assert transport.dropped == 1
+        assert transport.listen_address == "here:1"
+        tg.cancel_scope.cancel()
+
+
+def _ctx(chaos: bool) -> BuildContext:
+    evaluation = Evaluation(
+        flag="chaos", value=chaos, reason=Reason.STATIC, source=Source.CLUSTER, detail=""
+    )
+    return BuildContext(node_id=1, settings=load_settings(), flags={"chaos": evaluation})
+
+
+def test_a_component_named_in_fail_cannot_be_built_while_chaos_is_on() -> None:
+    from plugins.chaos import plugin
+
+    host = PluginHost(enabled=["chaos"])
+    saved = plugin.switch.config
+    plugin.switch.config = ChaosConfig(fail=frozenset({"send_guard"}))
+    try:
+        _guard, name = host.build("send_guard", _ctx(chaos=False))
+        assert name != "chaos"
+        with pytest.raises(PluginError, match="send_guard component of node 1 fails"):
+            host.build("send_guard", _ctx(chaos=True))
+        host.build("timeouts", _ctx(chaos=True))  # only the named seams fail
+    finally:
+        plugin.switch.config = saved
+
+
+def test_the_plugin_is_optional_and_wraps_nothing_unless_configured() -> None:
+    host = PluginHost()
+    assert not host.names["chaos"].loaded and "chaos" not in host.declare_flags()
+    enabled = PluginHost(enabled=["chaos"])
+    assert "chaos" in enabled.declare_flags()
+    store, transport = enabled.wrap_io(
+        node_id=1, settings=load_settings(), store="store", transport="transport"
+    )
+    assert (store, transport) == ("store", "transport")
