@@ -591,6 +591,7 @@ class RaftSettings:
     lease_reads: bool = field(metadata=_kind(_BOOL))
     snapshot_threshold_entries: int = field(metadata=_kind(_Int(1)))
     max_batch_proposals: int = field(metadata=_kind(_Int(1)))
+    lease_drift_ticks: int = field(default=4, metadata=_kind(_Int(0)))
 
     def _validate(self, key: str) -> None:
         # Heartbeats must come more often than followers time out, or a healthy leader
@@ -601,6 +602,15 @@ class RaftSettings:
                 f"is not greater than {key}.heartbeat_tick ({self.heartbeat_tick})",
                 "an election_tick greater than heartbeat_tick (etcd uses 10 times it)",
                 value=self.election_tick,
+            )
+        # A lease read is sound only if the lease ends before a follower may vote again.
+        if self.lease_reads and not 2 <= self.lease_drift_ticks < self.election_tick:
+            raise SettingsError(
+                f"{key}.lease_drift_ticks",
+                f"is out of range for lease_reads with election_tick {self.election_tick}",
+                "at least 2 (a tick of granularity on each side) plus the clock drift over "
+                "an election timeout, and less than election_tick",
+                value=self.lease_drift_ticks,
             )
 
 

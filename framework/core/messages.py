@@ -84,15 +84,23 @@ class AppendResponse(_Base, frozen=True, kw_only=True, tag="append_resp"):
 class Heartbeat(_Base, frozen=True, kw_only=True, tag="heartbeat"):
     """Leader liveness; ``commit`` is capped at what the follower is known to match.
 
-    ``context`` is non-empty when the heartbeat also confirms leadership for a read.
+    ``context`` is the newest read waiting for confirmation of leadership, if any: every
+    heartbeat carries it, so a read whose own round was lost is confirmed by the next one.
+    ``sent_tick`` is the leader's tick count when it sent this round (its own clock, opaque
+    to the follower), echoed in the response: a lease starts at a round's send time (D
+    §6.4.1), not when the answers arrive.
     """
 
     commit: int = 0
     context: bytes = b""
+    sent_tick: int = 0
 
 
 class HeartbeatResponse(_Base, frozen=True, kw_only=True, tag="heartbeat_resp"):
+    """Echoes the heartbeat's ``context`` and ``sent_tick``."""
+
     context: bytes = b""
+    sent_tick: int = 0
 
 
 class InstallSnapshot(_Base, frozen=True, kw_only=True, tag="snapshot"):
@@ -176,6 +184,11 @@ def validate_message(msg: Message) -> None:
         value = msg.commit if isinstance(msg, Heartbeat) else msg.index
         if value < 0:
             raise InvalidMessage(f"{name} from node {msg.src}: negative index {value}")
+        if isinstance(msg, Heartbeat) and msg.sent_tick < 0:
+            raise InvalidMessage(f"{name} from node {msg.src}: negative sent_tick {msg.sent_tick}")
+    elif isinstance(msg, HeartbeatResponse):
+        if msg.sent_tick < 0:
+            raise InvalidMessage(f"{name} from node {msg.src}: negative sent_tick {msg.sent_tick}")
     elif isinstance(msg, InstallSnapshot):
         meta = msg.snapshot.meta
         if meta.index <= 0 or meta.term <= 0 or meta.term > msg.term:

@@ -61,12 +61,14 @@ class Progress:
     __slots__ = (
         "inflights",
         "is_learner",
+        "lease_ack",
         "match",
         "next",
         "pending_snapshot",
         "probe_sent",
         "recent_active",
         "snapshot_elapsed",
+        "snapshot_sent",
         "state",
     )
 
@@ -78,6 +80,12 @@ class Progress:
         self.pending_snapshot = 0
         self.snapshot_elapsed = 0
         self.recent_active = False
+        self.lease_ack = -1
+        """Send tick of the latest heartbeat round this follower answered (-1: none)."""
+        self.snapshot_sent = -1
+        """The leader's tick when the snapshot in flight was sent. An answer to a heartbeat
+        round sent after it, while the snapshot is unanswered, means the snapshot was lost
+        (peer links are FIFO): it is resent then, not after ``snapshot_retry_tick``."""
         self.is_learner = is_learner
         self.inflights = Inflights(max_inflight)
 

@@ -137,6 +137,13 @@ class RaftConfig:
     pre_vote: bool = True
     check_quorum: bool = True
     lease_reads: bool = False
+    """Serve reads from a leader lease (D §6.4.1) instead of a heartbeat round each; needs
+    ``check_quorum``. See ``lease_drift_ticks``."""
+    lease_drift_ticks: int = 2
+    """Ticks a lease is cut short by, out of an election timeout: at least 2 for the tick
+    granularity (a tick may start at any instant on each side), plus how far clocks may run
+    apart over an election timeout. A lease from a heartbeat round sent at tick ``s`` lasts
+    while the leader's tick count is below ``s + election_tick - lease_drift_ticks``."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -159,6 +166,14 @@ class RaftConfig:
             )
         if self.lease_reads and not self.check_quorum:
             problems.append("lease_reads=True: expected check_quorum=True (leases need it)")
+        if self.lease_drift_ticks < 0:
+            problems.append(f"lease_drift_ticks={self.lease_drift_ticks}: expected >= 0")
+        elif self.lease_reads and not 2 <= self.lease_drift_ticks < self.election_tick:
+            problems.append(
+                f"lease_drift_ticks={self.lease_drift_ticks}: expected 2 <= lease_drift_ticks "
+                f"< election_tick ({self.election_tick}) with lease_reads (at least one tick "
+                "of granularity on each side)"
+            )
         if problems:
             raise ValueError("invalid RaftConfig: " + "; ".join(problems))
 
@@ -230,6 +245,10 @@ class RawNode:
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_election_timeout = 0
+        self.clock = 0
+        """Ticks since this kernel was built; never reset (the leader's lease clock)."""
+        self._transfer_term = 0
+        """The last term in which this node, as leader, started a leadership transfer."""
         self.transferee = 0
         self.pending_conf_index = 0
         self.uncommitted_size = 0
@@ -274,7 +293,13 @@ class RawNode:
     # == public inputs ========================================================================
 
     def tick(self) -> None:
-        """Advance logical time by one tick."""
+        """Advance logical time by one tick.
+
+        The runtime must deliver every tick that elapsed, also those missed while its
+        process was paused (a SIGSTOP, a stalled event loop): lease reads are sound only if
+        a leader's tick count does not fall behind real time.
+        """
+        self.clock += 1
         self._tick()
 
     def campaign(self) -> None:
@@ -353,6 +378,9 @@ class RawNode:
         if self.transferee == to:
             return
         self.transferee = to
+        # D §6.4.1: the target campaigns past the voters' lease (TimeoutNow), so this
+        # leader's lease is no proof of leadership for the rest of the term.
+        self._transfer_term = self.term
         self.election_elapsed = 0  # the transfer times out after one election timeout
         pr = self.progress[to]
         if pr.match == self.log.last_index():
@@ -392,7 +420,13 @@ class RawNode:
             pr.become_probe()
 
     def report_snapshot(self, node_id: int, *, success: bool) -> None:
-        """The transport finished (or failed) sending a snapshot to ``node_id``."""
+        """The transport finished (or failed) sending a snapshot to ``node_id``.
+
+        On failure the follower is probed again at once, which resends the snapshot; the
+        runtime reports a failure when the peer is reported unreachable. Without a report,
+        a lost snapshot is noticed when the follower answers a heartbeat round sent after
+        it, or after ``snapshot_retry_tick`` ticks.
+        """
         pr = self.progress.get(node_id)
         if self.role is not Role.LEADER or pr is None or pr.state is not ProgressState.SNAPSHOT:
             return
@@ -501,10 +535,16 @@ class RawNode:
                         # for any other commit advance, not at the next heartbeat.
                         self._broadcast_append(send_if_empty=True)
         if rd.committed_entries:
+            # A snapshot installed since ``ready()`` (a step between ready and advance)
+            # already holds the membership up to its index: a change at or below it is
+            # older than that membership and must not be applied over it (etcd#11510).
+            covered = self.log.offset
             for entry in rd.committed_entries:
-                if entry.kind is EntryKind.CONF_CHANGE:
+                if entry.kind is EntryKind.CONF_CHANGE and entry.index > covered:
                     self._apply_conf_change(decode_conf_change(entry.data))
-            self.log.applied_to(rd.committed_entries[-1].index)
+            last = rd.committed_entries[-1].index
+            if last > self.log.applied:
+                self.log.applied_to(min(last, self.log.committed))
 
     def status(self) -> Status:
         progress = {}
@@ -665,7 +705,7 @@ class RawNode:
             self.transferee = 0  # a transfer that did not finish in time is abandoned
         if self.heartbeat_elapsed >= self.config.heartbeat_tick:
             self.heartbeat_elapsed = 0
-            self._broadcast_heartbeat(b"")
+            self._broadcast_heartbeat()
         retry = self.config.snapshot_retry_tick or 10 * self.config.election_tick
         for nid, pr in self.progress.items():
             if pr.state is ProgressState.SNAPSHOT:
@@ -718,6 +758,11 @@ class RawNode:
                     f"{type(msg).__name__} from node {msg.src}, which is not a member "
                     f"(members: {list(self.progress)})"
                 )
+            if isinstance(msg, HeartbeatResponse) and msg.sent_tick > self.clock:
+                raise InvalidMessage(
+                    f"HeartbeatResponse from node {msg.src} answers a round sent at tick "
+                    f"{msg.sent_tick}, but node {self.id} is only at tick {self.clock}"
+                )
             if isinstance(msg, AppendResponse) and msg.index > self.log.last_index():
                 raise InvalidMessage(
                     f"AppendResponse from node {msg.src} acknowledges index {msg.index} past "
@@ -734,10 +779,12 @@ class RawNode:
     def _step_higher_term(self, msg: Message) -> bool:
         """Handle a message from a later term; False when it is to be ignored."""
         if isinstance(msg, VoteRequest):
-            in_lease = (
-                self.config.check_quorum
-                and self.leader != 0
-                and self.election_elapsed < self.config.election_tick
+            config = self.config
+            in_lease = config.check_quorum and (
+                (self.leader != 0 and self.election_elapsed < config.election_tick)
+                # With lease reads, a node that (re)starts may have answered a leader's
+                # heartbeat just before it went down: it honours that lease too.
+                or (config.lease_reads and self.clock < config.election_tick)
             )
             if in_lease and not msg.transfer:
                 return False  # D §4.2.3: a live leader's followers ignore disruptive votes
@@ -803,7 +850,13 @@ class RawNode:
             self.leader = msg.src
             self.log.commit_to(msg.commit)
             self._send(
-                HeartbeatResponse(src=self.id, dst=msg.src, term=self.term, context=msg.context)
+                HeartbeatResponse(
+                    src=self.id,
+                    dst=msg.src,
+                    term=self.term,
+                    context=msg.context,
+                    sent_tick=msg.sent_tick,
+                )
             )
         elif isinstance(msg, InstallSnapshot):
             self.election_elapsed = 0
@@ -911,6 +964,12 @@ class RawNode:
                 # Even an empty append tests the follower's log at ``next - 1``: if what we
                 # streamed was lost, it rejects and we fall back to probing.
                 self._append_to[msg.src] = True
+            if msg.sent_tick > pr.lease_ack:
+                pr.lease_ack = msg.sent_tick
+            if pr.state is ProgressState.SNAPSHOT and msg.sent_tick > pr.snapshot_sent:
+                # It answered a round sent after the snapshot but not the snapshot: lost.
+                pr.snapshot_failed()
+                self._append_to.setdefault(msg.src, False)
             if msg.context:
                 self._ack_read(msg.context, msg.src)
         elif isinstance(msg, ReadIndexRequest):
@@ -1034,6 +1093,7 @@ class RawNode:
                 return False
             # The entries this follower needs were compacted: send the snapshot (§7).
             pr.become_snapshot(self.snapshot.meta.index)
+            pr.snapshot_sent = self.clock
             self._send(
                 InstallSnapshot(src=self.id, dst=nid, term=self.term, snapshot=self.snapshot)
             )
@@ -1055,13 +1115,23 @@ class RawNode:
         pr.sent_entries(entries[-1].index if entries else prev_index, len(entries))
         return bool(entries)
 
-    def _broadcast_heartbeat(self, context: bytes) -> None:
+    def _broadcast_heartbeat(self) -> None:
+        """One heartbeat round, stamped with our clock; it carries the newest read waiting
+        for confirmation, so reads whose own round was lost are confirmed by this one."""
+        context = next(reversed(self._pending_reads), b"")
         for nid, pr in self.progress.items():
             if nid != self.id:
                 # Never tell a follower to commit past what it is known to store.
                 commit = min(pr.match, self.log.committed)
                 self._send(
-                    Heartbeat(src=self.id, dst=nid, term=self.term, commit=commit, context=context)
+                    Heartbeat(
+                        src=self.id,
+                        dst=nid,
+                        term=self.term,
+                        commit=commit,
+                        context=context,
+                        sent_tick=self.clock,
+                    )
                 )
 
     # == reads ================================================================================
@@ -1076,13 +1146,34 @@ class RawNode:
         if context in self._pending_reads:
             self._release_read(context, 0, requester)
             return
-        if len(self.conf_state.voters) == 1 or self.config.lease_reads:
+        if len(self.conf_state.voters) == 1 or self._in_lease():
             self._release_read(context, log.committed, requester)
             return
         self._pending_reads[context] = _PendingRead(
             index=log.committed, requester=requester, acks={self.id}
         )
-        self._broadcast_heartbeat(context)
+        self._broadcast_heartbeat()
+
+    def _in_lease(self) -> bool:
+        """D §6.4.1: whether no other leader can have been elected yet.
+
+        A follower that answers a heartbeat round refuses other candidates for an election
+        timeout from when it received it (check-quorum), and it received it after the round
+        was sent. So once a majority answered the round sent at tick ``s``, no other leader
+        can exist before ``s + election_tick`` on the followers' clocks; the lease stops
+        ``lease_drift_ticks`` earlier on ours for tick granularity and clock drift. A
+        transfer lets the target campaign past that refusal, so a term in which one
+        started has no lease.
+        """
+        if not self.config.lease_reads or self._transfer_term == self.term:
+            return False
+        progress = self.progress
+        acked = {v: progress[v].lease_ack if v in progress else -1 for v in self.conf_state.voters}
+        acked[self.id] = self.clock
+        start = committed_index(self.conf_state.voters, acked)
+        if start < 0:
+            return False
+        return self.clock < start + self.config.election_tick - self.config.lease_drift_ticks
 
     def _ack_read(self, context: bytes, voter: int) -> None:
         read = self._pending_reads.get(context)

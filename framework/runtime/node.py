@@ -98,6 +98,7 @@ from framework.runtime.snapshots import (
     decode_node_snapshot,
     encode_node_snapshot,
 )
+from framework.runtime.tick_clock import TickClock
 from framework.seams import NodeStatus, Priority, QueueFull
 from framework.services import ServiceError
 from framework.statemachine import (
@@ -165,7 +166,7 @@ class RaftNode:
         self._address_problem = address_check_for(transport)
         self.kernel: RawNode | None = None
         self._wake = anyio.Event()
-        self._ticks = 0
+        self._tick_clock = TickClock(config.settings.raft.tick_interval, 0.0)
         self._unreachable: set[int] = set()
         self.host = config.plugin_host or PluginHost(
             blocked=self.settings.plugins.blocked, enabled=self.settings.plugins.enabled
@@ -248,6 +249,7 @@ class RaftNode:
                 self._tg = tg
                 self.snapshots.start(tg)
                 self._now = anyio.current_time()
+                self._tick_clock = TickClock(self.settings.raft.tick_interval, self._now)
                 await self.components.start(tg, self.flags.evaluate())
                 self.instruments.set_mode(n for n, ev in self.flags.current.items() if ev.value)
                 for ev in self.flags.current.values():
@@ -297,6 +299,7 @@ class RaftNode:
             pre_vote=raft.pre_vote,
             check_quorum=raft.check_quorum,
             lease_reads=raft.lease_reads,
+            lease_drift_ticks=raft.lease_drift_ticks,
             max_committed_per_ready=raft.max_batch_proposals * 4,
         )
         if state.snapshot.data:
@@ -386,7 +389,6 @@ class RaftNode:
         interval = self.settings.raft.tick_interval
         while True:
             await anyio.sleep(interval)
-            self._ticks += 1
             self._wake.set()
 
     async def _ready_loop(self) -> None:
@@ -426,12 +428,13 @@ class RaftNode:
             self._changed = anyio.Event()
 
     def _drain_inputs(self, kernel: RawNode) -> None:
-        ticks, self._ticks = self._ticks, 0
-        for _ in range(ticks):
+        # Every tick since the last wake, also those of a pause, before anything is stepped.
+        for _ in range(self._tick_clock.due(self._now)):
             kernel.tick()
         if self._unreachable:
             for node_id in self._unreachable:
                 kernel.report_unreachable(node_id)
+                kernel.report_snapshot(node_id, success=False)  # one in flight is lost
             self._unreachable.clear()
         inbox = self.components.inbox
         if len(inbox):

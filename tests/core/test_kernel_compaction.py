@@ -102,19 +102,44 @@ def _behind_a_compacted_leader(**config: object) -> Cluster:
 
 def test_7_leader_sends_one_snapshot_and_waits() -> None:
     """While a snapshot is in flight (SNAPSHOT state) nothing else is sent to the follower,
-    even as new entries arrive and heartbeats are answered."""
+    even as new entries arrive and heartbeat rounds go out behind it."""
     c = _behind_a_compacted_leader()
-    _lose_the_first_snapshot(c)
+    for _ in range(10):
+        c.process_ready(1)
+        if any(isinstance(m, InstallSnapshot) for m in c.network.queue):
+            break
+        c.deliver()
+        for nid in (2, 3):
+            c.process_ready(nid)
+        c.deliver()
     assert c.node(1).progress[3].state.value == "snapshot"
     c.take_output()
     for i in range(3):
         c.propose(1, f"w{i}".encode())
         c.tick_heartbeat(1)
-        c.stabilize()
+        c.stabilize([1, 2])  # node 3's link is slow: the snapshot has not arrived yet
     sent_to_3 = [line for line in c.take_output() if "send: 1->3" in line]
     assert sent_to_3 and all("Heartbeat" in line for line in sent_to_3)
     assert c.node(1).progress[3].state.value == "snapshot"
     assert c.state(3) == []
+    c.stabilize()  # the snapshot arrives, then the rounds behind it: one snapshot was enough
+    snapshots = [line for line in c.take_output() if "send: 1->3 Snapshot" in line]
+    assert snapshots == []
+    assert c.node(1).progress[3].state.value == "replicate"
+
+
+def test_7_lost_snapshot_is_resent_once_a_later_heartbeat_round_is_answered() -> None:
+    """Issue 14 item 6: links are FIFO, so a follower that answers a heartbeat round sent
+    after the snapshot, but not the snapshot, lost it; the leader resends at once instead
+    of stalling the follower until ``snapshot_retry_tick`` (10 election timeouts)."""
+    c = _behind_a_compacted_leader()
+    _lose_the_first_snapshot(c)
+    c.tick_heartbeat(1)
+    c.stabilize()
+    c.tick_heartbeat(1)
+    c.stabilize()
+    assert c.state(3) == c.state(1) == [b"v0", b"v1", b"v2"]
+    assert c.node(1).progress[3].state.value == "replicate"
 
 
 def test_7_lost_snapshot_is_resent_after_the_retry_timeout() -> None:

@@ -176,14 +176,30 @@ def test_6_4_index_zero_answer_drops_the_read_at_the_follower() -> None:
 
 
 def test_lease_reads_are_served_without_a_heartbeat_round() -> None:
-    """D §6.4.1 (opt-in): with leases the leader answers from its clock-free lease."""
-    leader = make_leader(1, lease_reads=True)
+    """D §6.4.1 (opt-in): once a majority answered a heartbeat round, the leader answers
+    reads from its lease until that round's send tick plus the election timeout, less the
+    drift bound; then it falls back to a ReadIndex round."""
+    leader = make_leader(1, lease_reads=True, election_tick=10, lease_drift_ticks=2)
     ack(leader, 2, leader.log.last_index())
     drain(leader)
+    leader.tick()  # heartbeat_tick=1: one round
+    (round_,) = {m.sent_tick for m in _heartbeats(drain(leader))}
+    leader.step(HeartbeatResponse(src=2, dst=1, term=leader.term, sent_tick=round_))
+    drain(leader)
+    for _ in range(round_ + 10 - 2 - leader.clock - 1):
+        leader.tick()
+    drain(leader)  # the rounds of these ticks go unanswered
     leader.read_index(b"r")
     rd = leader.ready()
     assert rd.read_states == (ReadState(index=leader.log.committed, context=b"r"),)
     assert _heartbeats(list(rd.messages)) == []
+    leader.advance(rd)
+    leader.tick()  # the lease from that round has run out
+    drain(leader)
+    leader.read_index(b"s")
+    rd = leader.ready()
+    assert rd.read_states == ()
+    assert {m.context for m in _heartbeats(list(rd.messages))} == {b"s"}
     leader.advance(rd)
 
 
