@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import signal
@@ -16,6 +15,7 @@ import anyio
 import click
 
 from framework.auth import ClientCredentials
+from framework.cli_options import credential_options
 from framework.client import KVClient, parse_peers
 from framework.config import Settings, SettingsError, load_settings, settings_to_toml
 from framework.errors import RaftError
@@ -325,41 +325,6 @@ def _start_failure(exc: BaseException) -> Exception | None:
 # -- kv --------------------------------------------------------------------------------------
 
 
-def _credential_options(func: Callable[..., T]) -> Callable[..., T]:
-    """``--tls-ca``, ``--tls-cert``, ``--tls-key`` and ``--token`` (or their ``RAFTMW_``
-    variables), handed to the command as one ``credentials`` argument."""
-
-    @click.option(
-        "--tls-ca",
-        envvar="RAFTMW_TLS_CA",
-        default="",
-        help="Cluster CA (PEM): connect with TLS (or $RAFTMW_TLS_CA).",
-    )
-    @click.option(
-        "--tls-cert",
-        envvar="RAFTMW_TLS_CERT",
-        default="",
-        help="Client certificate carrying a role (or $RAFTMW_TLS_CERT).",
-    )
-    @click.option(
-        "--tls-key", envvar="RAFTMW_TLS_KEY", default="", help="Its key (or $RAFTMW_TLS_KEY)."
-    )
-    @click.option(
-        "--token",
-        envvar="RAFTMW_TOKEN",
-        default="",
-        help="Client token, instead of a certificate (better: $RAFTMW_TOKEN).",
-    )
-    @functools.wraps(func)
-    def with_credentials(
-        *args: Any, tls_ca: str, tls_cert: str, tls_key: str, token: str, **kwargs: Any
-    ) -> T:
-        credentials = ClientCredentials(ca=tls_ca, cert=tls_cert, key=tls_key, token=token)
-        return func(*args, credentials=credentials, **kwargs)
-
-    return with_credentials
-
-
 def _client(members: dict[int, str], timeout: float, credentials: ClientCredentials) -> KVClient:
     # [client] settings (attempt_timeout, retry_backoff) from ./settings.toml and RAFTMW_*.
     settings = _settings("default", (), ())
@@ -409,7 +374,7 @@ def kv() -> None:
 @click.argument("key")
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 def kv_get(key: str, peers: str, timeout: float, credentials: ClientCredentials) -> None:
     """Print KEY's value (linearizable read); exit 1 if absent."""
     value = _client_call(peers, timeout, credentials, lambda c: c.get(key))
@@ -424,7 +389,7 @@ def kv_get(key: str, peers: str, timeout: float, credentials: ClientCredentials)
 @click.argument("value")
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 def kv_put(
     key: str,
     value: str,
@@ -440,7 +405,7 @@ def kv_put(
 @click.argument("key")
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 def kv_delete(key: str, peers: str, timeout: float, credentials: ClientCredentials) -> None:
     _client_call(peers, timeout, credentials, lambda c: c.delete(key))
     click.echo("ok")
@@ -451,7 +416,7 @@ def kv_delete(key: str, peers: str, timeout: float, credentials: ClientCredentia
 @click.argument("value")
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 def kv_append(
     key: str,
     value: str,
@@ -470,7 +435,7 @@ def kv_append(
 @click.option("--absent", is_flag=True, help="Expect KEY to be absent (EXPECTED is ignored).")
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 def kv_cas(
     key: str,
     expected: str,
@@ -495,7 +460,7 @@ def kv_cas(
 @main.command()
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(peers: str, timeout: float, as_json: bool, credentials: ClientCredentials) -> None:
     """Role, term, leader, commit/applied index, log size and replication state per node."""
@@ -534,7 +499,7 @@ def members() -> None:
 @click.option("--learner", is_flag=True, help="Add as a learner only (no promotion).")
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 def members_add(
     node_id: int,
     address: str,
@@ -553,7 +518,7 @@ def members_add(
 @click.argument("node_id", type=click.IntRange(min=1))
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 def members_promote(
     node_id: int,
     peers: str,
@@ -568,7 +533,7 @@ def members_promote(
 @click.argument("node_id", type=click.IntRange(min=1))
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 def members_remove(
     node_id: int,
     peers: str,
@@ -583,7 +548,7 @@ def members_remove(
 @click.argument("node_id", type=click.IntRange(min=1))
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 def transfer_leader(
     node_id: int,
     peers: str,
@@ -813,7 +778,7 @@ def compare(
     help="Also show which plugin runs each seam on every node.",
 )
 @click.option("--json", "as_json", is_flag=True)
-@_credential_options
+@credential_options
 def plugins_command(peers: str | None, as_json: bool, credentials: ClientCredentials) -> None:
     """Installed plugins: name, tier, version, flags, seams; and what runs on each node."""
     from rich.console import Console
@@ -908,7 +873,7 @@ def _per_node(
 @flags.command("list")
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 @click.option("--json", "as_json", is_flag=True)
 def flags_list(peers: str, timeout: float, as_json: bool, credentials: ClientCredentials) -> None:
     """Every flag on every node: value, reason, source, and the log index that set it."""
@@ -919,7 +884,7 @@ def flags_list(peers: str, timeout: float, as_json: bool, credentials: ClientCre
 @click.argument("names", nargs=-1, required=True)
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 @click.option("--json", "as_json", is_flag=True)
 def flags_get(
     names: tuple[str, ...],
@@ -959,7 +924,7 @@ def flags_get(
 @click.option("--reason", default="", help="Note kept in the flag history.")
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 @click.option("--json", "as_json", is_flag=True)
 def flags_set(
     assignments: tuple[str, ...],
@@ -992,7 +957,7 @@ def flags_set(
 @click.option("--reason", default="")
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 def flags_unset(
     names: tuple[str, ...],
     cluster: bool,
@@ -1016,7 +981,7 @@ def flags_unset(
 @flags.command("history")
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 @click.option("--json", "as_json", is_flag=True)
 def flags_history(
     peers: str,
