@@ -166,15 +166,18 @@ class InboundSnapshots:
     async def _check(self, msg: InstallSnapshot) -> None:
         try:
             await anyio.to_thread.run_sync(self._check_sync, msg)
-        except BadNodeSnapshot as exc:
+        except Exception as exc:
+            # BadNodeSnapshot names the problem; anything else is a snapshot this node
+            # cannot check (a state machine's bug, say), which it must not install either.
             self.rejected += 1
-            log.warning(
+            log.log(
+                logging.WARNING if isinstance(exc, BadNodeSnapshot) else logging.ERROR,
                 "node %d refused the snapshot at index %d from node %d (term %d): %s",
                 self.node_id,
                 msg.snapshot.meta.index,
                 msg.src,
                 msg.term,
-                exc,
+                exc if isinstance(exc, BadNodeSnapshot) else repr(exc),
             )
             return
         finally:
