@@ -82,8 +82,7 @@ def decode_node_snapshot(data: bytes) -> NodeSnapshot:
         ) from None
     if snap.version != SNAPSHOT_VERSION:
         raise BadNodeSnapshot(
-            f"snapshot format version {snap.version} is not supported "
-            f"(expected {SNAPSHOT_VERSION})"
+            f"snapshot format version {snap.version} is not supported (expected {SNAPSHOT_VERSION})"
         )
     return snap
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import anyio
 import pytest
+from hostile_peer import batch, send_as_peer
 
 from framework.core import (
     AppendEntries,
@@ -24,7 +25,6 @@ from framework.core import (
 from framework.errors import BadRequest
 from framework.runtime.localcluster import LocalCluster
 from framework.transport.bounds import MAX_TERM
-from hostile_peer import batch, send_as_peer
 
 pytestmark = pytest.mark.anyio
 
@@ -78,7 +78,10 @@ async def test_forged_peer_messages_neither_kill_nor_wipe_a_node(cluster: LocalC
         for nid in (2, 3):
             overflow = Heartbeat(src=1, dst=nid, term=HUGE, commit=HUGE)
             assert send_as_peer(
-                cluster.nodes[nid].address, [batch(overflow)], as_node=1, cluster_id="hostile",
+                cluster.nodes[nid].address,
+                [batch(overflow)],
+                as_node=1,
+                cluster_id="hostile",
                 linger=10,
             ), f"node {nid} kept a connection that sent term {HUGE}"
         # A forged append that would make the follower apply forged commands at an absurd
@@ -93,13 +96,19 @@ async def test_forged_peer_messages_neither_kill_nor_wipe_a_node(cluster: LocalC
             commit=HUGE,
         )
         assert send_as_peer(
-            cluster.nodes[target].address, [batch(forged_append)], as_node=1,
-            cluster_id="hostile", linger=10,
+            cluster.nodes[target].address,
+            [batch(forged_append)],
+            as_node=1,
+            cluster_id="hostile",
+            linger=10,
         )
         forged_answer = AppendResponse(src=1, dst=leader, term=HUGE, index=HUGE)
         assert send_as_peer(
-            cluster.nodes[leader].address, [batch(forged_answer)], as_node=1,
-            cluster_id="hostile", linger=10,
+            cluster.nodes[leader].address,
+            [batch(forged_answer)],
+            as_node=1,
+            cluster_id="hostile",
+            linger=10,
         )
         # A well-formed InstallSnapshot at a higher term whose bytes are junk: it used to
         # wipe the follower's log before failing to restore (and the node never started
@@ -119,7 +128,10 @@ async def test_forged_peer_messages_neither_kill_nor_wipe_a_node(cluster: LocalC
             ),
         )
         send_as_peer(
-            cluster.nodes[target].address, [batch(junk)], as_node=1, cluster_id="hostile",
+            cluster.nodes[target].address,
+            [batch(junk)],
+            as_node=1,
+            cluster_id="hostile",
             linger=1,
         )
         async with cluster.client(timeout=10.0) as client:

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from framework.client import KVClient
@@ -61,7 +62,7 @@ async def test_pending_linearizable_reads_are_bounded_and_the_excess_is_overload
             network.isolate(leader.id)
             for i in range(limit):
                 leader.submit(ClientRequest(id=i, body=KVOp(op="get", key="k")), answers.append)
-            await anyio.sleep(0)  # the Ready loop takes them into ReadIndex
+            await anyio.lowlevel.checkpoint()  # the Ready loop takes them into ReadIndex
             assert answers == []
             leader.submit(ClientRequest(id=99, body=KVOp(op="get", key="k")), answers.append)
         assert [a.id for a in answers] == [99]
