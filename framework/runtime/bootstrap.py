@@ -43,7 +43,7 @@ __all__ = [
 
 InitialCluster = Literal["new", "existing"]
 
-DEFAULT_PROBE_TIMEOUT: Final = 3.0
+DEFAULT_PROBE_TIMEOUT: Final = 5.0
 """Seconds a starting node waits for its peers' status before refusing to start."""
 
 
