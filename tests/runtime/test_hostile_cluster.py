@@ -183,18 +183,24 @@ async def test_bad_member_address_is_refused_and_a_wiped_node_does_not_rejoin(
             status = await admin.status(1)
             assert status["voters"] == [1, 2, 3] and status["learners"] == []
 
-        # Node 3 loses its disk and is restarted as it was: it must refuse, not rejoin.
+            await admin.transfer_leader(1)  # node 3's death leaves node 1 leading
+
+        # Node 3 loses its disk and is restarted as it was (the default, existing), and
+        # then as if the cluster were new: it must refuse both times, not rejoin. (With
+        # "new", the leader's progress shows node 3 once stored entries.)
         wiped = cluster.nodes[3]
         cluster.kill(3)
         shutil.rmtree(wiped.data_dir)
-        wiped.extra_args = ["--initial-cluster", "existing"]
-        cluster.start(3)
-        assert wiped.process is not None
-        code = await anyio.to_thread.run_sync(lambda: wiped.process.wait(60))  # type: ignore[union-attr]
-        assert code != 0
-        output = wiped.log_path.read_text()
-        assert "members remove 3" in output and "--join" in output, output[-2000:]
-        assert "already hold cluster 'hostile'" in output
+        for option in ("existing", "new"):
+            wiped.log_path.unlink()
+            wiped.extra_args = ["--initial-cluster", option]
+            cluster.start(3)
+            assert wiped.process is not None
+            code = await anyio.to_thread.run_sync(lambda: wiped.process.wait(60))  # type: ignore[union-attr]
+            assert code != 0, option
+            output = wiped.log_path.read_text()
+            assert "members remove 3" in output and "--join" in output, output[-2000:]
+            assert "already hold cluster 'hostile'" in output
 
         # The cluster serves on two nodes, and the operator's way back works: remove node
         # 3, start it with --join, add it back.
