@@ -220,8 +220,8 @@ def node(
 
     async def serve() -> None:
         store = SQLiteLogStore(data_dir, sync=settings.storage.sync)  # type: ignore[arg-type]
-        if initial_cluster == "existing" and not join:
-            await _refuse_empty_directory(store, config, data_dir)
+        if not join:
+            await _check_empty_directory(store, config, data_dir, initial_cluster)
         transport = _build_transport(config, listen)
         raft_node = RaftNode(config, store=store, transport=transport)
         async with anyio.create_task_group() as tg:
@@ -253,23 +253,30 @@ class _EmptyDirectory(click.ClickException):
     """A node refuses to bootstrap an empty data directory without --initial-cluster new."""
 
 
-async def _refuse_empty_directory(store: Any, config: Any, data_dir: Path) -> None:
-    from framework.runtime.bootstrap import empty_directory_refusal, probe_peers
+async def _check_empty_directory(
+    store: Any, config: Any, data_dir: Path, initial_cluster: str
+) -> None:
+    """An empty data directory bootstraps only with --initial-cluster new, and not even then
+    if a peer knows this node once stored entries (framework/runtime/bootstrap.py)."""
+    from framework.runtime.bootstrap import (
+        empty_directory_refusal,
+        probe_peers,
+        wiped_directory_refusal,
+    )
 
     state = await anyio.to_thread.run_sync(store.load)
     if state is not None:
         return
-    await anyio.to_thread.run_sync(store.close)
     peers = {nid: addr for nid, addr in config.peers.items() if nid != config.node_id}
-    views = await probe_peers(peers)
-    raise _EmptyDirectory(
-        empty_directory_refusal(
-            node_id=config.node_id,
-            cluster_id=config.cluster_id,
-            data_dir=str(data_dir),
-            views=views,
-        )
-    )
+    views = await probe_peers(peers, node_id=config.node_id)
+    where = {"node_id": config.node_id, "cluster_id": config.cluster_id, "data_dir": str(data_dir)}
+    if initial_cluster == "new":
+        refusal = wiped_directory_refusal(**where, views=views)
+    else:
+        refusal = empty_directory_refusal(**where, views=views)
+    if refusal is not None:
+        await anyio.to_thread.run_sync(store.close)
+        raise _EmptyDirectory(refusal)
 
 
 def _build_transport(config: Any, listen: str) -> Any:

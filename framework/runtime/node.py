@@ -127,9 +127,12 @@ from framework.transport.wire import (
     StatusRequest,
 )
 
-__all__ = ["NodeConfig", "NodeSnapshot", "RaftNode"]
+__all__ = ["MAX_ADMIN_REQUESTS", "NodeConfig", "NodeSnapshot", "RaftNode"]
 
 log = logging.getLogger("raftmw.node")
+
+MAX_ADMIN_REQUESTS = 256
+"""Status and admin requests running at once (each is a task); more are ``overloaded``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -216,6 +219,7 @@ class RaftNode:
         """Set (and replaced) after every Ready: admin waits watch state without polling."""
         self.invalid_messages = 0
         self.dropped_messages = 0
+        self._admin_running = 0
         self.snapshots = InboundSnapshots(
             node_id=self.id,
             state_machine=self.sm,
@@ -695,6 +699,12 @@ class RaftNode:
         body = request.body
         if not isinstance(body, KVOp):
             assert self._tg is not None, "submit() before the node serves"
+            if self._admin_running >= MAX_ADMIN_REQUESTS:  # a task each: bounded too
+                message = f"node {self.id}: {MAX_ADMIN_REQUESTS} status/admin requests are running"
+                error = ErrorReply(kind="overloaded", message=f"{message}; retry later")
+                reply(ClientResponse(id=request.id, ok=False, error=error))
+                return
+            self._admin_running += 1
             self._tg.start_soon(self._answer_admin, request, reply)
             return
         request_id = request.id
@@ -736,6 +746,8 @@ class RaftNode:
                 ok=False,
                 error=ErrorReply(kind="retry", message=f"internal error: {exc!r}"),
             )
+        finally:
+            self._admin_running -= 1
         reply(response)
 
     async def _admin(self, request: ClientRequest) -> ClientResponse:
