@@ -33,10 +33,11 @@ The rules this module keeps, and why:
    is closed: a silent socket must not hold a slot forever.
 3a. **Bounded before authentication.** An accepted connection over ``max_connections`` in
    all, or over ``max_connections_per_address`` from one address, is closed at accept
-   without reading a byte. The first frame is read exactly, and refused over
-   ``handshake_frame_size`` (a few KiB): nothing past it is read until the caller is
-   authenticated. A client that did not authenticate while authentication is on keeps that
-   small frame limit, and every request it makes is answered ``unauthorized``.
+   without reading a byte (``framework.transport.admission``). The first frame is read
+   exactly, and refused over ``handshake_frame_size`` (a few KiB): nothing past it is read
+   until the caller is authenticated. A client that did not authenticate while
+   authentication is on keeps that small frame limit, and every request it makes is
+   answered ``unauthorized``.
 4. **``send`` never blocks.** Messages for a higher-id peer go to the pool's ``send``, the
    others to the accepted link's queue; one writer task per accepted connection takes
    everything queued and writes it as one ``PeerBatch`` frame, so a burst of sends costs
