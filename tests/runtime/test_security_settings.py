@@ -125,3 +125,21 @@ def test_client_options_name_a_bad_file(tmp_path: Path) -> None:
         from framework.auth import ClientCredentials
 
         ClientCredentials(cert="c.pem", key="k.pem").ssl_context()
+
+
+def test_tls_init_then_node_make_certificates_a_node_accepts(tmp_path: Path) -> None:
+    from framework.transport.tls import load_node_tls, read_certificate_identity
+
+    runner = CliRunner()
+    out = tmp_path / "tls"
+    made = runner.invoke(main, ["tls", "init", "--nodes", "2", "--out", str(out)])
+    assert made.exit_code == 0, made.output
+    again = runner.invoke(main, ["tls", "init", "--nodes", "2", "--out", str(out)])
+    assert again.exit_code == 1 and "exists" in again.output  # nothing overwritten
+    added = runner.invoke(main, ["tls", "node", "--id", "3", "--dir", str(out)])
+    assert added.exit_code == 0, added.output
+    load_node_tls(
+        3, ca=str(out / "ca.pem"), cert=str(out / "node3.pem"), key=str(out / "node3.key")
+    )
+    assert read_certificate_identity(out / "admin.pem").role == "admin"
+    assert (out / "ca.key").stat().st_mode & 0o077 == 0  # keys are private
