@@ -136,7 +136,7 @@ async def test_a_silent_leader_costs_one_attempt_and_is_tried_last_meanwhile() -
     start = anyio.current_time()
     elected = start + 1.2
 
-    def follower_then_leader(body: RequestBody, now: float) -> ClientResponse:
+    def follower_then_leader(body: RequestBody, now: float) -> object:
         return ok(body, now) if now >= elected else refuse("not_leader", "a")(body, now)
 
     a = Node(hang)

@@ -149,7 +149,7 @@ class FrozenAware:
 async def test_writers_get_past_a_frozen_leader_and_every_write_applies_once() -> None:
     keys = ("a", "b")
     async with (
-        cluster(**{"client.request_timeout": "20s"}) as c,
+        cluster(**{"client.request_timeout": "20s"}) as c,  # type: ignore[arg-type]
         anyio.create_task_group() as tg,
     ):
         freezer = Freezer(c, tg)
