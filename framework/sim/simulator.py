@@ -159,6 +159,7 @@ class SimOptions:
             torn_writes=rng.random() < 0.5,
             min_voters=rng.choice((1, 2, 3)),
             random_reads=rng.choice((0.0, 0.2, 0.5)),
+            leader_faults=rng.choice((0.0, 0.01, 0.03)),
         )
 
     def command(self) -> str:
