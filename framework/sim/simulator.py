@@ -3,12 +3,18 @@
 Theory of operation
 -------------------
 One ``random.Random(seed)`` drives everything: the network (``SimNetwork``: loss, delay,
-reordering, duplication, partitions), crashes and restarts, membership changes and the
-clients. Each node is a ``RawNode`` over a ``MemoryLogStore``; the simulator performs every
-``Ready`` in the documented order (send, persist, send-after-persist, apply, advance). A
-crash throws the kernel and the state machine away and keeps only the store, so a node
-restarts with exactly what it persisted; a crash can also strike in the middle of a
-``Ready`` (before the write, after the write, after applying).
+long delays, reordering, duplication, partitions, one-way ones too), crashes and restarts,
+pauses, clock drift, leadership transfers, faults aimed at the leader, membership changes
+and the clients. Each node is a ``RawNode`` over a ``SimDisk``; the simulator performs every
+``Ready`` in the documented order (send, persist, send-after-persist, apply, advance),
+sometimes stepping messages that arrive meanwhile before ``advance`` (the contract allows
+it) and applying only a few entries per Ready (apply lag). A crash throws the kernel and the
+state machine away and keeps only what the disk kept: synced writes, a random prefix of
+the unsynced ones, and, for a crash in the middle of a write, a prefix of it (``SimDisk``);
+a crash can strike before, during or after the write, or after applying. A paused node
+keeps its state, receives nothing and ticks not; it resumes with every tick it missed (as
+the runtime's ``TickClock`` delivers them), then what arrived meanwhile. Each node's clock
+ticks at its own rate (``clock_drift``) from its own phase.
 
 Checked after every step (a message delivered, a tick, a Ready performed):
 - election safety: at most one leader per term (P §5.2);
@@ -16,13 +22,16 @@ Checked after every step (a message delivered, a tick, a Ready performed):
   every node that ever stores it (P §5.3; by induction the prefixes are equal);
 - leader completeness: a new leader's log holds the last globally committed entry (P §5.4);
 - state machine safety: every node applies the same entry at each index (P §5.4.3);
-- durable commit: the commit index a node persisted never goes backward.
+- durable commit: the commit index a node persisted never goes backward;
+- replica agreement: nodes at the same applied index hold the same state machine bytes and
+  the same membership.
 
 Simulated clients run a KV workload with ``(client_id, seq)`` de-duplication, retrying
 through leader changes; the history they observe is checked for linearizability
-(``framework.sim.linearizability``). After the fault phase, the network heals and crashed
-nodes restart; a leader must then be elected and every pending request must complete
-within a bounded number of ticks (liveness).
+(``framework.sim.linearizability``); a history it cannot decide fails the run. Clients may
+send to a random node or to any node that believes it leads. After the fault phase, the
+network heals, paused nodes resume and crashed nodes restart; a leader must then be elected
+and every pending request must complete within a bounded number of ticks (liveness).
 
 A failure raises ``SimulationFailure`` whose message ends with the command that replays it:
 ``python -m framework.sim.simulator --seed N`` (plus any non-default options).
@@ -210,7 +219,8 @@ class SimResult:
             f"{self.steps} steps, {self.elections} elections, {self.committed} committed, "
             f"{self.completed}/{self.operations} ops completed, {self.crashes} crashes, "
             f"{self.pauses} pauses, {self.transfers} transfers, {self.reads_without_round} "
-            f"lease reads, {self.stale_reads_from_deposed} reads from deposed leaders, {self.lost_writes} unsynced writes lost, {self.steps_in_ready} steps "
+            f"lease reads, {self.stale_reads_from_deposed} reads from deposed leaders, "
+            f"{self.lost_writes} unsynced writes lost, {self.steps_in_ready} steps "
             f"inside a Ready, {self.conf_changes} membership changes, {self.messages} "
             f"messages ({self.dropped} lost), {self.digests_compared} digests compared, "
             f"leader {self.leader_after_heal} ticks after heal, "
@@ -350,7 +360,7 @@ class Simulation:
             check_quorum=o.check_quorum,
             max_size_per_msg=o.max_size_per_msg,
             max_inflight_msgs=o.max_inflight_msgs,
-            lease_reads=o.lease_reads,
+            lease_reads=o.lease_reads and o.check_quorum,  # leases need check-quorum
             lease_drift_ticks=o.lease_drift_ticks,
             max_committed_per_ready=o.apply_lag,
         )
