@@ -219,10 +219,12 @@ def node(
     )
 
     async def serve() -> None:
+        # The transport first: its checks (TLS files, no plain TCP off loopback) are about
+        # this node's own configuration and come before asking the peers anything.
+        transport = _build_transport(config, listen)
         store = SQLiteLogStore(data_dir, sync=settings.storage.sync)  # type: ignore[arg-type]
         if not join:
             await _check_empty_directory(store, config, data_dir, initial_cluster)
-        transport = _build_transport(config, listen)
         raft_node = RaftNode(config, store=store, transport=transport)
         async with anyio.create_task_group() as tg:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -268,7 +270,11 @@ async def _check_empty_directory(
     if state is not None:
         return
     peers = {nid: addr for nid, addr in config.peers.items() if nid != config.node_id}
-    views = await probe_peers(peers, node_id=config.node_id)
+    tls = config.settings.tls
+    # The node asks as itself: with TLS, its own certificate (a node's identity may read
+    # status); without, plain TCP whatever the RAFTMW_TLS_* variables say.
+    credentials = ClientCredentials(ca=tls.ca, cert=tls.cert, key=tls.key)
+    views = await probe_peers(peers, node_id=config.node_id, credentials=credentials)
     where = {"node_id": config.node_id, "cluster_id": config.cluster_id, "data_dir": str(data_dir)}
     if initial_cluster == "new":
         refusal = wiped_directory_refusal(**where, views=views)

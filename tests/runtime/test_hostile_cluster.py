@@ -1,5 +1,5 @@
-"""Hostile input against real `raftmw node` processes on loopback (plain TCP): messages a
-forged peer sends, a bad member address, and a node restarted on a wiped data directory.
+"""Hostile input against real `raftmw node` processes on loopback (TLS, the hostile peer
+holding node 1's certificate): messages a forged peer sends, a bad member address, and a node restarted on a wiped data directory.
 After each, the cluster still serves and no acknowledged write is lost."""
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ async def test_forged_peer_messages_neither_kill_nor_wipe_a_node(cluster: LocalC
                 [batch(overflow)],
                 as_node=1,
                 cluster_id="hostile",
+                tls=cluster.tls,
                 linger=10,
             ), f"node {nid} kept a connection that sent term {HUGE}"
         # A forged append that would make the follower apply forged commands at an absurd
@@ -101,6 +102,7 @@ async def test_forged_peer_messages_neither_kill_nor_wipe_a_node(cluster: LocalC
             [batch(forged_append)],
             as_node=1,
             cluster_id="hostile",
+            tls=cluster.tls,
             linger=10,
         )
         forged_answer = AppendResponse(src=1, dst=leader, term=HUGE, index=HUGE)
@@ -109,6 +111,7 @@ async def test_forged_peer_messages_neither_kill_nor_wipe_a_node(cluster: LocalC
             [batch(forged_answer)],
             as_node=1,
             cluster_id="hostile",
+            tls=cluster.tls,
             linger=10,
         )
         # A well-formed InstallSnapshot at a higher term whose bytes are junk: it used to
@@ -133,6 +136,7 @@ async def test_forged_peer_messages_neither_kill_nor_wipe_a_node(cluster: LocalC
             [batch(junk)],
             as_node=1,
             cluster_id="hostile",
+            tls=cluster.tls,
             linger=1,
         )
         async with cluster.client(timeout=10.0) as client:
