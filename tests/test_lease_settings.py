@@ -16,7 +16,7 @@ def test_the_default_drift_bound_leaves_a_lease_longer_than_a_heartbeat_interval
 
 @pytest.mark.parametrize("drift", [0, 1, 20, 25])
 def test_with_lease_reads_a_drift_bound_out_of_range_is_refused(drift: int) -> None:
-    with pytest.raises(SettingsError, match="raft.lease_drift_ticks"):
+    with pytest.raises(SettingsError, match=r"raft\.lease_drift_ticks"):
         load_settings(overrides={"raft.lease_reads": True, "raft.lease_drift_ticks": drift})
 
 

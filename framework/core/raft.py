@@ -565,9 +565,9 @@ class RawNode:
             for entry in rd.committed_entries:
                 if entry.kind is EntryKind.CONF_CHANGE and entry.index > covered:
                     self._apply_conf_change(decode_conf_change(entry.data))
-            last = rd.committed_entries[-1].index
-            if last > self.log.applied:
-                self.log.applied_to(min(last, self.log.committed))
+            last_applied = rd.committed_entries[-1].index
+            if last_applied > self.log.applied:
+                self.log.applied_to(min(last_applied, self.log.committed))
 
     def status(self) -> Status:
         progress = {}

@@ -531,12 +531,12 @@ class Simulation:
 
     def _send(self, kernel: RawNode, msgs: Sequence[Message]) -> None:
         for msg in msgs:
-            if not self.network.send(self.now, msg.src, msg.dst, encode_message(msg)):
-                # The link is cut: a transport notices the peer is unreachable.
-                if self.rng.random() < 0.5:
-                    kernel.report_unreachable(msg.dst)
-                    if isinstance(msg, InstallSnapshot):
-                        kernel.report_snapshot(msg.dst, success=False)
+            sent = self.network.send(self.now, msg.src, msg.dst, encode_message(msg))
+            # A cut link: half the time a transport notices the peer is unreachable.
+            if not sent and self.rng.random() < 0.5:
+                kernel.report_unreachable(msg.dst)
+                if isinstance(msg, InstallSnapshot):
+                    kernel.report_snapshot(msg.dst, success=False)
 
     def _handle_ready(self, node: _Node, kernel: RawNode, rd: Ready) -> None:
         crash_at = node.crash_in_ready if (rd.entries or rd.hard_state) else ""
@@ -831,9 +831,13 @@ class Simulation:
         best: _Node | None = None
         for n in self.nodes.values():
             k = n.kernel
-            if k is not None and k.role is Role.LEADER and not n.paused:
-                if best is None or (best.kernel is not None and k.term > best.kernel.term):
-                    best = n
+            if (
+                k is not None
+                and k.role is Role.LEADER
+                and not n.paused
+                and (best is None or (best.kernel is not None and k.term > best.kernel.term))
+            ):
+                best = n
         return best
 
     def _fault_events(self) -> None:
@@ -871,9 +875,9 @@ class Simulation:
             k = node.kernel if node is not None else None
             if k is None or k.role is not Role.LEADER:
                 self.cut_after_check = 0
-            elif k.election_elapsed == 0:
+            elif node is not None and k.election_elapsed == 0:
                 self.cut_after_check = 0
-                self._cut_off(node, Partition.isolate(node.id, running))  # type: ignore[arg-type]
+                self._cut_off(node, Partition.isolate(node.id, running))
         if o.leader_faults and rng.random() < o.leader_faults and self.partition_until < self.now:
             self._leader_fault()
         if o.partitions and rng.random() < 0.02 * rate:
@@ -892,7 +896,7 @@ class Simulation:
             if kind == "halves":
                 partition = Partition.halves(running, rng)
             elif kind == "isolate_leader":
-                leader = next(
+                leader_id = next(
                     (
                         n.id
                         for n in self.nodes.values()
@@ -900,7 +904,7 @@ class Simulation:
                     ),
                     running[0],
                 )
-                partition = Partition.isolate(leader, running)
+                partition = Partition.isolate(leader_id, running)
             elif kind == "isolate":
                 partition = Partition.isolate(rng.choice(running), running)
             elif kind == "bridge" and len(running) >= 3:

@@ -1,6 +1,7 @@
 """Hostile input against real `raftmw node` processes on loopback (TLS, the hostile peer
-holding node 1's certificate): messages a forged peer sends, a bad member address, and a node restarted on a wiped data directory.
-After each, the cluster still serves and no acknowledged write is lost."""
+holding node 1's certificate): messages a forged peer sends, a bad member address, and a
+node restarted on a wiped data directory. After each, the cluster still serves and no
+acknowledged write is lost."""
 
 from __future__ import annotations
 
