@@ -41,10 +41,10 @@ def test_a_seed_replays_identically() -> None:
 
 
 def test_failure_message_carries_the_replay_command() -> None:
-    sim = Simulation(SimOptions(seed=5, nodes=3, drop=0.0))
+    sim = Simulation(SimOptions(seed=5, nodes=3, drop=0.33))  # no mixed seed drops 0.33
     failure = sim.fail("invented failure")
     assert "python -m framework.sim.simulator --seed 5" in str(failure)
-    assert "--drop 0.0" in str(failure)
+    assert "--drop 0.33" in str(failure)
 
 
 def test_the_replay_command_runs() -> None:
