@@ -328,6 +328,24 @@ def _settings_origin(description: str) -> str:
     return description
 
 
+LOCK_FREE_FLAG: Final = "lock_free"
+"""The flag that the plan's ``performance.enable_lock_free`` setting stands for."""
+
+
+def _lock_free_default(settings: Settings) -> tuple[bool, str] | None:
+    """``performance.enable_lock_free`` as a value of flag ``lock_free``, with its source;
+    None while it keeps the packaged default (then the plugin's own default stands).
+
+    The plan's TOML names the switch in ``[performance]``; it means what it says by setting
+    the flag at the layer that set the key, so ``[flags] lock_free`` in a higher layer (or
+    the cluster's replicated state) still decides over it.
+    """
+    description = settings.sources.get("performance.enable_lock_free", "default")
+    if description == "default":
+        return None
+    return settings.performance.enable_lock_free, description
+
+
 def layers_from_settings(settings: Settings) -> list[FlagLayer]:
     """``settings.flags`` as layers, one per `Source` present, lowest precedence first.
 
@@ -335,9 +353,18 @@ def layers_from_settings(settings: Settings) -> list[FlagLayer]:
     `_settings_source` for the mapping); a rollout whose keys came from several layers
     (settings merge tables key by key) goes to the last of them and its origin names them
     all. A flag with no recorded provenance (settings built from a mapping) counts as
-    SETTINGS_DEFAULT.
+    SETTINGS_DEFAULT. ``performance.enable_lock_free``, once a layer above the packaged
+    defaults sets it, is flag ``lock_free`` at that layer's source; ``flags.lock_free`` set
+    at the same source wins over it.
     """
     by_source: dict[Source, tuple[dict[str, FlagValue], dict[str, str]]] = {}
+    lock_free = _lock_free_default(settings)
+    if lock_free is not None:
+        value, description = lock_free
+        by_source[_settings_source(description)[1]] = (
+            {LOCK_FREE_FLAG: value},
+            {LOCK_FREE_FLAG: f"performance.enable_lock_free ({_settings_origin(description)})"},
+        )
     for name, value in settings.flags.items():
         key = f"flags.{name}".lower()
         descriptions = [

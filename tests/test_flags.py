@@ -467,11 +467,16 @@ def test_layers_from_settings_assign_each_source(cwd: Path) -> None:
     assert [made.source for made in layers] == sorted(made.source for made in layers)
     assert by_source(layers) == {
         Source.SETTINGS_DEFAULT: {"local_default": True, "from_file": True},
-        Source.PROFILE: {"local_profile": True},
+        Source.PROFILE: {"local_profile": True, **PLUGIN_PROFILE_FLAGS, "lock_free": True},
         Source.ENVIRONMENT: {"from_env": True, "mixed": Rollout(percent=30, include=(1,))},
         Source.COMMAND_LINE: {"from_cli": Rollout(percent=25)},
     }
-    origins = {name: o for made in layers for name, o in made.origins.items()}
+    origins = {
+        name: o
+        for made in layers
+        for name, o in made.origins.items()
+        if name not in PLUGIN_PROFILE_FLAGS and name != "lock_free"
+    }
     assert origins == {
         "local_default": f"{cwd / 'settings.toml'} [default]",
         "local_profile": f"{cwd / 'settings.toml'} [high_throughput]",
@@ -480,6 +485,55 @@ def test_layers_from_settings_assign_each_source(cwd: Path) -> None:
         "from_env": "environment RAFTMW_FLAGS__FROM_ENV",
         "from_cli": "--flag",
     }
+
+
+PLUGIN_PROFILE_FLAGS = {
+    "actors": True,
+    "backpressure": True,
+    "circuit_breaker": True,
+    "adaptive_timeout": True,
+}
+"""What the shipped profiles switch on besides lock_free (settings.toml says why)."""
+
+
+@pytest.mark.parametrize("profile", ["high_throughput", "low_latency"])
+def test_a_shipped_profile_runs_the_plugins_it_tunes(cwd: Path, profile: str) -> None:
+    from framework.plugins import PluginHost
+
+    registry = PluginHost().declare_flags()
+    layers = layers_from_settings(load_settings(profile=profile, env={}))
+    assert validate_layers(registry, layers) == []
+    on = {n for n, ev in evaluate_all(registry, 1, layers).items() if ev.value}
+    assert on == {*PLUGIN_PROFILE_FLAGS, "lock_free"}
+    lock_free = evaluate(registry, "lock_free", 1, layers)
+    assert (lock_free.source, lock_free.detail) == (
+        Source.PROFILE,
+        f"true; set by performance.enable_lock_free (profile {profile})",
+    )
+
+
+def test_the_default_profile_leaves_every_plugin_flag_at_its_default(cwd: Path) -> None:
+    assert layers_from_settings(load_settings(env={})) == []
+
+
+def test_enable_lock_free_sets_the_lock_free_flag_at_its_layer(
+    cwd: Path, registry: FlagRegistry
+) -> None:
+    plan = cwd / "plan.toml"
+    plan.write_text("[performance]\nenable_lock_free = true\n")
+    on = load_settings(files=[plan], env={})
+    assert evaluate(registry, "lock_free", 1, layers_from_settings(on)).value is True
+    # A flag set at a higher layer, or at the same one, still decides.
+    off = load_settings(files=[plan], env={}, overrides={"flags.lock_free": False})
+    assert evaluate(registry, "lock_free", 1, layers_from_settings(off)).value is False
+    plan.write_text("[performance]\nenable_lock_free = true\n[flags]\nlock_free = false\n")
+    same = load_settings(files=[plan], env={})
+    assert evaluate(registry, "lock_free", 1, layers_from_settings(same)).value is False
+    # And false in a profile that turns it on turns it off.
+    env = {"RAFTMW_PERFORMANCE__ENABLE_LOCK_FREE": "false"}
+    fast = load_settings(profile="high_throughput", env=env)
+    result = evaluate(registry, "lock_free", 1, layers_from_settings(fast))
+    assert (result.value, result.source) == (False, Source.ENVIRONMENT)
 
 
 @pytest.mark.parametrize(
