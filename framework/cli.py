@@ -216,6 +216,7 @@ def node(
         settings=settings,
         join=join,
         plugin_host=host,
+        data_dir=data_dir,
     )
 
     async def serve() -> None:

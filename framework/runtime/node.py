@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -85,7 +86,7 @@ from framework.runtime.members import (
     address_of,
     check_member_address,
 )
-from framework.runtime.node_flags import NodeFlags
+from framework.runtime.node_flags import OVERRIDES_FILE, NodeFlags, OverridesFile
 from framework.runtime.node_health import NodeHealth
 from framework.runtime.node_services import NodeServices
 from framework.runtime.pending import Deadlines, Waiter
@@ -144,6 +145,9 @@ class NodeConfig:
     plugin_host: PluginHost | None = None
     """The plugins to build components with; by default the installed ones, minus
     ``settings.plugins.blocked``."""
+    data_dir: Path | None = None
+    """The node's data directory, for node-local state kept beside the log (flag
+    overrides); None keeps that state in memory."""
 
 
 class RaftNode:
@@ -171,7 +175,10 @@ class RaftNode:
         self.host = config.plugin_host or PluginHost(
             blocked=self.settings.plugins.blocked, enabled=self.settings.plugins.enabled
         )
-        self.flags = NodeFlags(self.host, node_id=self.id, settings=self.settings)
+        kept = None if config.data_dir is None else OverridesFile(config.data_dir / OVERRIDES_FILE)
+        self.flags = NodeFlags(
+            self.host, node_id=self.id, settings=self.settings, overrides_file=kept
+        )
         self.store, self.transport = self.host.wrap_io(
             node_id=self.id, settings=self.settings, store=store, transport=transport
         )
@@ -245,6 +252,7 @@ class RaftNode:
             # The cluster's flag state is known before the node serves anyone: from the
             # snapshot, then from committed flag entries it will re-apply.
             self.flags.replay_committed(state.entries, state.hard_state.commit)
+            await anyio.to_thread.run_sync(self.flags.load_overrides)
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 self.snapshots.start(tg)
@@ -497,6 +505,7 @@ class RaftNode:
             self._send(rd.persisted_messages)
         if rd.snapshot is not None:
             await anyio.to_thread.run_sync(self._restore, rd.snapshot.data)
+            self._flags_changed = True  # the restored flag state may select other plugins
             self.transport.set_peers(self._peer_addresses())
             log.info("node %d installed a snapshot at index %d", self.id, rd.snapshot.meta.index)
         metrics = self.components.metrics
@@ -1134,14 +1143,14 @@ class RaftNode:
         elif req.action in ("set", "unset"):
             try:
                 if req.action == "set":
-                    self.flags.set_overrides(
+                    await self.flags.set_overrides(
                         {
                             k: v.to_rollout() if isinstance(v, RolloutWire) else v
                             for k, v in req.assignments.items()
                         }
                     )
                 else:
-                    self.flags.unset_overrides(req.names)
+                    await self.flags.unset_overrides(req.names)
             except FlagError as exc:
                 raise _Refused(ErrorReply(kind="bad_request", message=str(exc))) from None
             done = anyio.Event()
