@@ -1109,7 +1109,7 @@ class RaftNode:
             )
             self._notify_flag(ev)
         self.instruments.set_mode(name for name, ev in evaluations.items() if ev.value)
-        await self.components.reconfigure(evaluations)
+        self.flags.record_swaps(await self.components.reconfigure(evaluations))
 
     async def _propose_flag_change(self, change: FlagChange) -> int:
         """Validate, propose as one ``flags`` entry, wait until applied here (and the swap
@@ -1137,9 +1137,10 @@ class RaftNode:
         )
 
     async def _flags(self, req: AdminFlags) -> dict[str, Any]:
+        log_index = None
         if req.action in ("set", "unset") and req.scope == "cluster":
             change = FlagChange(set=dict(req.assignments), unset=list(req.names), reason=req.reason)
-            await self._propose_flag_change(change)
+            log_index = await self._propose_flag_change(change)
         elif req.action in ("set", "unset"):
             try:
                 if req.action == "set":
@@ -1172,6 +1173,8 @@ class RaftNode:
                 for index, ch in self.flags.cluster.history()
             ],
             "overrides": sorted(self.flags.overrides),
+            "log_index": log_index,
+            "outcome": self.flags.outcome(),
         }
 
 

@@ -38,6 +38,7 @@ from framework.flags import (
 )
 from framework.flags import layers_from_settings as settings_layers
 from framework.plugins import PluginError, PluginHost
+from framework.runtime.components import SwapReport
 
 __all__ = ["OVERRIDES_FILE", "NodeFlags", "OverridesFile"]
 
@@ -141,6 +142,10 @@ class NodeFlags:
         self.overrides: dict[str, FlagValue] = {}
         self.current: dict[str, Evaluation] = {}
         self._overrides_file = overrides_file
+        self.evaluated_index = 0
+        """The cluster flag index the current evaluation reflects."""
+        self.last_swaps: list[dict[str, object]] = []
+        """What the swaps of the last evaluation did (empty: none was needed)."""
 
     # -- the replicated layer ----------------------------------------------------------------
 
@@ -275,7 +280,31 @@ class NodeFlags:
     def evaluate(self) -> dict[str, Evaluation]:
         """Evaluate every declared flag; remembers the result as ``current``."""
         self.current = evaluate_all(self.registry, self.node_id, self.layers())
+        self.evaluated_index = self.cluster.applied_index
+        self.last_swaps = []
         return self.current
+
+    def record_swaps(self, reports: Iterable[SwapReport]) -> None:
+        """The swaps the last evaluation caused, for `outcome`."""
+        self.last_swaps = [
+            {"slot": r.slot, "old": r.old, "new": r.new, "ok": r.ok, "error": r.error}
+            for r in reports
+        ]
+
+    def missing(self) -> list[str]:
+        """Flags the cluster sets that no plugin installed here declares."""
+        return sorted(name for name in self.cluster.values() if name not in self.registry)
+
+    def outcome(self) -> dict[str, object]:
+        """What this node made of the cluster's flag changes so far: the index its running
+        plugins reflect, the swaps that evaluation did (each ok or with its error), and the
+        flags it cannot run for want of their plugin. ``raftmw flags set`` waits on it."""
+        return {
+            "applied_index": self.cluster.applied_index,
+            "evaluated_index": self.evaluated_index,
+            "swaps": list(self.last_swaps),
+            "missing": self.missing(),
+        }
 
     def changed(self, before: Mapping[str, Evaluation]) -> list[Evaluation]:
         """Flags whose value differs between ``before`` and ``current``."""
