@@ -99,6 +99,7 @@ __all__ = [
     "UnknownFlag",
     "bucket",
     "decode_flag_change",
+    "dependency_problems",
     "encode_flag_change",
     "evaluate",
     "evaluate_all",
@@ -158,12 +159,19 @@ def _unknown(name: str, known: Sequence[str], *, what: str, where: str = "") -> 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FlagSpec:
-    """A flag as its plugin declares it."""
+    """A flag as its plugin declares it.
+
+    ``requires``: flags that must be on wherever this one may be on (the plugin builds on
+    what they build); ``conflicts``: flags that must not be on together with this one. Both
+    are checked before a cluster change is proposed (`validate_change`), never on apply.
+    """
 
     name: str
     default: bool
     description: str
     owner: str
+    requires: tuple[str, ...] = ()
+    conflicts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
@@ -180,6 +188,15 @@ class FlagSpec:
             raise FlagError(f"flag {self.name!r} has no owner; expected the declaring plugin")
         if not isinstance(self.description, str):
             raise FlagError(f"flag {self.name!r} has a description that is not a string")
+        for what in ("requires", "conflicts"):
+            names = getattr(self, what)
+            if not isinstance(names, tuple) or not all(
+                isinstance(n, str) and _NAME_RE.fullmatch(n) and n != self.name for n in names
+            ):
+                raise FlagError(
+                    f"flag {self.name!r} (declared by {self.owner!r}) has {what}="
+                    f"{_short.repr(names)}; expected a tuple of other flags' names"
+                )
 
 
 def _declaration(spec: FlagSpec) -> str:
@@ -700,6 +717,82 @@ def validate_change(
             problems.append(f"flag {name!r} is both set and unset; expected one or the other")
         elif name not in registry and not (state is not None and name in state.values()):
             problems.append(_unknown(name, known, what="cannot unset"))
+    if not problems and (change.set or change.unset):
+        after: dict[str, FlagValue] = dict(state.values()) if state is not None else {}
+        for name in change.unset:
+            after.pop(name, None)
+        after.update((name, _to_value(wire)) for name, wire in change.set.items())
+        touched = {*change.set, *change.unset}
+        problems += [
+            problem
+            for names, problem in dependency_problems(registry, after)
+            if touched & names
+        ]
+    return problems
+
+
+def _may_be_on(value: FlagValue | None) -> bool:
+    if isinstance(value, Rollout):
+        return value.enabled and (value.percent > 0 or bool(value.include))
+    return value is True
+
+
+def _surely_on(value: FlagValue | None) -> bool:
+    if isinstance(value, Rollout):
+        return value.enabled and value.percent >= 100 and not value.exclude
+    return value is True
+
+
+def dependency_problems(
+    registry: FlagRegistry, values: Mapping[str, FlagValue]
+) -> list[tuple[frozenset[str], str]]:
+    """Declared ``requires`` and ``conflicts`` that ``values`` (the cluster's flags, unset
+    ones at their plugin default) break, each with the flags it involves.
+
+    A rollout is judged for every node it may reach: a flag that may be on somewhere needs
+    each flag it requires on everywhere, and must not meet a conflicting flag that may be on
+    somewhere (the nodes a percentage picks differ per flag).
+    """
+
+    def value(name: str) -> FlagValue | None:
+        if name in values:
+            return values[name]
+        return registry.get(name).default if name in registry else None
+
+    problems: list[tuple[frozenset[str], str]] = []
+    conflicting: set[frozenset[str]] = set()
+    for spec in registry.specs():
+        if not _may_be_on(value(spec.name)):
+            continue
+        for needed in spec.requires:
+            if needed not in registry:
+                problems.append(
+                    (
+                        frozenset({spec.name, needed}),
+                        f"flag {spec.name!r} requires flag {needed!r}, which no installed "
+                        f"plugin declares; expected plugin {spec.owner!r}'s dependency installed",
+                    )
+                )
+            elif not _surely_on(value(needed)):
+                problems.append(
+                    (
+                        frozenset({spec.name, needed}),
+                        f"flag {spec.name!r} requires flag {needed!r} on wherever it is on, "
+                        f"but {needed!r} is {_short.repr(value(needed))}; expected "
+                        f"{needed}=on in the same change or before it",
+                    )
+                )
+        for other in spec.conflicts:
+            pair = frozenset({spec.name, other})
+            if _may_be_on(value(other)) and pair not in conflicting:
+                conflicting.add(pair)  # declared on both sides: reported once
+                problems.append(
+                    (
+                        pair,
+                        f"flags {spec.name!r} and {other!r} conflict (declared by "
+                        f"{spec.owner!r}) and both may be on; expected at most one of them on",
+                    )
+                )
     return problems
 
 

@@ -901,3 +901,83 @@ def test_parse_flag_assignment_errors(text: str, problem: str) -> None:
         "; expected NAME=VALUE with VALUE on, off, true, false, a percentage like 25% or an "
         "inline table like {enabled=true,percent=25,include=[1],exclude=[3]}"
     )
+
+
+# --------------------------------------------------------------------------- requires, conflicts
+
+
+@pytest.fixture
+def related() -> FlagRegistry:
+    return FlagRegistry(
+        [
+            FlagSpec(name="base", default=False, description="", owner="p"),
+            FlagSpec(name="addon", default=False, description="", owner="p", requires=("base",)),
+            FlagSpec(name="rival", default=False, description="", owner="q", conflicts=("addon",)),
+            FlagSpec(name="other", default=False, description="", owner="q"),
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("before", "change", "fragment"),
+    [
+        ({}, FlagChange(set={"addon": True}), "'addon' requires flag 'base'"),
+        (
+            {},
+            FlagChange(set={"addon": True, "base": RolloutWire(percent=50)}),
+            "'addon' requires flag 'base' on wherever it is on",
+        ),
+        ({"addon": True, "base": True}, FlagChange(unset=["base"]), "requires flag 'base'"),
+        ({"addon": True, "base": True}, FlagChange(set={"rival": True}), "conflict"),
+        (
+            {"rival": True},
+            FlagChange(set={"addon": RolloutWire(percent=10), "base": True}),
+            "'rival' and 'addon' conflict",
+        ),
+    ],
+)
+def test_a_change_breaking_a_declared_dependency_is_refused(
+    related: FlagRegistry, before: dict[str, bool], change: FlagChange, fragment: str
+) -> None:
+    state = ClusterFlagState()
+    if before:
+        state.apply(FlagChange(set=before), 1)
+    problems = validate_change(related, change, state=state)
+    assert len(problems) == 1 and fragment in problems[0], problems
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        FlagChange(set={"addon": True, "base": True}),
+        FlagChange(set={"addon": RolloutWire(percent=30), "base": True}),
+        FlagChange(set={"rival": True, "addon": False}),
+        FlagChange(set={"rival": True, "addon": RolloutWire(percent=0)}),
+        FlagChange(set={"other": True}),
+    ],
+)
+def test_a_change_keeping_declared_dependencies_is_accepted(
+    related: FlagRegistry, change: FlagChange
+) -> None:
+    assert validate_change(related, change, state=ClusterFlagState()) == []
+
+
+def test_an_existing_breach_does_not_block_unrelated_changes(related: FlagRegistry) -> None:
+    state = ClusterFlagState()
+    state.apply(FlagChange(set={"addon": True}), 1)  # e.g. set before the rule was declared
+    assert validate_change(related, FlagChange(set={"other": True}), state=state) == []
+    assert validate_change(related, FlagChange(unset=["addon"]), state=state) == []
+
+
+def test_a_requirement_no_plugin_declares_is_named() -> None:
+    registry = FlagRegistry(
+        [FlagSpec(name="addon", default=False, description="", owner="p", requires=("gone",))]
+    )
+    [problem] = validate_change(registry, FlagChange(set={"addon": True}))
+    assert "'gone', which no installed plugin declares" in problem
+
+
+@pytest.mark.parametrize("bad", [["base"], ("Base",), ("addon",)])
+def test_requires_and_conflicts_must_name_other_flags(bad: object) -> None:
+    with pytest.raises(FlagError, match="expected a tuple of other flags' names"):
+        FlagSpec(name="addon", default=False, description="", owner="p", requires=bad)  # type: ignore[arg-type]
