@@ -1146,11 +1146,28 @@ def config_show(profile: str, settings_files: tuple[str, ...]) -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--profile", default="default", show_default=True)
 def config_check(file: str, profile: str) -> None:
-    """Validate FILE layered over the defaults; exit 1 naming the bad key if invalid."""
-    try:
-        load_settings(profile=profile, files=[file])
-    except SettingsError as exc:
-        click.echo(f"{file}: {exc}", err=True)
+    """Validate FILE layered over the defaults as `raftmw node` would: every bad key, then
+    the plugins (blocked or unknown names, undeclared flags, each plugin's own table).
+    Prints each problem and exits 1 if there is any."""
+    from framework.config import check_settings
+    from framework.plugins import PluginError, PluginHost
+    from framework.runtime.node_flags import settings_problems
+
+    settings, errors = check_settings(profile=profile, files=[file])
+    problems = [str(e) for e in errors]
+    if settings is not None:
+        try:
+            host = PluginHost(
+                blocked=settings.plugins.blocked, enabled=settings.plugins.enabled
+            )
+        except PluginError as exc:
+            problems.append(str(exc))
+        else:
+            problems += settings_problems(host, settings)
+    for problem in problems:
+        click.echo(f"{file}: {problem}", err=True)
+    if problems:
+        click.echo(f"{file}: {len(problems)} problem(s)", err=True)
         sys.exit(1)
     click.echo(f"{file}: ok")
 

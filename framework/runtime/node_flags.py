@@ -40,7 +40,7 @@ from framework.flags import layers_from_settings as settings_layers
 from framework.plugins import PluginError, PluginHost
 from framework.runtime.components import SwapReport
 
-__all__ = ["OVERRIDES_FILE", "NodeFlags", "OverridesFile"]
+__all__ = ["OVERRIDES_FILE", "NodeFlags", "OverridesFile", "settings_problems"]
 
 OVERRIDES_FILE: Final = "flag-overrides.json"
 """Name of the node-local overrides file in a node's data directory."""
@@ -48,6 +48,17 @@ _OVERRIDES_MAX_BYTES: Final = 1 << 20
 """An overrides file is a few hundred bytes; anything past this is not one of ours."""
 
 log = logging.getLogger("raftmw.flags")
+
+
+def settings_problems(
+    host: PluginHost, settings: Settings, *, registry: FlagRegistry | None = None
+) -> list[str]:
+    """What a node refuses to start with, beyond the settings' own checks: flags no plugin
+    declares or with bad values, and each plugin's verdict on its ``[plugin.NAME]`` table.
+    ``raftmw config check`` asks the same."""
+    registry = host.declare_flags() if registry is None else registry
+    problems = validate_layers(registry, settings_layers(settings))
+    return problems + list(host.validate_settings(settings))
 
 
 class _StoredOverrides(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -134,8 +145,7 @@ class NodeFlags:
         self._host = host
         self.registry: FlagRegistry = host.declare_flags()
         self._settings_layers = settings_layers(settings)
-        problems = validate_layers(self.registry, self._settings_layers)
-        problems += host.validate_settings(settings)
+        problems = settings_problems(host, settings, registry=self.registry)
         if problems:
             raise PluginError("bad flag settings: " + "; ".join(problems))
         self.cluster = ClusterFlagState()
