@@ -31,11 +31,19 @@ import anyio
 import anyio.abc
 from anyio.abc import TaskStatus
 
+from framework.config import Settings
 from framework.core import Message
 from framework.seams import LockStats, PeerConnection, PeerDialer, PeerLinkStats, PoolStats
 from framework.transport.backoff import Backoff
 
-__all__ = ["OutboundQueue", "TransportPool", "check_pool_state", "pump", "take_queued"]
+__all__ = [
+    "OutboundQueue",
+    "TransportPool",
+    "check_pool_state",
+    "dial_limit",
+    "pump",
+    "take_queued",
+]
 
 logger = logging.getLogger("raftmw.transport")
 
@@ -129,6 +137,22 @@ async def pump(
                 queue.dropped += len(batch)
                 break
         tg.cancel_scope.cancel()
+
+
+def dial_limit(settings: Settings) -> float:
+    """The pools' outer bound on one dial (connect, TLS and Hello).
+
+    The dialer times the connect itself by the node's timeout policy
+    (`PooledTransport.use_timeouts`: adaptive between ``performance.timeouts.connect``'s
+    bounds, or fixed at its base), so the pool's bound must never fire first: it is the
+    longest connect the policy may allow plus ``transport.connect_timeout`` for the
+    handshake, a backstop for a dialer that times nothing. (The pools used to wrap every
+    dial in the fixed ``transport.connect_timeout``, so an adaptive connect timeout above
+    it never took effect.)
+    """
+    connect = settings.performance.timeouts.get("connect")
+    longest = connect.max_timeout if connect is not None else 0.0
+    return longest + settings.transport.connect_timeout
 
 
 def take_queued(
