@@ -86,7 +86,7 @@ from framework.runtime.members import (
     address_of,
     check_member_address,
 )
-from framework.runtime.node_flags import OVERRIDES_FILE, NodeFlags, OverridesFile
+from framework.runtime.node_flags import NodeFlags
 from framework.runtime.node_health import NodeHealth
 from framework.runtime.node_services import NodeServices
 from framework.runtime.pending import Deadlines, Waiter
@@ -175,9 +175,8 @@ class RaftNode:
         self.host = config.plugin_host or PluginHost(
             blocked=self.settings.plugins.blocked, enabled=self.settings.plugins.enabled
         )
-        kept = None if config.data_dir is None else OverridesFile(config.data_dir / OVERRIDES_FILE)
         self.flags = NodeFlags(
-            self.host, node_id=self.id, settings=self.settings, overrides_file=kept
+            self.host, node_id=self.id, settings=self.settings, data_dir=config.data_dir
         )
         self.store, self.transport = self.host.wrap_io(
             node_id=self.id, settings=self.settings, store=store, transport=transport

@@ -139,8 +139,11 @@ class NodeFlags:
         *,
         node_id: int,
         settings: Settings,
+        data_dir: Path | None = None,
         overrides_file: OverridesFile | None = None,
     ) -> None:
+        """``data_dir``: where the overrides are kept (`OVERRIDES_FILE`); or give the
+        ``overrides_file`` itself; neither keeps them in memory."""
         self.node_id = node_id
         self._host = host
         self.registry: FlagRegistry = host.declare_flags()
@@ -151,6 +154,8 @@ class NodeFlags:
         self.cluster = ClusterFlagState()
         self.overrides: dict[str, FlagValue] = {}
         self.current: dict[str, Evaluation] = {}
+        if overrides_file is None and data_dir is not None:
+            overrides_file = OverridesFile(data_dir / OVERRIDES_FILE)
         self._overrides_file = overrides_file
         self.evaluated_index = 0
         """The cluster flag index the current evaluation reflects."""
