@@ -216,6 +216,7 @@ def node(
         settings=settings,
         join=join,
         plugin_host=host,
+        data_dir=data_dir,
     )
 
     async def serve() -> None:
@@ -883,6 +884,63 @@ def _per_node(
     return run_async(go)
 
 
+def _wait_options(func: Callable[..., T]) -> Callable[..., T]:
+    func = click.option(
+        "--wait-timeout",
+        type=click.FloatRange(min=0),
+        default=30.0,
+        show_default=True,
+        help="Seconds to wait for every node to apply the change and swap.",
+    )(func)
+    return click.option(
+        "--wait/--no-wait",
+        default=True,
+        show_default=True,
+        help="Wait for each node's outcome (--no-wait: return once the change is committed).",
+    )(func)
+
+
+def _change_flags(
+    peers: str,
+    timeout: float,
+    credentials: ClientCredentials,
+    change: Callable[[KVClient], Awaitable[dict[str, Any]]],
+    *,
+    names: Sequence[str],
+    wait: bool,
+    wait_timeout: float,
+) -> tuple[dict[str, Any], dict[int, Any]]:
+    """Make ``change``; then, unless told not to, each node's outcome of it."""
+    from framework.runtime.flag_outcomes import outcome_of, wait_for_outcomes
+
+    members = _peers(peers)
+
+    async def go(client: KVClient) -> tuple[dict[str, Any], dict[int, Any]]:
+        result = await change(client)
+        if not wait:
+            return result, {}
+        log_index = result.get("log_index")
+        if log_index is None:  # a node-local change: that node answered after its swap
+            node_id = int(result.get("node_id", 0))
+            outcome = outcome_of(node_id, result, None, names)
+            return result, {node_id: outcome}
+        outcomes = await wait_for_outcomes(
+            client, members, int(log_index), names, deadline=wait_timeout
+        )
+        return result, dict(outcomes)
+
+    return _client_call(peers, timeout, credentials, go)  # type: ignore[no-any-return]
+
+
+def _report_outcomes(outcomes: dict[int, Any]) -> None:
+    for outcome in outcomes.values():
+        click.echo(outcome.line(), err=not outcome.ok)
+    failed = [o.node_id for o in outcomes.values() if not o.ok]
+    if failed:
+        click.echo(f"the change did not take effect on node(s) {failed}", err=True)
+        sys.exit(1)
+
+
 @flags.command("list")
 @_peers_option
 @_timeout_option
@@ -939,6 +997,7 @@ def flags_get(
 @_timeout_option
 @credential_options
 @click.option("--json", "as_json", is_flag=True)
+@_wait_options
 def flags_set(
     assignments: tuple[str, ...],
     cluster: bool,
@@ -948,19 +1007,30 @@ def flags_set(
     timeout: float,
     as_json: bool,
     credentials: ClientCredentials,
+    wait: bool,
+    wait_timeout: float,
 ) -> None:
-    """Set flags, e.g. `actors=on backpressure=25%`: all in one atomic change."""
+    """Set flags, e.g. `actors=on backpressure=25%`: all in one atomic change.
+
+    Then waits until every node has applied the change and swapped its plugins, prints
+    each node's outcome, and exits 1 if any node failed to swap, lacks the plugin of a flag
+    set, or had not applied it in --wait-timeout (--no-wait: return once committed).
+    """
     scope, node_id = _flag_scope(cluster, node)
     values = dict(map(_parse_flag, assignments))
-    result = _client_call(
+    result, outcomes = _change_flags(
         peers,
         timeout,
         credentials,
         lambda c: c.flags("set", scope=scope, node_id=node_id, assignments=values, reason=reason),
+        names=tuple(values),
+        wait=wait,
+        wait_timeout=wait_timeout,
     )
     where = f"node {node_id} (override)" if node_id else "the cluster"
     click.echo(f"set {', '.join(assignments)} on {where}")
     _show_flags({int(result.get("node_id", 0)): result}, as_json, tuple(values))
+    _report_outcomes(outcomes)
 
 
 @flags.command("unset")
@@ -971,6 +1041,7 @@ def flags_set(
 @_peers_option
 @_timeout_option
 @credential_options
+@_wait_options
 def flags_unset(
     names: tuple[str, ...],
     cluster: bool,
@@ -979,16 +1050,25 @@ def flags_unset(
     peers: str,
     timeout: float,
     credentials: ClientCredentials,
+    wait: bool,
+    wait_timeout: float,
 ) -> None:
-    """Remove cluster-wide values (or a node's overrides) so lower layers decide again."""
+    """Remove cluster-wide values (or a node's overrides) so lower layers decide again.
+
+    Waits for every node's outcome like `flags set`.
+    """
     scope, node_id = _flag_scope(cluster, node)
-    _client_call(
+    _, outcomes = _change_flags(
         peers,
         timeout,
         credentials,
         lambda c: c.flags("unset", scope=scope, node_id=node_id, names=names, reason=reason),
+        names=(),
+        wait=wait,
+        wait_timeout=wait_timeout,
     )
     click.echo(f"unset {', '.join(names)}")
+    _report_outcomes(outcomes)
 
 
 @flags.command("history")
@@ -1044,11 +1124,28 @@ def config_show(profile: str, settings_files: tuple[str, ...]) -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--profile", default="default", show_default=True)
 def config_check(file: str, profile: str) -> None:
-    """Validate FILE layered over the defaults; exit 1 naming the bad key if invalid."""
-    try:
-        load_settings(profile=profile, files=[file])
-    except SettingsError as exc:
-        click.echo(f"{file}: {exc}", err=True)
+    """Validate FILE layered over the defaults as `raftmw node` would: every bad key, then
+    the plugins (blocked or unknown names, undeclared flags, each plugin's own table).
+    Prints each problem and exits 1 if there is any."""
+    from framework.config import check_settings
+    from framework.plugins import PluginError, PluginHost
+    from framework.runtime.node_flags import settings_problems
+
+    settings, errors = check_settings(profile=profile, files=[file])
+    problems = [str(e) for e in errors]
+    if settings is not None:
+        try:
+            host = PluginHost(
+                blocked=settings.plugins.blocked, enabled=settings.plugins.enabled
+            )
+        except PluginError as exc:
+            problems.append(str(exc))
+        else:
+            problems += settings_problems(host, settings)
+    for problem in problems:
+        click.echo(f"{file}: {problem}", err=True)
+    if problems:
+        click.echo(f"{file}: {len(problems)} problem(s)", err=True)
         sys.exit(1)
     click.echo(f"{file}: ok")
 

@@ -43,6 +43,7 @@ import datetime
 import json
 import os
 import re
+import tempfile
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields, replace
@@ -85,6 +86,7 @@ __all__ = [
     "TlsSettings",
     "TokenSettings",
     "TransportSettings",
+    "check_settings",
     "format_duration",
     "format_size",
     "load_settings",
@@ -988,6 +990,69 @@ def load_settings(
         raise error.with_source(_source_of(error.key, sources)) from None
     kept = set(_leaves(settings_to_mapping(settings)))
     return replace(settings, sources=_FrozenMap((k, v) for k, v in sources.items() if k in kept))
+
+
+def check_settings(
+    *,
+    profile: str = _DEFAULT_PROFILE,
+    files: Sequence[str | Path] = (),
+    env: Mapping[str, str] | None = None,
+) -> tuple[Settings | None, list[SettingsError]]:
+    """Every problem of ``files`` (layered like `load_settings`), not just the first.
+
+    Each bad key found in one of ``files`` is reported and set aside (the layers below it
+    decide that key), and the rest is checked again, until nothing more is wrong or a
+    problem is not in a file's keys (a file that is not TOML, a bad profile or variable):
+    that one ends the check. Returns the settings that load once the bad keys are set aside
+    (None if none do) and the problems, in the order found, each naming its file.
+    """
+    originals = [Path(f).absolute() for f in files]
+    current = list(originals)
+    tables: dict[int, dict[str, Any]] = {}
+    problems: list[SettingsError] = []
+    with tempfile.TemporaryDirectory(prefix="raftmw-check-") as scratch:
+        for _ in range(_MAX_CHECKED_PROBLEMS):
+            try:
+                return load_settings(profile=profile, files=current, env=env), problems
+            except SettingsError as error:
+                at = next((n for n, p in enumerate(current) if str(p) == error.source), None)
+                if at is None:
+                    problems.append(error)
+                    return None, problems
+                problems.append(error.with_source(str(originals[at])))
+                if at not in tables:
+                    tables[at] = _read_toml(originals[at])
+                if not _set_aside(tables[at], error.key):
+                    return None, problems
+                current[at] = Path(scratch) / f"{at}-{originals[at].name}"
+                current[at].write_text(tomli_w.dumps(tables[at]))
+    problems.append(
+        SettingsError(
+            "settings",
+            f"have more than {_MAX_CHECKED_PROBLEMS} problems; the check stopped there",
+            "fewer problems",
+        )
+    )
+    return None, problems
+
+
+_MAX_CHECKED_PROBLEMS: Final = 200
+
+
+def _set_aside(data: dict[str, Any], key: str) -> bool:
+    """Remove dotted ``key`` from ``data`` (keys compared case-blind), or the value on its
+    path that is not a table; False if ``data`` holds nothing on that path."""
+    parts = key.lower().split(".")
+    table = data
+    for depth, part in enumerate(parts):
+        name = next((k for k in table if k.lower() == part), None)
+        if name is None:
+            return False
+        if depth == len(parts) - 1 or not isinstance(table[name], dict):
+            del table[name]
+            return True
+        table = table[name]
+    return False
 
 
 def _read_inputs(

@@ -99,6 +99,7 @@ __all__ = [
     "UnknownFlag",
     "bucket",
     "decode_flag_change",
+    "dependency_problems",
     "encode_flag_change",
     "evaluate",
     "evaluate_all",
@@ -158,12 +159,19 @@ def _unknown(name: str, known: Sequence[str], *, what: str, where: str = "") -> 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FlagSpec:
-    """A flag as its plugin declares it."""
+    """A flag as its plugin declares it.
+
+    ``requires``: flags that must be on wherever this one may be on (the plugin builds on
+    what they build); ``conflicts``: flags that must not be on together with this one. Both
+    are checked before a cluster change is proposed (`validate_change`), never on apply.
+    """
 
     name: str
     default: bool
     description: str
     owner: str
+    requires: tuple[str, ...] = ()
+    conflicts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
@@ -180,6 +188,15 @@ class FlagSpec:
             raise FlagError(f"flag {self.name!r} has no owner; expected the declaring plugin")
         if not isinstance(self.description, str):
             raise FlagError(f"flag {self.name!r} has a description that is not a string")
+        for what in ("requires", "conflicts"):
+            names = getattr(self, what)
+            if not isinstance(names, tuple) or not all(
+                isinstance(n, str) and _NAME_RE.fullmatch(n) and n != self.name for n in names
+            ):
+                raise FlagError(
+                    f"flag {self.name!r} (declared by {self.owner!r}) has {what}="
+                    f"{_short.repr(names)}; expected a tuple of other flags' names"
+                )
 
 
 def _declaration(spec: FlagSpec) -> str:
@@ -328,6 +345,24 @@ def _settings_origin(description: str) -> str:
     return description
 
 
+LOCK_FREE_FLAG: Final = "lock_free"
+"""The flag that the plan's ``performance.enable_lock_free`` setting stands for."""
+
+
+def _lock_free_default(settings: Settings) -> tuple[bool, str] | None:
+    """``performance.enable_lock_free`` as a value of flag ``lock_free``, with its source;
+    None while it keeps the packaged default (then the plugin's own default stands).
+
+    The plan's TOML names the switch in ``[performance]``; it means what it says by setting
+    the flag at the layer that set the key, so ``[flags] lock_free`` in a higher layer (or
+    the cluster's replicated state) still decides over it.
+    """
+    description = settings.sources.get("performance.enable_lock_free", "default")
+    if description == "default":
+        return None
+    return settings.performance.enable_lock_free, description
+
+
 def layers_from_settings(settings: Settings) -> list[FlagLayer]:
     """``settings.flags`` as layers, one per `Source` present, lowest precedence first.
 
@@ -335,9 +370,18 @@ def layers_from_settings(settings: Settings) -> list[FlagLayer]:
     `_settings_source` for the mapping); a rollout whose keys came from several layers
     (settings merge tables key by key) goes to the last of them and its origin names them
     all. A flag with no recorded provenance (settings built from a mapping) counts as
-    SETTINGS_DEFAULT.
+    SETTINGS_DEFAULT. ``performance.enable_lock_free``, once a layer above the packaged
+    defaults sets it, is flag ``lock_free`` at that layer's source; ``flags.lock_free`` set
+    at the same source wins over it.
     """
     by_source: dict[Source, tuple[dict[str, FlagValue], dict[str, str]]] = {}
+    lock_free = _lock_free_default(settings)
+    if lock_free is not None:
+        lock_free_value, description = lock_free
+        by_source[_settings_source(description)[1]] = (
+            {LOCK_FREE_FLAG: lock_free_value},
+            {LOCK_FREE_FLAG: f"performance.enable_lock_free ({_settings_origin(description)})"},
+        )
     for name, value in settings.flags.items():
         key = f"flags.{name}".lower()
         descriptions = [
@@ -673,6 +717,82 @@ def validate_change(
             problems.append(f"flag {name!r} is both set and unset; expected one or the other")
         elif name not in registry and not (state is not None and name in state.values()):
             problems.append(_unknown(name, known, what="cannot unset"))
+    if not problems and (change.set or change.unset):
+        after: dict[str, FlagValue] = dict(state.values()) if state is not None else {}
+        for name in change.unset:
+            after.pop(name, None)
+        after.update((name, _to_value(wire)) for name, wire in change.set.items())
+        touched = {*change.set, *change.unset}
+        problems += [
+            problem
+            for names, problem in dependency_problems(registry, after)
+            if touched & names
+        ]
+    return problems
+
+
+def _may_be_on(value: FlagValue | None) -> bool:
+    if isinstance(value, Rollout):
+        return value.enabled and (value.percent > 0 or bool(value.include))
+    return value is True
+
+
+def _surely_on(value: FlagValue | None) -> bool:
+    if isinstance(value, Rollout):
+        return value.enabled and value.percent >= 100 and not value.exclude
+    return value is True
+
+
+def dependency_problems(
+    registry: FlagRegistry, values: Mapping[str, FlagValue]
+) -> list[tuple[frozenset[str], str]]:
+    """Declared ``requires`` and ``conflicts`` that ``values`` (the cluster's flags, unset
+    ones at their plugin default) break, each with the flags it involves.
+
+    A rollout is judged for every node it may reach: a flag that may be on somewhere needs
+    each flag it requires on everywhere, and must not meet a conflicting flag that may be on
+    somewhere (the nodes a percentage picks differ per flag).
+    """
+
+    def value(name: str) -> FlagValue | None:
+        if name in values:
+            return values[name]
+        return registry.get(name).default if name in registry else None
+
+    problems: list[tuple[frozenset[str], str]] = []
+    conflicting: set[frozenset[str]] = set()
+    for spec in registry.specs():
+        if not _may_be_on(value(spec.name)):
+            continue
+        for needed in spec.requires:
+            if needed not in registry:
+                problems.append(
+                    (
+                        frozenset({spec.name, needed}),
+                        f"flag {spec.name!r} requires flag {needed!r}, which no installed "
+                        f"plugin declares; expected plugin {spec.owner!r}'s dependency installed",
+                    )
+                )
+            elif not _surely_on(value(needed)):
+                problems.append(
+                    (
+                        frozenset({spec.name, needed}),
+                        f"flag {spec.name!r} requires flag {needed!r} on wherever it is on, "
+                        f"but {needed!r} is {_short.repr(value(needed))}; expected "
+                        f"{needed}=on in the same change or before it",
+                    )
+                )
+        for other in spec.conflicts:
+            pair = frozenset({spec.name, other})
+            if _may_be_on(value(other)) and pair not in conflicting:
+                conflicting.add(pair)  # declared on both sides: reported once
+                problems.append(
+                    (
+                        pair,
+                        f"flags {spec.name!r} and {other!r} conflict (declared by "
+                        f"{spec.owner!r}) and both may be on; expected at most one of them on",
+                    )
+                )
     return problems
 
 

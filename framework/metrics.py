@@ -90,6 +90,8 @@ class GaugeReadings:
     commit: int = 0
     applied: int = 0
     queue_depths: Mapping[str, int] = field(default_factory=dict)
+    queue_stats: Mapping[str, QueueStats] = field(default_factory=dict)
+    """Queue -> its stats, for the adaptive capacity and memory pressure gauges."""
     breaker_states: Mapping[int, str] = field(default_factory=dict)
     """Peer -> ``closed`` / ``half_open`` / ``open`` (empty without a circuit breaker)."""
     timeouts: Mapping[str, float] = field(default_factory=dict)
@@ -106,6 +108,7 @@ class GaugeReadings:
             commit=commit,
             applied=applied,
             queue_depths={name: len(components.get(f"queue:{name}")) for name in QUEUES},
+            queue_stats={name: components.get(f"queue:{name}").stats() for name in QUEUES},
             breaker_states=dict(components.send_guard.states()),
             timeouts={
                 operation: float(stats["timeout_seconds"])
@@ -192,6 +195,19 @@ class _MeterInstruments:
             description="Items waiting in a node queue (attribute queue: inbox, proposals).",
         )
         meter.create_observable_gauge(
+            "raftmw.queue.effective_capacity",
+            callbacks=[self._queue_capacity],
+            unit="{item}",
+            description="A bounded queue's admission limit now (it adapts to how fast the "
+            "queue drains; attribute queue). Absent for unbounded queues.",
+        )
+        meter.create_observable_gauge(
+            "raftmw.queue.memory_pressure",
+            callbacks=[self._memory_pressure],
+            description="Memory use as a fraction of the budget, as a queue that sheds "
+            "under memory pressure last read it (attribute queue).",
+        )
+        meter.create_observable_gauge(
             "raftmw.circuit_breaker.state",
             callbacks=[self._breaker_state],
             description="Per-peer breaker state: 0 closed, 1 half_open, 2 open.",
@@ -234,6 +250,22 @@ class _MeterInstruments:
             Observation(depth, {**a, "queue": name})
             for a, r in self._readings()
             for name, depth in r.queue_depths.items()
+        ]
+
+    def _queue_capacity(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(s.effective_capacity, {**a, "queue": name})
+            for a, r in self._readings()
+            for name, s in r.queue_stats.items()
+            if s.effective_capacity is not None
+        ]
+
+    def _memory_pressure(self, options: CallbackOptions) -> Iterable[Observation]:
+        return [
+            Observation(s.memory_pressure, {**a, "queue": name})
+            for a, r in self._readings()
+            for name, s in r.queue_stats.items()
+            if s.memory_pressure is not None
         ]
 
     def _breaker_state(self, options: CallbackOptions) -> Iterable[Observation]:
@@ -401,6 +433,9 @@ def _queue_dict(stats: QueueStats) -> dict[str, Any]:
         "max_depth": stats.max_depth,
         "enqueued": stats.enqueued,
         "rejected": stats.rejected,
+        "effective_capacity": stats.effective_capacity,
+        "memory_pressure": stats.memory_pressure,
+        "rejected_by_reason": dict(stats.rejected_by_reason or {}),
     }
 
 

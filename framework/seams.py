@@ -159,6 +159,12 @@ class QueueStats:
     enqueued: int
     rejected: int
     """Refused at ``put_nowait`` plus accepted-then-shed (evicted) items."""
+    effective_capacity: int | None = None
+    """The admission limit in force now, where it adapts (None: ``capacity`` is the limit)."""
+    memory_pressure: float | None = None
+    """Memory use as a fraction of the budget at the last reading (None: not watched)."""
+    rejected_by_reason: Mapping[str, int] | None = None
+    """``rejected`` split by reason (``full``, ``memory``, ``shed``), where known."""
 
 
 @runtime_checkable

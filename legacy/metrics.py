@@ -1,10 +1,12 @@
 """The legacy metrics primitives: dicts and sample lists behind one lock.
 
 Before the plan's lock-free counters, every counter bump and latency sample took the same
-mutex, from the event loop and from worker threads alike, and a snapshot sorted the
-samples while holding it, so a status request stalled every hot path that wanted to count
-something. That single ``threading.Lock`` is counted (`lock_stats`) so the A/B comparison
-can show what it costs. Each histogram keeps its last `HISTOGRAM_WINDOW` samples.
+mutex, and a snapshot sorted the samples while holding it. In this runtime every update
+comes from the event loop thread (worker threads persist and snapshot but count nothing),
+so the lock is never contended: what it costs is one acquire and release per update, and a
+status snapshot that sorts up to `HISTOGRAM_WINDOW` samples per histogram on the loop. The
+lock still makes the metrics safe to update from any thread. It is counted (`lock_stats`)
+so the A/B comparison can show what it costs.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from framework.seams import (
     StatusStore,
     TimeoutPolicy,
 )
+from framework.transport.pool import dial_limit
 from legacy.metrics import LockedMetrics
 from legacy.pool import LockedConnectionPool
 from legacy.queue import UnboundedQueue
@@ -67,7 +68,8 @@ def raftmw_make_connection_pool(ctx: BuildContext, dialer: PeerDialer) -> Connec
     snapshot = ctx.settings.performance.timeouts.get("snapshot")
     return LockedConnectionPool(
         dialer,
-        connect_timeout=transport.connect_timeout,
+        # Dials are timed by the node's timeout policy; the pool only backstops them.
+        connect_timeout=dial_limit(ctx.settings),
         # The longest fixed per-message bound: a write may carry a snapshot.
         write_timeout=snapshot.base_timeout if snapshot is not None else 10.0,
         backoff_min=transport.reconnect_backoff_min,

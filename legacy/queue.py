@@ -2,9 +2,13 @@
 
 The seed's ``mpsc::unbounded_channel`` (``node.rs``) and unbounded message buffer
 (``iroh.rs``): a producer is never refused and never waits, so when the Ready loop falls
-behind the queue, and memory, grow without limit; and votes and heartbeats wait behind
-every client proposal queued before them, because there is only one lane. Both on purpose:
-the backpressure plugin (bounded, priority classes, shedding) is measured against this.
+behind the queue, and memory, grow without limit. On purpose: the backpressure plugin
+(bounded, priority classes, shedding) is measured against this.
+
+What it does not do here: make votes wait behind proposals. The runtime gives peer
+messages (the inbox) and client proposals queues of their own, and the Ready loop drains
+the inbox first, so a vote or heartbeat never queues behind a proposal in this process;
+inside one queue items leave in arrival order whatever their priority.
 """
 
 from __future__ import annotations

@@ -898,3 +898,74 @@ def _leaves(data: Mapping[str, Any], prefix: str = "") -> set[str]:
         key = f"{prefix}.{name}" if prefix else name
         keys |= _leaves(value, key) if isinstance(value, Mapping) else {key}
     return keys
+
+
+# --------------------------------------------------------------------------- config check
+
+ALL_WRONG = """\
+[raft]
+election_tick = "soon"
+heartbeat_tikc = 3
+[performance.circuit_breaker]
+timeout = "30 parsecs"
+[performance]
+backpressure = 7
+"""
+
+
+def test_check_settings_reports_every_bad_key_in_one_run(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(ALL_WRONG)
+    settings, problems = config.check_settings(files=[bad], env={})
+    assert sorted(p.key for p in problems) == [
+        "performance.backpressure",
+        "performance.circuit_breaker.timeout",
+        "raft.election_tick",
+        "raft.heartbeat_tikc",
+    ]
+    assert all(p.source == str(bad) for p in problems)
+    by_key = {p.key: str(p) for p in problems}
+    assert "30 parsecs" in by_key["performance.circuit_breaker.timeout"]
+    # With the bad keys set aside the defaults decide them; the file is untouched.
+    assert settings is not None and settings.raft.election_tick == 20
+    assert bad.read_text() == ALL_WRONG
+
+
+def test_check_settings_accepts_a_good_file_and_stops_at_one_that_is_not_toml(
+    tmp_path: Path,
+) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text("[raft]\nelection_tick = 30\n")
+    settings, problems = config.check_settings(files=[good], env={})
+    assert problems == [] and settings is not None and settings.raft.election_tick == 30
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[raft\nelection_tick = 30\n")
+    settings, problems = config.check_settings(files=[broken], env={})
+    assert settings is None and len(problems) == 1 and "not valid TOML" in str(problems[0])
+
+
+def test_config_check_command_reports_settings_and_plugin_problems_together(
+    tmp_path: Path,
+) -> None:
+    from click.testing import CliRunner
+
+    from framework.cli import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(ALL_WRONG + "[flags]\nactorz = true\n[plugin.audit]\nlog_path = 5\n")
+    result = CliRunner().invoke(main, ["config", "check", str(bad)])
+    assert result.exit_code == 1
+    for fragment in (
+        "raft.election_tick",
+        "raft.heartbeat_tikc",
+        "performance.circuit_breaker.timeout",
+        "performance.backpressure",
+        "undeclared flag 'actorz'",  # what node start refuses, found by the same check
+        "[plugin.audit] log_path = 5",
+        "6 problem(s)",
+    ):
+        assert fragment in result.output, result.output
+    blocked = tmp_path / "blocked.toml"
+    blocked.write_text('[plugins]\nblocked = ["nosuch"]\n')
+    result = CliRunner().invoke(main, ["config", "check", str(blocked)])
+    assert result.exit_code == 1 and "cannot block unknown plugin(s) ['nosuch']" in result.output

@@ -467,11 +467,16 @@ def test_layers_from_settings_assign_each_source(cwd: Path) -> None:
     assert [made.source for made in layers] == sorted(made.source for made in layers)
     assert by_source(layers) == {
         Source.SETTINGS_DEFAULT: {"local_default": True, "from_file": True},
-        Source.PROFILE: {"local_profile": True},
+        Source.PROFILE: {"local_profile": True, **PLUGIN_PROFILE_FLAGS, "lock_free": True},
         Source.ENVIRONMENT: {"from_env": True, "mixed": Rollout(percent=30, include=(1,))},
         Source.COMMAND_LINE: {"from_cli": Rollout(percent=25)},
     }
-    origins = {name: o for made in layers for name, o in made.origins.items()}
+    origins = {
+        name: o
+        for made in layers
+        for name, o in made.origins.items()
+        if name not in PLUGIN_PROFILE_FLAGS and name != "lock_free"
+    }
     assert origins == {
         "local_default": f"{cwd / 'settings.toml'} [default]",
         "local_profile": f"{cwd / 'settings.toml'} [high_throughput]",
@@ -480,6 +485,55 @@ def test_layers_from_settings_assign_each_source(cwd: Path) -> None:
         "from_env": "environment RAFTMW_FLAGS__FROM_ENV",
         "from_cli": "--flag",
     }
+
+
+PLUGIN_PROFILE_FLAGS = {
+    "actors": True,
+    "backpressure": True,
+    "circuit_breaker": True,
+    "adaptive_timeout": True,
+}
+"""What the shipped profiles switch on besides lock_free (settings.toml says why)."""
+
+
+@pytest.mark.parametrize("profile", ["high_throughput", "low_latency"])
+def test_a_shipped_profile_runs_the_plugins_it_tunes(cwd: Path, profile: str) -> None:
+    from framework.plugins import PluginHost
+
+    registry = PluginHost().declare_flags()
+    layers = layers_from_settings(load_settings(profile=profile, env={}))
+    assert validate_layers(registry, layers) == []
+    on = {n for n, ev in evaluate_all(registry, 1, layers).items() if ev.value}
+    assert on == {*PLUGIN_PROFILE_FLAGS, "lock_free"}
+    lock_free = evaluate(registry, "lock_free", 1, layers)
+    assert (lock_free.source, lock_free.detail) == (
+        Source.PROFILE,
+        f"true; set by performance.enable_lock_free (profile {profile})",
+    )
+
+
+def test_the_default_profile_leaves_every_plugin_flag_at_its_default(cwd: Path) -> None:
+    assert layers_from_settings(load_settings(env={})) == []
+
+
+def test_enable_lock_free_sets_the_lock_free_flag_at_its_layer(
+    cwd: Path, registry: FlagRegistry
+) -> None:
+    plan = cwd / "plan.toml"
+    plan.write_text("[performance]\nenable_lock_free = true\n")
+    on = load_settings(files=[plan], env={})
+    assert evaluate(registry, "lock_free", 1, layers_from_settings(on)).value is True
+    # A flag set at a higher layer, or at the same one, still decides.
+    off = load_settings(files=[plan], env={}, overrides={"flags.lock_free": False})
+    assert evaluate(registry, "lock_free", 1, layers_from_settings(off)).value is False
+    plan.write_text("[performance]\nenable_lock_free = true\n[flags]\nlock_free = false\n")
+    same = load_settings(files=[plan], env={})
+    assert evaluate(registry, "lock_free", 1, layers_from_settings(same)).value is False
+    # And false in a profile that turns it on turns it off.
+    env = {"RAFTMW_PERFORMANCE__ENABLE_LOCK_FREE": "false"}
+    fast = load_settings(profile="high_throughput", env=env)
+    result = evaluate(registry, "lock_free", 1, layers_from_settings(fast))
+    assert (result.value, result.source) == (False, Source.ENVIRONMENT)
 
 
 @pytest.mark.parametrize(
@@ -847,3 +901,83 @@ def test_parse_flag_assignment_errors(text: str, problem: str) -> None:
         "; expected NAME=VALUE with VALUE on, off, true, false, a percentage like 25% or an "
         "inline table like {enabled=true,percent=25,include=[1],exclude=[3]}"
     )
+
+
+# --------------------------------------------------------------------------- requires, conflicts
+
+
+@pytest.fixture
+def related() -> FlagRegistry:
+    return FlagRegistry(
+        [
+            FlagSpec(name="base", default=False, description="", owner="p"),
+            FlagSpec(name="addon", default=False, description="", owner="p", requires=("base",)),
+            FlagSpec(name="rival", default=False, description="", owner="q", conflicts=("addon",)),
+            FlagSpec(name="other", default=False, description="", owner="q"),
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    ("before", "change", "fragment"),
+    [
+        ({}, FlagChange(set={"addon": True}), "'addon' requires flag 'base'"),
+        (
+            {},
+            FlagChange(set={"addon": True, "base": RolloutWire(percent=50)}),
+            "'addon' requires flag 'base' on wherever it is on",
+        ),
+        ({"addon": True, "base": True}, FlagChange(unset=["base"]), "requires flag 'base'"),
+        ({"addon": True, "base": True}, FlagChange(set={"rival": True}), "conflict"),
+        (
+            {"rival": True},
+            FlagChange(set={"addon": RolloutWire(percent=10), "base": True}),
+            "'rival' and 'addon' conflict",
+        ),
+    ],
+)
+def test_a_change_breaking_a_declared_dependency_is_refused(
+    related: FlagRegistry, before: dict[str, bool], change: FlagChange, fragment: str
+) -> None:
+    state = ClusterFlagState()
+    if before:
+        state.apply(FlagChange(set=before), 1)
+    problems = validate_change(related, change, state=state)
+    assert len(problems) == 1 and fragment in problems[0], problems
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        FlagChange(set={"addon": True, "base": True}),
+        FlagChange(set={"addon": RolloutWire(percent=30), "base": True}),
+        FlagChange(set={"rival": True, "addon": False}),
+        FlagChange(set={"rival": True, "addon": RolloutWire(percent=0)}),
+        FlagChange(set={"other": True}),
+    ],
+)
+def test_a_change_keeping_declared_dependencies_is_accepted(
+    related: FlagRegistry, change: FlagChange
+) -> None:
+    assert validate_change(related, change, state=ClusterFlagState()) == []
+
+
+def test_an_existing_breach_does_not_block_unrelated_changes(related: FlagRegistry) -> None:
+    state = ClusterFlagState()
+    state.apply(FlagChange(set={"addon": True}), 1)  # e.g. set before the rule was declared
+    assert validate_change(related, FlagChange(set={"other": True}), state=state) == []
+    assert validate_change(related, FlagChange(unset=["addon"]), state=state) == []
+
+
+def test_a_requirement_no_plugin_declares_is_named() -> None:
+    registry = FlagRegistry(
+        [FlagSpec(name="addon", default=False, description="", owner="p", requires=("gone",))]
+    )
+    [problem] = validate_change(registry, FlagChange(set={"addon": True}))
+    assert "'gone', which no installed plugin declares" in problem
+
+
+@pytest.mark.parametrize("bad", [["base"], ("Base",), ("addon",)])
+def test_requires_and_conflicts_must_name_other_flags(bad: object) -> None:
+    with pytest.raises(FlagError, match="expected a tuple of other flags' names"):
+        FlagSpec(name="addon", default=False, description="", owner="p", requires=bad)  # type: ignore[arg-type]

@@ -343,7 +343,16 @@ def test_performance_metrics_to_dict_is_the_status_page_section() -> None:
             },
         ),
     )
-    queue_dict = {"depth": 1, "capacity": None, "max_depth": 4, "enqueued": 9, "rejected": 0}
+    queue_dict = {
+        "depth": 1,
+        "capacity": None,
+        "max_depth": 4,
+        "enqueued": 9,
+        "rejected": 0,
+        "effective_capacity": None,
+        "memory_pressure": None,
+        "rejected_by_reason": {},
+    }
     assert perf.to_dict() == {
         "locks": {
             "status_store": {"acquisitions": 5, "contended": 1, "wait_seconds": 0.123457},

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -147,6 +148,9 @@ class NodeConfig:
     plugin_host: PluginHost | None = None
     """The plugins to build components with; by default the installed ones, minus
     ``settings.plugins.blocked``."""
+    data_dir: Path | None = None
+    """The node's data directory, for node-local state kept beside the log (flag
+    overrides); None keeps that state in memory."""
 
 
 class RaftNode:
@@ -174,7 +178,9 @@ class RaftNode:
         self.host = config.plugin_host or PluginHost(
             blocked=self.settings.plugins.blocked, enabled=self.settings.plugins.enabled
         )
-        self.flags = NodeFlags(self.host, node_id=self.id, settings=self.settings)
+        self.flags = NodeFlags(
+            self.host, node_id=self.id, settings=self.settings, data_dir=config.data_dir
+        )
         self.store, self.transport = self.host.wrap_io(
             node_id=self.id, settings=self.settings, store=store, transport=transport
         )
@@ -249,6 +255,7 @@ class RaftNode:
             # The cluster's flag state is known before the node serves anyone: from the
             # snapshot, then from committed flag entries it will re-apply.
             self.flags.replay_committed(state.entries, state.hard_state.commit)
+            await anyio.to_thread.run_sync(self.flags.load_overrides)
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 self.snapshots.start(tg)
@@ -501,6 +508,7 @@ class RaftNode:
             self._send(rd.persisted_messages)
         if rd.snapshot is not None:
             await anyio.to_thread.run_sync(self._restore, rd.snapshot.data)
+            self._flags_changed = True  # the restored flag state may select other plugins
             self.transport.set_peers(self._peer_addresses())
             log.info("node %d installed a snapshot at index %d", self.id, rd.snapshot.meta.index)
         metrics = self.components.metrics
@@ -1112,7 +1120,7 @@ class RaftNode:
             )
             self._notify_flag(ev)
         self.instruments.set_mode(name for name, ev in evaluations.items() if ev.value)
-        await self.components.reconfigure(evaluations)
+        self.flags.record_swaps(await self.components.reconfigure(evaluations))
 
     async def _propose_flag_change(self, change: FlagChange) -> int:
         """Validate, propose as one ``flags`` entry, wait until applied here (and the swap
@@ -1140,20 +1148,21 @@ class RaftNode:
         )
 
     async def _flags(self, req: AdminFlags) -> dict[str, Any]:
+        log_index = None
         if req.action in ("set", "unset") and req.scope == "cluster":
             change = FlagChange(set=dict(req.assignments), unset=list(req.names), reason=req.reason)
-            await self._propose_flag_change(change)
+            log_index = await self._propose_flag_change(change)
         elif req.action in ("set", "unset"):
             try:
                 if req.action == "set":
-                    self.flags.set_overrides(
+                    await self.flags.set_overrides(
                         {
                             k: v.to_rollout() if isinstance(v, RolloutWire) else v
                             for k, v in req.assignments.items()
                         }
                     )
                 else:
-                    self.flags.unset_overrides(req.names)
+                    await self.flags.unset_overrides(req.names)
             except FlagError as exc:
                 raise _Refused(ErrorReply(kind="bad_request", message=str(exc))) from None
             done = anyio.Event()
@@ -1175,6 +1184,8 @@ class RaftNode:
                 for index, ch in self.flags.cluster.history()
             ],
             "overrides": sorted(self.flags.overrides),
+            "log_index": log_index,
+            "outcome": self.flags.outcome(),
         }
 
 

@@ -25,19 +25,36 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import anyio.abc
 from anyio.abc import TaskStatus
 
-from framework.core import Message
+from framework.config import Settings
+from framework.core import AppendEntries, InstallSnapshot, Message
 from framework.seams import LockStats, PeerConnection, PeerDialer, PeerLinkStats, PoolStats
 from framework.transport.backoff import Backoff
 
-__all__ = ["OutboundQueue", "TransportPool", "check_pool_state", "pump", "take_queued"]
+__all__ = [
+    "OutboundQueue",
+    "TransportPool",
+    "check_pool_state",
+    "dial_limit",
+    "is_bulk",
+    "pump",
+    "take_queued",
+]
 
 logger = logging.getLogger("raftmw.transport")
+
+
+_BULK: Final = (AppendEntries, InstallSnapshot)
+"""Messages that carry log entries or snapshot parts: the bulk of a saturated link."""
+
+
+def is_bulk(message: Message) -> bool:
+    return isinstance(message, _BULK)
 
 
 class OutboundQueue:
@@ -46,14 +63,23 @@ class OutboundQueue:
     ``put`` appends up to ``capacity`` (None: unbounded) and drops the rest; it says when a
     call *starts* an overflow episode, so its caller reports the peer once, not once per
     dropped message. ``take`` empties the queue and ends the episode: the writer caught up.
+
+    With ``prioritize``, traffic that keeps the cluster live goes ahead of bulk where the
+    two mix on one link: ``take`` hands over votes, heartbeats, TimeoutNow and every
+    response before appends and snapshot parts (each kind in its own order), and a full
+    queue makes room for such a message by dropping its oldest bulk message (Raft resends
+    entries; a lost heartbeat under a saturated link costs an election). Reordering between
+    the kinds is safe: Raft assumes a network that reorders, and a heartbeat never carries a
+    commit index past what the follower acknowledged (``min(match, committed)``).
     """
 
-    __slots__ = ("_wakeup", "capacity", "dropped", "items", "overflowing")
+    __slots__ = ("_wakeup", "capacity", "dropped", "items", "overflowing", "prioritize")
 
-    def __init__(self, capacity: int | None) -> None:
+    def __init__(self, capacity: int | None, *, prioritize: bool = False) -> None:
         if capacity is not None and capacity <= 0:
             raise ValueError(f"queue capacity={capacity}: expected > 0 (or None: unbounded)")
         self.capacity = capacity
+        self.prioritize = prioritize
         self.items: list[Message] = []
         self.overflowing = False
         self.dropped = 0
@@ -70,6 +96,8 @@ class OutboundQueue:
         if room >= len(messages):
             items.extend(messages)
             overflow = 0
+        elif self.prioritize:
+            overflow = self._put_urgent_first(messages, max(room, 0))
         else:
             room = max(room, 0)
             items.extend(messages[:room])
@@ -83,9 +111,38 @@ class OutboundQueue:
         self.overflowing = True
         return started
 
+    def _put_urgent_first(self, messages: Sequence[Message], room: int) -> int:
+        """Over capacity: urgent messages take the free room, then evict queued bulk
+        (oldest first); bulk takes what room is left. Returns how many were dropped."""
+        urgent = [m for m in messages if not is_bulk(m)]
+        bulk = [m for m in messages if is_bulk(m)]
+        items = self.items
+        dropped = 0
+        evictable = sum(1 for m in items if is_bulk(m))
+        if len(urgent) > room and evictable:
+            evict = min(len(urgent) - room, evictable)
+            kept: list[Message] = []
+            for m in items:
+                if evict and is_bulk(m):
+                    evict -= 1
+                    dropped += 1
+                else:
+                    kept.append(m)
+            room += len(items) - len(kept)
+            items[:] = kept
+        take = min(room, len(urgent))
+        items.extend(urgent[:take])
+        room -= take
+        items.extend(bulk[:room])
+        return dropped + (len(urgent) - take) + (len(bulk) - min(room, len(bulk)))
+
     def take(self) -> list[Message]:
         batch, self.items = self.items, []
         self.overflowing = False
+        if self.prioritize and len(batch) > 1:
+            urgent = [m for m in batch if not is_bulk(m)]
+            if urgent and len(urgent) < len(batch):
+                batch = urgent + [m for m in batch if is_bulk(m)]
         return batch
 
     def clear(self) -> int:
@@ -129,6 +186,22 @@ async def pump(
                 queue.dropped += len(batch)
                 break
         tg.cancel_scope.cancel()
+
+
+def dial_limit(settings: Settings) -> float:
+    """The pools' outer bound on one dial (connect, TLS and Hello).
+
+    The dialer times the connect itself by the node's timeout policy
+    (`PooledTransport.use_timeouts`: adaptive between ``performance.timeouts.connect``'s
+    bounds, or fixed at its base), so the pool's bound must never fire first: it is the
+    longest connect the policy may allow plus ``transport.connect_timeout`` for the
+    handshake, a backstop for a dialer that times nothing. (The pools used to wrap every
+    dial in the fixed ``transport.connect_timeout``, so an adaptive connect timeout above
+    it never took effect.)
+    """
+    connect = settings.performance.timeouts.get("connect")
+    longest = connect.max_timeout if connect is not None else 0.0
+    return longest + settings.transport.connect_timeout
 
 
 def take_queued(

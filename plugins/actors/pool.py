@@ -14,8 +14,12 @@ each peer an actor:
 - **A bounded queue per peer** (``max_queued`` messages). ``send`` never blocks: it appends
   to the peer's queue; when the queue is full the new messages are dropped and the peer
   reported unreachable, once per overflow episode (Raft retransmits; a peer that cannot
-  keep up must not grow memory). While a dial is in flight, messages queue (up to the
-  bound) and go out once it succeeds; if it fails they are dropped and the peer reported.
+  keep up must not grow memory). The queue puts liveness traffic first where it mixes
+  with bulk (``OutboundQueue(prioritize=True)``): each write hands votes, heartbeats and
+  responses over before appends and snapshot parts, and a full queue drops its oldest
+  append to take a heartbeat, so a link saturated by a catching-up follower's appends
+  still carries the heartbeats that keep its leader. While a dial is in flight, messages
+  queue (up to the bound) and go out once it succeeds; if it fails they are dropped and the peer reported.
   While the task waits to redial after a failure, messages are dropped and reported at
   once: stale queued messages are worse than none.
 - **Supervised.** A crash of a peer's task (a bug: anything but the ``OSError`` of a failed
@@ -72,7 +76,7 @@ class _PeerActor:
     def __init__(self, peer: int, address: str, max_queued: int) -> None:
         self.peer = peer
         self.address = address
-        self.queue = OutboundQueue(max_queued)
+        self.queue = OutboundQueue(max_queued, prioritize=True)
         self.conn: PeerConnection | None = None
         self.scope = anyio.CancelScope()
         self.state = "idle"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from framework.hooks import BuildContext, hookimpl
 from framework.seams import PeerDialer
+from framework.transport.pool import dial_limit
 from plugins.actors.pool import ConnectionPoolActor, queue_capacity_from
 
 __all__ = ["FLAG", "RAFTMW_TIER", "raftmw_make_connection_pool"]
@@ -25,15 +26,16 @@ def raftmw_make_connection_pool(
     ctx: BuildContext, dialer: PeerDialer
 ) -> ConnectionPoolActor | None:
     """A `ConnectionPoolActor` when the flag is on: peer queues bounded by
-    ``queue_capacity_from(settings)``; dials bounded by ``transport.connect_timeout`` and
-    retried with ``transport.reconnect_backoff_*``, as the legacy pool does."""
+    ``queue_capacity_from(settings)``; dials timed by the node's timeout policy (the pool
+    only backstops them, `dial_limit`) and retried with ``transport.reconnect_backoff_*``,
+    as the legacy pool does."""
     if not ctx.flag(FLAG):
         return None
     transport = ctx.settings.transport
     return ConnectionPoolActor(
         dialer,
         max_queued=queue_capacity_from(ctx.settings),
-        connect_timeout=transport.connect_timeout,
+        connect_timeout=dial_limit(ctx.settings),
         backoff_min=transport.reconnect_backoff_min,
         backoff_max=transport.reconnect_backoff_max,
     )

@@ -378,6 +378,13 @@ class BoundedPriorityQueue(Generic[T]):
             max_depth=self._max_depth,
             enqueued=self._enqueued,
             rejected=self._refused_full + self._refused_memory + self._shed,
+            effective_capacity=self._effective,
+            memory_pressure=self._memory_probe(),
+            rejected_by_reason={
+                "full": self._refused_full,
+                "memory": self._refused_memory,
+                "shed": self._shed,
+            },
         )
 
     def snapshot(self) -> BackpressureSnapshot:

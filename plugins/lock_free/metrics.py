@@ -6,6 +6,11 @@ analogue of a relaxed atomic in the Rust plan). Readers on the same loop see a c
 value between two awaits; ``snapshot`` copies the numbers, so a status request never holds
 anything the hot path needs (the legacy metrics sort samples under their lock instead).
 
+The single-writer rule is enforced, not assumed: the first update binds the metrics to its
+thread, and an update from any other thread raises `WrongWriterThread` naming the metric
+and both threads (two unsynchronised ``+=`` would lose counts silently). A swap builds a
+fresh instance, which binds on its own first update.
+
 Histograms keep counts in logarithmic buckets (``BUCKETS_PER_DOUBLING`` per power of two,
 so a percentile is within about 9% of the true value) instead of raw samples: constant
 memory, O(1) ``record``, percentiles from cumulative counts.
@@ -14,6 +19,7 @@ memory, O(1) ``record``, percentiles from cumulative counts.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -22,7 +28,7 @@ from anyio.abc import TaskStatus
 
 from framework.seams import LockStats
 
-__all__ = ["BUCKETS_PER_DOUBLING", "LockFreeMetrics", "LogHistogram"]
+__all__ = ["BUCKETS_PER_DOUBLING", "LockFreeMetrics", "LogHistogram", "WrongWriterThread"]
 
 BUCKETS_PER_DOUBLING: Final = 8
 _ZERO_BUCKET: Final = -(10**9)
@@ -71,20 +77,42 @@ class LogHistogram:
         return out
 
 
+class WrongWriterThread(RuntimeError):
+    """A metric was updated from a thread other than the one that owns the metrics."""
+
+
 class LockFreeMetrics:
     def __init__(self) -> None:
         self._counters: dict[str, int] = {}
         self._histograms: dict[str, LogHistogram] = {}
+        self._writer: int | None = None
+        """Ident of the only thread allowed to update (bound by the first update)."""
+
+    def _check_writer(self, name: str) -> None:
+        me = threading.get_ident()
+        if self._writer is None:
+            self._writer = me
+        elif me != self._writer:
+            raise WrongWriterThread(
+                f"lock_free metrics: {name!r} updated from thread "
+                f"{threading.current_thread().name!r} "
+                f"(ident {me}), but these metrics have one writer, thread ident {self._writer}; "
+                "update them from the event loop (or run with lock_free off)"
+            )
 
     # -- hot path ---------------------------------------------------------------------------
 
     def add(self, name: str, value: int = 1) -> None:
+        if threading.get_ident() != self._writer:
+            self._check_writer(name)
         counters = self._counters
         if name in self._histograms:
             raise ValueError(f"metric {name!r} is a histogram, not a counter")
         counters[name] = counters.get(name, 0) + value
 
     def record(self, name: str, value: float) -> None:
+        if threading.get_ident() != self._writer:
+            self._check_writer(name)
         histogram = self._histograms.get(name)
         if histogram is None:
             if name in self._counters:

@@ -464,3 +464,39 @@ def test_public_api() -> None:
     ]
     policy: TimeoutPolicy = AdaptiveTimeouts(policy_settings())  # mypy checks the protocol
     assert policy.timeout("rpc") == 0.1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("actors", [False, True], ids=["legacy pool", "actor pool"])
+async def test_the_pools_leave_a_dial_to_the_policys_deadline(actors: bool) -> None:
+    """Issue #12: both pools wrapped each dial in the fixed transport.connect_timeout, which
+    fired before any adaptive connect timeout above it could. A dial that outlasts that
+    fixed value but not the policy's bound now completes, first time."""
+    from pool_fakes import FakeDialer
+
+    settings = load_settings(
+        env={},
+        overrides={
+            "transport.connect_timeout": "50ms",
+            "performance.timeouts.connect.max_timeout": "5s",
+            "transport.reconnect_backoff_min": "10ms",
+            "transport.reconnect_backoff_max": "20ms",
+        },
+    )
+    flags = {"actors": SimpleNamespace(value=actors)}
+    ctx = BuildContext(node_id=1, settings=settings, flags=flags)  # type: ignore[arg-type]
+    dialer = FakeDialer()
+    pool, _ = PluginHost().build("connection_pool", ctx, dialer=dialer)
+    dialer.hang[2] = gate = anyio.Event()
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            await tg.start(pool.run)
+            pool.set_peers({2: "a2"})
+            while 2 not in dialer.dialling:
+                await anyio.sleep(0.005)
+            await anyio.sleep(0.3)  # six times the fixed connect_timeout
+            gate.set()
+            while dialer.live(2) is None:
+                await anyio.sleep(0.005)
+            tg.cancel_scope.cancel()
+    assert dialer.dials == [(2, "a2")]  # one dial, never cut short and redialled

@@ -523,7 +523,15 @@ def test_stats_and_snapshot_count_everything() -> None:
     assert exported == [("c3", C), ("h1", H)]
 
     assert queue.stats() == QueueStats(
-        name="inbox", depth=0, capacity=3, max_depth=4, enqueued=6, rejected=4
+        name="inbox",
+        depth=0,
+        capacity=3,
+        max_depth=4,
+        enqueued=6,
+        rejected=4,
+        effective_capacity=3,
+        memory_pressure=0.99,
+        rejected_by_reason={"full": 1, "memory": 1, "shed": 2},
     )
     assert queue.snapshot() == {
         "name": "inbox",
@@ -767,3 +775,38 @@ TestQueueAgainstModel = QueueAgainstModel.TestCase
 TestQueueAgainstModel.settings = hypothesis_settings(
     max_examples=200, stateful_step_count=40, deadline=None
 )
+
+
+@pytest.mark.anyio
+async def test_adaptive_capacity_and_memory_pressure_show_in_status_and_otel() -> None:
+    """Issue #12: the queue's detailed state was never read by the runtime; now a node's
+    status page and its OpenTelemetry gauges carry the admission limit in force and the
+    memory pressure the queue sees (and legacy queues report neither)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from tests.test_metrics import cluster, points
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    async with cluster(provider, **{"flags.backpressure": True}) as c, c.client() as client:
+        leader = await c.wait_leader()
+        for i in range(5):
+            await client.put(f"k{i}", "v")
+        queues = (await c.nodes[leader].status())["performance"]["queues"]
+        for name in ("inbox", "proposals"):
+            stats = queues[name]
+            assert 0 < stats["effective_capacity"] <= stats["capacity"]
+            assert 0.0 <= stats["memory_pressure"] < 1.0
+            assert set(stats["rejected_by_reason"]) == {"full", "memory", "shed"}
+        with anyio.fail_after(10):
+            while len(points(reader, "raftmw.queue.effective_capacity")) < 6:
+                await anyio.sleep(0.01)
+        pressure = points(reader, "raftmw.queue.memory_pressure")
+        seen = {(a["raftmw.node_id"], a["queue"]) for a, _ in pressure}
+        assert seen == {(nid, q) for nid in c.nodes for q in ("inbox", "proposals")}
+    async with cluster(None) as legacy:
+        node = legacy.nodes[1]
+        queues = (await node.status())["performance"]["queues"]
+        assert queues["inbox"]["effective_capacity"] is None
+        assert queues["inbox"]["memory_pressure"] is None

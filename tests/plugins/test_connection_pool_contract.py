@@ -19,9 +19,9 @@ import pytest
 from anyio.lowlevel import checkpoint
 from pool_fakes import FakeDialer, hb
 
-from framework.core import Heartbeat, Message
+from framework.core import AppendEntries, Heartbeat, Message
 from framework.seams import Component, ConnectionPool, PeerDialer
-from framework.transport.pool import TransportPool
+from framework.transport.pool import OutboundQueue, TransportPool
 from framework.transport.tcp import TcpTransport
 from legacy.pool import LockedConnectionPool
 from plugins.actors.pool import ConnectionPoolActor
@@ -573,3 +573,73 @@ async def test_a_serving_transport_swaps_pools_without_losing_the_link() -> None
             assert t1.open_connections == t2.open_connections == 1
             tg.cancel_scope.cancel()
     assert t1.open_connections == t2.open_connections == 0
+
+
+# -- liveness traffic first where it mixes with bulk (issue #12) ---------------------------
+
+
+def ae(dst: int, index: int) -> AppendEntries:
+    return AppendEntries(src=1, dst=dst, term=1, prev_index=index, prev_term=1)
+
+
+def test_a_prioritizing_queue_hands_over_heartbeats_before_appends() -> None:
+    queue = OutboundQueue(None, prioritize=True)
+    queue.put([ae(2, 1), hb(2, 1), ae(2, 2), hb(2, 2), ae(2, 3)])
+    batch = queue.take()
+    assert [type(m).__name__ for m in batch] == ["Heartbeat"] * 2 + ["AppendEntries"] * 3
+    assert [m.term for m in batch[:2]] == [1, 2]  # each kind keeps its order
+    assert [m.prev_index for m in batch[2:]] == [1, 2, 3]  # type: ignore[attr-defined]
+    fifo = OutboundQueue(None)
+    fifo.put([ae(2, 1), hb(2, 1)])
+    assert [type(m).__name__ for m in fifo.take()] == ["AppendEntries", "Heartbeat"]
+
+
+@pytest.mark.parametrize(
+    ("queued", "new", "kept", "dropped"),
+    [
+        # a full queue of appends: each heartbeat evicts the oldest append
+        ("AAAA", "HH", "AAHH", 2),
+        # nothing bulk to evict: the new heartbeat is dropped, as in FIFO mode
+        ("HHHH", "H", "HHHH", 1),
+        # room for one: the heartbeat takes it, the append is dropped
+        ("AAA", "AH", "AAAH", 1),
+        # bulk never evicts anything
+        ("HHHH", "A", "HHHH", 1),
+    ],
+)
+def test_a_full_prioritizing_queue_drops_bulk_first(
+    queued: str, new: str, kept: str, dropped: int
+) -> None:
+    def made(kinds: str, start: int) -> list[Message]:
+        return [ae(2, start + i) if k == "A" else hb(2, start + i) for i, k in enumerate(kinds)]
+
+    queue = OutboundQueue(4, prioritize=True)
+    assert queue.put(made(queued, 0)) is False
+    assert queue.put(made(new, 10)) is True  # the overflow episode starts: report once
+    assert "".join("A" if isinstance(m, AppendEntries) else "H" for m in queue.items) == kept
+    assert queue.dropped == dropped
+    assert len(queue) == 4
+    if kept == "AAHH":  # the oldest appends went
+        assert [m.prev_index for m in queue.items[:2]] == [2, 3]  # type: ignore[attr-defined]
+
+
+async def test_the_actor_pool_sends_heartbeats_ahead_of_a_backlog_of_appends() -> None:
+    dialer = FakeDialer()
+    pool = make_pool("actor", dialer)
+    pool.set_peers({2: "a2"})
+    async with running(pool):
+        await until(connected(dialer, 2))
+        dialer.write_gates[2] = gate = anyio.Event()  # the link is saturated
+        pool.send(2, [ae(2, 0)])  # the write in flight
+        await until(lambda: not pool_has_queued(pool, 2), "the first write to start")
+        pool.send(2, [ae(2, i) for i in range(1, 50)])
+        pool.send(2, [hb(2, 7)])
+        gate.set()
+        await until(lambda: len(dialer.delivered[2]) == 51, "every message")
+    kinds = [type(m).__name__ for m in dialer.delivered[2]]
+    # The append in flight went first; of what waited, the heartbeat went ahead.
+    assert kinds[:2] == ["AppendEntries", "Heartbeat"]
+
+
+def pool_has_queued(pool: Any, peer: int) -> bool:
+    return bool(pool.stats().peers[peer].queued)

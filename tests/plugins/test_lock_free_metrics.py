@@ -72,3 +72,29 @@ def test_the_plugin_answers_only_when_its_flag_is_on() -> None:
     assert isinstance(lock_free_plugin.raftmw_make_metrics(ctx=on), LockFreeMetrics)
     assert lock_free_plugin.raftmw_make_metrics(ctx=off) is None
     assert [s.name for s in lock_free_plugin.raftmw_declare_flags()] == ["lock_free"]
+
+
+def test_an_update_from_a_second_thread_fails_loudly() -> None:
+    import threading
+
+    from plugins.lock_free.metrics import WrongWriterThread
+
+    m = LockFreeMetrics()
+    m.add("proposals")
+    errors: list[BaseException] = []
+
+    def other() -> None:
+        for update in (lambda: m.add("proposals"), lambda: m.record("latency", 1.0)):
+            try:
+                update()
+            except WrongWriterThread as exc:
+                errors.append(exc)
+
+    t = threading.Thread(target=other, name="intruder")
+    t.start()
+    t.join()
+    assert len(errors) == 2
+    assert "'proposals'" in str(errors[0]) and "intruder" in str(errors[0])
+    assert m.snapshot()["proposals"] == 1  # the refused update changed nothing
+    m.add("proposals")  # the owner keeps writing
+    assert m.snapshot()["proposals"] == 2
