@@ -460,6 +460,17 @@ class RawNode:
 
     # == output ===============================================================================
 
+    def take_messages(self) -> tuple[Message, ...]:
+        """Take the messages that depend on no persistence (a leader's heartbeats, appends,
+        snapshots, TimeoutNow and read answers) ahead of the next ``ready()``.
+
+        For a runtime still performing a Ready (``tick``/``step`` are allowed between
+        ``ready()`` and ``advance()``): a leader's heartbeats leave on time while its disk
+        is slow. Messages that promise durability stay for the next ``ready()``.
+        """
+        messages, self._messages = tuple(self._messages), []
+        return messages
+
     def has_ready(self) -> bool:
         if self._outstanding is not None:
             return False

@@ -79,6 +79,7 @@ from framework.flags import (
 from framework.metrics import GaugeReadings, NodeInstruments, PerformanceMetrics
 from framework.plugins import PluginHost
 from framework.runtime.components import Components
+from framework.runtime.kernel_inputs import TimeKeeper, step_inputs
 from framework.runtime.members import (
     BadMemberAddress,
     address_check_for,
@@ -167,6 +168,12 @@ class RaftNode:
         self.kernel: RawNode | None = None
         self._wake = anyio.Event()
         self._tick_clock = TickClock(config.settings.raft.tick_interval, 0.0)
+        self._time_keeper = TimeKeeper(
+            take_inbox=self._take_inbox,
+            ticks_due=self._ticks_due,
+            send=self._send,
+            on_invalid=self._on_invalid_message,
+        )
         self._unreachable: set[int] = set()
         self.host = config.plugin_host or PluginHost(
             blocked=self.settings.plugins.blocked, enabled=self.settings.plugins.enabled
@@ -389,6 +396,7 @@ class RaftNode:
         interval = self.settings.raft.tick_interval
         while True:
             await anyio.sleep(interval)
+            self._time_keeper.keep()  # a leader's heartbeats while the loop waits on I/O
             self._wake.set()
 
     async def _ready_loop(self) -> None:
@@ -428,22 +436,18 @@ class RaftNode:
             self._changed = anyio.Event()
 
     def _drain_inputs(self, kernel: RawNode) -> None:
-        # Every tick since the last wake, also those of a pause, before anything is stepped.
-        for _ in range(self._tick_clock.due(self._now)):
-            kernel.tick()
         if self._unreachable:
             for node_id in self._unreachable:
                 kernel.report_unreachable(node_id)
                 kernel.report_snapshot(node_id, success=False)  # one in flight is lost
             self._unreachable.clear()
-        inbox = self.components.inbox
-        if len(inbox):
-            for msg in inbox.drain():
-                try:
-                    kernel.step(msg)
-                except InvalidMessage as exc:
-                    self.invalid_messages += 1
-                    log.debug("node %d dropped a message: %s", self.id, exc)
+        # Messages that arrived before the ticks of a pause, reads after them (kernel_inputs).
+        step_inputs(
+            kernel,
+            self._take_inbox(),
+            self._tick_clock.due(self._now),
+            on_invalid=self._on_invalid_message,
+        )
         if self._actions:
             actions, self._actions = self._actions, []
             for action in actions:
@@ -455,6 +459,17 @@ class RaftNode:
             for context, key, waiter in reads:
                 self._waiting_reads[context] = (key, waiter)
                 kernel.read_index(context)
+
+    def _take_inbox(self) -> list[Message]:
+        inbox = self.components.inbox
+        return inbox.drain() if len(inbox) else []
+
+    def _ticks_due(self) -> int:
+        return self._tick_clock.due(anyio.current_time())
+
+    def _on_invalid_message(self, exc: InvalidMessage) -> None:
+        self.invalid_messages += 1
+        log.debug("node %d dropped a message: %s", self.id, exc)
 
     def _propose(self, kernel: RawNode) -> None:
         queue = self.components.proposals
@@ -489,7 +504,11 @@ class RaftNode:
         if rd.messages:
             self._send(rd.messages)
         if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
-            await anyio.to_thread.run_sync(self._persist, rd)
+            self._time_keeper.waiting(kernel)
+            try:
+                await anyio.to_thread.run_sync(self._persist, rd)
+            finally:
+                self._time_keeper.done()
             self._now = anyio.current_time()
             if rd.entries:
                 self.health.on_persisted(rd.entries[-1].index, self._now)
