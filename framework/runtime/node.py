@@ -210,8 +210,9 @@ class RaftNode:
         self._deadlines = Deadlines()
         self._snapshot_writing = False
         """A local snapshot is being written or waits to be recorded (one at a time)."""
-        self._snapshot_written: object = None
-        """A written snapshot (``prepare_snapshot``'s token) for the Ready loop to record."""
+        self._snapshot_written: tuple[object, int] | None = None
+        """A written snapshot (``prepare_snapshot``'s token, and the index to compact to) for
+        the Ready loop to record."""
         self._now = 0.0
         """The event loop's clock as of the Ready loop's last wake or write: request
         deadlines and latencies are measured with it (one clock read per Ready, not two per
@@ -643,24 +644,26 @@ class RaftNode:
         if self._snapshot_writing:
             return  # the previous one is still being written; the next Ready asks again
         data = await anyio.to_thread.run_sync(self._snapshot_bytes)
-        snapshot = kernel.compact(data)
+        snapshot = kernel.compact(data, trailing=self.settings.raft.snapshot_trailing_entries)
+        compact_to = kernel.log.offset  # entries past it stay: trailing, for laggards
         # Writing the file (the slow part: the whole state, fsynced) goes on beside the
         # Ready loop, which records it in the store between two Readies once it is written
         # (``_record_snapshot``). Until then the store keeps every entry: a crash loses
         # nothing, and only the Ready loop ever writes to the log.
         self._snapshot_writing = True
         assert self._tg is not None
-        self._tg.start_soon(self._write_snapshot, snapshot)
+        self._tg.start_soon(self._write_snapshot, snapshot, compact_to)
 
-    async def _write_snapshot(self, snapshot: Snapshot) -> None:
-        self._snapshot_written = await anyio.to_thread.run_sync(
-            self.store.prepare_snapshot, snapshot
-        )
+    async def _write_snapshot(self, snapshot: Snapshot, compact_to: int) -> None:
+        written = await anyio.to_thread.run_sync(self.store.prepare_snapshot, snapshot)
+        self._snapshot_written = (written, compact_to)
         self._wake.set()
 
     async def _record_snapshot(self) -> None:
-        written, self._snapshot_written = self._snapshot_written, None
-        await anyio.to_thread.run_sync(self.store.commit_snapshot, written)
+        (written, compact_to), self._snapshot_written = self._snapshot_written, None
+        await anyio.to_thread.run_sync(
+            partial(self.store.commit_snapshot, written, compact_to=compact_to)
+        )
         self._snapshot_writing = False
         log.info("node %d took a snapshot", self.id)
 

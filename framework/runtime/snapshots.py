@@ -151,6 +151,8 @@ class InboundSnapshots:
         """Snapshots that failed the check (they never reached the kernel)."""
         self.dropped = 0
         """Snapshots that arrived while another was being checked."""
+        self.accepted = 0
+        """Snapshots that passed the check and went on to the kernel."""
 
     def start(self, tg: TaskGroup) -> None:
         self._tg = tg
@@ -179,6 +181,7 @@ class InboundSnapshots:
             return
         finally:
             self._checking = False
+        self.accepted += 1
         self._deliver(msg)
 
     def _check_sync(self, msg: InstallSnapshot) -> Any:
