@@ -462,7 +462,9 @@ class RawNode:
         else:
             pr.snapshot_failed()
 
-    def compact(self, data: bytes, *, trailing: int = 0) -> Snapshot:
+    def compact(
+        self, data: bytes, *, trailing: int = 0, at: SnapshotMeta | None = None
+    ) -> Snapshot:
         """Take a snapshot at the applied index with the state machine's ``data`` (§7).
 
         Entries up to the applied index are dropped from memory, except the last
@@ -470,24 +472,40 @@ class RawNode:
         log instead of from the whole snapshot (etcd keeps 5,000). The log then starts at
         ``log.first_index()``, before the snapshot's index; the runtime stores the returned
         snapshot durably before deleting the entries up to ``log.offset`` from its store.
+
+        ``at``: the ``snapshot_point()`` recorded when the state machine's serialisation
+        started, for ``data`` produced while the node went on applying (default: now).
         """
         if trailing < 0:
             raise KernelMisuse(f"compact(trailing={trailing}): expected >= 0")
         if self._outstanding is not None:
             raise KernelMisuse("compact() between ready() and advance(): apply first")
-        index = self.log.applied
+        if at is None:
+            at = self.snapshot_point()
+        index = at.index
         if index <= self.snapshot.meta.index:
             raise KernelMisuse(
-                f"nothing to compact: applied index {index} is already covered by the "
+                f"nothing to compact: index {index} is already covered by the "
                 f"snapshot at {self.snapshot.meta.index}"
             )
-        term = self.log.term(index)
-        assert term is not None
-        self.snapshot = Snapshot(
-            meta=SnapshotMeta(index=index, term=term, conf_state=self.conf_state), data=data
-        )
+        if index > self.log.applied or self.log.term(index) != at.term:
+            raise KernelMisuse(
+                f"compact(at={index}@t{at.term}): expected an applied entry of this log "
+                f"(applied {self.log.applied}, term there {self.log.term(index)})"
+            )
+        self.snapshot = Snapshot(meta=at, data=data)
         self.log.compact(index - trailing)
         return self.snapshot
+
+    def snapshot_point(self) -> SnapshotMeta:
+        """What a snapshot of the state machine taken now is of: the applied index, its
+        term and the membership there. A runtime that serialises the state machine while
+        the node goes on (``compact(data, at=...)`` afterwards) records it first."""
+        index = self.log.applied
+        term = self.log.term(index)
+        if term is None:
+            raise KernelMisuse(f"applied index {index} is not in the log")
+        return SnapshotMeta(index=index, term=term, conf_state=self.conf_state)
 
     # == output ===============================================================================
 

@@ -60,7 +60,6 @@ from framework.core import (
     RawNode,
     Ready,
     Role,
-    Snapshot,
     TimeoutNow,
     TransferInProgress,
     UncommittedSizeExceeded,
@@ -80,6 +79,7 @@ from framework.metrics import GaugeReadings, NodeInstruments, PerformanceMetrics
 from framework.plugins import PluginHost
 from framework.runtime.components import Components
 from framework.runtime.kernel_inputs import TimeKeeper, step_inputs
+from framework.runtime.local_snapshots import LocalSnapshots
 from framework.runtime.members import (
     BadMemberAddress,
     address_check_for,
@@ -92,12 +92,10 @@ from framework.runtime.node_services import NodeServices
 from framework.runtime.pending import Deadlines, Waiter
 from framework.runtime.redirect import redirect_target
 from framework.runtime.snapshots import (
-    SNAPSHOT_VERSION,
     BadNodeSnapshot,
     InboundSnapshots,
     NodeSnapshot,
     decode_node_snapshot,
-    encode_node_snapshot,
 )
 from framework.runtime.tick_clock import TickClock
 from framework.seams import NodeStatus, Priority, QueueFull
@@ -208,11 +206,14 @@ class RaftNode:
         self._apply_watchers: list[tuple[int, Waiter]] = []
         self._read_seq = 0
         self._deadlines = Deadlines()
-        self._snapshot_writing = False
-        """A local snapshot is being written or waits to be recorded (one at a time)."""
-        self._snapshot_written: tuple[object, int] | None = None
-        """A written snapshot (``prepare_snapshot``'s token, and the index to compact to) for
-        the Ready loop to record."""
+        self.local_snapshots = LocalSnapshots(
+            node_id=self.id,
+            store=self.store,
+            state_machine=self.sm,
+            threshold=self.settings.raft.snapshot_threshold_entries,
+            trailing=self.settings.raft.snapshot_trailing_entries,
+            wake=self._wake_loop,
+        )
         self._now = 0.0
         """The event loop's clock as of the Ready loop's last wake or write: request
         deadlines and latencies are measured with it (one clock read per Ready, not two per
@@ -256,6 +257,7 @@ class RaftNode:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 self.snapshots.start(tg)
+                self.local_snapshots.start(tg)
                 self._now = anyio.current_time()
                 self._tick_clock = TickClock(self.settings.raft.tick_interval, self._now)
                 await self.components.start(tg, self.flags.evaluate())
@@ -427,8 +429,8 @@ class RaftNode:
                     await self._apply_flag_change()
             if self._flags_changed:  # a node-local override, with no Ready to wait for
                 await self._apply_flag_change()
-            if self._snapshot_written is not None:
-                await self._record_snapshot()
+            if self.local_snapshots.pending:
+                await self.local_snapshots.step(kernel)
             await self._publish_status(force=False)
             if self._rejections:
                 self.instruments.on_rejections(self._rejections)
@@ -460,6 +462,9 @@ class RaftNode:
             for context, key, waiter in reads:
                 self._waiting_reads[context] = (key, waiter)
                 kernel.read_index(context)
+
+    def _wake_loop(self) -> None:
+        self._wake.set()
 
     def _take_inbox(self) -> list[Message]:
         inbox = self.components.inbox
@@ -638,44 +643,10 @@ class RaftNode:
         self._ready_reads = keep
 
     async def _maybe_snapshot(self, kernel: RawNode) -> None:
-        threshold = self.settings.raft.snapshot_threshold_entries
-        if threshold <= 0 or kernel.log.applied - kernel.snapshot.meta.index < threshold:
-            return
-        if self._snapshot_writing:
-            return  # the previous one is still being written; the next Ready asks again
-        data = await anyio.to_thread.run_sync(self._snapshot_bytes)
-        snapshot = kernel.compact(data, trailing=self.settings.raft.snapshot_trailing_entries)
-        compact_to = kernel.log.offset  # entries past it stay: trailing, for laggards
-        # Writing the file (the slow part: the whole state, fsynced) goes on beside the
-        # Ready loop, which records it in the store between two Readies once it is written
-        # (``_record_snapshot``). Until then the store keeps every entry: a crash loses
-        # nothing, and only the Ready loop ever writes to the log.
-        self._snapshot_writing = True
-        assert self._tg is not None
-        self._tg.start_soon(self._write_snapshot, snapshot, compact_to)
-
-    async def _write_snapshot(self, snapshot: Snapshot, compact_to: int) -> None:
-        written = await anyio.to_thread.run_sync(self.store.prepare_snapshot, snapshot)
-        self._snapshot_written = (written, compact_to)
-        self._wake.set()
-
-    async def _record_snapshot(self) -> None:
-        (written, compact_to), self._snapshot_written = self._snapshot_written, None
-        await anyio.to_thread.run_sync(
-            partial(self.store.commit_snapshot, written, compact_to=compact_to)
-        )
-        self._snapshot_writing = False
-        log.info("node %d took a snapshot", self.id)
-
-    def _snapshot_bytes(self) -> bytes:
-        return encode_node_snapshot(
-            NodeSnapshot(
-                version=SNAPSHOT_VERSION,
-                members=dict(self.addresses),
-                flags=self.flags.snapshot(),
-                state_machine=self.sm.snapshot(),
+        if self.local_snapshots.due(kernel):
+            await self.local_snapshots.begin(
+                kernel, members=dict(self.addresses), flags=self.flags.snapshot()
             )
-        )
 
     def _fail_all(self, kind: str, message: str) -> None:
         for _term, waiter in self._waiting_apply.values():

@@ -75,8 +75,7 @@ def check_compact_to(index: int, compact_to: int | None) -> int:
         return index
     if not 0 <= compact_to <= index:
         raise StorageError(
-            f"compact_to={compact_to}: expected 0..{index} (the snapshot's index); nothing "
-            "written"
+            f"compact_to={compact_to}: expected 0..{index} (the snapshot's index); nothing written"
         )
     return compact_to
 
@@ -149,8 +148,9 @@ class LogStore(Protocol):
 
     def commit_snapshot(self, prepared: object, *, compact_to: int | None = None) -> None:
         """The quick half: record the prepared snapshot and drop the entries it covers (up
-        to ``compact_to``, as for ``save_snapshot``), in one transaction. If the store already holds a snapshot at or past its index (one
-        received from the leader meanwhile), the prepared data is discarded instead."""
+        to ``compact_to``, as for ``save_snapshot``), in one transaction. If the store
+        already holds a snapshot at or past its index (one received from the leader
+        meanwhile), the prepared data is discarded instead."""
         ...
 
     def close(self) -> None:

@@ -28,7 +28,7 @@ from framework.runtime.kernel_inputs import TimeKeeper, step_inputs
 from framework.storage import MemoryLogStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
-from kernel_harness import drain, make_stable_leader  # noqa: E402
+from kernel_harness import drain, make_stable_leader
 
 ELECTION = 10
 

@@ -382,9 +382,7 @@ def test_a_snapshot_may_keep_trailing_entries_before_its_index(initialized: Stor
     returns the rest, from before the snapshot's index on."""
     append(initialized.store, entries(1, 5) + entries(6, 12, term=2), commit=12)
     taken = snapshot(10, 2)
-    initialized.store.commit_snapshot(
-        initialized.store.prepare_snapshot(taken), compact_to=7
-    )
+    initialized.store.commit_snapshot(initialized.store.prepare_snapshot(taken), compact_to=7)
     state = initialized.load_after_reopen()
     assert state.snapshot == taken
     assert state.entries == tuple(entries(8, 12, term=2))
