@@ -148,11 +148,12 @@ class StallingStore(MemoryLogStore):
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("stall", [0.18, 0.6])
-async def test_a_leader_whose_disk_stalls_keeps_its_leadership(stall: float) -> None:
-    """Election timeout 200-400 ms. Stalls just under it (0.18 s) and of three times it
-    (0.6 s) on every write of the leader: no election. Before, a stall of 300 ms or more
-    cost the leader its leadership each time (its heartbeats waited behind the disk)."""
+@pytest.mark.parametrize(("tick", "stall"), [("10ms", 0.18), ("20ms", 1.2)])
+async def test_a_leader_whose_disk_stalls_keeps_its_leadership(tick: str, stall: float) -> None:
+    """Election timeout 20 ticks (randomised up to 40): 200-400 ms with 10 ms ticks,
+    400-800 ms with 20 ms ticks. Stalls just under it (0.18 s) and of three times it (1.2 s)
+    on every write of the leader: no election. Before, a stall of 300 ms or more cost the
+    leader its leadership each time (its heartbeats waited behind the disk)."""
     import test_node_memory as memory
 
     from framework.client import KVClient
@@ -161,7 +162,7 @@ async def test_a_leader_whose_disk_stalls_keeps_its_leadership(stall: float) -> 
         c = memory.Cluster(
             network=memory.MemoryNetwork(seed=7),
             tg=tg,
-            settings=memory._settings(**{"raft.tick_interval": "10ms"}),
+            settings=memory._settings(**{"raft.tick_interval": tick}),
         )
         stores = {nid: StallingStore() for nid in (1, 2, 3)}
         c.stores.update(stores)
