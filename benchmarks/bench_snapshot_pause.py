@@ -13,9 +13,12 @@ the writes alone cost), then the snapshot threshold drops to 1 and the node take
 measure stops when it is recorded. Also reported: the time from the threshold change to the
 snapshot recorded, and the writes acknowledged meanwhile.
 
-``--against DIR`` runs every trial twice, interleaved (this tree, then DIR's), each in a
-fresh subprocess with ``PYTHONPATH`` set to the tree it measures; the script only uses what
-main also has (``RaftNode``, ``KVClient``, ``MemoryNetwork``, ``SQLiteLogStore``).
+By default every trial runs twice, interleaved, each in a fresh subprocess: ``chunked``
+(this tree) and ``whole``, the same tree with the state machine seen as main's runtime saw
+it (``snapshot()`` in one call in a worker thread while the Ready loop waits): main's pause.
+``--against DIR`` instead runs this tree against DIR's (``PYTHONPATH`` set to the tree it
+measures; the script only uses what main also has). NB: against the integration commit
+161c0ec this segfaulted at 100,000 keys on the measuring VM, hence the ``whole`` reference.
 """
 
 from __future__ import annotations
@@ -36,7 +39,15 @@ from pathlib import Path
 import anyio
 
 
-async def _one(keys: int, writers: int) -> dict[str, float]:
+class _WholeOnly:
+    """The state machine as main's runtime used it: ``snapshot()`` in one call (in a
+    worker thread, while the Ready loop waits), no ``snapshot_chunks``."""
+
+    def __init__(self, sm: object) -> None:
+        self.snapshot = sm.snapshot  # type: ignore[attr-defined]
+
+
+async def _one(keys: int, writers: int, whole: bool = False) -> dict[str, float]:
     from framework.client import KVClient
     from framework.config import load_settings
     from framework.runtime.node import NodeConfig, RaftNode
@@ -53,6 +64,8 @@ async def _one(keys: int, writers: int) -> dict[str, float]:
         node = RaftNode(config, store=store, transport=network.transport(1))
         async with anyio.create_task_group() as tg:
             await tg.start(node.run)
+            if whole:
+                node.local_snapshots._sm = _WholeOnly(node.sm)
 
             @asynccontextmanager
             async def connect(address: str) -> AsyncIterator[object]:
@@ -117,10 +130,11 @@ async def _one(keys: int, writers: int) -> dict[str, float]:
     }
 
 
-def _run_in(tree: Path, keys: int, writers: int) -> dict[str, float]:
+def _run_in(tree: Path, keys: int, writers: int, whole: bool) -> dict[str, float]:
     env = dict(os.environ, PYTHONPATH=str(tree))
+    extra = ["--whole"] if whole else []
     out = subprocess.run(
-        [sys.executable, __file__, "--one", str(keys), "--writers", str(writers)],
+        [sys.executable, __file__, "--one", str(keys), "--writers", str(writers), *extra],
         env=env,
         cwd=tree,
         capture_output=True,
@@ -137,19 +151,20 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=8)
     parser.add_argument("--against", type=Path, default=None)
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--whole", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(anyio.run(_one, args.one, args.writers)))
+        print(json.dumps(anyio.run(_one, args.one, args.writers, args.whole)))
         return
     here = Path(__file__).resolve().parents[1]
-    trees = {"this": here}
+    trees = {"chunked": (here, False), "whole": (here, True)}
     if args.against is not None:
-        trees["against"] = args.against.resolve()
+        trees = {"this": (here, False), "against": (args.against.resolve(), False)}
     for keys in (int(k) for k in args.keys.split(",")):
         results: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
         for _ in range(args.trials):
-            for name, tree in trees.items():  # interleaved
-                results[name].append(_run_in(tree, keys, args.writers))
+            for name, (tree, whole) in trees.items():  # interleaved
+                results[name].append(_run_in(tree, keys, args.writers, whole))
         for name, runs in results.items():
             pauses = [r["max_pause_ms"] for r in runs]
             refs = [r["reference_ms"] for r in runs]
