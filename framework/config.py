@@ -594,6 +594,9 @@ class RaftSettings:
     snapshot_threshold_entries: int = field(metadata=_kind(_Int(1)))
     max_batch_proposals: int = field(metadata=_kind(_Int(1)))
     lease_drift_ticks: int = field(default=4, metadata=_kind(_Int(0)))
+    snapshot_trailing_entries: int = field(default=5000, metadata=_kind(_Int(0)))
+    """Entries kept before a snapshot's index when the log is compacted, so a briefly
+    lagging follower catches up from the log instead of a whole snapshot."""
 
     def _validate(self, key: str) -> None:
         # Heartbeats must come more often than followers time out, or a healthy leader

@@ -65,6 +65,8 @@ raises ``BadSnapshot`` naming the problem and leaves the machine as it was.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
+from itertools import islice
 from typing import Annotated, Final, Protocol, TypeAlias, runtime_checkable
 
 import msgspec
@@ -267,6 +269,19 @@ _SNAPSHOT_ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
 _SNAPSHOT_DECODER: Final = msgspec.msgpack.Decoder(_SnapshotBody)
 
 
+_CHUNK_ENCODER: Final = msgspec.msgpack.Encoder()
+
+
+def _without_map_header(encoded: bytes) -> bytes:
+    """The key/value pairs of an encoded msgpack map (fixmap, map16 or map32 header)."""
+    first = encoded[0]
+    if first == 0xDE:
+        return encoded[3:]
+    if first == 0xDF:
+        return encoded[5:]
+    return encoded[1:]
+
+
 def _decode_snapshot(data: bytes) -> _SnapshotBody:
     if not data:
         raise BadSnapshot("empty snapshot: expected a version byte followed by msgpack")
@@ -317,6 +332,9 @@ class KVStateMachine:
             raise ValueError(f"max_sessions must be at least 1, got {max_sessions!r}")
         self.max_sessions: Final = max_sessions
         self._data: dict[str, str] = {}
+        self._overlay: dict[str, str | None] | None = None
+        """While ``snapshot_chunks`` reads ``_data``: the writes since (None: deleted), so
+        ``_data`` stays exactly the state the snapshot is of (see ``snapshot_chunks``)."""
         # client_id -> session, least recently used first (by log index, hence identical on
         # every replica): the front is what eviction removes.
         self._sessions: OrderedDict[int, _Session] = OrderedDict()
@@ -330,11 +348,32 @@ class KVStateMachine:
 
     def read(self, key: str) -> str | None:
         """The value of ``key`` as of ``applied_index``; for reads served by ReadIndex."""
+        overlay = self._overlay
+        if overlay is not None and key in overlay:
+            return overlay[key]
         return self._data.get(key)
 
     def __len__(self) -> int:
         """Number of keys stored."""
-        return len(self._data)
+        overlay = self._overlay
+        if overlay is None:
+            return len(self._data)
+        data = self._data
+        added = sum(1 for k, v in overlay.items() if v is not None and k not in data)
+        removed = sum(1 for k, v in overlay.items() if v is None and k in data)
+        return len(data) + added - removed
+
+    def _put(self, key: str, value: str) -> None:
+        if self._overlay is not None:
+            self._overlay[key] = value
+        else:
+            self._data[key] = value
+
+    def _delete(self, key: str) -> None:
+        if self._overlay is not None:
+            self._overlay[key] = None
+        else:
+            self._data.pop(key, None)
 
     def session_count(self) -> int:
         """Number of client sessions remembered (at most ``max_sessions``)."""
@@ -383,36 +422,96 @@ class KVStateMachine:
         return result
 
     def _execute(self, op: Command) -> str | bool | None:
-        data = self._data
+        read = self.read
         match op:
             case Get(key=key):
-                return data.get(key)
+                return read(key)
             case Put(key=key, value=value):
-                data[key] = value
+                self._put(key, value)
                 return None
             case Delete(key=key):
-                data.pop(key, None)
+                self._delete(key)
                 return None
             case Append(key=key, value=value):
-                new_value = data.get(key, "") + value
-                data[key] = new_value
+                new_value = (read(key) or "") + value
+                self._put(key, new_value)
                 return new_value
             case Cas(key=key, expected=expected_value, new=new_value):
-                if data.get(key) != expected_value:
+                if read(key) != expected_value:
                     return False
-                data[key] = new_value
+                self._put(key, new_value)
                 return True
         raise AssertionError(f"unhandled command {op!r}")  # pragma: no cover - exhaustive
 
     # ---- snapshots -----------------------------------------------------------------
 
     def snapshot(self) -> bytes:
+        data = self._data
+        if self._overlay is not None:  # a chunked snapshot is under way: merge the view
+            data = {**data, **{k: v for k, v in self._overlay.items() if v is not None}}
+            for key in [k for k, v in self._overlay.items() if v is None]:
+                data.pop(key, None)
         body = _SnapshotBody(
             applied_index=self._applied_index,
-            data=self._data,
+            data=data,
             sessions=list(self._sessions.values()),
         )
         return bytes((_SNAPSHOT_VERSION,)) + _SNAPSHOT_ENCODER.encode(body)
+
+    def snapshot_chunks(self, keys_per_chunk: int = 2048) -> Iterator[bytes]:
+        """The state as of now (``applied_index`` at this call), in pieces whose
+        concatenation ``restore`` takes like ``snapshot()`` (keys in storage order, not
+        sorted). ``apply`` may run between pieces: the caller encodes one piece at a time
+        and lets the event loop run in between, so no piece holds it for long.
+
+        Copy-on-write at the level of keys: from this call until the iterator is exhausted
+        or closed, writes go to an overlay and the map being read stays the snapshot's
+        image; the overlay is folded in at the end (a cost in the number of keys written
+        meanwhile). Capturing costs O(sessions), not O(keys). One at a time.
+        """
+        if self._overlay is not None:
+            raise RuntimeError("a chunked snapshot is already being taken")
+        if keys_per_chunk < 1:
+            raise ValueError(f"keys_per_chunk={keys_per_chunk!r}: expected >= 1")
+        base = self._data
+        overlay: dict[str, str | None] = {}
+        self._overlay = overlay
+        head = (
+            bytes((_SNAPSHOT_VERSION, 0x83))
+            + _SNAPSHOT_ENCODER.encode("applied_index")
+            + _SNAPSHOT_ENCODER.encode(self._applied_index)
+            + _SNAPSHOT_ENCODER.encode("data")
+            + b"\xdf"
+            + len(base).to_bytes(4, "big")
+        )
+        tail = _SNAPSHOT_ENCODER.encode("sessions") + _SNAPSHOT_ENCODER.encode(
+            list(self._sessions.values())
+        )
+        return self._chunks(base, overlay, head, tail, keys_per_chunk)
+
+    def _chunks(
+        self,
+        base: dict[str, str],
+        overlay: dict[str, str | None],
+        head: bytes,
+        tail: bytes,
+        keys_per_chunk: int,
+    ) -> Iterator[bytes]:
+        try:
+            yield head
+            items = iter(base.items())
+            encode = _CHUNK_ENCODER.encode
+            while chunk := dict(islice(items, keys_per_chunk)):
+                yield _without_map_header(encode(chunk))
+            yield tail
+        finally:
+            if self._overlay is overlay:  # not replaced by a restore meanwhile
+                self._overlay = None
+                for key, value in overlay.items():
+                    if value is None:
+                        base.pop(key, None)
+                    else:
+                        base[key] = value
 
     def check_snapshot(self, data: bytes) -> int:
         """The ``applied_index`` that ``restore(data)`` would leave; ``BadSnapshot`` if it
@@ -427,5 +526,6 @@ class KVStateMachine:
         while len(sessions) > self.max_sessions:
             sessions.popitem(last=False)
         self._data = body.data
+        self._overlay = None  # a chunked snapshot under way keeps reading the old map
         self._sessions = sessions
         self._applied_index = body.applied_index

@@ -230,6 +230,29 @@ class _PendingRead:
 _LEADER_ONLY_IMMEDIATE = (AppendEntries, Heartbeat, InstallSnapshot, TimeoutNow, ReadIndexResponse)
 
 
+def _log_from_storage(meta: SnapshotMeta, entries: list[Entry], commit: int) -> RaftLog:
+    """The log as stored: a snapshot at ``meta``, then ``entries``, which may begin before
+    the snapshot's index (the trailing entries ``compact(trailing=...)`` kept). Then the
+    first stored entry becomes the compacted prefix's last, and the log is applied up to
+    the snapshot, which the state machine restores from."""
+    if not entries or entries[0].index > meta.index:
+        return RaftLog(snapshot=meta, entries=entries, committed=commit)
+    first = entries[0]
+    at_snapshot = meta.index - first.index
+    if at_snapshot >= len(entries) or entries[at_snapshot].term != meta.term:
+        raise KernelMisuse(
+            f"stored entries {first.index}..{entries[-1].index} before the snapshot at "
+            f"{meta.index} (term {meta.term}) do not reach it with its term"
+        )
+    log = RaftLog(
+        snapshot=SnapshotMeta(index=first.index, term=first.term),
+        entries=entries[1:],
+        committed=max(commit, meta.index),
+    )
+    log.applied = meta.index
+    return log
+
+
 class RawNode:
     def __init__(
         self,
@@ -254,7 +277,7 @@ class RawNode:
         hs = hard_state or HardState()
         self.snapshot = snapshot or Snapshot()
         meta = self.snapshot.meta
-        self.log = RaftLog(snapshot=meta, entries=list(entries), committed=hs.commit)
+        self.log = _log_from_storage(meta, list(entries), hs.commit)
         self.term = hs.term
         self.vote = hs.vote
         # Membership is whatever the applied log says; applying resumes at the snapshot.
@@ -277,6 +300,9 @@ class RawNode:
         self.uncommitted_size = 0
         self._pending_reads: dict[bytes, _PendingRead] = {}
         self._reads_waiting_commit: list[tuple[bytes, int]] = []
+        self._read_round_due = False
+        """Reads wait for a heartbeat round; one round, sent at the next ``ready()``, confirms
+        every read that arrived before it (reads that arrive together share it)."""
         self._messages: list[Message] = []
         self._persisted_messages: list[Message] = []
         self._read_states: list[ReadState] = []
@@ -459,29 +485,64 @@ class RawNode:
         else:
             pr.snapshot_failed()
 
-    def compact(self, data: bytes) -> Snapshot:
+    def compact(
+        self, data: bytes, *, trailing: int = 0, at: SnapshotMeta | None = None
+    ) -> Snapshot:
         """Take a snapshot at the applied index with the state machine's ``data`` (§7).
 
-        Entries up to the applied index are dropped from memory; the runtime stores the
-        returned snapshot durably before deleting those entries from its log store.
+        Entries up to the applied index are dropped from memory, except the last
+        ``trailing`` of them: a follower that is a little behind then catches up from the
+        log instead of from the whole snapshot (etcd keeps 5,000). The log then starts at
+        ``log.first_index()``, before the snapshot's index; the runtime stores the returned
+        snapshot durably before deleting the entries up to ``log.offset`` from its store.
+
+        ``at``: the ``snapshot_point()`` recorded when the state machine's serialisation
+        started, for ``data`` produced while the node went on applying (default: now).
         """
+        if trailing < 0:
+            raise KernelMisuse(f"compact(trailing={trailing}): expected >= 0")
         if self._outstanding is not None:
             raise KernelMisuse("compact() between ready() and advance(): apply first")
-        index = self.log.applied
+        if at is None:
+            at = self.snapshot_point()
+        index = at.index
         if index <= self.snapshot.meta.index:
             raise KernelMisuse(
-                f"nothing to compact: applied index {index} is already covered by the "
+                f"nothing to compact: index {index} is already covered by the "
                 f"snapshot at {self.snapshot.meta.index}"
             )
-        term = self.log.term(index)
-        assert term is not None
-        self.snapshot = Snapshot(
-            meta=SnapshotMeta(index=index, term=term, conf_state=self.conf_state), data=data
-        )
-        self.log.compact(index)
+        if index > self.log.applied or self.log.term(index) != at.term:
+            raise KernelMisuse(
+                f"compact(at={index}@t{at.term}): expected an applied entry of this log "
+                f"(applied {self.log.applied}, term there {self.log.term(index)})"
+            )
+        self.snapshot = Snapshot(meta=at, data=data)
+        self.log.compact(index - trailing)
         return self.snapshot
 
+    def snapshot_point(self) -> SnapshotMeta:
+        """What a snapshot of the state machine taken now is of: the applied index, its
+        term and the membership there. A runtime that serialises the state machine while
+        the node goes on (``compact(data, at=...)`` afterwards) records it first."""
+        index = self.log.applied
+        term = self.log.term(index)
+        if term is None:
+            raise KernelMisuse(f"applied index {index} is not in the log")
+        return SnapshotMeta(index=index, term=term, conf_state=self.conf_state)
+
     # == output ===============================================================================
+
+    def take_messages(self) -> tuple[Message, ...]:
+        """Take the messages that depend on no persistence (a leader's heartbeats, appends,
+        snapshots, TimeoutNow and read answers) ahead of the next ``ready()``.
+
+        For a runtime still performing a Ready (``tick``/``step`` are allowed between
+        ``ready()`` and ``advance()``): a leader's heartbeats leave on time while its disk
+        is slow. Messages that promise durability stay for the next ``ready()``.
+        """
+        self._flush_read_round()
+        messages, self._messages = tuple(self._messages), []
+        return messages
 
     def has_ready(self) -> bool:
         if self._outstanding is not None:
@@ -491,6 +552,7 @@ class RawNode:
             self._messages
             or self._persisted_messages
             or self._append_to
+            or self._read_round_due
             or self._read_states
             or self._dropped_reads
             or self._pending_snapshot is not None
@@ -504,6 +566,7 @@ class RawNode:
         """Collect the next batch of work; ``advance(ready)`` must follow before the next."""
         if self._outstanding is not None:
             raise KernelMisuse("ready() called twice without advance()")
+        self._flush_read_round()
         self._flush_appends()
         soft = self._soft_state()
         hard = self._hard_state()
@@ -1175,7 +1238,15 @@ class RawNode:
         self._pending_reads[context] = _PendingRead(
             index=log.committed, requester=requester, acks={self.id}
         )
-        self._broadcast_heartbeat()
+        self._read_round_due = True
+
+    def _flush_read_round(self) -> None:
+        """Send the heartbeat round the reads since the last one wait for: one round for
+        all of them, carrying the newest (its quorum confirms every earlier read too)."""
+        if self._read_round_due:
+            self._read_round_due = False
+            if self.role is Role.LEADER and self._pending_reads:
+                self._broadcast_heartbeat()
 
     def _in_lease(self) -> bool:
         """D §6.4.1: whether no other leader can have been elected yet.
@@ -1231,6 +1302,7 @@ class RawNode:
         waiting.extend(self._reads_waiting_commit)
         self._pending_reads.clear()
         self._reads_waiting_commit = []
+        self._read_round_due = False
         for context, requester in waiting:
             if requester == self.id:
                 self._dropped_reads.append(context)

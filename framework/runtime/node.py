@@ -61,7 +61,6 @@ from framework.core import (
     RawNode,
     Ready,
     Role,
-    Snapshot,
     TimeoutNow,
     TransferInProgress,
     UncommittedSizeExceeded,
@@ -80,6 +79,8 @@ from framework.flags import (
 from framework.metrics import GaugeReadings, NodeInstruments, PerformanceMetrics
 from framework.plugins import PluginHost
 from framework.runtime.components import Components
+from framework.runtime.kernel_inputs import TimeKeeper, step_inputs
+from framework.runtime.local_snapshots import LocalSnapshots
 from framework.runtime.members import (
     BadMemberAddress,
     address_check_for,
@@ -92,12 +93,10 @@ from framework.runtime.node_services import NodeServices
 from framework.runtime.pending import Deadlines, Waiter
 from framework.runtime.redirect import redirect_target
 from framework.runtime.snapshots import (
-    SNAPSHOT_VERSION,
     BadNodeSnapshot,
     InboundSnapshots,
     NodeSnapshot,
     decode_node_snapshot,
-    encode_node_snapshot,
 )
 from framework.runtime.tick_clock import TickClock
 from framework.seams import NodeStatus, Priority, QueueFull
@@ -174,6 +173,12 @@ class RaftNode:
         self.kernel: RawNode | None = None
         self._wake = anyio.Event()
         self._tick_clock = TickClock(config.settings.raft.tick_interval, 0.0)
+        self._time_keeper = TimeKeeper(
+            take_inbox=self._take_inbox,
+            ticks_due=self._ticks_due,
+            send=self._send,
+            on_invalid=self._on_invalid_message,
+        )
         self._unreachable: set[int] = set()
         self.host = config.plugin_host or PluginHost(
             blocked=self.settings.plugins.blocked, enabled=self.settings.plugins.enabled
@@ -210,10 +215,14 @@ class RaftNode:
         self._apply_watchers: list[tuple[int, Waiter]] = []
         self._read_seq = 0
         self._deadlines = Deadlines()
-        self._snapshot_writing = False
-        """A local snapshot is being written or waits to be recorded (one at a time)."""
-        self._snapshot_written: object = None
-        """A written snapshot (``prepare_snapshot``'s token) for the Ready loop to record."""
+        self.local_snapshots = LocalSnapshots(
+            node_id=self.id,
+            store=self.store,
+            state_machine=self.sm,
+            threshold=self.settings.raft.snapshot_threshold_entries,
+            trailing=self.settings.raft.snapshot_trailing_entries,
+            wake=self._wake_loop,
+        )
         self._now = 0.0
         """The event loop's clock as of the Ready loop's last wake or write: request
         deadlines and latencies are measured with it (one clock read per Ready, not two per
@@ -259,6 +268,7 @@ class RaftNode:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 self.snapshots.start(tg)
+                self.local_snapshots.start(tg)
                 self._now = anyio.current_time()
                 self._tick_clock = TickClock(self.settings.raft.tick_interval, self._now)
                 await self.components.start(tg, self.flags.evaluate())
@@ -400,6 +410,7 @@ class RaftNode:
         interval = self.settings.raft.tick_interval
         while True:
             await anyio.sleep(interval)
+            self._time_keeper.keep()  # a leader's heartbeats while the loop waits on I/O
             self._wake.set()
 
     async def _ready_loop(self) -> None:
@@ -429,8 +440,8 @@ class RaftNode:
                     await self._apply_flag_change()
             if self._flags_changed:  # a node-local override, with no Ready to wait for
                 await self._apply_flag_change()
-            if self._snapshot_written is not None:
-                await self._record_snapshot()
+            if self.local_snapshots.pending:
+                await self.local_snapshots.step(kernel)
             await self._publish_status(force=False)
             if self._rejections:
                 self.instruments.on_rejections(self._rejections)
@@ -439,22 +450,18 @@ class RaftNode:
             self._changed = anyio.Event()
 
     def _drain_inputs(self, kernel: RawNode) -> None:
-        # Every tick since the last wake, also those of a pause, before anything is stepped.
-        for _ in range(self._tick_clock.due(self._now)):
-            kernel.tick()
         if self._unreachable:
             for node_id in self._unreachable:
                 kernel.report_unreachable(node_id)
                 kernel.report_snapshot(node_id, success=False)  # one in flight is lost
             self._unreachable.clear()
-        inbox = self.components.inbox
-        if len(inbox):
-            for msg in inbox.drain():
-                try:
-                    kernel.step(msg)
-                except InvalidMessage as exc:
-                    self.invalid_messages += 1
-                    log.debug("node %d dropped a message: %s", self.id, exc)
+        # Messages that arrived before the ticks of a pause, reads after them (kernel_inputs).
+        step_inputs(
+            kernel,
+            self._take_inbox(),
+            self._tick_clock.due(self._now),
+            on_invalid=self._on_invalid_message,
+        )
         if self._actions:
             actions, self._actions = self._actions, []
             for action in actions:
@@ -466,6 +473,20 @@ class RaftNode:
             for context, key, waiter in reads:
                 self._waiting_reads[context] = (key, waiter)
                 kernel.read_index(context)
+
+    def _wake_loop(self) -> None:
+        self._wake.set()
+
+    def _take_inbox(self) -> list[Message]:
+        inbox = self.components.inbox
+        return inbox.drain() if len(inbox) else []
+
+    def _ticks_due(self) -> int:
+        return self._tick_clock.due(anyio.current_time())
+
+    def _on_invalid_message(self, exc: InvalidMessage) -> None:
+        self.invalid_messages += 1
+        log.debug("node %d dropped a message: %s", self.id, exc)
 
     def _propose(self, kernel: RawNode) -> None:
         queue = self.components.proposals
@@ -500,7 +521,11 @@ class RaftNode:
         if rd.messages:
             self._send(rd.messages)
         if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
-            await anyio.to_thread.run_sync(self._persist, rd)
+            self._time_keeper.waiting(kernel)
+            try:
+                await anyio.to_thread.run_sync(self._persist, rd)
+            finally:
+                self._time_keeper.done()
             self._now = anyio.current_time()
             if rd.entries:
                 self.health.on_persisted(rd.entries[-1].index, self._now)
@@ -630,42 +655,10 @@ class RaftNode:
         self._ready_reads = keep
 
     async def _maybe_snapshot(self, kernel: RawNode) -> None:
-        threshold = self.settings.raft.snapshot_threshold_entries
-        if threshold <= 0 or kernel.log.applied - kernel.snapshot.meta.index < threshold:
-            return
-        if self._snapshot_writing:
-            return  # the previous one is still being written; the next Ready asks again
-        data = await anyio.to_thread.run_sync(self._snapshot_bytes)
-        snapshot = kernel.compact(data)
-        # Writing the file (the slow part: the whole state, fsynced) goes on beside the
-        # Ready loop, which records it in the store between two Readies once it is written
-        # (``_record_snapshot``). Until then the store keeps every entry: a crash loses
-        # nothing, and only the Ready loop ever writes to the log.
-        self._snapshot_writing = True
-        assert self._tg is not None
-        self._tg.start_soon(self._write_snapshot, snapshot)
-
-    async def _write_snapshot(self, snapshot: Snapshot) -> None:
-        self._snapshot_written = await anyio.to_thread.run_sync(
-            self.store.prepare_snapshot, snapshot
-        )
-        self._wake.set()
-
-    async def _record_snapshot(self) -> None:
-        written, self._snapshot_written = self._snapshot_written, None
-        await anyio.to_thread.run_sync(self.store.commit_snapshot, written)
-        self._snapshot_writing = False
-        log.info("node %d took a snapshot", self.id)
-
-    def _snapshot_bytes(self) -> bytes:
-        return encode_node_snapshot(
-            NodeSnapshot(
-                version=SNAPSHOT_VERSION,
-                members=dict(self.addresses),
-                flags=self.flags.snapshot(),
-                state_machine=self.sm.snapshot(),
+        if self.local_snapshots.due(kernel):
+            await self.local_snapshots.begin(
+                kernel, members=dict(self.addresses), flags=self.flags.snapshot()
             )
-        )
 
     def _fail_all(self, kind: str, message: str) -> None:
         for _term, waiter in self._waiting_apply.values():

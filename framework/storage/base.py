@@ -20,7 +20,14 @@ from typing import Final, Protocol, runtime_checkable
 
 from framework.core import ConfState, Entry, HardState, Snapshot
 
-__all__ = ["MAX_STORABLE", "LogStore", "StorageError", "StoredState", "check_storable"]
+__all__ = [
+    "MAX_STORABLE",
+    "LogStore",
+    "StorageError",
+    "StoredState",
+    "check_compact_to",
+    "check_storable",
+]
 
 
 class StorageError(Exception):
@@ -61,6 +68,18 @@ def check_storable(
             )
 
 
+def check_compact_to(index: int, compact_to: int | None) -> int:
+    """The last entry a snapshot at ``index`` lets a store delete: ``compact_to`` (the
+    kernel's ``log.offset`` after ``compact(trailing=...)``), or by default ``index``."""
+    if compact_to is None:
+        return index
+    if not 0 <= compact_to <= index:
+        raise StorageError(
+            f"compact_to={compact_to}: expected 0..{index} (the snapshot's index); nothing written"
+        )
+    return compact_to
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StoredState:
     """Everything a node needs to rebuild its kernel after a restart."""
@@ -85,7 +104,8 @@ class LogStore(Protocol):
         ...
 
     def load(self) -> StoredState | None:
-        """Read everything back; None for a store never initialized.
+        """Read everything back; None for a store never initialized. ``entries`` may begin
+        before the snapshot's index (trailing entries kept by ``compact_to``).
 
         Raises ``StorageError`` naming the file and the problem when the store is corrupt
         or a snapshot file is missing or damaged.
@@ -109,9 +129,11 @@ class LogStore(Protocol):
         """
         ...
 
-    def save_snapshot(self, snapshot: Snapshot) -> None:
-        """Store a locally taken snapshot, then drop the entries it covers (§7):
-        ``commit_snapshot(prepare_snapshot(snapshot))``.
+    def save_snapshot(self, snapshot: Snapshot, *, compact_to: int | None = None) -> None:
+        """Store a locally taken snapshot, then drop the entries it covers (§7) up to
+        ``compact_to`` (default: the snapshot's index; less keeps trailing entries, which
+        ``load`` returns before the snapshot's index):
+        ``commit_snapshot(prepare_snapshot(snapshot), compact_to=compact_to)``.
 
         The snapshot is durable before any entry is deleted, so a crash in between leaves
         both (harmless), never neither.
@@ -124,10 +146,11 @@ class LogStore(Protocol):
         token for ``commit_snapshot``. May run concurrently with ``save_ready``."""
         ...
 
-    def commit_snapshot(self, prepared: object) -> None:
-        """The quick half: record the prepared snapshot and drop the entries it covers, in
-        one transaction. If the store already holds a snapshot at or past its index (one
-        received from the leader meanwhile), the prepared data is discarded instead."""
+    def commit_snapshot(self, prepared: object, *, compact_to: int | None = None) -> None:
+        """The quick half: record the prepared snapshot and drop the entries it covers (up
+        to ``compact_to``, as for ``save_snapshot``), in one transaction. If the store
+        already holds a snapshot at or past its index (one received from the leader
+        meanwhile), the prepared data is discarded instead."""
         ...
 
     def close(self) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from framework.core import ConfState, Entry, HardState, Snapshot
-from framework.storage.base import StorageError, StoredState, check_storable
+from framework.storage.base import StorageError, StoredState, check_compact_to, check_storable
 
 __all__ = ["MemoryLogStore"]
 
@@ -64,7 +64,7 @@ class MemoryLogStore:
             first = entries[0].index
             if first <= offset:
                 raise StorageError(f"entries from index {first} overlap the snapshot at {offset}")
-            last_stored = offset + len(stored)
+            last_stored = stored[-1].index if stored else offset
             if first > last_stored + 1:
                 raise StorageError(
                     f"entries from index {first} leave a gap after stored index {last_stored}"
@@ -73,7 +73,8 @@ class MemoryLogStore:
             self._snapshot = snapshot
             self._entries = []
         if entries:
-            del self._entries[entries[0].index - offset - 1 :]
+            if self._entries:
+                del self._entries[entries[0].index - self._entries[0].index :]
             self._entries.extend(entries)
         if hard_state is not None:
             self._hard_state = hard_state
@@ -83,16 +84,16 @@ class MemoryLogStore:
     def prepare_snapshot(self, snapshot: Snapshot) -> Snapshot:
         return snapshot  # nothing to write: memory holds it already
 
-    def commit_snapshot(self, prepared: object) -> None:
+    def commit_snapshot(self, prepared: object, *, compact_to: int | None = None) -> None:
         assert isinstance(prepared, Snapshot)
-        self.save_snapshot(prepared)
+        self.save_snapshot(prepared, compact_to=compact_to)
 
-    def save_snapshot(self, snapshot: Snapshot) -> None:
-        offset = self._snapshot.meta.index
+    def save_snapshot(self, snapshot: Snapshot, *, compact_to: int | None = None) -> None:
         index = snapshot.meta.index
-        if index <= offset:
+        if index <= self._snapshot.meta.index:
             return
-        self._entries = self._entries[index - offset :]
+        drop_to = check_compact_to(index, compact_to)
+        self._entries = [e for e in self._entries if e.index > drop_to]
         self._snapshot = snapshot
 
     def close(self) -> None:

@@ -68,7 +68,7 @@ from typing import Literal, NamedTuple
 import msgspec
 
 from framework.core import ConfState, Entry, EntryKind, HardState, Snapshot, SnapshotMeta
-from framework.storage.base import StorageError, StoredState, check_storable
+from framework.storage.base import StorageError, StoredState, check_compact_to, check_storable
 
 if sys.platform != "win32":
     import fcntl
@@ -327,9 +327,10 @@ class SQLiteLogStore:
         if written is not None:
             self._switch_snapshot_file(written.name)
 
-    def save_snapshot(self, snapshot: Snapshot) -> None:
+    def save_snapshot(self, snapshot: Snapshot, *, compact_to: int | None = None) -> None:
         self._require_initialized("save_snapshot")
-        self.commit_snapshot(self._write_snapshot_file(snapshot))
+        check_compact_to(snapshot.meta.index, compact_to)
+        self.commit_snapshot(self._write_snapshot_file(snapshot), compact_to=compact_to)
 
     def prepare_snapshot(self, snapshot: Snapshot) -> _SnapshotFile:
         """Write the snapshot file (rule 3) under a name no row refers to. Touches neither
@@ -337,12 +338,18 @@ class SQLiteLogStore:
         self._require_initialized("prepare_snapshot")
         return self._write_snapshot_file(snapshot, unique=True)
 
-    def commit_snapshot(self, prepared: object) -> None:
+    def commit_snapshot(self, prepared: object, *, compact_to: int | None = None) -> None:
         assert isinstance(prepared, _SnapshotFile), "commit_snapshot takes prepare_snapshot's"
         conn = self._connection()
         self._require_initialized("commit_snapshot")
         old = self._bounds
         index, term = prepared.meta.index, prepared.meta.term
+        try:
+            drop_to = check_compact_to(index, compact_to)
+        except StorageError:
+            with contextlib.suppress(OSError):
+                (self._snap_dir / prepared.name).unlink()
+            raise
         if index <= old.snap_index:
             # Already covered (a snapshot from the leader was stored meanwhile): the file
             # was never referenced, so it simply goes.
@@ -363,7 +370,7 @@ class SQLiteLogStore:
             new = _Bounds(index, term, index, term, old.commit)
         with self._transaction(_FULL, "save_snapshot"):
             self._replace_snapshot_row(conn, prepared)
-            conn.execute("DELETE FROM entries WHERE idx <= ?", (index,))
+            conn.execute("DELETE FROM entries WHERE idx <= ?", (drop_to,))
         self._bounds = new
         self._switch_snapshot_file(prepared.name)
 
@@ -641,6 +648,16 @@ class SQLiteLogStore:
 
     def _check_loaded_entries(self, snap: SnapshotMeta, rows: list[_Row]) -> tuple[Entry, ...]:
         prev_index, prev_term = snap.index, snap.term
+        if rows and rows[0][0] <= snap.index:
+            # Trailing entries kept before the snapshot (``compact_to``): they must run
+            # through the snapshot's index with its term.
+            at = snap.index - rows[0][0]
+            if at >= len(rows) or rows[at][1] != snap.term or rows[at][0] != snap.index:
+                raise StorageError(
+                    f"{self._db_path}: entries from index {rows[0][0]} before the snapshot at "
+                    f"{snap.index} (term {snap.term}) do not reach it with its term"
+                )
+            prev_index, prev_term = rows[0][0] - 1, rows[0][1]
         entries = []
         kinds = _KINDS
         for index, term, kind, data in rows:

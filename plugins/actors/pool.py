@@ -19,9 +19,9 @@ each peer an actor:
   responses over before appends and snapshot parts, and a full queue drops its oldest
   append to take a heartbeat, so a link saturated by a catching-up follower's appends
   still carries the heartbeats that keep its leader. While a dial is in flight, messages
-  queue (up to the bound) and go out once it succeeds; if it fails they are dropped and the peer reported.
-  While the task waits to redial after a failure, messages are dropped and reported at
-  once: stale queued messages are worse than none.
+  queue (up to the bound) and go out once it succeeds; if it fails they are dropped and
+  the peer reported. While the task waits to redial after a failure, messages are dropped
+  and reported at once: stale queued messages are worse than none.
 - **Supervised.** A crash of a peer's task (a bug: anything but the ``OSError`` of a failed
   dial or write, or cancellation) is logged with its traceback and the task restarted after
   an exponential backoff (``crash_backoff_min`` .. ``crash_backoff_max``, reset once a task

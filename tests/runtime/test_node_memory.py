@@ -225,7 +225,8 @@ async def test_with_circuit_breakers_a_restarted_follower_catches_up_at_once() -
 
 
 async def test_a_lagging_follower_catches_up_from_a_snapshot() -> None:
-    async with cluster(**{"raft.snapshot_threshold_entries": 20}) as c, c.client() as client:
+    settings = {"raft.snapshot_threshold_entries": 20, "raft.snapshot_trailing_entries": 0}
+    async with cluster(**settings) as c, c.client() as client:
         leader = await c.wait_leader()
         lagging = next(nid for nid in c.nodes if nid != leader)
         c.crash(lagging)

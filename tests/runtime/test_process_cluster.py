@@ -183,6 +183,7 @@ async def test_a_follower_catches_up_from_a_snapshot_larger_than_a_frame(tmp_pat
     settings = tmp_path / "small-frames.toml"
     settings.write_text(
         '[transport]\nmax_frame_size = "4KiB"\n[raft]\nsnapshot_threshold_entries = 50\n'
+        "snapshot_trailing_entries = 0\n"  # no trailing entries: the follower needs the snapshot
     )
     cluster = LocalCluster(
         tmp_path / "nodes", nodes=3, cluster_id="test", settings_files=[str(settings)]

@@ -370,3 +370,34 @@ def test_a_number_no_store_can_keep_is_refused_before_anything_is_written(
     with pytest.raises(StorageError, match=f"refusing to store {named} {TOO_LARGE}"):
         initialized.store.save_ready(sync=True, **arguments)  # type: ignore[arg-type]
     assert initialized.load_after_reopen() == before
+
+
+# --------------------------------------------------------------------------------------------
+# trailing entries (compact_to, issue #13)
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_snapshot_may_keep_trailing_entries_before_its_index(initialized: StoreUnderTest) -> None:
+    """save_snapshot/commit_snapshot: entries are dropped only up to ``compact_to``; ``load``
+    returns the rest, from before the snapshot's index on."""
+    append(initialized.store, entries(1, 5) + entries(6, 12, term=2), commit=12)
+    taken = snapshot(10, 2)
+    initialized.store.commit_snapshot(initialized.store.prepare_snapshot(taken), compact_to=7)
+    state = initialized.load_after_reopen()
+    assert state.snapshot == taken
+    assert state.entries == tuple(entries(8, 12, term=2))
+    append(initialized.store, entries(13, 14, term=3))
+    initialized.store.save_snapshot(snapshot(13, 3), compact_to=11)
+    state = initialized.load_after_reopen()
+    assert state.entries == tuple(entries(12, 12, term=2) + entries(13, 14, term=3))
+
+
+@pytest.mark.parametrize("compact_to", [-1, 11])
+def test_compact_to_outside_the_snapshot_is_refused_and_nothing_changes(
+    initialized: StoreUnderTest, compact_to: int
+) -> None:
+    append(initialized.store, entries(1, 12), commit=12)
+    before = initialized.load()
+    with pytest.raises(StorageError, match=f"compact_to={compact_to}: expected 0..10"):
+        initialized.store.save_snapshot(snapshot(10, 1), compact_to=compact_to)
+    assert initialized.load_after_reopen() == before

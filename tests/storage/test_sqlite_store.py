@@ -467,9 +467,14 @@ def test_a_damaged_snapshot_file_is_reported_naming_it(filled_dir: Path, case: s
 LOG_DAMAGE: dict[str, tuple[str, str]] = {
     "gap": ("DELETE FROM entries WHERE idx = 700", "not contiguous at index 701"),
     "first-entry-missing": ("DELETE FROM entries WHERE idx = 5", "not contiguous at index 6"),
-    "entry-at-snapshot": (
-        "INSERT INTO entries VALUES (4, 1, 0, x'00')",
-        "not contiguous at index 4: expected 5 after the snapshot index 4",
+    # Trailing entries before the snapshot (compact_to) must reach it with its term.
+    "trailing-entry-of-another-term": (
+        "INSERT INTO entries VALUES (4, 7, 0, x'00')",
+        "entries from index 4 before the snapshot at 4 .term 1. do not reach it with its term",
+    ),
+    "trailing-entries-with-a-gap": (
+        "INSERT INTO entries VALUES (2, 1, 0, x'00')",
+        "entries from index 2 before the snapshot at 4 .term 1. do not reach it",
     ),
     "term-backwards": ("UPDATE entries SET term = 0 WHERE idx = 900", "backwards at index 900"),
     "term-below-snapshot": ("UPDATE snapshot SET term = 2", "backwards at index 5"),
