@@ -201,21 +201,22 @@ async def _measure(
     started = time.perf_counter()
     async with anyio.create_task_group() as tg:
         tg.start_soon(sampler.run)
-        tg.start_soon(player.play, started)
-        result = await run_workload(
-            cluster,
-            clients=options.clients,
-            connections=options.connections,
-            seconds=options.seconds,
-            payload=options.payload,
-            kill_leader_after=kill_at,
-            overload=overload,
-        )
-        sampler.sample()
+        async with anyio.create_task_group() as run:
+            run.start_soon(player.play, started)
+            result = await run_workload(
+                cluster,
+                clients=options.clients,
+                connections=options.connections,
+                seconds=options.seconds,
+                payload=options.payload,
+                kill_leader_after=kill_at,
+                overload=overload,
+            )
+            sampler.sample()
         tg.cancel_scope.cancel()
     elapsed = time.perf_counter() - started
     node_cpu = sampler.owned_cpu_seconds()
-    player.undo()
+    await player.undo()
     if result.killed_leader:
         player.played.append(
             {"at": kill_at, "action": "kill", "target": "leader", "node": result.killed_leader}

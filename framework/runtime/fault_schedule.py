@@ -190,6 +190,7 @@ class FaultPlayer:
     """Nodes the schedule left down (restart them before reading back)."""
     _stuck: dict[int, StuckListener] = field(default_factory=dict)
     _targets: dict[str, int] = field(default_factory=dict)
+    _chaos_on: set[int] = field(default_factory=set)
 
     def _resolve(self, target: str) -> int:
         if target not in self._targets:
@@ -199,6 +200,8 @@ class FaultPlayer:
         return self._targets[target]
 
     async def play(self, started: float) -> None:
+        """Every event at its time, all of them even when the workload ends first (a loaded
+        machine makes the flag changes late): both sides play the whole schedule."""
         for event in self.schedule.events:
             if event.target in ("leader", "cluster"):
                 continue
@@ -234,15 +237,24 @@ class FaultPlayer:
                 if action == "chaos-on"
                 else False
             )
-            async with cluster.client(timeout=10.0) as client:
-                await client.flags(
-                    "set", assignments={"chaos": value}, reason=f"compare: {action}"
-                )
+            await self._chaos(value, action)
+            if action == "chaos-on":
+                self._chaos_on.add(node)
+            else:
+                self._chaos_on.discard(node)
         else:  # pragma: no cover - plan_faults makes only the actions above
             raise ValueError(f"unknown fault action {action!r}")
 
-    def undo(self) -> None:
-        """After the workload: close any stuck listener and restart what is down."""
+    async def _chaos(self, value: bool | Rollout, why: str) -> None:
+        async with self.cluster.client(timeout=10.0) as client:
+            await client.flags("set", assignments={"chaos": value}, reason=f"compare: {why}")
+
+    async def undo(self) -> None:
+        """After the schedule: chaos off, stuck listeners closed, stopped nodes continued,
+        killed ones restarted (the read-back needs every node)."""
+        if self._chaos_on:
+            await self._chaos(False, "undo")
+            self._chaos_on.clear()
         for node, listener in list(self._stuck.items()):
             listener.close()
             self.cluster.start(node)

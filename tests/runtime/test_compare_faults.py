@@ -160,7 +160,7 @@ async def test_a_stuck_peer_holds_the_port_accepting_and_never_reading() -> None
         conn.sendall(b"hello")  # the kernel accepts it; nobody reads or answers
         with pytest.raises(TimeoutError):
             conn.recv(1)
-    player.undo()  # the listener goes and the node comes back on its port
+    await player.undo()  # the listener goes and the node comes back on its port
     assert cluster.did == [("kill", 3, None), ("start", 3, None)]
     with pytest.raises(OSError):
         socket.create_connection((host, int(port)), timeout=1).close()
