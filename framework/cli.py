@@ -917,11 +917,13 @@ def _compare_cluster(
 ) -> None:
     """``compare --live`` / ``--shadow``: against a running cluster."""
     from framework.config import SettingsError, parse_duration
-    from framework.runtime.compare_live import LiveOptions, parse_cohort, run_live, run_shadow
+    from framework.runtime.compare_live import LiveError, LiveOptions, parse_cohort, run_live
 
     if not peers:
         raise click.UsageError("--live and --shadow need the cluster: --peers 1=HOST:PORT,...")
     if shadow:
+        from framework.runtime.shadow_report import run_shadow
+
         report = run_shadow(peers, credentials=credentials, progress=not as_json)
     else:
         if not flags or not cohort:
@@ -934,15 +936,18 @@ def _compare_cluster(
             raise click.BadParameter(str(exc), param_hint="--window") from None
         try:
             options = LiveOptions(
-                flags=_check_flags("--flag", flags),
+                flags=dict(map(_parse_flag, _check_flags("--flag", flags))),
                 cohort=parse_cohort(cohort),
                 window=seconds,
                 keep=keep,
                 seed=seed,
             )
         except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--cohort/--window") from None
-        report = run_live(peers, options, credentials=credentials, progress=not as_json)
+            raise click.BadParameter(str(exc), param_hint="--flag/--cohort/--window") from None
+        try:
+            report = run_live(peers, options, credentials=credentials, progress=not as_json)
+        except (LiveError, RaftError) as exc:
+            raise click.ClickException(f"compare --live: {exc}") from None
     if as_json:
         click.echo(json.dumps(report, indent=2))
 

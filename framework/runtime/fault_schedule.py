@@ -130,7 +130,9 @@ def plan_faults(
     if not (seconds > 0 and overload_rate > 0):
         raise ValueError(f"seconds={seconds!r}, overload_rate={overload_rate!r}: expected > 0")
     if fault != "none" and fault != "overload" and nodes < 3:
-        raise ValueError(f"fault {fault} needs at least 3 nodes (a quorum survives it); got {nodes}")
+        raise ValueError(
+            f"fault {fault} needs at least 3 nodes (a quorum survives it); got {nodes}"
+        )
     third = seconds / 3
     who = f"follower[{random.Random(seed).randrange(max(1, nodes - 1))}]"
     pairs: dict[Fault, tuple[FaultEvent, ...]] = {
