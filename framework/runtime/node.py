@@ -90,6 +90,7 @@ from framework.runtime.node_health import NodeHealth
 from framework.runtime.node_services import NodeServices
 from framework.runtime.pending import Deadlines, Waiter
 from framework.runtime.redirect import redirect_target
+from framework.runtime.shadow import shadow_status
 from framework.runtime.snapshots import (
     SNAPSHOT_VERSION,
     BadNodeSnapshot,
@@ -1054,6 +1055,7 @@ class RaftNode:
                 modes=[name for name, ev in self.flags.current.items() if ev.value],
             ),
             "services": self.services.status(),
+            "shadow": shadow_status(c.running()),
         }
 
     def _flag_table(self) -> dict[str, dict[str, Any]]:
