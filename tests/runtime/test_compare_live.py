@@ -1,12 +1,14 @@
 """``raftmw compare --live`` on a real process cluster under writes: the cohort switches by
 one node-targeted flag entry, both cohorts are measured over the same window from the
 nodes' own metrics, and the flags go back to what the cluster had (or stay, with --keep).
-The pure parts (cohort syntax, the change, what restoring means) are table tests."""
+The pure parts (cohort syntax, the change, what restoring means) are table tests. On the
+same cluster: shadow mode switched on cluster-wide under writes is counted on every node
+and shown by ``compare --shadow``, and no client sees an error."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -72,9 +74,10 @@ def test_restoring_puts_back_the_last_cluster_value_or_unsets() -> None:
         restore_values(["circuit_breaker"], page)
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    local = LocalCluster(tmp_path, nodes=3, cluster_id="live")
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """One cluster for the module's tests (each leaves the others' flags alone)."""
+    local = LocalCluster(tmp_path_factory.mktemp("live"), nodes=3, cluster_id="live")
     local.start_all()
     try:
         anyio.run(local.wait_serving)
@@ -158,3 +161,43 @@ def test_a_cohort_that_is_the_whole_cluster_or_not_in_it_is_refused(
     assert stranger.exit_code == 1 and "[7] are not voters" in stranger.output
     bare = runner.invoke(main, ["compare", "--live", "--cohort", "2"])
     assert bare.exit_code == 2 and "--flag NAME=VALUE" in bare.output
+
+
+def test_shadow_mode_on_a_running_cluster_is_counted_and_changes_nothing_clients_see(
+    cluster: LocalCluster,
+) -> None:
+    async def scenario() -> tuple[int, dict[str, int]]:
+        async with cluster.client(timeout=10.0) as client:
+            await client.flags("set", assignments={"shadow": True}, reason="test: shadow")
+            errors: dict[str, int] = {}
+            done = 0
+            with anyio.fail_after(60):
+                for n in range(200):
+                    try:
+                        await client.put(f"s{n}", "v")
+                        done += 1
+                    except RaftError as exc:
+                        errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                for n in range(0, 200, 37):
+                    assert await client.get(f"s{n}") == "v"
+            return done, errors
+
+    done, errors = anyio.run(scenario)
+    assert (done, errors) == (200, {})
+    result = CliRunner(env=cluster.environment()).invoke(main, ["compare", "--shadow", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert set(report["nodes"]) == {"1", "2", "3"}
+    for node in report["nodes"].values():
+        shadow = node["shadow"]
+        assert {"timeouts", "send_guard", "queue:inbox", "queue:proposals"} <= set(shadow)
+        inbox = shadow["queue:inbox"]["decisions"]["admit:inbox"]
+        assert inbox["agree"] > 0  # every peer message was offered to both queues
+    text = CliRunner(env=cluster.environment()).invoke(main, ["compare", "--shadow"])
+    assert text.exit_code == 0 and "admit:inbox" in text.output
+    anyio.run(_unset_shadow, cluster)
+
+
+async def _unset_shadow(cluster: LocalCluster) -> None:
+    async with cluster.client(timeout=10.0) as client:
+        await client.flags("unset", names=["shadow"], reason="test: shadow off")
