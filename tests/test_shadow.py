@@ -182,3 +182,36 @@ async def test_shadow_switches_on_and_off_like_any_flag_and_keeps_the_queue() ->
         assert components.proposals.drain() == ["w1", "w2"]  # nothing lost either way
         assert shadow_status(components.running()) == {}
         tg.cancel_scope.cancel()
+
+
+async def test_the_counts_reach_opentelemetry_by_seam_kind_and_outcome() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    components = Components(
+        PluginHost(),
+        node_id=4,
+        settings=load_settings(overrides={"performance.backpressure.max_pending": 2}),
+        on_shed=lambda q, item: None,
+        meter_provider=provider,
+    )
+    async with anyio.create_task_group() as tg:
+        await components.start(tg, flags(shadow=True, **FLAGS_OFF))
+        for n in range(5):
+            components.proposals.put_nowait(n, Priority.NORMAL)
+        data = reader.get_metrics_data()
+        tg.cancel_scope.cancel()
+    points = {
+        (p.attributes["seam"], p.attributes["kind"], p.attributes["outcome"]): p.value
+        for resource in data.resource_metrics
+        for scope in resource.scope_metrics
+        for metric in scope.metrics
+        if metric.name == "raftmw.shadow.decisions"
+        for p in metric.data.data_points
+        if p.attributes["raftmw.node_id"] == 4
+    }
+    agreed = points[("queue:proposals", "admit:proposals", "agree")]
+    refused = points[("queue:proposals", "admit:proposals", "mismatch")]
+    assert agreed >= 2 and refused >= 1 and agreed + refused == 5

@@ -85,8 +85,11 @@ class Components:
         settings: Any,
         on_shed: Callable[[str, Any], None],
         transport: object = None,
+        meter_provider: Any = None,
     ) -> None:
         self.host = host
+        self.meter_provider = meter_provider
+        """Where shadow mode's counts are reported (None: the global provider)."""
         self.node_id = node_id
         self.settings = settings
         self._on_shed = on_shed
@@ -174,7 +177,8 @@ class Components:
             kwargs = {"name": name, "on_shed": lambda item: None}
         ctx = BuildContext(node_id=self.node_id, settings=self.settings, flags=on)
         new, new_plugin = self.host.build(seam, ctx, **kwargs)
-        return shadow.wrap(seam, name, component, new, self.node_id), f"{plugin}+shadow:{new_plugin}"
+        wrapper = shadow.wrap(seam, name, component, new, self.node_id, self.meter_provider)
+        return wrapper, f"{plugin}+shadow:{new_plugin}"
 
     def _installed(self, slot: str, component: Any) -> None:
         """``component`` now fills ``slot``: tell whoever uses it directly."""

@@ -183,6 +183,7 @@ class RaftNode:
             settings=self.settings,
             on_shed=self._on_shed,
             transport=transport,
+            meter_provider=meter_provider,
         )
         self._flags_changed = False
         self._down_peers: set[int] = set()

@@ -29,13 +29,16 @@ attributes ``seam``, ``kind``, ``outcome``) and in ``raftmw compare --shadow``.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 
 import anyio
 from anyio.abc import TaskStatus
 from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
 from framework.seams import LockStats, Priority, QueueFull
 
@@ -61,11 +64,47 @@ _TIMEOUT_TOLERANCE: Final = 0.10
 _MAX_KINDS: Final = 64
 """Decision kinds per node (operations come from the runtime, but stay bounded anyway)."""
 
-_decisions = metrics.get_meter("raftmw").create_counter(
-    "raftmw.shadow.decisions",
-    description="Decisions computed twice in shadow mode, by seam, kind and outcome "
-    "(agree, mismatch, error)",
+_TALLIES: weakref.WeakKeyDictionary[object, weakref.WeakSet[ShadowTally]] = (
+    weakref.WeakKeyDictionary()
 )
+_TALLIES_LOCK = threading.Lock()
+
+
+def _report_to(provider: MeterProvider | None, tally: ShadowTally) -> None:
+    """Count ``tally`` in ``provider``'s ``raftmw.shadow.decisions`` (made once per
+    provider; None: the global one). Read at export: counting a decision costs an
+    increment and nothing of OpenTelemetry's."""
+    key = metrics.get_meter_provider() if provider is None else provider
+    with _TALLIES_LOCK:
+        tallies = _TALLIES.get(key)
+        if tallies is None:
+            tallies = _TALLIES[key] = weakref.WeakSet()
+            meter = metrics.get_meter("raftmw", meter_provider=provider)
+            meter.create_observable_counter(
+                "raftmw.shadow.decisions",
+                callbacks=[_observer(tallies)],
+                description="Decisions computed twice in shadow mode, by seam, kind and "
+                "outcome (agree, mismatch, error)",
+            )
+        tallies.add(tally)
+
+
+def _observer(
+    tallies: weakref.WeakSet[ShadowTally],
+) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def observe(_options: CallbackOptions) -> Iterable[Observation]:
+        for tally in list(tallies):
+            for kind, counts in list(tally.counts.items()):
+                for outcome, n in zip(("agree", "mismatch", "error"), counts, strict=True):
+                    attributes = {
+                        "raftmw.node_id": tally.node_id,
+                        "seam": tally.seam,
+                        "kind": kind,
+                        "outcome": outcome,
+                    }
+                    yield Observation(n, attributes)
+
+    return observe
 
 
 def shadow_pair(seam: str, flags: Mapping[str, Any]) -> str | None:
@@ -94,15 +133,6 @@ class ShadowTally:
                 kind = "other"
             counts = self.counts.setdefault(kind, [0, 0, 0])
         counts[outcome] += 1
-        _decisions.add(
-            1,
-            {
-                "raftmw.node": self.node_id,
-                "seam": self.seam,
-                "kind": kind,
-                "outcome": ("agree", "mismatch", "error")[outcome],
-            },
-        )
 
     def agree(self, kind: str) -> None:
         self._count(kind, 0)
@@ -255,10 +285,19 @@ class ShadowQueue(_Shadowed):
         return self.legacy.stats()
 
 
-def wrap(seam: str, name: str, legacy: Any, new: Any, node_id: int) -> Any:
-    """The shadow wrapper of ``seam`` (``name``: the queue's) around two built components."""
+def wrap(
+    seam: str,
+    name: str,
+    legacy: Any,
+    new: Any,
+    node_id: int,
+    meter_provider: MeterProvider | None = None,
+) -> Any:
+    """The shadow wrapper of ``seam`` (``name``: the queue's) around two built components,
+    its counts reported to ``meter_provider``."""
     label = f"{seam}:{name}" if name else seam
     tally = ShadowTally(node_id, label)
+    _report_to(meter_provider, tally)
     if seam == "timeouts":
         return ShadowTimeouts(legacy, new, tally)
     if seam == "send_guard":
