@@ -155,6 +155,11 @@ def compare_samples(
             difference=None, ci=None, verdict="no data",
         )  # fmt: skip
     difference = _ratio(xs, ys)
+    if len(set(xs + ys)) == 1:
+        return SampleComparison(
+            median_a=median_a, median_b=median_b, spread_a=spread_a, spread_b=spread_b,
+            difference=0.0, ci=None, verdict=f"the same in every run ({xs[0]:g})",
+        )  # fmt: skip
     if difference is None:
         verdict = "A is 0: no relative difference"
         return SampleComparison(

@@ -101,14 +101,19 @@ def test_too_few_runs_give_no_interval_and_say_how_many_are_needed() -> None:
 def test_runs_without_a_value_are_left_out_and_none_at_all_is_no_data() -> None:
     spec = MetricSpec(key="failover_ms", label="failover", better="lower", words=("a", "b"))
     assert compare_samples([None, None], [None], spec).verdict == "no data"
-    result = compare_samples([5.0, None, 5.0, 5.0], [5.0, 5.0, 5.0], spec)
+    result = compare_samples([5.0, None, 5.0, 5.0], [5.0, 5.0, 5.1], spec)
     assert result.median_a == 5.0 and result.spread_a == (5.0, 5.0)
     assert result.difference == 0.0
     assert result.verdict == "no difference detectable at this noise"
 
 
+def test_identical_figures_in_every_run_say_so() -> None:
+    spec = next(m for m in METRICS if m.key == "term_changes")
+    result = compare_samples([0, 0, 0], [0, 0, 0], spec)
+    assert (result.difference, result.verdict) == (0.0, "the same in every run (0)")
+
+
 def test_a_zero_reference_has_no_relative_difference() -> None:
     spec = next(m for m in METRICS if m.key == "client_error_count")
-    assert compare_samples([0, 0, 0], [0, 0, 0], spec).difference == 0.0
     result = compare_samples([0, 0, 0], [3, 4, 5], spec)
     assert result.difference is None and "A is 0" in result.verdict
