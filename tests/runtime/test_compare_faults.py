@@ -7,6 +7,7 @@ import socket
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -164,3 +165,58 @@ async def test_a_stuck_peer_holds_the_port_accepting_and_never_reading() -> None
     assert cluster.did == [("kill", 3, None), ("start", 3, None)]
     with pytest.raises(OSError):
         socket.create_connection((host, int(port)), timeout=1).close()
+
+
+class SlowKV:
+    """A client whose writes all wait for one gate: the open-loop writes pile up."""
+
+    def __init__(self, gate: anyio.Event, peak: list[int]) -> None:
+        self.gate = gate
+        self.peak = peak
+        self.in_flight = 0
+
+    async def __aenter__(self) -> SlowKV:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def put(self, key: str, value: str) -> None:
+        self.in_flight += 1
+        self.peak[0] = max(self.peak[0], self.in_flight)
+        try:
+            await self.gate.wait()
+        finally:
+            self.in_flight -= 1
+
+
+@pytest.mark.anyio
+async def test_overload_arrivals_are_open_loop_bounded_and_their_recovery_measured() -> None:
+    from framework.runtime.workload import Overload, run_workload
+
+    gate = anyio.Event()
+    peak = [0]
+    kv = SlowKV(gate, peak)
+    cluster = SimpleNamespace(nodes={}, client=lambda **_: kv)
+
+    async def release_later() -> None:
+        await anyio.sleep(0.6)
+        gate.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(release_later)
+        with anyio.fail_after(30):
+            result = await run_workload(
+                cluster,  # type: ignore[arg-type]
+                clients=1,
+                seconds=0.3,
+                payload=1,
+                overload=Overload(start=0.0, seconds=0.3, rate=1000, max_in_flight=20),
+            )
+    # arrivals kept coming while nothing was answered (open loop), bounded by the cap
+    assert result.overload_started > 20 and result.overload_shed > 0
+    assert peak[0] <= 20 + 1  # the cap, plus the one closed-loop writer
+    assert result.overload_started - result.overload_shed == len(
+        [k for k in result.acknowledged if k.startswith("o-")]
+    )  # every admitted open-loop write settled and was acknowledged
+    assert result.recovery_seconds is not None  # measured once the last one settled
