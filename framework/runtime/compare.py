@@ -259,11 +259,12 @@ def _summary(
     return {
         "acknowledged_writes": result.ops,
         "ops_per_second": round(result.throughput, 1),
+        # no acknowledged write: no latency (not 0 ms, which would pull a median down)
         "latency_ms": {
-            "p50": round(percentile(lat, 0.5) * 1e3, 3),
-            "p99": round(percentile(lat, 0.99) * 1e3, 3),
-            "p999": round(percentile(lat, 0.999) * 1e3, 3),
-            "max": round(max(lat, default=0.0) * 1e3, 3),
+            "p50": round(percentile(lat, 0.5) * 1e3, 3) if lat else None,
+            "p99": round(percentile(lat, 0.99) * 1e3, 3) if lat else None,
+            "p999": round(percentile(lat, 0.999) * 1e3, 3) if lat else None,
+            "max": round(max(lat) * 1e3, 3) if lat else None,
         },
         "client_errors": dict(result.errors),
         "client_error_count": sum(result.errors.values()),

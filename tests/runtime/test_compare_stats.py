@@ -117,3 +117,16 @@ def test_a_zero_reference_has_no_relative_difference() -> None:
     spec = next(m for m in METRICS if m.key == "client_error_count")
     result = compare_samples([0, 0, 0], [3, 4, 5], spec)
     assert result.difference is None and "A is 0" in result.verdict
+
+
+def test_a_run_without_an_acknowledged_write_has_no_latency_rather_than_zero() -> None:
+    from framework.runtime.compare import _summary, summary_value
+    from framework.runtime.workload import WorkloadResult
+
+    empty = _summary(WorkloadResult(seconds=2.0, errors={"Timeout": 3}), 2.0, 1, [0, 0], None)
+    assert empty["latency_ms"] == {"p50": None, "p99": None, "p999": None, "max": None}
+    assert summary_value(empty, "latency_ms.p99") is None
+    assert (summary_value(empty, "ops_per_second"), empty["client_error_count"]) == (0.0, 3)
+    some = _summary(WorkloadResult(seconds=1.0, latencies=[0.001, 0.003]), 1.0, 0, [2, 2], 0.5)
+    assert summary_value(some, "latency_ms.max") == 3.0
+    assert summary_value(some, "cpu_seconds_per_1000_writes") == 250.0
