@@ -365,9 +365,7 @@ def _client(members: dict[int, str], timeout: float, credentials: ClientCredenti
     # [client] settings (attempt_timeout, retry_backoff) from ./settings.toml and RAFTMW_*.
     settings = _settings("default", (), ())
     try:
-        return KVClient.from_settings(
-            members, settings, timeout=timeout, credentials=credentials
-        )
+        return KVClient.from_settings(members, settings, timeout=timeout, credentials=credentials)
     except TlsError as exc:
         raise click.UsageError(str(exc)) from None
 

@@ -44,6 +44,7 @@ __all__ = [
     "node_values",
 ]
 
+
 def cohort_value(
     values: Mapping[int, Mapping[str, float | None]], nodes: Collection[int], metric: str
 ) -> float | None:

@@ -33,7 +33,9 @@ def anyio_backend() -> str:
 
 def flags(**values: bool) -> dict[str, Evaluation]:
     return {
-        name: Evaluation(flag=name, value=value, reason=Reason.STATIC, source=Source.CLUSTER, detail="")
+        name: Evaluation(
+            flag=name, value=value, reason=Reason.STATIC, source=Source.CLUSTER, detail=""
+        )
         for name, value in values.items()
     }
 
@@ -104,7 +106,9 @@ async def test_shadow_components_count_what_the_new_ones_would_have_decided() ->
     send = status["send_guard"]["decisions"]["send"]
     assert send == {"agree": 1, "mismatch": 1, "error": 0}
     assert status["send_guard"]["mismatch_samples"][0] == {
-        "kind": "send", "legacy": "2/2 to 2", "new": "1/2"
+        "kind": "send",
+        "legacy": "2/2 to 2",
+        "new": "1/2",
     }
     timeout = status["timeouts"]["decisions"]["timeout:raft_message"]
     assert timeout["agree"] >= 1  # before it learnt anything: both say base_timeout
@@ -113,7 +117,9 @@ async def test_shadow_components_count_what_the_new_ones_would_have_decided() ->
 
 def _append(dst: int, index: int) -> AppendEntries:
     entry = Entry(term=1, index=index, data=b"x")
-    return AppendEntries(src=1, dst=dst, term=1, prev_index=index - 1, prev_term=1, entries=(entry,))
+    return AppendEntries(
+        src=1, dst=dst, term=1, prev_index=index - 1, prev_term=1, entries=(entry,)
+    )
 
 
 class Broken:

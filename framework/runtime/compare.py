@@ -10,7 +10,7 @@ the same seeded workload (writers, clients, payload, duration), then undoes the 
 stopped follower continued, a killed node restarted) and reads back a sample of the
 acknowledged writes, so a mode that is faster because it lost writes shows up as such.
 
-Per metric the report gives each side's median and spread (min–max over its runs), the
+Per metric the report gives each side's median and spread (min-max over its runs), the
 relative difference of the medians with a 95 % bootstrap interval, and a verdict in words
 (`comparison_stats.compare_samples`). Each run's raw figures, the faults it played and
 how busy the machine was meanwhile (`machine_load`) stay in the JSON report; busy runs are
@@ -303,8 +303,8 @@ def _print(console: Console, report: dict[str, Any]) -> None:
         f"fault {o['fault']}, {o['seconds']:g}s a run"
     )
     table.add_column("measure")
-    table.add_column(f"A: {a['mode']}\nmedian (min–max)", justify="right")
-    table.add_column(f"B: {b['mode']}\nmedian (min–max)", justify="right")
+    table.add_column(f"A: {a['mode']}\nmedian (min-max)", justify="right")
+    table.add_column(f"B: {b['mode']}\nmedian (min-max)", justify="right")
     table.add_column("B vs A\n(95 % CI)", justify="right")
     table.add_column("verdict")
     specs = {s.key: s for s in METRICS}
@@ -316,7 +316,7 @@ def _print(console: Console, report: dict[str, Any]) -> None:
                 return "-"
             text = _fmt(median, fmt)
             if spread and len(runs) > 2:
-                text += f" ({_fmt(spread[0], fmt)}–{_fmt(spread[1], fmt)})"
+                text += f" ({_fmt(spread[0], fmt)}-{_fmt(spread[1], fmt)})"
             return text
 
         diff = stats["difference"]

@@ -19,6 +19,7 @@ a live comparison refuses to start during one.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -111,9 +112,7 @@ def parse_cohort(text: str) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
-def cohort_change(
-    flags: Mapping[str, bool], cohort: Sequence[int]
-) -> dict[str, bool | Rollout]:
+def cohort_change(flags: Mapping[str, bool], cohort: Sequence[int]) -> dict[str, bool | Rollout]:
     """The flag values that put exactly ``cohort`` on the mode (one log entry)."""
     return {
         name: Rollout(enabled=True, percent=0.0, include=tuple(cohort))
@@ -240,10 +239,8 @@ async def _pages(client: KVClient, nodes: Sequence[int]) -> dict[int, dict[str, 
     pages: dict[int, dict[str, Any]] = {}
 
     async def one(node: int) -> None:
-        try:
+        with contextlib.suppress(RaftError):  # a node that does not answer has no page
             pages[node] = await client.status(node)
-        except RaftError:
-            pass
 
     async with anyio.create_task_group() as tg:
         for node in nodes:
@@ -313,15 +310,15 @@ def print_live(console: Console, report: Mapping[str, Any]) -> None:
         f"{report['window_seconds']:g}s in {report['slices']} slices (leader {leader}: {where})"
     )
     table.add_column("measure (per node, per slice)")
-    table.add_column("rest: median (min–max)", justify="right")
-    table.add_column("cohort: median (min–max)", justify="right")
+    table.add_column("rest: median (min-max)", justify="right")
+    table.add_column("cohort: median (min-max)", justify="right")
     table.add_column("cohort vs rest (95 % CI)", justify="right")
     table.add_column("verdict")
 
     def cell(median: float | None, spread: list[float] | None) -> str:
         if median is None:
             return "-"
-        return f"{median:.2f}" + (f" ({spread[0]:.2f}–{spread[1]:.2f})" if spread else "")
+        return f"{median:.2f}" + (f" ({spread[0]:.2f}-{spread[1]:.2f})" if spread else "")
 
     for stats in report["metrics"].values():
         diff, ci = stats["difference"], stats["ci95"]

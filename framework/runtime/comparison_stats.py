@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 __all__ = [
-    "MIN_RUNS",
     "METRICS",
+    "MIN_RUNS",
     "MetricSpec",
     "SampleComparison",
     "compare_samples",
@@ -201,4 +201,4 @@ def _verdict(
     better = up == (spec.better == "higher")
     word = spec.words[0] if better else spec.words[1]
     low, high = sorted(abs(x) * 100 for x in ci)
-    return f"{name_b} {word} by {abs(difference) * 100:.0f} % (CI {low:.0f}–{high:.0f} %)"
+    return f"{name_b} {word} by {abs(difference) * 100:.0f} % (CI {low:.0f}-{high:.0f} %)"

@@ -263,10 +263,10 @@ class FaultPlayer:
         self._stuck.clear()
         for node in sorted(self.down):
             self.cluster.start(node)
-        for node in self.cluster.nodes.values():
-            if node.process is not None:
+        for process in self.cluster.nodes.values():
+            if process.process is not None:
                 with contextlib.suppress(ProcessLookupError):
-                    node.process.send_signal(signal.SIGCONT)
+                    process.process.send_signal(signal.SIGCONT)
 
 
 async def _listen_when_free(address: str) -> StuckListener:

@@ -96,7 +96,7 @@ def _observer(
         for tally in list(tallies):
             for kind, counts in list(tally.counts.items()):
                 for outcome, n in zip(("agree", "mismatch", "error"), counts, strict=True):
-                    attributes = {
+                    attributes: dict[str, str | int] = {
                         "raftmw.node_id": tally.node_id,
                         "seam": tally.seam,
                         "kind": kind,

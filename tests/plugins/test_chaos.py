@@ -225,7 +225,7 @@ async def test_jitter_delays_each_batch_differently_and_keeps_the_order() -> Non
 
 
 def test_isolate_and_jitter_settings_are_checked() -> None:
-    with pytest.raises(SettingsError, match="plugin.chaos.isolate"):
+    with pytest.raises(SettingsError, match=r"plugin\.chaos\.isolate"):
         ChaosConfig.from_table({"isolate": "yes"})
     config = ChaosConfig.from_table({"send_jitter": "20ms", "isolate": True})
     assert (config.send_jitter, config.isolate, config.wraps_transport) == (0.02, True, True)

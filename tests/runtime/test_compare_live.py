@@ -45,7 +45,7 @@ def test_cohort_syntax(text: str, ok: tuple[int, ...] | None) -> None:
 def test_options_refuse_rollout_values_and_silly_windows() -> None:
     with pytest.raises(ValueError, match="NAME=on"):
         LiveOptions(flags={"actors": Rollout(percent=50)}, cohort=(2,), window=5)  # type: ignore[dict-item]
-    with pytest.raises(ValueError, match="window=0.1s"):
+    with pytest.raises(ValueError, match=r"window=0\.1s"):
         LiveOptions(flags={"actors": True}, cohort=(2,), window=0.1)
 
 
@@ -102,9 +102,7 @@ async def _live_under_writes(cluster: LocalCluster, options: LiveOptions) -> dic
     async with anyio.create_task_group() as tg:
         tg.start_soon(_writes, cluster, stop)
         with anyio.fail_after(120):
-            report = await compare_live._live(
-                cluster.peers, options, cluster.credentials, False
-            )
+            report = await compare_live._live(cluster.peers, options, cluster.credentials, False)
         stop.set()
     return report
 
@@ -112,7 +110,9 @@ async def _live_under_writes(cluster: LocalCluster, options: LiveOptions) -> dic
 async def _modes(cluster: LocalCluster) -> dict[int, tuple[bool, str]]:
     async with cluster.client(timeout=10.0) as client:
         pages = {n: await client.status(n) for n in cluster.nodes}
-    return {n: (p["flags"]["actors"]["value"], p["flags"]["actors"]["source"]) for n, p in pages.items()}
+    return {
+        n: (p["flags"]["actors"]["value"], p["flags"]["actors"]["source"]) for n, p in pages.items()
+    }
 
 
 def test_a_cohort_switches_is_measured_beside_the_rest_and_is_put_back(
@@ -142,7 +142,8 @@ def test_a_cohort_switches_is_measured_beside_the_rest_and_is_put_back(
                            "log_index": restore["log_index"]}  # fmt: skip
 
         kept = await _live_under_writes(
-            cluster, LiveOptions(flags={"actors": True}, cohort=(3,), window=1.0, slices=1, keep=True)
+            cluster,
+            LiveOptions(flags={"actors": True}, cohort=(3,), window=1.0, slices=1, keep=True),
         )
         assert kept["kept"] and not kept["restored"]
         modes = await _modes(cluster)
