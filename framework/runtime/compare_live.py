@@ -250,12 +250,18 @@ async def _pages(client: KVClient, nodes: Sequence[int]) -> dict[int, dict[str, 
 
 async def _settled(client: KVClient, voters: Sequence[int], options: LiveOptions) -> None:
     """Until every voter evaluates every flag as its cohort should."""
-    with anyio.fail_after(_SETTLE):
-        while True:
+    lagging: list[int] = list(voters)
+    with anyio.move_on_after(_SETTLE):
+        while lagging:
             pages = await _pages(client, voters)
-            if all(n in pages and _in_mode(pages[n], n, options) for n in voters):
-                return
-            await anyio.sleep(0.2)
+            lagging = [n for n in voters if n not in pages or not _in_mode(pages[n], n, options)]
+            if lagging:
+                await anyio.sleep(0.2)
+    if lagging:
+        raise LiveError(
+            f"nodes {lagging} did not report the cohort's mode within {_SETTLE:g}s "
+            "(the flags are being put back)"
+        )
 
 
 def _in_mode(page: Mapping[str, Any], node: int, options: LiveOptions) -> bool:
