@@ -20,6 +20,7 @@ from framework.client import KVClient, parse_peers
 from framework.config import Settings, SettingsError, load_settings, settings_to_toml
 from framework.errors import RaftError
 from framework.runtime.eventloop import run_async
+from framework.runtime.fault_schedule import FAULTS as _COMPARE_FAULTS
 from framework.tls_cli import tls_group
 from framework.transport.tls import TlsError
 
@@ -343,9 +344,7 @@ def _client(members: dict[int, str], timeout: float, credentials: ClientCredenti
     # [client] settings (attempt_timeout, retry_backoff) from ./settings.toml and RAFTMW_*.
     settings = _settings("default", (), ())
     try:
-        return KVClient.from_settings(
-            members, settings, timeout=timeout, credentials=credentials
-        )
+        return KVClient.from_settings(members, settings, timeout=timeout, credentials=credentials)
     except TlsError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -720,15 +719,44 @@ def bench(
 @main.command()
 @click.option("--a-flag", "a_flags", multiple=True, help="A flag of mode A (NAME=VALUE; repeat).")
 @click.option("--b-flag", "b_flags", multiple=True, help="A flag of mode B (NAME=VALUE; repeat).")
+@click.option("--a-profile", default=None, help="Mode A's settings profile.")
+@click.option("--b-profile", default=None, help="Mode B's settings profile.")
+@click.option(
+    "--a-settings",
+    "a_settings",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A settings file of mode A (repeat).",
+)
+@click.option(
+    "--b-settings",
+    "b_settings",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A settings file of mode B (repeat).",
+)
 @click.option("--a-name", default="A", show_default=True, help="A label for mode A.")
 @click.option("--b-name", default="B", show_default=True, help="A label for mode B.")
 @click.option(
     "--fault",
-    type=click.Choice(["none", "kill-leader", "stop-follower"]),
+    type=click.Choice(list(_COMPARE_FAULTS)),
     default="stop-follower",
     show_default=True,
-    help="What happens during each run: nothing, a SIGKILLed leader half-way, or a "
-    "follower SIGSTOPped for the middle third.",
+    help="What happens during each run, the same schedule on both sides (see README).",
+)
+@click.option(
+    "--repeat",
+    type=click.IntRange(1, 1000),
+    default=1,
+    show_default=True,
+    help="Runs of each mode, interleaved ABBA; 3 or more give confidence intervals.",
+)
+@click.option(
+    "--overload-rate",
+    type=click.FloatRange(min=1.0, max=1_000_000.0),
+    default=20_000.0,
+    show_default=True,
+    help="Open-loop writes/s during --fault overload.",
 )
 @click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
 @click.option("--clients", type=click.IntRange(min=1), default=64, show_default=True)
@@ -736,15 +764,33 @@ def bench(
 @click.option("--payload", type=click.IntRange(min=0), default=100, show_default=True)
 @click.option("--seconds", type=click.FloatRange(min=0.5), default=10.0, show_default=True)
 @click.option("--sync", type=click.Choice(["always", "os"]), default="always", show_default=True)
-@click.option("--profile", default=None)
+@click.option("--profile", default=None, help="A profile for both modes (unless --a/b-profile).")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--live", is_flag=True, help="Compare cohorts of a running cluster (--peers) instead."
+)
+@click.option("--peers", default=None, envvar="RAFTMW_PEERS", help="With --live or --shadow.")
+@click.option("--flag", "live_flags", multiple=True, help="With --live: the cohort's flags.")
+@click.option("--cohort", default=None, help="With --live: node ids, like 2,3.")
+@click.option("--window", default="60s", show_default=True, help="With --live: how long.")
+@click.option("--keep", is_flag=True, help="With --live: leave the cohort switched.")
+@click.option(
+    "--shadow", "shadow", is_flag=True, help="Show each node's shadow decisions (--peers)."
+)
 @click.option("--json", "as_json", is_flag=True)
+@credential_options
 def compare(
     a_flags: tuple[str, ...],
     b_flags: tuple[str, ...],
+    a_profile: str | None,
+    b_profile: str | None,
+    a_settings: tuple[str, ...],
+    b_settings: tuple[str, ...],
     a_name: str,
     b_name: str,
     fault: str,
+    repeat: int,
+    overload_rate: float,
     nodes: int,
     clients: int,
     connections: int,
@@ -753,19 +799,56 @@ def compare(
     sync: str,
     profile: str | None,
     seed: int,
+    live: bool,
+    peers: str | None,
+    live_flags: tuple[str, ...],
+    cohort: str | None,
+    window: str,
+    keep: bool,
+    shadow: bool,
     as_json: bool,
+    credentials: ClientCredentials,
 ) -> None:
-    """A/B: the same workload and fault against two flag sets, each on a fresh local
-    cluster; prints both side by side (throughput, latency, elections, errors, and a
-    read-back of acknowledged writes).
+    """A/B: the same workload and faults against two whole configurations (flags, profile,
+    settings files), each run on a fresh local cluster, repeated and interleaved (ABBA);
+    prints medians, spread, the difference with a 95 % confidence interval and a verdict.
 
-    Example: raftmw compare --a-name legacy --b-name actors --b-flag actors=on
+    \b
+    Examples:
+      raftmw compare --a-name legacy --b-name actors --b-flag actors=on --repeat 5
+      raftmw compare --a-profile low_latency --b-profile high_throughput --fault overload
+      raftmw compare --live --flag actors=on --cohort 2,3 --window 60s --peers ...
+      raftmw compare --shadow --peers ...
     """
+    if live or shadow:
+        _compare_cluster(
+            live=live,
+            shadow=shadow,
+            peers=peers,
+            flags=live_flags,
+            cohort=cohort,
+            window=window,
+            keep=keep,
+            seed=seed,
+            as_json=as_json,
+            credentials=credentials,
+        )
+        return
     from framework.runtime.compare import CompareOptions, Mode, run_compare
 
     options = CompareOptions(
-        a=Mode(name=a_name, flags=_check_flags("--a-flag", a_flags)),
-        b=Mode(name=b_name, flags=_check_flags("--b-flag", b_flags)),
+        a=Mode(
+            name=a_name,
+            flags=_check_flags("--a-flag", a_flags),
+            profile=a_profile or profile,
+            settings=a_settings,
+        ),
+        b=Mode(
+            name=b_name,
+            flags=_check_flags("--b-flag", b_flags),
+            profile=b_profile or profile,
+            settings=b_settings,
+        ),
         fault=fault,  # type: ignore[arg-type]  # click.Choice checked it
         nodes=nodes,
         clients=clients,
@@ -773,10 +856,75 @@ def compare(
         payload=payload,
         seconds=seconds,
         sync=sync,
-        profile=profile,
+        repeat=repeat,
+        overload_rate=overload_rate,
         seed=seed,
     )
-    report = run_compare(options, progress=not as_json)
+    _check_mode("mode A (--a-profile, --a-settings, --a-flag)", options.a)
+    _check_mode("mode B (--b-profile, --b-settings, --b-flag)", options.b)
+    try:
+        report = run_compare(options, progress=not as_json)
+    except ValueError as exc:  # a fault the cluster size cannot take
+        raise click.UsageError(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+
+
+def _check_mode(option: str, mode: Any) -> None:
+    """A mode's whole configuration loads as its nodes will load it: a bad profile, file or
+    value is refused now, naming it, not by three node processes later."""
+    try:
+        _settings(mode.profile or "default", mode.settings, mode.flags)
+    except click.UsageError as exc:
+        raise click.UsageError(f"{option}: {exc.message}") from None
+
+
+def _compare_cluster(
+    *,
+    live: bool,
+    shadow: bool,
+    peers: str | None,
+    flags: Sequence[str],
+    cohort: str | None,
+    window: str,
+    keep: bool,
+    seed: int,
+    as_json: bool,
+    credentials: ClientCredentials,
+) -> None:
+    """``compare --live`` / ``--shadow``: against a running cluster."""
+    from framework.config import SettingsError, parse_duration
+    from framework.runtime.compare_live import LiveError, LiveOptions, parse_cohort, run_live
+
+    if not peers:
+        raise click.UsageError("--live and --shadow need the cluster: --peers 1=HOST:PORT,...")
+    if shadow:
+        from framework.runtime.shadow_report import run_shadow
+
+        report = run_shadow(peers, credentials=credentials, progress=not as_json)
+    else:
+        if not flags or not cohort:
+            raise click.UsageError(
+                "--live needs the cohort's flags and nodes: --flag NAME=VALUE --cohort 2,3"
+            )
+        try:
+            seconds = parse_duration(window, key="--window")
+        except SettingsError as exc:
+            raise click.BadParameter(str(exc), param_hint="--window") from None
+        try:
+            options = LiveOptions(
+                flags=dict(map(_parse_flag, _check_flags("--flag", flags))),
+                cohort=parse_cohort(cohort),
+                window=seconds,
+                keep=keep,
+                seed=seed,
+            )
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--flag/--cohort/--window") from None
+        try:
+            report = run_live(peers, options, credentials=credentials, progress=not as_json)
+        except (LiveError, RaftError) as exc:
+            raise click.ClickException(f"compare --live: {exc}") from None
     if as_json:
         click.echo(json.dumps(report, indent=2))
 

@@ -27,11 +27,11 @@ answer only has no data. A measurement fails when any check fails; the gate fail
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
-from framework.runtime.node_health import percentile_ms
+from framework.runtime.health_window import BUILTIN_METRICS, Metric, node_values
 from migration.plan import Analysis, Check
 
 __all__ = [
@@ -43,84 +43,6 @@ __all__ = [
     "measure",
     "node_values",
 ]
-
-Metric = Callable[[Mapping[str, Any], Mapping[str, Any]], float | None]
-"""(status page at the window's start, at its end) -> the node's value, or None."""
-
-
-def _health(page: Mapping[str, Any]) -> Mapping[str, Any]:
-    health = page.get("health")
-    return health if isinstance(health, Mapping) else {}
-
-
-def _histogram(name: str, q: float) -> Metric:
-    def metric(before: Mapping[str, Any], after: Mapping[str, Any]) -> float | None:
-        new = _health(after).get("histograms", {}).get(name)
-        old = _health(before).get("histograms", {}).get(name)
-        if not isinstance(new, list):
-            return None
-        if not isinstance(old, list) or len(old) != len(new):
-            old = [0] * len(new)
-        window = [max(0, int(a) - int(b)) for a, b in zip(new, old, strict=True)]
-        return percentile_ms(window, q)
-
-    return metric
-
-
-def _counter(name: str) -> Metric:
-    def metric(before: Mapping[str, Any], after: Mapping[str, Any]) -> float | None:
-        new = _health(after).get("counters", {}).get(name)
-        old = _health(before).get("counters", {}).get(name, 0)
-        if not isinstance(new, int | float):
-            return None
-        # A restarted node's counters start again from 0: count from there.
-        return float(new - old) if new >= old else float(new)
-
-    return metric
-
-
-def _gauge(name: str) -> Metric:
-    def metric(before: Mapping[str, Any], after: Mapping[str, Any]) -> float | None:
-        value = _health(after).get("gauges", {}).get(name)
-        return float(value) if isinstance(value, int | float) else None
-
-    return metric
-
-
-BUILTIN_METRICS: Final[Mapping[str, Metric]] = {
-    "client_latency_p50": _histogram("client_latency_ms", 0.5),
-    "client_latency_p99": _histogram("client_latency_ms", 0.99),
-    "commit_latency_p50": _histogram("commit_latency_ms", 0.5),
-    "commit_latency_p99": _histogram("commit_latency_ms", 0.99),
-    "ready_pause_p99": _histogram("ready_pause_ms", 0.99),
-    "ready_pause_max": _histogram("ready_pause_ms", 1.0),
-    "apply_lag": _gauge("apply_lag"),
-    "queue_depth": _gauge("queue_depth"),
-    "breakers_open": _gauge("breakers_open"),
-    "rss_mb": _gauge("rss_mb"),
-    "rejections": _counter("rejections"),
-    "timeouts": _counter("timeouts"),
-    "queue_rejections": _counter("queue_rejections"),
-    "elections": _counter("elections"),
-    "leader_changes": _counter("leader_changes"),
-    "lock_wait_ms": _counter("lock_wait_ms"),
-}
-
-
-def node_values(
-    metrics: Mapping[str, Metric],
-    names: Collection[str],
-    before: Mapping[str, Any],
-    after: Mapping[str, Any],
-) -> dict[str, float | None]:
-    """The named metrics of one node over one window; a metric that raises has no data."""
-    values: dict[str, float | None] = {}
-    for name in names:
-        try:
-            values[name] = metrics[name](before, after)
-        except Exception:  # a plugin's metric must not stop the analysis
-            values[name] = None
-    return values
 
 
 def cohort_value(

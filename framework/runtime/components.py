@@ -28,6 +28,7 @@ and the transport switching, so every message the node sends lands in exactly on
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -39,6 +40,7 @@ import anyio.abc
 
 from framework.hooks import BuildContext
 from framework.plugins import PluginError, PluginHost
+from framework.runtime import shadow
 from framework.seams import LockStats, PooledTransport
 
 __all__ = ["Components", "SwapReport"]
@@ -83,8 +85,11 @@ class Components:
         settings: Any,
         on_shed: Callable[[str, Any], None],
         transport: object = None,
+        meter_provider: Any = None,
     ) -> None:
         self.host = host
+        self.meter_provider = meter_provider
+        """Where shadow mode's counts are reported (None: the global provider)."""
         self.node_id = node_id
         self.settings = settings
         self._on_shed = on_shed
@@ -144,6 +149,10 @@ class Components:
         """slot -> name of the plugin whose component runs there."""
         return {slot: running.plugin for slot, running in self._running.items()}
 
+    def running(self) -> dict[str, Any]:
+        """slot -> the component running there."""
+        return {slot: running.component for slot, running in self._running.items()}
+
     def lock_stats(self) -> dict[str, LockStats]:
         return {slot: r.component.lock_stats() for slot, r in self._running.items()}
 
@@ -157,7 +166,19 @@ class Components:
         elif seam == "connection_pool":
             assert self._pooled is not None
             kwargs = {"dialer": self._pooled.dialer}
-        return self.host.build(seam, ctx, **kwargs)
+        component, plugin = self.host.build(seam, ctx, **kwargs)
+        flag = shadow.shadow_pair(seam, flags)
+        if flag is None:
+            return component, plugin
+        # Shadow mode (framework/runtime/shadow.py): the flag's "on" component decides
+        # beside this one and is never heard; its queue sheds into nothing.
+        on = {**flags, flag: dataclasses.replace(flags[flag], value=True)}
+        if seam == "queue":
+            kwargs = {"name": name, "on_shed": lambda item: None}
+        ctx = BuildContext(node_id=self.node_id, settings=self.settings, flags=on)
+        new, new_plugin = self.host.build(seam, ctx, **kwargs)
+        wrapper = shadow.wrap(seam, name, component, new, self.node_id, self.meter_provider)
+        return wrapper, f"{plugin}+shadow:{new_plugin}"
 
     def _installed(self, slot: str, component: Any) -> None:
         """``component`` now fills ``slot``: tell whoever uses it directly."""

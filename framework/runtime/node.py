@@ -92,6 +92,7 @@ from framework.runtime.node_health import NodeHealth
 from framework.runtime.node_services import NodeServices
 from framework.runtime.pending import Deadlines, Waiter
 from framework.runtime.redirect import redirect_target
+from framework.runtime.shadow import shadow_status
 from framework.runtime.snapshots import (
     BadNodeSnapshot,
     InboundSnapshots,
@@ -196,6 +197,7 @@ class RaftNode:
             settings=self.settings,
             on_shed=self._on_shed,
             transport=transport,
+            meter_provider=meter_provider,
         )
         self._flags_changed = False
         self._down_peers: set[int] = set()
@@ -1067,6 +1069,7 @@ class RaftNode:
                 modes=[name for name, ev in self.flags.current.items() if ev.value],
             ),
             "services": self.services.status(),
+            "shadow": shadow_status(c.running()),
         }
 
     def _flag_table(self) -> dict[str, dict[str, Any]]:

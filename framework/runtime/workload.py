@@ -7,10 +7,17 @@ that all of them survive. Clients share ``connections`` ``KVClient`` instances (
 one connection per node), as the tasks of a real application share its client; each
 write in flight still has a session of its own. Failover time is measured from the
 SIGKILL of the leader to the first write acknowledged after it.
+
+An ``Overload`` adds open-loop arrivals on top: writes started at a fixed rate whatever
+the cluster answers (as users arrive, not as clients wait), for a while, then back to the
+closed-loop writers alone. In-flight open-loop writes are capped (``max_in_flight``;
+arrivals beyond it are counted as ``shed`` by the generator, so the generator's own memory
+stays bounded); recovery is the time from the overload's end until its last write settled.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -22,7 +29,7 @@ from framework.client import KVClient
 from framework.errors import RaftError
 from framework.runtime.localcluster import LocalCluster
 
-__all__ = ["WorkloadResult", "percentile", "run_workload"]
+__all__ = ["Overload", "WorkloadResult", "percentile", "run_workload"]
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -34,6 +41,16 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[rank]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Overload:
+    start: float
+    """Seconds after the workload starts."""
+    seconds: float
+    rate: float
+    """Open-loop writes started per second."""
+    max_in_flight: int = 20_000
+
+
 @dataclass(slots=True)
 class WorkloadResult:
     seconds: float = 0.0
@@ -43,6 +60,10 @@ class WorkloadResult:
     killed_leader: int = 0
     failover_seconds: float | None = None
     peak_rss_kib: dict[int, int] = field(default_factory=dict)
+    overload_started: int = 0
+    overload_shed: int = 0
+    recovery_seconds: float | None = None
+    """Overload's end -> its last open-loop write settled (acknowledged or failed)."""
 
     @property
     def ops(self) -> int:
@@ -61,6 +82,7 @@ async def run_workload(
     payload: int,
     connections: int = 0,
     kill_leader_after: float | None = None,
+    overload: Overload | None = None,
     on_progress: Callable[[float, int], None] | None = None,
     timeout: float = 5.0,
 ) -> WorkloadResult:
@@ -103,6 +125,45 @@ async def run_workload(
                 on_progress(time.perf_counter() - started, result.ops)
             await anyio.sleep(0.1)
 
+    async def open_loop(plan: Overload, client: KVClient) -> None:
+        await anyio.sleep(plan.start)
+        begun = time.perf_counter()
+        end = begun + plan.seconds
+        in_flight = 0
+        settled = anyio.Event()
+
+        async def one(key: str) -> None:
+            nonlocal in_flight
+            t0 = time.perf_counter()
+            try:
+                await client.put(key, value)
+            except RaftError as exc:
+                name = type(exc).__name__
+                result.errors[name] = result.errors.get(name, 0) + 1
+            else:
+                result.latencies.append(time.perf_counter() - t0)
+                result.acknowledged[key] = value
+            finally:
+                in_flight -= 1
+                if in_flight == 0 and time.perf_counter() >= end:
+                    settled.set()
+
+        async with anyio.create_task_group() as arrivals:
+            while (now := time.perf_counter()) < end:
+                due = math.floor((now - begun) * plan.rate) - result.overload_started
+                for _ in range(max(0, due)):
+                    result.overload_started += 1
+                    if in_flight >= plan.max_in_flight:
+                        result.overload_shed += 1
+                        continue
+                    in_flight += 1
+                    arrivals.start_soon(one, f"o-{result.overload_started}")
+                await anyio.sleep(0.001)
+            ended = time.perf_counter()
+            if in_flight:
+                await settled.wait()
+            result.recovery_seconds = time.perf_counter() - ended
+
     shared = max(1, min(clients, connections or clients))
     async with AsyncExitStack() as stack:
         kv = [
@@ -114,6 +175,8 @@ async def run_workload(
             tg.start_soon(monitor)
             if kill_leader_after is not None:
                 tg.start_soon(killer, kill_leader_after)
+            if overload is not None:
+                tg.start_soon(open_loop, overload, kv[0])
     result.seconds = time.perf_counter() - started
     _sample_rss(cluster, result)
     if on_progress is not None:

@@ -12,6 +12,7 @@ off stops the faults at once (messages already delayed still leave late).
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,16 @@ from framework.config import SettingsError, parse_duration
 __all__ = ["SEAMS", "ChaosConfig", "ChaosFault", "ChaosStore", "ChaosSwitch", "ChaosTransport"]
 
 SEAMS: Final = ("status_store", "queue", "timeouts", "send_guard", "metrics", "connection_pool")
-_KEYS: Final = ("send_latency", "persist_latency", "drop_to", "delay_to", "fail", "max_delayed")
+_KEYS: Final = (
+    "send_latency",
+    "send_jitter",
+    "persist_latency",
+    "drop_to",
+    "delay_to",
+    "isolate",
+    "fail",
+    "max_delayed",
+)
 _MAX_LATENCY: Final = 10.0
 
 
@@ -37,15 +47,23 @@ class ChaosFault(RuntimeError):
 class ChaosConfig:
     send_latency: float = 0.0
     """Seconds added to every peer send (to ``delay_to`` peers only, if given)."""
+    send_jitter: float = 0.0
+    """Up to this many more seconds, uniformly drawn per batch, on top of ``send_latency``."""
     persist_latency: float = 0.0
     """Seconds added to every log write."""
     drop_to: frozenset[int] = frozenset()
     """Peers whose messages are dropped."""
     delay_to: frozenset[int] = frozenset()
     """Peers ``send_latency`` applies to (empty: all)."""
+    isolate: bool = False
+    """Drop every peer message sent or received (a partition of this node)."""
     fail: frozenset[str] = frozenset()
     """Seams whose component fails to build (a swap to it is aborted)."""
     max_delayed: int = 10_000
+
+    @property
+    def wraps_transport(self) -> bool:
+        return bool(self.send_latency or self.send_jitter or self.drop_to or self.isolate)
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> ChaosConfig:
@@ -57,7 +75,7 @@ class ChaosConfig:
                     f"plugin.chaos.{key}", "is not a chaos setting", f"one of {', '.join(_KEYS)}"
                 )
         latencies = {}
-        for key in ("send_latency", "persist_latency"):
+        for key in ("send_latency", "send_jitter", "persist_latency"):
             raw = table.get(key, "0ms")
             seconds = parse_duration(raw, key=f"plugin.chaos.{key}")
             if not 0 <= seconds <= _MAX_LATENCY:
@@ -80,6 +98,11 @@ class ChaosConfig:
                     f"plugin.chaos.{key}", "is not a list of node ids", "like [2, 3]", value=raw
                 )
             peers[key] = frozenset(raw)
+        isolate = table.get("isolate", False)
+        if not isinstance(isolate, bool):
+            raise SettingsError(
+                "plugin.chaos.isolate", "is not a boolean", "true or false", value=isolate
+            )
         fail = table.get("fail", [])
         if not isinstance(fail, list) or not all(s in SEAMS for s in fail):
             raise SettingsError(
@@ -102,9 +125,11 @@ class ChaosConfig:
             )
         return cls(
             send_latency=latencies["send_latency"],
+            send_jitter=latencies["send_jitter"],
             persist_latency=latencies["persist_latency"],
             drop_to=peers["drop_to"],
             delay_to=peers["delay_to"],
+            isolate=isolate,
             fail=frozenset(fail),
             max_delayed=max_delayed,
         )
@@ -151,6 +176,7 @@ class ChaosTransport:
         self.switch = switch
         self.dropped = 0
         self._later: Any = None
+        self._jitter = random.Random(node_id)
 
     async def serve(self, inbox: Any, clients: Any, *, task_status: TaskStatus[None]) -> None:
         send, receive = anyio.create_memory_object_stream[tuple[float, list[Any]]](
@@ -158,7 +184,7 @@ class ChaosTransport:
         )
         async with send, receive, anyio.create_task_group() as tg:
             tg.start_soon(self._send_later, receive)
-            await tg.start(self.inner.serve, inbox, clients)
+            await tg.start(self.inner.serve, _IsolatingInbox(inbox, self), clients)
             self._later = send
             task_status.started()
 
@@ -167,9 +193,12 @@ class ChaosTransport:
             self.inner.send(messages)
             return
         config = self.switch.config
+        if config.isolate:
+            self.dropped += len(messages)
+            return
         kept = [m for m in messages if m.dst not in config.drop_to]
         self.dropped += len(messages) - len(kept)
-        if not config.send_latency:
+        if not (config.send_latency or config.send_jitter):
             if kept:
                 self.inner.send(kept)
             return
@@ -179,7 +208,8 @@ class ChaosTransport:
             self.inner.send(now_list)
         if later:
             try:
-                self._later.send_nowait((anyio.current_time() + config.send_latency, later))
+                delay = config.send_latency + self._jitter.uniform(0.0, config.send_jitter)
+                self._later.send_nowait((anyio.current_time() + delay, later))
             except (anyio.WouldBlock, AttributeError, anyio.ClosedResourceError):
                 self.dropped += len(later)
 
@@ -189,6 +219,24 @@ class ChaosTransport:
             if wait > 0 and math.isfinite(wait):
                 await anyio.sleep(wait)
             self.inner.send(messages)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class _IsolatingInbox:
+    """The node's peer inbox, dropping everything received while ``isolate`` is on."""
+
+    def __init__(self, inner: Any, transport: ChaosTransport) -> None:
+        self.inner = inner
+        self.transport = transport
+
+    def deliver(self, messages: Sequence[Any]) -> None:
+        t = self.transport
+        if t.switch.config.isolate and t.switch.on(t.node_id):
+            t.dropped += len(messages)
+            return
+        self.inner.deliver(messages)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

@@ -10,6 +10,8 @@ configures on every node where the flag is on.
     [default.plugin.chaos]
     persist_latency = "100ms"   # every log write
     send_latency = "50ms"       # every peer send (to delay_to peers only, if given)
+    send_jitter = "20ms"        # plus up to this, drawn per batch (still in order)
+    isolate = false             # true: drop every peer message in and out (a partition)
     delay_to = [3]
     drop_to = [2]               # peers whose messages are dropped
     fail = ["send_guard"]       # seams whose component fails to build
@@ -73,8 +75,7 @@ def raftmw_wrap_log_store(node_id: int, inner: Any) -> ChaosStore | None:
 
 @hookimpl
 def raftmw_wrap_transport(node_id: int, inner: Any) -> ChaosTransport | None:
-    config = switch.config
-    if not (config.send_latency or config.drop_to):
+    if not switch.config.wraps_transport:
         return None
     return ChaosTransport(inner, node_id, switch)
 

@@ -147,3 +147,85 @@ def test_the_plugin_is_optional_and_wraps_nothing_unless_configured() -> None:
         node_id=1, settings=load_settings(), store="store", transport="transport"
     )
     assert (store, transport) == ("store", "transport")
+
+
+class FakeInbox:
+    def __init__(self) -> None:
+        self.got: list[int] = []
+        self.unreachable: list[int] = []
+
+    def deliver(self, messages: Any) -> None:
+        self.got.extend(m.n for m in messages)
+
+    def peer_unreachable(self, node_id: int) -> None:
+        self.unreachable.append(node_id)
+
+
+class InboxTransport(FakeTransport):
+    inbox: Any = None
+
+    async def serve(self, inbox: Any, clients: Any, *, task_status: Any) -> None:
+        self.inbox = inbox
+        task_status.started()
+        await anyio.sleep_forever()
+
+
+@pytest.mark.anyio
+async def test_isolate_drops_peer_traffic_both_ways_only_while_on() -> None:
+    switch = ChaosSwitch(ChaosConfig(isolate=True))
+    inner = InboxTransport()
+    transport = ChaosTransport(inner, 1, switch)
+    inbox = FakeInbox()
+    async with anyio.create_task_group() as tg:
+        await tg.start(transport.serve, inbox, None)
+        inner.inbox.deliver([Msg(1, 0)])
+        transport.send([Msg(2, 1)])
+        switch.set(1, True)
+        inner.inbox.deliver([Msg(1, 2)])  # received while cut off: dropped
+        transport.send([Msg(2, 3), Msg(3, 4)])  # sent while cut off: dropped
+        inner.inbox.peer_unreachable(2)  # the rest of the inbox is the node's
+        switch.set(1, False)
+        inner.inbox.deliver([Msg(1, 5)])
+        transport.send([Msg(2, 6)])
+        assert inbox.got == [0, 5]
+        assert inner.sent == [(2, 1), (2, 6)]
+        assert transport.dropped == 3
+        assert inbox.unreachable == [2]
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_jitter_delays_each_batch_differently_and_keeps_the_order() -> None:
+    switch = ChaosSwitch(ChaosConfig(send_latency=0.01, send_jitter=0.05))
+    inner = FakeTransport()
+    transport = ChaosTransport(inner, 1, switch)
+    due: list[float] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(transport.serve, None, None)
+        real = transport._later
+
+        class Spy:
+            def send_nowait(self, item: Any) -> None:
+                due.append(item[0])
+                real.send_nowait(item)
+
+        transport._later = Spy()
+        switch.set(1, True)
+        start = anyio.current_time()
+        for n in range(5):
+            transport.send([Msg(2, n)])
+        with anyio.fail_after(10):
+            while len(inner.sent) < 5:
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    delays = [d - start for d in due]
+    assert all(0.01 <= d <= 0.06 + 0.05 for d in delays)
+    assert len({round(d, 6) for d in delays}) > 1  # jitter: not one fixed delay
+    assert inner.sent == [(2, n) for n in range(5)]
+
+
+def test_isolate_and_jitter_settings_are_checked() -> None:
+    with pytest.raises(SettingsError, match=r"plugin\.chaos\.isolate"):
+        ChaosConfig.from_table({"isolate": "yes"})
+    config = ChaosConfig.from_table({"send_jitter": "20ms", "isolate": True})
+    assert (config.send_jitter, config.isolate, config.wraps_transport) == (0.02, True, True)

@@ -1,0 +1,1 @@
+"""Shadow mode's flag (``shadow``): see ``framework/runtime/shadow.py``."""
