@@ -19,6 +19,7 @@ owns the kernel and the queues it drains.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -29,6 +30,9 @@ from framework.runtime.pending import Deadlines, Waiter
 from framework.runtime.redirect import redirect_target
 from framework.seams import Priority, QueueFull
 from framework.statemachine import (
+    AppCommand,
+    app_name,
+    encode_app_command,
     Append,
     Cas,
     CommandError,
@@ -39,6 +43,7 @@ from framework.statemachine import (
     encode_request,
 )
 from framework.transport.wire import (
+    AppCall,
     ClientRequest,
     ClientResponse,
     ErrorReply,
@@ -85,7 +90,7 @@ class ClientService:
         """
         node = self._node
         body = request.body
-        if not isinstance(body, KVOp):
+        if not isinstance(body, KVOp | AppCall):
             assert node._tg is not None, "submit() before the node serves"
             node._tg.start_soon(self._answer_admin, request, reply)
             return
@@ -98,7 +103,11 @@ class ClientService:
             timeouts.observe("client_request", finished - started, ok=finished < waiter.deadline)
             if waiter.error is None:
                 node.health.on_request(finished - started, None)
-                reply(ClientResponse(id=request_id, ok=True, value=waiter.value))  # type: ignore[arg-type]
+                value = waiter.value
+                if isinstance(value, bytes):  # an application's encoded result
+                    reply(ClientResponse(id=request_id, ok=True, data=value))
+                else:
+                    reply(ClientResponse(id=request_id, ok=True, value=value))  # type: ignore[arg-type]
             else:
                 # Tallied here, reported once per Ready-loop iteration (never per request).
                 reason = "timeout" if finished >= waiter.deadline else waiter.error.kind
@@ -116,8 +125,14 @@ class ClientService:
             return
         self.deadlines.add(waiter)
 
-    def start(self, op: KVOp, waiter: Waiter) -> None:
+    def start(self, op: KVOp | AppCall, waiter: Waiter) -> None:
         """Queue ``op`` for the Ready loop, which settles ``waiter``; raises ``Refused``."""
+        app = app_name(self._node.sm)
+        if isinstance(op, AppCall):
+            self.start_app(op, waiter, app)
+            return
+        if app != "kv":
+            raise Refused(_wrong_app(self._node.id, app, "kv"))
         self.check_leader()
         if op.op == "get":
             self.read(op.key, waiter)
@@ -134,6 +149,34 @@ class ClientService:
             )
         command = _command(op)
         self.propose(encode_request(Request(client_id=op.client_id, seq=op.seq, op=command)), waiter)
+
+    def start_app(self, call: AppCall, waiter: Waiter, app: str) -> None:
+        """An application call: a stale read is answered here and now, a read through
+        ReadIndex, a write proposed with the leader's clock and the caller's session."""
+        node = self._node
+        if call.app != app:
+            raise Refused(_wrong_app(node.id, app, call.app))
+        if call.read and call.stale:
+            waiter.succeed(node.sm.read(call.payload))
+            return
+        self.check_leader()
+        if call.read:
+            self.read(call.payload, waiter)
+            return
+        if call.client_id <= 0 or call.seq <= 0:
+            raise Refused(
+                ErrorReply(
+                    kind="bad_request",
+                    message=(
+                        f"an {app} call needs a client session: client_id={call.client_id} "
+                        f"seq={call.seq}; expected both >= 1"
+                    ),
+                )
+            )
+        command = AppCommand(
+            client_id=call.client_id, seq=call.seq, time=time.time(), payload=call.payload
+        )
+        self.propose(encode_app_command(command), waiter)
 
     def read(self, query: object, waiter: Waiter) -> None:
         """A linearizable read (ReadIndex): ``waiter`` gets ``app.read(query)`` once this
@@ -309,3 +352,12 @@ def _command(op: KVOp) -> Put | Delete | Append | Cas:
     if op.op == "append":
         return Append(key=op.key, value=need_value())
     return Cas(key=op.key, expected=op.expected, new=need_value())
+
+
+def _wrong_app(node_id: int, runs: str, wanted: str) -> ErrorReply:
+    return ErrorReply(
+        kind="bad_request",
+        message=(
+            f"node {node_id} runs the application {runs!r}; the request is for {wanted!r}"
+        ),
+    )

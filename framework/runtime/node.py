@@ -27,6 +27,7 @@ address book, so a node restored from a snapshot knows how to reach everyone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -68,7 +69,8 @@ from framework.flags import Evaluation
 from framework.metrics import GaugeReadings, NodeInstruments
 from framework.plugins import PluginHost
 from framework.runtime.admin import AdminOps
-from framework.runtime.client_service import ClientService, answer
+from framework.runtime.app_identity import AppIdentity
+from framework.runtime.client_service import ClientService, Refused, answer
 from framework.runtime.components import Components
 from framework.runtime.members import address_check_for, address_of
 from framework.runtime.node_flags import NodeFlags
@@ -85,7 +87,7 @@ from framework.runtime.snapshots import (
 )
 from framework.runtime.tick_clock import TickClock
 from framework.seams import NodeStatus, Priority, QueueFull
-from framework.statemachine import KVStateMachine
+from framework.statemachine import KVStateMachine, StateMachine
 from framework.storage import LogStore, StorageError, StoredState
 from framework.transport.base import Transport
 from framework.transport.wire import ClientRequest, ClientResponse
@@ -116,7 +118,7 @@ class RaftNode:
         *,
         store: LogStore,
         transport: Transport,
-        state_machine: KVStateMachine | None = None,
+        state_machine: StateMachine | None = None,
         meter_provider: MeterProvider | None = None,
     ) -> None:
         self.config = config
@@ -124,7 +126,9 @@ class RaftNode:
         self.settings = config.settings
         self.store = store
         self.transport = transport
-        self.sm = state_machine or KVStateMachine()
+        self.sm: StateMachine = state_machine or KVStateMachine()
+        """The application this node runs (``framework.statemachine.StateMachine``)."""
+        self.identity = AppIdentity(config.node_id, self.sm)
         self.addresses: dict[int, str] = dict(config.peers)
         self._address_problem = address_check_for(transport)
         self.kernel: RawNode | None = None
@@ -502,6 +506,7 @@ class RaftNode:
         sm = self.sm
         waiting = self._waiting_apply
         for entry in entries:
+            self.identity.check(entry)  # before a command of another application applies
             result: object = sm.apply(entry)
             if entry.kind is EntryKind.CONF_CHANGE:
                 self._on_conf_change(entry)
@@ -552,6 +557,9 @@ class RaftNode:
             kernel.term,
             rd.soft_state.leader,
         )
+        if rd.soft_state.role is Role.LEADER and self.identity.cluster is None:
+            with contextlib.suppress(Refused):  # a full queue: the next leader proposes it
+                self.clients.propose(self.identity.marker(), Waiter())  # see app_identity.py
         if rd.soft_state.role is not Role.LEADER and self._waiting_apply:
             # Their entries may still commit under the next leader; the client retries with
             # the same session and the state machine applies the write once.
