@@ -29,6 +29,7 @@ from framework.auth import ClientCredentials
 from framework.client import KVClient
 from framework.config import Settings, load_settings
 from framework.errors import BadRequest
+from framework.plugins import PluginHost
 from framework.runtime.client_service import Refused
 from framework.runtime.node import NodeConfig, RaftNode
 from framework.runtime.pending import Waiter
@@ -108,8 +109,14 @@ async def embed(
     settings = settings or load_settings()
     if node_id not in peers:
         raise ValueError(f"node_id {node_id} is not in peers {dict(peers)}; expected its address")
+    host = PluginHost(blocked=settings.plugins.blocked, enabled=settings.plugins.enabled)
     config = NodeConfig(
-        node_id=node_id, cluster_id=cluster_id, peers=dict(peers), settings=settings, join=join
+        node_id=node_id,
+        cluster_id=cluster_id,
+        peers=dict(peers),
+        settings=settings,
+        join=join,
+        plugin_host=host,
     )
     Path(data_dir).mkdir(parents=True, exist_ok=True)
     store = SQLiteLogStore(Path(data_dir), sync=settings.storage.sync)  # type: ignore[arg-type]

@@ -154,12 +154,13 @@ class ClientService:
         """An application call: a stale read is answered here and now, a read through
         ReadIndex, a write proposed with the leader's clock and the caller's session."""
         node = self._node
+        if not (call.read and call.stale):
+            self.check_leader()  # a follower redirects, whatever it runs
         if call.app != app:
             raise Refused(_wrong_app(node.id, app, call.app))
         if call.read and call.stale:
             waiter.succeed(node.sm.read(call.payload))
             return
-        self.check_leader()
         if call.read:
             self.read(call.payload, waiter)
             return
