@@ -2,7 +2,8 @@
 
 The cluster must run the lock application (``raftmw node --app locks``). ``acquire`` prints
 the fencing token to hand to the resource the lock protects; a holder keeps its lease with
-``renew`` and ends it with ``release`` (both need the holder name and the token).
+``renew`` and ends it with ``release`` (both need the holder name and the fencing token;
+``--token`` is the client's bearer token, as for every command).
 """
 
 from __future__ import annotations
@@ -81,26 +82,32 @@ def lock_commands(
     @lock.command("renew")
     @click.argument("name")
     @click.option("--holder", required=True)
-    @click.option("--token", type=int, required=True)
+    @click.option("--fencing-token", type=int, required=True, help="From acquire.")
     @click.option("--ttl", default="10s", show_default=True)
     @common
     def renew(
-        name: str, holder: str, token: int, ttl: str, peers: str, timeout: float, credentials: Any
+        name: str,
+        holder: str,
+        fencing_token: int,
+        ttl: str,
+        peers: str,
+        timeout: float,
+        credentials: Any,
     ) -> None:
-        """Extend the lease on NAME held by --holder with --token."""
-        grant = call(peers, timeout, credentials, "renew", name, holder, token, _ttl(ttl))
+        """Extend the lease on NAME held by --holder with --fencing-token."""
+        grant = call(peers, timeout, credentials, "renew", name, holder, fencing_token, _ttl(ttl))
         click.echo(f"renewed {name} token={grant['token']}")
 
     @lock.command("release")
     @click.argument("name")
     @click.option("--holder", required=True)
-    @click.option("--token", type=int, required=True)
+    @click.option("--fencing-token", type=int, required=True, help="From acquire.")
     @common
     def release(
-        name: str, holder: str, token: int, peers: str, timeout: float, credentials: Any
+        name: str, holder: str, fencing_token: int, peers: str, timeout: float, credentials: Any
     ) -> None:
-        """Release NAME (held by --holder with --token)."""
-        call(peers, timeout, credentials, "release", name, holder, token)
+        """Release NAME (held by --holder with --fencing-token)."""
+        call(peers, timeout, credentials, "release", name, holder, fencing_token)
         click.echo(f"released {name}")
 
     @lock.command("status")

@@ -114,11 +114,12 @@ class LockService(ReplicatedObject):
         return {"token": lease.token, "expires": self.now + ttl}
 
     @replicated
-    def release(self, name: str, holder: str, token: int) -> bool:
-        """End a live lease held by ``holder`` with ``token``."""
+    def release(self, name: str, holder: str, token: int) -> float:
+        """End a live lease held by ``holder`` with ``token``; returns the leader's time of
+        the release (when the lock became free)."""
         self._held(name, holder, token)
         del self.locks[name]
-        return True
+        return self.now
 
     def _held(self, name: str, holder: str, token: int) -> Lease:
         lease = self._live(name)

@@ -50,7 +50,7 @@ def test_renewing_keeps_the_token_and_a_new_grant_gets_a_higher_one() -> None:
     first = c.call(1, 0.0, "acquire", "x", "a", 5)
     assert c.call(1, 4.0, "renew", "x", "a", first["token"], 5) == {  # type: ignore[index]
         "token": first["token"], "expires": 9.0}  # type: ignore[index]
-    assert c.call(1, 8.0, "release", "x", "a", first["token"]) is True  # type: ignore[index]
+    assert c.call(1, 8.0, "release", "x", "a", first["token"]) == 8.0  # type: ignore[index]
     second = c.call(2, 8.5, "acquire", "x", "b", 5)
     assert second["token"] > first["token"]  # type: ignore[index]
 
