@@ -97,12 +97,16 @@ class SyncObjectClient(Generic[T]):
         self._portal_cm: Any = None
         self._portal: BlockingPortal | None = None
         self._client: ObjectClient[T] | None = None
+        self._client_cm: Any = None
 
     def __enter__(self) -> SyncObjectClient[T]:
         self._portal_cm = start_blocking_portal()
         self._portal = self._portal_cm.__enter__()
-        self._client = ObjectClient(self._peers, self._cls, **self._options)
-        self._portal.call(self._client.__aenter__)
+        # One task of the portal holds the client open (its task group) until __exit__.
+        self._client_cm = self._portal.wrap_async_context_manager(
+            ObjectClient(self._peers, self._cls, **self._options)
+        )
+        self._client = self._client_cm.__enter__()
         return self
 
     def __exit__(
@@ -113,7 +117,7 @@ class SyncObjectClient(Generic[T]):
     ) -> None:
         assert self._portal is not None and self._client is not None
         try:
-            self._portal.call(self._client.__aexit__, exc_type, exc, tb)
+            self._client_cm.__exit__(exc_type, exc, tb)
         finally:
             self._portal_cm.__exit__(exc_type, exc, tb)
 

@@ -13,7 +13,7 @@ import pytest
 from raftmw_counter import Counter
 
 from framework.apps.objects import ReplicatedError
-from framework.apps.remote import ObjectClient
+from framework.apps.remote import ObjectClient, SyncObjectClient
 from framework.config import load_settings
 from framework.errors import BadRequest, RaftError
 from framework.runtime.localcluster import LocalCluster, free_ports
@@ -66,6 +66,14 @@ async def test_embedded_calls_replicate_and_exceptions_reach_the_caller(tmp_path
                 await anyio.sleep(0.05)
         assert {n.node.sm.snapshot() for n in nodes} == {leader.node.sm.snapshot()}
         assert await follower.object(Counter).get_stale() == 7
+
+        def from_sync_code() -> int:
+            peers = {n.id: n.node.transport.listen_address for n in nodes}
+            with SyncObjectClient(peers, Counter, timeout=10.0) as c:
+                c.call("incr", 3, note="sync")
+                return c.call("get")  # type: ignore[no-any-return]
+
+        assert await anyio.to_thread.run_sync(from_sync_code) == 10
         with pytest.raises(AttributeError, match="no @replicated or @query method 'decr'"):
             on_leader.decr
         with pytest.raises(TypeError, match="cannot be sent"):
