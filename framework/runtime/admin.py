@@ -207,6 +207,11 @@ class AdminOps:
                 modes=[name for name, ev in node.flags.current.items() if ev.value],
             ),
             "services": node.services.status(),
+            "application": {
+                "name": node.identity.ours[0],
+                "version": node.identity.ours[1],
+                "cluster": list(node.identity.cluster) if node.identity.cluster else None,
+            },
         }
 
     def flag_table(self) -> dict[str, dict[str, Any]]:

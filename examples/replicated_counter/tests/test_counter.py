@@ -65,6 +65,9 @@ async def test_embedded_calls_replicate_and_exceptions_reach_the_caller(tmp_path
             while {n.node.sm.applied_index for n in nodes} != {leader.node.sm.applied_index}:
                 await anyio.sleep(0.05)
         assert {n.node.sm.snapshot() for n in nodes} == {leader.node.sm.snapshot()}
+        page = await follower.node.status()
+        assert page["application"] == {"name": "counter", "version": "1.0",
+                                       "cluster": ["counter", "1.0"]}
         assert await follower.object(Counter).get_stale() == 7
 
         def from_sync_code() -> int:
