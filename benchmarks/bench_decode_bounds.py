@@ -23,7 +23,7 @@ from framework.core import (
     Message,
     validate_message,
 )
-from framework.transport.wire import PeerBatch, _decode, _PEER, decode_peer_batch, encode_frame
+from framework.transport.wire import _PEER, PeerBatch, _decode, decode_peer_batch, encode_frame
 
 
 def _unbounded(data: bytes) -> object:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import signal
@@ -16,6 +15,7 @@ import anyio
 import click
 
 from framework.auth import ClientCredentials
+from framework.cli_options import credential_options
 from framework.client import KVClient, parse_peers
 from framework.config import Settings, SettingsError, load_settings, settings_to_toml
 from framework.errors import RaftError
@@ -236,10 +236,12 @@ def node(
     )
 
     async def serve() -> None:
-        store = SQLiteLogStore(data_dir, sync=settings.storage.sync)  # type: ignore[arg-type]
-        if initial_cluster == "existing" and not join:
-            await _refuse_empty_directory(store, config, data_dir)
+        # The transport first: its checks (TLS files, no plain TCP off loopback) are about
+        # this node's own configuration and come before asking the peers anything.
         transport = _build_transport(config, listen)
+        store = SQLiteLogStore(data_dir, sync=settings.storage.sync)  # type: ignore[arg-type]
+        if not join:
+            await _check_empty_directory(store, config, data_dir, initial_cluster)
         raft_node = RaftNode(config, store=store, transport=transport, state_machine=app)
         async with anyio.create_task_group() as tg:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -270,23 +272,34 @@ class _EmptyDirectory(click.ClickException):
     """A node refuses to bootstrap an empty data directory without --initial-cluster new."""
 
 
-async def _refuse_empty_directory(store: Any, config: Any, data_dir: Path) -> None:
-    from framework.runtime.bootstrap import empty_directory_refusal, probe_peers
+async def _check_empty_directory(
+    store: Any, config: Any, data_dir: Path, initial_cluster: str
+) -> None:
+    """An empty data directory bootstraps only with --initial-cluster new, and not even then
+    if a peer knows this node once stored entries (framework/runtime/bootstrap.py)."""
+    from framework.runtime.bootstrap import (
+        empty_directory_refusal,
+        probe_peers,
+        wiped_directory_refusal,
+    )
 
     state = await anyio.to_thread.run_sync(store.load)
     if state is not None:
         return
-    await anyio.to_thread.run_sync(store.close)
     peers = {nid: addr for nid, addr in config.peers.items() if nid != config.node_id}
-    views = await probe_peers(peers)
-    raise _EmptyDirectory(
-        empty_directory_refusal(
-            node_id=config.node_id,
-            cluster_id=config.cluster_id,
-            data_dir=str(data_dir),
-            views=views,
-        )
-    )
+    tls = config.settings.tls
+    # The node asks as itself: with TLS, its own certificate (a node's identity may read
+    # status); without, plain TCP whatever the RAFTMW_TLS_* variables say.
+    credentials = ClientCredentials(ca=tls.ca, cert=tls.cert, key=tls.key)
+    views = await probe_peers(peers, node_id=config.node_id, credentials=credentials)
+    where = {"node_id": config.node_id, "cluster_id": config.cluster_id, "data_dir": str(data_dir)}
+    if initial_cluster == "new":
+        refusal = wiped_directory_refusal(**where, views=views)
+    else:
+        refusal = empty_directory_refusal(**where, views=views)
+    if refusal is not None:
+        await anyio.to_thread.run_sync(store.close)
+        raise _EmptyDirectory(refusal)
 
 
 def _build_transport(config: Any, listen: str) -> Any:
@@ -342,41 +355,6 @@ def _start_failure(exc: BaseException) -> Exception | None:
 # -- kv --------------------------------------------------------------------------------------
 
 
-def _credential_options(func: Callable[..., T]) -> Callable[..., T]:
-    """``--tls-ca``, ``--tls-cert``, ``--tls-key`` and ``--token`` (or their ``RAFTMW_``
-    variables), handed to the command as one ``credentials`` argument."""
-
-    @click.option(
-        "--tls-ca",
-        envvar="RAFTMW_TLS_CA",
-        default="",
-        help="Cluster CA (PEM): connect with TLS (or $RAFTMW_TLS_CA).",
-    )
-    @click.option(
-        "--tls-cert",
-        envvar="RAFTMW_TLS_CERT",
-        default="",
-        help="Client certificate carrying a role (or $RAFTMW_TLS_CERT).",
-    )
-    @click.option(
-        "--tls-key", envvar="RAFTMW_TLS_KEY", default="", help="Its key (or $RAFTMW_TLS_KEY)."
-    )
-    @click.option(
-        "--token",
-        envvar="RAFTMW_TOKEN",
-        default="",
-        help="Client token, instead of a certificate (better: $RAFTMW_TOKEN).",
-    )
-    @functools.wraps(func)
-    def with_credentials(
-        *args: Any, tls_ca: str, tls_cert: str, tls_key: str, token: str, **kwargs: Any
-    ) -> T:
-        credentials = ClientCredentials(ca=tls_ca, cert=tls_cert, key=tls_key, token=token)
-        return func(*args, credentials=credentials, **kwargs)
-
-    return with_credentials
-
-
 def _client(members: dict[int, str], timeout: float, credentials: ClientCredentials) -> KVClient:
     # [client] settings (attempt_timeout, retry_backoff) from ./settings.toml and RAFTMW_*.
     settings = _settings("default", (), ())
@@ -426,7 +404,7 @@ def kv() -> None:
 @click.argument("key")
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 def kv_get(key: str, peers: str, timeout: float, credentials: ClientCredentials) -> None:
     """Print KEY's value (linearizable read); exit 1 if absent."""
     value = _client_call(peers, timeout, credentials, lambda c: c.get(key))
@@ -441,7 +419,7 @@ def kv_get(key: str, peers: str, timeout: float, credentials: ClientCredentials)
 @click.argument("value")
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 def kv_put(
     key: str,
     value: str,
@@ -457,7 +435,7 @@ def kv_put(
 @click.argument("key")
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 def kv_delete(key: str, peers: str, timeout: float, credentials: ClientCredentials) -> None:
     _client_call(peers, timeout, credentials, lambda c: c.delete(key))
     click.echo("ok")
@@ -468,7 +446,7 @@ def kv_delete(key: str, peers: str, timeout: float, credentials: ClientCredentia
 @click.argument("value")
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 def kv_append(
     key: str,
     value: str,
@@ -487,7 +465,7 @@ def kv_append(
 @click.option("--absent", is_flag=True, help="Expect KEY to be absent (EXPECTED is ignored).")
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 def kv_cas(
     key: str,
     expected: str,
@@ -512,7 +490,7 @@ def kv_cas(
 @main.command()
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(peers: str, timeout: float, as_json: bool, credentials: ClientCredentials) -> None:
     """Role, term, leader, commit/applied index, log size and replication state per node."""
@@ -551,7 +529,7 @@ def members() -> None:
 @click.option("--learner", is_flag=True, help="Add as a learner only (no promotion).")
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 def members_add(
     node_id: int,
     address: str,
@@ -570,7 +548,7 @@ def members_add(
 @click.argument("node_id", type=click.IntRange(min=1))
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 def members_promote(
     node_id: int,
     peers: str,
@@ -585,7 +563,7 @@ def members_promote(
 @click.argument("node_id", type=click.IntRange(min=1))
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 def members_remove(
     node_id: int,
     peers: str,
@@ -600,7 +578,7 @@ def members_remove(
 @click.argument("node_id", type=click.IntRange(min=1))
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 def transfer_leader(
     node_id: int,
     peers: str,
@@ -830,7 +808,7 @@ def compare(
     help="Also show which plugin runs each seam on every node.",
 )
 @click.option("--json", "as_json", is_flag=True)
-@_credential_options
+@credential_options
 def plugins_command(peers: str | None, as_json: bool, credentials: ClientCredentials) -> None:
     """Installed plugins: name, tier, version, flags, seams; and what runs on each node."""
     from rich.console import Console
@@ -925,7 +903,7 @@ def _per_node(
 @flags.command("list")
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 @click.option("--json", "as_json", is_flag=True)
 def flags_list(peers: str, timeout: float, as_json: bool, credentials: ClientCredentials) -> None:
     """Every flag on every node: value, reason, source, and the log index that set it."""
@@ -936,7 +914,7 @@ def flags_list(peers: str, timeout: float, as_json: bool, credentials: ClientCre
 @click.argument("names", nargs=-1, required=True)
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 @click.option("--json", "as_json", is_flag=True)
 def flags_get(
     names: tuple[str, ...],
@@ -976,7 +954,7 @@ def flags_get(
 @click.option("--reason", default="", help="Note kept in the flag history.")
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 @click.option("--json", "as_json", is_flag=True)
 def flags_set(
     assignments: tuple[str, ...],
@@ -1009,7 +987,7 @@ def flags_set(
 @click.option("--reason", default="")
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 def flags_unset(
     names: tuple[str, ...],
     cluster: bool,
@@ -1033,7 +1011,7 @@ def flags_unset(
 @flags.command("history")
 @_peers_option
 @_timeout_option
-@_credential_options
+@credential_options
 @click.option("--json", "as_json", is_flag=True)
 def flags_history(
     peers: str,
@@ -1109,7 +1087,7 @@ def config_write(file: Path, profile: str, force: bool) -> None:
 
 main.add_command(tls_group)
 main.add_command(
-    lock_commands(_peers_option, _timeout_option, _credential_options, _client_call), "lock"
+    lock_commands(_peers_option, _timeout_option, credential_options, _client_call), "lock"
 )
 
 

@@ -11,7 +11,9 @@ A request has a deadline (``timeout``, retries included); each attempt, one node
 most ``attempt_timeout`` of it (``client.attempt_timeout``: about one election timeout).
 A hung, stopped or cut-off leader accepts a request and never answers; bounding the attempt
 lets the client move on to the other nodes, which elect a new leader in about one election
-timeout, instead of spending the whole deadline on one silent node. A node that failed an
+timeout, instead of spending the whole deadline on one silent node. A leader that is only
+slow (overloaded) is not abandoned: an attempt also waits twice the slowest answer of the
+last second or so, if that is longer; only silence beyond both ends it. A node that failed an
 attempt (silent, unreachable, connection lost) is *penalised* for ``attempt_timeout``: it is
 tried only after every other node, so writers do not walk back into the same hung leader
 (a redirect to it is not followed meanwhile). Followers help: one that has not heard from
@@ -41,6 +43,7 @@ Concurrent requests share the connections and leave in one write when made toget
 from __future__ import annotations
 
 import enum
+import math
 import random
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
@@ -227,6 +230,9 @@ class KVClient:
         self._penalised: dict[str, float] = {}
         """Address -> until when (anyio's clock) it is tried only after the others."""
         self._rng = random.Random(self.client_id)
+        self._slowest = 0.0
+        """The slowest answered attempt lately (seconds), decaying by half per second."""
+        self._slowest_at = 0.0
 
     @classmethod
     def from_settings(
@@ -466,7 +472,8 @@ class KVClient:
         deadline = now + self.timeout
         # Admin requests wait on the cluster (a learner catching up, a transfer, a swap):
         # their one attempt may take the whole deadline.
-        attempt = self.attempt_timeout if isinstance(body, KVOp | AppCall) else self.timeout
+        kv = isinstance(body, KVOp | AppCall)
+        attempt = self._attempt_limit(now) if kv else self.timeout
         maybe_applied = False
         last_problem = "no node answered"
         backoff = self.retry_backoff
@@ -481,6 +488,7 @@ class KVClient:
                 now = anyio.current_time()
                 continue
             tried.add(address)
+            sent = now
             outcome = await self._send_once(address, body, min(deadline, now + attempt))
             now = anyio.current_time()
             if isinstance(outcome, _Failure):
@@ -495,6 +503,8 @@ class KVClient:
             self._penalised.pop(address, None)  # it answers: whatever it says, it is alive
             if outcome.ok:
                 self._leader = address
+                if kv:
+                    self._observe(now - sent, now)
                 return outcome
             error = outcome.error
             assert error is not None
@@ -519,6 +529,18 @@ class KVClient:
                 f"applied (last: {last_problem})"
             )
         raise Unavailable(f"no leader reachable within {self.timeout:g}s (last: {last_problem})")
+
+    def _attempt_limit(self, now: float) -> float:
+        """``attempt_timeout``, or twice the slowest recent answer if longer (a leader that
+        is merely slow under load is waited for), never past the request deadline."""
+        recent = self._slowest * math.pow(0.5, now - self._slowest_at)
+        return min(self.timeout, max(self.attempt_timeout, 2 * recent))
+
+    def _observe(self, seconds: float, now: float) -> None:
+        """An attempt answered in ``seconds`` (its own time: not the request's retries)."""
+        recent = self._slowest * math.pow(0.5, now - self._slowest_at)
+        if seconds >= recent:
+            self._slowest, self._slowest_at = seconds, now
 
     def _next_target(self, tried: set[str], now: float) -> str | None:
         """The next node of this round: the known leader, else a random node not tried yet;

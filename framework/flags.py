@@ -759,7 +759,10 @@ class ClusterFlagState:
         if refused is not None:
             return FlagChange(reason=f"{note} refused: {refused}")
         if rollback is not None:
-            back = decode_flag_change(rollback.restore)
+            try:
+                back = decode_flag_change(rollback.restore)
+            except FlagError as error:  # same bytes everywhere: every node does the same
+                return FlagChange(reason=f"{note}: cannot restore the flags: {error}")
             return FlagChange(set=back.set, unset=back.unset, reason=f"{note}: {record.detail}")
         return FlagChange(set=change.set, unset=change.unset, reason=change.reason or note)
 

@@ -342,7 +342,13 @@ class MigrationJournal:
         if wire.active is not None:
             a = wire.active
             problem = record_problem(a.start)
-            if problem is not None or not -1 <= a.current_step < max(a.start.steps, 1):
+            if problem is None and not -1 <= a.current_step < max(a.start.steps, 1):
+                problem = f"current step {a.current_step} outside the plan's {a.start.steps}"
+            if problem is None and not 1 <= a.start_index <= applied_index:
+                problem = f"started at index {a.start_index}, outside 1..{applied_index}"
+            if problem is None and len(a.restore) > MAX_PLAN_BYTES:
+                problem = f"its restore change is {len(a.restore)} bytes"
+            if problem is not None:
                 raise ValueError(f"the active migration is not consistent: {problem}")
             journal._active = ActiveMigration(
                 start=a.start,

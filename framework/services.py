@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from anyio.abc import TaskStatus
 
 if TYPE_CHECKING:
+    from framework.auth import ClientCredentials
     from framework.config import Settings
     from framework.flags import ClusterFlagState, Evaluation, FlagChange, FlagRegistry
 
@@ -58,6 +59,12 @@ class ServiceContext(Protocol):
     @property
     def members(self) -> Mapping[int, str]:
         """The cluster's voters and learners with their addresses (this node included)."""
+        ...
+
+    @property
+    def credentials(self) -> ClientCredentials:
+        """What a service connects to other nodes with, as a client: this node's own
+        certificate when the cluster runs TLS (a node's identity may read status)."""
         ...
 
     def is_leader(self) -> bool: ...

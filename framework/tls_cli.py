@@ -67,6 +67,33 @@ def tls_init(nodes: int, out: Path, hosts: tuple[str, ...], force: bool) -> None
     click.echo(f"  export RAFTMW_TLS_KEY={made.client_key('admin')}")
 
 
+@tls_group.command("node")
+@click.option("--id", "node_id", type=click.IntRange(min=1), required=True, help="The node's id.")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="The directory raftmw tls init wrote (its ca.pem and ca.key issue the certificate).",
+)
+@click.option("--host", "hosts", multiple=True, help="A host name or address it also names.")
+@click.option("--force", is_flag=True, help="Replace the node's files if they exist.")
+def tls_node(node_id: int, directory: Path, hosts: tuple[str, ...], force: bool) -> None:
+    """Make a certificate for one more node (before `raftmw members add`)."""
+    from framework.transport.certificates import TlsDirectory
+
+    made = TlsDirectory(directory.resolve())
+    try:
+        made.add_node(node_id, hosts or ("localhost", "127.0.0.1"), force=force)
+    except TlsError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"wrote {made.node_cert(node_id)} and {made.node_key(node_id)}; start the node with "
+        f"--tls-ca {made.ca} --tls-cert {made.node_cert(node_id)} "
+        f"--tls-key {made.node_key(node_id)}"
+    )
+
+
 @tls_group.command("token")
 @click.option(
     "--role",

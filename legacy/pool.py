@@ -274,12 +274,13 @@ class LockedConnectionPool:
 
     def _start_dial(self, peer: int) -> None:
         """Dial ``peer`` in a task of its own unless a dial is in flight or backing off."""
-        if peer in self._dialling or self._tg is None:
+        address = self._addresses.get(peer)  # None: removed while we waited for the lock
+        if address is None or peer in self._dialling or self._tg is None:
             return
         if self._next_dial.get(peer, 0.0) > anyio.current_time():
             return  # still backing off: the buffer waits (and grows)
         self._dialling.add(peer)
-        self._tg.start_soon(self._dial, peer, self._addresses[peer])
+        self._tg.start_soon(self._dial, peer, address)
 
     async def _dial(self, peer: int, address: str) -> None:
         """Connect to ``peer``, then put the connection in the dict under the lock."""

@@ -20,6 +20,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from framework.auth import ClientCredentials
+from framework.cli_options import credential_options
 from framework.client import KVClient, parse_peers
 from framework.errors import RaftError
 from framework.plugins import PluginError, PluginHost, Tier
@@ -46,11 +48,16 @@ def _members(peers: str) -> dict[int, str]:
         raise click.BadParameter(str(exc), param_hint="--peers") from None
 
 
-def _call(peers: str, timeout: float, fn: Callable[[KVClient], Awaitable[Any]]) -> Any:
+def _call(
+    peers: str,
+    timeout: float,
+    credentials: ClientCredentials,
+    fn: Callable[[KVClient], Awaitable[Any]],
+) -> Any:
     members = _members(peers)
 
     async def go() -> Any:
-        async with KVClient(members, timeout=timeout) as client:
+        async with KVClient(members, timeout=timeout, credentials=credentials) as client:
             return await fn(client)
 
     try:
@@ -59,9 +66,13 @@ def _call(peers: str, timeout: float, fn: Callable[[KVClient], Awaitable[Any]]) 
         raise click.ClickException(str(exc)) from None
 
 
-def _request(peers: str, timeout: float, action: str, **args: Any) -> dict[str, Any]:
+def _request(
+    peers: str, timeout: float, credentials: ClientCredentials, action: str, **args: Any
+) -> dict[str, Any]:
     payload = json.dumps(args).encode()
-    result: dict[str, Any] = _call(peers, timeout, lambda c: c.service(_SERVICE, action, payload))
+    result: dict[str, Any] = _call(
+        peers, timeout, credentials, lambda c: c.service(_SERVICE, action, payload)
+    )
     return result
 
 
@@ -110,13 +121,16 @@ def check(plan_path: Path) -> None:
 @_peers_option
 @_timeout_option
 @_reason_option
-def start(plan_path: Path, peers: str, timeout: float, reason: str) -> None:
+@credential_options
+def start(
+    plan_path: Path, peers: str, timeout: float, reason: str, credentials: ClientCredentials
+) -> None:
     """Start the migration PLAN describes (one migration at a time)."""
     try:
         text = plan_path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise click.ClickException(f"{plan_path}: cannot read the plan: {exc}") from None
-    answer = _request(peers, timeout, "start", plan=text, reason=reason)
+    answer = _request(peers, timeout, credentials, "start", plan=text, reason=reason)
     click.echo(f"migration {answer['migration']!r} started at log index {answer['log_index']}")
     for line in answer.get("plan", [])[1:]:
         click.echo(line)
@@ -127,8 +141,9 @@ def _simple(action: str, done: str) -> None:
     @_peers_option
     @_timeout_option
     @_reason_option
-    def command(peers: str, timeout: float, reason: str) -> None:
-        answer = _request(peers, timeout, action, reason=reason)
+    @credential_options
+    def command(peers: str, timeout: float, reason: str, credentials: ClientCredentials) -> None:
+        answer = _request(peers, timeout, credentials, action, reason=reason)
         click.echo(f"migration {answer['migration']!r} {done} (log index {answer['log_index']})")
 
     command.__doc__ = {
@@ -152,9 +167,10 @@ for _action, _done in (
 @_peers_option
 @_timeout_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def history(peers: str, timeout: float, as_json: bool) -> None:
+@credential_options
+def history(peers: str, timeout: float, as_json: bool, credentials: ClientCredentials) -> None:
     """Every migration record the cluster keeps, oldest first."""
-    answer = _request(peers, timeout, "history")
+    answer = _request(peers, timeout, credentials, "history")
     if as_json:
         click.echo(json.dumps(answer, indent=2, sort_keys=True))
         return
@@ -261,20 +277,29 @@ def _num(value: float | None) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print one status as JSON and exit.")
 @click.option("--once", is_flag=True, help="Print the view once instead of following it.")
 @click.option("--interval", type=float, default=1.0, show_default=True, help="Refresh seconds.")
-def status(peers: str, timeout: float, as_json: bool, once: bool, interval: float) -> None:
+@credential_options
+def status(
+    peers: str,
+    timeout: float,
+    as_json: bool,
+    once: bool,
+    interval: float,
+    credentials: ClientCredentials,
+) -> None:
     """The running migration: steps, cohorts, the analysis against its thresholds, the
     time left in a pause, and every node's mode (live until it ends; Ctrl-C to leave)."""
     if as_json:
-        click.echo(json.dumps(_call(peers, timeout, _status), indent=2, sort_keys=True))
+        page = _call(peers, timeout, credentials, _status)
+        click.echo(json.dumps(page, indent=2, sort_keys=True))
         return
     console = Console()
     if once:
-        console.print(render_status(_call(peers, timeout, _status)))
+        console.print(render_status(_call(peers, timeout, credentials, _status)))
         return
     members = _members(peers)
 
     async def follow() -> None:
-        async with KVClient(members, timeout=timeout) as client:
+        async with KVClient(members, timeout=timeout, credentials=credentials) as client:
             with Live(console=console, refresh_per_second=4) as live:
                 while True:
                     page = await _status(client)

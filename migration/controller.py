@@ -362,7 +362,9 @@ class MigrationController:
         """Every voter's metrics over one window of ``interval`` seconds (a node that does
         not answer has no values)."""
         names = list(self.metrics)
-        async with KVClient(self.ctx.members, timeout=max(1.0, interval)) as client:
+        async with KVClient(
+            self.ctx.members, timeout=max(1.0, interval), credentials=self.ctx.credentials
+        ) as client:
             before = await self._pages(client, voters)
             await anyio.sleep(interval)
             after = await self._pages(client, voters)

@@ -68,6 +68,7 @@ MAX_PAUSE_SECONDS: Final = 30 * 86400.0
 MAX_MEASUREMENTS: Final = 1000
 _ID_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}", re.ASCII)
 _DAYS_RE: Final = re.compile(r"\s*(\d+(?:\.\d+)?)\s*d\s*", re.ASCII)
+_PAUSE_EXPECTED: Final = 'a number followed by ms, s, m, h or d, like "200ms", "30s" or "2d"'
 
 
 class PlanError(SettingsError):
@@ -217,9 +218,7 @@ def _duration(value: object, key: str, problems: _Problems, *, upper: float) -> 
         else:
             seconds = parse_duration(value, key=key)
     except SettingsError as error:
-        problems.found.append(
-            SettingsError(key, error.problem, error.expected + " or d", value=value)
-        )
+        problems.found.append(SettingsError(key, error.problem, _PAUSE_EXPECTED, value=value))
         return None
     if not 0 < seconds <= upper:
         problems.add(key, "is out of range", f"a duration above 0 and at most {upper:g}s", value)

@@ -136,7 +136,7 @@ async def test_a_silent_leader_costs_one_attempt_and_is_tried_last_meanwhile() -
     start = anyio.current_time()
     elected = start + 1.2
 
-    def follower_then_leader(body: RequestBody, now: float) -> ClientResponse:
+    def follower_then_leader(body: RequestBody, now: float) -> object:
         return ok(body, now) if now >= elected else refuse("not_leader", "a")(body, now)
 
     a = Node(hang)
@@ -167,6 +167,24 @@ async def test_a_redirect_is_followed_at_once_when_its_target_is_not_penalised()
         assert anyio.current_time() == start  # no backoff, no timeout: straight to b
     assert len(b.requests) == 3
     assert len(a.requests) + len(c.requests) <= 1  # the leader is remembered
+
+
+async def test_a_leader_that_is_only_slow_is_waited_for() -> None:
+    """Under load, answers slow down past the attempt timeout gradually: an attempt waits
+    twice the slowest recent answer too, so the client neither abandons nor re-sends to a
+    leader that is answering, only late."""
+    latencies = iter([0.3, 0.3, 0.3, 0.55, 0.55, 0.55])
+
+    def loaded(body: RequestBody, now: float) -> object:
+        return Late(next(latencies), ok(body, now))
+
+    a = Node(loaded)
+    b = Node(refuse("not_leader", "a"))
+    async with scripted_client({"a": a, "b": b}, timeout=5.0, attempt_timeout=0.5) as client:
+        client._leader = "a"
+        for i in range(6):
+            await client.put(f"k{i}", "v")
+    assert (len(a.requests), len(b.requests)) == (6, 0)  # one attempt each, all on a
 
 
 # -- what the errors promise ------------------------------------------------------------------

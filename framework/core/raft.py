@@ -20,6 +20,9 @@ Rules kept, with the section of the Raft paper (P) or Ongaro's dissertation (D):
   before bumping its term; a leader that has not heard from a majority for an election
   timeout steps down, and a follower that heard from a leader within the timeout refuses to
   vote (except for a leadership transfer), so a partitioned node cannot disrupt the cluster.
+  It takes both: pre-vote alone (check-quorum off) only stops a node that could not win
+  from bumping terms; a node that rejoins with a log as up to date as the others' wins the
+  pre-vote and deposes a healthy leader (as in etcd), since nobody refuses it for a lease.
 - Log matching (P §5.3): AppendEntries carries ``(prev_index, prev_term)``; a rejection
   carries a hint ``(hint_index, hint_term)`` so the leader skips a whole term per round trip.
 - Leader completeness (P §5.4): votes only go to candidates whose log is at least as up to
@@ -27,21 +30,41 @@ Rules kept, with the section of the Raft paper (P) or Ongaro's dissertation (D):
   Figure 8), which is why every new leader appends a no-op entry.
 - The leader counts its own copy of an entry only once the runtime reports it durable
   (``advance``), so "committed" always means "on stable storage on a majority".
-- Membership (D §4.1, §4.2.1): single-server changes, one at a time. A change takes effect
-  when applied. Safety argument: any two majorities of configurations that differ by one
-  server intersect, so as long as at most one change is unapplied at any time, no two
-  leaders can be elected in the same term by disjoint quorums. A leader refuses a new change
-  while an earlier one is unapplied, and refuses any change until every entry it inherited
-  from earlier terms is applied (``pending_conf_index`` starts at the leader's last index).
-  An inherited entry that was not yet committed can only commit together with an entry of
-  the new term (§5.4.2), so this is the fix to the single-server bug reported on raft-dev in
-  2015: no change before the leader has committed in its own term. A node with committed but
-  unapplied changes does not campaign. Learners receive the log but neither vote nor count
-  for commit; promotion is refused until the learner holds every committed entry.
+- Membership (D §4.1, §4.2.1): single-server changes, one at a time. What the code relies
+  on, and nothing more:
+  1. every node acts on the membership of its *applied* log (whom it asks for votes, how it
+     counts votes and commits); a snapshot carries the membership at its index, and a
+     change at or below an installed snapshot's index is never applied over it;
+  2. a leader appends a change only once the previous one is applied on it and once it has
+     committed an entry of its own term (``pending_conf_index`` starts at its last index;
+     an inherited uncommitted entry commits only with one of the new term, §5.4.2, which is
+     the fix to the single-server bug reported on raft-dev in 2015), so the changes in any
+     log form one chain in which neighbours differ by one server, and majorities of
+     neighbours intersect;
+  3. a node whose log holds a committed but unapplied change does not campaign (the
+     campaign guard). Apply lags commit (the runtime caps committed entries per Ready), and
+     such a node would count votes with a membership two changes old, whose majority need
+     not meet the current one's: two leaders in one term (etcd-io/raft#456; see the
+     directed test and the mutation check).
+  A candidate that does not yet *know* a change committed still counts with an older
+  membership; no proof is given here that (1)-(3) exclude every such case. The evidence is
+  the simulator (membership changes through one- and two-voter clusters, apply lag, inputs
+  between ``ready()`` and ``advance()``) and its mutation check. Learners receive the log
+  but neither vote nor count for commit; promotion is refused until the learner holds every
+  committed entry.
 - Reads (D §6.4): ReadIndex records the commit index, confirms leadership with a heartbeat
   round carrying the read's context, then releases the read; a leader serves none until it
-  has committed an entry in its term. Lease reads (D §6.4.1) are opt-in and need
-  check-quorum.
+  has committed an entry in its term. Every heartbeat carries the newest pending read's
+  context, so a read whose own round was lost is confirmed by the next round. Lease reads
+  (D §6.4.1) are opt-in and need check-quorum: heartbeats carry the leader's tick count
+  (``sent_tick``), echoed back; once a majority answered the round sent at tick ``s`` the
+  leader serves reads without a round until its tick count reaches ``s + election_tick -
+  lease_drift_ticks`` (``_in_lease``), because each of those followers refuses other
+  candidates for an election timeout after it received the round. Not in a term in which
+  a transfer started (the target campaigns past that refusal). A new kernel refuses
+  disruptive votes for its first election timeout when lease reads are on, since it may
+  have answered a round just before it crashed. The runtime must deliver every elapsed
+  tick, also those of a pause.
 - Leadership transfer (D §3.10): the leader stops accepting proposals, brings the target up
   to date, and sends TimeoutNow; the transfer is abandoned after an election timeout.
 
@@ -542,9 +565,9 @@ class RawNode:
             for entry in rd.committed_entries:
                 if entry.kind is EntryKind.CONF_CHANGE and entry.index > covered:
                     self._apply_conf_change(decode_conf_change(entry.data))
-            last = rd.committed_entries[-1].index
-            if last > self.log.applied:
-                self.log.applied_to(min(last, self.log.committed))
+            last_applied = rd.committed_entries[-1].index
+            if last_applied > self.log.applied:
+                self.log.applied_to(min(last_applied, self.log.committed))
 
     def status(self) -> Status:
         progress = {}

@@ -10,7 +10,12 @@ etcd does with ``--initial-cluster-state``, bootstrapping is an explicit choice:
 
 - ``--initial-cluster new``: an empty directory bootstraps the membership from ``--peers``
   (what ``raftmw cluster``, ``demo``, ``bench``, ``compare`` and the test harnesses pass for
-  a cluster they create);
+  a cluster they create). The node still asks its peers first, and refuses if a leader's
+  replication progress says this node had already stored entries (``match > 0``): then
+  its directory was wiped, whatever the option says. A fresh node of a new cluster, however
+  slow to start, has acknowledged nothing, so this never refuses one; a wiped node whose
+  peers elected a new leader since it died is not caught (the new leader never heard from
+  it), which is why ``existing`` is the default.
 - ``--initial-cluster existing`` (the default): an empty directory is refused. Before
   refusing, the node asks each peer for its status over the client protocol (a few
   seconds at most, all peers at once) so that the error says what it found: peers that
@@ -39,18 +44,19 @@ __all__ = [
     "PeerView",
     "empty_directory_refusal",
     "probe_peers",
+    "wiped_directory_refusal",
 ]
 
 InitialCluster = Literal["new", "existing"]
 
-DEFAULT_PROBE_TIMEOUT: Final = 3.0
+DEFAULT_PROBE_TIMEOUT: Final = 5.0
 """Seconds a starting node waits for its peers' status before refusing to start."""
 
 
 class PeerView:
     """What one peer said about itself (or why it said nothing)."""
 
-    __slots__ = ("cluster_id", "commit", "node_id", "problem", "term")
+    __slots__ = ("cluster_id", "commit", "match_of_me", "node_id", "problem", "term")
 
     def __init__(
         self,
@@ -59,12 +65,16 @@ class PeerView:
         cluster_id: str = "",
         term: int = 0,
         commit: int = 0,
+        match_of_me: int = 0,
         problem: str = "",
     ) -> None:
         self.node_id = node_id
         self.cluster_id = cluster_id
         self.term = term
         self.commit = commit
+        self.match_of_me = match_of_me
+        """As a leader: the index up to which it knows the probing node's log matched its
+        own (replication progress); above 0, the probing node once stored entries."""
         self.problem = problem
 
     @property
@@ -74,30 +84,52 @@ class PeerView:
 
 
 async def probe_peers(
-    peers: Mapping[int, str], *, timeout: float = DEFAULT_PROBE_TIMEOUT, **client: Any
+    peers: Mapping[int, str],
+    *,
+    node_id: int,
+    timeout: float = DEFAULT_PROBE_TIMEOUT,
+    **client: Any,
 ) -> list[PeerView]:
-    """Ask every peer for its status at once; each answer or problem, by node id."""
+    """Ask every peer for its status at once (on behalf of node ``node_id``); each answer
+    or problem, by node id."""
+    me = str(node_id)
     views: dict[int, PeerView] = {}
     async with KVClient(dict(peers), timeout=timeout, connect_timeout=timeout, **client) as kv:
 
-        async def ask(node_id: int) -> None:
+        async def ask(peer: int) -> None:
             try:
                 with anyio.fail_after(timeout):
-                    status = await kv.status(node_id)
+                    status = await kv.status(peer)
+                progress = status.get("progress") or {}
+                view = PeerView(
+                    peer,
+                    cluster_id=str(status.get("cluster_id", "")),
+                    term=int(status.get("term", 0)),
+                    commit=int(status.get("commit", 0)),
+                    match_of_me=int((progress.get(me) or {}).get("match", 0)),
+                )
             except (RaftError, OSError, TimeoutError) as exc:
-                views[node_id] = PeerView(node_id, problem=str(exc) or type(exc).__name__)
-                return
-            views[node_id] = PeerView(
-                node_id,
-                cluster_id=str(status.get("cluster_id", "")),
-                term=int(status.get("term", 0)),
-                commit=int(status.get("commit", 0)),
-            )
+                view = PeerView(peer, problem=str(exc) or type(exc).__name__)
+            except (TypeError, ValueError, AttributeError) as exc:  # a status of another shape
+                view = PeerView(peer, problem=f"unexpected status: {exc}")
+            views[peer] = view
 
         async with anyio.create_task_group() as tg:
-            for node_id in peers:
-                tg.start_soon(ask, node_id)
+            for peer in peers:
+                tg.start_soon(ask, peer)
     return [views[nid] for nid in sorted(views)]
+
+
+def wiped_directory_refusal(
+    *, node_id: int, cluster_id: str, data_dir: str, views: list[PeerView]
+) -> str | None:
+    """With ``--initial-cluster new``: why node ``node_id`` must not bootstrap its empty
+    ``data_dir`` after all (a leader knows it once stored entries), or None."""
+    if any(v.cluster_id == cluster_id and v.match_of_me > 0 for v in views):
+        return empty_directory_refusal(
+            node_id=node_id, cluster_id=cluster_id, data_dir=data_dir, views=views
+        )
+    return None
 
 
 def empty_directory_refusal(

@@ -53,7 +53,10 @@ from framework.transport.wire import (
 if TYPE_CHECKING:
     from framework.runtime.node import RaftNode
 
-__all__ = ["ClientService", "Refused", "answer"]
+__all__ = ["MAX_ADMIN_REQUESTS", "ClientService", "Refused", "answer"]
+
+MAX_ADMIN_REQUESTS = 256
+"""Status and admin requests running at once (each is a task); more are ``overloaded``."""
 
 log = logging.getLogger("raftmw.node")
 
@@ -76,6 +79,7 @@ class ClientService:
         self.rejections: dict[str, int] = {}
         """Client requests answered with an error, per reason, not yet reported."""
         self._read_seq = 0
+        self._admin_running = 0
 
     # == requests =============================================================================
 
@@ -92,6 +96,12 @@ class ClientService:
         body = request.body
         if not isinstance(body, KVOp | AppCall):
             assert node._tg is not None, "submit() before the node serves"
+            if self._admin_running >= MAX_ADMIN_REQUESTS:  # a task each: bounded too
+                message = f"node {node.id}: {MAX_ADMIN_REQUESTS} status/admin requests are running"
+                error = ErrorReply(kind="overloaded", message=f"{message}; retry later")
+                reply(ClientResponse(id=request.id, ok=False, error=error))
+                return
+            self._admin_running += 1
             node._tg.start_soon(self._answer_admin, request, reply)
             return
         request_id = request.id
@@ -211,6 +221,8 @@ class ClientService:
                 ok=False,
                 error=ErrorReply(kind="retry", message=f"internal error: {exc!r}"),
             )
+        finally:
+            self._admin_running -= 1
         reply(response)
 
     # == deadlines ============================================================================

@@ -70,7 +70,7 @@ from framework.metrics import GaugeReadings, NodeInstruments
 from framework.plugins import PluginHost
 from framework.runtime.admin import AdminOps
 from framework.runtime.app_identity import AppIdentity
-from framework.runtime.client_service import ClientService, Refused, answer
+from framework.runtime.client_service import MAX_ADMIN_REQUESTS, ClientService, Refused, answer
 from framework.runtime.components import Components
 from framework.runtime.members import address_check_for, address_of
 from framework.runtime.node_flags import NodeFlags
@@ -92,9 +92,10 @@ from framework.storage import LogStore, StorageError, StoredState
 from framework.transport.base import Transport
 from framework.transport.wire import ClientRequest, ClientResponse
 
-__all__ = ["NodeConfig", "NodeSnapshot", "RaftNode"]
+__all__ = ["MAX_ADMIN_REQUESTS", "NodeConfig", "NodeSnapshot", "RaftNode"]
 
 log = logging.getLogger("raftmw.node")
+
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

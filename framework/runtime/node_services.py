@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from anyio.abc import TaskGroup
 
+from framework.auth import ClientCredentials
 from framework.flags import ClusterFlagState, Evaluation, FlagChange, FlagRegistry
 from framework.plugins import PluginError
 from framework.services import Service, ServiceError
@@ -62,6 +63,11 @@ class NodeContext:
         conf = kernel.conf_state
         ids = set(conf.voters) | set(conf.learners)
         return {nid: addr for nid, addr in sorted(addresses.items()) if nid in ids}
+
+    @property
+    def credentials(self) -> ClientCredentials:
+        tls = self._node.settings.tls
+        return ClientCredentials(ca=tls.ca, cert=tls.cert, key=tls.key)
 
     def is_leader(self) -> bool:
         kernel = self._node.kernel

@@ -82,8 +82,7 @@ def decode_node_snapshot(data: bytes) -> NodeSnapshot:
         ) from None
     if snap.version != SNAPSHOT_VERSION:
         raise BadNodeSnapshot(
-            f"snapshot format version {snap.version} is not supported "
-            f"(expected {SNAPSHOT_VERSION})"
+            f"snapshot format version {snap.version} is not supported (expected {SNAPSHOT_VERSION})"
         )
     return snap
 
@@ -166,15 +165,18 @@ class InboundSnapshots:
     async def _check(self, msg: InstallSnapshot) -> None:
         try:
             await anyio.to_thread.run_sync(self._check_sync, msg)
-        except BadNodeSnapshot as exc:
+        except Exception as exc:
+            # BadNodeSnapshot names the problem; anything else is a snapshot this node
+            # cannot check (a state machine's bug, say), which it must not install either.
             self.rejected += 1
-            log.warning(
+            log.log(
+                logging.WARNING if isinstance(exc, BadNodeSnapshot) else logging.ERROR,
                 "node %d refused the snapshot at index %d from node %d (term %d): %s",
                 self.node_id,
                 msg.snapshot.meta.index,
                 msg.src,
                 msg.term,
-                exc,
+                exc if isinstance(exc, BadNodeSnapshot) else repr(exc),
             )
             return
         finally:

@@ -213,9 +213,9 @@ class CheckResult:
 
     ``ok`` is ``True`` (linearizable), ``False`` (not linearizable: ``key`` is the first key,
     in order of first appearance, whose sub-history is not) or ``None`` (unknown: the search
-    for ``key`` ran out of its step budget and no other key failed). Treat ``None`` as not a
-    failure, but report it. ``explanation`` is meant for a human: for a failure it names the
-    key, the furthest the search got, and lists that key's operations.
+    for ``key`` ran out of its step budget and no other key failed). ``None`` is no pass:
+    the simulator fails a run it cannot judge. ``explanation`` is meant for a human: for a
+    failure it names the key, the furthest the search got, and lists that key's operations.
     """
 
     ok: bool | None

@@ -33,10 +33,11 @@ The rules this module keeps, and why:
    is closed: a silent socket must not hold a slot forever.
 3a. **Bounded before authentication.** An accepted connection over ``max_connections`` in
    all, or over ``max_connections_per_address`` from one address, is closed at accept
-   without reading a byte. The first frame is read exactly, and refused over
-   ``handshake_frame_size`` (a few KiB): nothing past it is read until the caller is
-   authenticated. A client that did not authenticate while authentication is on keeps that
-   small frame limit, and every request it makes is answered ``unauthorized``.
+   without reading a byte (``framework.transport.admission``). The first frame is read
+   exactly, and refused over ``handshake_frame_size`` (a few KiB): nothing past it is read
+   until the caller is authenticated. A client that did not authenticate while
+   authentication is on may send one request, within that small limit, which is answered
+   ``unauthorized`` (naming the role it needs) before the connection is closed.
 4. **``send`` never blocks.** Messages for a higher-id peer go to the pool's ``send``, the
    others to the accepted link's queue; one writer task per accepted connection takes
    everything queued and writes it as one ``PeerBatch`` frame, so a burst of sends costs
@@ -833,8 +834,10 @@ class TcpTransport:
                 identity, hello.token, self._tokens, authentication=self._authenticating
             )
             await conn.writer.send(self._hello)
-            if principal.role is not None:
-                conn.reader.set_limit(self._max_frame_size)
+            if principal.role is None:
+                await self._answer_unauthenticated(conn, principal)
+                return
+            conn.reader.set_limit(self._max_frame_size)
             await self._serve_client(conn, state.clients, principal)
             return
         refusal = self._refuse_peer(hello, state)
@@ -876,6 +879,23 @@ class TcpTransport:
             return hello
         conn.close(f"no Hello within {self._connect_timeout}s (handshake timeout)")
         return None
+
+    async def _answer_unauthenticated(self, conn: _Connection, principal: auth.Principal) -> None:
+        """A client that did not authenticate gets one answer, ``unauthorized`` naming what
+        it asked for (read within the small first-frame limit and ``connect_timeout``), and
+        is closed: it must not hold one of the listener's slots (rule 3a)."""
+        with anyio.move_on_after(self._connect_timeout):
+            request = decode_client_request(await conn.reader.receive())
+            if isinstance(request, Goodbye):
+                conn.close(f"client said goodbye: {request.reason}", level=logging.INFO)
+                return
+            refusal = auth.authorize(principal, request.body)
+            await conn.writer.send(
+                encode_frame(ClientResponse(id=request.id, ok=False, error=refusal))
+            )
+            conn.close("an unauthenticated client was answered and closed", level=logging.INFO)
+            return
+        conn.close(f"an unauthenticated client asked nothing within {self._connect_timeout}s")
 
     async def _serve_client(
         self, conn: _Connection, clients: ClientService, principal: auth.Principal

@@ -328,7 +328,8 @@ def decode_client_request(data: bytes) -> ClientRequest | Goodbye:
         try:
             envelope = _ENVELOPE.decode(data)
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-            return _decode(_REQUEST, "client request", data)  # raises, naming the problem
+            _decode(_REQUEST, "client request", data)  # raises ProtocolError, naming it
+            raise  # pragma: no cover - _decode raised
         reason = f"request {envelope.id} ({len(data)} bytes) breaks the protocol: {exc}"
         return ClientRequest(id=envelope.id, body=InvalidRequest(reason=reason))  # type: ignore[arg-type]
     assert isinstance(request, ClientRequest | Goodbye)

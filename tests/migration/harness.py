@@ -12,7 +12,6 @@ from typing import Any
 
 import anyio
 
-from framework.client import KVClient
 from framework.errors import RaftError
 from framework.runtime.localcluster import LocalCluster
 
@@ -76,7 +75,7 @@ async def service(cluster: LocalCluster, action: str, **args: Any) -> dict[str, 
 
 
 async def node_status(cluster: LocalCluster, node_id: int) -> dict[str, Any]:
-    async with KVClient(cluster.peers, timeout=2.0) as client:
+    async with cluster.client(timeout=2.0) as client:
         return await client.status(node_id)
 
 
@@ -89,7 +88,7 @@ async def wait_until(
 ) -> dict[int, dict[str, Any]]:
     """Poll the status pages of ``nodes`` until ``predicate`` holds for them."""
     with anyio.fail_after(timeout):
-        async with KVClient(cluster.peers, timeout=2.0) as client:
+        async with cluster.client(timeout=2.0) as client:
             while True:
                 pages: dict[int, dict[str, Any]] = {}
                 for n in nodes:

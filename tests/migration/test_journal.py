@@ -158,3 +158,18 @@ def test_a_snapshot_with_an_inconsistent_journal_is_refused() -> None:
     data = log.state.to_bytes().replace(b"m1", b"  ")  # an id that is not an id
     with pytest.raises(FlagError, match="not consistent"):
         ClusterFlagState.from_bytes(data)
+
+
+def test_a_rollback_that_cannot_restore_ends_the_migration_without_raising() -> None:
+    import dataclasses
+
+    log = Log()
+    log.apply(FlagChange(migration=record("start")))
+    log.apply(FlagChange(set=canary((2,)), migration=record("step", 0)))
+    active = log.state.migrations.active
+    assert active is not None
+    log.state.migrations._active = dataclasses.replace(active, restore=b"\xc1 not msgpack")
+    index = log.apply(FlagChange(migration=record("rollback", 0)))  # does not raise
+    assert log.state.migrations.active is None
+    assert "cannot restore the flags" in log.state.history()[-1][1].reason
+    assert log.state.history()[-1][0] == index

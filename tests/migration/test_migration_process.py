@@ -60,9 +60,9 @@ def step_records(history: dict[str, Any], migration: str) -> Counter[tuple[str, 
 
 
 async def cli(cluster: LocalCluster, *args: str) -> Any:
-    result = await anyio.to_thread.run_sync(
-        CliRunner().invoke, migrate, [*args, "--peers", cluster.peers_arg()]
-    )
+    # As an operator would: the cluster's peers and admin certificate from RAFTMW_*.
+    runner = CliRunner(env=cluster.environment())
+    result = await anyio.to_thread.run_sync(runner.invoke, migrate, list(args))
     assert result.exit_code == 0, result.output
     return result.output
 

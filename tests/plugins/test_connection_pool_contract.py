@@ -364,6 +364,27 @@ async def test_legacy_serves_other_peers_while_one_connects() -> None:
         await until(lambda: dialer.terms(3) == [0, 1], "node 3 once connected")
 
 
+async def test_legacy_forgets_a_peer_removed_while_its_sender_waits_for_the_lock() -> None:
+    """The sender walks the book, then waits for the lock (a dial being recorded, a closed
+    connection being removed); a peer removed meanwhile must not be dialled (it was looked
+    up in the book and crashed the pool: seen when a node was removed from a cluster)."""
+    dialer = FakeDialer()
+    dialer.refuse.add(2)
+    pool = make_pool("legacy", dialer)
+    pool.set_peers({2: "a2"})
+    async with running(pool):
+        await until(lambda: dialer.dials.count((2, "a2")) >= 1, "a first dial")
+        lock = pool._lock
+        async with lock:  # held, as while a dial's connection is recorded
+            waiting = lock._lock.statistics  # the anyio.Lock inside the counting lock
+            await until(lambda: waiting().tasks_waiting > 0, "the sender waits for it")
+            pool.set_peers({})
+        dials = len(dialer.dials)
+        pool.set_peers({3: "a3"})  # the pool still runs: it dials the next peer
+        await until(connected(dialer, 3), "node 3")
+        assert (2, "a2") not in dialer.dials[dials:]
+
+
 async def test_the_actor_serves_other_peers_while_one_connects_or_stalls() -> None:
     dialer = FakeDialer()
     pool = make_pool("actor", dialer)

@@ -1,14 +1,17 @@
-"""A forged peer for hostile-input tests: a plain socket that passes the peer handshake as a
-node id of the cluster and then sends whatever frames a test gives it."""
+"""A hostile peer for hostile-input tests: a socket that passes the peer handshake as a node
+id of the cluster (with that node's certificate when the cluster runs TLS: a valid
+certificate does not make a message sane) and then sends whatever frames a test gives it."""
 
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Sequence
 
 import msgspec
 
 from framework.core import Message
+from framework.transport.certificates import TlsDirectory
 from framework.transport.wire import (
     PROTOCOL,
     PROTOCOL_VERSION,
@@ -35,6 +38,7 @@ def send_as_peer(
     as_node: int,
     cluster_id: str,
     linger: float = 0.0,
+    tls: TlsDirectory | None = None,
 ) -> bool:
     """Connect to ``address`` as peer ``as_node``, send ``frames``, and wait up to ``linger``
     seconds for the node to close the connection. Whether it did (it drops a connection
@@ -47,11 +51,17 @@ def send_as_peer(
         node_id=as_node,
         cluster_id=cluster_id,
     )
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
+    context = None
+    if tls is not None:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca))
+        context.check_hostname = False  # nodes are named by id in their certificates
+        context.load_cert_chain(str(tls.node_cert(as_node)), str(tls.node_key(as_node)))
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        sock = context.wrap_socket(raw) if context is not None else raw
         sock.sendall(encode_frame(hello))
         try:
             sock.sendall(b"".join(frames))
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
             return True
         if linger <= 0:
             return False
@@ -61,6 +71,6 @@ def send_as_peer(
                 pass
         except TimeoutError:
             return False
-        except ConnectionResetError:
+        except (ConnectionResetError, ssl.SSLError):
             return True
         return True

@@ -243,7 +243,7 @@ def test_compare_runs_both_modes_on_the_same_fault_and_reads_back_their_writes()
             "--clients",
             "8",
             "--seconds",
-            "2",
+            "3",  # killed half-way: 1.5s left for an election on a loaded machine
             "--json",
         ],
         capture_output=True,

@@ -27,7 +27,7 @@ from framework.core import ConfState, Heartbeat, RaftConfig, RawNode, Role
 from framework.runtime.redirect import redirect_target
 from framework.sim.linearizability import check_history
 from framework.transport.base import answer_request
-from framework.transport.wire import ClientRequest, ClientResponse, RequestBody
+from framework.transport.wire import ClientRequest, ClientResponse, KVOp, RequestBody
 
 pytestmark = pytest.mark.anyio
 
@@ -55,6 +55,31 @@ def test_a_follower_redirects_only_to_a_leader_heard_from_within_an_election_tim
     assert (node.role, node.leader, redirect_target(node)) == (Role.FOLLOWER, 1, 0)
     node.step(Heartbeat(src=1, dst=2, term=2, commit=0))
     assert redirect_target(node) == 1  # heard from again
+
+
+async def test_a_node_cut_off_from_its_leader_stops_sending_clients_to_it() -> None:
+    """A learner never campaigns, so its kernel keeps naming the leader it last heard from
+    for as long as it is cut off: the node must still stop redirecting to it."""
+    async with cluster() as c, c.client(timeout=10.0) as client:
+        await client.put("k", "v")
+        await c.start(4, join=True, peers={**c.peers, 4: "mem://4"})
+        await client.members("add_learner", 4, "mem://4")
+        leader = await c.wait_leader()
+        learner = c.nodes[4]
+        put = ClientRequest(id=1, body=KVOp(op="put", key="k", value="w", client_id=9, seq=1))
+        with anyio.fail_after(10):
+            while (await learner.status())["leader"] != leader:
+                await anyio.sleep(0.01)
+        first = await answer_request(learner, put)
+        assert first.error is not None and first.error.leader_address == f"mem://{leader}"
+        c.network.isolate(4)
+        with anyio.fail_after(10):  # one election timeout (20 ticks of 5ms) of silence
+            while (answer := await answer_request(learner, put)).error.leader_address:  # type: ignore[union-attr]
+                await anyio.sleep(0.01)
+        assert answer.error is not None
+        assert (answer.error.kind, answer.error.leader_id) == ("not_leader", 0)
+        assert "leader: unknown" in answer.error.message
+        assert (await learner.status())["leader"] == leader  # the kernel still names it
 
 
 def _randomized_timeout(config: RaftConfig, seed: int) -> int:
@@ -124,7 +149,7 @@ class FrozenAware:
 async def test_writers_get_past_a_frozen_leader_and_every_write_applies_once() -> None:
     keys = ("a", "b")
     async with (
-        cluster(**{"client.request_timeout": "20s"}) as c,
+        cluster(**{"client.request_timeout": "20s"}) as c,  # type: ignore[arg-type]
         anyio.create_task_group() as tg,
     ):
         freezer = Freezer(c, tg)

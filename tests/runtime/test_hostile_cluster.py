@@ -1,9 +1,11 @@
-"""Hostile input against real `raftmw node` processes on loopback (plain TCP): messages a
-forged peer sends, a bad member address, and a node restarted on a wiped data directory.
-After each, the cluster still serves and no acknowledged write is lost."""
+"""Hostile input against real `raftmw node` processes on loopback (TLS, the hostile peer
+holding node 1's certificate): messages a forged peer sends, a bad member address, and a
+node restarted on a wiped data directory. After each, the cluster still serves and no
+acknowledged write is lost."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 from pathlib import Path
@@ -22,7 +24,7 @@ from framework.core import (
     Snapshot,
     SnapshotMeta,
 )
-from framework.errors import BadRequest
+from framework.errors import BadRequest, RaftError, Timeout
 from framework.runtime.localcluster import LocalCluster
 from framework.transport.bounds import MAX_TERM
 
@@ -64,7 +66,7 @@ def _alive(cluster: LocalCluster) -> dict[int, bool]:
 async def test_forged_peer_messages_neither_kill_nor_wipe_a_node(cluster: LocalCluster) -> None:
     """A node accepts peer connections from lower ids only (the lower id dials), so the
     forged peer poses as node 1 to nodes 2 and 3, with node 3 leading and node 2 following."""
-    with anyio.fail_after(120):
+    with anyio.fail_after(300):  # generous: the machine may be loaded
         await cluster.wait_serving()
         acked: dict[str, str] = {}
         await _write(cluster, "before", 20, acked)
@@ -78,7 +80,11 @@ async def test_forged_peer_messages_neither_kill_nor_wipe_a_node(cluster: LocalC
         for nid in (2, 3):
             overflow = Heartbeat(src=1, dst=nid, term=HUGE, commit=HUGE)
             assert send_as_peer(
-                cluster.nodes[nid].address, [batch(overflow)], as_node=1, cluster_id="hostile",
+                cluster.nodes[nid].address,
+                [batch(overflow)],
+                as_node=1,
+                cluster_id="hostile",
+                tls=cluster.tls,
                 linger=10,
             ), f"node {nid} kept a connection that sent term {HUGE}"
         # A forged append that would make the follower apply forged commands at an absurd
@@ -93,13 +99,21 @@ async def test_forged_peer_messages_neither_kill_nor_wipe_a_node(cluster: LocalC
             commit=HUGE,
         )
         assert send_as_peer(
-            cluster.nodes[target].address, [batch(forged_append)], as_node=1,
-            cluster_id="hostile", linger=10,
+            cluster.nodes[target].address,
+            [batch(forged_append)],
+            as_node=1,
+            cluster_id="hostile",
+            tls=cluster.tls,
+            linger=10,
         )
         forged_answer = AppendResponse(src=1, dst=leader, term=HUGE, index=HUGE)
         assert send_as_peer(
-            cluster.nodes[leader].address, [batch(forged_answer)], as_node=1,
-            cluster_id="hostile", linger=10,
+            cluster.nodes[leader].address,
+            [batch(forged_answer)],
+            as_node=1,
+            cluster_id="hostile",
+            tls=cluster.tls,
+            linger=10,
         )
         # A well-formed InstallSnapshot at a higher term whose bytes are junk: it used to
         # wipe the follower's log before failing to restore (and the node never started
@@ -119,7 +133,11 @@ async def test_forged_peer_messages_neither_kill_nor_wipe_a_node(cluster: LocalC
             ),
         )
         send_as_peer(
-            cluster.nodes[target].address, [batch(junk)], as_node=1, cluster_id="hostile",
+            cluster.nodes[target].address,
+            [batch(junk)],
+            as_node=1,
+            cluster_id="hostile",
+            tls=cluster.tls,
             linger=1,
         )
         async with cluster.client(timeout=10.0) as client:
@@ -154,7 +172,7 @@ async def test_forged_peer_messages_neither_kill_nor_wipe_a_node(cluster: LocalC
 async def test_bad_member_address_is_refused_and_a_wiped_node_does_not_rejoin(
     cluster: LocalCluster,
 ) -> None:
-    with anyio.fail_after(120):
+    with anyio.fail_after(300):  # generous: the machine may be loaded
         await cluster.wait_serving()
         acked: dict[str, str] = {}
         await _write(cluster, "k", 20, acked)
@@ -171,18 +189,24 @@ async def test_bad_member_address_is_refused_and_a_wiped_node_does_not_rejoin(
             status = await admin.status(1)
             assert status["voters"] == [1, 2, 3] and status["learners"] == []
 
-        # Node 3 loses its disk and is restarted as it was: it must refuse, not rejoin.
+            await admin.transfer_leader(1)  # node 3's death leaves node 1 leading
+
+        # Node 3 loses its disk and is restarted as it was (the default, existing), and
+        # then as if the cluster were new: it must refuse both times, not rejoin. (With
+        # "new", the leader's progress shows node 3 once stored entries.)
         wiped = cluster.nodes[3]
         cluster.kill(3)
         shutil.rmtree(wiped.data_dir)
-        wiped.extra_args = ["--initial-cluster", "existing"]
-        cluster.start(3)
-        assert wiped.process is not None
-        code = await anyio.to_thread.run_sync(lambda: wiped.process.wait(60))  # type: ignore[union-attr]
-        assert code != 0
-        output = wiped.log_path.read_text()
-        assert "members remove 3" in output and "--join" in output, output[-2000:]
-        assert "already hold cluster 'hostile'" in output
+        for option in ("existing", "new"):
+            wiped.log_path.unlink()
+            wiped.extra_args = ["--initial-cluster", option]
+            cluster.start(3)
+            assert wiped.process is not None
+            code = await anyio.to_thread.run_sync(lambda: wiped.process.wait(60))  # type: ignore[union-attr]
+            assert code != 0, option
+            output = wiped.log_path.read_text()
+            assert "members remove 3" in output and "--join" in output, output[-2000:]
+            assert "already hold cluster 'hostile'" in output
 
         # The cluster serves on two nodes, and the operator's way back works: remove node
         # 3, start it with --join, add it back.
@@ -191,8 +215,16 @@ async def test_bad_member_address_is_refused_and_a_wiped_node_does_not_rejoin(
             await admin.members("remove", 3)
             wiped.extra_args = ["--join"]
             cluster.start(3)
-            await admin.members("add", 3, wiped.address)
-            assert (await admin.status(1))["voters"] == [1, 2, 3]
+            try:
+                await admin.members("add", 3, wiped.address)
+            except RaftError as exc:
+                # A loaded machine: the first attempt added the learner but timed out before
+                # promoting it, and the client's retry found node 3 a member already.
+                assert "already a member" in str(exc) or isinstance(exc, Timeout), exc
+            while (await admin.status(1))["voters"] != [1, 2, 3]:
+                with contextlib.suppress(RaftError):  # promote once it has caught up
+                    await admin.members("promote", 3)
+                await anyio.sleep(0.1)
         await _check(cluster, acked)
         assert cluster.nodes[3].alive()
         cluster.signal(3, signal.SIGTERM)

@@ -71,7 +71,11 @@ def _raft(draw: st.DrawFn) -> Any:
             for i in range(count)
         )
         return AppendEntries(
-            **base, prev_index=prev, prev_term=draw(_numbers), entries=entries, commit=draw(_numbers)
+            **base,
+            prev_index=prev,
+            prev_term=draw(_numbers),
+            entries=entries,
+            commit=draw(_numbers),
         )
     if kind == 2:
         return AppendResponse(
@@ -124,8 +128,10 @@ def _frame(draw: st.DrawFn) -> bytes:
         value = draw(
             st.recursive(
                 st.none() | st.booleans() | _numbers | st.text(max_size=8) | _small,
-                lambda inner: st.lists(inner, max_size=4)
-                | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                lambda inner: (
+                    st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+                ),
                 max_leaves=12,
             )
         )

@@ -17,12 +17,18 @@ from framework.core import ConfChange, ConfChangeType, Entry, EntryKind, HardSta
 from framework.core.raft import encode_conf_change
 from framework.errors import BadRequest
 from framework.runtime.localcluster import free_ports
-from framework.runtime.node import NodeConfig, RaftNode
+from framework.runtime.node import MAX_ADMIN_REQUESTS, NodeConfig, RaftNode
 from framework.storage import MemoryLogStore
 from framework.storage.sqlite import SQLiteLogStore
 from framework.transport.memory import MemoryNetwork
 from framework.transport.tcp import TcpTransport
-from framework.transport.wire import MAX_KEY_BYTES, ClientRequest, ClientResponse, KVOp
+from framework.transport.wire import (
+    MAX_KEY_BYTES,
+    ClientRequest,
+    ClientResponse,
+    KVOp,
+    StatusRequest,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -162,3 +168,34 @@ async def test_a_request_out_of_bounds_is_answered_bad_request_naming_the_field(
                 await client.members("add", 0, "127.0.0.1:7004")
             await client.put("k", "still served")
             assert await client.get("k") == "still served"
+
+
+async def test_status_and_admin_requests_running_at_once_are_bounded() -> None:
+    """Each runs as a task of the node: a client pipelining status requests must not be
+    able to make the node hold an unbounded number of them."""
+    network = MemoryNetwork(seed=5)
+    settings = load_settings(env={}, overrides={"raft.tick_interval": "20ms"})
+    node = RaftNode(
+        NodeConfig(node_id=1, cluster_id="admin", peers={1: "mem://1"}, settings=settings),
+        store=MemoryLogStore(),
+        transport=network.transport(1),
+    )
+    answers: list[ClientResponse] = []
+    async with anyio.create_task_group() as tg:
+        await tg.start(node.run)
+        for i in range(MAX_ADMIN_REQUESTS + 3):  # all submitted before any task has run
+            node.submit(ClientRequest(id=i, body=StatusRequest()), answers.append)
+        refused = [a for a in answers if not a.ok]
+        assert [a.id for a in refused] == [MAX_ADMIN_REQUESTS + i for i in range(3)]
+        assert all(a.error is not None and a.error.kind == "overloaded" for a in refused)
+        with anyio.fail_after(20):
+            while len(answers) < MAX_ADMIN_REQUESTS + 3:
+                await anyio.sleep(0.01)
+        assert sum(a.ok for a in answers) == MAX_ADMIN_REQUESTS
+        # Once they are answered, the node takes new ones.
+        node.submit(ClientRequest(id=999, body=StatusRequest()), answers.append)
+        with anyio.fail_after(20):
+            while answers[-1].id != 999:
+                await anyio.sleep(0.01)
+        assert answers[-1].ok
+        tg.cancel_scope.cancel()

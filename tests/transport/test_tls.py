@@ -328,16 +328,22 @@ async def test_admin_operations_need_the_admin_role(
     tokens = TokenBook({"ops": ("admin", hash_token(ADMIN_TOKEN))})
     async with tls_cluster(certs, (1, 2), tokens=tokens) as nodes:
         server = nodes[2]
-        async with TcpClientConnection.connect(
-            server.address, timeout=5, ssl_context=context(certs, who), token=token
-        ) as conn:
-            for body, operation in ADMIN_OPS:
+        for body, operation in ADMIN_OPS:
+            async with TcpClientConnection.connect(
+                server.address, timeout=5, ssl_context=context(certs, who), token=token
+            ) as conn:
                 answer = await conn.request(body, timeout=5)
                 assert not answer.ok and answer.error is not None
                 assert answer.error.kind == kind
-                assert operation in answer.error.message and "admin" in answer.error.message
-            kv = await conn.request(KVOp(op="get", key="k"), timeout=5)
-            assert kv.ok is (who == "read-write")
+                assert f"{operation} needs role admin" in answer.error.message
+                kv = conn.request(KVOp(op="get", key="k"), timeout=5)
+                if who == "read-write":
+                    assert (await kv).ok  # and the connection serves what its role allows
+                else:
+                    # One answer, then an unauthenticated client is hung up on: it may not
+                    # hold a slot of the listener.
+                    with pytest.raises(ConnectionLost):
+                        await kv
         assert server.service.held == {}  # the node never saw a refused request
         # KVClient raises the matching error, naming the operation and the role.
         error = Unauthorized if kind == "unauthorized" else Forbidden
