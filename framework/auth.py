@@ -37,6 +37,7 @@ from framework.transport.wire import (
     AdminMembers,
     AdminService,
     AdminTransfer,
+    AppCall,
     ErrorReply,
     KVOp,
     RequestBody,
@@ -91,6 +92,8 @@ def operation(body: RequestBody) -> str:
     match body:
         case KVOp():
             return f"kv {body.op}"
+        case AppCall():
+            return f"{body.app} {'read' if body.read else 'call'}"
         case StatusRequest():
             return "status"
         case AdminMembers():
@@ -106,7 +109,7 @@ def operation(body: RequestBody) -> str:
 
 def required_role(body: RequestBody) -> Role:
     """The least role that may make this request (rule 1)."""
-    if isinstance(body, KVOp | StatusRequest):
+    if isinstance(body, KVOp | AppCall | StatusRequest):
         return Role.READ_WRITE
     if isinstance(body, AdminFlags) and body.action in _FLAG_READS:
         return Role.READ_WRITE

@@ -19,6 +19,7 @@ from framework.cli_options import credential_options
 from framework.client import KVClient, parse_peers
 from framework.config import Settings, SettingsError, load_settings, settings_to_toml
 from framework.errors import RaftError
+from framework.lock_cli import lock_commands
 from framework.runtime.eventloop import run_async
 from framework.runtime.fault_schedule import FAULTS as _COMPARE_FAULTS
 from framework.tls_cli import tls_group
@@ -133,6 +134,16 @@ def main(verbose: int) -> None:
     help="Join an existing cluster (wait to be added) instead of bootstrapping.",
 )
 @click.option(
+    "--app",
+    "app_spec",
+    default="kv",
+    show_default=True,
+    help=(
+        "The application the cluster runs: kv, an installed one (locks), or "
+        "package.module:Class (a ReplicatedObject). Every node must run the same one."
+    ),
+)
+@click.option(
     "--initial-cluster",
     type=click.Choice(["new", "existing"]),
     default="existing",
@@ -169,6 +180,7 @@ def node(
     flags: tuple[str, ...],
     cluster_id: str,
     join: bool,
+    app_spec: str,
     initial_cluster: str,
     plugin_args: tuple[str, ...],
     tls_ca: str | None,
@@ -181,6 +193,7 @@ def node(
     With --tls-ca/--tls-cert/--tls-key (or the tls.* settings) every peer and client
     connection is mutual TLS. Without TLS a node listens only on a loopback address,
     unless --insecure says to listen elsewhere unauthenticated."""
+    from framework.apps.loading import BadApplication, load_application
     from framework.metrics import configure_from_environment
     from framework.plugins import PluginError, PluginHost
     from framework.runtime.node import NodeConfig, RaftNode
@@ -204,6 +217,10 @@ def node(
             param_hint="--peers",
         )
     members[node_id] = listen
+    try:
+        app = load_application(app_spec)
+    except BadApplication as exc:
+        raise click.BadParameter(str(exc), param_hint="--app") from None
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     configure_from_environment()  # an OpenTelemetry exporter, if OTEL_METRICS_EXPORTER asks
     try:
@@ -227,7 +244,7 @@ def node(
         store = SQLiteLogStore(data_dir, sync=settings.storage.sync)  # type: ignore[arg-type]
         if not join:
             await _check_empty_directory(store, config, data_dir, initial_cluster)
-        raft_node = RaftNode(config, store=store, transport=transport)
+        raft_node = RaftNode(config, store=store, transport=transport, state_machine=app)
         async with anyio.create_task_group() as tg:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 await tg.start(raft_node.run)
@@ -1314,6 +1331,9 @@ def config_write(file: Path, profile: str, force: bool) -> None:
 
 
 main.add_command(tls_group)
+main.add_command(
+    lock_commands(_peers_option, _timeout_option, credential_options, _client_call), "lock"
+)
 
 
 def run() -> None:

@@ -45,7 +45,7 @@ from __future__ import annotations
 import enum
 import math
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol
@@ -68,6 +68,7 @@ from framework.transport.wire import (
     AdminMembers,
     AdminService,
     AdminTransfer,
+    AppCall,
     ClientResponse,
     ErrorReply,
     KVOp,
@@ -380,24 +381,89 @@ class KVClient:
 
     # == the retry loop =======================================================================
 
-    async def _write(self, op: KVOp) -> object:
+    async def app_call(
+        self, app: str, payload: bytes, *, read: bool = False, stale: bool = False
+    ) -> bytes:
+        """Call the cluster's application ``app`` (``framework.apps``): a write through the
+        log with this client's session (exactly once, retried like ``put``), or a read
+        (linearizable, or from any node's state as it is when ``stale``). Returns the
+        application's encoded result."""
+        if read:
+            body = AppCall(app=app, payload=payload, read=True, stale=stale)
+            if stale:
+                return await self._stale_read(body)
+            data = (await self._call(body, write=False)).data
+        else:
+            data = await self._with_session(
+                lambda client_id, seq: AppCall(
+                    app=app, payload=payload, client_id=client_id, seq=seq
+                )
+            )
+        assert isinstance(data, bytes)
+        return data
+
+    async def _stale_read(self, body: AppCall) -> bytes:
+        """Any node answers a stale read: the known leader first, then the others."""
+        now = anyio.current_time()
+        deadline = now + self.timeout
+        tried: set[str] = set()
+        last_problem = "no node answered"
+        while now < deadline:
+            address = self._next_target(tried, now)
+            if address is None:
+                await anyio.sleep(min(self.retry_backoff, deadline - now))
+                tried.clear()
+                now = anyio.current_time()
+                continue
+            tried.add(address)
+            attempt_deadline = min(deadline, now + self.attempt_timeout)
+            outcome = await self._send_once(address, body, attempt_deadline)
+            now = anyio.current_time()
+            if isinstance(outcome, _Failure):
+                last_problem = f"{address}: {_FAILURES[outcome]}"
+                continue
+            if outcome.ok:
+                assert outcome.data is not None
+                return outcome.data
+            assert outcome.error is not None
+            if (refused := _refused(outcome.error)) is not None:
+                raise refused
+            last_problem = f"{address}: {outcome.error.message}"
+        raise Unavailable(f"no node answered within {self.timeout:g}s (last: {last_problem})")
+
+    async def _with_session(
+        self,
+        build: Callable[[int, int], RequestBody],
+        send: Callable[[RequestBody], Awaitable[ClientResponse]] | None = None,
+    ) -> object:
+        """Send the write ``build(client_id, seq)`` with an idle session's next ``seq``,
+        through ``send`` (an embedded node's own path) or to the leader."""
         idle = self._idle_sessions
         session = idle.pop() if idle else _Session(random.SystemRandom().randrange(1, 2**62))
         session.seq += 1
-        body = KVOp(
-            op=op.op,
-            key=op.key,
-            value=op.value,
-            expected=op.expected,
-            client_id=session.client_id,
-            seq=session.seq,
-        )
+        body = build(session.client_id, session.seq)
         try:
-            return (await self._call(body, write=True)).value
+            if send is not None:
+                response = await send(body)
+            else:
+                response = await self._call(body, write=True)
+            return response.data if response.data is not None else response.value
         finally:
             # Even after a Timeout: the next write takes seq + 1, and the cluster refuses
             # (as stale) the timed-out one if it is still in flight.
             idle.append(session)
+
+    async def _write(self, op: KVOp) -> object:
+        return await self._with_session(
+            lambda client_id, seq: KVOp(
+                op=op.op,
+                key=op.key,
+                value=op.value,
+                expected=op.expected,
+                client_id=client_id,
+                seq=seq,
+            )
+        )
 
     async def _call(self, body: RequestBody, *, write: bool) -> ClientResponse:
         """Send ``body`` to the leader, trying node after node until an answer or the
@@ -407,7 +473,7 @@ class KVClient:
         deadline = now + self.timeout
         # Admin requests wait on the cluster (a learner catching up, a transfer, a swap):
         # their one attempt may take the whole deadline.
-        kv = isinstance(body, KVOp)
+        kv = isinstance(body, KVOp | AppCall)
         attempt = self._attempt_limit(now) if kv else self.timeout
         maybe_applied = False
         last_problem = "no node answered"

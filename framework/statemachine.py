@@ -75,6 +75,7 @@ from framework.core.entries import Entry, EntryKind
 
 __all__ = [
     "DEFAULT_MAX_SESSIONS",
+    "AppCommand",
     "Append",
     "BadCommand",
     "BadSnapshot",
@@ -90,7 +91,11 @@ __all__ = [
     "Request",
     "StaleRequest",
     "StateMachine",
+    "app_name",
+    "app_version",
+    "decode_app_command",
     "decode_request",
+    "encode_app_command",
     "encode_request",
 ]
 
@@ -119,6 +124,12 @@ class StateMachine(Protocol):
         """
         ...
 
+    def read(self, query: object) -> object:
+        """Answer a read (a ``KVOp`` get's key, or an ``AppCall``'s payload) from the
+        state as applied so far; the runtime calls it once ReadIndex says the state is
+        recent enough. Must not change anything."""
+        ...
+
     def snapshot(self) -> bytes:
         """The whole state as of ``applied_index``, for log compaction and InstallSnapshot."""
         ...
@@ -135,6 +146,16 @@ class StateMachine(Protocol):
     # ``ValueError`` (``BadSnapshot``) naming what is wrong. Called in a worker thread on
     # every snapshot a leader sends, before the node replaces its log with it: a machine
     # that has it never has its log wiped by a snapshot it cannot restore.
+
+
+def app_name(machine: object) -> str:
+    """The application a state machine is (``app_name``; the KV machine is ``"kv"``)."""
+    return str(getattr(machine, "app_name", "kv"))
+
+
+def app_version(machine: object) -> str:
+    """Its version (``app_version``, ``"1"`` when it has none); same major = compatible."""
+    return str(getattr(machine, "app_version", "1"))
 
 
 # --------------------------------------------------------------------------------------
@@ -237,6 +258,36 @@ def decode_request(data: bytes) -> Request:
         raise BadCommand(
             f"bad command ({len(data)} bytes): {exc}; expected a msgpack array "
             f"[client_id >= 1, seq >= 1, [op name, key, ...]]"
+        ) from None
+
+
+class AppCommand(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
+    """The ``data`` of a ``NORMAL`` entry proposed for an ``AppCall`` write: the client's
+    session and payload, and the leader's wall-clock time when it proposed the call (the
+    one clock a deterministic machine may read: every replica sees the same value)."""
+
+    client_id: _Positive
+    seq: _Positive
+    time: float
+    payload: bytes
+
+
+_APP_ENCODER: Final = msgspec.msgpack.Encoder()
+_APP_DECODER: Final = msgspec.msgpack.Decoder(AppCommand)
+
+
+def encode_app_command(command: AppCommand) -> bytes:
+    return _APP_ENCODER.encode(command)
+
+
+def decode_app_command(data: bytes) -> AppCommand:
+    """Decode an application entry; raise ``BadCommand`` naming what is wrong."""
+    try:
+        return _APP_DECODER.decode(data)
+    except msgspec.DecodeError as exc:
+        raise BadCommand(
+            f"bad application command ({len(data)} bytes): {exc}; expected a msgpack array "
+            "[client_id >= 1, seq >= 1, time, payload]"
         ) from None
 
 

@@ -27,6 +27,7 @@ address book, so a node restored from a snapshot knows how to reach everyone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -38,14 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import msgspec
 from anyio.abc import TaskGroup, TaskStatus
 from opentelemetry.metrics import MeterProvider
 
 from framework.config import Settings
 from framework.core import (
-    ConfChange,
-    ConfChangeRejected,
     ConfChangeType,
     ConfState,
     Entry,
@@ -56,7 +54,6 @@ from framework.core import (
     InvalidMessage,
     Message,
     NotLeader,
-    ProposalRejected,
     RaftConfig,
     RawNode,
     Ready,
@@ -68,31 +65,20 @@ from framework.core import (
     VoteResponse,
     decode_conf_change,
 )
-from framework.flags import (
-    Evaluation,
-    FlagChange,
-    FlagError,
-    RolloutWire,
-    encode_flag_change,
-    validate_change,
-)
-from framework.metrics import GaugeReadings, NodeInstruments, PerformanceMetrics
+from framework.flags import Evaluation
+from framework.metrics import GaugeReadings, NodeInstruments
 from framework.plugins import PluginHost
+from framework.runtime.admin import AdminOps
+from framework.runtime.app_identity import AppIdentity
+from framework.runtime.client_service import MAX_ADMIN_REQUESTS, ClientService, Refused, answer
 from framework.runtime.components import Components
 from framework.runtime.kernel_inputs import TimeKeeper, step_inputs
 from framework.runtime.local_snapshots import LocalSnapshots
-from framework.runtime.members import (
-    BadMemberAddress,
-    address_check_for,
-    address_of,
-    check_member_address,
-)
+from framework.runtime.members import address_check_for, address_of
 from framework.runtime.node_flags import NodeFlags
 from framework.runtime.node_health import NodeHealth
 from framework.runtime.node_services import NodeServices
-from framework.runtime.pending import Deadlines, Waiter
-from framework.runtime.redirect import redirect_target
-from framework.runtime.shadow import shadow_status
+from framework.runtime.pending import Waiter
 from framework.runtime.snapshots import (
     BadNodeSnapshot,
     InboundSnapshots,
@@ -101,39 +87,15 @@ from framework.runtime.snapshots import (
 )
 from framework.runtime.tick_clock import TickClock
 from framework.seams import NodeStatus, Priority, QueueFull
-from framework.services import ServiceError
-from framework.statemachine import (
-    Append,
-    Cas,
-    CommandError,
-    Delete,
-    KVStateMachine,
-    Put,
-    Request,
-    StaleRequest,
-    encode_request,
-)
+from framework.statemachine import KVStateMachine, StateMachine
 from framework.storage import LogStore, StorageError, StoredState
 from framework.transport.base import Transport
-from framework.transport.wire import (
-    AdminFlags,
-    AdminMembers,
-    AdminService,
-    AdminTransfer,
-    ClientRequest,
-    ClientResponse,
-    ErrorReply,
-    InvalidRequest,
-    KVOp,
-    StatusRequest,
-)
+from framework.transport.wire import ClientRequest, ClientResponse
 
 __all__ = ["MAX_ADMIN_REQUESTS", "NodeConfig", "NodeSnapshot", "RaftNode"]
 
 log = logging.getLogger("raftmw.node")
 
-MAX_ADMIN_REQUESTS = 256
-"""Status and admin requests running at once (each is a task); more are ``overloaded``."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,7 +122,7 @@ class RaftNode:
         *,
         store: LogStore,
         transport: Transport,
-        state_machine: KVStateMachine | None = None,
+        state_machine: StateMachine | None = None,
         meter_provider: MeterProvider | None = None,
     ) -> None:
         self.config = config
@@ -168,7 +130,9 @@ class RaftNode:
         self.settings = config.settings
         self.store = store
         self.transport = transport
-        self.sm = state_machine or KVStateMachine()
+        self.sm: StateMachine = state_machine or KVStateMachine()
+        """The application this node runs (``framework.statemachine.StateMachine``)."""
+        self.identity = AppIdentity(config.node_id, self.sm)
         self.addresses: dict[int, str] = dict(config.peers)
         self._address_problem = address_check_for(transport)
         self.kernel: RawNode | None = None
@@ -215,8 +179,6 @@ class RaftNode:
         self._waiting_reads: dict[bytes, tuple[str, Waiter]] = {}
         self._ready_reads: list[tuple[int, bytes]] = []
         self._apply_watchers: list[tuple[int, Waiter]] = []
-        self._read_seq = 0
-        self._deadlines = Deadlines()
         self.local_snapshots = LocalSnapshots(
             node_id=self.id,
             store=self.store,
@@ -230,13 +192,11 @@ class RaftNode:
         deadlines and latencies are measured with it (one clock read per Ready, not two per
         request). A request that arrives while the loop idles is timed from the last wake,
         at most a tick earlier."""
-        """Client requests answered by callback, in arrival order, to expire when late."""
         self._tg: TaskGroup | None = None
         self._changed = anyio.Event()
         """Set (and replaced) after every Ready: admin waits watch state without polling."""
         self.invalid_messages = 0
         self.dropped_messages = 0
-        self._admin_running = 0
         self.snapshots = InboundSnapshots(
             node_id=self.id,
             state_machine=self.sm,
@@ -244,10 +204,10 @@ class RaftNode:
             deliver=self._deliver_checked,
         )
         self._gauges = GaugeReadings()
-        self._rejections: dict[str, int] = {}
-        """Client requests answered with an error, per reason, not yet reported."""
         self.health = NodeHealth()
         self.services = NodeServices(self)
+        self.clients = ClientService(self)
+        self.admin = AdminOps(self)
         self.instruments = NodeInstruments(
             node_id=self.id,
             cluster_id=config.cluster_id,
@@ -424,8 +384,7 @@ class RaftNode:
             self._wake = anyio.Event()
             self._now = anyio.current_time()
             self._drain_inputs(kernel)
-            if len(self._deadlines):
-                self._expire_requests()
+            self.clients.expire_requests()
             while kernel.has_ready():
                 rd = kernel.ready()
                 started = time.perf_counter()
@@ -445,9 +404,7 @@ class RaftNode:
             if self.local_snapshots.pending:
                 await self.local_snapshots.step(kernel)
             await self._publish_status(force=False)
-            if self._rejections:
-                self.instruments.on_rejections(self._rejections)
-                self._rejections = {}
+            self.clients.report_rejections()
             self._changed.set()
             self._changed = anyio.Event()
 
@@ -584,6 +541,7 @@ class RaftNode:
         sm = self.sm
         waiting = self._waiting_apply
         for entry in entries:
+            self.identity.check(entry)  # before a command of another application applies
             result: object = sm.apply(entry)
             if entry.kind is EntryKind.CONF_CHANGE:
                 self._on_conf_change(entry)
@@ -595,7 +553,7 @@ class RaftNode:
                 if pending is not None:
                     term, waiter = pending
                     if term == entry.term:
-                        self._settlements.append(partial(_answer, waiter, result))
+                        self._settlements.append(partial(answer, waiter, result))
                     else:
                         self._settlements.append(
                             partial(
@@ -634,6 +592,9 @@ class RaftNode:
             kernel.term,
             rd.soft_state.leader,
         )
+        if rd.soft_state.role is Role.LEADER and self.identity.cluster is None:
+            with contextlib.suppress(Refused):  # a full queue: the next leader proposes it
+                self.clients.propose(self.identity.marker(), Waiter())  # see app_identity.py
         if rd.soft_state.role is not Role.LEADER and self._waiting_apply:
             # Their entries may still commit under the next leader; the client retries with
             # the same session and the state machine applies the write once.
@@ -674,292 +635,21 @@ class RaftNode:
             waiter.fail(kind, message)
         for _index, waiter in self._apply_watchers:
             waiter.fail(kind, message)
-        for waiter in self._deadlines.drain():
+        for waiter in self.clients.deadlines.drain():
             waiter.fail(kind, message)
 
     def _fail_not_leader(self, waiter: Waiter) -> None:
-        leader = redirect_target(self.kernel) if self.kernel is not None else 0
-        address = self.addresses.get(leader, "") if leader else ""
-        where = f"node {leader} at {address}" if address else "unknown"
-        waiter.fail(
-            "not_leader",
-            f"node {self.id} is not the leader; leader: {where}",
-            leader if address else 0,
-            address,
-        )
+        self.clients.fail_not_leader(waiter)
 
-    # == client service =======================================================================
+    # == client service (``ClientService``, ``AdminOps``) ========================================
 
     def submit(self, request: ClientRequest, reply: Callable[[ClientResponse], None]) -> None:
-        """``ClientService``: answer ``request`` by calling ``reply`` once, on the event loop.
+        """``framework.transport.ClientService``: see ``ClientService.submit``."""
+        self.clients.submit(request, reply)
 
-        A KV operation costs no task: it is parked as a ``Waiter`` with a deadline and the
-        Ready loop answers it (applied, read, refused or expired). Status and admin requests
-        are rare and slow (they wait for changes to commit); each runs as a task of the
-        node's group. If the node stops first, queued KV operations are answered ``retry``
-        and admin tasks are cancelled unanswered, as their connection closes with the node.
-        """
-        body = request.body
-        if not isinstance(body, KVOp):
-            assert self._tg is not None, "submit() before the node serves"
-            if self._admin_running >= MAX_ADMIN_REQUESTS:  # a task each: bounded too
-                message = f"node {self.id}: {MAX_ADMIN_REQUESTS} status/admin requests are running"
-                error = ErrorReply(kind="overloaded", message=f"{message}; retry later")
-                reply(ClientResponse(id=request.id, ok=False, error=error))
-                return
-            self._admin_running += 1
-            self._tg.start_soon(self._answer_admin, request, reply)
-            return
-        request_id = request.id
-        timeouts = self.components.timeouts
-        started = self._now
-
-        def done(waiter: Waiter) -> None:
-            finished = self._now
-            timeouts.observe("client_request", finished - started, ok=finished < waiter.deadline)
-            if waiter.error is None:
-                self.health.on_request(finished - started, None)
-                reply(ClientResponse(id=request_id, ok=True, value=waiter.value))  # type: ignore[arg-type]
-            else:
-                # Tallied here, reported once per Ready-loop iteration (never per request).
-                reason = "timeout" if finished >= waiter.deadline else waiter.error.kind
-                self._rejections[reason] = self._rejections.get(reason, 0) + 1
-                self.health.on_request(finished - started, reason)
-                reply(ClientResponse(id=request_id, ok=False, error=waiter.error))
-
-        waiter = Waiter(done, started + timeouts.timeout("client_request"))
-        try:
-            self._start_kv(body, waiter)
-        except _Refused as refused:
-            waiter.error = refused.reply
-            waiter.done = True
-            done(waiter)
-            return
-        self._deadlines.add(waiter)
-
-    async def _answer_admin(
-        self, request: ClientRequest, reply: Callable[[ClientResponse], None]
-    ) -> None:
-        try:
-            response = await self._admin(request)
-        except Exception as exc:  # a bug must not take the node down with it
-            log.exception("node %d failed on request %d", self.id, request.id)
-            response = ClientResponse(
-                id=request.id,
-                ok=False,
-                error=ErrorReply(kind="retry", message=f"internal error: {exc!r}"),
-            )
-        finally:
-            self._admin_running -= 1
-        reply(response)
-
-    async def _admin(self, request: ClientRequest) -> ClientResponse:
-        body = request.body
-        try:
-            if isinstance(body, StatusRequest):
-                return ClientResponse(id=request.id, ok=True, status=await self.status())
-            if isinstance(body, AdminMembers):
-                await self._members(body)
-                return ClientResponse(id=request.id, ok=True, status=await self.status())
-            if isinstance(body, AdminFlags):
-                return ClientResponse(id=request.id, ok=True, status=await self._flags(body))
-            if isinstance(body, AdminTransfer):
-                await self._transfer(body.to)
-                return ClientResponse(id=request.id, ok=True)
-            if isinstance(body, InvalidRequest):  # decoded, but out of the protocol's bounds
-                raise _Refused(ErrorReply(kind="bad_request", message=body.reason))
-            if isinstance(body, AdminService):
-                answer = await self.services.handle(body.service, body.action, body.payload)
-                return ClientResponse(id=request.id, ok=True, status=answer)
-        except _Refused as refused:
-            return ClientResponse(id=request.id, ok=False, error=refused.reply)
-        except ServiceError as exc:
-            return ClientResponse(
-                id=request.id, ok=False, error=ErrorReply(kind="bad_request", message=str(exc))
-            )
-        return ClientResponse(  # pragma: no cover - the decoder admits no other body
-            id=request.id,
-            ok=False,
-            error=ErrorReply(kind="bad_request", message=f"unknown request {body!r}"),
-        )
-
-    def _expire_requests(self) -> None:
-        """Answer ``retry`` to client requests past their deadline (checked every tick)."""
-        expired = self._deadlines.expire(self._now)
-        if not expired:
-            return
-        for waiter in expired:
-            waiter.fail(
-                "retry",
-                f"node {self.id}: no outcome within the client_request timeout; outcome unknown",
-            )
-        # An expired read's ReadIndex may never be answered (its leader lost a quorum).
-        self._waiting_reads = {
-            context: entry for context, entry in self._waiting_reads.items() if not entry[1].done
-        }
-
-    async def _await(self, waiter: Waiter) -> object:
-        timeouts = self.components.timeouts
-        limit = timeouts.timeout("client_request")
-        started = anyio.current_time()
-        with anyio.move_on_after(limit):
-            await waiter.wait()
-        timeouts.observe("client_request", anyio.current_time() - started, ok=waiter.done)
-        if not waiter.done:
-            raise _Refused(
-                ErrorReply(
-                    kind="retry",
-                    message=(f"node {self.id}: no outcome within {limit:g}s; outcome unknown"),
-                )
-            )
-        if waiter.error is not None:
-            raise _Refused(waiter.error)
-        return waiter.value
-
-    def _check_read_capacity(self) -> None:
-        """Pending reads are bounded like any queue between tasks (a leader cut off from its
-        quorum would otherwise hold every read sent to it until its deadline)."""
-        limit = self.settings.performance.backpressure.max_pending
-        if (pending := len(self._reads) + len(self._waiting_reads)) >= limit:
-            message = (
-                f"node {self.id}: {pending} linearizable reads are pending, the limit "
-                f"(performance.backpressure.max_pending) is {limit}; retry later"
-            )
-            raise _Refused(ErrorReply(kind="overloaded", message=message))
-
-    def _check_leader(self) -> None:
-        kernel = self.kernel
-        if kernel is None or kernel.role is not Role.LEADER:
-            waiter = Waiter()
-            self._fail_not_leader(waiter)
-            assert waiter.error is not None
-            raise _Refused(waiter.error)
-
-    def _start_kv(self, op: KVOp, waiter: Waiter) -> None:
-        """Queue ``op`` for the Ready loop, which settles ``waiter``; raises ``_Refused``."""
-        self._check_leader()
-        if op.op == "get":
-            self._check_read_capacity()
-            self._read_seq += 1
-            context = f"{self.id}:{self._read_seq}".encode()
-            self._reads.append((context, op.key, waiter))
-            self._wake.set()
-            return
-        if op.client_id <= 0 or op.seq <= 0:
-            raise _Refused(
-                ErrorReply(
-                    kind="bad_request",
-                    message=(
-                        f"{op.op} needs a client session: client_id={op.client_id} seq={op.seq}; "
-                        "expected both >= 1"
-                    ),
-                )
-            )
-        command = _command(op)
-        data = encode_request(Request(client_id=op.client_id, seq=op.seq, op=command))
-        try:
-            self.components.proposals.put_nowait((data, waiter), Priority.NORMAL)
-        except QueueFull as exc:
-            raise _Refused(ErrorReply(kind="overloaded", message=str(exc))) from None
-        self._wake.set()
-
-    async def _kernel_call(self, call: Callable[[RawNode], object]) -> object:
-        """Run ``call`` on the kernel inside the Ready loop and return its result."""
-        waiter = Waiter()
-
-        def action(kernel: RawNode) -> None:
-            try:
-                waiter.succeed(call(kernel))
-            except NotLeader:
-                self._fail_not_leader(waiter)
-            except (ConfChangeRejected, ProposalRejected) as exc:
-                waiter.fail("bad_request", str(exc))
-
-        self._actions.append(action)
-        self._wake.set()
-        return await self._await(waiter)
-
-    async def _wait_applied(self, index: int) -> None:
-        waiter = Waiter()
-        if self.sm.applied_index >= index:
-            return
-        self._apply_watchers.append((index, waiter))
-        await self._await(waiter)
-
-    async def _members(self, req: AdminMembers) -> None:
-        self._check_leader()
-        if req.action in ("add", "add_learner"):
-            try:
-                check_member_address(req.node_id, req.address, self._address_problem)
-            except BadMemberAddress as exc:
-                raise _Refused(ErrorReply(kind="bad_request", message=str(exc))) from None
-            change = ConfChange(
-                type=ConfChangeType.ADD_LEARNER, node_id=req.node_id, context=req.address.encode()
-            )
-            await self._change(change)
-            if req.action == "add_learner":
-                return
-            await self._promote(req.node_id)
-        elif req.action == "promote":
-            await self._promote(req.node_id)
-        else:
-            await self._change(ConfChange(type=ConfChangeType.REMOVE, node_id=req.node_id))
-
-    async def _change(self, change: ConfChange) -> None:
-        index = await self._kernel_call(lambda k: k.propose_conf_change(change))
-        assert isinstance(index, int)
-        await self._wait_applied(index)
-
-    async def _promote(self, node_id: int) -> None:
-        """Promote a learner once caught up. The kernel checks again when the change is
-        proposed and the commit index may have moved meanwhile (writes keep coming), so a
-        "not caught up" refusal is retried until the request's deadline."""
-        change = ConfChange(type=ConfChangeType.PROMOTE, node_id=node_id)
-        with anyio.move_on_after(self.settings.client.request_timeout):
-            while True:
-                await self._wait_caught_up(node_id)
-                try:
-                    await self._change(change)
-                    return
-                except _Refused as refused:
-                    if "has not caught up" not in refused.reply.message:
-                        raise
-                await self._changed.wait()
-        raise _Refused(
-            ErrorReply(kind="retry", message=f"learner {node_id} did not catch up in time")
-        )
-
-    async def _wait_caught_up(self, node_id: int) -> None:
-        """Wait (within the request deadline) until a learner holds every committed entry."""
-        with anyio.move_on_after(self.settings.client.request_timeout):
-            while True:
-                kernel = self.kernel
-                assert kernel is not None
-                pr = kernel.progress.get(node_id)
-                if (
-                    kernel.role is Role.LEADER
-                    and pr is not None
-                    and (pr.match >= kernel.log.committed)
-                ):
-                    return
-                await self._changed.wait()
-        raise _Refused(
-            ErrorReply(
-                kind="retry",
-                message=(f"learner {node_id} has not caught up with the log yet; promote it later"),
-            )
-        )
-
-    async def _transfer(self, to: int) -> None:
-        self._check_leader()
-        await self._kernel_call(lambda k: k.transfer_leader(to))
-        with anyio.move_on_after(self.settings.client.request_timeout):
-            while self.kernel is not None and self.kernel.leader != to:
-                await self._changed.wait()
-            return
-        raise _Refused(
-            ErrorReply(kind="retry", message=(f"leadership did not move to node {to} in time"))
-        )
+    async def status(self) -> dict[str, Any]:
+        """The status page (``AdminOps.status``)."""
+        return await self.admin.status()
 
     # == status ===============================================================================
 
@@ -1026,68 +716,6 @@ class RaftNode:
                     "raftmw_on_leader_change", node_id=self.id, leader=st.leader, term=st.term
                 )
 
-    async def status(self) -> dict[str, Any]:
-        """The status page: read through the status store, plus flags and components."""
-        ns: NodeStatus = await self.components.status_store.read()
-        c = self.components
-        performance = self._performance()
-        return {
-            "node_id": self.id,
-            "cluster_id": self.config.cluster_id,
-            "address": self.transport.listen_address,
-            "role": ns.role,
-            "term": ns.term,
-            "leader": ns.leader,
-            "leader_address": self.addresses.get(ns.leader, ""),
-            "commit": ns.commit,
-            "applied": ns.applied,
-            "first_index": ns.first_index,
-            "last_index": ns.last_index,
-            "log_entries": ns.last_index - ns.first_index + 1,
-            "snapshot_index": ns.snapshot_index,
-            "voters": list(ns.voters),
-            "learners": list(ns.learners),
-            "members": {str(k): v for k, v in sorted(self.addresses.items())},
-            "progress": {
-                str(nid): {"state": state, "match": match, "next": nxt}
-                for nid, (state, match, nxt) in ns.progress.items()
-            },
-            "invalid_messages": self.invalid_messages + self.snapshots.rejected,
-            "dropped_messages": self.dropped_messages + self.snapshots.dropped,
-            "flags": self._flag_table(),
-            "migration": self.flags.migration_summary(),
-            "components": c.plugins(),
-            "swaps": [
-                {"slot": r.slot, "old": r.old, "new": r.new, "ok": r.ok, "error": r.error}
-                for r in c.swaps[-10:]
-            ],
-            "performance": performance,
-            "health": self.health.to_dict(
-                commit=ns.commit,
-                applied=ns.applied,
-                performance=performance,
-                modes=[name for name, ev in self.flags.current.items() if ev.value],
-            ),
-            "services": self.services.status(),
-            "shadow": shadow_status(c.running()),
-        }
-
-    def _flag_table(self) -> dict[str, dict[str, Any]]:
-        return {
-            name: {
-                "value": ev.value,
-                "reason": str(ev.reason),
-                "source": ev.source.name,
-                "detail": ev.detail,
-                "log_index": ev.log_index,
-            }
-            for name, ev in self.flags.current.items()
-        }
-
-    def _performance(self) -> dict[str, Any]:
-        """The plan's PerformanceMetrics: locks, queues, breakers, timeouts."""
-        return PerformanceMetrics.collect(self.components).to_dict()
-
     # == flags ==================================================================================
 
     async def _apply_flag_change(self) -> None:
@@ -1118,20 +746,6 @@ class RaftNode:
         self.instruments.set_mode(name for name, ev in evaluations.items() if ev.value)
         self.flags.record_swaps(await self.components.reconfigure(evaluations))
 
-    async def _propose_flag_change(self, change: FlagChange) -> int:
-        """Validate, propose as one ``flags`` entry, wait until applied here (and the swap
-        it causes, if any); returns the entry's index."""
-        self._check_leader()
-        problems = validate_change(self.flags.registry, change, state=self.flags.cluster)
-        if problems:
-            raise _Refused(ErrorReply(kind="bad_request", message="; ".join(problems)))
-        data = encode_flag_change(change)
-        index = await self._kernel_call(lambda k: k.propose(data, EntryKind.FLAGS))
-        assert isinstance(index, int)
-        await self._wait_applied(index)
-        await self._changed.wait()  # the swap, if any, happens in that loop iteration
-        return index
-
     def _notify_flag(self, ev: Evaluation) -> None:
         self.host.notify(
             "raftmw_on_flag_change",
@@ -1143,54 +757,6 @@ class RaftNode:
             log_index=ev.log_index,
         )
 
-    async def _flags(self, req: AdminFlags) -> dict[str, Any]:
-        log_index = None
-        if req.action in ("set", "unset") and req.scope == "cluster":
-            change = FlagChange(set=dict(req.assignments), unset=list(req.names), reason=req.reason)
-            log_index = await self._propose_flag_change(change)
-        elif req.action in ("set", "unset"):
-            try:
-                if req.action == "set":
-                    await self.flags.set_overrides(
-                        {
-                            k: v.to_rollout() if isinstance(v, RolloutWire) else v
-                            for k, v in req.assignments.items()
-                        }
-                    )
-                else:
-                    await self.flags.unset_overrides(req.names)
-            except FlagError as exc:
-                raise _Refused(ErrorReply(kind="bad_request", message=str(exc))) from None
-            done = anyio.Event()
-            self._flag_waiters.append(done)
-            self._flags_changed = True
-            self._wake.set()
-            await done.wait()
-        return {
-            "node_id": self.id,
-            "flags": self._flag_table(),
-            "components": self.components.plugins(),
-            "history": [
-                {
-                    "log_index": index,
-                    "set": {k: _wire_value(v) for k, v in ch.set.items()},
-                    "unset": list(ch.unset),
-                    "reason": ch.reason,
-                }
-                for index, ch in self.flags.cluster.history()
-            ],
-            "overrides": sorted(self.flags.overrides),
-            "log_index": log_index,
-            "outcome": self.flags.outcome(),
-        }
-
-
-def _wire_value(value: object) -> object:
-    if isinstance(value, RolloutWire):
-        return msgspec.to_builtins(value)
-    return value
-
-
 _CRITICAL = (VoteRequest, VoteResponse, Heartbeat, HeartbeatResponse, TimeoutNow)
 
 
@@ -1199,41 +765,3 @@ def priority_of(msg: Message) -> Priority:
     if isinstance(msg, _CRITICAL):
         return Priority.CRITICAL
     return Priority.HIGH
-
-
-class _Refused(Exception):
-    def __init__(self, reply: ErrorReply) -> None:
-        super().__init__(reply.message)
-        self.reply = reply
-
-
-def _command(op: KVOp) -> Put | Delete | Append | Cas:
-    def need_value() -> str:
-        if op.value is None:
-            raise _Refused(
-                ErrorReply(kind="bad_request", message=(f"{op.op} {op.key!r} needs a value"))
-            )
-        return op.value
-
-    if op.op == "put":
-        return Put(key=op.key, value=need_value())
-    if op.op == "delete":
-        return Delete(key=op.key)
-    if op.op == "append":
-        return Append(key=op.key, value=need_value())
-    return Cas(key=op.key, expected=op.expected, new=need_value())
-
-
-def _answer(waiter: Waiter, result: object) -> None:
-    if isinstance(result, StaleRequest):
-        waiter.fail(
-            "bad_request",
-            (
-                f"request seq {result.seq} of client {result.client_id} is older than its last "
-                f"applied seq {result.last_seq}"
-            ),
-        )
-    elif isinstance(result, CommandError):
-        waiter.fail("bad_request", result.message)
-    else:
-        waiter.succeed(result)

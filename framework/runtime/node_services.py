@@ -78,11 +78,11 @@ class NodeContext:
         return kernel.leader if kernel is not None else 0
 
     def require_leader(self) -> None:
-        self._node._check_leader()
+        self._node.clients.check_leader()
 
     async def propose_flags(self, change: FlagChange) -> int:
         try:
-            index = await self._node._propose_flag_change(change)
+            index = await self._node.admin.propose_flag_change(change)
         except Exception as exc:
             reply = getattr(exc, "reply", None)
             if reply is not None and reply.kind == "bad_request":
@@ -94,7 +94,7 @@ class NodeContext:
         return index
 
     async def transfer_leader(self, to: int) -> None:
-        await self._node._transfer(to)
+        await self._node.admin.transfer(to)
 
     async def wait_changed(self) -> None:
         await self._node._changed.wait()

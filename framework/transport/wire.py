@@ -41,6 +41,7 @@ from framework.transport.bounds import (
 
 __all__ = [
     "MAX_ADDRESS_CHARS",
+    "MAX_APP_PAYLOAD",
     "MAX_KEY_BYTES",
     "MAX_VALUE_BYTES",
     "MIN_FRAME_SIZE",
@@ -50,6 +51,7 @@ __all__ = [
     "AdminMembers",
     "AdminService",
     "AdminTransfer",
+    "AppCall",
     "ClientRequest",
     "ClientResponse",
     "ErrorReply",
@@ -145,6 +147,25 @@ class KVOp(msgspec.Struct, frozen=True, kw_only=True, tag="kv"):
     seq: _U63 = 0
 
 
+MAX_APP_PAYLOAD: Final = 1024 * 1024
+"""The largest application call (``AppCall.payload``) a node accepts, in bytes."""
+
+
+class AppCall(msgspec.Struct, frozen=True, kw_only=True, tag="app"):
+    """A call into the cluster's application (``framework.apps``): ``payload`` is the
+    application's own encoding of the call. A write (``read=False``) carries the client
+    session ``(client_id, seq)`` and goes through the log; a read is answered by ReadIndex,
+    or from the receiving node's state without one when ``stale`` (an explicit opt-in).
+    ``app`` names the application the caller expects, so a mismatch is refused."""
+
+    app: _Short
+    payload: Annotated[bytes, msgspec.Meta(max_length=MAX_APP_PAYLOAD)]
+    read: bool = False
+    stale: bool = False
+    client_id: _U63 = 0
+    seq: _U63 = 0
+
+
 class StatusRequest(msgspec.Struct, frozen=True, kw_only=True, tag="status"):
     pass
 
@@ -188,7 +209,9 @@ class AdminService(msgspec.Struct, frozen=True, kw_only=True, tag="service"):
     payload: Annotated[bytes, msgspec.Meta(max_length=256 * 1024)] = b""
 
 
-RequestBody = KVOp | StatusRequest | AdminMembers | AdminTransfer | AdminFlags | AdminService
+RequestBody = (
+    KVOp | AppCall | StatusRequest | AdminMembers | AdminTransfer | AdminFlags | AdminService
+)
 
 
 class InvalidRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -237,6 +260,8 @@ class ClientResponse(msgspec.Struct, frozen=True, kw_only=True, tag="response"):
     id: int
     ok: bool
     value: str | bool | None = None
+    data: bytes | None = None
+    """An application call's encoded result (``AppCall``)."""
     status: dict[str, object] | None = None
     error: ErrorReply | None = None
 

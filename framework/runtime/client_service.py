@@ -1,0 +1,377 @@
+"""``ClientService``: how a node answers client requests around its Ready loop.
+
+Theory of operation
+-------------------
+A client write or read costs no task: ``submit`` parks it as a ``Waiter`` with a deadline
+and hands it to the Ready loop (a proposal on the proposals queue, a ReadIndex request on
+the node's read list); the loop settles the waiter once the entry is applied or the read
+index is reached, and this module turns the settled waiter into the one ``ClientResponse``
+the transport writes back. Requests past their deadline are answered ``retry`` (the outcome
+is unknown, the client's session makes its retry safe).
+
+Admin and status requests are rare and slow (they wait for changes to commit); each runs as
+a task of the node's group and is answered by ``AdminOps``.
+
+This module owns the deadlines, the read sequence and the rejection tally; the Ready loop
+owns the kernel and the queues it drains.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import anyio
+
+from framework.core import ConfChangeRejected, NotLeader, ProposalRejected, RawNode, Role
+from framework.runtime.pending import Deadlines, Waiter
+from framework.runtime.redirect import redirect_target
+from framework.seams import Priority, QueueFull
+from framework.statemachine import (
+    AppCommand,
+    Append,
+    Cas,
+    CommandError,
+    Delete,
+    Put,
+    Request,
+    StaleRequest,
+    app_name,
+    encode_app_command,
+    encode_request,
+)
+from framework.transport.wire import (
+    AppCall,
+    ClientRequest,
+    ClientResponse,
+    ErrorReply,
+    KVOp,
+)
+
+if TYPE_CHECKING:
+    from framework.runtime.node import RaftNode
+
+__all__ = ["MAX_ADMIN_REQUESTS", "ClientService", "Refused", "answer"]
+
+MAX_ADMIN_REQUESTS = 256
+"""Status and admin requests running at once (each is a task); more are ``overloaded``."""
+
+log = logging.getLogger("raftmw.node")
+
+
+class Refused(Exception):
+    """A request answered with ``reply`` instead of a result."""
+
+    def __init__(self, reply: ErrorReply) -> None:
+        super().__init__(reply.message)
+        self.reply = reply
+
+
+class ClientService:
+    """The node side of client traffic (``framework.transport.ClientService``)."""
+
+    def __init__(self, node: RaftNode) -> None:
+        self._node = node
+        self.deadlines = Deadlines()
+        """Client requests answered by callback, in arrival order, to expire when late."""
+        self.rejections: dict[str, int] = {}
+        """Client requests answered with an error, per reason, not yet reported."""
+        self._read_seq = 0
+        self._admin_running = 0
+
+    # == requests =============================================================================
+
+    def submit(self, request: ClientRequest, reply: Callable[[ClientResponse], None]) -> None:
+        """Answer ``request`` by calling ``reply`` once, on the event loop.
+
+        A command or read is parked as a ``Waiter`` with a deadline and the Ready loop
+        answers it (applied, read, refused or expired). Status and admin requests run as a
+        task of the node's group each. If the node stops first, queued commands are
+        answered ``retry`` and admin tasks are cancelled unanswered, as their connection
+        closes with the node.
+        """
+        node = self._node
+        body = request.body
+        if not isinstance(body, KVOp | AppCall):
+            assert node._tg is not None, "submit() before the node serves"
+            if self._admin_running >= MAX_ADMIN_REQUESTS:  # a task each: bounded too
+                message = f"node {node.id}: {MAX_ADMIN_REQUESTS} status/admin requests are running"
+                error = ErrorReply(kind="overloaded", message=f"{message}; retry later")
+                reply(ClientResponse(id=request.id, ok=False, error=error))
+                return
+            self._admin_running += 1
+            node._tg.start_soon(self._answer_admin, request, reply)
+            return
+        request_id = request.id
+        timeouts = node.components.timeouts
+        started = node._now
+
+        def done(waiter: Waiter) -> None:
+            finished = node._now
+            timeouts.observe("client_request", finished - started, ok=finished < waiter.deadline)
+            if waiter.error is None:
+                node.health.on_request(finished - started, None)
+                value = waiter.value
+                if isinstance(value, bytes):  # an application's encoded result
+                    reply(ClientResponse(id=request_id, ok=True, data=value))
+                else:
+                    reply(ClientResponse(id=request_id, ok=True, value=value))  # type: ignore[arg-type]
+            else:
+                # Tallied here, reported once per Ready-loop iteration (never per request).
+                reason = "timeout" if finished >= waiter.deadline else waiter.error.kind
+                self.rejections[reason] = self.rejections.get(reason, 0) + 1
+                node.health.on_request(finished - started, reason)
+                reply(ClientResponse(id=request_id, ok=False, error=waiter.error))
+
+        waiter = Waiter(done, started + timeouts.timeout("client_request"))
+        try:
+            self.start(body, waiter)
+        except Refused as refused:
+            waiter.error = refused.reply
+            waiter.done = True
+            done(waiter)
+            return
+        self.deadlines.add(waiter)
+
+    def start(self, op: KVOp | AppCall, waiter: Waiter) -> None:
+        """Queue ``op`` for the Ready loop, which settles ``waiter``; raises ``Refused``."""
+        app = app_name(self._node.sm)
+        if isinstance(op, AppCall):
+            self.start_app(op, waiter, app)
+            return
+        if app != "kv":
+            raise Refused(_wrong_app(self._node.id, app, "kv"))
+        self.check_leader()
+        if op.op == "get":
+            self.read(op.key, waiter)
+            return
+        if op.client_id <= 0 or op.seq <= 0:
+            raise Refused(
+                ErrorReply(
+                    kind="bad_request",
+                    message=(
+                        f"{op.op} needs a client session: client_id={op.client_id} seq={op.seq}; "
+                        "expected both >= 1"
+                    ),
+                )
+            )
+        command = _command(op)
+        request = Request(client_id=op.client_id, seq=op.seq, op=command)
+        self.propose(encode_request(request), waiter)
+
+    def start_app(self, call: AppCall, waiter: Waiter, app: str) -> None:
+        """An application call: a stale read is answered here and now, a read through
+        ReadIndex, a write proposed with the leader's clock and the caller's session."""
+        node = self._node
+        if not (call.read and call.stale):
+            self.check_leader()  # a follower redirects, whatever it runs
+        if call.app != app:
+            raise Refused(_wrong_app(node.id, app, call.app))
+        if call.read and call.stale:
+            waiter.succeed(node.sm.read(call.payload))
+            return
+        if call.read:
+            self.read(call.payload, waiter)
+            return
+        if call.client_id <= 0 or call.seq <= 0:
+            raise Refused(
+                ErrorReply(
+                    kind="bad_request",
+                    message=(
+                        f"an {app} call needs a client session: client_id={call.client_id} "
+                        f"seq={call.seq}; expected both >= 1"
+                    ),
+                )
+            )
+        command = AppCommand(
+            client_id=call.client_id, seq=call.seq, time=time.time(), payload=call.payload
+        )
+        self.propose(encode_app_command(command), waiter)
+
+    def read(self, query: object, waiter: Waiter) -> None:
+        """A linearizable read (ReadIndex): ``waiter`` gets ``app.read(query)`` once this
+        node has applied everything committed when the read arrived."""
+        node = self._node
+        self.check_read_capacity()
+        self._read_seq += 1
+        context = f"{node.id}:{self._read_seq}".encode()
+        node._reads.append((context, query, waiter))  # type: ignore[arg-type]
+        node._wake.set()
+
+    def propose(self, data: bytes, waiter: Waiter) -> None:
+        """Propose ``data``; ``waiter`` gets the machine's result once it is applied."""
+        node = self._node
+        try:
+            node.components.proposals.put_nowait((data, waiter), Priority.NORMAL)
+        except QueueFull as exc:
+            raise Refused(ErrorReply(kind="overloaded", message=str(exc))) from None
+        node._wake.set()
+
+    async def _answer_admin(
+        self, request: ClientRequest, reply: Callable[[ClientResponse], None]
+    ) -> None:
+        node = self._node
+        try:
+            response = await node.admin.handle(request)
+        except Exception as exc:  # a bug must not take the node down with it
+            log.exception("node %d failed on request %d", node.id, request.id)
+            response = ClientResponse(
+                id=request.id,
+                ok=False,
+                error=ErrorReply(kind="retry", message=f"internal error: {exc!r}"),
+            )
+        finally:
+            self._admin_running -= 1
+        reply(response)
+
+    # == deadlines ============================================================================
+
+    def expire_requests(self) -> None:
+        """Answer ``retry`` to client requests past their deadline (checked every tick)."""
+        node = self._node
+        if not len(self.deadlines):
+            return
+        expired = self.deadlines.expire(node._now)
+        if not expired:
+            return
+        for waiter in expired:
+            waiter.fail(
+                "retry",
+                f"node {node.id}: no outcome within the client_request timeout; outcome unknown",
+            )
+        # An expired read's ReadIndex may never be answered (its leader lost a quorum).
+        node._waiting_reads = {
+            context: entry for context, entry in node._waiting_reads.items() if not entry[1].done
+        }
+
+    def report_rejections(self) -> None:
+        """Hand the rejection tally to the instruments (once per Ready-loop iteration)."""
+        if self.rejections:
+            self._node.instruments.on_rejections(self.rejections)
+            self.rejections = {}
+
+    async def wait(self, waiter: Waiter) -> object:
+        """Wait for ``waiter`` within the client_request timeout; its value or ``Refused``."""
+        timeouts = self._node.components.timeouts
+        limit = timeouts.timeout("client_request")
+        started = anyio.current_time()
+        with anyio.move_on_after(limit):
+            await waiter.wait()
+        timeouts.observe("client_request", anyio.current_time() - started, ok=waiter.done)
+        if not waiter.done:
+            raise Refused(
+                ErrorReply(
+                    kind="retry",
+                    message=(
+                        f"node {self._node.id}: no outcome within {limit:g}s; outcome unknown"
+                    ),
+                )
+            )
+        if waiter.error is not None:
+            raise Refused(waiter.error)
+        return waiter.value
+
+    # == checks ===============================================================================
+
+    def check_read_capacity(self) -> None:
+        """Pending reads are bounded like any queue between tasks (a leader cut off from its
+        quorum would otherwise hold every read sent to it until its deadline)."""
+        node = self._node
+        limit = node.settings.performance.backpressure.max_pending
+        if (pending := len(node._reads) + len(node._waiting_reads)) >= limit:
+            message = (
+                f"node {node.id}: {pending} linearizable reads are pending, the limit "
+                f"(performance.backpressure.max_pending) is {limit}; retry later"
+            )
+            raise Refused(ErrorReply(kind="overloaded", message=message))
+
+    def check_leader(self) -> None:
+        kernel = self._node.kernel
+        if kernel is None or kernel.role is not Role.LEADER:
+            waiter = Waiter()
+            self.fail_not_leader(waiter)
+            assert waiter.error is not None
+            raise Refused(waiter.error)
+
+    def fail_not_leader(self, waiter: Waiter) -> None:
+        node = self._node
+        leader = redirect_target(node.kernel) if node.kernel is not None else 0
+        address = node.addresses.get(leader, "") if leader else ""
+        where = f"node {leader} at {address}" if address else "unknown"
+        waiter.fail(
+            "not_leader",
+            f"node {node.id} is not the leader; leader: {where}",
+            leader if address else 0,
+            address,
+        )
+
+    # == kernel calls for admin operations ====================================================
+
+    async def kernel_call(self, call: Callable[[RawNode], object]) -> object:
+        """Run ``call`` on the kernel inside the Ready loop and return its result."""
+        node = self._node
+        waiter = Waiter()
+
+        def action(kernel: RawNode) -> None:
+            try:
+                waiter.succeed(call(kernel))
+            except NotLeader:
+                self.fail_not_leader(waiter)
+            except (ConfChangeRejected, ProposalRejected) as exc:
+                waiter.fail("bad_request", str(exc))
+
+        node._actions.append(action)
+        node._wake.set()
+        return await self.wait(waiter)
+
+    async def wait_applied(self, index: int) -> None:
+        node = self._node
+        waiter = Waiter()
+        if node.sm.applied_index >= index:
+            return
+        node._apply_watchers.append((index, waiter))
+        await self.wait(waiter)
+
+
+def answer(waiter: Waiter, result: object) -> None:
+    """Settle a writer's ``waiter`` with the state machine's ``result``."""
+    if isinstance(result, StaleRequest):
+        waiter.fail(
+            "bad_request",
+            (
+                f"request seq {result.seq} of client {result.client_id} is older than its last "
+                f"applied seq {result.last_seq}"
+            ),
+        )
+    elif isinstance(result, CommandError):
+        waiter.fail("bad_request", result.message)
+    else:
+        waiter.succeed(result)
+
+
+def _command(op: KVOp) -> Put | Delete | Append | Cas:
+    def need_value() -> str:
+        if op.value is None:
+            raise Refused(
+                ErrorReply(kind="bad_request", message=(f"{op.op} {op.key!r} needs a value"))
+            )
+        return op.value
+
+    if op.op == "put":
+        return Put(key=op.key, value=need_value())
+    if op.op == "delete":
+        return Delete(key=op.key)
+    if op.op == "append":
+        return Append(key=op.key, value=need_value())
+    return Cas(key=op.key, expected=op.expected, new=need_value())
+
+
+def _wrong_app(node_id: int, runs: str, wanted: str) -> ErrorReply:
+    return ErrorReply(
+        kind="bad_request",
+        message=(
+            f"node {node_id} runs the application {runs!r}; the request is for {wanted!r}"
+        ),
+    )
