@@ -28,7 +28,9 @@ def anyio_backend() -> str:
 
 
 async def test_a_follower_restored_by_install_snapshot_runs_the_restored_flags() -> None:
-    async with cluster(**{"raft.snapshot_threshold_entries": 10}) as c, c.client() as client:
+    # No trailing entries: the lagging follower must be caught up by InstallSnapshot.
+    settings = {"raft.snapshot_threshold_entries": 10, "raft.snapshot_trailing_entries": 0}
+    async with cluster(**settings) as c, c.client() as client:
         leader = await c.wait_leader()
         lagging = next(nid for nid in c.nodes if nid != leader)
         c.crash(lagging)

@@ -143,20 +143,27 @@ async def test_a_node_applies_writes_while_its_snapshot_is_encoded() -> None:
         c.nodes[1] = node
         async with c.client() as client:
             await c.wait_leader()
+            done = [0] * 8
 
             async def writer(w: int) -> None:
-                for i in range(150):
+                i = 0
+                while True:  # until cancelled: writes keep arriving while snapshots run
                     await client.put(f"w{w}-{i}", str(i))
+                    done[w] = i
+                    i += 1
 
+            # Write until a write was applied while a snapshot was being encoded (never, if
+            # encoding held the Ready loop) and two snapshots were taken.
             async with anyio.create_task_group() as writers:
                 for w in range(8):
                     writers.start_soon(writer, w)
-            with anyio.fail_after(20):
-                while node.local_snapshots.taken < 2:
-                    await client.put("more", "x")
+                with anyio.fail_after(60):  # generous: CI machines may be loaded
+                    while node.local_snapshots.taken < 2 or sm.applied_during_snapshot == 0:
+                        await anyio.sleep(0.01)
+                writers.cancel_scope.cancel()
         tg.cancel_scope.cancel()
     assert sm.applied_during_snapshot > 0
-    assert all(sm.read(f"w{w}-149") == "149" for w in range(8))
+    assert all(sm.read(f"w{w}-{done[w]}") == str(done[w]) for w in range(8))
     assert node.kernel is not None and node.kernel.snapshot.meta.index > 0
     restored = _restored(decode_node_snapshot(node.kernel.snapshot.data).state_machine)
     assert restored.read("pre199999") == "x" * 20
