@@ -167,15 +167,30 @@ def run_live(
     return report
 
 
+_LEADER_WAIT = 10.0
+"""Seconds a live comparison waits for the cluster to have a leader before refusing."""
+
+
 async def _live(
     peers: dict[int, str], options: LiveOptions, credentials: ClientCredentials, progress: bool
 ) -> dict[str, Any]:
     console = Console(stderr=True)
     async with KVClient(peers, credentials=credentials, timeout=10.0) as client:
-        pages = await _pages(client, sorted(peers))
-        leader_page = next((p for p in pages.values() if p.get("role") == "leader"), None)
+        # An election may be under way: wait out a few election timeouts for a leader.
+        leader_page = None
+        with anyio.move_on_after(_LEADER_WAIT):
+            while leader_page is None:
+                pages = await _pages(client, sorted(peers))
+                leader_page = next(
+                    (p for p in pages.values() if p.get("role") == "leader"), None
+                )
+                if leader_page is None:
+                    await anyio.sleep(0.1)
         if leader_page is None:
-            raise LiveError("no node of --peers reports itself leader; try again in a moment")
+            raise LiveError(
+                f"no node of --peers reported itself leader within {_LEADER_WAIT:g}s; "
+                "try again in a moment"
+            )
         voters = sorted(int(v) for v in leader_page["voters"])
         missing = sorted(set(options.cohort) - set(voters))
         if missing:
