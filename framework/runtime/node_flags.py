@@ -12,8 +12,6 @@ data directory (tests, the simulator) keeps them in memory.
 from __future__ import annotations
 
 import logging
-import os
-import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Final
@@ -39,6 +37,7 @@ from framework.flags import (
 from framework.flags import layers_from_settings as settings_layers
 from framework.plugins import PluginError, PluginHost
 from framework.runtime.components import SwapReport
+from framework.storage.durable import remove_durably, replace_durably
 
 __all__ = ["OVERRIDES_FILE", "NodeFlags", "OverridesFile", "settings_problems"]
 
@@ -105,9 +104,7 @@ class OverridesFile:
     def save(self, overrides: Mapping[str, FlagValue]) -> None:
         """Replace the file with ``overrides`` (removes it when empty), durably."""
         if not overrides:
-            if self.path.exists():
-                self.path.unlink()
-                _fsync_directory(self.path.parent)
+            remove_durably(self.path)
             return
         stored = _StoredOverrides(
             version=1,
@@ -116,24 +113,7 @@ class OverridesFile:
                 for k, v in sorted(overrides.items())
             },
         )
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "wb") as f:
-            f.write(msgspec.json.encode(stored))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        _fsync_directory(self.path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (POSIX; a no-op on Windows)."""
-    if sys.platform == "win32":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        replace_durably(self.path, msgspec.json.encode(stored))
 
 
 class NodeFlags:

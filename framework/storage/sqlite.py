@@ -69,6 +69,7 @@ import msgspec
 
 from framework.core import ConfState, Entry, EntryKind, HardState, Snapshot, SnapshotMeta
 from framework.storage.base import StorageError, StoredState, check_compact_to, check_storable
+from framework.storage.durable import fsync_directory
 
 if sys.platform != "win32":
     import fcntl
@@ -413,7 +414,7 @@ class SQLiteLogStore:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, self._db_path)
-        _fsync_directory(self._dir)
+        fsync_directory(self._dir)
 
     def _open_database(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._db_path, isolation_level=None, check_same_thread=False)
@@ -572,7 +573,7 @@ class SQLiteLogStore:
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise
-            _fsync_directory(self._snap_dir)
+            fsync_directory(self._snap_dir)
         except OSError as exc:
             raise StorageError(f"cannot write snapshot file {final}: {exc}") from exc
         return _SnapshotFile(meta, name, len(data), hashlib.sha256(data).hexdigest())
@@ -726,15 +727,6 @@ def _make_directory_durably(directory: Path) -> None:
         parent = parent.parent
     directory.mkdir(parents=True, exist_ok=True)
     for created in reversed(missing):
-        _fsync_directory(created.parent)
+        fsync_directory(created.parent)
 
 
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename or a new file in ``directory`` durable (POSIX; a no-op on Windows)."""
-    if sys.platform == "win32":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
