@@ -28,6 +28,7 @@ from framework.core.errors import (
     UncommittedSizeExceeded,
 )
 from framework.core.messages import (
+    MAX_TERM,
     AppendEntries,
     AppendResponse,
     Heartbeat,
@@ -53,6 +54,7 @@ from framework.core.raft import (
 from framework.core.ready import Ready
 
 __all__ = [
+    "MAX_TERM",
     "AppendEntries",
     "AppendResponse",
     "ConfChange",

@@ -16,6 +16,7 @@ from framework.core.entries import Entry, Snapshot
 from framework.core.errors import InvalidMessage
 
 __all__ = [
+    "MAX_TERM",
     "AppendEntries",
     "AppendResponse",
     "Heartbeat",
@@ -31,6 +32,12 @@ __all__ = [
     "encode_message",
     "validate_message",
 ]
+
+
+MAX_TERM: Final = 2**62
+"""The largest term a node takes, from a peer or by campaigning. Terms are stored as signed
+64-bit integers; a node at this term does not campaign (it would send a term its peers must
+refuse), so a term inflated by a faulty or hostile peer stops here instead of overflowing."""
 
 
 class _Base(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -169,6 +176,10 @@ def validate_message(msg: Message) -> None:
         raise InvalidMessage(f"{name} from node {msg.src} addressed to itself")
     if msg.term < 0:
         raise InvalidMessage(f"{name} from node {msg.src}: negative term {msg.term}")
+    if msg.term > MAX_TERM:
+        raise InvalidMessage(
+            f"{name} from node {msg.src}: term={msg.term} exceeds the bound {MAX_TERM}"
+        )
     if isinstance(msg, AppendEntries):
         _validate_append(msg)
     elif isinstance(msg, VoteRequest):

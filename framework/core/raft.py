@@ -105,6 +105,7 @@ from framework.core.errors import (
 )
 from framework.core.log import RaftLog
 from framework.core.messages import (
+    MAX_TERM,
     AppendEntries,
     AppendResponse,
     Heartbeat,
@@ -731,6 +732,10 @@ class RawNode:
 
     def _hup(self, *, transfer: bool) -> None:
         if self.role is Role.LEADER or not self._promotable():
+            return
+        if self.term >= MAX_TERM:
+            # The next term would be one no peer accepts (and, near 2**63, one no store
+            # holds): stay a follower at the ceiling rather than overflow or talk past it.
             return
         if self._pending_snapshot is not None:
             return

@@ -191,6 +191,7 @@ class AdminOps:
                 str(nid): {"state": state, "match": match, "next": nxt}
                 for nid, (state, match, nxt) in ns.progress.items()
             },
+            "stored_peers": node.stored_peers.peers,
             "invalid_messages": node.invalid_messages + node.snapshots.rejected,
             "dropped_messages": node.dropped_messages + node.snapshots.dropped,
             "flags": self.flag_table(),

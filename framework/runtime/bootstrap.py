@@ -10,12 +10,13 @@ etcd does with ``--initial-cluster-state``, bootstrapping is an explicit choice:
 
 - ``--initial-cluster new``: an empty directory bootstraps the membership from ``--peers``
   (what ``raftmw cluster``, ``demo``, ``bench``, ``compare`` and the test harnesses pass for
-  a cluster they create). The node still asks its peers first, and refuses if a leader's
-  replication progress says this node had already stored entries (``match > 0``): then
-  its directory was wiped, whatever the option says. A fresh node of a new cluster, however
-  slow to start, has acknowledged nothing, so this never refuses one; a wiped node whose
-  peers elected a new leader since it died is not caught (the new leader never heard from
-  it), which is why ``existing`` is the default.
+  a cluster they create). The node still asks its peers first, and refuses if any of them
+  has seen it store entries: a leader's replication progress showed ``match > 0`` for it,
+  now or at any time before (every node remembers such peers in its data directory,
+  ``stored_peers``). Then its directory was wiped, whatever the option says. A fresh node
+  of a new cluster, however slow to start, has acknowledged nothing, so this never refuses
+  one. A wiped node is not caught only if every node that ever led while it was a member is
+  unreachable or lost its own directory too, which is why ``existing`` is the default.
 - ``--initial-cluster existing`` (the default): an empty directory is refused. Before
   refusing, the node asks each peer for its status over the client protocol (a few
   seconds at most, all peers at once) so that the error says what it found: peers that
@@ -56,7 +57,7 @@ DEFAULT_PROBE_TIMEOUT: Final = 5.0
 class PeerView:
     """What one peer said about itself (or why it said nothing)."""
 
-    __slots__ = ("cluster_id", "commit", "match_of_me", "node_id", "problem", "term")
+    __slots__ = ("cluster_id", "commit", "match_of_me", "node_id", "problem", "stored_me", "term")
 
     def __init__(
         self,
@@ -66,6 +67,7 @@ class PeerView:
         term: int = 0,
         commit: int = 0,
         match_of_me: int = 0,
+        stored_me: bool = False,
         problem: str = "",
     ) -> None:
         self.node_id = node_id
@@ -75,6 +77,8 @@ class PeerView:
         self.match_of_me = match_of_me
         """As a leader: the index up to which it knows the probing node's log matched its
         own (replication progress); above 0, the probing node once stored entries."""
+        self.stored_me = stored_me
+        """The peer has seen the probing node store entries, as leader now or before."""
         self.problem = problem
 
     @property
@@ -107,6 +111,7 @@ async def probe_peers(
                     term=int(status.get("term", 0)),
                     commit=int(status.get("commit", 0)),
                     match_of_me=int((progress.get(me) or {}).get("match", 0)),
+                    stored_me=node_id in (status.get("stored_peers") or ()),
                 )
             except (RaftError, OSError, TimeoutError) as exc:
                 view = PeerView(peer, problem=str(exc) or type(exc).__name__)
@@ -124,8 +129,8 @@ def wiped_directory_refusal(
     *, node_id: int, cluster_id: str, data_dir: str, views: list[PeerView]
 ) -> str | None:
     """With ``--initial-cluster new``: why node ``node_id`` must not bootstrap its empty
-    ``data_dir`` after all (a leader knows it once stored entries), or None."""
-    if any(v.cluster_id == cluster_id and v.match_of_me > 0 for v in views):
+    ``data_dir`` after all (a peer saw it store entries), or None."""
+    if any(v.cluster_id == cluster_id and (v.match_of_me > 0 or v.stored_me) for v in views):
         return empty_directory_refusal(
             node_id=node_id, cluster_id=cluster_id, data_dir=data_dir, views=views
         )

@@ -85,6 +85,7 @@ from framework.runtime.snapshots import (
     NodeSnapshot,
     decode_node_snapshot,
 )
+from framework.runtime.stored_peers import StoredPeers
 from framework.runtime.tick_clock import TickClock
 from framework.seams import NodeStatus, Priority, QueueFull
 from framework.statemachine import KVStateMachine, StateMachine
@@ -95,7 +96,6 @@ from framework.transport.wire import ClientRequest, ClientResponse
 __all__ = ["MAX_ADMIN_REQUESTS", "NodeConfig", "NodeSnapshot", "RaftNode"]
 
 log = logging.getLogger("raftmw.node")
-
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -151,6 +151,7 @@ class RaftNode:
         self.flags = NodeFlags(
             self.host, node_id=self.id, settings=self.settings, data_dir=config.data_dir
         )
+        self.stored_peers = StoredPeers(config.data_dir, node_id=self.id)
         self.store, self.transport = self.host.wrap_io(
             node_id=self.id, settings=self.settings, store=store, transport=transport
         )
@@ -227,10 +228,12 @@ class RaftNode:
             # snapshot, then from committed flag entries it will re-apply.
             self.flags.replay_committed(state.entries, state.hard_state.commit)
             await anyio.to_thread.run_sync(self.flags.load_overrides)
+            await anyio.to_thread.run_sync(self.stored_peers.load)
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 self.snapshots.start(tg)
                 self.local_snapshots.start(tg)
+                tg.start_soon(self.stored_peers.run)
                 self._now = anyio.current_time()
                 self._tick_clock = TickClock(self.settings.raft.tick_interval, self._now)
                 await self.components.start(tg, self.flags.evaluate())
@@ -672,6 +675,7 @@ class RaftNode:
         self._published = identity
         self._next_publish = now + self.settings.raft.tick_interval
         st = kernel.status()
+        self.stored_peers.observe(st.progress)
         self._gauges = GaugeReadings.collect(
             self.components,
             term=st.term,
@@ -756,6 +760,7 @@ class RaftNode:
             source=ev.source.name,
             log_index=ev.log_index,
         )
+
 
 _CRITICAL = (VoteRequest, VoteResponse, Heartbeat, HeartbeatResponse, TimeoutNow)
 

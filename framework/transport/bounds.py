@@ -13,10 +13,11 @@ Why these bounds:
 
 - Terms and indexes are stored as SQLite INTEGERs (signed 64-bit). A term of ``2**63 - 1``
   cannot even be incremented by the next election without overflowing, which used to kill
-  the node in ``save_ready`` (and again after every restart). ``MAX_TERM`` and
-  ``MAX_INDEX`` are ``2**62``: a node that adopts the largest term a peer may send can
-  still campaign ``2**62`` more times, and a log can still grow by ``2**62`` entries past the
-  largest index a peer may name, before either reaches the storage limit. (A peer that
+  the node in ``save_ready`` (and again after every restart). ``MAX_TERM`` (the
+  kernel's, ``framework.core.MAX_TERM``) and ``MAX_INDEX`` are ``2**62``. The kernel never
+  campaigns past ``MAX_TERM``, so every term a correct node sends is one its peers accept; a
+  log can still grow by ``2**62`` entries past the largest index a peer may name before it
+  reaches the storage limit. (A peer that
   *may* send terms, an authenticated one, can still inflate a cluster's term up to the
   bound: that is what authentication is for; this bound keeps the node alive.)
 - Node ids are 1..``MAX_NODE_ID`` (a signed 32-bit range: ids are named by operators).
@@ -32,6 +33,7 @@ from operator import attrgetter
 from typing import Any, Final
 
 from framework.core import (
+    MAX_TERM,
     AppendEntries,
     AppendResponse,
     Heartbeat,
@@ -59,7 +61,6 @@ __all__ = [
     "check_message",
 ]
 
-MAX_TERM: Final = 2**62
 MAX_INDEX: Final = 2**62
 MAX_NODE_ID: Final = 2**31 - 1
 MAX_ENTRIES_PER_MESSAGE: Final = 1 << 20

@@ -54,8 +54,11 @@ def _newest_commit_elsewhere(c: Cluster, old_leader: int) -> int:
     """The highest commit index of a leader of a later term than ``old_leader``'s."""
     term = c.node(old_leader).term
     return max(
-        (c.node(n).log.committed for n in c.ids if n != old_leader and c.node(n).term > term
-         and c.node(n).role is Role.LEADER),
+        (
+            c.node(n).log.committed
+            for n in c.ids
+            if n != old_leader and c.node(n).term > term and c.node(n).role is Role.LEADER
+        ),
         default=0,
     )
 
@@ -189,8 +192,9 @@ def test_conf_change_in_an_outstanding_ready_is_not_reapplied_over_a_newer_snaps
     node = make_node(2, log=[2], term=2, commit=1)
     drain(node)
     learner = Entry(2, 3, EntryKind.CONF_CHANGE, _conf(ConfChangeType.ADD_LEARNER, 4))
-    node.step(AppendEntries(src=1, dst=2, term=2, prev_index=2, prev_term=2,
-                            entries=(learner,), commit=3))
+    node.step(
+        AppendEntries(src=1, dst=2, term=2, prev_index=2, prev_term=2, entries=(learner,), commit=3)
+    )
     rd = node.ready()
     assert [e.index for e in rd.committed_entries] == [2, 3]
     snap = Snapshot(meta=SnapshotMeta(index=20, term=2, conf_state=ConfState(voters=(1, 2, 3))))
@@ -215,8 +219,11 @@ def test_read_whose_round_was_lost_is_confirmed_by_the_next_heartbeat() -> None:
     heartbeats = [m for m in drain(leader) if isinstance(m, Heartbeat)]
     assert heartbeats and {m.context for m in heartbeats} == {b"r"}
     for hb in heartbeats:
-        leader.step(HeartbeatResponse(src=hb.dst, dst=1, term=hb.term, context=hb.context,
-                                      sent_tick=hb.sent_tick))
+        leader.step(
+            HeartbeatResponse(
+                src=hb.dst, dst=1, term=hb.term, context=hb.context, sent_tick=hb.sent_tick
+            )
+        )
     rd = leader.ready()
     assert rd.read_states == (ReadState(index=leader.log.committed, context=b"r"),)
     leader.advance(rd)
@@ -225,8 +232,9 @@ def test_read_whose_round_was_lost_is_confirmed_by_the_next_heartbeat() -> None:
 # == item 5: the campaign guard (etcd-io/raft#456) =============================================
 
 
-def _node_from_storage(nid: int, *, snapshot_at: int, conf: ConfState, entries: list[Entry],
-                       **config: object) -> RawNode:
+def _node_from_storage(
+    nid: int, *, snapshot_at: int, conf: ConfState, entries: list[Entry], **config: object
+) -> RawNode:
     meta = SnapshotMeta(index=snapshot_at, term=1, conf_state=conf)
     return RawNode(
         RaftConfig(id=nid, **config),  # type: ignore[arg-type]
@@ -268,8 +276,7 @@ def test_campaign_guard_a_node_with_unapplied_conf_changes_does_not_campaign() -
         Entry(1, 10, EntryKind.CONF_CHANGE, _conf(ConfChangeType.ADD_VOTER, 5)),
     ]
     nodes = {
-        n: _node_from_storage(n, snapshot_at=3, conf=c1, entries=lagging,
-                              max_committed_per_ready=1)
+        n: _node_from_storage(n, snapshot_at=3, conf=c1, entries=lagging, max_committed_per_ready=1)
         for n in (2, 3)
     }
     nodes.update({n: _node_from_storage(n, snapshot_at=10, conf=c3, entries=[]) for n in (1, 4, 5)})

@@ -9,11 +9,13 @@ import pytest
 from kernel_harness import Cluster, drain, make_leader, make_node
 
 from framework.core import (
+    MAX_TERM,
     AppendEntries,
     AppendResponse,
     Heartbeat,
     HeartbeatResponse,
     InstallSnapshot,
+    InvalidMessage,
     RaftConfig,
     RawNode,
     ReadIndexRequest,
@@ -104,6 +106,36 @@ def test_5_1_stale_pre_vote_is_answered_with_a_rejection_carrying_our_term() -> 
     drain(node)
     node.step(VoteRequest(src=2, dst=1, term=4, last_index=9, last_term=4, pre_vote=True))
     assert drain(node) == [VoteResponse(src=1, dst=2, term=5, granted=False, pre_vote=True)]
+
+
+@pytest.mark.parametrize("pre_vote", [True, False])
+def test_a_node_at_the_term_ceiling_stays_a_follower_instead_of_campaigning_past_it(
+    pre_vote: bool,
+) -> None:
+    """A term inflated to MAX_TERM (by a faulty or hostile peer) stops there: the node does
+    not send a term its peers must refuse, nor one its store cannot hold."""
+    node = make_node(1, term=MAX_TERM, pre_vote=pre_vote)
+    drain(node)
+    for _ in range(100):
+        node.tick()
+    assert drain(node) == []
+    assert node.term == MAX_TERM and node.role is Role.FOLLOWER
+
+
+def test_a_node_one_term_below_the_ceiling_still_campaigns_to_it() -> None:
+    node = make_node(1, term=MAX_TERM - 1, pre_vote=False)
+    drain(node)
+    for _ in range(100):
+        node.tick()
+    assert node.term == MAX_TERM and node.role is Role.CANDIDATE
+
+
+def test_a_message_with_a_term_past_the_ceiling_is_refused_before_it_changes_anything() -> None:
+    node = make_node(1, term=5)
+    drain(node)
+    with pytest.raises(InvalidMessage, match=f"term={MAX_TERM + 1} exceeds the bound {MAX_TERM}"):
+        node.step(Heartbeat(src=2, dst=1, term=MAX_TERM + 1, commit=0))
+    assert node.term == 5
 
 
 def test_5_1_leader_steps_down_on_an_answer_from_a_later_term() -> None:

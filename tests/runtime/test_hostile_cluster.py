@@ -192,12 +192,18 @@ async def test_bad_member_address_is_refused_and_a_wiped_node_does_not_rejoin(
             await admin.transfer_leader(1)  # node 3's death leaves node 1 leading
 
         # Node 3 loses its disk and is restarted as it was (the default, existing), and
-        # then as if the cluster were new: it must refuse both times, not rejoin. (With
-        # "new", the leader's progress shows node 3 once stored entries.)
+        # then as if the cluster were new: it must refuse both times, not rejoin. With
+        # "new", the evidence is that node 1 once saw node 3 store entries, which it keeps
+        # when it no longer leads: leadership moves to node 2 first, whose progress for the
+        # dead node 3 shows nothing.
         wiped = cluster.nodes[3]
         cluster.kill(3)
         shutil.rmtree(wiped.data_dir)
         for option in ("existing", "new"):
+            if option == "new":
+                async with cluster.client(timeout=10.0) as admin:
+                    await admin.transfer_leader(2)
+                    assert 3 in (await admin.status(1))["stored_peers"]
             wiped.log_path.unlink()
             wiped.extra_args = ["--initial-cluster", option]
             cluster.start(3)
