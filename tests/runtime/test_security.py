@@ -49,11 +49,13 @@ def secure(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 async def _attack(address: str, payload: bytes, *, tls: ClientCredentials | None) -> None:
-    """Send ``payload`` and read until the node hangs up (it must, within 10 s)."""
+    """Send ``payload`` and read until the node hangs up. It does so after its handshake
+    timeout at the latest; the 60 s bound only keeps a broken node from hanging the suite
+    (a loaded machine once took over 10 s)."""
     host, _, port = address.rpartition(":")
     ctx = None if tls is None else client_context(ca=tls.ca, cert=tls.cert, key=tls.key)
     try:
-        with anyio.fail_after(10):
+        with anyio.fail_after(60):
             async with await anyio.connect_tcp(
                 host, int(port), ssl_context=ctx, tls_standard_compatible=False
             ) as stream:
