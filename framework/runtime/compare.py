@@ -35,6 +35,7 @@ from rich.table import Table
 from framework.runtime.comparison_stats import (
     METRICS,
     compare_samples,
+    describe_change,
     interleaved_order,
 )
 from framework.runtime.eventloop import run_async
@@ -319,11 +320,7 @@ def _print(console: Console, report: dict[str, Any]) -> None:
                 text += f" ({_fmt(spread[0], fmt)}-{_fmt(spread[1], fmt)})"
             return text
 
-        diff = stats["difference"]
-        ci = stats["ci95"]
-        change = "" if diff is None else f"{diff * 100:+.0f} %"
-        if ci is not None:
-            change += f"\n({ci[0] * 100:+.0f} … {ci[1] * 100:+.0f} %)"
+        change = describe_change(stats["difference"], stats["ci95"], sep="\n")
         table.add_row(
             stats["label"],
             cell(stats["median_a"], stats["spread_a"]),

@@ -32,7 +32,7 @@ from framework.auth import ClientCredentials
 from framework.client import KVClient, parse_peers
 from framework.config import Rollout
 from framework.errors import RaftError
-from framework.runtime.comparison_stats import MetricSpec, compare_samples
+from framework.runtime.comparison_stats import MetricSpec, compare_samples, describe_change
 from framework.runtime.eventloop import run_async
 from framework.runtime.health_window import BUILTIN_METRICS, node_values
 
@@ -181,9 +181,7 @@ async def _live(
         with anyio.move_on_after(_LEADER_WAIT):
             while leader_page is None:
                 pages = await _pages(client, sorted(peers))
-                leader_page = next(
-                    (p for p in pages.values() if p.get("role") == "leader"), None
-                )
+                leader_page = next((p for p in pages.values() if p.get("role") == "leader"), None)
                 if leader_page is None:
                     await anyio.sleep(0.1)
         if leader_page is None:
@@ -342,10 +340,7 @@ def print_live(console: Console, report: Mapping[str, Any]) -> None:
         return f"{median:.2f}" + (f" ({spread[0]:.2f}-{spread[1]:.2f})" if spread else "")
 
     for stats in report["metrics"].values():
-        diff, ci = stats["difference"], stats["ci95"]
-        change = "" if diff is None else f"{diff * 100:+.0f} %"
-        if ci is not None:
-            change += f" ({ci[0] * 100:+.0f} … {ci[1] * 100:+.0f} %)"
+        change = describe_change(stats["difference"], stats["ci95"])
         table.add_row(
             stats["label"],
             cell(stats["median_a"], stats["spread_a"]),

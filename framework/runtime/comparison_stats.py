@@ -35,6 +35,7 @@ __all__ = [
     "MetricSpec",
     "SampleComparison",
     "compare_samples",
+    "describe_change",
     "interleaved_order",
 ]
 
@@ -202,3 +203,13 @@ def _verdict(
     word = spec.words[0] if better else spec.words[1]
     low, high = sorted(abs(x) * 100 for x in ci)
     return f"{name_b} {word} by {abs(difference) * 100:.0f} % (CI {low:.0f}-{high:.0f} %)"
+
+
+def describe_change(
+    difference: float | None, ci95: Sequence[float] | None, *, sep: str = " "
+) -> str:
+    """``+18 %`` and its interval ``(+12 … +25 %)``, as a table cell (``sep`` between them)."""
+    text = "" if difference is None else f"{difference * 100:+.0f} %"
+    if ci95 is not None:
+        text += f"{sep}({ci95[0] * 100:+.0f} … {ci95[1] * 100:+.0f} %)"
+    return text
