@@ -16,8 +16,10 @@ from framework.statemachine import (
     AppCommand,
     BadSnapshot,
     CommandError,
+    KVStateMachine,
     StaleRequest,
     encode_app_command,
+    snapshot_header,
 )
 from tests.apps.objects_fixtures import Account
 
@@ -93,6 +95,10 @@ def test_a_snapshot_of_another_application_is_refused_and_changes_nothing() -> N
     run(m, entry(1, "deposit", 5))
     with pytest.raises(BadSnapshot, match="'raftmw.locks'.*runs 'tests.account'"):
         m.restore(locks.snapshot())
-    with pytest.raises(BadSnapshot, match="not a snapshot"):
+    with pytest.raises(BadSnapshot, match="names no application; this node runs 'tests.account'"):
         m.restore(msgspec.msgpack.encode([1, 2]))
+    with pytest.raises(BadSnapshot, match="not a snapshot of a replicated object"):
+        m.restore(snapshot_header(m) + msgspec.msgpack.encode([1, 2]))
+    with pytest.raises(BadSnapshot, match="of application 'kv' version 1; this node runs 'tests"):
+        m.check_snapshot(KVStateMachine().snapshot())
     assert m.obj.balance == 5 and m.applied_index == 1

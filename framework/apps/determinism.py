@@ -1,0 +1,163 @@
+"""``deterministic``: no clock and no randomness while a replicated method runs.
+
+Theory of operation
+-------------------
+Every replica runs a ``@replicated`` method on the same arguments and must reach the same
+state; a method that reads its own replica's clock or a random source does not. The time a
+method may use is the leader's, carried in the entry (``ReplicatedObject.now``).
+
+While a replicated method runs, ``deterministic`` replaces the module attributes through
+which Python code reads a clock or randomness (``time.time``, ``time.monotonic``,
+``time.perf_counter`` and their ``_ns`` forms, the ``random`` module's functions,
+``os.urandom``, hence ``uuid.uuid4`` and ``secrets``' token functions that read it) with
+guards that raise ``NondeterministicCall``, and puts the originals back afterwards. The
+exception is a result like any other (``ReplicatedError`` for the caller), the same on
+every replica, and the method's changes so far stay, as for any exception.
+
+What the guard does not refuse:
+
+* other threads: the runtime's worker threads (SQLite writes, snapshot checks) read clocks
+  while a method runs on the event loop thread; a guard raises only on the thread that
+  installed it, and calls the original elsewhere;
+* ``logging``: a log record is stamped with the time; logging changes no replicated state,
+  so calls from the ``logging`` package pass;
+* names bound before the method ran (``from time import time``), ``datetime.now()`` (a C
+  type whose methods cannot be replaced), and ``random.Random`` instances: those are not
+  checked. This is a check where one is possible, not a sandbox.
+
+Guards are installed around each call (attribute assignments), not for the life of the
+process, so code outside replicated methods (the event loop reads ``time.monotonic``
+constantly) pays nothing; the originals are taken again at each install, so a test's own
+patches survive.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Final
+
+__all__ = ["GUARDED", "NondeterministicCall", "deterministic"]
+
+
+class NondeterministicCall(RuntimeError):
+    """A replicated method read a clock or a random source of its own replica."""
+
+
+_RANDOM_FUNCTIONS: Final = (
+    "random",
+    "uniform",
+    "triangular",
+    "randint",
+    "randrange",
+    "choice",
+    "choices",
+    "shuffle",
+    "sample",
+    "gauss",
+    "normalvariate",
+    "lognormvariate",
+    "expovariate",
+    "vonmisesvariate",
+    "gammavariate",
+    "betavariate",
+    "paretovariate",
+    "weibullvariate",
+    "getrandbits",
+    "randbytes",
+    "seed",
+)
+
+GUARDED: Final[tuple[tuple[Any, str], ...]] = (
+    *(
+        (time, name)
+        for name in (
+            "time",
+            "time_ns",
+            "monotonic",
+            "monotonic_ns",
+            "perf_counter",
+            "perf_counter_ns",
+            "process_time",
+            "process_time_ns",
+        )
+    ),
+    *((random, name) for name in _RANDOM_FUNCTIONS if hasattr(random, name)),
+    (os, "urandom"),
+)
+"""``(module, attribute)`` pairs replaced while a replicated method runs."""
+
+_ADVICE: Final = {
+    "time": "use self.now, the leader's clock when it proposed the call",
+    "random": "derive values from the arguments, or pass a seed from the caller",
+    "os": "pass random bytes from the caller as an argument",
+}
+
+_ALLOWED_CALLERS: Final = ("logging",)
+"""Packages whose calls pass: they read a clock but change no replicated state."""
+
+
+_active = threading.local()
+"""``method``: the replicated method running on this thread, if any."""
+_lock = threading.Lock()
+_installed = 0
+"""Blocks running on any thread (an event loop per thread, in tests): guards stay in place
+until the last one ends."""
+_originals: list[tuple[Any, str, Callable[..., Any]]] = []
+_guards: dict[tuple[str, str], tuple[Callable[..., Any], Callable[..., Any]]] = {}
+"""(module, name) -> (the original, its guard): built once per original."""
+
+
+def _guard(module: Any, name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    qualified = f"{module.__name__}.{name}"
+    advice = _ADVICE[module.__name__]
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        method = getattr(_active, "method", None)
+        if method is None:  # another thread, or outside any replicated method
+            return original(*args, **kwargs)
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if caller.split(".")[0] in _ALLOWED_CALLERS:
+            return original(*args, **kwargs)
+        raise NondeterministicCall(
+            f"{qualified}() called inside the replicated method {method}: every replica "
+            f"would get a different value; {advice}"
+        )
+
+    guarded.__name__ = name
+    guarded.__wrapped__ = original  # type: ignore[attr-defined]  # for introspection
+    return guarded
+
+
+@contextmanager
+def deterministic(method: str) -> Iterator[None]:
+    """Refuse clock and random reads on this thread while the block runs ``method``."""
+    global _installed
+    with _lock:
+        if _installed == 0:
+            _originals[:] = [(module, name, getattr(module, name)) for module, name in GUARDED]
+            for module, name, original in _originals:
+                cached = _guards.get((module.__name__, name))
+                if cached is None or cached[0] is not original:
+                    cached = _guards[module.__name__, name] = (
+                        original,
+                        _guard(module, name, original),
+                    )
+                setattr(module, name, cached[1])
+        _installed += 1
+    outer = getattr(_active, "method", None)
+    _active.method = method
+    try:
+        yield
+    finally:
+        _active.method = outer
+        with _lock:
+            _installed -= 1
+            if _installed == 0:
+                for module, name, original in _originals:
+                    setattr(module, name, original)
