@@ -24,10 +24,18 @@ from framework.statemachine import (
 from tests.apps.objects_fixtures import Account
 
 
-def entry(index: int, method: str, *args: object, client: int = 7, seq: int | None = None,
-          time: float = 1000.0) -> Entry:
+def entry(
+    index: int,
+    method: str,
+    *args: object,
+    client: int = 7,
+    seq: int | None = None,
+    time: float = 1000.0,
+) -> Entry:
     command = AppCommand(
-        client_id=client, seq=index if seq is None else seq, time=time,
+        client_id=client,
+        seq=index if seq is None else seq,
+        time=time,
         payload=encode_call(method, args, {}),
     )
     return Entry(index=index, term=1, kind=EntryKind.NORMAL, data=encode_app_command(command))
@@ -93,9 +101,9 @@ def test_a_snapshot_of_another_application_is_refused_and_changes_nothing() -> N
     locks = ObjectMachine(LockService)
     m = ObjectMachine(Account)
     run(m, entry(1, "deposit", 5))
-    with pytest.raises(BadSnapshot, match="'raftmw.locks'.*runs 'tests.account'"):
+    with pytest.raises(BadSnapshot, match=r"'raftmw\.locks'.*runs 'tests\.account'"):
         m.restore(locks.snapshot())
-    with pytest.raises(BadSnapshot, match="names no application; this node runs 'tests.account'"):
+    with pytest.raises(BadSnapshot, match=r"names no application; this node runs 'tests\.account'"):
         m.restore(msgspec.msgpack.encode([1, 2]))
     with pytest.raises(BadSnapshot, match="not a snapshot of a replicated object"):
         m.restore(snapshot_header(m) + msgspec.msgpack.encode([1, 2]))
