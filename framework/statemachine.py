@@ -80,6 +80,7 @@ from framework.transport.wire import AppCall, KVOp
 
 __all__ = [
     "DEFAULT_MAX_SESSIONS",
+    "SNAPSHOT_MAGIC",
     "AppCommand",
     "Append",
     "BadClientRequest",
