@@ -80,6 +80,7 @@ from framework.transport.wire import AppCall, KVOp
 
 __all__ = [
     "DEFAULT_MAX_SESSIONS",
+    "LEGACY_SNAPSHOT_APPLICATION",
     "SNAPSHOT_MAGIC",
     "AppCommand",
     "Append",
@@ -433,6 +434,9 @@ def open_snapshot(
     return memoryview(data)[start:]
 
 
+LEGACY_SNAPSHOT_APPLICATION: Final = ("kv", "1")
+"""The application of a snapshot without a header: only the KV machine wrote those."""
+
 _SNAPSHOT_VERSION: Final = 1
 
 
@@ -463,7 +467,7 @@ def _without_map_header(encoded: bytes) -> bytes:
 def _decode_snapshot(machine: KVStateMachine, data: bytes) -> _SnapshotBody:
     if not data:
         raise BadSnapshot("empty snapshot: expected a version byte followed by msgpack")
-    body = open_snapshot(data, machine, default=("kv", "1"))
+    body = open_snapshot(data, machine, default=LEGACY_SNAPSHOT_APPLICATION)
     if not body:
         raise BadSnapshot("empty KV snapshot body: expected a version byte followed by msgpack")
     if body[0] != _SNAPSHOT_VERSION:

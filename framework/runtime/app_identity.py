@@ -32,6 +32,7 @@ import msgspec
 
 from framework.core import Entry, EntryKind
 from framework.statemachine import (
+    LEGACY_SNAPSHOT_APPLICATION,
     BadSnapshot,
     app_name,
     app_version,
@@ -100,7 +101,7 @@ class AppIdentity:
                 f"node {self.node_id}: snapshot at index {index}: {exc}"
             ) from None
         if theirs is None:
-            theirs = ("kv", "1")
+            theirs = LEGACY_SNAPSHOT_APPLICATION
         if not compatible(self.ours, theirs):
             raise WrongApplication(
                 f"node {self.node_id} runs the application {self.ours[0]!r} version "

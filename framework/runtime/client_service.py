@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import anyio
 
@@ -58,6 +58,10 @@ MAX_ADMIN_REQUESTS = 256
 """Status and admin requests running at once (each is a task); more are ``overloaded``."""
 
 log = logging.getLogger("raftmw.node")
+
+APPLICATION_REQUESTS: Final = (KVOp, AppCall)
+"""Request bodies handed to the application (``StateMachine.client_request``); the rest are
+status and admin requests, which the node answers itself."""
 
 
 class Refused(Exception):
@@ -93,7 +97,7 @@ class ClientService:
         """
         node = self._node
         body = request.body
-        if not isinstance(body, KVOp | AppCall):
+        if not isinstance(body, APPLICATION_REQUESTS):
             assert node._tg is not None, "submit() before the node serves"
             if self._admin_running >= MAX_ADMIN_REQUESTS:  # a task each: bounded too
                 message = f"node {node.id}: {MAX_ADMIN_REQUESTS} status/admin requests are running"
