@@ -38,8 +38,7 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, Final
 
 __all__ = ["GUARDED", "NondeterministicCall", "deterministic"]
@@ -108,9 +107,9 @@ _lock = threading.Lock()
 _installed = 0
 """Blocks running on any thread (an event loop per thread, in tests): guards stay in place
 until the last one ends."""
-_originals: list[tuple[Any, str, Callable[..., Any]]] = []
-_guards: dict[tuple[str, str], tuple[Callable[..., Any], Callable[..., Any]]] = {}
-"""(module, name) -> (the original, its guard): built once per original."""
+_slots: list[list[Any]] = []
+"""Per guarded attribute: [module, name, original, its guard], the guard rebuilt only when
+the attribute was replaced by someone else since (a test's patch)."""
 
 
 def _guard(module: Any, name: str, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -134,30 +133,47 @@ def _guard(module: Any, name: str, original: Callable[..., Any]) -> Callable[...
     return guarded
 
 
-@contextmanager
-def deterministic(method: str) -> Iterator[None]:
-    """Refuse clock and random reads on this thread while the block runs ``method``."""
-    global _installed
-    with _lock:
-        if _installed == 0:
-            _originals[:] = [(module, name, getattr(module, name)) for module, name in GUARDED]
-            for module, name, original in _originals:
-                cached = _guards.get((module.__name__, name))
-                if cached is None or cached[0] is not original:
-                    cached = _guards[module.__name__, name] = (
-                        original,
-                        _guard(module, name, original),
-                    )
-                setattr(module, name, cached[1])
-        _installed += 1
-    outer = getattr(_active, "method", None)
-    _active.method = method
-    try:
-        yield
-    finally:
-        _active.method = outer
+def _install() -> None:
+    if not _slots:
+        _slots.extend([module, name, None, None] for module, name in GUARDED)
+    for slot in _slots:
+        module, name, original, _ = slot
+        current = getattr(module, name)
+        if current is not original:
+            slot[2], slot[3] = current, _guard(module, name, current)
+        setattr(module, name, slot[3])
+
+
+def _uninstall() -> None:
+    for module, name, original, _ in _slots:
+        setattr(module, name, original)
+
+
+class deterministic:
+    """Refuse clock and random reads on this thread while the block runs ``method``.
+
+    A class rather than a generator-based context manager: it runs around every replicated
+    call, and this is cheaper."""
+
+    __slots__ = ("_method", "_outer")
+
+    def __init__(self, method: str) -> None:
+        self._method = method
+        self._outer: str | None = None
+
+    def __enter__(self) -> None:
+        global _installed
+        with _lock:
+            if _installed == 0:
+                _install()
+            _installed += 1
+        self._outer = getattr(_active, "method", None)
+        _active.method = self._method
+
+    def __exit__(self, *exc: object) -> None:
+        global _installed
+        _active.method = self._outer
         with _lock:
             _installed -= 1
             if _installed == 0:
-                for module, name, original in _originals:
-                    setattr(module, name, original)
+                _uninstall()
