@@ -25,10 +25,11 @@ What the guard does not refuse:
   type whose methods cannot be replaced), and ``random.Random`` instances: those are not
   checked. This is a check where one is possible, not a sandbox.
 
-Guards are installed around each call (attribute assignments), not for the life of the
-process, so code outside replicated methods (the event loop reads ``time.monotonic``
-constantly) pays nothing; the originals are taken again at each install, so a test's own
-patches survive.
+Guards are installed by the first replicated method of a batch and taken away by the first
+clock or random read outside any replicated method (the event loop reads ``time.monotonic``
+between two batches), so a batch of calls applied in one Ready pays for one install, and
+code outside replicated methods pays one pass-through call at most. The originals are read
+again at each install, so a test's own patches survive.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-__all__ = ["GUARDED", "NondeterministicCall", "deterministic"]
+__all__ = ["GUARDED", "NondeterministicCall", "deterministic", "release"]
 
 
 class NondeterministicCall(RuntimeError):
@@ -104,9 +105,9 @@ _ALLOWED_CALLERS: Final = ("logging",)
 _active = threading.local()
 """``method``: the replicated method running on this thread, if any."""
 _lock = threading.Lock()
-_installed = 0
-"""Blocks running on any thread (an event loop per thread, in tests): guards stay in place
-until the last one ends."""
+_running = 0
+"""Replicated methods running now, on any thread (an event loop per thread, in tests)."""
+_is_installed = False
 _slots: list[list[Any]] = []
 """Per guarded attribute: [module, name, original, its guard], the guard rebuilt only when
 the attribute was replaced by someone else since (a test's patch)."""
@@ -119,6 +120,8 @@ def _guard(module: Any, name: str, original: Callable[..., Any]) -> Callable[...
     def guarded(*args: Any, **kwargs: Any) -> Any:
         method = getattr(_active, "method", None)
         if method is None:  # another thread, or outside any replicated method
+            if _running == 0 and _is_installed:
+                release()  # the first read after a batch of calls takes the guards away
             return original(*args, **kwargs)
         caller = sys._getframe(1).f_globals.get("__name__", "")
         if caller.split(".")[0] in _ALLOWED_CALLERS:
@@ -137,23 +140,32 @@ def _install() -> None:
     if not _slots:
         _slots.extend([module, name, None, None] for module, name in GUARDED)
     for slot in _slots:
-        module, name, original, _ = slot
+        module, name, original, guard = slot
         current = getattr(module, name)
-        if current is not original:
+        # ``guard``: ours, put back by a test's patch undone while it was installed.
+        if current is not original and current is not guard:
             slot[2], slot[3] = current, _guard(module, name, current)
         setattr(module, name, slot[3])
 
 
-def _uninstall() -> None:
-    for module, name, original, _ in _slots:
-        setattr(module, name, original)
+def release() -> None:
+    """Put the originals back unless a replicated method is running. Guards also go by
+    themselves at the first clock or random read outside any replicated method."""
+    global _is_installed
+    with _lock:
+        if _running == 0 and _is_installed:
+            for module, name, original, _ in _slots:
+                setattr(module, name, original)
+            _is_installed = False
 
 
 class deterministic:
     """Refuse clock and random reads on this thread while the block runs ``method``.
 
     A class rather than a generator-based context manager: it runs around every replicated
-    call, and this is cheaper."""
+    call, and this is cheaper. Leaving the block leaves the guards in place (they let every
+    call outside a replicated method through) until the first such call, so that a batch of
+    calls applied together installs them once."""
 
     __slots__ = ("_method", "_outer")
 
@@ -162,18 +174,17 @@ class deterministic:
         self._outer: str | None = None
 
     def __enter__(self) -> None:
-        global _installed
+        global _running, _is_installed
         with _lock:
-            if _installed == 0:
+            if not _is_installed:
                 _install()
-            _installed += 1
+                _is_installed = True
+            _running += 1
         self._outer = getattr(_active, "method", None)
         _active.method = self._method
 
     def __exit__(self, *exc: object) -> None:
-        global _installed
+        global _running
         _active.method = self._outer
         with _lock:
-            _installed -= 1
-            if _installed == 0:
-                _uninstall()
+            _running -= 1
