@@ -56,8 +56,8 @@ class MemCluster:
             state_machine=machine or self.machine(),
         )
 
-    async def start(self, node_id: int) -> RaftNode:
-        node, scope = self.node(node_id), anyio.CancelScope()
+    async def start(self, node_id: int, machine: StateMachine | None = None) -> RaftNode:
+        node, scope = self.node(node_id, machine), anyio.CancelScope()
 
         async def run(*, task_status: anyio.abc.TaskStatus[None]) -> None:
             with scope:
@@ -90,14 +90,15 @@ class MemCluster:
 
 @asynccontextmanager
 async def mem_cluster(
-    machine: Callable[[], StateMachine], n: int = 3, **settings: object
+    machine: Callable[[], StateMachine], n: int = 3, *, running: int = 0, **settings: object
 ) -> AsyncIterator[MemCluster]:
+    """``n`` members, the first ``running`` (all by default) started."""
     overrides = {"raft.tick_interval": "5ms", "client.request_timeout": "2s", **settings}
     async with anyio.create_task_group() as tg:
         c = MemCluster(MemoryNetwork(seed=16), tg, machine, load_settings(overrides=overrides))
         for nid in range(1, n + 1):
             c.stores[nid] = MemoryLogStore()
-        for nid in range(1, n + 1):
+        for nid in range(1, (running or n) + 1):
             await c.start(nid)
         try:
             yield c
@@ -198,6 +199,36 @@ async def test_a_node_restarted_from_a_snapshot_of_another_application_stops() -
         f"{index} is of 'kv' version 1; start it with --app naming the cluster's application, "
         "in a version with the same major number"
     )
+
+
+async def test_a_follower_of_another_application_refuses_the_leaders_snapshot(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with mem_cluster(
+        KVStateMachine,
+        running=2,
+        **{"raft.snapshot_threshold_entries": 5, "raft.snapshot_trailing_entries": 0},
+    ) as c:
+        leader = await c.leader()
+        for seq in range(1, 12):
+            body = KVOp(op="put", key=f"k{seq}", value="v", client_id=1, seq=seq)
+            assert (await answer_request(c.nodes[leader], ClientRequest(id=seq, body=body))).ok
+        with anyio.fail_after(10):
+            while c.nodes[leader].kernel.snapshot.meta.index == 0:  # type: ignore[union-attr]
+                await anyio.sleep(0.01)
+        wrong = await c.start(3, ObjectMachine(Account))  # its log is behind the snapshot
+        with anyio.fail_after(10):
+            while wrong.snapshots.rejected == 0:
+                await anyio.sleep(0.01)
+        assert wrong.snapshots.accepted == 0  # the kernel never saw it: nothing persisted
+        assert "node 3 refused the snapshot at index " in caplog.text
+        assert (
+            "the snapshot is of application 'kv' version 1; this node runs 'tests.account' "
+            "version 1" in caplog.text
+        )
+        # It applied only its own bootstrap entries, and its store holds no snapshot.
+        assert wrong.sm.applied_index < c.nodes[leader].kernel.snapshot.meta.index  # type: ignore[union-attr]
+        assert c.stores[3].load().snapshot.meta.index == 0  # type: ignore[union-attr]
 
 
 def test_an_install_snapshot_of_another_application_is_refused_by_name() -> None:
