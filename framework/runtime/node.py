@@ -460,7 +460,7 @@ class RaftNode:
             indexes = kernel.propose_batch([data for data, _ in batch])
         except NotLeader:
             for _, waiter in batch:
-                self._fail_not_leader(waiter)
+                self.clients.fail_not_leader(waiter)
             return
         except TransferInProgress as exc:
             for _, waiter in batch:
@@ -521,7 +521,7 @@ class RaftNode:
         for context in rd.dropped_reads:
             entry = self._waiting_reads.pop(context, None)
             if entry is not None:
-                self._fail_not_leader(entry[1])
+                self.clients.fail_not_leader(entry[1])
         kernel.advance(rd)
         self._serve_reads()
         if self._settlements:
@@ -641,9 +641,6 @@ class RaftNode:
             waiter.fail(kind, message)
         for waiter in self.clients.deadlines.drain():
             waiter.fail(kind, message)
-
-    def _fail_not_leader(self, waiter: Waiter) -> None:
-        self.clients.fail_not_leader(waiter)
 
     # == client service (``ClientService``, ``AdminOps``) ========================================
 
