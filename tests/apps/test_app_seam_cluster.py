@@ -22,7 +22,7 @@ from framework.storage import MemoryLogStore
 from framework.transport.base import answer_request
 from framework.transport.memory import MemoryNetwork
 from framework.transport.wire import AppCall, ClientRequest, ClientResponse, KVOp, RequestBody
-from tests.apps.objects_fixtures import Account
+from tests.apps.objects_fixtures import Account, Tally
 
 pytestmark = pytest.mark.anyio
 
@@ -137,9 +137,22 @@ def _object_effect(sm: StateMachine) -> int:
     return int(decode_outcome(data))  # type: ignore[call-overload]
 
 
+def _tally_write(client_id: int, seq: int) -> RequestBody:
+    return AppCall(app="tests.tally", payload=b"1", client_id=client_id, seq=seq)
+
+
+def _tally_result(response: ClientResponse) -> object:
+    return response.data
+
+
+def _tally_effect(sm: StateMachine) -> int:
+    return int(sm.read(b""))  # type: ignore[call-overload]
+
+
 APPS = {
     "kv": (KVStateMachine, _kv_write, _kv_result, _kv_effect),
     "object": (lambda: ObjectMachine(Account), _object_write, _object_result, _object_effect),
+    "hand-written": (Tally, _tally_write, _tally_result, _tally_effect),
 }
 
 

@@ -19,6 +19,8 @@ def test_kv_is_the_default_and_installed_names_and_module_paths_load() -> None:
     account = load_application("tests.apps.objects_fixtures:Account")
     assert app_name(account) == "tests.account"
     assert isinstance(load_application("framework.statemachine:KVStateMachine"), KVStateMachine)
+    tally = load_application("tests.apps.objects_fixtures:Tally")  # a hand-written machine
+    assert app_name(tally) == "tests.tally"
 
 
 @pytest.mark.parametrize(
