@@ -22,8 +22,9 @@ What the guard does not refuse:
 * ``logging``: a log record is stamped with the time; logging changes no replicated state,
   so calls from the ``logging`` package pass;
 * names bound before the method ran (``from time import time``), ``datetime.now()`` (a C
-  type whose methods cannot be replaced), and ``random.Random`` instances: those are not
-  checked. This is a check where one is possible, not a sandbox.
+  type whose methods cannot be replaced), ``random.Random`` instances, and the iteration
+  order of sets of ``str``/``bytes`` (hash randomization differs between processes): those
+  are not checked. This is a check where one is possible, not a sandbox.
 
 Guards are installed by the first replicated method of a batch and taken away by the first
 clock or random read outside any replicated method (the event loop reads ``time.monotonic``
