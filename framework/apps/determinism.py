@@ -8,17 +8,17 @@ method may use is the leader's, carried in the entry (``ReplicatedObject.now``).
 
 While a replicated method runs, ``deterministic`` replaces the module attributes through
 which Python code reads a clock or randomness (``time.time``, ``time.monotonic``,
-``time.perf_counter`` and their ``_ns`` forms, the ``random`` module's functions,
-``os.urandom``, hence ``uuid.uuid4`` and ``secrets``' token functions that read it) with
-guards that raise ``NondeterministicCall``, and puts the originals back afterwards. The
+``time.perf_counter`` and their ``_ns`` forms, the ``random`` and ``secrets`` modules'
+functions, ``os.urandom``, hence ``uuid.uuid4``, which reads it) with guards that raise
+``NondeterministicCall`` on a thread running a replicated method. The
 exception is a result like any other (``ReplicatedError`` for the caller), the same on
 every replica, and the method's changes so far stay, as for any exception.
 
 What the guard does not refuse:
 
 * other threads: the runtime's worker threads (SQLite writes, snapshot checks) read clocks
-  while a method runs on the event loop thread; a guard raises only on the thread that
-  installed it, and calls the original elsewhere;
+  while a method runs on the event loop thread; a guard raises only on a thread running a
+  replicated method, and calls the original elsewhere;
 * ``logging``: a log record is stamped with the time; logging changes no replicated state,
   so calls from the ``logging`` package pass;
 * names bound before the method ran (``from time import time``), ``datetime.now()`` (a C
@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 import random
+import secrets
 import sys
 import threading
 import time
@@ -89,6 +90,10 @@ GUARDED: Final[tuple[tuple[Any, str], ...]] = (
         )
     ),
     *((random, name) for name in _RANDOM_FUNCTIONS if hasattr(random, name)),
+    *(
+        (secrets, name)
+        for name in ("token_bytes", "token_hex", "token_urlsafe", "randbelow", "randbits", "choice")
+    ),
     (os, "urandom"),
 )
 """``(module, attribute)`` pairs replaced while a replicated method runs."""
@@ -97,6 +102,7 @@ _ADVICE: Final = {
     "time": "use self.now, the leader's clock when it proposed the call",
     "random": "derive values from the arguments, or pass a seed from the caller",
     "os": "pass random bytes from the caller as an argument",
+    "secrets": "pass the secret from the caller as an argument",
 }
 
 _ALLOWED_CALLERS: Final = ("logging",)

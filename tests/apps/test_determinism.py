@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import secrets
 import threading
 import time
 import uuid
@@ -62,6 +63,10 @@ class Sloppy(ReplicatedObject):
         return str(uuid.uuid4())  # reads os.urandom
 
     @replicated
+    def secret(self) -> str:
+        return secrets.token_hex(8)
+
+    @replicated
     def elapsed(self) -> float:
         return time.perf_counter()
 
@@ -83,6 +88,7 @@ def _call(m: ObjectMachine, index: int, method: str, now: float = 5000.0) -> byt
         ("token", "os.urandom()"),
         ("new_id", "os.urandom()"),
         ("elapsed", "time.perf_counter()"),
+        ("secret", "secrets.token_hex()"),
     ],
 )
 def test_a_clock_or_random_read_is_refused_the_same_on_every_replica(
