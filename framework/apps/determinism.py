@@ -115,9 +115,39 @@ _lock = threading.Lock()
 _running = 0
 """Replicated methods running now, on any thread (an event loop per thread, in tests)."""
 _is_installed = False
-_slots: list[list[Any]] = []
-"""Per guarded attribute: [module, name, original, its guard], the guard rebuilt only when
-the attribute was replaced by someone else since (a test's patch)."""
+
+
+class _ModuleGuards:
+    """One module's guarded attributes: installed and removed with one ``dict.update`` each
+    (C loops, not one ``setattr`` per name: this runs around every batch of calls)."""
+
+    __slots__ = ("guards", "module", "names", "original_values", "originals")
+
+    def __init__(self, module: Any, names: list[str]) -> None:
+        self.module = module
+        self.names = tuple(names)
+        self.originals: dict[str, Any] = {}
+        self.original_values: tuple[Any, ...] = ()
+        self.guards: dict[str, Any] = {}
+
+    def install(self) -> None:
+        namespace = self.module.__dict__
+        current = tuple(map(namespace.get, self.names))
+        if current != self.original_values:
+            # Read again (a test's patch since the last install), except our own guard put
+            # back by a patch undone while it was installed.
+            for name, value in zip(self.names, current, strict=True):
+                if value is not self.originals.get(name) and value is not self.guards.get(name):
+                    self.originals[name] = value
+                    self.guards[name] = _guard(self.module, name, value)
+            self.original_values = tuple(map(self.originals.get, self.names))
+        namespace.update(self.guards)
+
+    def remove(self) -> None:
+        self.module.__dict__.update(self.originals)
+
+
+_modules: list[_ModuleGuards] = []
 
 
 def _guard(module: Any, name: str, original: Callable[..., Any]) -> Callable[..., Any]:
@@ -144,15 +174,13 @@ def _guard(module: Any, name: str, original: Callable[..., Any]) -> Callable[...
 
 
 def _install() -> None:
-    if not _slots:
-        _slots.extend([module, name, None, None] for module, name in GUARDED)
-    for slot in _slots:
-        module, name, original, guard = slot
-        current = getattr(module, name)
-        # ``guard``: ours, put back by a test's patch undone while it was installed.
-        if current is not original and current is not guard:
-            slot[2], slot[3] = current, _guard(module, name, current)
-        setattr(module, name, slot[3])
+    if not _modules:
+        by_module: dict[Any, list[str]] = {}
+        for module, name in GUARDED:
+            by_module.setdefault(module, []).append(name)
+        _modules.extend(_ModuleGuards(module, names) for module, names in by_module.items())
+    for guards in _modules:
+        guards.install()
 
 
 def release() -> None:
@@ -161,8 +189,8 @@ def release() -> None:
     global _is_installed
     with _lock:
         if _running == 0 and _is_installed:
-            for module, name, original, _ in _slots:
-                setattr(module, name, original)
+            for guards in _modules:
+                guards.remove()
             _is_installed = False
 
 
