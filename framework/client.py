@@ -392,14 +392,18 @@ class KVClient:
             body = AppCall(app=app, payload=payload, read=True, stale=stale)
             if stale:
                 return await self._stale_read(body)
-            data = (await self._call(body, write=False)).data
+            data: object = (await self._call(body, write=False)).data
         else:
             data = await self._with_session(
                 lambda client_id, seq: AppCall(
                     app=app, payload=payload, client_id=client_id, seq=seq
                 )
             )
-        assert isinstance(data, bytes)
+        if not isinstance(data, bytes):
+            raise BadRequest(
+                f"the cluster answered a call of {app!r} with {type(data).__name__}; expected "
+                "the application's encoded result (bytes)"
+            )
         return data
 
     async def _stale_read(self, body: AppCall) -> bytes:

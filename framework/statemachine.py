@@ -33,38 +33,35 @@ replica returns a ``CommandError`` for it and moves on, with no change but ``app
 
 Client sessions (Raft dissertation §6.3)
 ----------------------------------------
-A client that times out retries the same proposal with the same ``(client_id, seq)``; the
-first attempt may have committed too, so one command can appear in the log several times.
-The session table keeps, per client, the last ``seq`` applied and its result:
+A retried request carries the same ``(client_id, seq)`` and takes effect once: the KV
+machine keeps a ``framework.sessions.ClientSessions`` table, the one every application
+keeps (see that module for the rules and for expiry by log position). Every replica must be
+configured with the same ``max_sessions``.
 
-* ``seq > last``: a new request; apply it and remember ``(seq, result)``;
-* ``seq == last``: a retry of the request already applied; return the remembered result and
-  change nothing, so the command takes effect exactly once;
-* ``seq < last``: the client has already moved past this request (it issues one request at a
-  time with increasing ``seq``); it is never applied and the answer is ``StaleRequest``.
-
-Only the last result per client is kept, so a client must wait for one request's outcome
-before it issues the next ``seq`` (``KVClient`` does).
-
-Sessions expire by log position, not by time, so expiry is identical on every replica: at
-most ``max_sessions`` clients are remembered, and when a new client would exceed that, the
-one whose latest request sits lowest in the log is forgotten. The trade-off the dissertation
-names follows: a client silent for longer than ``max_sessions`` other clients' activity
-loses its session, and if it then retries a request that had in fact been applied, the retry
-is applied a second time. Every replica must be configured with the same ``max_sessions``.
+Client requests
+---------------
+The runtime knows no application's requests: it hands each client request body to
+``StateMachine.client_request``, which answers a ``ClientCommand`` (bytes to propose) or a
+``ClientQuery`` (what ``read`` answers once ReadIndex allows), or refuses with
+``BadClientRequest``. The KV machine takes ``KVOp`` (its own request codec); replicated
+objects take ``AppCall`` through ``app_call_request``, which a hand-written machine can
+use too.
 
 Snapshots
 ---------
-``snapshot()`` is a version byte followed by msgpack of the store, the sessions (in
+Every application's snapshot starts with a header naming the application and its version
+(``snapshot_header``), so a node of another application (or of an incompatible version)
+refuses it by name before it reads anything else (``open_snapshot``). The KV snapshot
+then has a version byte followed by msgpack of the store, the sessions (in
 least-recently-used order, so eviction continues identically after a restore) and
 ``applied_index``. Map keys are sorted, so two replicas in the same state produce the same
 bytes. ``restore()`` decodes and checks everything before it replaces anything: bad input
-raises ``BadSnapshot`` naming the problem and leaves the machine as it was.
+raises ``BadSnapshot`` naming the problem and leaves the machine as it was. A KV snapshot
+without the header (written before it existed) is read as the KV application's.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterator
 from itertools import islice
 from typing import Annotated, Final, Protocol, TypeAlias, runtime_checkable
@@ -72,14 +69,27 @@ from typing import Annotated, Final, Protocol, TypeAlias, runtime_checkable
 import msgspec
 
 from framework.core.entries import Entry, EntryKind
+from framework.sessions import (
+    DEFAULT_MAX_SESSIONS,
+    ClientSessions,
+    Session,
+    StaleRequest,
+    check_rows,
+)
+from framework.transport.wire import AppCall, KVOp
 
 __all__ = [
     "DEFAULT_MAX_SESSIONS",
+    "LEGACY_SNAPSHOT_APPLICATION",
+    "SNAPSHOT_MAGIC",
     "AppCommand",
     "Append",
+    "BadClientRequest",
     "BadCommand",
     "BadSnapshot",
     "Cas",
+    "ClientCommand",
+    "ClientQuery",
     "Command",
     "CommandError",
     "Delete",
@@ -91,12 +101,17 @@ __all__ = [
     "Request",
     "StaleRequest",
     "StateMachine",
+    "app_call_request",
     "app_name",
     "app_version",
+    "compatible",
     "decode_app_command",
     "decode_request",
     "encode_app_command",
     "encode_request",
+    "open_snapshot",
+    "snapshot_application",
+    "snapshot_header",
 ]
 
 
@@ -105,13 +120,43 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 
 
+class ClientCommand(msgspec.Struct, frozen=True):
+    """``client_request``'s answer for a write: the entry data to propose."""
+
+    data: bytes
+
+
+class ClientQuery(msgspec.Struct, frozen=True):
+    """``client_request``'s answer for a read: ``read(query)`` answers it, on the leader
+    after ReadIndex, or on the receiving node from its state as it is when ``stale``."""
+
+    query: object
+    stale: bool = False
+
+
+class BadClientRequest(ValueError):
+    """A client request the application refuses; the message says what was expected."""
+
+
 @runtime_checkable
 class StateMachine(Protocol):
-    """What the runtime drives: a deterministic machine fed with committed entries."""
+    """What the runtime drives: a deterministic machine fed with committed entries.
+
+    The runtime has no path of its own for any application: client requests, reads,
+    snapshots and the application's identity all go through these members (and
+    ``app_name``/``app_version`` attributes, read by ``app_name()``/``app_version()``).
+    """
 
     @property
     def applied_index(self) -> int:
         """Index of the last entry applied (or restored from a snapshot); 0 at the start."""
+        ...
+
+    def client_request(self, body: object, *, now: float) -> ClientCommand | ClientQuery:
+        """Turn a client request body (``KVOp``, ``AppCall``) into a proposal or a read;
+        raise ``BadClientRequest`` naming what is wrong (the client gets ``bad_request``).
+        ``now`` is this node's wall clock: a leader's proposal may carry it (the one clock
+        a deterministic machine may read). Must not change anything."""
         ...
 
     def apply(self, entry: Entry) -> object:
@@ -120,22 +165,24 @@ class StateMachine(Protocol):
         Called for every committed entry in log order, whatever its kind, each index once:
         ``entry.index == applied_index + 1``. Must be deterministic: the same entries give
         the same state and results on every replica. Must not raise for any ``data`` a
-        committed entry can carry (a bad command is a result, not an exception).
+        committed entry can carry (a bad command is a result, not an exception). A retried
+        command must take effect once (``framework.sessions.ClientSessions``).
         """
         ...
 
     def read(self, query: object) -> object:
-        """Answer a read (a ``KVOp`` get's key, or an ``AppCall``'s payload) from the
-        state as applied so far; the runtime calls it once ReadIndex says the state is
-        recent enough. Must not change anything."""
+        """Answer a ``ClientQuery.query`` from the state as applied so far; the runtime
+        calls it once ReadIndex says the state is recent enough. Must not change anything."""
         ...
 
     def snapshot(self) -> bytes:
-        """The whole state as of ``applied_index``, for log compaction and InstallSnapshot."""
+        """The whole state as of ``applied_index`` (sessions included), starting with
+        ``snapshot_header``, for log compaction and InstallSnapshot."""
         ...
 
     def restore(self, data: bytes) -> None:
-        """Replace the whole state with a ``snapshot()``; on bad data raise, change nothing."""
+        """Replace the whole state with a ``snapshot()``; on bad data (another
+        application's included) raise ``BadSnapshot``, change nothing."""
         ...
 
     # Optional, outside the protocol so that existing machines still satisfy it:
@@ -146,6 +193,11 @@ class StateMachine(Protocol):
     # ``ValueError`` (``BadSnapshot``) naming what is wrong. Called in a worker thread on
     # every snapshot a leader sends, before the node replaces its log with it: a machine
     # that has it never has its log wiped by a snapshot it cannot restore.
+    #
+    #     def snapshot_chunks(self) -> Iterator[bytes]
+    #
+    # ``snapshot()`` in pieces, encoded by the runtime one at a time between Readies while
+    # the machine keeps applying (``framework.runtime.local_snapshots``).
 
 
 def app_name(machine: object) -> str:
@@ -156,6 +208,17 @@ def app_name(machine: object) -> str:
 def app_version(machine: object) -> str:
     """Its version (``app_version``, ``"1"`` when it has none); same major = compatible."""
     return str(getattr(machine, "app_version", "1"))
+
+
+def compatible(ours: tuple[str, str], theirs: tuple[str, str]) -> bool:
+    """Same name and same major version (the part of ``version`` before the first dot)."""
+    return ours[0] == theirs[0] and ours[1].split(".")[0] == theirs[1].split(".")[0]
+
+
+def wrong_application(runs: str, wanted: str) -> BadClientRequest:
+    return BadClientRequest(
+        f"the cluster runs the application {runs!r}; the request is for {wanted!r}"
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -173,15 +236,6 @@ class BadSnapshot(ValueError):
 
 class OutOfOrderApply(RuntimeError):
     """The caller skipped or repeated an index; applying it would diverge from the log."""
-
-
-class StaleRequest(msgspec.Struct, frozen=True, kw_only=True):
-    """The answer to a request older than the client's last applied one; nothing changed."""
-
-    client_id: int
-    seq: int
-    last_seq: int
-    """The client's latest applied ``seq``, which it has already moved past ``seq`` to."""
 
 
 class CommandError(msgspec.Struct, frozen=True, kw_only=True):
@@ -291,28 +345,105 @@ def decode_app_command(data: bytes) -> AppCommand:
         ) from None
 
 
+def app_call_request(machine: object, body: object, *, now: float) -> ClientCommand | ClientQuery:
+    """``client_request`` for an application called through ``AppCall``: a write becomes an
+    ``AppCommand`` with the caller's session and the leader's clock ``now``, a read a
+    ``ClientQuery`` of the payload. A hand-written ``StateMachine`` may use it as is."""
+    app = app_name(machine)
+    if not isinstance(body, AppCall):
+        wanted = "kv" if isinstance(body, KVOp) else type(body).__name__
+        raise wrong_application(app, wanted)
+    if body.app != app:
+        raise wrong_application(app, body.app)
+    if body.read:
+        return ClientQuery(body.payload, stale=body.stale)
+    if body.client_id <= 0 or body.seq <= 0:
+        raise BadClientRequest(
+            f"an {app} call needs a client session: client_id={body.client_id} "
+            f"seq={body.seq}; expected both >= 1"
+        )
+    command = AppCommand(client_id=body.client_id, seq=body.seq, time=now, payload=body.payload)
+    return ClientCommand(encode_app_command(command))
+
+
 # --------------------------------------------------------------------------------------
 # Snapshot format
 # --------------------------------------------------------------------------------------
 
+SNAPSHOT_MAGIC: Final = b"\xc1raftmw-snapshot\x00"
+"""The start of every application snapshot (``0xc1``: a byte msgpack never uses)."""
+
+MAX_HEADER: Final = 1024
+"""The longest application header (name and version, msgpack) a snapshot may carry."""
+
+_HEADER_ENCODER: Final = msgspec.msgpack.Encoder()
+_HEADER_DECODER: Final = msgspec.msgpack.Decoder(tuple[str, str])
+
+
+def snapshot_header(machine: object) -> bytes:
+    """The bytes an application's snapshot starts with: its name and version."""
+    encoded = _HEADER_ENCODER.encode((app_name(machine), app_version(machine)))
+    if len(encoded) > MAX_HEADER:
+        raise ValueError(
+            f"application name and version take {len(encoded)} bytes; expected at most {MAX_HEADER}"
+        )
+    return SNAPSHOT_MAGIC + len(encoded).to_bytes(2, "big") + encoded
+
+
+def snapshot_application(data: bytes | memoryview) -> tuple[tuple[str, str] | None, int]:
+    """The application a snapshot names and where its body starts: ``(None, 0)`` for a
+    snapshot without a header. Raises ``BadSnapshot`` for a header that does not decode."""
+    magic = len(SNAPSHOT_MAGIC)
+    if bytes(data[:magic]) != SNAPSHOT_MAGIC:
+        return None, 0
+    size = int.from_bytes(data[magic : magic + 2], "big")
+    end = magic + 2 + size
+    if size > MAX_HEADER or end > len(data):
+        raise BadSnapshot(
+            f"snapshot application header of {size} bytes in a snapshot of {len(data)}: "
+            f"expected at most {MAX_HEADER} bytes, within the snapshot"
+        )
+    try:
+        name, version = _HEADER_DECODER.decode(data[magic + 2 : end])
+    except msgspec.DecodeError as exc:
+        raise BadSnapshot(f"snapshot application header is malformed: {exc}") from None
+    return (name, version), end
+
+
+def open_snapshot(
+    data: bytes, machine: object, *, default: tuple[str, str] | None = None
+) -> memoryview:
+    """The body of ``machine``'s snapshot ``data``, after checking that the snapshot is of
+    this application in a compatible version; ``BadSnapshot`` names both otherwise.
+    ``default``: the application a snapshot without a header is taken to be (``None``:
+    such a snapshot is refused)."""
+    theirs, start = snapshot_application(data)
+    ours = (app_name(machine), app_version(machine))
+    if theirs is None:
+        if default is None:
+            raise BadSnapshot(
+                f"the snapshot ({len(data)} bytes) names no application; this node runs "
+                f"{ours[0]!r} version {ours[1]}"
+            )
+        theirs = default
+    if not compatible(ours, theirs):
+        raise BadSnapshot(
+            f"the snapshot is of application {theirs[0]!r} version {theirs[1]}; this node "
+            f"runs {ours[0]!r} version {ours[1]} (expected the same name and major version)"
+        )
+    return memoryview(data)[start:]
+
+
+LEGACY_SNAPSHOT_APPLICATION: Final = ("kv", "1")
+"""The application of a snapshot without a header: only the KV machine wrote those."""
+
 _SNAPSHOT_VERSION: Final = 1
-DEFAULT_MAX_SESSIONS: Final = 100_000
-
-
-class _Session(msgspec.Struct, frozen=True, kw_only=True, array_like=True):
-    """A client's latest applied request: the result returned for a retry of it."""
-
-    client_id: _Positive
-    last_seq: _Positive
-    last_index: _Positive
-    """Log index of the client's latest request (any outcome); orders eviction."""
-    result: str | bool | None
 
 
 class _SnapshotBody(msgspec.Struct, frozen=True, kw_only=True):
     applied_index: Annotated[int, msgspec.Meta(ge=0)]
     data: dict[str, str]
-    sessions: list[_Session]
+    sessions: list[Session[str | bool | None]]
     """Least recently used first."""
 
 
@@ -333,36 +464,24 @@ def _without_map_header(encoded: bytes) -> bytes:
     return encoded[1:]
 
 
-def _decode_snapshot(data: bytes) -> _SnapshotBody:
+def _decode_snapshot(machine: KVStateMachine, data: bytes) -> _SnapshotBody:
     if not data:
         raise BadSnapshot("empty snapshot: expected a version byte followed by msgpack")
-    if data[0] != _SNAPSHOT_VERSION:
+    body = open_snapshot(data, machine, default=LEGACY_SNAPSHOT_APPLICATION)
+    if not body:
+        raise BadSnapshot("empty KV snapshot body: expected a version byte followed by msgpack")
+    if body[0] != _SNAPSHOT_VERSION:
         raise BadSnapshot(
-            f"snapshot format version {data[0]} is not supported (expected {_SNAPSHOT_VERSION})"
+            f"snapshot format version {body[0]} is not supported (expected {_SNAPSHOT_VERSION})"
         )
     try:
-        body = _SNAPSHOT_DECODER.decode(data[1:])
+        decoded = _SNAPSHOT_DECODER.decode(body[1:])
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise BadSnapshot(f"snapshot body ({len(data) - 1} bytes) is malformed: {exc}") from None
-    seen: set[int] = set()
-    previous_index = 0
-    for position, session in enumerate(body.sessions):
-        where = f"sessions[{position}] (client {session.client_id})"
-        if session.client_id in seen:
-            raise BadSnapshot(f"{where}: client appears twice in the session table")
-        if session.last_index <= previous_index:
-            raise BadSnapshot(
-                f"{where}: last_index {session.last_index} is not above the previous "
-                f"session's {previous_index}; sessions must be in least-recently-used order"
-            )
-        if session.last_index > body.applied_index:
-            raise BadSnapshot(
-                f"{where}: last_index {session.last_index} is beyond applied_index "
-                f"{body.applied_index}"
-            )
-        seen.add(session.client_id)
-        previous_index = session.last_index
-    return body
+        raise BadSnapshot(f"snapshot body ({len(body) - 1} bytes) is malformed: {exc}") from None
+    problem = check_rows(decoded.sessions, decoded.applied_index)
+    if problem is not None:
+        raise BadSnapshot(problem)
+    return decoded
 
 
 # --------------------------------------------------------------------------------------
@@ -379,16 +498,12 @@ class KVStateMachine:
     """
 
     def __init__(self, *, max_sessions: int = DEFAULT_MAX_SESSIONS) -> None:
-        if max_sessions < 1:
-            raise ValueError(f"max_sessions must be at least 1, got {max_sessions!r}")
+        self.sessions: ClientSessions[str | bool | None] = ClientSessions(max_sessions)
         self.max_sessions: Final = max_sessions
         self._data: dict[str, str] = {}
         self._overlay: dict[str, str | None] | None = None
         """While ``snapshot_chunks`` reads ``_data``: the writes since (None: deleted), so
         ``_data`` stays exactly the state the snapshot is of (see ``snapshot_chunks``)."""
-        # client_id -> session, least recently used first (by log index, hence identical on
-        # every replica): the front is what eviction removes.
-        self._sessions: OrderedDict[int, _Session] = OrderedDict()
         self._applied_index = 0
 
     # ---- reading -------------------------------------------------------------------
@@ -397,8 +512,14 @@ class KVStateMachine:
     def applied_index(self) -> int:
         return self._applied_index
 
-    def read(self, key: str) -> str | None:
-        """The value of ``key`` as of ``applied_index``; for reads served by ReadIndex."""
+    def read(self, query: object) -> str | None:
+        """The value of the key ``query`` as of ``applied_index``; for reads served by
+        ReadIndex (``client_request`` makes a ``get`` the ``ClientQuery`` of its key)."""
+        if not isinstance(query, str):
+            raise TypeError(f"a KV read is of a key (str), got {type(query).__name__}")
+        return self._get(query)
+
+    def _get(self, key: str) -> str | None:
         overlay = self._overlay
         if overlay is not None and key in overlay:
             return overlay[key]
@@ -428,7 +549,27 @@ class KVStateMachine:
 
     def session_count(self) -> int:
         """Number of client sessions remembered (at most ``max_sessions``)."""
-        return len(self._sessions)
+        return len(self.sessions)
+
+    # ---- client requests -------------------------------------------------------------
+
+    def client_request(self, body: object, *, now: float) -> ClientCommand | ClientQuery:
+        """The KV client protocol (``KVOp``) as this application's own request codec: a
+        ``get`` is a ReadIndex read of its key, every other op a ``Request`` to propose."""
+        if not isinstance(body, KVOp):
+            wanted = body.app if isinstance(body, AppCall) else type(body).__name__
+            raise wrong_application("kv", wanted)
+        if body.op == "get":
+            return ClientQuery(body.key)
+        if body.client_id <= 0 or body.seq <= 0:
+            raise BadClientRequest(
+                f"{body.op} needs a client session: client_id={body.client_id} "
+                f"seq={body.seq}; expected both >= 1"
+            )
+        if body.op != "delete" and body.value is None:
+            raise BadClientRequest(f"{body.op} {body.key!r} needs a value")
+        request = Request(client_id=body.client_id, seq=body.seq, op=_command(body))
+        return ClientCommand(encode_request(request))
 
     # ---- applying ------------------------------------------------------------------
 
@@ -450,30 +591,15 @@ class KVStateMachine:
 
     def _apply_request(self, request: Request, index: int) -> KVResult:
         client_id, seq = request.client_id, request.seq
-        session = self._sessions.get(client_id)
-        if session is not None:
-            # Any request from the client, even a duplicate, shows it is alive.
-            self._sessions.move_to_end(client_id)
-            if seq <= session.last_seq:
-                self._sessions[client_id] = _Session(
-                    client_id=client_id,
-                    last_seq=session.last_seq,
-                    last_index=index,
-                    result=session.result,
-                )
-                if seq == session.last_seq:
-                    return session.result
-                return StaleRequest(client_id=client_id, seq=seq, last_seq=session.last_seq)
+        replay = self.sessions.lookup(client_id, seq, index)
+        if replay is not None:
+            return replay.result
         result = self._execute(request.op)
-        self._sessions[client_id] = _Session(
-            client_id=client_id, last_seq=seq, last_index=index, result=result
-        )
-        while len(self._sessions) > self.max_sessions:
-            self._sessions.popitem(last=False)
+        self.sessions.record(client_id, seq, index, result)
         return result
 
     def _execute(self, op: Command) -> str | bool | None:
-        read = self.read
+        read = self._get
         match op:
             case Get(key=key):
                 return read(key)
@@ -505,9 +631,9 @@ class KVStateMachine:
         body = _SnapshotBody(
             applied_index=self._applied_index,
             data=data,
-            sessions=list(self._sessions.values()),
+            sessions=self.sessions.rows(),
         )
-        return bytes((_SNAPSHOT_VERSION,)) + _SNAPSHOT_ENCODER.encode(body)
+        return snapshot_header(self) + bytes((_SNAPSHOT_VERSION,)) + _SNAPSHOT_ENCODER.encode(body)
 
     def snapshot_chunks(self, keys_per_chunk: int = 2048) -> Iterator[bytes]:
         """The state as of now (``applied_index`` at this call), in pieces whose
@@ -528,16 +654,15 @@ class KVStateMachine:
         overlay: dict[str, str | None] = {}
         self._overlay = overlay
         head = (
-            bytes((_SNAPSHOT_VERSION, 0x83))
+            snapshot_header(self)
+            + bytes((_SNAPSHOT_VERSION, 0x83))
             + _SNAPSHOT_ENCODER.encode("applied_index")
             + _SNAPSHOT_ENCODER.encode(self._applied_index)
             + _SNAPSHOT_ENCODER.encode("data")
             + b"\xdf"
             + len(base).to_bytes(4, "big")
         )
-        tail = _SNAPSHOT_ENCODER.encode("sessions") + _SNAPSHOT_ENCODER.encode(
-            list(self._sessions.values())
-        )
+        tail = _SNAPSHOT_ENCODER.encode("sessions") + _SNAPSHOT_ENCODER.encode(self.sessions.rows())
         return self._chunks(base, overlay, head, tail, keys_per_chunk)
 
     def _chunks(
@@ -567,16 +692,23 @@ class KVStateMachine:
     def check_snapshot(self, data: bytes) -> int:
         """The ``applied_index`` that ``restore(data)`` would leave; ``BadSnapshot`` if it
         would fail. Reads nothing of this machine (safe in a worker thread)."""
-        return _decode_snapshot(data).applied_index
+        return _decode_snapshot(self, data).applied_index
 
     def restore(self, data: bytes) -> None:
-        body = _decode_snapshot(data)
-        sessions = OrderedDict((session.client_id, session) for session in body.sessions)
-        # A snapshot from a replica with a larger bound (a misconfiguration) is trimmed the
-        # same way eviction would have trimmed it: least recently used first.
-        while len(sessions) > self.max_sessions:
-            sessions.popitem(last=False)
+        body = _decode_snapshot(self, data)
         self._data = body.data
         self._overlay = None  # a chunked snapshot under way keeps reading the old map
-        self._sessions = sessions
+        self.sessions.restore(body.sessions)
         self._applied_index = body.applied_index
+
+
+def _command(op: KVOp) -> Put | Delete | Append | Cas:
+    """The command of a KV write (its value checked by ``client_request``)."""
+    value = op.value or ""
+    if op.op == "put":
+        return Put(key=op.key, value=value)
+    if op.op == "delete":
+        return Delete(key=op.key)
+    if op.op == "append":
+        return Append(key=op.key, value=value)
+    return Cas(key=op.key, expected=op.expected, new=value)

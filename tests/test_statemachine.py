@@ -9,10 +9,14 @@ from hypothesis import strategies as st
 
 from framework.core.entries import Entry, EntryKind
 from framework.statemachine import (
+    SNAPSHOT_MAGIC,
     Append,
+    BadClientRequest,
     BadCommand,
     BadSnapshot,
     Cas,
+    ClientCommand,
+    ClientQuery,
     Command,
     CommandError,
     Delete,
@@ -26,7 +30,10 @@ from framework.statemachine import (
     StateMachine,
     decode_request,
     encode_request,
+    snapshot_application,
+    snapshot_header,
 )
+from framework.transport.wire import AppCall, KVOp
 
 
 def request_entry(index: int, client_id: int, seq: int, op: Command) -> Entry:
@@ -434,3 +441,78 @@ def test_snapshot_and_restore_midway_ends_in_the_same_state(
         assert plain.apply(entry) == restarted.apply(entry)
     assert plain.snapshot() == restarted.snapshot()
     assert plain.applied_index == restarted.applied_index == len(steps)
+
+
+# --------------------------------------------------------------------------------------
+# The KV client protocol as the KV application's request codec; the snapshot header
+# --------------------------------------------------------------------------------------
+
+CODEC_TABLE: list[tuple[object, object]] = [
+    (KVOp(op="get", key="k"), ClientQuery("k")),
+    (
+        KVOp(op="put", key="k", value="v", client_id=3, seq=4),
+        ClientCommand(encode_request(Request(client_id=3, seq=4, op=Put(key="k", value="v")))),
+    ),
+    (
+        KVOp(op="delete", key="k", client_id=3, seq=5),
+        ClientCommand(encode_request(Request(client_id=3, seq=5, op=Delete(key="k")))),
+    ),
+    (
+        KVOp(op="cas", key="k", expected=None, value="n", client_id=3, seq=6),
+        ClientCommand(
+            encode_request(Request(client_id=3, seq=6, op=Cas(key="k", expected=None, new="n")))
+        ),
+    ),
+    (
+        KVOp(op="put", key="k", value="v"),
+        "put needs a client session: client_id=0 seq=0; expected both >= 1",
+    ),
+    (KVOp(op="append", key="k", client_id=1, seq=1), "append 'k' needs a value"),
+    (
+        AppCall(app="counter", payload=b""),
+        "the cluster runs the application 'kv'; the request is for 'counter'",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "expected"), CODEC_TABLE)
+def test_kv_requests_are_decoded_by_the_kv_machine(body: object, expected: object) -> None:
+    machine = KVStateMachine()
+    if isinstance(expected, str):
+        with pytest.raises(BadClientRequest) as caught:
+            machine.client_request(body, now=1.0)
+        assert str(caught.value) == expected
+    else:
+        assert machine.client_request(body, now=1.0) == expected
+    assert machine.applied_index == 0  # decoding changes nothing
+
+
+def test_a_read_is_of_a_key() -> None:
+    with pytest.raises(TypeError, match="a KV read is of a key \\(str\\), got bytes"):
+        KVStateMachine().read(b"k")
+
+
+def test_a_snapshot_names_its_application_and_one_without_a_header_is_kv() -> None:
+    driver = Driver()
+    driver.request(1, 1, Put(key="k", value="v"))
+    data = driver.machine.snapshot()
+    assert data.startswith(snapshot_header(driver.machine))
+    assert snapshot_application(data)[0] == ("kv", "1")
+    legacy = data[len(snapshot_header(driver.machine)) :]  # as written before headers
+    for snapshot in (data, legacy):
+        restored = KVStateMachine()
+        restored.restore(snapshot)
+        assert restored.read("k") == "v" and restored.applied_index == 1
+
+    class Other:
+        app_name, app_version = "kv", "2.0"
+
+    other_version = snapshot_header(Other()) + legacy
+    with pytest.raises(BadSnapshot) as caught:
+        KVStateMachine().restore(other_version)
+    assert str(caught.value) == (
+        "the snapshot is of application 'kv' version 2.0; this node runs 'kv' version 1 "
+        "(expected the same name and major version)"
+    )
+    with pytest.raises(BadSnapshot, match="application header of 65535 bytes"):
+        KVStateMachine().restore(SNAPSHOT_MAGIC + b"\xff\xff")

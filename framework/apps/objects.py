@@ -19,45 +19,52 @@ changes would exist on one node only.
 
 Determinism: a replicated method must depend only on its arguments, ``self`` and
 ``self.now``/``self.index`` (the leader's clock, carried in the entry): that is what makes
-every replica compute the same state. Clocks and random sources are not patched out while a
-method runs (the runtime's worker threads read clocks at the same time); the tests check
-replicas' states for equality instead.
+every replica compute the same state. While it runs, reading a clock or a random source
+through ``time``, ``random`` or ``os.urandom`` raises ``NondeterministicCall``
+(``framework.apps.determinism``: what is checked and what cannot be), a result raised to
+the caller like any exception of the method.
 
 Exactly once: the client session ``(client_id, seq)`` travels with the call; the machine
-remembers each client's last ``seq`` and its outcome (dissertation §6.3) so a retried call
-returns the first outcome and changes nothing. Sessions are evicted by log position (the
-least recently active client goes first), identical on every replica.
+keeps a ``framework.sessions.ClientSessions`` table, the one the KV machine keeps, so a
+retried call returns the first outcome and changes nothing.
 
 Snapshots: the object's state is its public attributes (names not starting with ``_``),
 msgspec-encoded; attributes annotated on the class are decoded back to their annotated
 types. A class with state msgspec cannot encode overrides ``snapshot_state`` and
-``restore_state``. The snapshot also names the application, so a node of another
-application refuses it.
+``restore_state``. The snapshot starts with the application's name and version
+(``framework.statemachine.snapshot_header``), so a node of another application refuses
+it.
 """
 
 from __future__ import annotations
 
 import inspect
 import typing
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, ClassVar, Final, TypeVar
 
 import msgspec
 
+from framework.apps.determinism import NondeterministicCall, deterministic
 from framework.core.entries import Entry, EntryKind
+from framework.sessions import DEFAULT_MAX_SESSIONS, ClientSessions, Session, check_rows
 from framework.statemachine import (
-    DEFAULT_MAX_SESSIONS,
     BadCommand,
     BadSnapshot,
+    ClientCommand,
+    ClientQuery,
     CommandError,
     OutOfOrderApply,
     StaleRequest,
+    app_call_request,
     decode_app_command,
+    open_snapshot,
+    snapshot_header,
 )
 
 __all__ = [
     "Call",
+    "NondeterministicCall",
     "ObjectMachine",
     "Outcome",
     "ReplicatedError",
@@ -203,17 +210,9 @@ def _failure(error: str, message: str) -> bytes:
 # -- the machine ---------------------------------------------------------------------------------
 
 
-class _Session(msgspec.Struct, frozen=True, array_like=True):
-    last_seq: int
-    last_index: int
-    outcome: bytes
-
-
 class _ObjectSnapshot(msgspec.Struct, frozen=True, kw_only=True):
-    app: str
-    version: str
-    applied_index: int
-    sessions: list[tuple[int, _Session]]
+    applied_index: typing.Annotated[int, msgspec.Meta(ge=0)]
+    sessions: list[Session[bytes]]
     """Least recently used first."""
     state: msgspec.Raw
 
@@ -231,14 +230,18 @@ class ObjectMachine:
         self.app_name = cls.application()
         self.app_version = cls.app_version
         self.methods = methods_of(cls)
-        self.max_sessions = max_sessions
+        self.sessions: ClientSessions[bytes] = ClientSessions(max_sessions)
         self.obj: ReplicatedObject = cls()
-        self._sessions: OrderedDict[int, _Session] = OrderedDict()
         self._applied_index = 0
 
     @property
     def applied_index(self) -> int:
         return self._applied_index
+
+    def client_request(self, body: object, *, now: float) -> ClientCommand | ClientQuery:
+        """``AppCall``: a ``@replicated`` call proposed with the leader's clock, a ``@query``
+        read (``framework.statemachine.app_call_request``)."""
+        return app_call_request(self, body, now=now)
 
     def apply(self, entry: Entry) -> bytes | StaleRequest | CommandError | None:
         expected = self._applied_index + 1
@@ -254,20 +257,11 @@ class ObjectMachine:
             command = decode_app_command(entry.data)
         except BadCommand as exc:
             return CommandError(index=entry.index, message=str(exc))
-        session = self._sessions.get(command.client_id)
-        if session is not None:
-            self._sessions.move_to_end(command.client_id)
-            if command.seq < session.last_seq:
-                return StaleRequest(
-                    client_id=command.client_id, seq=command.seq, last_seq=session.last_seq
-                )
-            if command.seq == session.last_seq:
-                return session.outcome  # a retry: the first outcome, nothing changes
+        replay = self.sessions.lookup(command.client_id, command.seq, entry.index)
+        if replay is not None:  # a retry: the first outcome, nothing changes (or stale)
+            return replay.result
         outcome = self._run(command.payload, now=command.time, index=entry.index)
-        self._sessions[command.client_id] = _Session(command.seq, entry.index, outcome)
-        self._sessions.move_to_end(command.client_id)
-        while len(self._sessions) > self.max_sessions:
-            self._sessions.popitem(last=False)
+        self.sessions.record(command.client_id, command.seq, entry.index, outcome)
         return outcome
 
     def _run(self, payload: bytes, *, now: float, index: int) -> bytes:
@@ -284,7 +278,8 @@ class ObjectMachine:
         obj = self.obj
         obj.now, obj.index = now, index
         try:
-            value = getattr(obj, call.method)(*call.args, **call.kwargs)
+            with deterministic(f"{self.cls.__qualname__}.{call.method}"):
+                value = getattr(obj, call.method)(*call.args, **call.kwargs)
             return _ENCODER.encode(Outcome(value=value))
         except Exception as exc:  # a result, the same on every replica
             return _failure(type(exc).__name__, str(exc))
@@ -309,30 +304,25 @@ class ObjectMachine:
             return _failure(type(exc).__name__, str(exc))
 
     def snapshot(self) -> bytes:
-        return _ENCODER.encode(
+        return snapshot_header(self) + _ENCODER.encode(
             _ObjectSnapshot(
-                app=self.app_name,
-                version=self.app_version,
                 applied_index=self._applied_index,
-                sessions=list(self._sessions.items()),
+                sessions=self.sessions.rows(),
                 state=msgspec.Raw(_ENCODER.encode(self.obj.snapshot_state())),
             )
         )
 
     def _decode(self, data: bytes) -> _ObjectSnapshot:
+        body = open_snapshot(data, self)  # another application's: refused by name
         try:
-            snap = _SNAPSHOT.decode(data)
+            snap = _SNAPSHOT.decode(body)
         except msgspec.DecodeError as exc:
             raise BadSnapshot(
                 f"not a snapshot of a replicated object ({len(data)} bytes): {exc}"
             ) from None
-        if snap.app != self.app_name or snap.version.split(".")[0] != self.app_version.split(
-            "."
-        )[0]:
-            raise BadSnapshot(
-                f"the snapshot is of application {snap.app!r} version {snap.version}; this "
-                f"node runs {self.app_name!r} version {self.app_version}"
-            )
+        problem = check_rows(snap.sessions, snap.applied_index)
+        if problem is not None:
+            raise BadSnapshot(problem)
         return snap
 
     def check_snapshot(self, data: bytes) -> int:
@@ -347,5 +337,5 @@ class ObjectMachine:
         obj = self.cls()
         obj.restore_state(state)  # raises before anything here is replaced
         self.obj = obj
-        self._sessions = OrderedDict(snap.sessions)
+        self.sessions.restore(snap.sessions)
         self._applied_index = snap.applied_index

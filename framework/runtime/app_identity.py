@@ -16,8 +16,12 @@ A marker is a ``NORMAL`` entry whose data starts with ``0xc1``, a byte msgpack n
 so no client command can be mistaken for one; state machines see it like any entry they
 cannot decode (an error result, no change but ``applied_index``).
 
-Markers compacted into a snapshot are not replayed: a node restarted from a snapshot learns
-the cluster's application again from the next leader's marker.
+Markers compacted into a snapshot are not replayed, but every application's snapshot starts
+with its name and version (``framework.statemachine.snapshot_header``): a node restoring a
+snapshot, at start or from a leader's InstallSnapshot, learns the cluster's application
+from it (``restored``) and stops with ``WrongApplication`` if it runs another one. (An
+InstallSnapshot of another application is refused before that, when it is checked:
+``StateMachine.check_snapshot`` reads the same header.)
 """
 
 from __future__ import annotations
@@ -27,7 +31,14 @@ from typing import Final
 import msgspec
 
 from framework.core import Entry, EntryKind
-from framework.statemachine import app_name, app_version
+from framework.statemachine import (
+    LEGACY_SNAPSHOT_APPLICATION,
+    BadSnapshot,
+    app_name,
+    app_version,
+    compatible,
+    snapshot_application,
+)
 from framework.storage import StorageError
 
 __all__ = ["APP_MARKER", "AppIdentity", "WrongApplication", "compatible"]
@@ -42,11 +53,6 @@ class WrongApplication(StorageError):
 class _Marker(msgspec.Struct, frozen=True, array_like=True):
     name: str
     version: str
-
-
-def compatible(ours: tuple[str, str], theirs: tuple[str, str]) -> bool:
-    """Same name and same major version (the part of ``version`` before the first dot)."""
-    return ours[0] == theirs[0] and ours[1].split(".")[0] == theirs[1].split(".")[0]
 
 
 class AppIdentity:
@@ -82,3 +88,25 @@ class AppIdentity:
                 f"(log index {entry.index}); start it with --app naming the cluster's "
                 "application, in a version with the same major number"
             )
+
+    def restored(self, state_machine: bytes, index: int) -> None:
+        """Learn the cluster's application from the state machine part of the snapshot at
+        log ``index`` before it is restored; raise ``WrongApplication`` if this node runs
+        another one. A snapshot without a header (written before headers existed) can only
+        be the KV machine's."""
+        try:
+            theirs, _ = snapshot_application(state_machine)
+        except BadSnapshot as exc:
+            raise WrongApplication(
+                f"node {self.node_id}: snapshot at index {index}: {exc}"
+            ) from None
+        if theirs is None:
+            theirs = LEGACY_SNAPSHOT_APPLICATION
+        if not compatible(self.ours, theirs):
+            raise WrongApplication(
+                f"node {self.node_id} runs the application {self.ours[0]!r} version "
+                f"{self.ours[1]}, but its snapshot at log index {index} is of {theirs[0]!r} "
+                f"version {theirs[1]}; start it with --app naming the cluster's application, "
+                "in a version with the same major number"
+            )
+        self.cluster = theirs

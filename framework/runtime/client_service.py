@@ -9,6 +9,12 @@ index is reached, and this module turns the settled waiter into the one ``Client
 the transport writes back. Requests past their deadline are answered ``retry`` (the outcome
 is unknown, the client's session makes its retry safe).
 
+The node knows no application's requests: the state machine's ``client_request`` turns a
+request body (``KVOp`` for the KV machine, ``AppCall`` for replicated objects, whatever an
+application takes) into a proposal or a read, so every application gets the same path:
+writes through the log with the caller's session (the machine's ``ClientSessions``), reads
+through ReadIndex, stale reads when the application offers them.
+
 Admin and status requests are rare and slow (they wait for changes to commit); each runs as
 a task of the node's group and is answered by ``AdminOps``.
 
@@ -21,7 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import anyio
 
@@ -30,17 +36,10 @@ from framework.runtime.pending import Deadlines, Waiter
 from framework.runtime.redirect import redirect_target
 from framework.seams import Priority, QueueFull
 from framework.statemachine import (
-    AppCommand,
-    Append,
-    Cas,
+    BadClientRequest,
+    ClientCommand,
     CommandError,
-    Delete,
-    Put,
-    Request,
     StaleRequest,
-    app_name,
-    encode_app_command,
-    encode_request,
 )
 from framework.transport.wire import (
     AppCall,
@@ -59,6 +58,10 @@ MAX_ADMIN_REQUESTS = 256
 """Status and admin requests running at once (each is a task); more are ``overloaded``."""
 
 log = logging.getLogger("raftmw.node")
+
+APPLICATION_REQUESTS: Final = (KVOp, AppCall)
+"""Request bodies handed to the application (``StateMachine.client_request``); the rest are
+status and admin requests, which the node answers itself."""
 
 
 class Refused(Exception):
@@ -94,7 +97,7 @@ class ClientService:
         """
         node = self._node
         body = request.body
-        if not isinstance(body, KVOp | AppCall):
+        if not isinstance(body, APPLICATION_REQUESTS):
             assert node._tg is not None, "submit() before the node serves"
             if self._admin_running >= MAX_ADMIN_REQUESTS:  # a task each: bounded too
                 message = f"node {node.id}: {MAX_ADMIN_REQUESTS} status/admin requests are running"
@@ -135,60 +138,27 @@ class ClientService:
             return
         self.deadlines.add(waiter)
 
-    def start(self, op: KVOp | AppCall, waiter: Waiter) -> None:
-        """Queue ``op`` for the Ready loop, which settles ``waiter``; raises ``Refused``."""
-        app = app_name(self._node.sm)
-        if isinstance(op, AppCall):
-            self.start_app(op, waiter, app)
-            return
-        if app != "kv":
-            raise Refused(_wrong_app(self._node.id, app, "kv"))
-        self.check_leader()
-        if op.op == "get":
-            self.read(op.key, waiter)
-            return
-        if op.client_id <= 0 or op.seq <= 0:
-            raise Refused(
-                ErrorReply(
-                    kind="bad_request",
-                    message=(
-                        f"{op.op} needs a client session: client_id={op.client_id} seq={op.seq}; "
-                        "expected both >= 1"
-                    ),
-                )
-            )
-        command = _command(op)
-        request = Request(client_id=op.client_id, seq=op.seq, op=command)
-        self.propose(encode_request(request), waiter)
+    def start(self, body: KVOp | AppCall, waiter: Waiter) -> None:
+        """Queue ``body`` for the Ready loop, which settles ``waiter``; raises ``Refused``.
 
-    def start_app(self, call: AppCall, waiter: Waiter, app: str) -> None:
-        """An application call: a stale read is answered here and now, a read through
-        ReadIndex, a write proposed with the leader's clock and the caller's session."""
+        The application decodes it (``StateMachine.client_request``): a write is proposed
+        with the leader's clock, a read goes through ReadIndex, and a stale read (an
+        application's explicit opt-in) is answered here and now by any node."""
         node = self._node
-        if not (call.read and call.stale):
-            self.check_leader()  # a follower redirects, whatever it runs
-        if call.app != app:
-            raise Refused(_wrong_app(node.id, app, call.app))
-        if call.read and call.stale:
-            waiter.succeed(node.sm.read(call.payload))
-            return
-        if call.read:
-            self.read(call.payload, waiter)
-            return
-        if call.client_id <= 0 or call.seq <= 0:
+        try:
+            request = node.sm.client_request(body, now=time.time())
+        except BadClientRequest as exc:
             raise Refused(
-                ErrorReply(
-                    kind="bad_request",
-                    message=(
-                        f"an {app} call needs a client session: client_id={call.client_id} "
-                        f"seq={call.seq}; expected both >= 1"
-                    ),
-                )
-            )
-        command = AppCommand(
-            client_id=call.client_id, seq=call.seq, time=time.time(), payload=call.payload
-        )
-        self.propose(encode_app_command(command), waiter)
+                ErrorReply(kind="bad_request", message=f"node {node.id}: {exc}")
+            ) from None
+        if isinstance(request, ClientCommand):
+            self.check_leader()
+            self.propose(request.data, waiter)
+        elif request.stale:
+            waiter.succeed(node.sm.read(request.query))
+        else:
+            self.check_leader()
+            self.read(request.query, waiter)
 
     def read(self, query: object, waiter: Waiter) -> None:
         """A linearizable read (ReadIndex): ``waiter`` gets ``app.read(query)`` once this
@@ -197,7 +167,7 @@ class ClientService:
         self.check_read_capacity()
         self._read_seq += 1
         context = f"{node.id}:{self._read_seq}".encode()
-        node._reads.append((context, query, waiter))  # type: ignore[arg-type]
+        node._reads.append((context, query, waiter))
         node._wake.set()
 
     def propose(self, data: bytes, waiter: Waiter) -> None:
@@ -349,29 +319,3 @@ def answer(waiter: Waiter, result: object) -> None:
         waiter.fail("bad_request", result.message)
     else:
         waiter.succeed(result)
-
-
-def _command(op: KVOp) -> Put | Delete | Append | Cas:
-    def need_value() -> str:
-        if op.value is None:
-            raise Refused(
-                ErrorReply(kind="bad_request", message=(f"{op.op} {op.key!r} needs a value"))
-            )
-        return op.value
-
-    if op.op == "put":
-        return Put(key=op.key, value=need_value())
-    if op.op == "delete":
-        return Delete(key=op.key)
-    if op.op == "append":
-        return Append(key=op.key, value=need_value())
-    return Cas(key=op.key, expected=op.expected, new=need_value())
-
-
-def _wrong_app(node_id: int, runs: str, wanted: str) -> ErrorReply:
-    return ErrorReply(
-        kind="bad_request",
-        message=(
-            f"node {node_id} runs the application {runs!r}; the request is for {wanted!r}"
-        ),
-    )

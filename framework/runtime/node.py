@@ -130,7 +130,7 @@ class RaftNode:
         self.settings = config.settings
         self.store = store
         self.transport = transport
-        self.sm: StateMachine = state_machine or KVStateMachine()
+        self.sm: StateMachine = KVStateMachine() if state_machine is None else state_machine
         """The application this node runs (``framework.statemachine.StateMachine``)."""
         self.identity = AppIdentity(config.node_id, self.sm)
         self.addresses: dict[int, str] = dict(config.peers)
@@ -174,10 +174,10 @@ class RaftNode:
         self._settlements: list[Callable[[], None]] = []
         """Answers to writers, released after the Ready's status is published."""
         self._next_publish = 0.0
-        self._reads: list[tuple[bytes, str, Waiter]] = []
+        self._reads: list[tuple[bytes, object, Waiter]] = []
         self._actions: list[Callable[[RawNode], None]] = []
         self._waiting_apply: dict[int, tuple[int, Waiter]] = {}
-        self._waiting_reads: dict[bytes, tuple[str, Waiter]] = {}
+        self._waiting_reads: dict[bytes, tuple[object, Waiter]] = {}
         self._ready_reads: list[tuple[int, bytes]] = []
         self._apply_watchers: list[tuple[int, Waiter]] = []
         self.local_snapshots = LocalSnapshots(
@@ -289,7 +289,7 @@ class RaftNode:
             max_committed_per_ready=raft.max_batch_proposals * 4,
         )
         if state.snapshot.data:
-            self._restore(state.snapshot.data)
+            self._restore(state.snapshot.data, state.snapshot.meta.index)
         return RawNode(
             config,
             rng=random.Random(int.from_bytes(os.urandom(8), "big")),
@@ -299,11 +299,12 @@ class RaftNode:
             conf_state=state.conf_state,
         )
 
-    def _restore(self, data: bytes) -> None:
+    def _restore(self, data: bytes, index: int) -> None:
         try:
             snap = decode_node_snapshot(data)
         except BadNodeSnapshot as exc:
             raise StorageError(f"node {self.id}: {exc}") from exc
+        self.identity.restored(snap.state_machine, index)  # another application: stop here
         self.sm.restore(snap.state_machine)
         self.addresses.update(snap.members)
         self.flags.restore(snap.flags)
@@ -459,7 +460,7 @@ class RaftNode:
             indexes = kernel.propose_batch([data for data, _ in batch])
         except NotLeader:
             for _, waiter in batch:
-                self._fail_not_leader(waiter)
+                self.clients.fail_not_leader(waiter)
             return
         except TransferInProgress as exc:
             for _, waiter in batch:
@@ -494,7 +495,7 @@ class RaftNode:
         if rd.persisted_messages:
             self._send(rd.persisted_messages)
         if rd.snapshot is not None:
-            await anyio.to_thread.run_sync(self._restore, rd.snapshot.data)
+            await anyio.to_thread.run_sync(self._restore, rd.snapshot.data, rd.snapshot.meta.index)
             self._flags_changed = True  # the restored flag state may select other plugins
             self.transport.set_peers(self._peer_addresses())
             log.info("node %d installed a snapshot at index %d", self.id, rd.snapshot.meta.index)
@@ -520,7 +521,7 @@ class RaftNode:
         for context in rd.dropped_reads:
             entry = self._waiting_reads.pop(context, None)
             if entry is not None:
-                self._fail_not_leader(entry[1])
+                self.clients.fail_not_leader(entry[1])
         kernel.advance(rd)
         self._serve_reads()
         if self._settlements:
@@ -640,9 +641,6 @@ class RaftNode:
             waiter.fail(kind, message)
         for waiter in self.clients.deadlines.drain():
             waiter.fail(kind, message)
-
-    def _fail_not_leader(self, waiter: Waiter) -> None:
-        self.clients.fail_not_leader(waiter)
 
     # == client service (``ClientService``, ``AdminOps``) ========================================
 

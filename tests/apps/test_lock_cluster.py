@@ -4,6 +4,7 @@ and the ``raftmw lock`` commands."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -36,8 +37,14 @@ async def test_contending_holders_never_overlap_and_a_vanished_holder_is_release
     async with AsyncExitStack() as stack:
         nodes = [
             await stack.enter_async_context(
-                embed(LockService, node_id=i, peers=peers, data_dir=tmp_path / f"n{i}",
-                      settings=settings, timeout=10.0)
+                embed(
+                    LockService,
+                    node_id=i,
+                    peers=peers,
+                    data_dir=tmp_path / f"n{i}",
+                    settings=settings,
+                    timeout=10.0,
+                )
             )
             for i in peers
         ]
@@ -78,7 +85,7 @@ async def test_contending_holders_never_overlap_and_a_vanished_holder_is_release
         history = sorted(merged.values())
         assert len(history) >= 10 and len({g[1] for g in history}) > 1
         # Tokens increase with time and no two grants overlap:
-        for earlier, later in zip(history, history[1:]):
+        for earlier, later in itertools.pairwise(history):
             assert later[2] >= earlier[3], f"two holders at once: {earlier} and {later}"
 
         # A holder that vanishes: its lease runs out by the leader's clock, then another
@@ -105,12 +112,18 @@ async def test_contending_holders_never_overlap_and_a_vanished_holder_is_release
 
         code, out = await anyio.to_thread.run_sync(cli, "status", "V")
         assert code == 0 and f"V: holder=next token={taken['token']}" in out, out
-        code, out = await anyio.to_thread.run_sync(cli, "acquire", "V", "--ttl", "5s", "--holder", "x")
+        code, out = await anyio.to_thread.run_sync(
+            cli, "acquire", "V", "--ttl", "5s", "--holder", "x"
+        )
         assert code == 1 and "LockHeld: lock 'V' is held by 'next'" in out, out
-        code, out = await anyio.to_thread.run_sync(cli, "acquire", "W", "--ttl", "10s", "--holder", "x")
+        code, out = await anyio.to_thread.run_sync(
+            cli, "acquire", "W", "--ttl", "10s", "--holder", "x"
+        )
         assert code == 0 and "acquired W holder=x token=" in out, out
         token = out.split("token=")[1].split()[0]
-        code, out = await anyio.to_thread.run_sync(cli, "release", "W", "--holder", "x", "--fencing-token", token)
+        code, out = await anyio.to_thread.run_sync(
+            cli, "release", "W", "--holder", "x", "--fencing-token", token
+        )
         assert code == 0 and "released W" in out, out
         code, out = await anyio.to_thread.run_sync(cli, "acquire", "W", "--ttl", "soon")
         assert code == 2 and "--ttl" in out, out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -23,12 +24,15 @@ class Cluster:
     def call(self, client: int, time: float, method: str, *args: object) -> object:
         self.seqs[client] = self.seqs.get(client, 0) + 1
         command = AppCommand(
-            client_id=client, seq=self.seqs[client], time=time,
+            client_id=client,
+            seq=self.seqs[client],
+            time=time,
             payload=encode_call(method, args, {}),
         )
         index = self.m.applied_index + 1
-        out = self.m.apply(Entry(index=index, term=1, kind=EntryKind.NORMAL,
-                                 data=encode_app_command(command)))
+        out = self.m.apply(
+            Entry(index=index, term=1, kind=EntryKind.NORMAL, data=encode_app_command(command))
+        )
         assert isinstance(out, bytes)
         return decode_outcome(out)
 
@@ -49,7 +53,9 @@ def test_renewing_keeps_the_token_and_a_new_grant_gets_a_higher_one() -> None:
     c = Cluster()
     first = c.call(1, 0.0, "acquire", "x", "a", 5)
     assert c.call(1, 4.0, "renew", "x", "a", first["token"], 5) == {  # type: ignore[index]
-        "token": first["token"], "expires": 9.0}  # type: ignore[index]
+        "token": first["token"],
+        "expires": 9.0,
+    }  # type: ignore[index]
     assert c.call(1, 8.0, "release", "x", "a", first["token"]) == 8.0  # type: ignore[index]
     second = c.call(2, 8.5, "acquire", "x", "b", 5)
     assert second["token"] > first["token"]  # type: ignore[index]
@@ -90,13 +96,25 @@ def test_random_histories_never_have_two_holders_and_tokens_strictly_increase() 
                 if op == "acquire":
                     g = c.call(client, now, "acquire", lock, holder, rng.choice([1, 2, 5]))
                     current = [x for x in grants if x["lock"] == lock and x["open"]]
-                    if current and current[-1]["holder"] == holder and current[-1]["token"] == g["token"]:  # type: ignore[index]
+                    if (
+                        current
+                        and current[-1]["holder"] == holder
+                        and current[-1]["token"] == g["token"]
+                    ):  # type: ignore[index]
                         current[-1]["end"] = g["expires"]  # type: ignore[index]
                     else:
                         for x in current:
                             x["open"] = False
-                        grants.append({"lock": lock, "holder": holder, "token": g["token"],  # type: ignore[index]
-                                       "start": now, "end": g["expires"], "open": True})  # type: ignore[index]
+                        grants.append(
+                            {
+                                "lock": lock,
+                                "holder": holder,
+                                "token": g["token"],  # type: ignore[index]
+                                "start": now,
+                                "end": g["expires"],
+                                "open": True,
+                            }
+                        )  # type: ignore[index]
                     held[(lock, holder)] = g["token"]  # type: ignore[index]
                 elif op == "renew" and (lock, holder) in held:
                     g = c.call(client, now, "renew", lock, holder, held[(lock, holder)], 2)
@@ -112,6 +130,6 @@ def test_random_histories_never_have_two_holders_and_tokens_strictly_increase() 
             mine = [x for x in grants if x["lock"] == lock]
             tokens = [x["token"] for x in mine]
             assert tokens == sorted(set(tokens)), tokens  # strictly increasing
-            for earlier, later in zip(mine, mine[1:]):
+            for earlier, later in itertools.pairwise(mine):
                 assert later["start"] >= earlier["end"], (earlier, later)  # never two holders
         assert len(grants) > 5  # the history has handovers to check

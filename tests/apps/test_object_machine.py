@@ -16,16 +16,26 @@ from framework.statemachine import (
     AppCommand,
     BadSnapshot,
     CommandError,
+    KVStateMachine,
     StaleRequest,
     encode_app_command,
+    snapshot_header,
 )
 from tests.apps.objects_fixtures import Account
 
 
-def entry(index: int, method: str, *args: object, client: int = 7, seq: int | None = None,
-          time: float = 1000.0) -> Entry:
+def entry(
+    index: int,
+    method: str,
+    *args: object,
+    client: int = 7,
+    seq: int | None = None,
+    time: float = 1000.0,
+) -> Entry:
     command = AppCommand(
-        client_id=client, seq=index if seq is None else seq, time=time,
+        client_id=client,
+        seq=index if seq is None else seq,
+        time=time,
         payload=encode_call(method, args, {}),
     )
     return Entry(index=index, term=1, kind=EntryKind.NORMAL, data=encode_app_command(command))
@@ -91,8 +101,12 @@ def test_a_snapshot_of_another_application_is_refused_and_changes_nothing() -> N
     locks = ObjectMachine(LockService)
     m = ObjectMachine(Account)
     run(m, entry(1, "deposit", 5))
-    with pytest.raises(BadSnapshot, match="'raftmw.locks'.*runs 'tests.account'"):
+    with pytest.raises(BadSnapshot, match=r"'raftmw\.locks'.*runs 'tests\.account'"):
         m.restore(locks.snapshot())
-    with pytest.raises(BadSnapshot, match="not a snapshot"):
+    with pytest.raises(BadSnapshot, match=r"names no application; this node runs 'tests\.account'"):
         m.restore(msgspec.msgpack.encode([1, 2]))
+    with pytest.raises(BadSnapshot, match="not a snapshot of a replicated object"):
+        m.restore(snapshot_header(m) + msgspec.msgpack.encode([1, 2]))
+    with pytest.raises(BadSnapshot, match="of application 'kv' version 1; this node runs 'tests"):
+        m.check_snapshot(KVStateMachine().snapshot())
     assert m.obj.balance == 5 and m.applied_index == 1

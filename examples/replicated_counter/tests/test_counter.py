@@ -3,6 +3,7 @@ processes whose leader is SIGKILLed under calls."""
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -34,8 +35,14 @@ async def embedded_cluster(root: Path) -> AsyncIterator[list]:  # type: ignore[t
     async with AsyncExitStack() as stack:
         nodes = [
             await stack.enter_async_context(
-                embed(Counter, node_id=i, peers=peers, data_dir=root / f"n{i}",
-                      settings=settings, timeout=10.0)
+                embed(
+                    Counter,
+                    node_id=i,
+                    peers=peers,
+                    data_dir=root / f"n{i}",
+                    settings=settings,
+                    timeout=10.0,
+                )
             )
             for i in peers
         ]
@@ -66,8 +73,11 @@ async def test_embedded_calls_replicate_and_exceptions_reach_the_caller(tmp_path
                 await anyio.sleep(0.05)
         assert {n.node.sm.snapshot() for n in nodes} == {leader.node.sm.snapshot()}
         page = await follower.node.status()
-        assert page["application"] == {"name": "counter", "version": "1.0",
-                                       "cluster": ["counter", "1.0"]}
+        assert page["application"] == {
+            "name": "counter",
+            "version": "1.0",
+            "cluster": ["counter", "1.0"],
+        }
         assert await follower.object(Counter).get_stale() == 7
 
         def from_sync_code() -> int:
@@ -78,7 +88,7 @@ async def test_embedded_calls_replicate_and_exceptions_reach_the_caller(tmp_path
 
         assert await anyio.to_thread.run_sync(from_sync_code) == 10
         with pytest.raises(AttributeError, match="no @replicated or @query method 'decr'"):
-            on_leader.decr
+            _ = on_leader.decr
         with pytest.raises(TypeError, match="cannot be sent"):
             await on_leader.incr(object())
 
@@ -96,10 +106,14 @@ async def test_a_node_of_another_application_is_refused(tmp_path: Path) -> None:
     cluster.start(2)
     try:
         await cluster.wait_serving([1, 2])
-        async with ObjectClient(cluster.peers, Counter, credentials=cluster.credentials,
-                                timeout=20.0) as client:
+        async with ObjectClient(
+            cluster.peers, Counter, credentials=cluster.credentials, timeout=20.0
+        ) as client:
             assert await client.object.incr(1) == 1  # the cluster runs the counter
-            with pytest.raises(BadRequest, match="runs the application 'counter'; the request is for 'raftmw.locks'"):
+            with pytest.raises(
+                BadRequest,
+                match=re.escape("application 'counter'; the request is for 'raftmw.locks'"),
+            ):
                 await client.app_call("raftmw.locks", b"\x90")
         cluster.start(3)  # a KV node joins the counter cluster
         proc = cluster.nodes[3].process
@@ -125,8 +139,9 @@ async def test_acknowledged_calls_apply_exactly_once_across_a_leader_sigkill(
     acked: list[str] = []
     try:
         await cluster.wait_serving()
-        async with ObjectClient(cluster.peers, Counter, credentials=cluster.credentials,
-                                timeout=20.0) as client:
+        async with ObjectClient(
+            cluster.peers, Counter, credentials=cluster.credentials, timeout=20.0
+        ) as client:
             counter = client.object
 
             async def caller(name: str, count: int) -> None:
@@ -151,7 +166,9 @@ async def test_acknowledged_calls_apply_exactly_once_across_a_leader_sigkill(
                 value = await counter.get()
         assert len(acked) > 20
         for note in acked:
-            assert noted.count(note) == 1, f"acknowledged call {note} applied {noted.count(note)} times"
+            assert noted.count(note) == 1, (
+                f"acknowledged call {note} applied {noted.count(note)} times"
+            )
         assert len(noted) == len(set(noted)) == value  # nothing applied twice, even unacked
     finally:
         cluster.stop_all()
