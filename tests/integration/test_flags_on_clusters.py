@@ -46,7 +46,7 @@ def _client_request(status: dict[str, Any]) -> dict[str, float]:
 
 @pytest.mark.parametrize("adaptive", [True, False], ids=["adaptive", "fixed"])
 async def test_latency_on_the_links_lengthens_the_client_request_deadline(adaptive: bool) -> None:
-    settings = {
+    settings: dict[str, Any] = {
         "flags.adaptive_timeout": adaptive,
         # An election timeout of 0.5-1s: the delays below never cost the leader its term.
         "raft.tick_interval": "10ms",
@@ -106,7 +106,7 @@ async def test_a_burst_past_max_pending_is_shed_by_backpressure_and_queued_by_le
     bounded: bool,
 ) -> None:
     bound, burst = 500, 3000
-    settings = {
+    settings: dict[str, Any] = {
         "flags.backpressure": bounded,
         "performance.backpressure.max_pending": bound,
         # An election timeout of 0.5-1s: one Ready of 3,000 entries does not cost the term.
