@@ -83,7 +83,8 @@ class OutboundQueue:
     the kinds is safe: Raft assumes a network that reorders, and a heartbeat never carries a
     commit index past what the follower acknowledged (``min(match, committed)``).
 
-    ``bulk_budget`` (bytes, with ``prioritize``) bounds the bulk of one ``take``: bulk
+    ``bulk_budget`` (bytes, with ``prioritize``) bounds the bulk of one write round
+    (``take_round``; ``take``, a swap's, still takes everything): bulk
     messages are handed over, oldest first, until their payload (`bulk_size`) reaches it
     (at least one per take), and the rest stay queued, in order, for the next round. On a
     link slower than the appends it is offered, a writer that took the whole backlog would
@@ -171,16 +172,26 @@ class OutboundQueue:
         return dropped + (len(urgent) - take) + (len(bulk) - min(room, len(bulk)))
 
     def take(self) -> list[Message]:
+        """Everything queued (urgent first when prioritizing), leaving the queue empty: what
+        a swap moves to the successor."""
         batch, self.items = self.items, []
         self.overflowing = False
         if self.prioritize and len(batch) > 1:
             urgent = [m for m in batch if not is_bulk(m)]
-            if (urgent and len(urgent) < len(batch)) or self.bulk_budget is not None:
-                bulk = [m for m in batch if is_bulk(m)]
-                if self.bulk_budget is not None:
-                    bulk, self.items = self._within_budget(bulk)
-                batch = urgent + bulk
+            if urgent and len(urgent) < len(batch):
+                batch = urgent + [m for m in batch if is_bulk(m)]
         return batch
+
+    def take_round(self) -> list[Message]:
+        """What one write hands over: everything (``take``), or with ``bulk_budget`` the
+        urgent messages and the oldest bulk within the budget; the rest stay queued."""
+        if self.bulk_budget is None:
+            return self.take()
+        batch, self.items = self.items, []
+        self.overflowing = False
+        urgent = [m for m in batch if not is_bulk(m)]
+        bulk, self.items = self._within_budget([m for m in batch if is_bulk(m)])
+        return urgent + bulk
 
     def _within_budget(self, bulk: list[Message]) -> tuple[list[Message], list[Message]]:
         """The oldest bulk messages up to ``bulk_budget`` bytes (at least one), and the rest."""
@@ -226,7 +237,7 @@ async def pump(
         tg.start_soon(watch)
         while True:
             await queue.wait()
-            batch = queue.take()
+            batch = queue.take_round()
             try:
                 await conn.send_frames(encode(batch))
             except OSError:

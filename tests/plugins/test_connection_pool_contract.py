@@ -607,14 +607,17 @@ def test_a_bulk_budget_leaves_the_backlog_queued_for_later_rounds() -> None:
 
     queue = OutboundQueue(None, prioritize=True, bulk_budget=100)
     queue.put([append(1, 60), append(2, 60), hb(2, 1), append(3, 60), append(4, 500)])
-    first = queue.take()
+    first = queue.take_round()
     assert [type(m).__name__ for m in first] == ["Heartbeat", "AppendEntries", "AppendEntries"]
     assert len(queue) == 2  # appends 3 and 4 wait
     queue.put([hb(2, 2)])
-    second = queue.take()
+    second = queue.take_round()
     assert [type(m).__name__ for m in second] == ["Heartbeat", "AppendEntries", "AppendEntries"]
     assert [m.prev_index for m in second[1:]] == [2, 3]  # type: ignore[attr-defined]
     assert not queue.items  # the 500-byte append went whole: at least one per round
+    # A swap moves everything, whatever the budget.
+    queue.put([append(5, 60), append(6, 60), append(7, 60), hb(2, 3)])
+    assert len(queue.take()) == 4 and not queue.items
     with pytest.raises(ValueError, match="bulk_budget=100"):
         OutboundQueue(None, bulk_budget=100)  # only a prioritizing queue has a budget
 
