@@ -18,8 +18,10 @@ A retry has two numbers: the **delay** before it is sent and the **deadline** it
   two consecutive attempts do not overlap, so each attempt waits longer than the one before.
 
 The node's adaptive timeout policy (``plugins.adaptive_timeout``) uses `attempt_deadline` for
-``timeout(operation, attempt)``; the client (``framework.client``) uses both for its retries.
-Pure arithmetic: the random numbers come from the caller's ``random.Random``.
+``timeout(operation, attempt)`` (the TCP transport asks it for attempt ``n`` when it redials
+after ``n`` dials that timed out); the client (``framework.client``) waits `backoff_delay`
+between its rounds without a leader. Pure arithmetic: the random numbers come from the
+caller's ``random.Random``.
 """
 
 from __future__ import annotations
