@@ -20,7 +20,16 @@ tried only after every other node, so writers do not walk back into the same hun
 its leader for an election timeout answers "no leader known" instead of a redirect.
 
 The client works in rounds: the known leader first, then the other nodes in random order,
-penalised ones last; a round in which no node led anywhere ends with a short backoff.
+penalised ones last; a round in which no node led anywhere ends with a backoff: before the
+n-th such wait the client sleeps a time drawn from ``[0, min(cap, retry_backoff * 2**n))``
+(exponential backoff with full jitter, ``framework.retry.backoff_delay``; the cap is an
+eighth of ``attempt_timeout``, at most 0.5s, so an election is polled a few times per
+attempt), so the clients that lost a leader together do not come back together.
+
+Attempts do not lengthen per retry (as the node's adaptive policy lets a retried operation
+do): a node that stopped answering is tried again once its penalty ends, and a longer wait
+on it then would only delay reaching the leader the others elected meanwhile. What adapts
+is the measured part: twice the slowest recent answer, above.
 
 What the errors promise
 -----------------------
@@ -63,6 +72,7 @@ from framework.errors import (
     Unauthorized,
     Unavailable,
 )
+from framework.retry import backoff_delay
 from framework.transport.wire import (
     AdminFlags,
     AdminMembers,
@@ -481,14 +491,15 @@ class KVClient:
         attempt = self._attempt_limit(now) if kv else self.timeout
         maybe_applied = False
         last_problem = "no node answered"
-        backoff = self.retry_backoff
+        rounds = 0  # rounds of this request that ended without a leader: the backoff's exponent
         tried: set[str] = set()
         while now < deadline:
             address = self._next_target(tried, now)
             if address is None:
                 # A round without a leader (an election, most likely): wait a little.
-                await anyio.sleep(min(backoff, deadline - now))
-                backoff = min(backoff * 2, self._max_backoff)
+                delay = backoff_delay(self.retry_backoff, self._max_backoff, rounds, self._rng)
+                await anyio.sleep(min(delay, deadline - now))
+                rounds += 1
                 tried.clear()
                 now = anyio.current_time()
                 continue

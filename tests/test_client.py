@@ -19,6 +19,7 @@ What is shown:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -292,3 +293,37 @@ def test_a_bad_attempt_timeout_names_key_value_and_expectation(value: object, pr
     message = str(caught.value)
     assert message.startswith("client.attempt_timeout:")
     assert problem in message and "expected" in message and '"auto"' in message
+
+
+# -- waiting out an election: exponential backoff with full jitter -----------------------------
+
+
+def _no_leader_until(elected: float) -> Script:
+    def answer(body: RequestBody, now: float) -> object:
+        return ok(body, now) if now >= elected else refuse("not_leader")(body, now)
+
+    return answer
+
+
+async def test_clients_that_lost_the_leader_together_come_back_apart() -> None:
+    """Two clients, the same script: no node knows a leader for 1s. Each waits out the
+    rounds with exponential backoff and full jitter (``framework.retry``): the waits are
+    drawn from ``[0, min(cap, retry_backoff * 2**n))``, so the two clients' rounds do not
+    line up (with a fixed doubling they were identical: the same requests at the same
+    instants), and no wait is longer than its window."""
+    times: list[list[float]] = []
+    for client_id in (1, 2):
+        origin = anyio.current_time()
+        node = Node(_no_leader_until(origin + 1.0))
+        async with scripted_client(
+            {"a": node}, timeout=10.0, retry_backoff=0.02, client_id=client_id
+        ) as client:
+            await client.put("k", "v")
+            cap = client._max_backoff
+        rounds = [round(when - origin, 6) for when, _ in node.requests]
+        assert rounds[-1] >= 1.0 and len(rounds) > 3  # it waited out the election
+        gaps = [later - earlier for earlier, later in itertools.pairwise(rounds)]
+        windows = [min(cap, 0.02 * 2**n) for n in range(len(gaps))]
+        assert all(0 <= gap <= window + 1e-6 for gap, window in zip(gaps, windows, strict=True))
+        times.append(rounds)
+    assert times[0] != times[1]

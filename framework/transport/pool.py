@@ -39,6 +39,7 @@ from framework.transport.backoff import Backoff
 __all__ = [
     "OutboundQueue",
     "TransportPool",
+    "bulk_size",
     "check_pool_state",
     "dial_limit",
     "is_bulk",
@@ -57,6 +58,16 @@ def is_bulk(message: Message) -> bool:
     return isinstance(message, _BULK)
 
 
+def bulk_size(message: Message) -> int:
+    """Payload bytes a bulk message carries (entries' data, a snapshot part's), 0 for others:
+    what a write round's bulk budget counts."""
+    if isinstance(message, AppendEntries):
+        return sum(len(entry.data) for entry in message.entries)
+    if isinstance(message, InstallSnapshot):
+        return len(message.snapshot.data)
+    return 0
+
+
 class OutboundQueue:
     """Messages waiting for one peer's writer, in order.
 
@@ -71,15 +82,39 @@ class OutboundQueue:
     entries; a lost heartbeat under a saturated link costs an election). Reordering between
     the kinds is safe: Raft assumes a network that reorders, and a heartbeat never carries a
     commit index past what the follower acknowledged (``min(match, committed)``).
+
+    ``bulk_budget`` (bytes, with ``prioritize``) bounds the bulk of one write round
+    (``take_round``; ``take``, a swap's, still takes everything): bulk
+    messages are handed over, oldest first, until their payload (`bulk_size`) reaches it
+    (at least one per take), and the rest stay queued, in order, for the next round. On a
+    link slower than the appends it is offered, a writer that took the whole backlog would
+    spend seconds on one write while the heartbeats queued behind it wait, and the follower
+    would campaign; with a budget, a heartbeat waits for one round's bulk at most.
     """
 
-    __slots__ = ("_wakeup", "capacity", "dropped", "items", "overflowing", "prioritize")
+    __slots__ = (
+        "_wakeup",
+        "bulk_budget",
+        "capacity",
+        "dropped",
+        "items",
+        "overflowing",
+        "prioritize",
+    )
 
-    def __init__(self, capacity: int | None, *, prioritize: bool = False) -> None:
+    def __init__(
+        self, capacity: int | None, *, prioritize: bool = False, bulk_budget: int | None = None
+    ) -> None:
         if capacity is not None and capacity <= 0:
             raise ValueError(f"queue capacity={capacity}: expected > 0 (or None: unbounded)")
+        if bulk_budget is not None and (bulk_budget <= 0 or not prioritize):
+            raise ValueError(
+                f"bulk_budget={bulk_budget}: expected bytes > 0, on a prioritizing queue "
+                f"(prioritize={prioritize})"
+            )
         self.capacity = capacity
         self.prioritize = prioritize
+        self.bulk_budget = bulk_budget
         self.items: list[Message] = []
         self.overflowing = False
         self.dropped = 0
@@ -137,6 +172,8 @@ class OutboundQueue:
         return dropped + (len(urgent) - take) + (len(bulk) - min(room, len(bulk)))
 
     def take(self) -> list[Message]:
+        """Everything queued (urgent first when prioritizing), leaving the queue empty: what
+        a swap moves to the successor."""
         batch, self.items = self.items, []
         self.overflowing = False
         if self.prioritize and len(batch) > 1:
@@ -144,6 +181,27 @@ class OutboundQueue:
             if urgent and len(urgent) < len(batch):
                 batch = urgent + [m for m in batch if is_bulk(m)]
         return batch
+
+    def take_round(self) -> list[Message]:
+        """What one write hands over: everything (``take``), or with ``bulk_budget`` the
+        urgent messages and the oldest bulk within the budget; the rest stay queued."""
+        if self.bulk_budget is None:
+            return self.take()
+        batch, self.items = self.items, []
+        self.overflowing = False
+        urgent = [m for m in batch if not is_bulk(m)]
+        bulk, self.items = self._within_budget([m for m in batch if is_bulk(m)])
+        return urgent + bulk
+
+    def _within_budget(self, bulk: list[Message]) -> tuple[list[Message], list[Message]]:
+        """The oldest bulk messages up to ``bulk_budget`` bytes (at least one), and the rest."""
+        assert self.bulk_budget is not None
+        spent = 0
+        for i, message in enumerate(bulk):
+            spent += bulk_size(message)
+            if spent >= self.bulk_budget:
+                return bulk[: i + 1], bulk[i + 1 :]
+        return bulk, []
 
     def clear(self) -> int:
         """Drop everything queued (counted in ``dropped``); returns how many."""
@@ -179,7 +237,7 @@ async def pump(
         tg.start_soon(watch)
         while True:
             await queue.wait()
-            batch = queue.take()
+            batch = queue.take_round()
             try:
                 await conn.send_frames(encode(batch))
             except OSError:

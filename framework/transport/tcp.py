@@ -212,7 +212,7 @@ class _PeerLink:
     """Everything about one peer while serving: its live connection (accepted or dialled)
     and, for a lower-id peer, whose connection was accepted, the queue its writer drains."""
 
-    __slots__ = ("address", "connection", "peer_id", "queue", "removed")
+    __slots__ = ("address", "connection", "dial_timeouts", "peer_id", "queue", "removed")
 
     def __init__(self, peer_id: int, address: str, max_queued: int) -> None:
         self.peer_id = peer_id
@@ -220,6 +220,8 @@ class _PeerLink:
         self.queue = OutboundQueue(max_queued)
         self.connection: _Connection | None = None
         self.removed = False
+        self.dial_timeouts = 0
+        """Dials in a row that timed out: the next dial is the policy's attempt this many."""
 
     def remove(self, reason: str) -> None:
         self.removed = True
@@ -574,7 +576,13 @@ class TcpTransport:
         self._dial_attempts += 1
         host, port = parse_address(address)
         policy = self._timeouts
-        limit = self._connect_timeout if policy is None else policy.timeout("connect")
+        # A redial after dials that timed out is a retry: the policy's attempt (adaptive: a
+        # doubled, jittered deadline; fixed: the same one). Refusals do not count.
+        limit = (
+            self._connect_timeout
+            if policy is None
+            else policy.timeout("connect", link.dial_timeouts)
+        )
         started = anyio.current_time()
         try:
             with anyio.fail_after(limit):
@@ -582,9 +590,11 @@ class TcpTransport:
                 if self._tls is not None:
                     stream = await self._secure_dialled(stream, address)
         except TimeoutError:
+            link.dial_timeouts += 1
             if policy is not None:
                 policy.observe("connect", anyio.current_time() - started, ok=False)
             raise
+        link.dial_timeouts = 0
         # A refused connection says nothing about how long one takes: only successes and
         # timeouts are reported.
         if policy is not None:

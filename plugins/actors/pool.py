@@ -20,7 +20,11 @@ each peer an actor:
   append to take a heartbeat, so a link saturated by a catching-up follower's appends
   still carries the heartbeats that keep its leader. While a dial is in flight, messages
   queue (up to the bound) and go out once it succeeds; if it fails they are dropped and
-  the peer reported. While the task waits to redial after a failure, messages are dropped
+  the peer reported. Each write takes at most ``bulk_budget`` bytes of appends and snapshot
+  parts (``raft.max_size_per_msg`` from the plugin: one full append) after the urgent
+  messages, so on a link slower than the appends offered to it a heartbeat waits for one
+  such round, not for the whole backlog (which the follower would not survive: it would
+  campaign). While the task waits to redial after a failure, messages are dropped
   and reported at once: stale queued messages are worse than none.
 - **Supervised.** A crash of a peer's task (a bug: anything but the ``OSError`` of a failed
   dial or write, or cancellation) is logged with its traceback and the task restarted after
@@ -73,10 +77,10 @@ class _PeerActor:
 
     __slots__ = ("address", "conn", "dial_attempts", "peer", "queue", "restarts", "scope", "state")
 
-    def __init__(self, peer: int, address: str, max_queued: int) -> None:
+    def __init__(self, peer: int, address: str, max_queued: int, bulk_budget: int | None) -> None:
         self.peer = peer
         self.address = address
-        self.queue = OutboundQueue(max_queued, prioritize=True)
+        self.queue = OutboundQueue(max_queued, prioritize=True, bulk_budget=bulk_budget)
         self.conn: PeerConnection | None = None
         self.scope = anyio.CancelScope()
         self.state = "idle"
@@ -97,6 +101,7 @@ class ConnectionPoolActor:
         dialer: PeerDialer,
         *,
         max_queued: int = _MIN_QUEUE,
+        bulk_budget: int | None = None,
         connect_timeout: float = 1.0,
         backoff_min: float = 0.05,
         backoff_max: float = 2.0,
@@ -111,6 +116,7 @@ class ConnectionPoolActor:
             raise ValueError(f"connect_timeout={connect_timeout}: expected seconds > 0")
         self._dialer = dialer
         self._max_queued = max_queued
+        self._bulk_budget = bulk_budget
         self._connect_timeout = connect_timeout
         self._backoff = (backoff_min, backoff_max)
         self._crash_backoff = (crash_backoff_min, crash_backoff_max)
@@ -158,7 +164,9 @@ class ConnectionPoolActor:
         for peer, address in addresses.items():
             if peer in self._actors:
                 continue
-            actor = self._actors[peer] = _PeerActor(peer, address, self._max_queued)
+            actor = self._actors[peer] = _PeerActor(
+                peer, address, self._max_queued, self._bulk_budget
+            )
             pending = self._pending.pop(peer, None)
             if pending and actor.queue.put(pending):
                 self._dialer.unreachable(peer)

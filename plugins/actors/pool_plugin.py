@@ -35,6 +35,8 @@ def raftmw_make_connection_pool(
     return ConnectionPoolActor(
         dialer,
         max_queued=queue_capacity_from(ctx.settings),
+        # One full append per write round after the urgent messages (see the pool's doc).
+        bulk_budget=ctx.settings.raft.max_size_per_msg,
         connect_timeout=dial_limit(ctx.settings),
         backoff_min=transport.reconnect_backoff_min,
         backoff_max=transport.reconnect_backoff_max,

@@ -21,8 +21,9 @@ first timeout. This policy keeps an RFC 6298 estimator per operation
   finished operation recomputes it from SRTT and RTTVAR;
 - **retry attempt n > 0**: the timeout is multiplied by ``2**n`` and by a jitter factor
   drawn uniformly from ``[1, 1 + JITTER)`` with the injected ``random.Random``, then clamped
-  to ``max_timeout``. Jitter only lengthens, and with ``JITTER = 0.5`` the ranges of two
-  consecutive attempts do not overlap (``1.5 * 2**n < 2**(n+1)``): every retry waits
+  to ``max_timeout`` (``framework.retry.attempt_deadline``, the rule the client's retries
+  and the peer redials follow too). Jitter only lengthens, and with ``JITTER = 0.5`` the
+  ranges of two consecutive attempts do not overlap (``1.5 * 2**n < 2**(n+1)``): every retry waits
   longer than the one before, yet retries that timed out together do not fire together.
 
 Operations with ``enable_adaptive = false`` get ``base_timeout`` and operations the table
@@ -70,6 +71,7 @@ import anyio
 from anyio.abc import TaskStatus
 
 from framework.config import Settings
+from framework.retry import attempt_deadline
 from framework.seams import LockStats
 from plugins.adaptive_timeout.estimator import RttEstimator
 
@@ -80,10 +82,6 @@ CLIENT_REQUEST = "client_request"
 
 JITTER = 0.5
 """A retry's timeout is stretched by a factor drawn from ``[1, 1 + JITTER)``."""
-
-_MAX_DOUBLINGS = 64
-"""Beyond this many doublings every positive timeout is past any ``max_timeout``; capping
-the exponent keeps ``2.0 ** attempt`` from overflowing."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,10 +148,7 @@ class AdaptiveTimeouts:
             raise ValueError(f"attempt must be >= 0, not {attempt!r}")
         estimator = self._estimators.get(operation)
         current = rule.base if estimator is None else estimator.rto
-        if attempt == 0:
-            return current
-        stretch = 1.0 + self._jitter * self._rng.random()
-        return min(rule.ceiling, current * 2.0 ** min(attempt, _MAX_DOUBLINGS) * stretch)
+        return attempt_deadline(current, attempt, rule.ceiling, self._rng, jitter=self._jitter)
 
     def observe(self, operation: str, seconds: float, *, ok: bool) -> None:
         self._count[operation] = self._count.get(operation, 0) + 1

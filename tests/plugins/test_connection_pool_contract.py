@@ -19,7 +19,7 @@ import pytest
 from anyio.lowlevel import checkpoint
 from pool_fakes import FakeDialer, hb
 
-from framework.core import AppendEntries, Heartbeat, Message
+from framework.core import AppendEntries, Entry, Heartbeat, Message
 from framework.seams import Component, ConnectionPool, PeerDialer
 from framework.transport.pool import OutboundQueue, TransportPool
 from framework.transport.tcp import TcpTransport
@@ -592,6 +592,34 @@ def test_a_prioritizing_queue_hands_over_heartbeats_before_appends() -> None:
     fifo = OutboundQueue(None)
     fifo.put([ae(2, 1), hb(2, 1)])
     assert [type(m).__name__ for m in fifo.take()] == ["AppendEntries", "Heartbeat"]
+
+
+def test_a_bulk_budget_leaves_the_backlog_queued_for_later_rounds() -> None:
+    """A saturated link: each take is the urgent messages and at most ``bulk_budget`` bytes
+    of appends (at least one), oldest first; the rest wait in order, so a heartbeat put
+    meanwhile goes out in the next round, ahead of the backlog."""
+
+    def append(index: int, size: int) -> AppendEntries:
+        entry = Entry(term=1, index=index, data=b"x" * size)
+        return AppendEntries(
+            src=1, dst=2, term=1, prev_index=index - 1, prev_term=1, entries=(entry,)
+        )
+
+    queue = OutboundQueue(None, prioritize=True, bulk_budget=100)
+    queue.put([append(1, 60), append(2, 60), hb(2, 1), append(3, 60), append(4, 500)])
+    first = queue.take_round()
+    assert [type(m).__name__ for m in first] == ["Heartbeat", "AppendEntries", "AppendEntries"]
+    assert len(queue) == 2  # appends 3 and 4 wait
+    queue.put([hb(2, 2)])
+    second = queue.take_round()
+    assert [type(m).__name__ for m in second] == ["Heartbeat", "AppendEntries", "AppendEntries"]
+    assert [m.prev_index for m in second[1:]] == [2, 3]  # type: ignore[attr-defined]
+    assert not queue.items  # the 500-byte append went whole: at least one per round
+    # A swap moves everything, whatever the budget.
+    queue.put([append(5, 60), append(6, 60), append(7, 60), hb(2, 3)])
+    assert len(queue.take()) == 4 and not queue.items
+    with pytest.raises(ValueError, match="bulk_budget=100"):
+        OutboundQueue(None, bulk_budget=100)  # only a prioritizing queue has a budget
 
 
 @pytest.mark.parametrize(

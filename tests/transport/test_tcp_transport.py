@@ -228,10 +228,12 @@ class TimingPolicy:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.asked: list[str] = []
+        self.attempts: list[int] = []
         self.observed: list[tuple[str, bool]] = []
 
     def timeout(self, operation: str, attempt: int = 0) -> float:
         self.asked.append(operation)
+        self.attempts.append(attempt)
         return self.seconds
 
     def observe(self, operation: str, seconds: float, *, ok: bool) -> None:
@@ -256,6 +258,30 @@ async def test_dials_are_timed_by_the_node_timeout_policy() -> None:
         policy.observed.clear()
         await second.stop()
         await wait_until(lambda: ("connect", False) in policy.observed, "a timed-out dial")
+        tg.cancel_scope.cancel()
+
+
+async def test_a_redial_after_timed_out_dials_is_the_policys_next_attempt() -> None:
+    """Issue 12: redials are retries. After n dials in a row that timed out, the next dial's
+    deadline is ``policy.timeout("connect", n)`` (the adaptive policy doubles it, with
+    jitter); a dial that connects starts the count again, and a refused one (which says
+    nothing about how long a connect takes) does not add to it."""
+    async with anyio.create_task_group() as tg:
+        first, second = Node(make(1)), Node(make(2))
+        policy = TimingPolicy(seconds=0.0)  # every dial times out
+        first.transport.use_timeouts(policy)
+        await first.start(tg)
+        await second.start(tg)
+        second.transport.set_peers({1: first.address})
+        first.transport.set_peers({2: second.address})
+        await wait_until(lambda: len(policy.attempts) >= 4, "four timed-out dials")
+        assert policy.attempts[:4] == [0, 1, 2, 3]
+        policy.seconds = 5.0
+        await wait_until(lambda: first.transport.connected_peers == {2}, "the dial")
+        connected_at = len(policy.attempts)
+        await second.stop()  # from now on the dials are refused
+        await wait_until(lambda: len(policy.attempts) >= connected_at + 3, "three redials")
+        assert policy.attempts[connected_at:] == [0] * (len(policy.attempts) - connected_at)
         tg.cancel_scope.cancel()
 
 

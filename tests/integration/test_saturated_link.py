@@ -1,0 +1,222 @@
+"""Issue 12: heartbeats go ahead of bulk appends on a saturated link, so a follower that is
+catching up through it keeps its leader (no election), where a FIFO link loses it.
+
+Three in-process `RaftNode`s on real `TcpTransport`s (127.0.0.1). Node 1 leads; its link to
+node 3 carries ``BANDWIDTH`` bytes per second (its connection pool's writes to node 3 are
+paced frame by frame: a narrow link, at the layer where the pool queues), while node 2's
+link is the loopback's. Writers send large values as fast as node 1 and node 2 commit them,
+far more than node 3's link carries, so node 3 falls behind and every append to it waits in
+node 1's pool. Node 1 keeps sending heartbeats every ``heartbeat_tick``; whether node 3
+hears them within its election timeout depends on where they wait:
+
+- ``actors`` on (`ConnectionPoolActor`, `OutboundQueue(prioritize=True)`): each write
+  round hands heartbeats and other small messages over first and at most a bounded amount
+  of bulk after them, so a heartbeat waits for one round, not for the backlog;
+- a FIFO queue that hands its whole backlog to each write: a heartbeat waits behind
+  every append queued before it.
+
+What is asserted is the outcome Raft reports, not a time: with ``actors`` on, no node's
+term changes while node 3 is behind and catching up (and it does catch up, once the
+writers stop); pre-vote is off, so a follower that misses heartbeats does raise its term.
+Before the pool's write rounds had a bulk budget (``OutboundQueue(bulk_budget=...)``) the
+prioritized queue handed its whole backlog to one write, heartbeats first but the next
+heartbeat behind all of it, and node 3 campaigned again and again (its term went from 3 to
+11 in one run). Legacy mode is not asserted on: its one sender task serves every peer, so
+the narrow link paces the whole cluster's replication instead (the seed's problem, shown
+in ``tests/runtime/test_stuck_peer.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import pytest
+
+from framework.client import KVClient
+from framework.config import Settings, load_settings
+from framework.core import Message
+from framework.runtime.localcluster import free_ports
+from framework.runtime.node import NodeConfig, RaftNode
+from framework.seams import PeerConnection, PeerDialer
+from framework.storage import MemoryLogStore
+from framework.transport.tcp import TcpTransport
+
+pytestmark = pytest.mark.anyio
+
+NARROW = 3
+"""The follower behind the narrow link (dialled by node 1: the lower id dials)."""
+BANDWIDTH = 400_000
+"""Bytes per second node 1's pool may write to node 3."""
+VALUE = "x" * 4000
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class PacedConnection:
+    """A `PeerConnection` whose writes leave at ``BANDWIDTH`` bytes per second, frame by
+    frame: the pool waits on it exactly as on a socket whose buffer is full."""
+
+    def __init__(self, inner: PeerConnection) -> None:
+        self._inner = inner
+
+    @property
+    def closed(self) -> bool:
+        return self._inner.closed
+
+    async def send_frames(self, frames: Sequence[bytes]) -> None:
+        for frame in frames:
+            await anyio.sleep(len(frame) / BANDWIDTH)
+            await self._inner.send_frames([frame])
+
+    async def wait_closed(self) -> None:
+        await self._inner.wait_closed()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+class NarrowDialer:
+    def __init__(self, inner: PeerDialer) -> None:
+        self._inner = inner
+
+    async def dial(self, peer: int, address: str) -> PeerConnection:
+        conn = await self._inner.dial(peer, address)
+        return PacedConnection(conn) if peer == NARROW else conn
+
+    def encode(self, peer: int, messages: Sequence[Message]) -> list[bytes]:
+        return self._inner.encode(peer, messages)
+
+    def unreachable(self, peer: int) -> None:
+        self._inner.unreachable(peer)
+
+
+class NarrowTcpTransport(TcpTransport):
+    """Node 1's transport: its pool's connection to node 3 is paced."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._narrow = NarrowDialer(super().dialer)
+
+    @property
+    def dialer(self) -> PeerDialer:
+        return self._narrow
+
+
+@dataclass
+class Cluster:
+    addresses: dict[int, str]
+    nodes: dict[int, RaftNode] = field(default_factory=dict)
+
+    async def terms(self) -> dict[int, int]:
+        return {i: (await n.status())["term"] for i, n in self.nodes.items()}
+
+
+@asynccontextmanager
+async def cluster(settings: Settings) -> AsyncIterator[Cluster]:
+    ports = free_ports(3)
+    addresses = {i: f"127.0.0.1:{ports[i - 1]}" for i in (1, 2, 3)}
+    t = settings.transport
+    c = Cluster(addresses=addresses)
+    async with anyio.create_task_group() as tg:
+        for node_id in (1, 2, 3):
+            kind = NarrowTcpTransport if node_id == 1 else TcpTransport
+            transport = kind(
+                node_id=node_id,
+                cluster_id="narrow",
+                listen=addresses[node_id],
+                peers={i: a for i, a in addresses.items() if i != node_id},
+                max_frame_size=t.max_frame_size,
+                connect_timeout=t.connect_timeout,
+                backoff_min=t.reconnect_backoff_min,
+                backoff_max=t.reconnect_backoff_max,
+            )
+            node = RaftNode(
+                NodeConfig(
+                    node_id=node_id, cluster_id="narrow", peers=addresses, settings=settings
+                ),
+                store=MemoryLogStore(),
+                transport=transport,
+            )
+            await tg.start(node.run)
+            c.nodes[node_id] = node
+        yield c
+        tg.cancel_scope.cancel()
+
+
+async def _node_1_leads(c: Cluster, client: KVClient) -> int:
+    """Make node 1 the leader; its term once every node agrees (and has for a while: a
+    transfer still in flight would otherwise end the term the test starts from)."""
+    asked: set[int] = set()
+    agreed = 0
+    with anyio.fail_after(30):
+        await client.put("settle", "1")
+        while True:
+            views = {((s := await n.status())["term"], s["leader"]) for n in c.nodes.values()}
+            term, leader = views.pop() if len(views) == 1 else (0, 0)
+            agreed = agreed + 1 if leader == 1 else 0
+            if agreed >= 10:
+                return int(term)
+            if leader and leader != 1 and term not in asked:
+                asked.add(term)  # one transfer per term
+                await client.transfer_leader(1)
+            await anyio.sleep(0.05)
+
+
+def _settings(*, actors: bool) -> Settings:
+    return load_settings(
+        env={},
+        overrides={
+            "flags.actors": actors,
+            "raft.pre_vote": False,  # a follower that misses heartbeats raises its term
+            "raft.max_size_per_msg": "32KiB",
+            # 0.5-1s: a Ready loop held up by a busy CPU is not what this is about.
+            "raft.tick_interval": "10ms",
+            "raft.election_tick": 50,
+        },
+    )
+
+
+async def _load(client: KVClient, seconds: float) -> int:
+    """Writers as fast as the quorum (nodes 1 and 2) commits, for ``seconds``."""
+    written = 0
+    deadline = anyio.current_time() + seconds
+
+    async def writer(w: int) -> None:
+        nonlocal written
+        i = 0
+        while anyio.current_time() < deadline:
+            await client.put(f"w{w}-{i}", VALUE)
+            written += 1
+            i += 1
+
+    async with anyio.create_task_group() as tg:
+        for w in range(8):
+            tg.start_soon(writer, w)
+    return written
+
+
+async def test_a_follower_behind_a_saturated_link_keeps_its_leader() -> None:
+    async with cluster(_settings(actors=True)) as c:
+        async with KVClient({1: c.addresses[1]}, timeout=30.0) as client:
+            term = await _node_1_leads(c, client)
+            written = await _load(client, seconds=2.0)
+            lagging = (await c.nodes[1].status())["commit"] - (await c.nodes[NARROW].status())[
+                "applied"
+            ]
+            terms_under_load = await c.terms()
+            with anyio.fail_after(120):  # the writers stopped: node 3 catches up
+                commit = (await c.nodes[1].status())["commit"]
+                while (await c.nodes[NARROW].status())["applied"] < commit:
+                    await anyio.sleep(0.05)
+            terms_after = await c.terms()
+        # The link really was saturated: node 3 was far behind when the writers stopped.
+        assert lagging * len(VALUE) > BANDWIDTH, (written, lagging)
+        assert terms_under_load == dict.fromkeys(c.nodes, term)
+        assert terms_after == dict.fromkeys(c.nodes, term)
