@@ -261,7 +261,7 @@ def run_raftmw(args: argparse.Namespace, *, round_: int, single: bool, all_flags
 def _spread(values: list[float], fmt: str) -> str:
     if not values:
         return "-"
-    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}–{max(values):{fmt}})"
+    return f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}})"
 
 
 def summarize(title: str, runs: list[Run], reference: str) -> None:
