@@ -59,14 +59,14 @@ def pysyncobj_node(args: argparse.Namespace) -> None:
     """A PySyncObj node that, told "go" on stdin, submits writes for ``--seconds`` and
     prints one JSON line with what it measured; it exits at "stop" (so its peers keep a
     quorum until every node has finished)."""
-    from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+    from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated  # type: ignore[import-untyped]  # no stubs
 
     class KV(SyncObj):  # type: ignore[misc]
         def __init__(self, me: str, others: list[str], conf: SyncObjConf) -> None:
             super().__init__(me, others, conf)
             self._data: dict[str, str] = {}
 
-        @replicated
+        @replicated  # type: ignore[untyped-decorator]  # pysyncobj is untyped
         def set(self, key: str, value: str) -> None:
             self._data[key] = value
 
