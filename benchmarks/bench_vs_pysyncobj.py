@@ -24,9 +24,11 @@ defaults (its batched appends wait for a tick) and with ``appendEntriesUseBatch 
 Printed: every run (writes/s, p50/p99, CPU seconds per 1,000 committed writes for the
 whole cluster: for raftmw the three nodes and the load generator, for PySyncObj its three
 processes, which hold its load generators; and the share of the machine other processes
-took during the run), then per system the median with the range, and raftmw/PySyncObj per
-round with the median of those ratios. The machine is shared: only the ratios mean much.
-Not a test: nothing is asserted.
+took during the run; and each node's idle RSS before the load, the failed PySyncObj
+commands by reason and the number of its "state machine may have diverged" warnings), then
+per system the median with the range, and raftmw/PySyncObj per round with the median of
+those ratios. The machine is shared: only the ratios mean much. Not a test: nothing is
+asserted.
 """
 
 from __future__ import annotations
@@ -37,11 +39,12 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from framework.runtime.bench import BenchOptions, run_bench
 from framework.runtime.localcluster import free_ports
@@ -50,6 +53,8 @@ from framework.runtime.workload import percentile
 
 ALL_FLAGS = ("actors", "backpressure", "circuit_breaker", "adaptive_timeout", "lock_free")
 _READY_TIMEOUT = 60.0
+_SETTLE_SECONDS = 1.0
+"""After a leader is elected and before the workload (as ``raftmw bench`` waits)."""
 
 
 # -- one PySyncObj node process (this script, run with --pysyncobj-node) --------------------------
@@ -84,6 +89,7 @@ def pysyncobj_node(args: argparse.Namespace) -> None:
     value = "v" * args.payload
     latencies: list[float] = []
     failures: dict[str, int] = {}
+    reasons = {v: k for k, v in vars(FAIL_REASON).items() if not k.startswith("_")}
     window = threading.BoundedSemaphore(args.outstanding)
     cpu0 = time.process_time()
     started = time.perf_counter()
@@ -97,7 +103,8 @@ def pysyncobj_node(args: argparse.Namespace) -> None:
                 if t1 <= stop_at:
                     latencies.append(t1 - t0)
             else:
-                failures[str(error)] = failures.get(str(error), 0) + 1
+                name = reasons.get(error, str(error))
+                failures[name] = failures.get(name, 0) + 1
             window.release()
 
         return callback
@@ -145,6 +152,14 @@ class Run:
 
 
 def run_pysyncobj(args: argparse.Namespace, *, round_: int, single: bool, unbatched: bool) -> Run:
+    # PySyncObj logs to stderr; kept aside and counted (its "may have diverged" warnings).
+    with tempfile.TemporaryFile(mode="w+") as log:
+        return _run_pysyncobj(args, log, round_=round_, single=single, unbatched=unbatched)
+
+
+def _run_pysyncobj(
+    args: argparse.Namespace, log: IO[str], *, round_: int, single: bool, unbatched: bool
+) -> Run:
     addresses = [f"127.0.0.1:{p}" for p in free_ports(3)]
     procs = []
     for address in addresses:
@@ -168,13 +183,17 @@ def run_pysyncobj(args: argparse.Namespace, *, round_: int, single: bool, unbatc
         if unbatched:
             command.append("--unbatched")
         procs.append(
-            subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            subprocess.Popen(
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True
+            )
         )
     try:
         for proc in procs:
             assert proc.stdout is not None
             if not proc.stdout.readline():
                 raise RuntimeError(f"a PySyncObj node exited before electing (rc {proc.wait()})")
+        time.sleep(_SETTLE_SECONDS)
+        idle_rss = [_rss_mib(p.pid) for p in procs]
         busy0 = busy_jiffies()
         ours0 = sum(process_jiffies(p.pid) or 0 for p in procs) + _own_jiffies()
         t0 = time.monotonic()
@@ -200,10 +219,15 @@ def run_pysyncobj(args: argparse.Namespace, *, round_: int, single: bool, unbatc
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+        log.seek(0)
+        diverged = sum("may have diverged" in line for line in log)
     latencies = [x for r in results for x in r["latencies"]]
     ops = sum(r["ops"] for r in results)
     seconds = args.single_seconds if single else args.seconds
-    failures = {k: v for r in results for k, v in r["failures"].items()}
+    failures: dict[str, int] = {}
+    for r in results:
+        for reason, count in r["failures"].items():
+            failures[reason] = failures.get(reason, 0) + count
     share = None
     if busy0 is not None and busy1 is not None:
         others = max(0, (busy1 - busy0) - (ours1 - ours0)) / os.sysconf("SC_CLK_TCK")
@@ -217,8 +241,24 @@ def run_pysyncobj(args: argparse.Namespace, *, round_: int, single: bool, unbatc
         p99_ms=percentile(latencies, 0.99) * 1e3,
         cpu_ms_per_1000=sum(r["cpu"] for r in results) / ops * 1e6 if ops else None,
         other_share=share,
-        extra={"failures": failures} if failures else {},
+        extra={
+            "idle_rss_mib": max(idle_rss),
+            **({"failures": failures} if failures else {}),
+            **({"divergence_warnings": diverged} if diverged else {}),
+        },
     )
+
+
+def _rss_mib(pid: int) -> float:
+    """A process's resident set size now (Linux ``VmRSS``), in MiB (0.0 if unreadable)."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
 
 
 def _own_jiffies() -> int:
@@ -242,6 +282,7 @@ def run_raftmw(args: argparse.Namespace, *, round_: int, single: bool, all_flags
     if report["client_errors"]:
         extra["errors"] = report["client_errors"]
     if not single:
+        extra["idle_rss_mib"] = max(report["idle_rss_mib"].values(), default=None)
         extra["peak_rss_mib"] = max(report["peak_rss_mib"].values(), default=None)
     return Run(
         system="raftmw (" + ("all flags on" if all_flags else "default flags") + ")",

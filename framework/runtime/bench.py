@@ -26,6 +26,9 @@ from framework.runtime.workload import percentile, run_workload
 
 __all__ = ["BenchOptions", "run_bench"]
 
+_SETTLE_SECONDS = 1.0
+"""After a leader is elected and before the workload: when each node's idle RSS is read."""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BenchOptions:
@@ -70,6 +73,8 @@ async def _bench(cluster: LocalCluster, options: BenchOptions) -> dict[str, Any]
     cluster.start_all()
     await cluster.wait_serving()
     await cluster.leader()
+    await anyio.sleep(_SETTLE_SECONDS)  # start-up's garbage collected, the leader's first Ready
+    idle_rss = {str(n): _rss_mib(node.pid) for n, node in cluster.nodes.items()}
     sampler = LoadSampler(lambda: [p for node in cluster.nodes.values() if (p := node.pid)])
     cpu_before = {n: node.cpu_seconds() for n, node in cluster.nodes.items()}
     generator_before = time.process_time()
@@ -117,6 +122,7 @@ async def _bench(cluster: LocalCluster, options: BenchOptions) -> dict[str, Any]
         },
         "cluster_cpu_ms_per_1000_writes": cluster_ms_per_1000,
         "machine_load": sampler.report(),
+        "idle_rss_mib": idle_rss,
         "peak_rss_mib": {str(k): round(v / 1024, 1) for k, v in result.peak_rss_kib.items()},
         "failover_ms": round(result.failover_seconds * 1e3, 1)
         if result.failover_seconds is not None
@@ -124,6 +130,20 @@ async def _bench(cluster: LocalCluster, options: BenchOptions) -> dict[str, Any]
         "killed_leader": result.killed_leader or None,
         "client_errors": result.errors,
     }
+
+
+def _rss_mib(pid: int | None) -> float | None:
+    """Resident set size of a process now (Linux ``VmRSS``), in MiB; None if unreadable."""
+    if pid is None:
+        return None
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return None
 
 
 def _print(report: dict[str, Any]) -> None:
@@ -158,6 +178,10 @@ def _print(report: dict[str, Any]) -> None:
     share = report["machine_load"]["other_share"]
     if share is not None:
         table.add_row("other processes' share of the machine", f"{share:.0%}")
+    table.add_row(
+        "idle RSS per node (before the workload)",
+        ", ".join(f"{k}: {v} MiB" for k, v in report["idle_rss_mib"].items()),
+    )
     table.add_row(
         "peak RSS per node", ", ".join(f"{k}: {v} MiB" for k, v in report["peak_rss_mib"].items())
     )
