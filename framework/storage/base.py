@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol, runtime_checkable
 
-from framework.core import ConfState, Entry, HardState, Snapshot
+from framework.core import ConfState, Entry, HardState, Ready, Snapshot
 
 __all__ = [
     "MAX_STORABLE",
@@ -27,6 +27,7 @@ __all__ = [
     "StoredState",
     "check_compact_to",
     "check_storable",
+    "save_ready",
 ]
 
 
@@ -156,3 +157,11 @@ class LogStore(Protocol):
     def close(self) -> None:
         """Release the store (files, locks); it may be reopened afterwards."""
         ...
+
+
+def save_ready(store: LogStore, rd: Ready) -> None:
+    """Step 2 of a ``Ready``: its snapshot, entries and hard state, synced if it must be
+    (called from a worker thread, as every ``LogStore`` call)."""
+    store.save_ready(
+        hard_state=rd.hard_state, entries=rd.entries, snapshot=rd.snapshot, sync=rd.must_sync
+    )
