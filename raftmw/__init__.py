@@ -3,9 +3,11 @@
 ``ReplicatedObject`` with ``@replicated`` and ``@query`` methods (``framework.apps.objects``),
 used remotely through ``ObjectClient`` / ``SyncObjectClient`` (``framework.apps.remote``) or
 in-process through ``embed`` (``framework.embed``); ``LockService``, the distributed lock
-service with leases and fencing tokens (``framework.apps.locks``).
+service with leases and fencing tokens (``framework.apps.locks``); ``NondeterministicCall``,
+what a clock or random call inside a ``@replicated`` method raises.
 """
 
+from framework.apps.determinism import NondeterministicCall
 from framework.apps.locks import LockService
 from framework.apps.objects import ReplicatedError, ReplicatedObject, query, replicated
 from framework.apps.remote import ObjectClient, SyncObjectClient
@@ -14,6 +16,7 @@ from framework.embed import EmbeddedNode, embed
 __all__ = [
     "EmbeddedNode",
     "LockService",
+    "NondeterministicCall",
     "ObjectClient",
     "ReplicatedError",
     "ReplicatedObject",

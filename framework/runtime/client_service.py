@@ -113,7 +113,12 @@ class ClientService:
 
         def done(waiter: Waiter) -> None:
             finished = node._now
-            timeouts.observe("client_request", finished - started, ok=finished < waiter.deadline)
+            # Only outcomes feed the estimate: a completed request, or one that expired (a
+            # timeout). An instant refusal (not the leader, overloaded, bad request) says
+            # nothing about how long requests take and would drag the estimate to zero.
+            if waiter.error is None or finished >= waiter.deadline:
+                ok = waiter.error is None and finished < waiter.deadline
+                timeouts.observe("client_request", finished - started, ok=ok)
             if waiter.error is None:
                 node.health.on_request(finished - started, None)
                 value = waiter.value

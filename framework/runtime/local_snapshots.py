@@ -9,8 +9,9 @@ election timeout cost a leader its leadership (issue #13). Now a snapshot goes i
 
 1. **Capture** (on the loop, between two Readies): the kernel's ``snapshot_point()`` (the
    applied index, its term, the membership), the member addresses and flag state, and the
-   state machine's ``snapshot_chunks()`` iterator, which freezes the state by copy-on-write
-   of keys (``KVStateMachine``): O(sessions), not O(keys).
+   state machine's ``snapshot_chunks()`` iterator, if the application offers one (the KV
+   application does: it freezes its state by copy-on-write of keys, O(sessions), not
+   O(keys)); an application without it is encoded whole by ``snapshot()``.
 2. **Encode** (a task of the node): one chunk of keys at a time, yielding to the loop after
    each, while the node keeps applying (its writes go to the state machine's overlay). The
    pieces are joined once in a worker thread (``bytes.join`` releases the GIL).

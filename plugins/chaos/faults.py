@@ -90,7 +90,7 @@ class ChaosConfig:
         for key in ("drop_to", "delay_to"):
             raw = table.get(key, [])
             if (
-                not isinstance(raw, list)
+                not isinstance(raw, list | tuple)  # settings freeze lists into tuples
                 or len(raw) > 1000
                 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in raw)
             ):
@@ -104,7 +104,7 @@ class ChaosConfig:
                 "plugin.chaos.isolate", "is not a boolean", "true or false", value=isolate
             )
         fail = table.get("fail", [])
-        if not isinstance(fail, list) or not all(s in SEAMS for s in fail):
+        if not isinstance(fail, list | tuple) or not all(s in SEAMS for s in fail):
             raise SettingsError(
                 "plugin.chaos.fail",
                 "is not a list of seams",

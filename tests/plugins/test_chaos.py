@@ -47,6 +47,17 @@ def test_a_node_refuses_to_start_with_bad_chaos_settings() -> None:
         NodeFlags(host, node_id=1, settings=settings)
 
 
+def test_lists_from_a_settings_file_are_accepted(tmp_path: Any) -> None:
+    # Settings freeze TOML lists into tuples: a node given fail/drop_to/delay_to in a file
+    # must start (the plugin reads its table with from_table), not refuse valid settings.
+    file = tmp_path / "chaos.toml"
+    file.write_text('[plugin.chaos]\nfail = ["queue"]\ndrop_to = [2]\ndelay_to = [3]\n')
+    settings = load_settings(files=[str(file)])
+    config = ChaosConfig.from_table(settings.plugin["chaos"])
+    assert config.fail == frozenset({"queue"})
+    assert config.drop_to == frozenset({2}) and config.delay_to == frozenset({3})
+
+
 class FakeStore:
     def __init__(self) -> None:
         self.saved: list[dict[str, Any]] = []

@@ -183,6 +183,25 @@ async def test_a_write_that_cannot_commit_is_answered_retry_at_its_deadline() ->
         assert stats["timeouts"] >= 1
 
 
+async def test_refusals_from_a_follower_are_not_sampled_as_client_request_times() -> None:
+    # A follower answers "not the leader" at once: counted as a request that took no time,
+    # it would pull the adaptive client_request estimate towards zero.
+    async with cluster() as c:
+        leader = await c.wait_leader()
+        follower = next(n for n in c.nodes if n != leader)
+        for seq in range(1, 21):
+            response = await answer_request(
+                c.nodes[follower],
+                ClientRequest(
+                    id=seq, body=KVOp(op="put", key="k", value="v", client_id=3, seq=seq)
+                ),
+            )
+            assert not response.ok and response.error is not None
+            assert response.error.kind == "not_leader"
+        stats = (await c.nodes[follower].status())["performance"]["timeouts"]["client_request"]
+        assert stats["count"] == 0 and stats["timeouts"] == 0
+
+
 async def test_one_client_shared_by_many_tasks_applies_each_write_once() -> None:
     # Each concurrent write holds a session of its own; with one session shared, a retried
     # append would apply twice or be refused as stale.
