@@ -389,6 +389,8 @@ class TcpTransport:
         """Snapshots that arrived whole and were delivered."""
         self.snapshots_failed = 0
         """Outbound transfers that failed or were refused."""
+        self.snapshots_refused = 0
+        """Inbound streams refused: too large, short of their size, or failing the checksum."""
         self._dialer = _TcpDialer(self)
         self._pool: ConnectionPool | None = None
         """The pool dialled traffic goes through while serving."""
@@ -920,6 +922,7 @@ class TcpTransport:
                 observe=self._observe_snapshot,
             )
         except SnapshotRefused as exc:
+            self.snapshots_refused += 1
             conn.close(f"refused a snapshot stream from node {peer_id}: {exc}")
             return
         finally:
