@@ -26,6 +26,7 @@ medians and ranges are printed at the end. Not a test: nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import socket
@@ -191,7 +192,10 @@ async def _trial(mode: str, keys: int, value_size: int) -> dict[str, float]:
                             break
                         await anyio.sleep(0.02)
                 elapsed = time.perf_counter() - started
+            follower_log = (Path(tmp) / "node3.log").read_text()
             return {
+                "snapshots_installed": float(follower_log.count("installed a snapshot")),
+                "streams_received": float(follower_log.count("received the snapshot")),
                 "catch_up_s": elapsed,
                 "follower_peak_mib": _proc_kib(procs[3].pid, "VmHWM") / 1024,
                 "leader_extra_mib": (_proc_kib(pid, "VmHWM") - rss_before) / 1024,
@@ -224,6 +228,7 @@ def main() -> None:
     if args.node:
         ports = [int(p) for p in args.ports.split(",")]
         Path(args.dir).mkdir(parents=True, exist_ok=True)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
         anyio.run(_node, args.node, ports, Path(args.dir), args.mode, args.keys, args.value_size)
         return
     results: dict[str, list[dict[str, float]]] = {mode: [] for mode in MODES}
@@ -239,7 +244,9 @@ def main() -> None:
             print(
                 f"trial {trial + 1} {mode:>6}: catch-up {result['catch_up_s']:.2f} s, follower "
                 f"peak RSS {result['follower_peak_mib']:.0f} MiB, leader extra "
-                f"{result['leader_extra_mib']:.0f} MiB",
+                f"{result['leader_extra_mib']:.0f} MiB, snapshots installed by the follower "
+                f"{result['snapshots_installed']:.0f}, streams received "
+                f"{result['streams_received']:.0f}",
                 flush=True,
             )
     for mode in MODES:
