@@ -65,9 +65,12 @@ The rules this module keeps, and why:
 8. **Snapshots travel on connections of their own** (``snapshot_stream``): an
    ``InstallSnapshot`` given to ``send`` is streamed in chunks on a connection this node
    dials to the receiver for it, whatever their ids (one transfer per peer at a time: the
-   kernel's resends of the same snapshot while one is under way are dropped, a newer
-   snapshot replaces it), so that heartbeats and votes never wait behind it. A transfer
-   that fails or is refused reports the peer unreachable, which makes the kernel resend.
+   kernel's resends of the same snapshot while one is under way, or for a ``snapshot``
+   timeout after it arrived, are dropped; a newer snapshot replaces it), so that heartbeats
+   and votes never wait behind it. The kernel cannot tell a snapshot still streaming or
+   being installed from a lost one: it resends at the first heartbeat answered after it,
+   which on a connection of its own is almost at once. A transfer that fails or is refused
+   reports the peer unreachable, which makes the kernel resend.
    A receiver accepts one inbound stream per peer (a newer one replaces the older) and
    delivers the snapshot once it arrived whole and checked. An ``InstallSnapshot`` inside a
    ``PeerBatch`` (``stream_snapshots=False``) is still accepted, in parts up to
@@ -381,6 +384,9 @@ class TcpTransport:
         self._spool = SnapshotSpool()
         self._sending_snapshots: dict[int, tuple[InstallSnapshot, anyio.CancelScope]] = {}
         """Per peer, the snapshot being streamed to it and the scope of its transfer."""
+        self._sent_snapshots: dict[int, tuple[InstallSnapshot, float]] = {}
+        """Per peer, the snapshot it last received whole, and until when a resend of it is
+        dropped (the follower is still checking and installing it)."""
         self._receiving_snapshots: dict[int, _Connection] = {}
         """Per peer, the connection its snapshot is streaming in on."""
         self.snapshots_sent = 0
@@ -823,10 +829,18 @@ class TcpTransport:
 
     def _start_snapshot(self, state: _Serving, msg: InstallSnapshot) -> None:
         peer = msg.dst
+        delivered = self._sent_snapshots.get(peer)
+        if delivered is not None:
+            sent, until = delivered
+            if _same_snapshot(sent, msg) and anyio.current_time() < until:
+                # The follower has it and is checking or installing it; the kernel, which
+                # cannot tell, resends it at the first heartbeat answer (rule 8).
+                return
+            del self._sent_snapshots[peer]
         current = self._sending_snapshots.get(peer)
         if current is not None:
             sending, scope = current
-            if sending.term == msg.term and sending.snapshot.meta == msg.snapshot.meta:
+            if _same_snapshot(sending, msg):
                 # The kernel resent it: it cannot tell a transfer under way from a lost one.
                 return
             scope.cancel()  # a newer snapshot (or term) replaces it
@@ -842,8 +856,11 @@ class TcpTransport:
         try:
             with scope:
                 address = self._peers.get(peer)
+                size = len(msg.snapshot.data)
                 if address is None:
                     problem = f"node {peer} is not in the address book"
+                elif size > self._max_message_size:
+                    problem = f"{size} bytes exceed max_message_size={self._max_message_size}"
                 else:
                     problem = await self._stream_snapshot_to(peer, address, msg)
         finally:
@@ -855,6 +872,7 @@ class TcpTransport:
         index = msg.snapshot.meta.index
         if problem is None:
             self.snapshots_sent += 1
+            self._sent_snapshots[peer] = (msg, anyio.current_time() + self._snapshot_timeout())
             logger.info(
                 "node %d streamed the snapshot at index %d to node %d", self.node_id, index, peer
             )
@@ -1188,6 +1206,10 @@ class TcpTransport:
         except LOST as exc:
             conn.close(f"connection lost: {exc!r}", level=logging.INFO)
         return None
+
+
+def _same_snapshot(a: InstallSnapshot, b: InstallSnapshot) -> bool:
+    return a.term == b.term and a.snapshot.meta == b.snapshot.meta
 
 
 class _DialledConnection:

@@ -41,10 +41,14 @@ def _snapshot(src: int, dst: int, data: bytes, *, index: int = 100) -> InstallSn
 
 
 @asynccontextmanager
-async def pair(spool: Path, **options: Any) -> AsyncIterator[dict[int, Node[Any]]]:
-    """Nodes 1 and 2 connected; node 1 spools inbound snapshots in ``spool``."""
+async def pair(
+    spool: Path, *, receiver: dict[str, Any] | None = None, **options: Any
+) -> AsyncIterator[dict[int, Node[Any]]]:
+    """Nodes 1 and 2 connected (``receiver`` adds options to node 1's); node 1 spools
+    inbound snapshots in ``spool``."""
     async with anyio.create_task_group() as tg:
-        nodes = {i: Node(make(i, max_frame_size=4096, **options)) for i in (1, 2)}
+        extra = {1: receiver or {}, 2: {}}
+        nodes = {i: Node(make(i, max_frame_size=4096, **options, **extra[i])) for i in (1, 2)}
         nodes[1].transport.use_snapshot_dir(spool)
         for node in nodes.values():
             await node.start(tg)
@@ -80,20 +84,28 @@ async def test_a_snapshot_streams_in_chunks_from_the_higher_id_and_arrives_whole
         await wait_until(lambda: list(tmp_path.iterdir()) == [], "the temporary file gone")
 
 
-async def test_the_kernel_resending_a_snapshot_under_way_costs_no_second_transfer(
+async def test_the_kernel_resending_a_snapshot_costs_no_second_transfer(
     tmp_path: Path,
 ) -> None:
+    """The kernel resends a snapshot at the first heartbeat answered after it, which comes
+    back while the snapshot still streams or is being installed: those resends are dropped
+    until the ``snapshot`` timeout after it arrived; a newer snapshot goes at once."""
     data = b"s" * 200_000
     async with pair(tmp_path) as nodes:
+        nodes[1].transport.use_timeouts(TimingPolicy(seconds=1.0))
         msg = _snapshot(1, 2, data)
         nodes[1].transport.send([msg])
-        nodes[1].transport.send([msg])  # the kernel's resend while it is under way
+        nodes[1].transport.send([msg])  # while it is under way
         await wait_until(lambda: nodes[1].transport.snapshots_sent == 1, "the transfer")
-        await wait_until(lambda: len(nodes[2].inbox.messages) == 1, "the snapshot")
-        await anyio.sleep(0.05)
-        assert nodes[2].transport.snapshots_received == 1
-        nodes[1].transport.send([msg])  # once it is over, a resend is a new transfer
-        await wait_until(lambda: nodes[2].transport.snapshots_received == 2, "a resend")
+        nodes[1].transport.send([msg])  # while the receiver installs it
+        newer = _snapshot(1, 2, data, index=200)
+        nodes[1].transport.send([newer])
+        await wait_until(lambda: len(nodes[2].inbox.messages) == 2, "both snapshots")
+        assert nodes[2].inbox.messages == [msg, newer]
+        assert nodes[2].transport.snapshots_received == 2
+        await anyio.sleep(1.1)  # past the timeout, a resend is a new transfer again
+        nodes[1].transport.send([newer])
+        await wait_until(lambda: nodes[2].transport.snapshots_received == 3, "a resend")
 
 
 class Hostile:
@@ -223,9 +235,17 @@ async def test_a_stalled_stream_times_out_by_the_timeout_policy(tmp_path: Path) 
 
 async def test_a_refused_transfer_reports_the_peer_unreachable(tmp_path: Path) -> None:
     """The sender learns of the refusal and reports it; the kernel then resends."""
-    async with pair(tmp_path, max_message_size=8192) as nodes:
+    async with pair(tmp_path, receiver={"max_message_size": 8192}) as nodes:
         nodes[2].transport.send([_snapshot(2, 1, b"x" * 20_000)])
         await wait_until(lambda: nodes[2].inbox.unreachable == [1], "the report")
         assert nodes[2].transport.snapshots_failed == 1
         assert nodes[1].transport.snapshots_refused == 1
         assert nodes[1].inbox.messages == []
+
+
+async def test_a_snapshot_over_max_message_size_is_not_sent_and_reported(tmp_path: Path) -> None:
+    async with pair(tmp_path, max_message_size=8192) as nodes:
+        nodes[2].transport.send([_snapshot(2, 1, b"x" * 20_000)])
+        await wait_until(lambda: nodes[2].inbox.unreachable == [1], "the report")
+        assert nodes[2].transport.snapshots_failed == 1
+        assert nodes[1].transport.snapshots_refused == 0  # nothing reached it
