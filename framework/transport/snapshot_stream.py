@@ -183,7 +183,8 @@ async def send_snapshot(
     for chunk in _chunks(data, chunk_size):
         frame = await anyio.to_thread.run_sync(_frame_chunk, digest, chunk)
         await _timed(timeout, observe, "a snapshot chunk", lambda f=frame: writer.send(f))
-    await writer.send(encode_frame(SnapshotEnd(sha256=digest.digest())))
+    end = encode_frame(SnapshotEnd(sha256=digest.digest()))
+    await _timed(timeout, observe, "the snapshot's end", lambda: writer.send(end))
 
     async def answer() -> Any:
         return _decode(_ACK, "snapshot answer", await reader.receive())
