@@ -11,7 +11,8 @@ through the log, so that a large state exists without writing a million entries)
 writes go through the log, which makes the leader take a snapshot (threshold 100 entries,
 no trailing entries) holding the whole state. Then node 3 starts on an empty directory: it
 can only be caught up by that snapshot. Measured: the seconds from starting node 3 until it
-has applied the leader's commit index (Python's start-up included, the same in both modes),
+has applied the leader's commit index (Python's start-up included, the same in both modes;
+a trial gives up after ``--limit`` seconds and says so), the elections meanwhile (terms),
 node 3's peak RSS (``VmHWM``), and the leader's peak RSS above what it held just before
 node 3 started (its ``VmHWM`` is reset through ``/proc/<pid>/clear_refs``).
 
@@ -122,7 +123,7 @@ async def _status(client: Any, node_id: int) -> dict[str, Any] | None:
         return None
 
 
-async def _trial(mode: str, keys: int, value_size: int) -> dict[str, float]:
+async def _trial(mode: str, keys: int, value_size: int, limit: float) -> dict[str, float]:
     from framework.client import KVClient
 
     ports = _free_ports(3)
@@ -179,21 +180,27 @@ async def _trial(mode: str, keys: int, value_size: int) -> dict[str, float]:
                         await anyio.sleep(0.1)
                     await anyio.sleep(0.5)  # the snapshot recorded, its file written
                     target = status["commit"]
+                    term = status["term"]
                 pid = procs[leader].pid
                 rss_before = _proc_kib(pid, "VmRSS")
                 _reset_peak(pid)
                 started = time.perf_counter()
                 procs[3] = spawn(3, 0)
+            caught_up = False
             async with KVClient({3: book[3]}, timeout=60.0) as client:
-                with anyio.fail_after(600):
+                with anyio.move_on_after(limit):
                     while True:
                         status = await _status(client, 3)
                         if status is not None and status["applied"] >= target:
+                            caught_up = True
                             break
                         await anyio.sleep(0.02)
                 elapsed = time.perf_counter() - started
+                last = await _status(client, 3)
             follower_log = (Path(tmp) / "node3.log").read_text()
             return {
+                "caught_up": float(caught_up),
+                "elections": float((last or status or {"term": term})["term"] - term),
                 "snapshots_installed": float(follower_log.count("installed a snapshot")),
                 "streams_received": float(follower_log.count("received the snapshot")),
                 "catch_up_s": elapsed,
@@ -220,6 +227,9 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=200_000)
     parser.add_argument("--value-size", type=int, default=100)
     parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument(
+        "--limit", type=float, default=180.0, help="seconds to wait for the follower to catch up"
+    )
     parser.add_argument("--node", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ports", help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
@@ -239,10 +249,13 @@ def main() -> None:
     for trial in range(args.trials):
         order = MODES if trial % 2 == 0 else MODES[::-1]
         for mode in order:
-            result = anyio.run(_trial, mode, args.keys, args.value_size)
+            result = anyio.run(_trial, mode, args.keys, args.value_size, args.limit)
             results[mode].append(result)
             print(
-                f"trial {trial + 1} {mode:>6}: catch-up {result['catch_up_s']:.2f} s, follower "
+                f"trial {trial + 1} {mode:>6}: "
+                + ("" if result["caught_up"] else f"NOT caught up within {args.limit:g} s, ")
+                + f"catch-up {result['catch_up_s']:.2f} s, elections {result['elections']:.0f}, "
+                f"follower "
                 f"peak RSS {result['follower_peak_mib']:.0f} MiB, leader extra "
                 f"{result['leader_extra_mib']:.0f} MiB, snapshots installed by the follower "
                 f"{result['snapshots_installed']:.0f}, streams received "
@@ -251,8 +264,11 @@ def main() -> None:
             )
     for mode in MODES:
         rows = results[mode]
+        caught = sum(int(r["caught_up"]) for r in rows)
         print(
-            f"{mode:>6}: catch-up s {_summary([r['catch_up_s'] for r in rows])}; follower peak "
+            f"{mode:>6}: caught up {caught}/{len(rows)}; elections "
+            f"{_summary([r['elections'] for r in rows])}; catch-up s "
+            f"{_summary([r['catch_up_s'] for r in rows])}; follower peak "
             f"MiB {_summary([r['follower_peak_mib'] for r in rows])}; leader extra MiB "
             f"{_summary([r['leader_extra_mib'] for r in rows])}"
         )
