@@ -8,9 +8,10 @@ Each trial runs three node processes (this script with ``--node``) on loopback, 
 stores in a fresh temporary directory, ``storage.sync = "os"``. Nodes 1 and 2 start with
 ``--keys`` keys put straight into their KV state machines (the same keys on both; not
 through the log, so that a large state exists without writing a million entries), then 200
-writes go through the log, which makes the leader take a snapshot (threshold 100 entries,
-no trailing entries) holding the whole state. Then node 3 starts on an empty directory: it
-can only be caught up by that snapshot. Measured: the seconds from starting node 3 until it
+writes go through the log, which make the leader take snapshots (threshold 100 entries,
+no trailing entries) holding the whole state; once the last is recorded (none is due any
+more, so none is taken while measuring), node 3 starts on an empty directory: it can only
+be caught up by that snapshot. Measured: the seconds from starting node 3 until it
 has applied the leader's commit index (Python's start-up included, the same in both modes;
 a trial gives up after ``--limit`` seconds and says so), the elections meanwhile (terms),
 node 3's peak RSS (``VmHWM``), and the leader's peak RSS above what it held just before
@@ -173,12 +174,18 @@ async def _trial(mode: str, keys: int, value_size: int, limit: float) -> dict[st
                                     await client.put(f"w{w}-{i}", "x")
 
                             tg.start_soon(write)
+                    # Until no further snapshot is due (fewer than the threshold's 100
+                    # entries past the last), so that none is taken during the measure.
                     while True:
                         status = await _status(client, leader)
-                        if status is not None and status["snapshot_index"] >= 100:
+                        if (
+                            status is not None
+                            and status["snapshot_index"] >= 100
+                            and status["commit"] - status["snapshot_index"] < 100
+                        ):
                             break
                         await anyio.sleep(0.1)
-                    await anyio.sleep(0.5)  # the snapshot recorded, its file written
+                    await anyio.sleep(1.0)  # the snapshot recorded, its file written
                     target = status["commit"]
                     term = status["term"]
                 pid = procs[leader].pid
