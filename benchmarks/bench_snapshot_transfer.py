@@ -207,13 +207,13 @@ async def _trial(mode: str, keys: int, value_size: int, limit: float) -> dict[st
             follower_log = (Path(tmp) / "node3.log").read_text()
             return {
                 "caught_up": float(caught_up),
-                "elections": float((last or status or {"term": term})["term"] - term),
+                "elections": float((last or {"term": term})["term"] - term),
                 "snapshots_installed": float(follower_log.count("installed a snapshot")),
                 "streams_received": float(follower_log.count("received the snapshot")),
                 "catch_up_s": elapsed,
                 "follower_peak_mib": _proc_kib(procs[3].pid, "VmHWM") / 1024,
                 "leader_extra_mib": (_proc_kib(pid, "VmHWM") - rss_before) / 1024,
-                "snapshot_index": float(status["snapshot_index"]),
+                "snapshot_index": float((last or {"snapshot_index": 0})["snapshot_index"]),
             }
         finally:
             for proc in procs.values():
