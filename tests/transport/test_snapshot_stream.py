@@ -5,6 +5,7 @@ and what a receiver does with a stream that is corrupt, short, oversized or host
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,10 +15,13 @@ import anyio
 import anyio.abc
 import pytest
 from test_tcp_transport import TimingPolicy, make, wait_until
+from test_tls import certs, context, session, tls_cluster
+from test_tls import hello as tls_hello
 from transport_harness import Node
 
 from framework.core import ConfState, InstallSnapshot, Snapshot, SnapshotMeta
 from framework.transport import PROTOCOL, PROTOCOL_VERSION, Hello, encode_frame
+from framework.transport.certificates import TlsDirectory
 from framework.transport.snapshot_stream import (
     SnapshotAck,
     SnapshotChunk,
@@ -28,6 +32,7 @@ from framework.transport.streams import FrameReader
 from framework.transport.wire import Goodbye
 
 pytestmark = pytest.mark.anyio
+__all__ = ["certs"]  # the module-scoped fixture of node certificates, shared with test_tls
 
 
 @pytest.fixture
@@ -249,3 +254,34 @@ async def test_a_snapshot_over_max_message_size_is_not_sent_and_reported(tmp_pat
         await wait_until(lambda: nodes[2].inbox.unreachable == [1], "the report")
         assert nodes[2].transport.snapshots_failed == 1
         assert nodes[1].transport.snapshots_refused == 0  # nothing reached it
+
+
+# -- with TLS ----------------------------------------------------------------------------------
+
+
+async def test_with_tls_a_snapshot_streams_between_authenticated_nodes(
+    certs: TlsDirectory,
+) -> None:
+    async with tls_cluster(certs, max_frame_size=4096) as nodes:
+        msg = _snapshot(3, 1, DATA)
+        nodes[3].transport.send([msg])  # the highest id dials the lowest for it
+        await wait_until(lambda: nodes[1].inbox.messages == [msg], "the snapshot")
+        assert nodes[3].transport.snapshots_sent == 1
+
+
+async def test_with_tls_a_stream_claiming_another_node_is_refused_unread(
+    certs: TlsDirectory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="raftmw.transport")
+    async with tls_cluster(certs) as nodes:
+        forged = encode_frame(_offer(DATA)) + b"".join(map(encode_frame, _chunks(DATA)))
+        frames = await session(
+            nodes[1].address,
+            tls_hello(role="snapshot", node_id=2) + forged,
+            context(certs, "3"),  # node 3's certificate, claiming to be node 2
+        )
+        assert not any(isinstance(f, Hello) for f in frames)  # it learnt nothing
+        reason = "claiming to be node 2 presented node 3"
+        await wait_until(lambda: reason in caplog.text, "the refusal logged")
+        assert nodes[1].inbox.messages == []
+        assert nodes[1].transport.snapshots_received == 0
