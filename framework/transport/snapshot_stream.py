@@ -18,7 +18,9 @@ that lost its leadership mid-send. Now:
    the kernel already holds) without copying them and frames one chunk at a time, awaiting
    each write: TCP's window is the flow control. The receiver writes each chunk to a
    temporary file (a worker thread) before reading the next, hashing as it goes, and
-   answers ``SnapshotAck``. On either side, a few chunks are in memory, never the snapshot.
+   answers ``SnapshotAck``. On either side, a few chunks are in memory while the snapshot
+   travels, never the whole of it (the receiver reads it back whole once it is checked:
+   the kernel takes a snapshot as bytes).
 3. **Checked whole, then delivered.** A stream whose chunks exceed the offered size, end
    short of it or fail the checksum is refused (``SnapshotAck(ok=False)``, the file
    deleted, nothing delivered). A sound one is read back from the file (a worker thread)
