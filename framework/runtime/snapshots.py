@@ -19,12 +19,17 @@ neither adopts its term nor believes it installed it), and nothing is persisted.
 Checking decodes the whole snapshot, so it runs in a worker thread, one at a time: while a
 check is in flight, further snapshots are dropped like any message the node cannot take
 (the leader sends another).
+
+Over TCP a snapshot arrives streamed on a connection of its own, written to a temporary
+file in the data directory's ``snapshots-incoming`` and checked against its size and
+SHA-256 before it is delivered here (``framework.transport.snapshot_stream``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Final
 
 import anyio
@@ -50,6 +55,9 @@ __all__ = [
 log = logging.getLogger("raftmw.snapshots")
 
 SNAPSHOT_VERSION: Final = 1
+SPOOL_DIR: Final = "snapshots-incoming"
+"""The data directory's subdirectory where snapshots streamed from the leader are written
+while they arrive (``framework.transport.snapshot_stream``)."""
 
 
 class NodeSnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -177,8 +185,13 @@ class InboundSnapshots:
         self.accepted = 0
         """Snapshots that passed the check and went on to the kernel."""
 
-    def start(self, tg: TaskGroup) -> None:
+    def start(self, tg: TaskGroup, transport: object = None, data_dir: Path | None = None) -> None:
+        """Check snapshots in tasks of ``tg``; a transport that streams snapshots
+        (``use_snapshot_dir``) spools them in ``data_dir``."""
         self._tg = tg
+        use_spool = getattr(transport, "use_snapshot_dir", None)
+        if use_spool is not None and data_dir is not None:
+            use_spool(data_dir / SPOOL_DIR)
 
     def receive(self, msg: InstallSnapshot) -> None:
         """Check ``msg`` in a worker thread, then deliver it if it passes."""

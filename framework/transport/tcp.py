@@ -62,6 +62,19 @@ The rules this module keeps, and why:
 7. **Writes are whole frames or the connection is dead.** A write interrupted part-way
    leaves half a frame on the wire; such a connection is never written to again (not even
    a ``Goodbye``).
+8. **Snapshots travel on connections of their own** (``snapshot_stream``): an
+   ``InstallSnapshot`` given to ``send`` is streamed in chunks on a connection this node
+   dials to the receiver for it, whatever their ids (one transfer per peer at a time: the
+   kernel's resends of the same snapshot while one is under way, or for a ``snapshot``
+   timeout after it arrived, are dropped; a newer snapshot replaces it), so that heartbeats
+   and votes never wait behind it. The kernel cannot tell a snapshot still streaming or
+   being installed from a lost one: it resends at the first heartbeat answered after it,
+   which on a connection of its own is almost at once. A transfer that fails or is refused
+   reports the peer unreachable, which makes the kernel resend.
+   A receiver accepts one inbound stream per peer (a newer one replaces the older) and
+   delivers the snapshot once it arrived whole and checked. An ``InstallSnapshot`` inside a
+   ``PeerBatch`` (``stream_snapshots=False``) is still accepted, in parts up to
+   ``max_message_size``.
 """
 
 from __future__ import annotations
@@ -70,6 +83,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
+from pathlib import Path
 from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar
 
 import anyio
@@ -78,7 +92,7 @@ from anyio.abc import SocketAttribute, TaskStatus
 from anyio.streams.tls import TLSStream
 
 import framework.auth as auth  # a module: auth imports this package (the wire types)
-from framework.core import Message
+from framework.core import InstallSnapshot, Message
 from framework.seams import (
     ConnectionPool,
     PeerConnection,
@@ -99,6 +113,15 @@ from framework.transport.base import (
     submit_request,
 )
 from framework.transport.pool import OutboundQueue, TransportPool
+from framework.transport.snapshot_stream import (
+    DEFAULT_SNAPSHOT_CHUNK_SIZE,
+    DEFAULT_SNAPSHOT_TIMEOUT,
+    SnapshotRefused,
+    SnapshotSpool,
+    chunk_size_for,
+    receive_snapshot,
+    send_snapshot,
+)
 from framework.transport.streams import (
     DEFAULT_DEAD_CONNECTION_TIMEOUT,
     DEFAULT_MAX_FRAME_SIZE,
@@ -266,6 +289,8 @@ class TcpTransport:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
         handshake_frame_size: int = DEFAULT_HANDSHAKE_FRAME_SIZE,
+        stream_snapshots: bool = True,
+        snapshot_chunk_size: int = DEFAULT_SNAPSHOT_CHUNK_SIZE,
     ) -> None:
         if node_id <= 0:
             raise ValueError(f"node_id={node_id}: expected a positive node id")
@@ -296,6 +321,8 @@ class TcpTransport:
                 f"handshake_frame_size={handshake_frame_size}: expected 64 bytes to "
                 f"max_frame_size={max_frame_size}"
             )
+        if snapshot_chunk_size <= 0:
+            raise ValueError(f"snapshot_chunk_size={snapshot_chunk_size}: expected bytes > 0")
         if tls is not None and tls.node_id != node_id:
             raise TlsError(f"the TLS identity of node {tls.node_id} was given to node {node_id}")
         self.node_id = node_id
@@ -345,6 +372,33 @@ class TcpTransport:
                 cluster_id=cluster_id,
             )
         )
+        self._snapshot_hello = encode_frame(
+            Hello(
+                protocol=PROTOCOL,
+                version=PROTOCOL_VERSION,
+                role="snapshot",
+                node_id=node_id,
+                cluster_id=cluster_id,
+            )
+        )
+        self._stream_snapshots = stream_snapshots
+        self._chunk_size = chunk_size_for(max_frame_size, snapshot_chunk_size)
+        self._spool = SnapshotSpool()
+        self._sending_snapshots: dict[int, tuple[InstallSnapshot, anyio.CancelScope]] = {}
+        """Per peer, the snapshot being streamed to it and the scope of its transfer."""
+        self._sent_snapshots: dict[int, tuple[InstallSnapshot, float]] = {}
+        """Per peer, the snapshot it last received whole, and until when a resend of it is
+        dropped (the follower is still checking and installing it)."""
+        self._receiving_snapshots: dict[int, _Connection] = {}
+        """Per peer, the connection its snapshot is streaming in on."""
+        self.snapshots_sent = 0
+        """Snapshots streamed whole (the receiver acknowledged them)."""
+        self.snapshots_received = 0
+        """Snapshots that arrived whole and were delivered."""
+        self.snapshots_failed = 0
+        """Outbound transfers that failed or were refused."""
+        self.snapshots_refused = 0
+        """Inbound streams refused: too large, short of their size, or failing the checksum."""
         self._dialer = _TcpDialer(self)
         self._pool: ConnectionPool | None = None
         """The pool dialled traffic goes through while serving."""
@@ -412,6 +466,11 @@ class TcpTransport:
 
     def use_timeouts(self, policy: TimeoutPolicy) -> None:
         self._timeouts = policy
+
+    def use_snapshot_dir(self, directory: Path) -> None:
+        """Write inbound snapshot streams to temporary files in ``directory`` (the node's
+        data directory) instead of the system's temporary directory."""
+        self._spool.use_directory(directory)
 
     def use_pool(self, pool: ConnectionPool) -> None:
         """Send dialled traffic through ``pool`` from now on; its caller runs it.
@@ -501,6 +560,9 @@ class TcpTransport:
         node_id = self.node_id
         by_peer: dict[int, list[Message]] = {}
         for msg in messages:
+            if isinstance(msg, InstallSnapshot) and self._stream_snapshots:
+                self._start_snapshot(state, msg)
+                continue
             batch = by_peer.get(msg.dst)
             if batch is None:
                 by_peer[msg.dst] = [msg]
@@ -574,6 +636,27 @@ class TcpTransport:
                 address, f"node {self.node_id} does not dial node {peer_id} at {address}"
             )
         self._dial_attempts += 1
+        conn = self._open(await self._connect(address), self._max_frame_size)
+        try:
+            established = await self._guard(conn, self._dial_handshake, conn, link, self._hello)
+        except BaseException:
+            await self._finish(conn)
+            raise
+        if established and (link.removed or self._state is not state):
+            conn.close(f"node {peer_id} was removed while dialling", level=logging.INFO)
+        if not established or conn.reason is not None:
+            reason = conn.reason or "handshake failed"
+            await self._finish(conn)
+            raise ConnectionLost(address, reason)
+        # No await from here on: the reader owns the socket before the caller sees it.
+        self._attach(conn, link)
+        handle = _DialledConnection(self, conn, address)
+        state.tg.start_soon(self._read_dialled, handle, link, state)
+        return handle
+
+    async def _connect(self, address: str) -> anyio.abc.ByteStream:
+        """A connected (and, with TLS, secured) stream to ``address``, within the timeout
+        policy's ``connect`` timeout."""
         host, port = parse_address(address)
         policy = self._timeouts
         # A redial after dials that timed out is a retry: the policy's attempt (adaptive: a
@@ -599,23 +682,7 @@ class TcpTransport:
         # timeouts are reported.
         if policy is not None:
             policy.observe("connect", anyio.current_time() - started, ok=True)
-        conn = self._open(stream, self._max_frame_size)
-        try:
-            established = await self._guard(conn, self._dial_handshake, conn, link)
-        except BaseException:
-            await self._finish(conn)
-            raise
-        if established and (link.removed or self._state is not state):
-            conn.close(f"node {peer_id} was removed while dialling", level=logging.INFO)
-        if not established or conn.reason is not None:
-            reason = conn.reason or "handshake failed"
-            await self._finish(conn)
-            raise ConnectionLost(address, reason)
-        # No await from here on: the reader owns the socket before the caller sees it.
-        self._attach(conn, link)
-        handle = _DialledConnection(self, conn, address)
-        state.tg.start_soon(self._read_dialled, handle, link, state)
-        return handle
+        return stream
 
     async def _secure_dialled(self, stream: anyio.abc.ByteStream, address: str) -> TLSStream:
         """The client side of the TLS handshake on a dialled ``stream`` (closed if it fails)."""
@@ -628,7 +695,7 @@ class TcpTransport:
                 raise ConnectionLost(address, f"TLS handshake failed: {exc!r}") from exc
             raise
 
-    async def _dial_handshake(self, conn: _Connection, link: _PeerLink) -> bool:
+    async def _dial_handshake(self, conn: _Connection, link: _PeerLink, hello_frame: bytes) -> bool:
         if self._tls is not None:
             identity = identity_of(conn.stream)
             if identity is None or identity.node_id != link.peer_id:
@@ -639,7 +706,7 @@ class TcpTransport:
                     goodbye=True,
                 )
                 return False
-        await conn.writer.send(self._hello)
+        await conn.writer.send(hello_frame)
         hello = await self._receive_hello(conn)
         if hello is None:
             return False
@@ -768,6 +835,145 @@ class TcpTransport:
             if messages:
                 inbox.deliver(messages)
 
+    # -- streamed snapshots (rule 8, ``snapshot_stream``) ---------------------------------------
+
+    def _start_snapshot(self, state: _Serving, msg: InstallSnapshot) -> None:
+        peer = msg.dst
+        delivered = self._sent_snapshots.get(peer)
+        if delivered is not None:
+            sent, until = delivered
+            if _same_snapshot(sent, msg) and anyio.current_time() < until:
+                # The follower has it and is checking or installing it; the kernel, which
+                # cannot tell, resends it at the first heartbeat answer (rule 8).
+                return
+            del self._sent_snapshots[peer]
+        current = self._sending_snapshots.get(peer)
+        if current is not None:
+            sending, scope = current
+            if _same_snapshot(sending, msg):
+                # The kernel resent it: it cannot tell a transfer under way from a lost one.
+                return
+            scope.cancel()  # a newer snapshot (or term) replaces it
+        scope = anyio.CancelScope()
+        self._sending_snapshots[peer] = (msg, scope)
+        state.tg.start_soon(self._send_snapshot, msg, scope, state)
+
+    async def _send_snapshot(
+        self, msg: InstallSnapshot, scope: anyio.CancelScope, state: _Serving
+    ) -> None:
+        peer = msg.dst
+        problem: str | None = None
+        try:
+            with scope:
+                address = self._peers.get(peer)
+                size = len(msg.snapshot.data)
+                if address is None:
+                    problem = f"node {peer} is not in the address book"
+                elif size > self._max_message_size:
+                    problem = f"{size} bytes exceed max_message_size={self._max_message_size}"
+                else:
+                    problem = await self._stream_snapshot_to(peer, address, msg)
+        finally:
+            current = self._sending_snapshots.get(peer)
+            if current is not None and current[1] is scope:
+                del self._sending_snapshots[peer]
+        if scope.cancelled_caught:
+            return  # replaced by a newer transfer
+        index = msg.snapshot.meta.index
+        if problem is None:
+            self.snapshots_sent += 1
+            self._sent_snapshots[peer] = (msg, anyio.current_time() + self._snapshot_timeout())
+            logger.info(
+                "node %d streamed the snapshot at index %d to node %d", self.node_id, index, peer
+            )
+            return
+        self.snapshots_failed += 1
+        logger.warning(
+            "node %d could not stream the snapshot at index %d to node %d: %s",
+            self.node_id,
+            index,
+            peer,
+            problem,
+        )
+        state.inbox.peer_unreachable(peer)  # the kernel resends it (report_snapshot)
+
+    async def _stream_snapshot_to(
+        self, peer: int, address: str, msg: InstallSnapshot
+    ) -> str | None:
+        """Dial ``peer`` for ``msg`` and stream it; why it failed, or None once it arrived."""
+        try:
+            stream = await self._connect(address)
+        except LOST as exc:
+            return f"cannot connect to {address}: {exc!r}"
+        link = _PeerLink(peer, address, 1)  # what the handshake checks the other end against
+        async with self._connection(stream, self._max_frame_size) as conn:
+            with conn.scope:
+                shaken = await self._guard(
+                    conn, self._dial_handshake, conn, link, self._snapshot_hello
+                )
+                if shaken and await self._guard(conn, self._stream_snapshot_on, conn, msg):
+                    conn.close("snapshot sent", level=logging.DEBUG)
+                    return None
+            return conn.reason or "the handshake failed"
+
+    async def _stream_snapshot_on(self, conn: _Connection, msg: InstallSnapshot) -> bool:
+        try:
+            await send_snapshot(
+                conn.reader,
+                conn.writer,
+                msg,
+                chunk_size=self._chunk_size,
+                timeout=self._snapshot_timeout,
+                observe=self._observe_snapshot,
+            )
+        except SnapshotRefused as exc:
+            conn.close(f"node {msg.dst} refused the snapshot: {exc}")
+            return False
+        return True
+
+    async def _receive_snapshot(self, conn: _Connection, peer_id: int, state: _Serving) -> None:
+        older = self._receiving_snapshots.get(peer_id)
+        if older is not None:
+            older.close(
+                f"replaced by a newer snapshot stream from node {peer_id}", level=logging.INFO
+            )
+        self._receiving_snapshots[peer_id] = conn
+        try:
+            msg = await receive_snapshot(
+                conn.reader,
+                conn.writer,
+                peer_id=peer_id,
+                node_id=self.node_id,
+                spool=self._spool,
+                max_size=self._max_message_size,
+                timeout=self._snapshot_timeout,
+                observe=self._observe_snapshot,
+            )
+        except SnapshotRefused as exc:
+            self.snapshots_refused += 1
+            conn.close(f"refused a snapshot stream from node {peer_id}: {exc}")
+            return
+        finally:
+            if self._receiving_snapshots.get(peer_id) is conn:
+                del self._receiving_snapshots[peer_id]
+        if msg is None:
+            conn.close(f"node {peer_id} said goodbye mid-snapshot")
+            return
+        self.snapshots_received += 1
+        conn.close(
+            f"received the snapshot at index {msg.snapshot.meta.index} from node {peer_id}",
+            level=logging.INFO,
+        )
+        state.inbox.deliver([msg])
+
+    def _snapshot_timeout(self) -> float:
+        policy = self._timeouts
+        return DEFAULT_SNAPSHOT_TIMEOUT if policy is None else policy.timeout("snapshot")
+
+    def _observe_snapshot(self, seconds: float, ok: bool) -> None:
+        if self._timeouts is not None:
+            self._timeouts.observe("snapshot", seconds, ok=ok)
+
     # -- accepting ----------------------------------------------------------------------------
 
     async def _accept_loop(self, listener: anyio.abc.SocketListener, state: _Serving) -> None:
@@ -850,7 +1056,7 @@ class TcpTransport:
             conn.reader.set_limit(self._max_frame_size)
             await self._serve_client(conn, state.clients, principal)
             return
-        refusal = self._refuse_peer(hello, state)
+        refusal = self._refuse_peer(hello, state, dials_us=hello.role == "peer")
         if (
             refusal is None
             and self._tls is not None
@@ -863,17 +1069,21 @@ class TcpTransport:
             return
         await conn.writer.send(self._hello)
         conn.reader.set_limit(self._max_frame_size)
-        await self._run_peer(conn, state.links[hello.node_id], state)
+        if hello.role == "snapshot":
+            await self._receive_snapshot(conn, hello.node_id, state)
+        else:
+            await self._run_peer(conn, state.links[hello.node_id], state)
 
-    def _refuse_peer(self, hello: Hello, state: _Serving) -> str | None:
-        """Why an incoming peer ``hello`` is not acceptable, or ``None``."""
+    def _refuse_peer(self, hello: Hello, state: _Serving, *, dials_us: bool) -> str | None:
+        """Why an incoming peer ``hello`` is not acceptable, or ``None``. Only a peer
+        connection must come from a lower id (rule 1); a snapshot stream may come from any."""
         if hello.cluster_id != self.cluster_id:
             return (
                 f"node {hello.node_id} is in cluster {hello.cluster_id!r}, not {self.cluster_id!r}"
             )
         if hello.node_id not in state.links:
             return f"node {hello.node_id} is not a known peer of node {self.node_id}"
-        if hello.node_id > self.node_id:
+        if dials_us and hello.node_id > self.node_id:
             return (
                 f"node {hello.node_id} dialled node {self.node_id}; the lower id dials, "
                 "so this node dials it"
@@ -1006,6 +1216,10 @@ class TcpTransport:
         except LOST as exc:
             conn.close(f"connection lost: {exc!r}", level=logging.INFO)
         return None
+
+
+def _same_snapshot(a: InstallSnapshot, b: InstallSnapshot) -> bool:
+    return a.term == b.term and a.snapshot.meta == b.snapshot.meta
 
 
 class _DialledConnection:

@@ -8,6 +8,8 @@ another protocol or version is told why in a ``Goodbye`` and disconnected.
   messages coalesced into one write. A single message too large for one frame (a snapshot)
   travels as consecutive ``PeerPart`` frames, each within ``max_frame_size``, which the
   receiver joins (up to ``max_message_size``) and decodes as one ``PeerBatch``.
+- Snapshot connections (``Hello.role == "snapshot"``) carry one streamed snapshot from a
+  peer (``framework.transport.snapshot_stream``), whichever id dials.
 - Client connections (``Hello.role == "client"``) carry ``ClientRequest`` frames, each
   answered by a ``ClientResponse`` with the same ``id`` (responses may come out of order).
 
@@ -104,7 +106,9 @@ class ProtocolError(Exception):
 class Hello(msgspec.Struct, frozen=True, kw_only=True, tag="hello"):
     protocol: str
     version: int
-    role: Literal["peer", "client"]
+    role: Literal["peer", "client", "snapshot"]
+    """``"snapshot"``: a peer opening a connection for one streamed snapshot
+    (``framework.transport.snapshot_stream``)."""
     node_id: _NodeId = 0
     """The sender's node id (peers only)."""
     cluster_id: _Short = ""
