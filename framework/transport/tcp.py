@@ -636,7 +636,7 @@ class TcpTransport:
                 address, f"node {self.node_id} does not dial node {peer_id} at {address}"
             )
         self._dial_attempts += 1
-        conn = self._open(await self._connect(address), self._max_frame_size)
+        conn = self._open(await self._connect(address, link), self._max_frame_size)
         try:
             established = await self._guard(conn, self._dial_handshake, conn, link, self._hello)
         except BaseException:
@@ -654,18 +654,16 @@ class TcpTransport:
         state.tg.start_soon(self._read_dialled, handle, link, state)
         return handle
 
-    async def _connect(self, address: str) -> anyio.abc.ByteStream:
+    async def _connect(self, address: str, link: _PeerLink | None = None) -> anyio.abc.ByteStream:
         """A connected (and, with TLS, secured) stream to ``address``, within the timeout
-        policy's ``connect`` timeout."""
+        policy's ``connect`` timeout; ``link``, the peer link it is for, counts the dials
+        that timed out in a row (a snapshot stream's dial has none: its first attempt)."""
         host, port = parse_address(address)
         policy = self._timeouts
         # A redial after dials that timed out is a retry: the policy's attempt (adaptive: a
         # doubled, jittered deadline; fixed: the same one). Refusals do not count.
-        limit = (
-            self._connect_timeout
-            if policy is None
-            else policy.timeout("connect", link.dial_timeouts)
-        )
+        attempt = 0 if link is None else link.dial_timeouts
+        limit = self._connect_timeout if policy is None else policy.timeout("connect", attempt)
         started = anyio.current_time()
         try:
             with anyio.fail_after(limit):
@@ -673,11 +671,13 @@ class TcpTransport:
                 if self._tls is not None:
                     stream = await self._secure_dialled(stream, address)
         except TimeoutError:
-            link.dial_timeouts += 1
+            if link is not None:
+                link.dial_timeouts += 1
             if policy is not None:
                 policy.observe("connect", anyio.current_time() - started, ok=False)
             raise
-        link.dial_timeouts = 0
+        if link is not None:
+            link.dial_timeouts = 0
         # A refused connection says nothing about how long one takes: only successes and
         # timeouts are reported.
         if policy is not None:
