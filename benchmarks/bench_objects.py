@@ -106,7 +106,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 for i in peers
             ]
             with anyio.fail_after(30):
-                while not any(n.is_leader() for n in nodes):
+                while not any(n.is_leader() for n in nodes):  # noqa: ASYNC110 (polls roles)
                     await anyio.sleep(0.05)
             leader = next(n for n in nodes if n.is_leader())
             obj = leader.object(Notes)
