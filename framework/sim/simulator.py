@@ -40,6 +40,7 @@ A failure raises ``SimulationFailure`` whose message ends with the command that 
 from __future__ import annotations
 
 import argparse
+import bisect
 import random
 import sys
 from collections.abc import Sequence
@@ -83,6 +84,9 @@ __all__ = ["SimOptions", "SimResult", "Simulation", "SimulationFailure", "main",
 
 class SimulationFailure(AssertionError):
     """A safety or liveness property failed; the message names it and how to replay."""
+
+
+LEADER_FAULT_KINDS = ("isolate", "deaf", "after_check", "pause", "crash", "bounce", "transfer_deaf")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -139,6 +143,29 @@ class SimOptions:
     random_reads: float = 0.0
     """Probability that a client sends an operation to a random node, or to a node that
     believes it leads (a deposed leader, maybe), instead of the leader it knows."""
+    leader_fault_kinds: str = ""
+    """Comma-separated kinds of faults aimed at the leader (isolate, deaf, after_check,
+    pause, crash, bounce, transfer_deaf); empty: every kind the other options allow."""
+    quick_restarts: bool = False
+    """Crashed nodes come back after 1 to 3 ticks (a supervisor restarts them at once)
+    instead of 5 to 60."""
+    crash_on_vote: float = 0.0
+    """Probability that a node crashes in the Ready that records a vote it granted, before
+    that Ready is persisted (whatever the kernel sent ahead of persisting is out)."""
+    pause_loses_inbox: bool = False
+    """Messages sent to a paused node are lost (its peers' connections to it time out and
+    drop what they queued), so it resumes knowing nothing of what happened meanwhile."""
+    slow_apply: bool = False
+    """A node performs at most one Ready with committed entries per tick (a slow state
+    machine): a restarted node takes ticks to re-apply its log, commit runs ahead of apply."""
+
+    def __post_init__(self) -> None:
+        unknown = set(filter(None, self.leader_fault_kinds.split(","))) - set(LEADER_FAULT_KINDS)
+        if unknown:
+            raise ValueError(
+                f"leader_fault_kinds={self.leader_fault_kinds!r}: unknown {sorted(unknown)}, "
+                f"expected a comma-separated subset of {', '.join(LEADER_FAULT_KINDS)}"
+            )
 
     @staticmethod
     def mixed(seed: int) -> SimOptions:
@@ -169,6 +196,10 @@ class SimOptions:
             min_voters=rng.choice((1, 2, 3)),
             random_reads=rng.choice((0.0, 0.2, 0.5)),
             leader_faults=rng.choice((0.0, 0.01, 0.03)),
+            quick_restarts=rng.random() < 0.5,
+            crash_on_vote=rng.choice((0.0, 0.0, 0.1)),
+            pause_loses_inbox=rng.random() < 0.3,
+            slow_apply=rng.random() < 0.3,
         )
 
     def command(self) -> str:
@@ -283,6 +314,13 @@ class _Node:
     """Ticks that elapsed on this node's clock while it was paused."""
     backlog: list[bytes] = field(default_factory=list)
     """Messages that arrived while it was paused, handled when it resumes."""
+    applied_at: int = -1
+    """The tick in which it last performed a Ready with committed entries (slow apply)."""
+    deaf_until: int = -1
+    """After a pause that lost its inbox, messages to it are lost until this tick (its
+    peers reconnect with backoff)."""
+    voted: tuple[int, int] = (0, 0)
+    """(term, vote) of the hard state it last persisted."""
 
     @property
     def paused(self) -> bool:
@@ -325,12 +363,20 @@ class Simulation:
         self.entry_ids: dict[tuple[int, int], tuple[int, bytes, int]] = {}
         self.applied_log: dict[int, tuple[int, int, bytes]] = {}
         self.max_commit = 0
+        self.max_term = 0
+        """The highest term any kernel reached so far."""
+        self.commit_marks: list[tuple[int, int]] = []
+        """(max_term when first applied, index): each index committed while no term past
+        max_term existed, so every leader of a later term must hold it."""
         self.digests: dict[int, tuple[bytes, ConfState, int]] = {}
         """applied index -> (state machine bytes, membership, node) first seen there."""
         self.faulty = True
         self.partition_until = -1
         self.cut_after_check = 0
         """A leader to cut off as soon as its check-quorum passes (its lease is longest)."""
+        self.bounce: tuple[int, int, int] | tuple[()] = ()
+        """(tick, leader, severed follower): when to cut off that leader and restart one of
+        its other followers (the second half of the "bounce" leader fault)."""
         self.attempts = 0
         self.trace: list[str] = []
 
@@ -381,6 +427,7 @@ class Simulation:
             node.sm.restore(state.snapshot.data)
         node.applied = state.snapshot.meta.index
         node.persisted_commit = state.hard_state.commit
+        node.voted = (state.hard_state.term, state.hard_state.vote)
         node.proposals.clear()
         node.reads.clear()
         node.ready_reads.clear()
@@ -403,7 +450,9 @@ class Simulation:
         node.ready_reads.clear()
         node.paused_until = -1
         node.backlog.clear()
-        node.down_until = self.now + self.rng.randint(5, 60)
+        node.down_until = self.now + (
+            self.rng.randint(1, 3) if self.options.quick_restarts else self.rng.randint(5, 60)
+        )
         self.network.drop_to(node.id)
         self.result.crashes += 1
 
@@ -484,8 +533,14 @@ class Simulation:
             target = self.nodes.get(dst)
             if target is None or target.kernel is None:
                 continue
+            if target.deaf_until > self.now:
+                self.network.dropped += 1
+                continue
             if target.paused:
-                target.backlog.append(payload)
+                if self.options.pause_loses_inbox:
+                    self.network.dropped += 1
+                else:
+                    target.backlog.append(payload)
                 continue
             self._deliver(target, payload)
         self._run_clients()
@@ -498,6 +553,8 @@ class Simulation:
         self._log(f"resume {node.id} ({missed} ticks)")
         node.paused_until = -1
         node.missed = 0.0
+        if self.options.pause_loses_inbox and self.faulty:
+            node.deaf_until = self.now + self.rng.randint(0, self.options.election_tick)
         for _ in range(missed):
             kernel.tick()
         self._process(node)
@@ -526,8 +583,15 @@ class Simulation:
     # -- performing a Ready --------------------------------------------------------------------
 
     def _process(self, node: _Node) -> None:
+        slow = self.options.slow_apply
         while node.kernel is not None and not node.paused and node.kernel.has_ready():
-            self._handle_ready(node, node.kernel, node.kernel.ready())
+            kernel = node.kernel
+            if slow and node.applied_at == self.now and kernel.log.committed > kernel.log.applied:
+                return  # still applying the last batch: the rest waits for the next tick
+            rd = kernel.ready()
+            if slow and rd.committed_entries:
+                node.applied_at = self.now
+            self._handle_ready(node, kernel, rd)
 
     def _send(self, kernel: RawNode, msgs: Sequence[Message]) -> None:
         for msg in msgs:
@@ -540,6 +604,17 @@ class Simulation:
 
     def _handle_ready(self, node: _Node, kernel: RawNode, rd: Ready) -> None:
         crash_at = node.crash_in_ready if (rd.entries or rd.hard_state) else ""
+        self.max_term = max(self.max_term, kernel.term)
+        hs = rd.hard_state
+        if (
+            self.options.crash_on_vote
+            and hs is not None
+            and hs.vote not in (0, node.id)
+            and (hs.term, hs.vote) != node.voted
+            and self.faulty
+            and self.rng.random() < self.options.crash_on_vote
+        ):
+            crash_at = "before_persist"
         if rd.soft_state is not None:
             # Checked against the Ready's own moment: a step before ``advance`` may move on.
             self._on_soft_state(node, kernel, rd)
@@ -558,6 +633,7 @@ class Simulation:
                     f"after {node.persisted_commit}"
                 )
             node.persisted_commit = rd.hard_state.commit
+            node.voted = (rd.hard_state.term, rd.hard_state.vote)
         node.store.save_ready(
             hard_state=rd.hard_state,
             entries=rd.entries,
@@ -635,7 +711,11 @@ class Simulation:
                 f"state machine safety: node {node.id} applied (index={entry.index}, "
                 f"term={entry.term}) but another node applied term {seen[0]} there"
             )
-        self.max_commit = max(self.max_commit, entry.index)
+        if entry.index > self.max_commit:
+            self.max_commit = entry.index
+            terms = (n.kernel.term for n in self.nodes.values() if n.kernel is not None)
+            self.max_term = max(self.max_term, *terms)
+            self.commit_marks.append((self.max_term, entry.index))
         result = node.sm.apply(entry)
         node.applied = entry.index
         if entry.kind is EntryKind.CONF_CHANGE:
@@ -664,7 +744,10 @@ class Simulation:
                 raise self.fail(f"election safety: nodes {other} and {node.id} lead term {term}")
             self.result.elections += 1
             self._log(f"node {node.id} leads term {term}")
-            committed = self.max_commit
+            # P §5.4: a leader holds every entry committed before its term existed (a
+            # leader of an older term, elected by votes that arrive late, need not).
+            at = bisect.bisect_left(self.commit_marks, (term, -1)) - 1
+            committed = self.commit_marks[at][1] if at >= 0 else 0
             if committed and committed > kernel.log.offset:
                 want = self.applied_log[committed][0]
                 if kernel.log.term(committed) != want:
@@ -855,19 +938,20 @@ class Simulation:
                 self._log(f"pause {victim.id} until {victim.paused_until}")
         if o.transfers and rng.random() < 0.01 * rate:
             leader = self._leader()
-            if leader is not None and leader.kernel is not None:
-                others = [v for v in leader.kernel.conf_state.voters if v != leader.id]
-                if others:
-                    to = rng.choice(others)
-                    try:
-                        leader.kernel.transfer_leader(to)
-                    except ProposalRejected as exc:
-                        self._log(f"transfer refused: {exc}")
-                    else:
-                        self.result.transfers += 1
-                        self._log(f"transfer {leader.id} -> {to}")
-                        self._process(leader)
-        if self.partition_until == self.now:
+            if leader is not None:
+                self._transfer(leader)
+        if self.bounce and self.bounce[0] == self.now:
+            _, leader_id, severed = self.bounce
+            self.bounce = ()
+            self._cut_off(self.nodes[leader_id], Partition.isolate(leader_id, running))
+            others = [
+                n
+                for n in self.nodes.values()
+                if n.kernel is not None and n.id not in (leader_id, severed)
+            ]
+            if others:
+                self._crash(rng.choice(others), f"follower of leader {leader_id}, cut off")
+        elif self.partition_until == self.now:
             self.network.set_partition(Partition.none())
             self._log("partition: none")
         if self.cut_after_check:
@@ -891,6 +975,7 @@ class Simulation:
                     "isolate",
                     "leader_deaf",
                     "mute",
+                    "link",
                 )
             )
             if kind == "halves":
@@ -916,6 +1001,9 @@ class Simulation:
                 partition = Partition.one_way(leader.id if leader else rng.choice(running), running)
             elif kind == "mute":
                 partition = Partition.mute(rng.choice(running), running)
+            elif kind == "link" and len(running) >= 2:
+                a, b = rng.sample(running, 2)
+                partition = Partition.sever(a, b)
             else:
                 partition = Partition.none()
             self.network.set_partition(partition)
@@ -945,14 +1033,69 @@ class Simulation:
                 node.paused_until = -1
                 self.network.drop_to(node.id)
 
+    def _transfer(self, leader: _Node) -> None:
+        kernel = leader.kernel
+        assert kernel is not None
+        others = [v for v in kernel.conf_state.voters if v != leader.id]
+        if not others:
+            return
+        to = self.rng.choice(others)
+        try:
+            kernel.transfer_leader(to)
+        except ProposalRejected as exc:
+            self._log(f"transfer refused: {exc}")
+            return
+        self.result.transfers += 1
+        self._log(f"transfer {leader.id} -> {to}")
+        self._process(leader)
+
     def _leader_fault(self) -> None:
         leader = self._leader()
         if leader is None:
             return
         rng, et = self.rng, self.options.election_tick
         running = sorted(n.id for n in self.nodes.values() if not n.removed)
-        kinds = ["isolate", "deaf", "after_check"] + (["pause"] if self.options.pauses else [])
+        o = self.options
+        kinds = ["isolate", "deaf", "after_check"]
+        kinds += ["pause"] if o.pauses else []
+        kinds += ["crash", "bounce"] if o.crashes else []
+        kinds += ["transfer_deaf"] if o.transfers else []
+        if o.leader_fault_kinds:
+            kinds = [k for k in o.leader_fault_kinds.split(",") if k in kinds]
+            if not kinds:
+                return
         kind = rng.choice(kinds)
+        if kind == "crash":
+            # The leader dies, maybe part-way through a Ready: entries it sent may reach
+            # some followers only (Figure 8's uncommitted entries of a past term).
+            points = _TORN_CRASH_POINTS if o.torn_writes else _CRASH_POINTS
+            if rng.random() < 0.5:
+                self._crash(leader, "leader, between steps")
+            else:
+                leader.crash_in_ready = rng.choice(points)
+            return
+        if kind == "bounce":
+            # The link between the leader and one follower fails (that follower campaigns
+            # again and again, refused while the others hear the leader); later the leader
+            # is cut off while another follower restarts, forgetting the round it answered
+            # just before.
+            followers = [
+                n.id for n in self.nodes.values() if n.kernel is not None and n is not leader
+            ]
+            if len(followers) < 2:
+                return
+            severed = rng.choice(followers)
+            self.network.set_partition(Partition.sever(leader.id, severed))
+            self.partition_until = self.now + rng.randint(et, 3 * et)
+            self.bounce = (self.partition_until, leader.id, severed)
+            self._log(f"partition: link {leader.id}-{severed} cut until {self.partition_until}")
+            return
+        if kind == "transfer_deaf":
+            # A transfer starts and the old leader stops hearing anyone: it never learns
+            # that the target won.
+            self._transfer(leader)
+            self._cut_off(leader, Partition.one_way(leader.id, running))
+            return
         if kind == "after_check":
             self.cut_after_check = leader.id
             return
@@ -1028,6 +1171,7 @@ class Simulation:
         self.network.faults = LinkFaults(min_delay=1, max_delay=calm)
         for node in self.nodes.values():
             node.crash_in_ready = ""
+            node.deaf_until = -1
             if node.kernel is None and not node.removed:
                 self._log(f"restart {node.id}")
                 self._start(node)
