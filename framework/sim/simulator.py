@@ -86,7 +86,16 @@ class SimulationFailure(AssertionError):
     """A safety or liveness property failed; the message names it and how to replay."""
 
 
-LEADER_FAULT_KINDS = ("isolate", "deaf", "after_check", "pause", "crash", "bounce", "transfer_deaf")
+LEADER_FAULT_KINDS = (
+    "isolate",
+    "deaf",
+    "after_check",
+    "pause",
+    "crash",
+    "bounce",
+    "transfer_deaf",
+    "rack",
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -104,6 +113,8 @@ class SimOptions:
     crashes: bool = True
     membership: bool = True
     snapshot_every: int = 30
+    membership_rate: float = 0.01
+    """Probability per tick (times ``fault_rate``) of a membership change."""
     clients: int = 3
     keys: int = 3
     election_tick: int = 10
@@ -145,7 +156,8 @@ class SimOptions:
     believes it leads (a deposed leader, maybe), instead of the leader it knows."""
     leader_fault_kinds: str = ""
     """Comma-separated kinds of faults aimed at the leader (isolate, deaf, after_check,
-    pause, crash, bounce, transfer_deaf); empty: every kind the other options allow."""
+    pause, crash, bounce, transfer_deaf, rack); empty: every kind the other options
+    allow."""
     quick_restarts: bool = False
     """Crashed nodes come back after 1 to 3 ticks (a supervisor restarts them at once)
     instead of 5 to 60."""
@@ -305,6 +317,8 @@ class _Node:
     down_until: int = -1
     removed: bool = False
     removed_at: int = 0
+    retired: bool = False
+    """Decommissioned by the operator (after its removal): never restarts."""
     rate: float = 1.0
     """Ticks of this node's clock per simulator tick (clock drift)."""
     phase: float = 0.0
@@ -321,6 +335,9 @@ class _Node:
     peers reconnect with backoff)."""
     voted: tuple[int, int] = (0, 0)
     """(term, vote) of the hard state it last persisted."""
+    unfinished: tuple[Ready, str] | None = None
+    """A persisted Ready whose entries are still being applied (slow apply), and where in
+    it the node is to crash; ``advance`` comes at the next tick, input keeps arriving."""
 
     @property
     def paused(self) -> bool:
@@ -434,6 +451,7 @@ class Simulation:
         node.crash_in_ready = ""
         node.paused_until = -1
         node.backlog.clear()
+        node.unfinished = None
 
     def _crash(self, node: _Node, why: str, *, torn: Ready | None = None) -> None:
         self._log(f"crash {node.id} ({why})")
@@ -450,6 +468,7 @@ class Simulation:
         node.ready_reads.clear()
         node.paused_until = -1
         node.backlog.clear()
+        node.unfinished = None
         node.down_until = self.now + (
             self.rng.randint(1, 3) if self.options.quick_restarts else self.rng.randint(5, 60)
         )
@@ -513,7 +532,9 @@ class Simulation:
         self.now += 1
         for node in list(self.nodes.values()):
             if node.kernel is None:
-                if self.faulty and not node.removed and 0 <= node.down_until <= self.now:
+                # A removed node that crashes restarts too until it is decommissioned: a
+                # voter that has not applied the removal may still need its vote.
+                if self.faulty and not node.retired and 0 <= node.down_until <= self.now:
                     self._log(f"restart {node.id}")
                     self._start(node)
                 continue
@@ -525,6 +546,9 @@ class Simulation:
                 if node.paused_until > self.now:
                     continue
                 self._resume(node)
+                continue
+            self._finish_unfinished(node)
+            if node.kernel is None:
                 continue
             for _ in range(ticks):
                 node.kernel.tick()
@@ -553,6 +577,9 @@ class Simulation:
         self._log(f"resume {node.id} ({missed} ticks)")
         node.paused_until = -1
         node.missed = 0.0
+        self._finish_unfinished(node)
+        if node.kernel is None:
+            return
         if self.options.pause_loses_inbox and self.faulty:
             node.deaf_until = self.now + self.rng.randint(0, self.options.election_tick)
         for _ in range(missed):
@@ -566,6 +593,8 @@ class Simulation:
 
     def _deliver(self, node: _Node, payload: bytes) -> None:
         assert node.kernel is not None
+        if node.unfinished is not None:
+            self.result.steps_in_ready += 1
         self._step(node, node.kernel, payload)
         self._process(node)
 
@@ -586,12 +615,17 @@ class Simulation:
         slow = self.options.slow_apply
         while node.kernel is not None and not node.paused and node.kernel.has_ready():
             kernel = node.kernel
+            if node.unfinished is not None:
+                return  # applying: the next Ready waits for advance()
             if slow and node.applied_at == self.now and kernel.log.committed > kernel.log.applied:
-                return  # still applying the last batch: the rest waits for the next tick
-            rd = kernel.ready()
-            if slow and rd.committed_entries:
-                node.applied_at = self.now
-            self._handle_ready(node, kernel, rd)
+                return  # applied a batch this tick: the rest waits for the next tick
+            self._handle_ready(node, kernel, kernel.ready())
+
+    def _finish_unfinished(self, node: _Node) -> None:
+        if node.unfinished is not None and node.kernel is not None:
+            rd, crash_at = node.unfinished
+            node.unfinished = None
+            self._finish_ready(node, node.kernel, rd, crash_at)
 
     def _send(self, kernel: RawNode, msgs: Sequence[Message]) -> None:
         for msg in msgs:
@@ -650,6 +684,15 @@ class Simulation:
             for payload in self.network.take_for(node.id, self.now, self.rng.randint(1, 3)):
                 self.result.steps_in_ready += 1
                 self._step(node, kernel, payload)
+        if self.options.slow_apply and rd.committed_entries:
+            # A slow state machine: the entries are applied, and the Ready advanced, at the
+            # next tick; what arrives meanwhile is stepped with this Ready outstanding.
+            node.applied_at = self.now
+            node.unfinished = (rd, crash_at)
+            return
+        self._finish_ready(node, kernel, rd, crash_at)
+
+    def _finish_ready(self, node: _Node, kernel: RawNode, rd: Ready, crash_at: str) -> None:
         if rd.snapshot is not None:
             node.sm.restore(rd.snapshot.data)
             node.applied = rd.snapshot.meta.index
@@ -1017,7 +1060,7 @@ class Simulation:
                 else:
                     points = _TORN_CRASH_POINTS if o.torn_writes else _CRASH_POINTS
                     victim.crash_in_ready = rng.choice(points)
-        if o.membership and rng.random() < 0.01 * rate:
+        if o.membership and rng.random() < o.membership_rate * rate:
             self._membership_event()
             if rng.random() < 0.3:
                 self._membership_event()  # at once: one change at a time must refuse it
@@ -1029,8 +1072,10 @@ class Simulation:
                 if not self._removal_known(node):
                     continue
                 self._log(f"decommission removed node {node.id}")
+                node.retired = True
                 node.kernel = None
                 node.paused_until = -1
+                node.unfinished = None
                 self.network.drop_to(node.id)
 
     def _transfer(self, leader: _Node) -> None:
@@ -1060,6 +1105,7 @@ class Simulation:
         kinds += ["pause"] if o.pauses else []
         kinds += ["crash", "bounce"] if o.crashes else []
         kinds += ["transfer_deaf"] if o.transfers else []
+        kinds += ["rack"] if o.membership else []
         if o.leader_fault_kinds:
             kinds = [k for k in o.leader_fault_kinds.split(",") if k in kinds]
             if not kinds:
@@ -1089,6 +1135,22 @@ class Simulation:
             self.partition_until = self.now + rng.randint(et, 3 * et)
             self.bounce = (self.partition_until, leader.id, severed)
             self._log(f"partition: link {leader.id}-{severed} cut until {self.partition_until}")
+            return
+        if kind == "rack":
+            # A rack loses power: a minority of the voters crash together and come back on
+            # the far side of a partition, re-applying their logs from their snapshots
+            # (with slow apply, for a while on an older membership).
+            assert leader.kernel is not None
+            voters = leader.kernel.conf_state.voters
+            followers = [v for v in voters if v != leader.id]
+            rack = rng.sample(followers, min(len(followers), max(1, len(voters) // 2)))
+            for nid in rack:
+                node = self.nodes[nid]
+                if node.kernel is not None:
+                    self._crash(node, "its rack lost power")
+            side = frozenset(rack)
+            rest = frozenset(running) - side
+            self._cut_off(leader, Partition(name=f"rack {sorted(side)}", groups=(side, rest)))
             return
         if kind == "transfer_deaf":
             # A transfer starts and the old leader stops hearing anyone: it never learns
@@ -1172,7 +1234,7 @@ class Simulation:
         for node in self.nodes.values():
             node.crash_in_ready = ""
             node.deaf_until = -1
-            if node.kernel is None and not node.removed:
+            if node.kernel is None and not node.retired:
                 self._log(f"restart {node.id}")
                 self._start(node)
             elif node.paused and node.kernel is not None:
