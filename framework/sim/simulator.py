@@ -168,8 +168,9 @@ class SimOptions:
     """Messages sent to a paused node are lost (its peers' connections to it time out and
     drop what they queued), so it resumes knowing nothing of what happened meanwhile."""
     slow_apply: bool = False
-    """A node performs at most one Ready with committed entries per tick (a slow state
-    machine): a restarted node takes ticks to re-apply its log, commit runs ahead of apply."""
+    """A slow state machine: it applies one entry per tick, and the Ready that carries them
+    stays outstanding (no ``advance``) until they are applied, while messages, ticks and
+    proposals keep arriving. A restarted node takes ticks to re-apply its log."""
 
     def __post_init__(self) -> None:
         unknown = set(filter(None, self.leader_fault_kinds.split(","))) - set(LEADER_FAULT_KINDS)
@@ -328,8 +329,8 @@ class _Node:
     """Ticks that elapsed on this node's clock while it was paused."""
     backlog: list[bytes] = field(default_factory=list)
     """Messages that arrived while it was paused, handled when it resumes."""
-    applied_at: int = -1
-    """The tick in which it last performed a Ready with committed entries (slow apply)."""
+    apply_until: int = -1
+    """The tick at which the entries of its outstanding Ready are applied (slow apply)."""
     deaf_until: int = -1
     """After a pause that lost its inbox, messages to it are lost until this tick (its
     peers reconnect with backoff)."""
@@ -547,9 +548,10 @@ class Simulation:
                     continue
                 self._resume(node)
                 continue
-            self._finish_unfinished(node)
-            if node.kernel is None:
-                continue
+            if node.apply_until <= self.now:
+                self._finish_unfinished(node)
+                if node.kernel is None:
+                    continue
             for _ in range(ticks):
                 node.kernel.tick()
             self._process(node)
@@ -577,9 +579,10 @@ class Simulation:
         self._log(f"resume {node.id} ({missed} ticks)")
         node.paused_until = -1
         node.missed = 0.0
-        self._finish_unfinished(node)
-        if node.kernel is None:
-            return
+        if node.apply_until <= self.now:
+            self._finish_unfinished(node)
+            if node.kernel is None:
+                return
         if self.options.pause_loses_inbox and self.faulty:
             node.deaf_until = self.now + self.rng.randint(0, self.options.election_tick)
         for _ in range(missed):
@@ -612,14 +615,10 @@ class Simulation:
     # -- performing a Ready --------------------------------------------------------------------
 
     def _process(self, node: _Node) -> None:
-        slow = self.options.slow_apply
         while node.kernel is not None and not node.paused and node.kernel.has_ready():
-            kernel = node.kernel
             if node.unfinished is not None:
                 return  # applying: the next Ready waits for advance()
-            if slow and node.applied_at == self.now and kernel.log.committed > kernel.log.applied:
-                return  # applied a batch this tick: the rest waits for the next tick
-            self._handle_ready(node, kernel, kernel.ready())
+            self._handle_ready(node, node.kernel, node.kernel.ready())
 
     def _finish_unfinished(self, node: _Node) -> None:
         if node.unfinished is not None and node.kernel is not None:
@@ -687,7 +686,7 @@ class Simulation:
         if self.options.slow_apply and rd.committed_entries:
             # A slow state machine: the entries are applied, and the Ready advanced, at the
             # next tick; what arrives meanwhile is stepped with this Ready outstanding.
-            node.applied_at = self.now
+            node.apply_until = self.now + len(rd.committed_entries)
             node.unfinished = (rd, crash_at)
             return
         self._finish_ready(node, kernel, rd, crash_at)
