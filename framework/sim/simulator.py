@@ -392,9 +392,10 @@ class Simulation:
         self.partition_until = -1
         self.cut_after_check = 0
         """A leader to cut off as soon as its check-quorum passes (its lease is longest)."""
-        self.bounce: tuple[int, int, int] | tuple[()] = ()
-        """(tick, leader, severed follower): when to cut off that leader and restart one of
-        its other followers (the second half of the "bounce" leader fault)."""
+        self.clients_cut = 0
+        """A node that clients cannot reach (its client-facing network is down)."""
+        self.bounce: tuple[int, int, int, int] | tuple[()] = ()
+        """(tick, stage, leader, follower): the next step of the "bounce" leader fault."""
         self.attempts = 0
         self.trace: list[str] = []
 
@@ -922,6 +923,12 @@ class Simulation:
             node = self.rng.choice(up)
         if node is None or node.kernel is None or node.paused:
             node = self.rng.choice(up)
+        if node.id == self.clients_cut:
+            # Its client-facing network is down: the connection fails, the client tries
+            # another node soon.
+            client.leader_guess = 0
+            op.retry_at = self.now + self.rng.randint(1, 3)
+            return
         kernel = node.kernel
         assert kernel is not None
         if op.via_read_index:
@@ -983,16 +990,7 @@ class Simulation:
             if leader is not None:
                 self._transfer(leader)
         if self.bounce and self.bounce[0] == self.now:
-            _, leader_id, severed = self.bounce
-            self.bounce = ()
-            self._cut_off(self.nodes[leader_id], Partition.isolate(leader_id, running))
-            others = [
-                n
-                for n in self.nodes.values()
-                if n.kernel is not None and n.id not in (leader_id, severed)
-            ]
-            if others:
-                self._crash(rng.choice(others), f"follower of leader {leader_id}, cut off")
+            self._bounce_step(running)
         elif self.partition_until == self.now:
             self.network.set_partition(Partition.none())
             self._log("partition: none")
@@ -1077,6 +1075,35 @@ class Simulation:
                 node.unfinished = None
                 self.network.drop_to(node.id)
 
+    def _bounce_step(self, running: list[int]) -> None:
+        """The later steps of the "bounce" leader fault."""
+        assert self.bounce
+        _, stage, leader_id, paused = self.bounce
+        et = self.options.election_tick
+        if stage == 1:
+            node = self.nodes[paused]
+            if node.kernel is None or node.paused:
+                self.bounce = ()
+                self.clients_cut = 0
+                return
+            cut_at = self.now + self.rng.randint(et, 2 * et)
+            node.paused_until = cut_at + 4
+            node.missed = 0.0
+            self.result.pauses += 1
+            self._log(f"pause {paused} until {node.paused_until}")
+            self.bounce = (cut_at, 2, leader_id, paused)
+            return
+        self.bounce = ()
+        self.clients_cut = 0
+        self._cut_off(self.nodes[leader_id], Partition.isolate(leader_id, running))
+        others = [
+            n
+            for n in self.nodes.values()
+            if n.kernel is not None and n.id not in (leader_id, paused)
+        ]
+        if others:
+            self._crash(self.rng.choice(others), f"follower of leader {leader_id}, cut off")
+
     def _transfer(self, leader: _Node) -> None:
         kernel = leader.kernel
         assert kernel is not None
@@ -1120,20 +1147,22 @@ class Simulation:
                 leader.crash_in_ready = rng.choice(points)
             return
         if kind == "bounce":
-            # The link between the leader and one follower fails (that follower campaigns
-            # again and again, refused while the others hear the leader); later the leader
-            # is cut off while another follower restarts, forgetting the round it answered
-            # just before.
+            # The leader's client-facing network fails (no more writes reach it); a few
+            # ticks later one follower is paused, its log as up to date as the others'.
+            # Later the leader is cut off from its peers, but not from its clients, while
+            # another follower restarts, forgetting the heartbeat round it answered just
+            # before; the paused follower resumes a few ticks after, its election timeout
+            # long past (see ``_bounce_step``).
             followers = [
                 n.id for n in self.nodes.values() if n.kernel is not None and n is not leader
             ]
             if len(followers) < 2:
                 return
-            severed = rng.choice(followers)
-            self.network.set_partition(Partition.sever(leader.id, severed))
-            self.partition_until = self.now + rng.randint(et, 3 * et)
-            self.bounce = (self.partition_until, leader.id, severed)
-            self._log(f"partition: link {leader.id}-{severed} cut until {self.partition_until}")
+            self.clients_cut = leader.id
+            self.partition_until = self.now + 3 * et + 2 * self.options.max_delay + 4
+            sever_at = self.now + self.options.max_delay + 4
+            self.bounce = (sever_at, 1, leader.id, rng.choice(followers))
+            self._log(f"clients cannot reach {leader.id}")
             return
         if kind == "rack":
             # A rack loses power: a minority of the voters crash together and come back on
@@ -1225,6 +1254,7 @@ class Simulation:
     def _heal(self) -> None:
         self._log("heal: faults stop")
         self.faulty = False
+        self.clients_cut = 0
         self.network.set_partition(Partition.none())
         # Raft is live only when a round trip is well under the election timeout (§5.6:
         # broadcastTime << electionTimeout); long delays are a fault that stops here too.
