@@ -759,6 +759,8 @@ class Simulation:
             terms = (n.kernel.term for n in self.nodes.values() if n.kernel is not None)
             self.max_term = max(self.max_term, *terms)
             self.commit_marks.append((self.max_term, entry.index))
+            if not self.options.membership:
+                self._check_electable(entry)
         result = node.sm.apply(entry)
         node.applied = entry.index
         if entry.kind is EntryKind.CONF_CHANGE:
@@ -770,6 +772,35 @@ class Simulation:
                 self._complete(client_id, attempt, result)
             else:
                 self._retry_soon(client_id, attempt)
+
+    def _check_electable(self, entry: Entry) -> None:
+        """No node without a committed entry can win an election (P §5.4.3's argument).
+
+        In Raft a majority stores a committed entry, and a log at least as up to date as
+        one of theirs holds it; so the voters a node lacking the entry could get votes from
+        (those whose logs its own log is at least as up to date as) are a minority. Checked
+        among running nodes, for the fixed membership of runs without changes, when an
+        index is first applied: a commit rule that counts replicas of an entry from an
+        earlier term (Figure 8) fails here before any later leader overwrites the entry."""
+        logs = {
+            n.id: n.kernel.log
+            for n in self.nodes.values()
+            if n.kernel is not None and n.id <= self.options.nodes
+        }
+        need = self.options.nodes // 2 + 1
+        for nid, log in logs.items():
+            if entry.index <= log.offset or log.term(entry.index) == entry.term:
+                continue
+            mine = (log.last_term(), log.last_index())
+            electors = [
+                v for v, other in logs.items() if mine >= (other.last_term(), other.last_index())
+            ]
+            if len(electors) >= need:
+                raise self.fail(
+                    f"leader completeness: node {nid} lacks the committed entry "
+                    f"(index={entry.index}, term={entry.term}) yet its log is as up to date "
+                    f"as those of nodes {sorted(electors)}, a majority: it could be elected"
+                )
 
     def _on_conf_change(self, node: _Node, entry: Entry) -> None:
         change = decode_conf_change(entry.data)

@@ -10,7 +10,11 @@ before it is stored; ReadIndex answered without a heartbeat quorum; no one-chang
 rule; no campaign guard; lease reads as they were before issue 14 (served from check-quorum
 alone); votes granted regardless of the candidate's log; and the bugs issue 14 fixed: a
 transfer that keeps the lease, a conf change re-applied over a newer snapshot, a restarted
-node that forgets the lease it granted, and a runtime that adds one tick per wake-up.
+node that forgets the lease it granted, and a runtime that adds one tick per wake-up. Every
+one is caught within its budget; the whole module costs about 25 CPU-seconds.
+
+Each schedule is a fault mix the honest kernel survives, aimed at one bug: which faults,
+and which check sees the bug, is said above each entry of ``MUTANTS``.
 
 The seed at which each mutant is caught is printed (``-s``) and listed in the README.
 """
@@ -226,12 +230,12 @@ MUTANTS: dict[str, Mutant] = {
     "many_changes_at_a_time": Mutant(
         _many_changes_at_a_time, 40, {**MEMBERSHIP, "fault_rate": 6.0, "leader_faults": 0.0}
     ),
-    # A window of a few ticks between the new leader's first commit and the old leader's
-    # check-quorum step-down must meet a read at the old leader.
+    # A leader that hears nobody (or is cut off just after its check-quorum passed) keeps
+    # leading until its next check; the others elect a leader and write meanwhile.
     "lease_from_check_quorum_alone": Mutant(
         _lease_from_check_quorum_alone,
-        130,
-        {**LEADER_CUT, "clients": 12, "lease_reads": True, "check_quorum": True},
+        60,
+        {**LEASE, "clients": 12, "leader_fault_kinds": "deaf,after_check,isolate"},
     ),
     # A transfer starts and the old leader hears nobody from then on: it keeps serving
     # lease reads while the target, elected past the lease, commits.
@@ -330,18 +334,18 @@ MUTANTS: dict[str, Mutant] = {
             "step_in_ready": 0.0,
         },
     ),
-}
-"""Mutants the simulator catches within a CI budget (seeds from 0)."""
-
-SLOW_MUTANTS: dict[str, Mutant] = {
+    # Leaders crash over and over (quick restarts, lossy links, one entry per message):
+    # logs grow tails of different terms, and a new leader ships its predecessors' entries
+    # before its own no-op. Counting replicas commits such an entry while a node with a
+    # newer-term tail that lacks it could still be elected (the electable-node check).
     "figure8_commit_by_counting": Mutant(
         _figure8_commit_by_counting,
-        200,
+        60,
         {
             **HARSH,
             "drop": 0.3,
             "max_delay": 4,
-            "leader_faults": 0.2,
+            "leader_faults": 0.3,
             "leader_fault_kinds": "crash",
             "quick_restarts": True,
             "max_size_per_msg": 64,
@@ -351,8 +355,7 @@ SLOW_MUTANTS: dict[str, Mutant] = {
         },
     ),
 }
-"""Mutants the simulator has not caught within a CI budget; ``python
-tests/sim/test_mutations.py NAME SEEDS`` searches further (the README lists what was found)."""
+"""Mutants the simulator catches within a CI budget (seeds from 0)."""
 
 
 def first_failing_seed(mutant: Mutant) -> tuple[int, str]:
@@ -382,19 +385,21 @@ def test_the_simulator_catches_the_mutant_and_passes_the_honest_kernel(name: str
 
 
 def main(argv: list[str]) -> int:
-    """``python tests/sim/test_mutations.py NAME [SEEDS]``: search for one mutant."""
-    everything = {**MUTANTS, **SLOW_MUTANTS}
-    if not argv or argv[0] not in everything:
-        print("mutants: " + ", ".join(everything))
+    """``python tests/sim/test_mutations.py NAME [SEEDS]``: search for one mutant (further
+    than its budget with SEEDS)."""
+    if not argv or argv[0] not in MUTANTS:
+        print("mutants: " + ", ".join(MUTANTS))
         return 2
-    mutant = everything[argv[0]]
+    mutant = MUTANTS[argv[0]]
     if len(argv) > 1:
         mutant = Mutant(mutant.patch, int(argv[1]), mutant.schedule)
     with pytest.MonkeyPatch.context() as mp:
         mutant.patch(mp)
         seed, why = first_failing_seed(mutant)
-    print(f"{argv[0]}: " + (f"caught at seed {seed}: {why}" if seed >= 0 else
-                            f"not caught in {mutant.budget} seeds"))
+    print(
+        f"{argv[0]}: "
+        + (f"caught at seed {seed}: {why}" if seed >= 0 else f"not caught in {mutant.budget} seeds")
+    )
     return 0 if seed >= 0 else 1
 
 
