@@ -3,9 +3,9 @@
     python benchmarks/sim_sweep.py --start 0 --seconds 1200
 
 Runs seeds ``start, start + 1, ...`` (each with ``SimOptions.mixed(seed)``, as the test
-suite does) until ``seconds`` of CPU time are spent in this process (or ``--wall-seconds`` pass, on a
-loaded machine), then prints the range
-swept, how many passed and every failure with its replay command. Anything a seed raises
+suite does) until ``seconds`` of CPU time are spent in this process (or ``--wall-seconds``
+pass, on a loaded machine), then prints the range swept, how many passed and every failure
+with its replay command. Anything a seed raises
 counts as a failure, not only ``SimulationFailure``: a kernel that raises ``KernelMisuse``
 under some schedule is a finding too. Exit status 1 if any seed failed. One process, one
 core: run it under ``nice`` on a shared machine.
