@@ -3,24 +3,38 @@
 Theory of operation
 -------------------
 One ``random.Random(seed)`` drives everything: the network (``SimNetwork``: loss, delay,
-long delays, reordering, duplication, partitions, one-way ones too), crashes and restarts,
-pauses, clock drift, leadership transfers, faults aimed at the leader, membership changes
-and the clients. Each node is a ``RawNode`` over a ``SimDisk``; the simulator performs every
-``Ready`` in the documented order (send, persist, send-after-persist, apply, advance),
-sometimes stepping messages that arrive meanwhile before ``advance`` (the contract allows
-it) and applying only a few entries per Ready (apply lag). A crash throws the kernel and the
-state machine away and keeps only what the disk kept: synced writes, a random prefix of
-the unsynced ones, and, for a crash in the middle of a write, a prefix of it (``SimDisk``);
-a crash can strike before, during or after the write, or after applying. A paused node
-keeps its state, receives nothing and ticks not; it resumes with every tick it missed (as
-the runtime's ``TickClock`` delivers them), then what arrived meanwhile. Each node's clock
-ticks at its own rate (``clock_drift``) from its own phase.
+long delays, reordering, duplication, partitions, one-way ones and single severed links),
+crashes and restarts (quick ones too, and crashes in the Ready that records a granted
+vote), pauses, clock drift, leadership transfers, faults aimed at the leader, membership
+changes and the clients. Each node is a ``RawNode`` over a ``SimDisk``; the simulator
+performs every ``Ready`` in the documented order (send, persist, send-after-persist, apply,
+advance), sometimes stepping messages that arrive meanwhile before ``advance`` (the
+contract allows it) and applying only a few entries per Ready (apply lag). With slow apply
+a node applies one entry per tick and its Ready stays outstanding until it has: messages,
+ticks and proposals are stepped meanwhile, and a restarted node re-applies its log for
+ticks. A crash throws the kernel and the state machine away and keeps only what the disk
+kept: synced writes, a random prefix of the unsynced ones, and, for a crash in the middle
+of a write, a prefix of it (``SimDisk``); a crash can strike before, during or after the
+write, or after applying. A paused node keeps its state, receives nothing and ticks not; it
+resumes with every tick it missed (as the runtime's ``TickClock`` delivers them), then what
+arrived meanwhile, unless its inbox was lost (its peers' connections timed out; it then
+stays deaf for up to an election timeout). Each node's clock ticks at its own rate
+(``clock_drift``) from its own phase.
+
+Faults aimed at the leader (``leader_faults``, ``leader_fault_kinds``): cut it off, make it
+deaf, cut it off just after its check-quorum passed, pause it, crash it (maybe part-way
+through a Ready), start a transfer and deafen it, crash a minority "rack" of voters that
+comes back partitioned off, and "bounce": its clients lose it, a follower pauses, then it
+is cut off from its peers while another follower restarts and the paused one resumes.
 
 Checked after every step (a message delivered, a tick, a Ready performed):
 - election safety: at most one leader per term (P §5.2);
 - log matching: an ``(index, term)`` pair names one entry, with one predecessor term, on
   every node that ever stores it (P §5.3; by induction the prefixes are equal);
-- leader completeness: a new leader's log holds the last globally committed entry (P §5.4);
+- leader completeness: a new leader's log holds every entry committed before its term
+  existed (P §5.4; a leader of an older term whose votes arrive late need not); and, in
+  runs without membership changes, when an index first commits, no node lacking it has a
+  log at least as up to date as a majority's (it could be elected: Figure 8);
 - state machine safety: every node applies the same entry at each index (P §5.4.3);
 - durable commit: the commit index a node persisted never goes backward;
 - replica agreement: nodes at the same applied index hold the same state machine bytes and
@@ -256,6 +270,8 @@ class SimResult:
     lost_writes: int = 0
     steps_in_ready: int = 0
     digests_compared: int = 0
+    aimed_faults: dict[str, int] = field(default_factory=dict)
+    """Faults aimed at the leader, by kind."""
 
     def summary(self) -> str:
         return (
@@ -1168,6 +1184,7 @@ class Simulation:
             if not kinds:
                 return
         kind = rng.choice(kinds)
+        self.result.aimed_faults[kind] = self.result.aimed_faults.get(kind, 0) + 1
         if kind == "crash":
             # The leader dies, maybe part-way through a Ready: entries it sent may reach
             # some followers only (Figure 8's uncommitted entries of a past term).
