@@ -26,7 +26,15 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from framework.core import raft
+from framework.core import (
+    ConfChange,
+    KernelMisuse,
+    Message,
+    Ready,
+    decode_conf_change,
+    encode_conf_change,
+    raft,
+)
 from framework.core.entries import EntryKind, Role
 from framework.core.log import RaftLog
 from framework.core.messages import VoteResponse
@@ -66,7 +74,7 @@ def _vote_sent_before_stored(mp: pytest.MonkeyPatch) -> None:
     """Vote responses leave with the messages that need no persistence."""
     send = raft.RawNode._send
 
-    def early_send(self: raft.RawNode, msg: raft.Message) -> None:
+    def early_send(self: raft.RawNode, msg: Message) -> None:
         if isinstance(msg, VoteResponse):
             self._messages.append(msg)
         else:
@@ -90,10 +98,10 @@ def _read_index_without_quorum(mp: pytest.MonkeyPatch) -> None:
 def _many_changes_at_a_time(mp: pytest.MonkeyPatch) -> None:
     """A leader proposes a membership change while an earlier one is unapplied."""
 
-    def propose_conf_change(self: raft.RawNode, change: raft.ConfChange) -> int:
+    def propose_conf_change(self: raft.RawNode, change: ConfChange) -> int:
         self._require_leader()
         self._check_conf_change(change)
-        return self._propose_entry(EntryKind.CONF_CHANGE, raft.encode_conf_change(change))
+        return self._propose_entry(EntryKind.CONF_CHANGE, encode_conf_change(change))
 
     mp.setattr(raft.RawNode, "propose_conf_change", propose_conf_change)
 
@@ -141,9 +149,9 @@ def _conf_reapplied_over_snapshot(mp: pytest.MonkeyPatch) -> None:
     """Issue 14 item 3: ``advance`` applies every conf change of the Ready, also those a
     snapshot stepped in since ``ready()`` already covers."""
 
-    def advance(self: raft.RawNode, rd: raft.Ready) -> None:
+    def advance(self: raft.RawNode, rd: Ready) -> None:
         if rd is not self._outstanding:
-            raise raft.KernelMisuse("advance() with a Ready that is not the outstanding one")
+            raise KernelMisuse("advance() with a Ready that is not the outstanding one")
         self._outstanding = None
         if rd.snapshot is not None:
             if self._pending_snapshot is rd.snapshot:
@@ -161,7 +169,7 @@ def _conf_reapplied_over_snapshot(mp: pytest.MonkeyPatch) -> None:
         if rd.committed_entries:
             for entry in rd.committed_entries:
                 if entry.kind is EntryKind.CONF_CHANGE:
-                    self._apply_conf_change(raft.decode_conf_change(entry.data))
+                    self._apply_conf_change(decode_conf_change(entry.data))
             last_index = rd.committed_entries[-1].index
             if last_index > self.log.applied:
                 self.log.applied_to(last_index)
@@ -184,8 +192,8 @@ def _no_patch(mp: pytest.MonkeyPatch) -> None:
     """The kernel is honest; the runtime is not (see the schedule)."""
 
 
-HARSH = {"fault_rate": 4.0, "nodes": 5, "crashes": True, "partitions": True}
-LEADER_CUT = {
+HARSH: dict[str, object] = {"fault_rate": 4.0, "nodes": 5, "crashes": True, "partitions": True}
+LEADER_CUT: dict[str, object] = {
     "nodes": 3,
     "clients": 8,
     "keys": 1,
@@ -195,7 +203,7 @@ LEADER_CUT = {
     "partitions": False,
     "membership": False,
 }
-LEASE = {
+LEASE: dict[str, object] = {
     **LEADER_CUT,
     "lease_reads": True,
     "check_quorum": True,
@@ -205,7 +213,7 @@ LEASE = {
     "lease_drift_ticks": 2,
     "max_delay": 1,
 }
-MEMBERSHIP = {
+MEMBERSHIP: dict[str, object] = {
     "nodes": 5,
     "membership": True,
     "min_voters": 1,
@@ -377,16 +385,34 @@ def test_the_simulator_catches_the_mutant_and_passes_the_honest_kernel(name: str
         seed, why = first_failing_seed(mutant)
     assert seed >= 0, f"{name}: not caught within {mutant.budget} seeds"
     print(f"{name}: caught at seed {seed} ({seed + 1} seeds): {why}")
-    honest_schedule = {**mutant.schedule}
-    if "catch_up_ticks" in honest_schedule:  # the honest runtime catches up its ticks
-        honest_schedule["catch_up_ticks"] = True
     for honest in range(seed + 1):
-        run_seed(honest, **honest_schedule)
+        run_seed(honest, **honest_schedule(mutant))
+
+
+def honest_schedule(mutant: Mutant) -> dict[str, object]:
+    """The mutant's schedule for the honest kernel (and, for the runtime mutant, the honest
+    runtime, which catches up its ticks)."""
+    schedule = {**mutant.schedule}
+    if "catch_up_ticks" in schedule:
+        schedule["catch_up_ticks"] = True
+    return schedule
 
 
 def main(argv: list[str]) -> int:
     """``python tests/sim/test_mutations.py NAME [SEEDS]``: search for one mutant (further
-    than its budget with SEEDS)."""
+    than its budget with SEEDS); ``--honest SEEDS``: run the honest kernel on every
+    schedule for seeds 0 to SEEDS - 1."""
+    if len(argv) == 2 and argv[0] == "--honest":
+        failed = 0
+        for name, mutant in MUTANTS.items():
+            for seed in range(int(argv[1])):
+                try:
+                    run_seed(seed, **honest_schedule(mutant))
+                except SimulationFailure as exc:
+                    failed += 1
+                    print(f"{name}: honest kernel failed seed {seed}: {exc}")
+            print(f"{name}: honest kernel ran seeds 0-{int(argv[1]) - 1}")
+        return 1 if failed else 0
     if not argv or argv[0] not in MUTANTS:
         print("mutants: " + ", ".join(MUTANTS))
         return 2

@@ -71,13 +71,13 @@ def test_the_replay_command_runs() -> None:
 
 def test_a_broken_kernel_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """The checks can fail: a kernel that grants every vote breaks election safety."""
-    from framework.core import raft
+    from framework.core import VoteRequest, VoteResponse, raft
 
-    def reckless_vote(self: raft.RawNode, msg: raft.VoteRequest) -> None:
+    def reckless_vote(self: raft.RawNode, msg: VoteRequest) -> None:
         if not msg.pre_vote:
             self.vote = msg.src
         self._send(
-            raft.VoteResponse(
+            VoteResponse(
                 src=self.id, dst=msg.src, term=msg.term, granted=True, pre_vote=msg.pre_vote
             )
         )
