@@ -1311,6 +1311,8 @@ class Simulation:
         for node in self.nodes.values():
             node.crash_in_ready = ""
             node.deaf_until = -1
+            if node.unfinished is not None:  # no crash planned in a Ready still applying
+                node.unfinished = (node.unfinished[0], "")
             if node.kernel is None and not node.retired:
                 self._log(f"restart {node.id}")
                 self._start(node)
