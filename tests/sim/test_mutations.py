@@ -256,7 +256,9 @@ MUTANTS: dict[str, Mutant] = {
         {**LEADER_CUT, "lease_reads": False, "check_quorum": False, "pre_vote": False},
     ),
     "many_changes_at_a_time": Mutant(
-        _many_changes_at_a_time, 40, {**MEMBERSHIP, "fault_rate": 6.0, "leader_faults": 0.0}
+        _many_changes_at_a_time,
+        40,
+        {**MEMBERSHIP, "fault_rate": 6.0, "leader_faults": 0.0, "membership_rate": 0.05},
     ),
     # A leader that hears nobody (or is cut off just after its check-quorum passed) keeps
     # leading until its next check; the others elect a leader and write meanwhile.
