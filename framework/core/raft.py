@@ -794,6 +794,10 @@ class RawNode:
                 self._become_follower(self.term, 0)
                 return
             self.transferee = 0  # a transfer that did not finish in time is abandoned
+            if self.id not in self.conf_state.voters:
+                self._hand_over_after_removal()  # removed: try again
+                if self.role is not Role.LEADER:
+                    return
         if self.heartbeat_elapsed >= self.config.heartbeat_tick:
             self.heartbeat_elapsed = 0
             self._broadcast_heartbeat()
@@ -1374,13 +1378,27 @@ class RawNode:
             self._broadcast_append(send_if_empty=True)
 
     def _hand_over_after_removal(self) -> None:
-        """A removed leader steps down, first asking the most caught-up voter to campaign."""
+        """A removed leader hands leadership to the most caught-up voter.
+
+        If that voter holds our whole log, it is told to campaign now (TimeoutNow) and we
+        step down. If not, we stay leader, refusing proposals, and transfer to it: it
+        campaigns once it has caught up (retried each election timeout). Stepping down at
+        once could leave no electable voter: one that has not learnt that our removal
+        committed still counts our vote, which we refuse it while our log is longer than
+        its own (found by a simulator sweep, seeds 6452 and 10598).
+        """
         best = max(
             (nid for nid in self.conf_state.voters if nid in self.progress),
             key=lambda nid: self.progress[nid].match,
             default=0,
         )
-        if best and self.progress[best].match == self.log.last_index():
+        if best and self.progress[best].match < self.log.last_index():
+            self.transferee = best
+            self._transfer_term = self.term
+            self.election_elapsed = 0
+            self._append_to[best] = True
+            return
+        if best:
             self._send(TimeoutNow(src=self.id, dst=best, term=self.term))
         self._become_follower(self.term, 0)
 

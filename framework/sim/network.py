@@ -96,6 +96,11 @@ class Partition:
         return Partition(name=f"nobody hears {node}", groups=(), cut=cut)
 
     @staticmethod
+    def sever(a: int, b: int) -> Partition:
+        """The one link between ``a`` and ``b`` is cut, both ways; everything else works."""
+        return Partition(name=f"link {a}-{b} cut", groups=(), cut=frozenset({(a, b), (b, a)}))
+
+    @staticmethod
     def bridge(nodes: list[int], rng: random.Random) -> Partition:
         """Two sides that cannot talk, and one node that talks to both."""
         shuffled = nodes[:]

@@ -3,24 +3,38 @@
 Theory of operation
 -------------------
 One ``random.Random(seed)`` drives everything: the network (``SimNetwork``: loss, delay,
-long delays, reordering, duplication, partitions, one-way ones too), crashes and restarts,
-pauses, clock drift, leadership transfers, faults aimed at the leader, membership changes
-and the clients. Each node is a ``RawNode`` over a ``SimDisk``; the simulator performs every
-``Ready`` in the documented order (send, persist, send-after-persist, apply, advance),
-sometimes stepping messages that arrive meanwhile before ``advance`` (the contract allows
-it) and applying only a few entries per Ready (apply lag). A crash throws the kernel and the
-state machine away and keeps only what the disk kept: synced writes, a random prefix of
-the unsynced ones, and, for a crash in the middle of a write, a prefix of it (``SimDisk``);
-a crash can strike before, during or after the write, or after applying. A paused node
-keeps its state, receives nothing and ticks not; it resumes with every tick it missed (as
-the runtime's ``TickClock`` delivers them), then what arrived meanwhile. Each node's clock
-ticks at its own rate (``clock_drift``) from its own phase.
+long delays, reordering, duplication, partitions, one-way ones and single severed links),
+crashes and restarts (quick ones too, and crashes in the Ready that records a granted
+vote), pauses, clock drift, leadership transfers, faults aimed at the leader, membership
+changes and the clients. Each node is a ``RawNode`` over a ``SimDisk``; the simulator
+performs every ``Ready`` in the documented order (send, persist, send-after-persist, apply,
+advance), sometimes stepping messages that arrive meanwhile before ``advance`` (the
+contract allows it) and applying only a few entries per Ready (apply lag). With slow apply
+a node applies one entry per tick and its Ready stays outstanding until it has: messages,
+ticks and proposals are stepped meanwhile, and a restarted node re-applies its log for
+ticks. A crash throws the kernel and the state machine away and keeps only what the disk
+kept: synced writes, a random prefix of the unsynced ones, and, for a crash in the middle
+of a write, a prefix of it (``SimDisk``); a crash can strike before, during or after the
+write, or after applying. A paused node keeps its state, receives nothing and ticks not; it
+resumes with every tick it missed (as the runtime's ``TickClock`` delivers them), then what
+arrived meanwhile, unless its inbox was lost (its peers' connections timed out; it then
+stays deaf for up to an election timeout). Each node's clock ticks at its own rate
+(``clock_drift``) from its own phase.
+
+Faults aimed at the leader (``leader_faults``, ``leader_fault_kinds``): cut it off, make it
+deaf, cut it off just after its check-quorum passed, pause it, crash it (maybe part-way
+through a Ready), start a transfer and deafen it, crash a minority "rack" of voters that
+comes back partitioned off, and "bounce": its clients lose it, a follower pauses, then it
+is cut off from its peers while another follower restarts and the paused one resumes.
 
 Checked after every step (a message delivered, a tick, a Ready performed):
 - election safety: at most one leader per term (P §5.2);
 - log matching: an ``(index, term)`` pair names one entry, with one predecessor term, on
   every node that ever stores it (P §5.3; by induction the prefixes are equal);
-- leader completeness: a new leader's log holds the last globally committed entry (P §5.4);
+- leader completeness: a new leader's log holds every entry committed before its term
+  existed (P §5.4; a leader of an older term whose votes arrive late need not); and, in
+  runs without membership changes, when an index first commits, no node lacking it has a
+  log at least as up to date as a majority's (it could be elected: Figure 8);
 - state machine safety: every node applies the same entry at each index (P §5.4.3);
 - durable commit: the commit index a node persisted never goes backward;
 - replica agreement: nodes at the same applied index hold the same state machine bytes and
@@ -40,6 +54,7 @@ A failure raises ``SimulationFailure`` whose message ends with the command that 
 from __future__ import annotations
 
 import argparse
+import bisect
 import random
 import sys
 from collections.abc import Sequence
@@ -85,6 +100,18 @@ class SimulationFailure(AssertionError):
     """A safety or liveness property failed; the message names it and how to replay."""
 
 
+LEADER_FAULT_KINDS = (
+    "isolate",
+    "deaf",
+    "after_check",
+    "pause",
+    "crash",
+    "bounce",
+    "transfer_deaf",
+    "rack",
+)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SimOptions:
     seed: int
@@ -100,6 +127,8 @@ class SimOptions:
     crashes: bool = True
     membership: bool = True
     snapshot_every: int = 30
+    membership_rate: float = 0.01
+    """Probability per tick (times ``fault_rate``) of a membership change."""
     clients: int = 3
     keys: int = 3
     election_tick: int = 10
@@ -139,6 +168,31 @@ class SimOptions:
     random_reads: float = 0.0
     """Probability that a client sends an operation to a random node, or to a node that
     believes it leads (a deposed leader, maybe), instead of the leader it knows."""
+    leader_fault_kinds: str = ""
+    """Comma-separated kinds of faults aimed at the leader (isolate, deaf, after_check,
+    pause, crash, bounce, transfer_deaf, rack); empty: every kind the other options
+    allow."""
+    quick_restarts: bool = False
+    """Crashed nodes come back after 1 to 3 ticks (a supervisor restarts them at once)
+    instead of 5 to 60."""
+    crash_on_vote: float = 0.0
+    """Probability that a node crashes in the Ready that records a vote it granted, before
+    that Ready is persisted (whatever the kernel sent ahead of persisting is out)."""
+    pause_loses_inbox: bool = False
+    """Messages sent to a paused node are lost (its peers' connections to it time out and
+    drop what they queued), so it resumes knowing nothing of what happened meanwhile."""
+    slow_apply: bool = False
+    """A slow state machine: it applies one entry per tick, and the Ready that carries them
+    stays outstanding (no ``advance``) until they are applied, while messages, ticks and
+    proposals keep arriving. A restarted node takes ticks to re-apply its log."""
+
+    def __post_init__(self) -> None:
+        unknown = set(filter(None, self.leader_fault_kinds.split(","))) - set(LEADER_FAULT_KINDS)
+        if unknown:
+            raise ValueError(
+                f"leader_fault_kinds={self.leader_fault_kinds!r}: unknown {sorted(unknown)}, "
+                f"expected a comma-separated subset of {', '.join(LEADER_FAULT_KINDS)}"
+            )
 
     @staticmethod
     def mixed(seed: int) -> SimOptions:
@@ -169,6 +223,10 @@ class SimOptions:
             min_voters=rng.choice((1, 2, 3)),
             random_reads=rng.choice((0.0, 0.2, 0.5)),
             leader_faults=rng.choice((0.0, 0.01, 0.03)),
+            quick_restarts=rng.random() < 0.5,
+            crash_on_vote=rng.choice((0.0, 0.0, 0.1)),
+            pause_loses_inbox=rng.random() < 0.3,
+            slow_apply=rng.random() < 0.3,
         )
 
     def command(self) -> str:
@@ -212,6 +270,8 @@ class SimResult:
     lost_writes: int = 0
     steps_in_ready: int = 0
     digests_compared: int = 0
+    aimed_faults: dict[str, int] = field(default_factory=dict)
+    """Faults aimed at the leader, by kind."""
 
     def summary(self) -> str:
         return (
@@ -274,6 +334,8 @@ class _Node:
     down_until: int = -1
     removed: bool = False
     removed_at: int = 0
+    retired: bool = False
+    """Decommissioned by the operator (after its removal): never restarts."""
     rate: float = 1.0
     """Ticks of this node's clock per simulator tick (clock drift)."""
     phase: float = 0.0
@@ -283,6 +345,16 @@ class _Node:
     """Ticks that elapsed on this node's clock while it was paused."""
     backlog: list[bytes] = field(default_factory=list)
     """Messages that arrived while it was paused, handled when it resumes."""
+    apply_until: int = -1
+    """The tick at which the entries of its outstanding Ready are applied (slow apply)."""
+    deaf_until: int = -1
+    """After a pause that lost its inbox, messages to it are lost until this tick (its
+    peers reconnect with backoff)."""
+    voted: tuple[int, int] = (0, 0)
+    """(term, vote) of the hard state it last persisted."""
+    unfinished: tuple[Ready, str] | None = None
+    """A persisted Ready whose entries are still being applied (slow apply), and where in
+    it the node is to crash; ``advance`` comes at the next tick, input keeps arriving."""
 
     @property
     def paused(self) -> bool:
@@ -325,12 +397,21 @@ class Simulation:
         self.entry_ids: dict[tuple[int, int], tuple[int, bytes, int]] = {}
         self.applied_log: dict[int, tuple[int, int, bytes]] = {}
         self.max_commit = 0
+        self.max_term = 0
+        """The highest term any kernel reached so far."""
+        self.commit_marks: list[tuple[int, int]] = []
+        """(max_term when first applied, index): each index committed while no term past
+        max_term existed, so every leader of a later term must hold it."""
         self.digests: dict[int, tuple[bytes, ConfState, int]] = {}
         """applied index -> (state machine bytes, membership, node) first seen there."""
         self.faulty = True
         self.partition_until = -1
         self.cut_after_check = 0
         """A leader to cut off as soon as its check-quorum passes (its lease is longest)."""
+        self.clients_cut = 0
+        """A node that clients cannot reach (its client-facing network is down)."""
+        self.bounce: tuple[int, int, int, int] | tuple[()] = ()
+        """(tick, stage, leader, follower): the next step of the "bounce" leader fault."""
         self.attempts = 0
         self.trace: list[str] = []
 
@@ -381,12 +462,14 @@ class Simulation:
             node.sm.restore(state.snapshot.data)
         node.applied = state.snapshot.meta.index
         node.persisted_commit = state.hard_state.commit
+        node.voted = (state.hard_state.term, state.hard_state.vote)
         node.proposals.clear()
         node.reads.clear()
         node.ready_reads.clear()
         node.crash_in_ready = ""
         node.paused_until = -1
         node.backlog.clear()
+        node.unfinished = None
 
     def _crash(self, node: _Node, why: str, *, torn: Ready | None = None) -> None:
         self._log(f"crash {node.id} ({why})")
@@ -403,7 +486,10 @@ class Simulation:
         node.ready_reads.clear()
         node.paused_until = -1
         node.backlog.clear()
-        node.down_until = self.now + self.rng.randint(5, 60)
+        node.unfinished = None
+        node.down_until = self.now + (
+            self.rng.randint(1, 3) if self.options.quick_restarts else self.rng.randint(5, 60)
+        )
         self.network.drop_to(node.id)
         self.result.crashes += 1
 
@@ -464,7 +550,9 @@ class Simulation:
         self.now += 1
         for node in list(self.nodes.values()):
             if node.kernel is None:
-                if self.faulty and not node.removed and 0 <= node.down_until <= self.now:
+                # A removed node that crashes restarts too until it is decommissioned: a
+                # voter that has not applied the removal may still need its vote.
+                if self.faulty and not node.retired and 0 <= node.down_until <= self.now:
                     self._log(f"restart {node.id}")
                     self._start(node)
                 continue
@@ -477,6 +565,10 @@ class Simulation:
                     continue
                 self._resume(node)
                 continue
+            if node.apply_until <= self.now:
+                self._finish_unfinished(node)
+                if node.kernel is None:
+                    continue
             for _ in range(ticks):
                 node.kernel.tick()
             self._process(node)
@@ -484,8 +576,14 @@ class Simulation:
             target = self.nodes.get(dst)
             if target is None or target.kernel is None:
                 continue
+            if target.deaf_until > self.now:
+                self.network.dropped += 1
+                continue
             if target.paused:
-                target.backlog.append(payload)
+                if self.options.pause_loses_inbox:
+                    self.network.dropped += 1
+                else:
+                    target.backlog.append(payload)
                 continue
             self._deliver(target, payload)
         self._run_clients()
@@ -498,6 +596,12 @@ class Simulation:
         self._log(f"resume {node.id} ({missed} ticks)")
         node.paused_until = -1
         node.missed = 0.0
+        if node.apply_until <= self.now:
+            self._finish_unfinished(node)
+            if node.kernel is None:
+                return
+        if self.options.pause_loses_inbox and self.faulty:
+            node.deaf_until = self.now + self.rng.randint(0, self.options.election_tick)
         for _ in range(missed):
             kernel.tick()
         self._process(node)
@@ -509,6 +613,8 @@ class Simulation:
 
     def _deliver(self, node: _Node, payload: bytes) -> None:
         assert node.kernel is not None
+        if node.unfinished is not None:
+            self.result.steps_in_ready += 1
         self._step(node, node.kernel, payload)
         self._process(node)
 
@@ -527,7 +633,15 @@ class Simulation:
 
     def _process(self, node: _Node) -> None:
         while node.kernel is not None and not node.paused and node.kernel.has_ready():
+            if node.unfinished is not None:
+                return  # applying: the next Ready waits for advance()
             self._handle_ready(node, node.kernel, node.kernel.ready())
+
+    def _finish_unfinished(self, node: _Node) -> None:
+        if node.unfinished is not None and node.kernel is not None:
+            rd, crash_at = node.unfinished
+            node.unfinished = None
+            self._finish_ready(node, node.kernel, rd, crash_at)
 
     def _send(self, kernel: RawNode, msgs: Sequence[Message]) -> None:
         for msg in msgs:
@@ -540,6 +654,17 @@ class Simulation:
 
     def _handle_ready(self, node: _Node, kernel: RawNode, rd: Ready) -> None:
         crash_at = node.crash_in_ready if (rd.entries or rd.hard_state) else ""
+        self.max_term = max(self.max_term, kernel.term)
+        hs = rd.hard_state
+        if (
+            self.options.crash_on_vote
+            and hs is not None
+            and hs.vote not in (0, node.id)
+            and (hs.term, hs.vote) != node.voted
+            and self.faulty
+            and self.rng.random() < self.options.crash_on_vote
+        ):
+            crash_at = "before_persist"
         if rd.soft_state is not None:
             # Checked against the Ready's own moment: a step before ``advance`` may move on.
             self._on_soft_state(node, kernel, rd)
@@ -558,6 +683,7 @@ class Simulation:
                     f"after {node.persisted_commit}"
                 )
             node.persisted_commit = rd.hard_state.commit
+            node.voted = (rd.hard_state.term, rd.hard_state.vote)
         node.store.save_ready(
             hard_state=rd.hard_state,
             entries=rd.entries,
@@ -574,6 +700,15 @@ class Simulation:
             for payload in self.network.take_for(node.id, self.now, self.rng.randint(1, 3)):
                 self.result.steps_in_ready += 1
                 self._step(node, kernel, payload)
+        if self.options.slow_apply and rd.committed_entries:
+            # A slow state machine: the entries are applied, and the Ready advanced, at the
+            # next tick; what arrives meanwhile is stepped with this Ready outstanding.
+            node.apply_until = self.now + len(rd.committed_entries)
+            node.unfinished = (rd, crash_at)
+            return
+        self._finish_ready(node, kernel, rd, crash_at)
+
+    def _finish_ready(self, node: _Node, kernel: RawNode, rd: Ready, crash_at: str) -> None:
         if rd.snapshot is not None:
             node.sm.restore(rd.snapshot.data)
             node.applied = rd.snapshot.meta.index
@@ -635,7 +770,13 @@ class Simulation:
                 f"state machine safety: node {node.id} applied (index={entry.index}, "
                 f"term={entry.term}) but another node applied term {seen[0]} there"
             )
-        self.max_commit = max(self.max_commit, entry.index)
+        if entry.index > self.max_commit:
+            self.max_commit = entry.index
+            terms = (n.kernel.term for n in self.nodes.values() if n.kernel is not None)
+            self.max_term = max(self.max_term, *terms)
+            self.commit_marks.append((self.max_term, entry.index))
+            if not self.options.membership:
+                self._check_electable(entry)
         result = node.sm.apply(entry)
         node.applied = entry.index
         if entry.kind is EntryKind.CONF_CHANGE:
@@ -647,6 +788,35 @@ class Simulation:
                 self._complete(client_id, attempt, result)
             else:
                 self._retry_soon(client_id, attempt)
+
+    def _check_electable(self, entry: Entry) -> None:
+        """No node without a committed entry can win an election (P §5.4.3's argument).
+
+        In Raft a majority stores a committed entry, and a log at least as up to date as
+        one of theirs holds it; so the voters a node lacking the entry could get votes from
+        (those whose logs its own log is at least as up to date as) are a minority. Checked
+        among running nodes, for the fixed membership of runs without changes, when an
+        index is first applied: a commit rule that counts replicas of an entry from an
+        earlier term (Figure 8) fails here before any later leader overwrites the entry."""
+        logs = {
+            n.id: n.kernel.log
+            for n in self.nodes.values()
+            if n.kernel is not None and n.id <= self.options.nodes
+        }
+        need = self.options.nodes // 2 + 1
+        for nid, log in logs.items():
+            if entry.index <= log.offset or log.term(entry.index) == entry.term:
+                continue
+            mine = (log.last_term(), log.last_index())
+            electors = [
+                v for v, other in logs.items() if mine >= (other.last_term(), other.last_index())
+            ]
+            if len(electors) >= need:
+                raise self.fail(
+                    f"leader completeness: node {nid} lacks the committed entry "
+                    f"(index={entry.index}, term={entry.term}) yet its log is as up to date "
+                    f"as those of nodes {sorted(electors)}, a majority: it could be elected"
+                )
 
     def _on_conf_change(self, node: _Node, entry: Entry) -> None:
         change = decode_conf_change(entry.data)
@@ -664,7 +834,10 @@ class Simulation:
                 raise self.fail(f"election safety: nodes {other} and {node.id} lead term {term}")
             self.result.elections += 1
             self._log(f"node {node.id} leads term {term}")
-            committed = self.max_commit
+            # P §5.4: a leader holds every entry committed before its term existed (a
+            # leader of an older term, elected by votes that arrive late, need not).
+            at = bisect.bisect_left(self.commit_marks, (term, -1)) - 1
+            committed = self.commit_marks[at][1] if at >= 0 else 0
             if committed and committed > kernel.log.offset:
                 want = self.applied_log[committed][0]
                 if kernel.log.term(committed) != want:
@@ -797,6 +970,12 @@ class Simulation:
             node = self.rng.choice(up)
         if node is None or node.kernel is None or node.paused:
             node = self.rng.choice(up)
+        if node.id == self.clients_cut:
+            # Its client-facing network is down: the connection fails, the client tries
+            # another node soon.
+            client.leader_guess = 0
+            op.retry_at = self.now + self.rng.randint(1, 3)
+            return
         kernel = node.kernel
         assert kernel is not None
         if op.via_read_index:
@@ -855,19 +1034,11 @@ class Simulation:
                 self._log(f"pause {victim.id} until {victim.paused_until}")
         if o.transfers and rng.random() < 0.01 * rate:
             leader = self._leader()
-            if leader is not None and leader.kernel is not None:
-                others = [v for v in leader.kernel.conf_state.voters if v != leader.id]
-                if others:
-                    to = rng.choice(others)
-                    try:
-                        leader.kernel.transfer_leader(to)
-                    except ProposalRejected as exc:
-                        self._log(f"transfer refused: {exc}")
-                    else:
-                        self.result.transfers += 1
-                        self._log(f"transfer {leader.id} -> {to}")
-                        self._process(leader)
-        if self.partition_until == self.now:
+            if leader is not None:
+                self._transfer(leader)
+        if self.bounce and self.bounce[0] == self.now:
+            self._bounce_step(running)
+        elif self.partition_until == self.now:
             self.network.set_partition(Partition.none())
             self._log("partition: none")
         if self.cut_after_check:
@@ -891,6 +1062,7 @@ class Simulation:
                     "isolate",
                     "leader_deaf",
                     "mute",
+                    "link",
                 )
             )
             if kind == "halves":
@@ -916,6 +1088,9 @@ class Simulation:
                 partition = Partition.one_way(leader.id if leader else rng.choice(running), running)
             elif kind == "mute":
                 partition = Partition.mute(rng.choice(running), running)
+            elif kind == "link" and len(running) >= 2:
+                a, b = rng.sample(running, 2)
+                partition = Partition.sever(a, b)
             else:
                 partition = Partition.none()
             self.network.set_partition(partition)
@@ -929,7 +1104,7 @@ class Simulation:
                 else:
                     points = _TORN_CRASH_POINTS if o.torn_writes else _CRASH_POINTS
                     victim.crash_in_ready = rng.choice(points)
-        if o.membership and rng.random() < 0.01 * rate:
+        if o.membership and rng.random() < o.membership_rate * rate:
             self._membership_event()
             if rng.random() < 0.3:
                 self._membership_event()  # at once: one change at a time must refuse it
@@ -941,9 +1116,56 @@ class Simulation:
                 if not self._removal_known(node):
                     continue
                 self._log(f"decommission removed node {node.id}")
+                node.retired = True
                 node.kernel = None
                 node.paused_until = -1
+                node.unfinished = None
                 self.network.drop_to(node.id)
+
+    def _bounce_step(self, running: list[int]) -> None:
+        """The later steps of the "bounce" leader fault."""
+        assert self.bounce
+        _, stage, leader_id, paused = self.bounce
+        et = self.options.election_tick
+        if stage == 1:
+            node = self.nodes[paused]
+            if node.kernel is None or node.paused:
+                self.bounce = ()
+                self.clients_cut = 0
+                return
+            cut_at = self.now + self.rng.randint(et, 2 * et)
+            node.paused_until = cut_at + 4
+            node.missed = 0.0
+            self.result.pauses += 1
+            self._log(f"pause {paused} until {node.paused_until}")
+            self.bounce = (cut_at, 2, leader_id, paused)
+            return
+        self.bounce = ()
+        self.clients_cut = 0
+        self._cut_off(self.nodes[leader_id], Partition.isolate(leader_id, running))
+        others = [
+            n
+            for n in self.nodes.values()
+            if n.kernel is not None and n.id not in (leader_id, paused)
+        ]
+        if others:
+            self._crash(self.rng.choice(others), f"follower of leader {leader_id}, cut off")
+
+    def _transfer(self, leader: _Node) -> None:
+        kernel = leader.kernel
+        assert kernel is not None
+        others = [v for v in kernel.conf_state.voters if v != leader.id]
+        if not others:
+            return
+        to = self.rng.choice(others)
+        try:
+            kernel.transfer_leader(to)
+        except ProposalRejected as exc:
+            self._log(f"transfer refused: {exc}")
+            return
+        self.result.transfers += 1
+        self._log(f"transfer {leader.id} -> {to}")
+        self._process(leader)
 
     def _leader_fault(self) -> None:
         leader = self._leader()
@@ -951,8 +1173,67 @@ class Simulation:
             return
         rng, et = self.rng, self.options.election_tick
         running = sorted(n.id for n in self.nodes.values() if not n.removed)
-        kinds = ["isolate", "deaf", "after_check"] + (["pause"] if self.options.pauses else [])
+        o = self.options
+        kinds = ["isolate", "deaf", "after_check"]
+        kinds += ["pause"] if o.pauses else []
+        kinds += ["crash", "bounce"] if o.crashes else []
+        kinds += ["transfer_deaf"] if o.transfers else []
+        kinds += ["rack"] if o.membership else []
+        if o.leader_fault_kinds:
+            kinds = [k for k in o.leader_fault_kinds.split(",") if k in kinds]
+            if not kinds:
+                return
         kind = rng.choice(kinds)
+        self.result.aimed_faults[kind] = self.result.aimed_faults.get(kind, 0) + 1
+        if kind == "crash":
+            # The leader dies, maybe part-way through a Ready: entries it sent may reach
+            # some followers only (Figure 8's uncommitted entries of a past term).
+            points = _TORN_CRASH_POINTS if o.torn_writes else _CRASH_POINTS
+            if rng.random() < 0.5:
+                self._crash(leader, "leader, between steps")
+            else:
+                leader.crash_in_ready = rng.choice(points)
+            return
+        if kind == "bounce":
+            # The leader's client-facing network fails (no more writes reach it); a few
+            # ticks later one follower is paused, its log as up to date as the others'.
+            # Later the leader is cut off from its peers, but not from its clients, while
+            # another follower restarts, forgetting the heartbeat round it answered just
+            # before; the paused follower resumes a few ticks after, its election timeout
+            # long past (see ``_bounce_step``).
+            followers = [
+                n.id for n in self.nodes.values() if n.kernel is not None and n is not leader
+            ]
+            if len(followers) < 2:
+                return
+            self.clients_cut = leader.id
+            self.partition_until = self.now + 3 * et + 2 * self.options.max_delay + 4
+            sever_at = self.now + self.options.max_delay + 4
+            self.bounce = (sever_at, 1, leader.id, rng.choice(followers))
+            self._log(f"clients cannot reach {leader.id}")
+            return
+        if kind == "rack":
+            # A rack loses power: a minority of the voters crash together and come back on
+            # the far side of a partition, re-applying their logs from their snapshots
+            # (with slow apply, for a while on an older membership).
+            assert leader.kernel is not None
+            voters = leader.kernel.conf_state.voters
+            followers = [v for v in voters if v != leader.id]
+            rack = rng.sample(followers, min(len(followers), max(1, len(voters) // 2)))
+            for nid in rack:
+                node = self.nodes[nid]
+                if node.kernel is not None:
+                    self._crash(node, "its rack lost power")
+            side = frozenset(rack)
+            rest = frozenset(running) - side
+            self._cut_off(leader, Partition(name=f"rack {sorted(side)}", groups=(side, rest)))
+            return
+        if kind == "transfer_deaf":
+            # A transfer starts and the old leader stops hearing anyone: it never learns
+            # that the target won.
+            self._transfer(leader)
+            self._cut_off(leader, Partition.one_way(leader.id, running))
+            return
         if kind == "after_check":
             self.cut_after_check = leader.id
             return
@@ -1021,6 +1302,7 @@ class Simulation:
     def _heal(self) -> None:
         self._log("heal: faults stop")
         self.faulty = False
+        self.clients_cut = 0
         self.network.set_partition(Partition.none())
         # Raft is live only when a round trip is well under the election timeout (§5.6:
         # broadcastTime << electionTimeout); long delays are a fault that stops here too.
@@ -1028,7 +1310,10 @@ class Simulation:
         self.network.faults = LinkFaults(min_delay=1, max_delay=calm)
         for node in self.nodes.values():
             node.crash_in_ready = ""
-            if node.kernel is None and not node.removed:
+            node.deaf_until = -1
+            if node.unfinished is not None:  # no crash planned in a Ready still applying
+                node.unfinished = (node.unfinished[0], "")
+            if node.kernel is None and not node.retired:
                 self._log(f"restart {node.id}")
                 self._start(node)
             elif node.paused and node.kernel is not None:

@@ -317,3 +317,42 @@ def test_leader_counts_heartbeat_answers_only_from_its_term() -> None:
     ack(leader, 2, leader.log.last_index())
     drain(leader)
     assert not leader._in_lease()
+
+
+# == found by the simulator sweep: a removed leader hands over only to a caught-up voter =======
+
+
+def test_a_removed_leader_stays_until_a_voter_can_be_elected() -> None:
+    """Simulator sweep seeds 6452 and 10598. Leader 2 of {1, 2} removes itself and appends
+    one more entry; node 1 stores the removal but never hears that it committed, nor gets
+    the last entry. Had node 2 stepped down on applying the removal (as it did), node 1
+    would still count node 2's vote, which node 2 refuses while its log is longer: no
+    leader, ever. Node 2 instead stays leader, brings node 1 up to date, then hands over."""
+    c = Cluster(seed=3, election_tick=10, heartbeat_tick=1)
+    c.add_nodes(2)
+    c.stabilize()
+    c.elect(2)
+    c.propose(2, b"x=1")
+    c.stabilize()
+    removal = c.node(2).propose_conf_change(ConfChange(type=ConfChangeType.REMOVE, node_id=2))
+    c.process_ready(2)
+    c.deliver(1)
+    c.process_ready(1)
+    c.deliver(2)  # node 1 stored and acknowledged the removal: it commits on node 2
+    assert c.node(2).log.committed == removal
+    assert c.node(1).log.committed < removal
+    c.propose(2, b"x=2")
+    c.process_ready(2)  # node 2 applies its removal; its append of x=2 (and commit) is lost
+    c.network.take()
+    assert c.node(2).conf_state.voters == (1,)
+    assert c.node(2).log.last_index() > c.node(1).log.last_index()
+    for _ in range(10 * 10):
+        for n in c.ids:
+            c.tick(n)
+        c.stabilize()
+        if c.node(1).role is Role.LEADER:
+            break
+    assert c.node(1).role is Role.LEADER, c.node(1).status()
+    assert c.node(2).role is Role.FOLLOWER
+    assert c.state(1)[-1:] == [b"x=2"]
+    assert c.node(1).conf_state.voters == (1,)

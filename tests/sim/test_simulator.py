@@ -26,9 +26,19 @@ def test_mixed_fault_seeds(chunk: int) -> None:
 
 @pytest.mark.parametrize("nodes", [3, 5, 7])
 def test_every_cluster_size_makes_progress(nodes: int) -> None:
-    result = run_seed(7, nodes=nodes, drop=0.05, crashes=False, partitions=False, membership=False)
-    # Without crashes or partitions, clients are never stuck for long: each client issues
-    # a new operation every few ticks over 300 ticks.
+    result = run_seed(
+        7,
+        nodes=nodes,
+        drop=0.05,
+        crashes=False,
+        partitions=False,
+        membership=False,
+        pauses=False,
+        leader_faults=0.0,
+        slow_apply=False,
+    )
+    # Without crashes, partitions, pauses or faults aimed at the leader, clients are never
+    # stuck for long: each client issues a new operation every few ticks over 300 ticks.
     assert result.completed == result.operations
     assert result.completed > 50
     assert result.committed > 50
@@ -61,13 +71,13 @@ def test_the_replay_command_runs() -> None:
 
 def test_a_broken_kernel_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
     """The checks can fail: a kernel that grants every vote breaks election safety."""
-    from framework.core import raft
+    from framework.core import VoteRequest, VoteResponse, raft
 
-    def reckless_vote(self: raft.RawNode, msg: raft.VoteRequest) -> None:
+    def reckless_vote(self: raft.RawNode, msg: VoteRequest) -> None:
         if not msg.pre_vote:
             self.vote = msg.src
         self._send(
-            raft.VoteResponse(
+            VoteResponse(
                 src=self.id, dst=msg.src, term=msg.term, granted=True, pre_vote=msg.pre_vote
             )
         )
@@ -139,9 +149,7 @@ def test_a_crash_loses_unsynced_writes_and_a_torn_write_keeps_a_prefix() -> None
         disk = SimDisk()
         disk.initialize(node_id=1, cluster_id="t", conf_state=ConfState(voters=(1,)))
         entries = [Entry(1, i, EntryKind.NORMAL, b"x") for i in range(1, 4)]
-        disk.save_ready(
-            hard_state=HardState(term=1), entries=entries, snapshot=None, sync=True
-        )
+        disk.save_ready(hard_state=HardState(term=1), entries=entries, snapshot=None, sync=True)
         for commit in (1, 2, 3):  # commit-only writes are not synced
             disk.save_ready(
                 hard_state=HardState(term=1, commit=commit), entries=(), snapshot=None, sync=False
@@ -182,10 +190,83 @@ def test_the_strengthened_faults_all_happen() -> None:
     lost unsynced writes, and replica digests compared."""
     totals: dict[str, int] = {}
     for seed in range(12):
-        result = run_seed(seed, pauses=True, transfers=True, lease_reads=True, check_quorum=True,
-                          clock_drift=0.05, apply_lag=1, step_in_ready=0.3, torn_writes=True,
-                          random_reads=0.5, leader_faults=0.02, min_voters=1)
-        for name in ("pauses", "transfers", "reads_without_round", "steps_in_ready",
-                     "lost_writes", "digests_compared", "crashes", "elections"):
+        result = run_seed(
+            seed,
+            pauses=True,
+            transfers=True,
+            lease_reads=True,
+            check_quorum=True,
+            clock_drift=0.05,
+            apply_lag=1,
+            step_in_ready=0.3,
+            torn_writes=True,
+            random_reads=0.5,
+            leader_faults=0.02,
+            min_voters=1,
+        )
+        for name in (
+            "pauses",
+            "transfers",
+            "reads_without_round",
+            "steps_in_ready",
+            "lost_writes",
+            "digests_compared",
+            "crashes",
+            "elections",
+        ):
             totals[name] = totals.get(name, 0) + getattr(result, name)
     assert all(totals.values()), totals
+
+
+def test_a_severed_link_cuts_both_ways_and_nothing_else() -> None:
+    link = Partition.sever(1, 2)
+    assert not link.connected(1, 2) and not link.connected(2, 1)
+    assert all(link.connected(a, b) for a, b in [(1, 3), (3, 1), (2, 3), (3, 2)])
+
+
+def test_unknown_leader_fault_kinds_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown \\['sever'\\]"):
+        SimOptions(seed=0, leader_fault_kinds="pause,sever")
+
+
+@pytest.mark.parametrize("kind", ["crash", "bounce", "transfer_deaf", "rack", "pause"])
+def test_every_kind_of_fault_aimed_at_the_leader_happens(kind: str) -> None:
+    result = run_seed(
+        1,
+        nodes=5,
+        crashes=True,
+        transfers=True,
+        membership=True,
+        pauses=True,
+        quick_restarts=True,
+        leader_faults=0.05,
+        leader_fault_kinds=kind,
+    )
+    assert set(result.aimed_faults) == {kind} and result.aimed_faults[kind] > 0
+
+
+def test_slow_apply_steps_input_while_a_ready_is_outstanding() -> None:
+    """With slow apply a Ready stays outstanding for a tick per entry it applies, and
+    what arrives meanwhile is stepped before ``advance``: the kernel's contract allows it,
+    and the runtime's batching relies on it."""
+    result = run_seed(3, slow_apply=True, apply_lag=0, step_in_ready=0.0, membership=True)
+    assert result.steps_in_ready > 0
+    assert result.completed == result.operations
+
+
+def test_crashes_at_a_vote_and_lost_inboxes_happen() -> None:
+    calm = {"partitions": False, "membership": False, "pre_vote": False}
+    voted = run_seed(2, crash_on_vote=1.0, crashes=True, quick_restarts=True, **calm)
+    assert voted.crashes > 0
+    sim = Simulation(
+        dataclasses.replace(
+            SimOptions.mixed(4),
+            pauses=True,
+            pause_loses_inbox=True,
+            leader_faults=0.05,
+            leader_fault_kinds="pause",
+            **calm,
+        )
+    )
+    sim.run()
+    assert sim.result.pauses > 0 and sim.network.dropped > 0
