@@ -16,6 +16,7 @@ import click
 from framework.auth import ClientCredentials
 from framework.bench_cli import bench, compare, demo
 from framework.cli_options import (
+    ask_each_node,
     client_call,
     client_for,
     credential_options,
@@ -396,20 +397,13 @@ def kv_cas(
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def status(peers: str, timeout: float, as_json: bool, credentials: ClientCredentials) -> None:
     """Role, term, leader, commit/applied index, log size and replication state per node."""
-    members = peers_from(peers)
-    client = client_for(members, timeout, credentials)
-
-    async def go() -> dict[int, dict[str, Any]]:
-        out: dict[int, dict[str, Any]] = {}
-        async with client:
-            for node_id in members:
-                try:
-                    out[node_id] = await client.status(node_id)
-                except RaftError as exc:
-                    out[node_id] = {"node_id": node_id, "role": "unreachable", "error": str(exc)}
-        return out
-
-    result = run_async(go)
+    result = ask_each_node(
+        peers,
+        timeout,
+        credentials,
+        lambda client, node_id: client.status(node_id),
+        lambda node_id, exc: {"node_id": node_id, "role": "unreachable", "error": str(exc)},
+    )
     if as_json:
         click.echo(json.dumps(result, indent=2, sort_keys=True))
         return

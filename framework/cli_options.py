@@ -22,6 +22,7 @@ from framework.runtime.eventloop import run_async
 from framework.transport.tls import TlsError
 
 __all__ = [
+    "ask_each_node",
     "check_flags",
     "client_call",
     "client_for",
@@ -175,3 +176,28 @@ peers_option = click.option(
 timeout_option = click.option(
     "--timeout", type=float, default=5.0, show_default=True, help="Seconds before giving up."
 )
+
+
+def ask_each_node(
+    peers: str,
+    timeout: float,
+    credentials: ClientCredentials,
+    ask: Callable[[KVClient, int], Awaitable[dict[str, Any]]],
+    unreachable: Callable[[int, RaftError], dict[str, Any]],
+) -> dict[int, dict[str, Any]]:
+    """``ask(client, node_id)`` of every member in turn, over one client; a node that
+    fails is answered by ``unreachable(node_id, error)`` instead."""
+    members = peers_from(peers)
+    client = client_for(members, timeout, credentials)
+
+    async def go() -> dict[int, dict[str, Any]]:
+        out: dict[int, dict[str, Any]] = {}
+        async with client:
+            for node_id in members:
+                try:
+                    out[node_id] = await ask(client, node_id)
+                except RaftError as exc:
+                    out[node_id] = unreachable(node_id, exc)
+        return out
+
+    return run_async(go)

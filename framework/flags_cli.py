@@ -12,8 +12,8 @@ import click
 
 from framework.auth import ClientCredentials
 from framework.cli_options import (
+    ask_each_node,
     client_call,
-    client_for,
     credential_options,
     parse_flag,
     peers_from,
@@ -21,8 +21,6 @@ from framework.cli_options import (
     timeout_option,
 )
 from framework.client import KVClient
-from framework.errors import RaftError
-from framework.runtime.eventloop import run_async
 
 T = TypeVar("T")
 
@@ -54,20 +52,13 @@ def _show_flags(result: dict[int, dict[str, Any]], as_json: bool, only: Sequence
 def _per_node(
     peers: str, timeout: float, credentials: ClientCredentials, action: str
 ) -> dict[int, dict[str, Any]]:
-    members = peers_from(peers)
-    client = client_for(members, timeout, credentials)
-
-    async def go() -> dict[int, dict[str, Any]]:
-        out: dict[int, dict[str, Any]] = {}
-        async with client:
-            for node_id in members:
-                try:
-                    out[node_id] = await client.flags(action, scope="node", node_id=node_id)
-                except RaftError as exc:
-                    out[node_id] = {"error": str(exc)}
-        return out
-
-    return run_async(go)
+    return ask_each_node(
+        peers,
+        timeout,
+        credentials,
+        lambda client, node_id: client.flags(action, scope="node", node_id=node_id),
+        lambda _node_id, exc: {"error": str(exc)},
+    )
 
 
 def _wait_options(func: Callable[..., T]) -> Callable[..., T]:
