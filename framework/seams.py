@@ -319,6 +319,13 @@ class PeerDialer(Protocol):
         """Tell Raft that messages to ``peer`` were lost (``PeerInbox.peer_unreachable``)."""
         ...
 
+    @property
+    def timeouts(self) -> TimeoutPolicy | None:
+        """The node's timeout policy (`PooledTransport.use_timeouts`; None until given): a
+        pool bounds each peer write by its ``raft_message`` timeout and reports the write to
+        it (``framework.transport.pool.LinkWrites``)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PeerLinkStats:

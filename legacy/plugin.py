@@ -65,13 +65,11 @@ def raftmw_make_connection_pool(ctx: BuildContext, dialer: PeerDialer) -> Connec
     if ctx.flag("actors"):
         return None
     transport = ctx.settings.transport
-    snapshot = ctx.settings.performance.timeouts.get("snapshot")
     return LockedConnectionPool(
         dialer,
-        # Dials are timed by the node's timeout policy; the pool only backstops them.
+        # Dials are timed by the node's timeout policy; the pool only backstops them. Writes
+        # are timed by the policy's raft_message timeout (framework.transport.pool.write_limit).
         connect_timeout=dial_limit(ctx.settings),
-        # The longest fixed per-message bound: a write may carry a snapshot.
-        write_timeout=snapshot.base_timeout if snapshot is not None else 10.0,
         backoff_min=transport.reconnect_backoff_min,
         backoff_max=transport.reconnect_backoff_max,
     )

@@ -27,9 +27,13 @@ Liveness: the sender also wakes when a redial comes due (per-peer backoff from
 ``transport.reconnect_backoff_*``), when a dial ends and when a connection closes, so every
 peer in the address book is kept connected even when this node has nothing to send (a
 higher-id peer can only reach this node over the connection this node dials). A write is
-bounded by the fixed ``snapshot`` timeout (a write may carry a snapshot; it is the longest
-fixed per-message bound): a peer that stops reading would otherwise hold the lock forever.
-After that the connection is closed, its messages dropped and the peer reported.
+bounded by the node's timeout policy, as every pool's (``framework.transport.pool.
+LinkWrites``: ``timeout("raft_message", attempt)``, or what the batch needs at
+``WRITE_FLOOR_RATE`` if longer; ``write_timeout`` only until the dialer has a policy): a
+peer that stops reading would otherwise hold the lock forever. After that the connection is
+closed, its messages dropped and the peer reported. (Snapshots go on streams of their own,
+``framework.transport.snapshot_stream``, so a write carries only Raft messages.) The lock
+is still held for the whole write: that is the legacy problem this pool keeps.
 
 The actor plugin (``plugins/actors/pool.py``) replaces this with one task per peer.
 """
@@ -48,7 +52,7 @@ from anyio.abc import TaskStatus
 from framework.core import Message
 from framework.seams import LockStats, PeerConnection, PeerDialer, PeerLinkStats, PoolStats
 from framework.transport.backoff import Backoff
-from framework.transport.pool import OutboundQueue, check_pool_state
+from framework.transport.pool import LinkWrites, OutboundQueue, check_pool_state, dialer_timeouts
 from legacy.rwlock import CountingLock
 
 __all__ = ["LockedConnectionPool"]
@@ -95,6 +99,8 @@ class LockedConnectionPool:
         self._dropped: dict[int, int] = {}
         self._retired: list[PeerConnection] = []
         """Connections of removed or moved peers, closed by the sender's next walk."""
+        self._writes: dict[int, LinkWrites] = {}
+        """Each peer's write bound and count of writes that expired in a row."""
         self._dialling: set[int] = set()
         """Peers with a dial in flight (each in a task of its own)."""
         self._wakeup: anyio.Event | None = None
@@ -202,6 +208,7 @@ class LockedConnectionPool:
             self._retired.append(conn)
         self._next_dial.pop(peer, None)
         self._backoffs.pop(peer, None)
+        self._writes.pop(peer, None)
 
     def _drop(self, peer: int, count: int) -> None:
         self._dropped[peer] = self._dropped.get(peer, 0) + count
@@ -253,24 +260,29 @@ class LockedConnectionPool:
             batch = buffer.take() if buffer is not None else []
             if not batch:
                 return
-            try:
-                with anyio.fail_after(self._write_timeout):
-                    await conn.send_frames(self._dialer.encode(peer, batch))
-            except TimeoutError:
-                logger.warning(
-                    "a write to node %d took over %gs; closing its connection",
-                    peer,
-                    self._write_timeout,
+            writes = self._writes.get(peer)
+            if writes is None:
+                writes = self._writes[peer] = LinkWrites(
+                    dialer_timeouts(self._dialer), self._write_timeout
                 )
-                self._drop(peer, len(batch))
-                del self._connections[peer]
-                await conn.aclose()
-                self._dialer.unreachable(peer)  # closed by us: the transport does not report it
+            try:
+                completed = await writes.send(conn, self._dialer.encode(peer, batch))
             except OSError:
                 # The connection died under the write; the transport reports it.
                 self._drop(peer, len(batch))
                 del self._connections[peer]
                 await conn.aclose()
+                return
+            if not completed:
+                logger.warning(
+                    "a write to node %d took over %gs; closing its connection",
+                    peer,
+                    writes.last_limit,
+                )
+                self._drop(peer, len(batch))
+                del self._connections[peer]
+                await conn.aclose()
+                self._dialer.unreachable(peer)  # closed by us: the transport does not report it
 
     def _start_dial(self, peer: int) -> None:
         """Dial ``peer`` in a task of its own unless a dial is in flight or backing off."""

@@ -18,6 +18,10 @@ Theory of operation
   burst of sends costs one frame (coalescing).
 - A connection that closes under the pool, or a write that fails, is news for Raft: the
   transport reports it (``PeerDialer``), so the pool only redials.
+- Each write is bounded by the node's timeout policy (`LinkWrites`, every pool's writes):
+  ``timeout("raft_message", attempt)``, or what the batch needs at `WRITE_FLOOR_RATE` if
+  that is longer. A write that expires closes the connection (the pool reports the peer:
+  the transport does not see a close of its own making) and the link is redialled.
 """
 
 from __future__ import annotations
@@ -33,18 +37,30 @@ from anyio.abc import TaskStatus
 
 from framework.config import Settings
 from framework.core import AppendEntries, InstallSnapshot, Message
-from framework.seams import LockStats, PeerConnection, PeerDialer, PeerLinkStats, PoolStats
+from framework.seams import (
+    LockStats,
+    PeerConnection,
+    PeerDialer,
+    PeerLinkStats,
+    PoolStats,
+    TimeoutPolicy,
+)
 from framework.transport.backoff import Backoff
 
 __all__ = [
+    "UNTIMED_WRITE_LIMIT",
+    "WRITE_FLOOR_RATE",
+    "LinkWrites",
     "OutboundQueue",
     "TransportPool",
     "bulk_size",
     "check_pool_state",
     "dial_limit",
+    "dialer_timeouts",
     "is_bulk",
     "pump",
     "take_queued",
+    "write_limit",
 ]
 
 logger = logging.getLogger("raftmw.transport")
@@ -217,17 +233,96 @@ class OutboundQueue:
             await self._wakeup.wait()
 
 
+WRITE_FLOOR_RATE: Final = 128 << 10
+"""Bytes per second the slowest healthy peer link is assumed to drain (128 KiB/s, about
+1 Mbit/s).
+
+A write's bound is never shorter than its batch needs at this rate. The fixed
+``raft_message`` base (100ms in ``settings.toml``, 50-200ms in the profiles) is a round
+trip's worth: far too short for a full append (``raft.max_size_per_msg``, 1 MiB by
+default) on any link under 10 MiB/s, so the policy's value alone would cut healthy bulk
+writes on a slow link and redial in a loop, resending the same append each time. At this
+floor a 1 MiB write may take 8s (the legacy pool's old fixed bound was 10s) and a 32 KiB
+one 0.25s; a write of heartbeats and votes is bounded by the policy's value alone."""
+
+UNTIMED_WRITE_LIMIT: Final = 10.0
+"""Seconds a write may take while the pool's dialer has no timeout policy (a transport run
+on its own, before a node hands it one)."""
+
+
+def write_limit(policy: TimeoutPolicy | None, attempt: int, nbytes: int, fallback: float) -> float:
+    """The bound on one write of ``nbytes`` to a peer: the policy's
+    ``timeout("raft_message", attempt)`` (``fallback`` without a policy), or what the batch
+    needs at `WRITE_FLOOR_RATE`, whichever is longer. The one place that says how long a
+    peer write may take."""
+    base = fallback if policy is None else policy.timeout("raft_message", attempt)
+    return max(base, nbytes / WRITE_FLOOR_RATE)
+
+
+class LinkWrites:
+    """One peer link's writes, each bounded by `write_limit` and sampled by the policy.
+
+    ``attempt`` counts consecutive writes that expired on this link (a completed write
+    resets it), so an adaptive policy backs off on a link that keeps timing out. A completed
+    write is reported to ``observe(ok=True)``, an expired one ``observe(ok=False)``; writes
+    that fail (``OSError``) are not samples: the connection died, the time says nothing.
+    ``policy`` is asked at every write: the node swaps its policy with flag
+    ``adaptive_timeout`` and the dialer hands over whichever runs.
+    """
+
+    __slots__ = ("attempt", "expired", "fallback", "last_limit", "policy")
+
+    def __init__(
+        self, policy: Callable[[], TimeoutPolicy | None], fallback: float = UNTIMED_WRITE_LIMIT
+    ) -> None:
+        if not fallback > 0:
+            raise ValueError(f"write fallback={fallback}: expected seconds > 0")
+        self.policy = policy
+        self.fallback = fallback
+        self.attempt = 0
+        self.expired = 0
+        """Writes that expired on this link, in all."""
+        self.last_limit = 0.0
+
+    async def send(self, conn: PeerConnection, frames: list[bytes]) -> bool:
+        """Write ``frames`` to ``conn``; False if the write expired (the caller closes the
+        connection). ``OSError`` from the write propagates."""
+        policy = self.policy()
+        limit = self.last_limit = write_limit(
+            policy, self.attempt, sum(len(f) for f in frames), self.fallback
+        )
+        started = anyio.current_time()
+        with anyio.move_on_after(limit) as scope:
+            await conn.send_frames(frames)
+        took = anyio.current_time() - started
+        if scope.cancelled_caught:
+            self.attempt += 1
+            self.expired += 1
+            if policy is not None:
+                policy.observe("raft_message", took, ok=False)
+            return False
+        self.attempt = 0
+        if policy is not None:
+            policy.observe("raft_message", took, ok=True)
+        return True
+
+
 async def pump(
     queue: OutboundQueue,
     conn: PeerConnection,
     encode: Callable[[Sequence[Message]], list[bytes]],
-) -> None:
-    """Write what ``queue`` holds to ``conn`` until the connection closes or a write fails.
+    writes: LinkWrites,
+) -> bool:
+    """Write what ``queue`` holds to ``conn`` until the connection closes or a write fails
+    or expires (``writes``: bounded by the node's timeout policy). True if a write expired:
+    the caller closes the connection and reports the peer (the transport does not see a
+    close of the pool's making).
 
     Each round takes everything queued, so a burst of sends goes out as one ``encode`` (one
-    frame if it fits): coalescing. Messages lost with a failed write count as dropped; the
-    transport reports the failure. A bug (``encode`` raising, say) propagates.
+    frame if it fits): coalescing. Messages lost with a failed or expired write count as
+    dropped; the transport reports a failed one. A bug (``encode`` raising, say) propagates.
     """
+    expired = False
     async with anyio.create_task_group() as tg:
 
         async def watch() -> None:
@@ -239,11 +334,20 @@ async def pump(
             await queue.wait()
             batch = queue.take_round()
             try:
-                await conn.send_frames(encode(batch))
+                if not await writes.send(conn, encode(batch)):
+                    queue.dropped += len(batch)
+                    expired = True
+                    break
             except OSError:
                 queue.dropped += len(batch)
                 break
         tg.cancel_scope.cancel()
+    return expired
+
+
+def dialer_timeouts(dialer: PeerDialer) -> Callable[[], TimeoutPolicy | None]:
+    """The node's current timeout policy, as ``dialer`` has it (`PeerDialer.timeouts`)."""
+    return lambda: dialer.timeouts
 
 
 def dial_limit(settings: Settings) -> float:
@@ -290,9 +394,9 @@ def check_pool_state(state: Any) -> dict[int, list[Message]]:
 
 
 class _Link:
-    __slots__ = ("address", "conn", "dial_attempts", "peer", "queue", "scope", "state")
+    __slots__ = ("address", "conn", "dial_attempts", "peer", "queue", "scope", "state", "writes")
 
-    def __init__(self, peer: int, address: str, max_queued: int) -> None:
+    def __init__(self, peer: int, address: str, max_queued: int, writes: LinkWrites) -> None:
         self.peer = peer
         self.address = address
         self.queue = OutboundQueue(max_queued)
@@ -300,6 +404,7 @@ class _Link:
         self.scope = anyio.CancelScope()
         self.state = "idle"
         self.dial_attempts = 0
+        self.writes = writes
 
     @property
     def connected(self) -> bool:
@@ -364,7 +469,8 @@ class TransportPool:
                 del self._links[peer]
         for peer, address in addresses.items():
             if peer not in self._links:
-                link = self._links[peer] = _Link(peer, address, self._max_queued)
+                writes = LinkWrites(dialer_timeouts(self._dialer))
+                link = self._links[peer] = _Link(peer, address, self._max_queued, writes)
                 link.queue.put(self._pending.pop(peer, []))
                 if self._tg is not None:
                     self._tg.start_soon(self._serve_link, link)
@@ -437,8 +543,17 @@ class TransportPool:
         link.conn = conn
         link.state = "connected"
         try:
-            await pump(link.queue, conn, lambda batch: self._dialer.encode(link.peer, batch))
+            expired = await pump(
+                link.queue, conn, lambda batch: self._dialer.encode(link.peer, batch), link.writes
+            )
         finally:
             link.conn = None
             link.queue.clear()
             await conn.aclose()
+        if expired:
+            logger.warning(
+                "a write to node %d took over %gs; closing its connection",
+                link.peer,
+                link.writes.last_limit,
+            )
+            self._dialer.unreachable(link.peer)

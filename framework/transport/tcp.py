@@ -1287,6 +1287,10 @@ class _TcpDialer:
     def unreachable(self, peer: int) -> None:
         self._transport._report_unreachable(peer)
 
+    @property
+    def timeouts(self) -> TimeoutPolicy | None:
+        return self._transport._timeouts
+
 
 if TYPE_CHECKING:  # mypy checks that TcpTransport satisfies the protocols
     _: Transport = TcpTransport(node_id=1, cluster_id="", listen=":0", peers={})

@@ -26,6 +26,11 @@ each peer an actor:
   such round, not for the whole backlog (which the follower would not survive: it would
   campaign). While the task waits to redial after a failure, messages are dropped
   and reported at once: stale queued messages are worse than none.
+- **Writes bounded by the node's timeout policy** (``framework.transport.pool.LinkWrites``):
+  each write may take ``timeout("raft_message", attempt)`` (attempt: writes that expired
+  on this link in a row), or what its bytes need at ``WRITE_FLOOR_RATE`` if longer. A peer
+  that stops reading holds its task for that long, never forever: the write expires, the
+  connection is closed, its messages dropped, the peer reported, and the link redialled.
 - **Supervised.** A crash of a peer's task (a bug: anything but the ``OSError`` of a failed
   dial or write, or cancellation) is logged with its traceback and the task restarted after
   an exponential backoff (``crash_backoff_min`` .. ``crash_backoff_max``, reset once a task
@@ -53,7 +58,14 @@ from anyio.abc import TaskStatus
 from framework.core import Message
 from framework.seams import LockStats, PeerConnection, PeerDialer, PeerLinkStats, PoolStats
 from framework.transport.backoff import Backoff
-from framework.transport.pool import OutboundQueue, check_pool_state, pump, take_queued
+from framework.transport.pool import (
+    LinkWrites,
+    OutboundQueue,
+    check_pool_state,
+    dialer_timeouts,
+    pump,
+    take_queued,
+)
 
 if TYPE_CHECKING:
     from framework.config import Settings
@@ -75,9 +87,26 @@ def queue_capacity_from(settings: Settings) -> int:
 class _PeerActor:
     """One peer's task state: everything about the peer lives here, owned by its task."""
 
-    __slots__ = ("address", "conn", "dial_attempts", "peer", "queue", "restarts", "scope", "state")
+    __slots__ = (
+        "address",
+        "conn",
+        "dial_attempts",
+        "peer",
+        "queue",
+        "restarts",
+        "scope",
+        "state",
+        "writes",
+    )
 
-    def __init__(self, peer: int, address: str, max_queued: int, bulk_budget: int | None) -> None:
+    def __init__(
+        self,
+        peer: int,
+        address: str,
+        max_queued: int,
+        bulk_budget: int | None,
+        writes: LinkWrites,
+    ) -> None:
         self.peer = peer
         self.address = address
         self.queue = OutboundQueue(max_queued, prioritize=True, bulk_budget=bulk_budget)
@@ -86,6 +115,7 @@ class _PeerActor:
         self.state = "idle"
         self.dial_attempts = 0
         self.restarts = 0
+        self.writes = writes
 
     @property
     def connected(self) -> bool:
@@ -165,7 +195,11 @@ class ConnectionPoolActor:
             if peer in self._actors:
                 continue
             actor = self._actors[peer] = _PeerActor(
-                peer, address, self._max_queued, self._bulk_budget
+                peer,
+                address,
+                self._max_queued,
+                self._bulk_budget,
+                LinkWrites(dialer_timeouts(self._dialer)),
             )
             pending = self._pending.pop(peer, None)
             if pending and actor.queue.put(pending):
@@ -269,7 +303,12 @@ class ConnectionPoolActor:
         actor.conn = conn
         actor.state = "connected"
         try:
-            await pump(actor.queue, conn, lambda batch: self._dialer.encode(actor.peer, batch))
+            expired = await pump(
+                actor.queue,
+                conn,
+                lambda batch: self._dialer.encode(actor.peer, batch),
+                actor.writes,
+            )
         except Exception:
             # A crash loses the batch being written and the queue: Raft must hear of it.
             actor.queue.clear()
@@ -279,3 +318,10 @@ class ConnectionPoolActor:
             actor.conn = None
             actor.queue.clear()  # a failed connection: the transport reported it
             await conn.aclose()
+        if expired:  # closed by us: the transport does not report it
+            logger.warning(
+                "a write to node %d took over %gs; closing its connection",
+                actor.peer,
+                actor.writes.last_limit,
+            )
+            self._dialer.unreachable(actor.peer)

@@ -28,7 +28,8 @@ def raftmw_make_connection_pool(
     """A `ConnectionPoolActor` when the flag is on: peer queues bounded by
     ``queue_capacity_from(settings)``; dials timed by the node's timeout policy (the pool
     only backstops them, `dial_limit`) and retried with ``transport.reconnect_backoff_*``,
-    as the legacy pool does."""
+    as the legacy pool does; writes bounded by the policy's ``raft_message`` timeout
+    (``framework.transport.pool.write_limit``)."""
     if not ctx.flag(FLAG):
         return None
     transport = ctx.settings.transport

@@ -41,7 +41,7 @@ from framework.config import Settings, load_settings
 from framework.core import Message
 from framework.runtime.localcluster import free_ports
 from framework.runtime.node import NodeConfig, RaftNode
-from framework.seams import PeerConnection, PeerDialer
+from framework.seams import PeerConnection, PeerDialer, TimeoutPolicy
 from framework.storage import MemoryLogStore
 from framework.transport.tcp import TcpTransport
 
@@ -95,6 +95,10 @@ class NarrowDialer:
 
     def unreachable(self, peer: int) -> None:
         self._inner.unreachable(peer)
+
+    @property
+    def timeouts(self) -> TimeoutPolicy | None:
+        return self._inner.timeouts
 
 
 class NarrowTcpTransport(TcpTransport):

@@ -10,6 +10,7 @@ import anyio
 from anyio.lowlevel import checkpoint
 
 from framework.core import Heartbeat, Message
+from framework.seams import TimeoutPolicy
 from framework.transport.tcp import ConnectionLost
 from framework.transport.wire import FrameDecoder, PeerBatch, decode_peer_batch, encode_frame
 
@@ -82,6 +83,8 @@ class FakeDialer:
         self.writes: dict[int, int] = defaultdict(int)
         self.reports: list[int] = []
         """Peers reported unreachable, in order."""
+        self.timeouts: TimeoutPolicy | None = None
+        """The node's timeout policy as a transport hands it to its pool (None: not given)."""
 
     async def dial(self, peer: int, address: str) -> FakeConnection:
         self.dials.append((peer, address))

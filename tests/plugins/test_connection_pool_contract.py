@@ -19,10 +19,18 @@ import pytest
 from anyio.lowlevel import checkpoint
 from pool_fakes import FakeDialer, hb
 
+from framework.config import load_settings
 from framework.core import AppendEntries, Entry, Heartbeat, Message
 from framework.seams import Component, ConnectionPool, PeerDialer
-from framework.transport.pool import OutboundQueue, TransportPool
+from framework.transport.pool import (
+    WRITE_FLOOR_RATE,
+    LinkWrites,
+    OutboundQueue,
+    TransportPool,
+    write_limit,
+)
 from framework.transport.tcp import TcpTransport
+from legacy import FixedTimeouts
 from legacy.pool import LockedConnectionPool
 from plugins.actors.pool import ConnectionPoolActor
 
@@ -308,6 +316,78 @@ async def test_queued_messages_move_across_a_swap(old_kind: str, new_kind: str) 
             await until(lambda: dialer.terms(3) == [5])
             tg.cancel_scope.cancel()
     assert dialer.open == 0
+
+
+async def test_a_write_to_a_peer_that_stops_reading_expires_by_the_policy_and_redials(
+    kind: str,
+) -> None:
+    """Issue 12: a peer write is bounded by the node's timeout policy (``raft_message``),
+    sampled by it, and an expired one closes the connection, reports the peer and redials.
+    Before, the actor pool waited forever and the legacy pool by a fixed bound the policy
+    never heard of (no ``raft_message`` sample at all)."""
+    policy = FixedTimeouts(load_settings(env={}))
+    dialer = FakeDialer()
+    dialer.timeouts = policy
+    pool = make_pool(kind, dialer)
+    pool.set_peers(BOOK)
+    async with running(pool):
+        await until(connected(dialer, 2, 3))
+        first = dialer.live(2)
+        assert first is not None
+        dialer.write_gates[2] = anyio.Event()  # node 2 stops reading, and never reads again
+        pool.send(2, [hb(2, 1)])
+        await until(lambda: first.closed, "the write to node 2 to expire")
+        assert first.closed_by == "pool"
+        await until(lambda: 2 in dialer.reports, "the report")  # Raft hears of the loss
+        assert policy.stats()["raft_message"]["timeouts"] >= 1
+        await until(lambda: dialer.live(2) not in (None, first), "the redial")
+        del dialer.write_gates[2]  # node 2 reads again
+        pool.send(2, beats(2, [2, 3]))
+        await until(lambda: dialer.terms(2)[-2:] == [2, 3], "delivery on the new connection")
+        pool.send(3, [hb(3, 4)])
+        await until(lambda: dialer.terms(3) == [4], "node 3")
+        assert len(dialer.connections[3]) == 1  # the other peer never noticed
+        seen = policy.stats()["raft_message"]
+        assert seen["count"] > seen["timeouts"]  # completed writes are sampled too
+
+
+async def test_link_writes_count_expired_writes_in_a_row_and_reset_on_completion() -> None:
+    """The ``attempt`` a write asks the policy for: writes that expired on the link in a row,
+    back to 0 after one completes (what lets an adaptive policy back off on one link)."""
+    asked: list[int] = []
+
+    class Recording(FixedTimeouts):
+        def timeout(self, operation: str, attempt: int = 0) -> float:
+            asked.append(attempt)
+            return super().timeout(operation, attempt)
+
+    policy = Recording(load_settings(env={}))
+    dialer = FakeDialer()
+    conn = await dialer.dial(2, "a2")
+    writes = LinkWrites(lambda: policy)
+    frames = dialer.encode(2, [hb(2, 1)])
+    dialer.write_gates[2] = anyio.Event()
+    assert not await writes.send(conn, frames)
+    assert not await writes.send(conn, frames)
+    del dialer.write_gates[2]
+    assert await writes.send(conn, frames)
+    assert not conn.closed  # closing is the pool's part
+    assert asked == [0, 1, 2]
+    assert (writes.attempt, writes.expired) == (0, 2)
+    assert policy.stats()["raft_message"]["count"] == 3
+    assert policy.stats()["raft_message"]["timeouts"] == 2
+
+
+def test_a_full_append_on_a_slow_link_gets_more_than_the_policy_value() -> None:
+    """The fixed ``raft_message`` base is a round trip (100ms): a write is never bounded
+    below what its bytes need at ``WRITE_FLOOR_RATE``, so a full append is not cut."""
+    settings = load_settings(env={})
+    policy = FixedTimeouts(settings)
+    base = policy.timeout("raft_message")
+    full = settings.raft.max_size_per_msg
+    assert write_limit(policy, 0, 100, 10.0) == base  # heartbeats: the policy's value
+    assert write_limit(policy, 0, full, 10.0) == full / WRITE_FLOOR_RATE > base
+    assert write_limit(None, 0, 100, 7.0) == 7.0  # no policy yet: the pool's fallback
 
 
 @pytest.mark.parametrize("kind", ["legacy", "actor"])
