@@ -51,13 +51,14 @@ Concurrent requests share the connections and leave in one write when made toget
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import math
 import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence, Set
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import anyio
 import anyio.abc
@@ -92,6 +93,10 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_ATTEMPT_TIMEOUT", "KVClient", "parse_peers"]
 
 _FLAG_ACTIONS = frozenset({"list", "get", "set", "unset", "history"})
+_KV_BODIES = (KVOp, AppCall)
+"""Requests an attempt timeout bounds (admin requests get the whole deadline)."""
+_NONE_TRIED: frozenset[str] = frozenset()
+"""A request's ``tried`` before its first attempt fails: no set built on the common path."""
 
 
 class _Connection(Protocol):
@@ -243,6 +248,9 @@ class KVClient:
         self._slowest = 0.0
         """The slowest answered attempt lately (seconds), decaying by half per second."""
         self._slowest_at = 0.0
+        self._clock: Callable[[], float] = anyio.current_time
+        """anyio's clock; on asyncio, the loop's own ``time`` (what ``anyio.current_time``
+        returns there, without looking up the backend on every read)."""
 
     @classmethod
     def from_settings(
@@ -269,6 +277,10 @@ class KVClient:
         stack = AsyncExitStack()
         self._tg = await stack.enter_async_context(anyio.create_task_group())
         self._stack = stack
+        try:
+            self._clock = asyncio.get_running_loop().time
+        except RuntimeError:  # not on asyncio (trio): anyio's clock, as it is
+            self._clock = anyio.current_time
         return self
 
     async def __aexit__(
@@ -293,18 +305,18 @@ class KVClient:
         return value
 
     async def put(self, key: str, value: str) -> None:
-        await self._write(KVOp(op="put", key=key, value=value))
+        await self._write("put", key, value)
 
     async def delete(self, key: str) -> None:
-        await self._write(KVOp(op="delete", key=key))
+        await self._write("delete", key)
 
     async def append(self, key: str, value: str) -> str:
-        result = await self._write(KVOp(op="append", key=key, value=value))
+        result = await self._write("append", key, value)
         assert isinstance(result, str)
         return result
 
     async def cas(self, key: str, expected: str | None, new: str) -> bool:
-        result = await self._write(KVOp(op="cas", key=key, expected=expected, value=new))
+        result = await self._write("cas", key, new, expected)
         assert isinstance(result, bool)
         return result
 
@@ -467,32 +479,48 @@ class KVClient:
             # (as stale) the timed-out one if it is still in flight.
             idle.append(session)
 
-    async def _write(self, op: KVOp) -> object:
-        return await self._with_session(
-            lambda client_id, seq: KVOp(
-                op=op.op,
-                key=op.key,
-                value=op.value,
-                expected=op.expected,
-                client_id=client_id,
-                seq=seq,
-            )
+    async def _write(
+        self,
+        op: Literal["put", "delete", "append", "cas"],
+        key: str,
+        value: str | None = None,
+        expected: str | None = None,
+    ) -> object:
+        """``_with_session`` for a KV write, built in place: one ``KVOp`` and no closure
+        per write (the common path of a load generator)."""
+        idle = self._idle_sessions
+        session = idle.pop() if idle else _Session(random.SystemRandom().randrange(1, 2**62))
+        session.seq += 1
+        body = KVOp(
+            op=op,
+            key=key,
+            value=value,
+            expected=expected,
+            client_id=session.client_id,
+            seq=session.seq,
         )
+        try:
+            response = await self._call(body, write=True)
+            return response.data if response.data is not None else response.value
+        finally:
+            idle.append(session)  # as in _with_session
 
     async def _call(self, body: RequestBody, *, write: bool) -> ClientResponse:
         """Send ``body`` to the leader, trying node after node until an answer or the
         deadline (see the module docstring: attempts, penalties, what each error means)."""
-        # One clock read on the way to an answer: the deadline travels with the request.
-        now = anyio.current_time()
+        # Two clock reads on the way to an answer: the deadline, which travels with the
+        # request, and the answer's time, which the attempt limit adapts to.
+        clock = self._clock
+        now = clock()
         deadline = now + self.timeout
         # Admin requests wait on the cluster (a learner catching up, a transfer, a swap):
         # their one attempt may take the whole deadline.
-        kv = isinstance(body, KVOp | AppCall)
+        kv = isinstance(body, _KV_BODIES)
         attempt = self._attempt_limit(now) if kv else self.timeout
         maybe_applied = False
         last_problem = "no node answered"
         rounds = 0  # rounds of this request that ended without a leader: the backoff's exponent
-        tried: set[str] = set()
+        tried: Set[str] = _NONE_TRIED  # a set of its own from the first attempt not answered ok
         while now < deadline:
             address = self._next_target(tried, now)
             if address is None:
@@ -500,13 +528,21 @@ class KVClient:
                 delay = backoff_delay(self.retry_backoff, self._max_backoff, rounds, self._rng)
                 await anyio.sleep(min(delay, deadline - now))
                 rounds += 1
-                tried.clear()
-                now = anyio.current_time()
+                tried = set()
+                now = clock()
                 continue
-            tried.add(address)
             sent = now
             outcome = await self._send_once(address, body, min(deadline, now + attempt))
-            now = anyio.current_time()
+            now = clock()
+            if not isinstance(outcome, _Failure) and outcome.ok:
+                # The common path: the known leader answered the first attempt.
+                if self._penalised:
+                    self._penalised.pop(address, None)  # it answers: it is alive
+                self._leader = address
+                if kv:
+                    self._observe(now - sent, now)
+                return outcome
+            tried = {*tried, address}
             if isinstance(outcome, _Failure):
                 # A write that reached the node (silent, or lost with the connection) may
                 # yet apply; one never sent cannot. Either way the node goes last a while.
@@ -517,11 +553,6 @@ class KVClient:
                     self._leader = None
                 continue
             self._penalised.pop(address, None)  # it answers: whatever it says, it is alive
-            if outcome.ok:
-                self._leader = address
-                if kv:
-                    self._observe(now - sent, now)
-                return outcome
             error = outcome.error
             assert error is not None
             last_problem = f"{address}: {error.message}"
@@ -549,23 +580,26 @@ class KVClient:
     def _attempt_limit(self, now: float) -> float:
         """``attempt_timeout``, or twice the slowest recent answer if longer (a leader that
         is merely slow under load is waited for), never past the request deadline."""
+        if 2 * self._slowest <= self.attempt_timeout:
+            return self.attempt_timeout  # the usual case: no answer lately came near it
         recent = self._slowest * math.pow(0.5, now - self._slowest_at)
         return min(self.timeout, max(self.attempt_timeout, 2 * recent))
 
     def _observe(self, seconds: float, now: float) -> None:
         """An attempt answered in ``seconds`` (its own time: not the request's retries)."""
-        recent = self._slowest * math.pow(0.5, now - self._slowest_at)
-        if seconds >= recent:
+        slowest = self._slowest  # decays, so an answer at least as slow is the new slowest
+        if seconds >= slowest or seconds >= slowest * math.pow(0.5, now - self._slowest_at):
             self._slowest, self._slowest_at = seconds, now
 
-    def _next_target(self, tried: set[str], now: float) -> str | None:
+    def _next_target(self, tried: Set[str], now: float) -> str | None:
         """The next node of this round: the known leader, else a random node not tried yet;
         nodes penalised until after ``now`` only once no other node is left at all (then
         the one penalised first). None ends the round."""
         penalised = self._penalised
-        for address, until in list(penalised.items()):
-            if until <= now:
-                del penalised[address]
+        if penalised:  # none on the common path: no list built
+            for address, until in list(penalised.items()):
+                if until <= now:
+                    del penalised[address]
         leader = self._leader
         if leader is not None and leader not in tried and leader not in penalised:
             return leader
