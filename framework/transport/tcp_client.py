@@ -7,17 +7,20 @@ and timed out by one expiry task (``_Timers``) rather than a cancel scope per re
 A request waits on a bare asyncio future when the connection runs on asyncio (an
 ``anyio.Event`` there is an ``asyncio.Event`` behind a wrapper: two objects, a loop lookup
 and a future per request, a third of a load generator's CPU at 512 writers), and on an
-``anyio.Event`` elsewhere (trio).
+``anyio.Event`` elsewhere (trio). The future is the whole waiter: its result is the
+response, or why none came (``_End``); nothing else is allocated per request to wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import heapq
 import logging
 import ssl
+from collections.abc import Generator
 from types import TracebackType
-from typing import Self
+from typing import Any, Self, TypeAlias
 
 import anyio
 import anyio.abc
@@ -53,41 +56,41 @@ __all__ = ["TcpClientConnection"]
 logger = logging.getLogger("raftmw.transport")
 
 
-class _Waiter:
-    """One request's answer: ``wake()`` once the response (or the end) is known, and the
-    requester's ``wait()`` returns."""
+class _End(enum.Enum):
+    """Why a request's waiter was settled without a response."""
 
-    __slots__ = ("_event", "_future", "response", "settled", "timed_out")
+    TIMED_OUT = "timed out"
+    LOST = "lost"
+    """The connection failed or was closed."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
-        self._future: asyncio.Future[None] | None = None
-        self._event: anyio.Event | None = None
-        if loop is not None:
-            self._future = loop.create_future()
-        else:
-            self._event = anyio.Event()
-        self.response: ClientResponse | None = None
-        self.timed_out = False
-        self.settled = False
 
-    def wake(self) -> None:
-        if self.settled:
-            return
-        self.settled = True
-        future = self._future
-        if future is not None:
-            if not future.done():  # a cancelled requester cancelled its future
-                future.set_result(None)
-        else:
-            assert self._event is not None
-            self._event.set()
+class _EventWaiter:
+    """A request's answer off asyncio (trio): what a future gives the asyncio path
+    (``done``, ``set_result``, ``result``, ``await``), on an ``anyio.Event``."""
 
-    async def wait(self) -> None:
-        if self._future is not None:
-            await self._future
-        else:
-            assert self._event is not None
-            await self._event.wait()
+    __slots__ = ("_event", "_result")
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+        self._result: ClientResponse | _End = _End.LOST
+
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def set_result(self, result: ClientResponse | _End) -> None:
+        self._result = result
+        self._event.set()
+
+    def result(self) -> ClientResponse | _End:
+        return self._result
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self._event.wait().__await__()
+
+
+_Waiter: TypeAlias = "asyncio.Future[ClientResponse | _End] | _EventWaiter"
+"""One request's answer, settled once (``done()``) with the response or an ``_End``; a
+requester that was cancelled cancels its future, which settles it too."""
 
 
 class _Timers:
@@ -113,14 +116,14 @@ class _Timers:
         if heap[0][2] is waiter:
             self._wake.set()  # a new earliest deadline: the expiry task sleeps too long
         if len(heap) > 2 * in_flight + 64:
-            self._heap = [item for item in heap if not item[2].settled]
+            self._heap = [item for item in heap if not item[2].done()]
             heapq.heapify(self._heap)
 
     async def run(self) -> None:
-        """Wake each waiter whose deadline passed unanswered, marking it ``timed_out``."""
+        """Settle each waiter whose deadline passed unanswered with ``_End.TIMED_OUT``."""
         while True:
             heap = self._heap
-            while heap and heap[0][2].settled:
+            while heap and heap[0][2].done():
                 heapq.heappop(heap)
             if not heap:
                 await self._wake.wait()
@@ -133,9 +136,8 @@ class _Timers:
                 if self._wake.is_set():
                     self._wake = anyio.Event()
                 continue
-            _, _, waiter = heapq.heappop(heap)
-            waiter.timed_out = True
-            waiter.wake()
+            _, _, waiter = heapq.heappop(heap)  # not done: checked just above, no await since
+            waiter.set_result(_End.TIMED_OUT)
 
 
 def _limit(timeout: float | None) -> str:
@@ -311,7 +313,8 @@ class TcpClientConnection:
             raise ConnectionLost(self.address, self._lost or "not connected")
         request_id = self._next_id
         self._next_id += 1
-        waiter = _Waiter(self._loop)
+        loop = self._loop
+        waiter: _Waiter = loop.create_future() if loop is not None else _EventWaiter()
         pending = self._pending
         pending[request_id] = waiter
         try:
@@ -320,12 +323,13 @@ class TcpClientConnection:
                 deadline = anyio.current_time() + timeout
             if deadline is not None:
                 self._timers.add(waiter, deadline, len(pending))
-            await waiter.wait()
+            await waiter
         finally:
             del pending[request_id]
-        if waiter.response is not None:
-            return waiter.response
-        if waiter.timed_out:
+        result = waiter.result()
+        if type(result) is ClientResponse:
+            return result
+        if result is _End.TIMED_OUT:
             raise TimeoutError(f"no answer from {self.address} in time ({_limit(timeout)})")
         raise ConnectionLost(self.address, self._lost or "closed")
 
@@ -345,9 +349,9 @@ class TcpClientConnection:
                     self._fail(f"server said goodbye: {response.reason}")
                     return
                 waiter = self._pending.get(response.id)
-                if waiter is not None:  # else: the answer to a request its caller abandoned
-                    waiter.response = response
-                    waiter.wake()
+                # None or done: the answer to a request its caller abandoned (or timed out)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(response)
         except ProtocolError as exc:
             logger.warning("closing connection with %s: %s", self.address, exc)
             self._fail(str(exc))
@@ -362,4 +366,5 @@ class TcpClientConnection:
         if self._outbox is not None:
             self._outbox.close()
         for waiter in self._pending.values():
-            waiter.wake()
+            if not waiter.done():
+                waiter.set_result(_End.LOST)
