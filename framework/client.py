@@ -464,9 +464,7 @@ class KVClient:
     ) -> object:
         """Send the write ``build(client_id, seq)`` with an idle session's next ``seq``,
         through ``send`` (an embedded node's own path) or to the leader."""
-        idle = self._idle_sessions
-        session = idle.pop() if idle else _Session(random.SystemRandom().randrange(1, 2**62))
-        session.seq += 1
+        session = self._take_session()
         body = build(session.client_id, session.seq)
         try:
             if send is not None:
@@ -477,7 +475,14 @@ class KVClient:
         finally:
             # Even after a Timeout: the next write takes seq + 1, and the cluster refuses
             # (as stale) the timed-out one if it is still in flight.
-            idle.append(session)
+            self._idle_sessions.append(session)
+
+    def _take_session(self) -> _Session:
+        """An idle session (a new one if all are busy), its ``seq`` advanced for a write."""
+        idle = self._idle_sessions
+        session = idle.pop() if idle else _Session(random.SystemRandom().randrange(1, 2**62))
+        session.seq += 1
+        return session
 
     async def _write(
         self,
@@ -488,9 +493,7 @@ class KVClient:
     ) -> object:
         """``_with_session`` for a KV write, built in place: one ``KVOp`` and no closure
         per write (the common path of a load generator)."""
-        idle = self._idle_sessions
-        session = idle.pop() if idle else _Session(random.SystemRandom().randrange(1, 2**62))
-        session.seq += 1
+        session = self._take_session()
         body = KVOp(
             op=op,
             key=key,
@@ -503,7 +506,7 @@ class KVClient:
             response = await self._call(body, write=True)
             return response.data if response.data is not None else response.value
         finally:
-            idle.append(session)  # as in _with_session
+            self._idle_sessions.append(session)  # as in _with_session
 
     async def _call(self, body: RequestBody, *, write: bool) -> ClientResponse:
         """Send ``body`` to the leader, trying node after node until an answer or the
