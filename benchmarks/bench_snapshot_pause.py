@@ -1,7 +1,7 @@
 """The event loop's longest pause while a node takes a snapshot, at a given state size.
 
     nice python benchmarks/bench_snapshot_pause.py [--keys 100000,1000000] [--trials 3]
-        [--writers 8] [--against /path/to/checkout-of-another-commit]
+        [--writers 8] [--modes chunked,nice0,whole] [--against /path/to/another-checkout]
 
 One node (a single voter, so it leads at once) on the in-memory network with a SQLite store
 in a temp directory: the snapshot path is the real one (serialise, write the file, fsync,
@@ -20,12 +20,15 @@ process's own worker threads); the rest, ``held``, is the process's own (the loo
 the CPU, or asleep on the GIL or a lock). The garbage collector is timed with
 ``gc.callbacks``: the longest collection and the generation-2 collections in each window.
 
-By default every trial runs twice, interleaved, each in a fresh subprocess: ``chunked``
-(this tree) and ``whole``, the same tree with the state machine seen as main's runtime saw
-it (``snapshot()`` in one call in a worker thread while the Ready loop waits): main's pause.
-``--against DIR`` instead runs this tree against DIR's (``PYTHONPATH`` set to the tree it
-measures; the script only uses what main also has). NB: against the integration commit
-161c0ec this segfaulted at 100,000 keys on the measuring VM, hence the ``whole`` reference.
+Every trial runs once per mode (``--modes``), interleaved, each in a fresh subprocess:
+``chunked`` (this tree as it is: the snapshot joined and written in a thread of lowered CPU
+priority), ``nice0`` (the same with ``background_nice=0``: that thread at the loop's
+priority, as before), and ``whole``, the same tree with the state machine seen as main's
+runtime saw it (``snapshot()`` in one call in a worker thread while the Ready loop waits):
+main's pause. ``--against DIR`` instead runs this tree against DIR's (``PYTHONPATH`` set to
+the tree it measures; the script only uses what main also has). NB: against the integration
+commit 161c0ec this segfaulted at 100,000 keys on the measuring VM, hence the ``whole``
+reference (which itself died with SIGSEGV at 100,000 keys in a later session).
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ class _WholeOnly:
         self.snapshot = sm.snapshot  # type: ignore[attr-defined]
 
 
-async def _one(keys: int, writers: int, whole: bool = False) -> dict[str, float]:
+async def _one(keys: int, writers: int, mode: str = "chunked") -> dict[str, float]:
     from framework.client import KVClient
     from framework.config import load_settings
     from framework.runtime.node import NodeConfig, RaftNode
@@ -72,8 +75,10 @@ async def _one(keys: int, writers: int, whole: bool = False) -> dict[str, float]
         node = RaftNode(config, store=store, transport=network.transport(1))
         async with anyio.create_task_group() as tg:
             await tg.start(node.run)
-            if whole:
+            if mode == "whole":
                 node.local_snapshots._sm = _WholeOnly(node.sm)
+            elif mode == "nice0":
+                node.local_snapshots.background_nice = 0
 
             @asynccontextmanager
             async def connect(address: str) -> AsyncIterator[object]:
@@ -182,9 +187,9 @@ class _Collections:
         self.gen2 += info["generation"] == 2
 
 
-def _run_in(tree: Path, keys: int, writers: int, whole: bool) -> dict[str, float]:
+def _run_in(tree: Path, keys: int, writers: int, mode: str) -> dict[str, float]:
     env = dict(os.environ, PYTHONPATH=str(tree))
-    extra = ["--whole"] if whole else []
+    extra = ["--mode", mode]
     out = subprocess.run(
         [sys.executable, __file__, "--one", str(keys), "--writers", str(writers), *extra],
         env=env,
@@ -203,20 +208,25 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=8)
     parser.add_argument("--against", type=Path, default=None)
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--whole", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--modes", default="chunked,nice0", help="of chunked, nice0, whole")
+    parser.add_argument("--mode", default="chunked", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is not None:
-        print(json.dumps(anyio.run(_one, args.one, args.writers, args.whole)))
+        print(json.dumps(anyio.run(_one, args.one, args.writers, args.mode)))
         return
     here = Path(__file__).resolve().parents[1]
-    trees = {"chunked": (here, False), "whole": (here, True)}
+    modes = args.modes.split(",")
+    unknown = sorted(set(modes) - {"chunked", "nice0", "whole"})
+    if unknown:
+        parser.error(f"--modes {args.modes!r}: unknown {unknown}; expected chunked, nice0, whole")
+    trees = {mode: (here, mode) for mode in modes}
     if args.against is not None:
-        trees = {"this": (here, False), "against": (args.against.resolve(), False)}
+        trees = {"this": (here, "chunked"), "against": (args.against.resolve(), "chunked")}
     for keys in (int(k) for k in args.keys.split(",")):
         results: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
         for _ in range(args.trials):
-            for name, (tree, whole) in trees.items():  # interleaved
-                results[name].append(_run_in(tree, keys, args.writers, whole))
+            for name, (tree, mode) in trees.items():  # interleaved
+                results[name].append(_run_in(tree, keys, args.writers, mode))
         for name, runs in results.items():
             pauses = [r["max_pause_ms"] for r in runs]
             refs = [r["reference_ms"] for r in runs]
