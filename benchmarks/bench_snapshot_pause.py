@@ -1,7 +1,7 @@
 """The event loop's longest pause while a node takes a snapshot, at a given state size.
 
     nice python benchmarks/bench_snapshot_pause.py [--keys 100000,1000000] [--trials 3]
-        [--writers 8] [--modes chunked,nice0,whole] [--against /path/to/another-checkout]
+        [--writers 8] [--modes chunked,whole] [--against /path/to/another-checkout]
 
 One node (a single voter, so it leads at once) on the in-memory network with a SQLite store
 in a temp directory: the snapshot path is the real one (serialise, write the file, fsync,
@@ -21,11 +21,9 @@ the CPU, or asleep on the GIL or a lock). The garbage collector is timed with
 ``gc.callbacks``: the longest collection and the generation-2 collections in each window.
 
 Every trial runs once per mode (``--modes``), interleaved, each in a fresh subprocess:
-``chunked`` (this tree as it is: the snapshot joined and written in a thread of lowered CPU
-priority), ``nice0`` (the same with ``background_nice=0``: that thread at the loop's
-priority, as before), and ``whole``, the same tree with the state machine seen as main's
-runtime saw it (``snapshot()`` in one call in a worker thread while the Ready loop waits):
-main's pause. ``--against DIR`` instead runs this tree against DIR's (``PYTHONPATH`` set to
+``chunked`` (this tree as it is) and ``whole``, the same tree with the state machine seen
+as main's runtime saw it (``snapshot()`` in one call in a worker thread while the Ready loop
+waits): main's pause. ``--against DIR`` instead runs this tree against DIR's (``PYTHONPATH`` set to
 the tree it measures; the script only uses what main also has). NB: against the integration
 commit 161c0ec this segfaulted at 100,000 keys on the measuring VM, hence the ``whole``
 reference (which itself died with SIGSEGV at 100,000 keys in a later session).
@@ -77,8 +75,6 @@ async def _one(keys: int, writers: int, mode: str = "chunked") -> dict[str, floa
             await tg.start(node.run)
             if mode == "whole":
                 node.local_snapshots._sm = _WholeOnly(node.sm)
-            elif mode == "nice0":
-                node.local_snapshots.background_nice = 0
 
             @asynccontextmanager
             async def connect(address: str) -> AsyncIterator[object]:
@@ -208,7 +204,7 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=8)
     parser.add_argument("--against", type=Path, default=None)
     parser.add_argument("--one", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--modes", default="chunked,nice0", help="of chunked, nice0, whole")
+    parser.add_argument("--modes", default="chunked,whole", help="of chunked, whole")
     parser.add_argument("--mode", default="chunked", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one is not None:
@@ -216,9 +212,9 @@ def main() -> None:
         return
     here = Path(__file__).resolve().parents[1]
     modes = args.modes.split(",")
-    unknown = sorted(set(modes) - {"chunked", "nice0", "whole"})
+    unknown = sorted(set(modes) - {"chunked", "whole"})
     if unknown:
-        parser.error(f"--modes {args.modes!r}: unknown {unknown}; expected chunked, nice0, whole")
+        parser.error(f"--modes {args.modes!r}: unknown {unknown}; expected chunked, whole")
     trees = {mode: (here, mode) for mode in modes}
     if args.against is not None:
         trees = {"this": (here, "chunked"), "against": (args.against.resolve(), "chunked")}

@@ -21,18 +21,6 @@ election timeout cost a leader its leadership (issue #13). Now a snapshot goes i
 5. **Record** (on the loop, between two Readies): ``store.commit_snapshot`` with
    ``compact_to`` (trailing entries stay in the store, as in the kernel).
 
-The join (step 2) and the write (step 4, with its SHA-256) copy and hash the whole snapshot:
-about 150 ms of CPU at 1,000,000 keys, in a worker thread. They do not hold the loop (the
-GIL is released for all of it), but on a machine with few cores they compete with the loop
-thread for one: measured, the loop's long waits during a snapshot were almost all spent
-runnable, waiting for a CPU (``benchmarks/bench_snapshot_pause.py`` splits each pause), not
-in Python's garbage collector (no generation-2 collection ran; the KV map of ``str`` to
-``str`` is not tracked by it). So both run in a thread of their own whose CPU priority is
-lowered by ``background_nice`` (Linux, where a nice value is per thread; nothing is changed
-elsewhere): when the loop and the snapshot both want a CPU, the loop gets it first. A thread
-of its own, because an unprivileged process cannot raise a nice value back: a worker of
-anyio's pool would stay slow for the ``save_ready`` calls that follow.
-
 Until step 5, the store keeps every entry: a crash loses nothing; only the Ready loop ever
 writes to the log. One snapshot at a time.
 
@@ -42,18 +30,26 @@ stopped for all of it), above the 10 ms target and growing with the state, and a
 process with threads (SQLite workers) may only call async-signal-safe code in principle;
 chunked encoding's pause is one chunk, whatever the state size. A state machine without
 ``snapshot_chunks`` is serialised by ``snapshot()`` in a worker thread as before.
+
+What is left of the pause (issue #13, measured at 1,000,000 keys on a shared 2-core VM with
+``benchmarks/bench_snapshot_pause.py``, which splits each late wake-up of the loop): the
+loop's long waits during a snapshot are spent runnable, waiting for a CPU, as they are
+without a snapshot; the part held by the process itself is a few ms. Not the garbage
+collector: the KV map of ``str`` to ``str`` is not tracked by it (about 46,000 tracked
+objects at 1,000,000 keys) and generation-2 collections were rare, so ``gc.freeze()`` or
+higher thresholds would address nothing measured. Why not join and write in a thread of
+lower CPU priority (a raised nice value), so the loop gets a CPU first? Tried and measured
+worse (the part held by the process went from a median of 3.4 ms to 29.7 ms at 1,000,000
+keys): that thread also takes the GIL (to start and end each call), and when the scheduler
+leaves it waiting while it holds the GIL, the loop waits for both (priority inversion).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import sys
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -63,50 +59,9 @@ from framework.core import RawNode, Snapshot, SnapshotMeta
 from framework.runtime.snapshots import node_snapshot_parts
 from framework.storage import LogStore
 
-__all__ = ["BACKGROUND_NICE", "LocalSnapshots"]
+__all__ = ["LocalSnapshots"]
 
 log = logging.getLogger("raftmw.snapshots")
-
-T = TypeVar("T")
-
-BACKGROUND_NICE = 10
-"""How much lower the snapshot thread's CPU priority is than the loop's (nice values: 0 to
-19; 10 gives it about a tenth of the loop's share of a CPU both want)."""
-
-
-def _lower_this_threads_priority(nice: int) -> None:
-    """Raise the calling thread's nice value by ``nice`` (Linux only: elsewhere
-    ``setpriority`` with a thread id is not per thread, so nothing is done)."""
-    if nice <= 0 or not sys.platform.startswith("linux"):
-        return
-    tid = threading.get_native_id()
-    try:
-        current = os.getpriority(os.PRIO_PROCESS, tid)
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, current + nice))
-    except OSError as exc:  # a sandbox may refuse it: run at the usual priority
-        log.debug("cannot lower the snapshot thread's priority: %s", exc)
-
-
-async def _run_in_background_thread(fn: Callable[[], T], *, nice: int) -> T:
-    """``fn()`` in a new thread whose CPU priority is lowered by ``nice`` (0: unchanged),
-    awaited without holding the loop. Like ``anyio.to_thread.run_sync``, it runs to its end
-    even if the caller is cancelled (the caller sees the cancellation afterwards)."""
-    outcome: list[T] = []
-    failure: list[BaseException] = []
-
-    def target() -> None:
-        _lower_this_threads_priority(nice)
-        try:
-            outcome.append(fn())
-        except BaseException as exc:  # handed to the awaiting task below
-            failure.append(exc)
-
-    thread = threading.Thread(target=target, name="raftmw-snapshot", daemon=True)
-    thread.start()
-    await anyio.to_thread.run_sync(thread.join)
-    if failure:
-        raise failure[0]
-    return outcome[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,13 +86,8 @@ class LocalSnapshots:
         threshold: int,
         trailing: int,
         wake: Callable[[], None],
-        background_nice: int = BACKGROUND_NICE,
     ) -> None:
-        if not 0 <= background_nice <= 19:
-            raise ValueError(f"background_nice={background_nice!r}: expected 0 to 19")
         self.node_id = node_id
-        self.background_nice = background_nice
-        """Added to the nice value of the thread that joins and writes a snapshot."""
         self._store = store
         self._sm = state_machine
         self._threshold = threshold
@@ -219,13 +169,11 @@ class LocalSnapshots:
         self, point: SnapshotMeta, members: dict[int, str], flags: bytes, parts: list[bytes]
     ) -> None:
         pieces = node_snapshot_parts(members=members, flags=flags, state_machine=parts)
-        data = await _run_in_background_thread(partial(b"".join, pieces), nice=self.background_nice)
+        data = await anyio.to_thread.run_sync(b"".join, pieces)
         self._encoded = _Encoded(point, data)
         self._wake()
 
     async def _write(self, snapshot: Snapshot, compact_to: int) -> None:
-        token = await _run_in_background_thread(
-            partial(self._store.prepare_snapshot, snapshot), nice=self.background_nice
-        )
+        token = await anyio.to_thread.run_sync(self._store.prepare_snapshot, snapshot)
         self._written = _Written(token, compact_to)
         self._wake()
