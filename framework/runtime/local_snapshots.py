@@ -30,6 +30,18 @@ stopped for all of it), above the 10 ms target and growing with the state, and a
 process with threads (SQLite workers) may only call async-signal-safe code in principle;
 chunked encoding's pause is one chunk, whatever the state size. A state machine without
 ``snapshot_chunks`` is serialised by ``snapshot()`` in a worker thread as before.
+
+What is left of the pause (issue #13, measured at 1,000,000 keys on a shared 2-core VM with
+``benchmarks/bench_snapshot_pause.py``, which splits each late wake-up of the loop): the
+loop's long waits during a snapshot are spent runnable, waiting for a CPU, as they are
+without a snapshot; the part held by the process itself is a few ms. Not the garbage
+collector: the KV map of ``str`` to ``str`` is not tracked by it (about 46,000 tracked
+objects at 1,000,000 keys) and generation-2 collections were rare, so ``gc.freeze()`` or
+higher thresholds would address nothing measured. Why not join and write in a thread of
+lower CPU priority (a raised nice value), so the loop gets a CPU first? Tried and measured
+worse (the part held by the process went from a median of 3.4 ms to 29.7 ms at 1,000,000
+keys): that thread also takes the GIL (to start and end each call), and when the scheduler
+leaves it waiting while it holds the GIL, the loop waits for both (priority inversion).
 """
 
 from __future__ import annotations
