@@ -15,6 +15,7 @@ Only state and counts are asserted; every wait has a generous outer bound.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import anyio
 import anyio.abc
@@ -62,30 +63,33 @@ class StallingRelay:
     async def serve(self, *, task_status: TaskStatus[str]) -> None:
         listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
         async with listener:
-            host, port = listener.extra(anyio.abc.SocketAttribute.local_address)[:2]
-            task_status.started(format_address(str(host), int(port)))
+            port = listener.extra(anyio.abc.SocketAttribute.local_port)
+            task_status.started(format_address("127.0.0.1", port))
             await listener.serve(self._relay)
 
     async def _relay(self, client: anyio.abc.SocketStream) -> None:
         self.accepted += 1
         host, port = parse_address(self.target)
-        async with client, await anyio.connect_tcp(host, port) as upstream:
-            async with anyio.create_task_group() as tg:
+        async with (
+            client,
+            await anyio.connect_tcp(host, port) as upstream,
+            anyio.create_task_group() as tg,
+        ):
 
-                async def forward(
-                    src: anyio.abc.SocketStream, dst: anyio.abc.SocketStream, gated: bool
-                ) -> None:
-                    try:
-                        while True:
-                            if gated:
-                                await self._reading.wait()
-                            await dst.send(await src.receive())
-                    except _LOST:
-                        pass
-                    tg.cancel_scope.cancel()  # one side ended: end both
+            async def forward(
+                src: anyio.abc.SocketStream, dst: anyio.abc.SocketStream, gated: bool
+            ) -> None:
+                try:
+                    while True:
+                        if gated:
+                            await self._reading.wait()
+                        await dst.send(await src.receive())
+                except _LOST:
+                    pass
+                tg.cancel_scope.cancel()  # one side ended: end both
 
-                tg.start_soon(forward, client, upstream, False)
-                tg.start_soon(forward, upstream, client, True)
+            tg.start_soon(forward, client, upstream, False)
+            tg.start_soon(forward, upstream, client, True)
 
 
 async def wait_until(predicate: Callable[[], bool], what: str, limit: float = 20) -> None:
@@ -118,9 +122,19 @@ def append(index: int) -> AppendEntries:
     return AppendEntries(src=2, dst=1, term=1, prev_index=index - 1, prev_term=1, entries=(entry,))
 
 
+def sampled(policy: FixedTimeouts) -> tuple[int, int]:
+    """``raft_message`` writes the policy was told of: (all, expired)."""
+    stats = policy.stats().get("raft_message", {})
+    return int(stats.get("count", 0)), int(stats.get("timeouts", 0))
+
+
+def written_or_expired(transport: TcpTransport, policy: FixedTimeouts, frames: int) -> bool:
+    """A write finished since ``transport`` had written ``frames``, or one expired."""
+    return transport.frames_sent > frames or sampled(policy)[1] > 0
+
+
 async def test_a_write_to_a_lower_id_peer_that_stops_reading_expires_closes_and_recovers() -> None:
     policy = FixedTimeouts(load_settings(env={}))
-    raft_message = lambda: policy.stats().get("raft_message", {"count": 0, "timeouts": 0})  # noqa: E731
     async with anyio.create_task_group() as tg:
         one, two = Node(make(1)), Node(make(2))
         two.transport.use_timeouts(policy)
@@ -133,19 +147,18 @@ async def test_a_write_to_a_lower_id_peer_that_stops_reading_expires_closes_and_
         await wait_until(lambda: 1 in two.transport.connected_peers, "node 1 to dial node 2")
         two.transport.send([Heartbeat(src=2, dst=1, term=1)])
         await wait_until(lambda: one.inbox.terms_from(2) == [1], "the first heartbeat")
-        assert raft_message()["timeouts"] == 0
+        assert sampled(policy)[1] == 0
 
         relay.stall()
         # One append per write (each waits for the previous to finish), until a write
         # blocks on the full buffers and, bounded by the policy, expires.
         for index in range(1, MAX_APPENDS + 1):
-            frames = two.transport.frames_sent
             two.transport.send([append(index)])
             await wait_until(
-                lambda: two.transport.frames_sent > frames or raft_message()["timeouts"] > 0,
+                partial(written_or_expired, two.transport, policy, two.transport.frames_sent),
                 f"append {index}'s write to node 1 to complete or expire",
             )
-            if raft_message()["timeouts"]:
+            if sampled(policy)[1]:
                 break
         else:
             pytest.fail(f"{MAX_APPENDS} appends of {APPEND_BYTES} bytes never filled the link")
@@ -154,7 +167,7 @@ async def test_a_write_to_a_lower_id_peer_that_stops_reading_expires_closes_and_
         await wait_until(lambda: two.transport.open_connections == 0, "the connection to close")
         assert 1 in two.inbox.unreachable
         assert 1 not in two.transport.connected_peers
-        assert raft_message()["timeouts"] == 1
+        assert sampled(policy)[1] == 1
         assert relay.accepted == 1
 
         relay.resume()  # node 1 reads again, sees the close and redials
@@ -163,6 +176,6 @@ async def test_a_write_to_a_lower_id_peer_that_stops_reading_expires_closes_and_
         )
         two.transport.send([Heartbeat(src=2, dst=1, term=7)])
         await wait_until(lambda: one.inbox.terms_from(2)[-1:] == [7], "a heartbeat after it")
-        seen = raft_message()
-        assert seen["count"] > seen["timeouts"] == 1  # completed writes are sampled too
+        count, expired = sampled(policy)
+        assert count > expired == 1  # completed writes are sampled too
         tg.cancel_scope.cancel()
