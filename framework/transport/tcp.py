@@ -810,6 +810,8 @@ class TcpTransport:
             await link.queue.wait()
             batch = link.queue.take()
             frames = self._encode_batch(batch, link.peer_id)
+            if not frames:  # all dropped as too large (reported): nothing to write or sample
+                continue
             if not await link.writes.send(conn, frames):
                 link.queue.dropped += len(batch)
                 conn.close(
