@@ -38,9 +38,9 @@ MAX_APPENDS = 4096
 """256 MiB: far more than loopback socket buffers hold, so some write must block."""
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 class StallingRelay:
