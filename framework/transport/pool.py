@@ -18,7 +18,8 @@ Theory of operation
   burst of sends costs one frame (coalescing).
 - A connection that closes under the pool, or a write that fails, is news for Raft: the
   transport reports it (``PeerDialer``), so the pool only redials.
-- Each write is bounded by the node's timeout policy (`LinkWrites`, every pool's writes):
+- Each write is bounded by the node's timeout policy (`LinkWrites`: every pool's writes,
+  and ``TcpTransport``'s on the connections lower-id peers dialled):
   ``timeout("raft_message", attempt)``, or what the batch needs at `WRITE_FLOOR_RATE` if
   that is longer. A write that expires closes the connection (the pool reports the peer:
   the transport does not see a close of its own making) and the link is redialled.
@@ -29,7 +30,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import anyio
 import anyio.abc
@@ -50,6 +51,7 @@ from framework.transport.backoff import Backoff
 __all__ = [
     "UNTIMED_WRITE_LIMIT",
     "WRITE_FLOOR_RATE",
+    "FrameSink",
     "LinkWrites",
     "OutboundQueue",
     "TransportPool",
@@ -259,6 +261,15 @@ def write_limit(policy: TimeoutPolicy | None, attempt: int, nbytes: int, fallbac
     return max(base, nbytes / WRITE_FLOOR_RATE)
 
 
+class FrameSink(Protocol):
+    """What `LinkWrites` writes to: a pool's `PeerConnection`, or the connection a lower-id
+    peer dialled (``TcpTransport``'s accepted side, which no pool owns)."""
+
+    async def send_frames(self, frames: Sequence[bytes]) -> None:
+        """Write whole frames, in order (``OSError`` if the connection is dead)."""
+        ...
+
+
 class LinkWrites:
     """One peer link's writes, each bounded by `write_limit` and sampled by the policy.
 
@@ -284,7 +295,7 @@ class LinkWrites:
         """Writes that expired on this link, in all."""
         self.last_limit = 0.0
 
-    async def send(self, conn: PeerConnection, frames: list[bytes]) -> bool:
+    async def send(self, conn: FrameSink, frames: list[bytes]) -> bool:
         """Write ``frames`` to ``conn``; False if the write expired (the caller closes the
         connection). ``OSError`` from the write propagates."""
         policy = self.policy()

@@ -45,7 +45,10 @@ The rules this module keeps, and why:
    messages are dropped and it is reported unreachable, since Raft retransmits and stale
    queued messages are worse than none. A queue over ``max_queued_messages`` drops the
    new messages and reports the peer unreachable once per overflow episode. (What a pool
-   does with messages for a peer it is still dialling is the pool's business.)
+   does with messages for a peer it is still dialling is the pool's business.) Each write
+   on an accepted connection is bounded by the node's timeout policy exactly as a pool's
+   are (``pool.LinkWrites``): one that expires is sampled as a timeout and closes the
+   connection, the peer is reported unreachable, and it redials.
 5. **A bad connection is closed, nothing else.** A malformed or oversized frame (the
    header is checked before the body is buffered), garbage, a wrong protocol, a message
    whose ``src``/``dst`` do not match the handshake, or a ``Goodbye`` closes that
@@ -112,7 +115,7 @@ from framework.transport.base import (
     Transport,
     submit_request,
 )
-from framework.transport.pool import OutboundQueue, TransportPool
+from framework.transport.pool import LinkWrites, OutboundQueue, TransportPool
 from framework.transport.snapshot_stream import (
     DEFAULT_SNAPSHOT_CHUNK_SIZE,
     DEFAULT_SNAPSHOT_TIMEOUT,
@@ -230,17 +233,39 @@ class _Connection:
         self.scope.cancel()
         self.ended.set()
 
+    async def send_frames(self, frames: Sequence[bytes]) -> None:
+        """Write whole frames, in order (`FrameSink`, for `LinkWrites`). A write cut short
+        leaves the writer torn (rule 7): its caller closes the connection."""
+        for frame in frames:
+            await self.writer.send(frame)
+
 
 class _PeerLink:
     """Everything about one peer while serving: its live connection (accepted or dialled)
-    and, for a lower-id peer, whose connection was accepted, the queue its writer drains."""
+    and, for a lower-id peer, whose connection was accepted, the queue its writer drains and
+    the bound on its writes (``writes``: the node's timeout policy, as in every pool)."""
 
-    __slots__ = ("address", "connection", "dial_timeouts", "peer_id", "queue", "removed")
+    __slots__ = (
+        "address",
+        "connection",
+        "dial_timeouts",
+        "peer_id",
+        "queue",
+        "removed",
+        "writes",
+    )
 
-    def __init__(self, peer_id: int, address: str, max_queued: int) -> None:
+    def __init__(
+        self,
+        peer_id: int,
+        address: str,
+        max_queued: int,
+        timeouts: Callable[[], TimeoutPolicy | None],
+    ) -> None:
         self.peer_id = peer_id
         self.address = address
         self.queue = OutboundQueue(max_queued)
+        self.writes = LinkWrites(timeouts)
         self.connection: _Connection | None = None
         self.removed = False
         self.dial_timeouts = 0
@@ -620,7 +645,9 @@ class TcpTransport:
                     link.address = address  # it dials us; nothing to redo
         for peer_id, address in self._peers.items():
             if peer_id not in state.links:
-                state.links[peer_id] = _PeerLink(peer_id, address, self._max_queued)
+                state.links[peer_id] = _PeerLink(
+                    peer_id, address, self._max_queued, self._current_timeouts
+                )
         if self._pool is not None:
             self._pool.set_peers(self._dialled_book())
 
@@ -773,11 +800,31 @@ class TcpTransport:
                     state.inbox.peer_unreachable(link.peer_id)
 
     async def _write_peer(self, conn: _Connection, link: _PeerLink) -> None:
+        """Write ``link``'s queue to the accepted ``conn``, one batch per write, each bounded
+        by the node's timeout policy (``link.writes``, as in every pool: a lower-id peer that
+        stops reading must not hold this writer, and the messages queued behind it, until
+        the kernel gives up on the socket). An expired write closes ``conn`` (half a frame
+        may be on the wire, rule 7): ``_run_peer`` reports the peer to Raft, and the peer,
+        which dialled, redials."""
         while True:
             await link.queue.wait()
-            for frame in self._encode_batch(link.queue.take(), link.peer_id):
-                await conn.writer.send(frame)
-                self._frames_sent += 1
+            batch = link.queue.take()
+            frames = self._encode_batch(batch, link.peer_id)
+            if not frames:  # all dropped as too large (reported): nothing to write or sample
+                continue
+            if not await link.writes.send(conn, frames):
+                link.queue.dropped += len(batch)
+                conn.close(
+                    f"a write to node {link.peer_id} took over {link.writes.last_limit:g}s "
+                    "(the timeout policy's raft_message bound); closing its connection, "
+                    "which it redials"
+                )
+                return
+            self._frames_sent += len(frames)
+
+    def _current_timeouts(self) -> TimeoutPolicy | None:
+        """The node's timeout policy now (``use_timeouts``; it swaps with a flag)."""
+        return self._timeouts
 
     def _encode_batch(self, batch: Sequence[Message], peer_id: int) -> list[bytes]:
         """One frame, or several if one would exceed ``max_frame_size`` on the receiver: the
@@ -905,7 +952,8 @@ class TcpTransport:
             stream = await self._connect(address)
         except LOST as exc:
             return f"cannot connect to {address}: {exc!r}"
-        link = _PeerLink(peer, address, 1)  # what the handshake checks the other end against
+        # What the handshake checks the other end against (its writes are the stream's own).
+        link = _PeerLink(peer, address, 1, self._current_timeouts)
         async with self._connection(stream, self._max_frame_size) as conn:
             with conn.scope:
                 shaken = await self._guard(
