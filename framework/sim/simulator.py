@@ -981,7 +981,7 @@ class Simulation:
         if op.via_read_index:
             context = f"{client.id}:{op.seq}:{op.attempt}".encode()
             node.reads[context] = (client.id, op.attempt)
-            leading = kernel.role is Role.LEADER and len(kernel.conf_state.voters) > 1
+            leading = kernel.role is Role.LEADER and kernel.conf_state.voters != (node.id,)
             kernel.read_index(context)
             self._process(node)
             if leading and (
