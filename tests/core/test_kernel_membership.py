@@ -305,4 +305,4 @@ def test_4_2_2_removed_leader_confirms_reads_with_the_new_voters() -> None:
     c.stabilize()
     assert c.records[1].read_states == []
     assert c.records[1].dropped_reads == [b"r"]
-    assert old.role is Role.FOLLOWER
+    assert c.node(1).role is Role.FOLLOWER

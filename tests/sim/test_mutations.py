@@ -216,10 +216,10 @@ def _removed_leader_reads_alone(mp: pytest.MonkeyPatch) -> None:
 
     def read(self: raft.RawNode, context: bytes, requester: int) -> None:
         log = self.log
-        if len(self.conf_state.voters) == 1 and log.term(log.committed) == self.term:
-            if context not in self._pending_reads:
-                self._release_read(context, log.committed, requester)
-                return
+        alone = len(self.conf_state.voters) == 1 and context not in self._pending_reads
+        if alone and log.term(log.committed) == self.term:
+            self._release_read(context, log.committed, requester)
+            return
         leader_read(self, context, requester)
 
     mp.setattr(raft.RawNode, "_leader_read", read)
