@@ -264,7 +264,7 @@ class SimResult:
     pauses: int = 0
     transfers: int = 0
     reads_without_round: int = 0
-    """Reads a leader of several voters answered at once (from its lease)."""
+    """Reads a leader that is not the only voter answered at once (from its lease)."""
     stale_reads_from_deposed: int = 0
     """Reads served by a node that was no longer the newest leader (fine if linearizable)."""
     lost_writes: int = 0
