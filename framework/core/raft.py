@@ -1241,7 +1241,9 @@ class RawNode:
         if context in self._pending_reads:
             self._release_read(context, 0, requester)
             return
-        if len(self.conf_state.voters) == 1 or self._in_lease():
+        # Alone only if we are the one voter: a removed leader handing over has another
+        # node as its only voter, which may already lead a later term.
+        if self.conf_state.voters == (self.id,) or self._in_lease():
             self._release_read(context, log.committed, requester)
             return
         self._pending_reads[context] = _PendingRead(

@@ -264,7 +264,7 @@ class SimResult:
     pauses: int = 0
     transfers: int = 0
     reads_without_round: int = 0
-    """Reads a leader of several voters answered at once (from its lease)."""
+    """Reads a leader that is not the only voter answered at once (from its lease)."""
     stale_reads_from_deposed: int = 0
     """Reads served by a node that was no longer the newest leader (fine if linearizable)."""
     lost_writes: int = 0
@@ -981,7 +981,7 @@ class Simulation:
         if op.via_read_index:
             context = f"{client.id}:{op.seq}:{op.attempt}".encode()
             node.reads[context] = (client.id, op.attempt)
-            leading = kernel.role is Role.LEADER and len(kernel.conf_state.voters) > 1
+            leading = kernel.role is Role.LEADER and kernel.conf_state.voters != (node.id,)
             kernel.read_index(context)
             self._process(node)
             if leading and (

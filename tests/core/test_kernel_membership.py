@@ -255,3 +255,54 @@ def test_add_voter_directly_then_it_votes() -> None:
     c.stabilize()
     assert c.node(4).conf_state.voters == (1, 2, 3, 4)
     assert c.node(4).log.last_index() == c.node(1).log.last_index()
+
+
+def test_4_2_2_removed_leader_confirms_reads_with_the_new_voters() -> None:
+    """A removed leader waiting for its successor to catch up stays leader; its voter set
+    is then a single node, but not itself, so a read needs that voter's answer. Before the
+    fix it answered reads at once ("a single voter leads alone"), after the successor had
+    been elected and had committed: a stale read (simulator sweep, seed 63758)."""
+    c = Cluster(seed=21)
+    c.add_nodes(2)
+    c.stabilize()
+    c.elect(1)
+    c.propose(1, b"before")
+    c.stabilize()
+    removal = c.node(1).propose_conf_change(_change("remove", 1))
+    c.process_ready(1)
+    c.deliver(2)
+    c.process_ready(2)
+    c.propose(1, b"unacknowledged")  # node 1's log now runs past what node 2 stores
+    c.process_ready(1)
+    c.network.take(2)  # ... and node 2 never gets it
+    c.deliver(1)  # node 2's ack commits the removal
+    c.stabilize([1])
+    old = c.node(1)
+    assert old.log.applied >= removal
+    assert old.role is Role.LEADER and old.conf_state.voters == (2,)
+    # Node 2 learns the commit from a heartbeat, applies its removal of node 1, and is
+    # then cut off from node 1; it wins an election alone and commits.
+    c.tick_heartbeat(1)
+    c.process_ready(1)
+    c.deliver(2)
+    c.process_ready(2)
+    assert c.node(2).conf_state.voters == (2,)
+    c.isolate(1)
+    c.stabilize([2])
+    c.tick_election(2)
+    c.stabilize([2])
+    assert c.node(2).role is Role.LEADER
+    new_write = c.propose(2, b"after")
+    c.stabilize([2])
+    assert c.node(2).log.committed >= new_write
+    # The old leader, cut off, still believes it leads term 1: a read must not be served
+    # from its commit index, which predates node 2's write.
+    old.read_index(b"r")
+    c.stabilize([1])
+    assert c.records[1].read_states == []
+    # Healed, node 2's answer (of a higher term) deposes it and the read is dropped.
+    c.heal()
+    c.stabilize()
+    assert c.records[1].read_states == []
+    assert c.records[1].dropped_reads == [b"r"]
+    assert c.node(1).role is Role.FOLLOWER

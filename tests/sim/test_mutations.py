@@ -11,9 +11,10 @@ rule; no campaign guard; lease reads as they were before issue 14 (served from c
 alone); votes granted regardless of the candidate's log; and the bugs issue 14 fixed: a
 transfer that keeps the lease, a conf change re-applied over a newer snapshot, a restarted
 node that forgets the lease it granted, and a runtime that adds one tick per wake-up; and
-the bug the strengthened simulator's sweep found: a removed leader that steps down before
-a voter can be elected. Every
-one is caught within its budget; the whole module costs about 25 CPU-seconds.
+the bugs the strengthened simulator's sweep found: a removed leader that steps down before
+a voter can be elected, and a removed leader that serves reads alone because its voter set
+has one node (not itself). Every one is caught within its budget; the whole module costs
+about 30 CPU-seconds.
 
 Each schedule is a fault mix the honest kernel survives, aimed at one bug: which faults,
 and which check sees the bug, is said above each entry of ``MUTANTS``.
@@ -206,6 +207,22 @@ def _removed_leader_steps_down_at_once(mp: pytest.MonkeyPatch) -> None:
         self._become_follower(self.term, 0)
 
     mp.setattr(raft.RawNode, "_hand_over_after_removal", hand_over)
+
+
+def _removed_leader_reads_alone(mp: pytest.MonkeyPatch) -> None:
+    """Found by the sweep (seed 63758): a leader serves reads at once when its voter set
+    has one node, even when that node is not itself (a removed leader handing over)."""
+    leader_read = raft.RawNode._leader_read
+
+    def read(self: raft.RawNode, context: bytes, requester: int) -> None:
+        log = self.log
+        alone = len(self.conf_state.voters) == 1 and context not in self._pending_reads
+        if alone and log.term(log.committed) == self.term:
+            self._release_read(context, log.committed, requester)
+            return
+        leader_read(self, context, requester)
+
+    mp.setattr(raft.RawNode, "_leader_read", read)
 
 
 def _no_patch(mp: pytest.MonkeyPatch) -> None:
@@ -401,6 +418,27 @@ MUTANTS: dict[str, Mutant] = {
             "partitions": False,
             "leader_faults": 0.0,
             "clients": 6,
+        },
+    ),
+    # Found by the sweep (seed 63758). Membership changes down to one voter, lossy links
+    # and partitions: a removed leader handing over to a lagging voter is cut off from it,
+    # the voter is elected and writes, and a read sent to the old leader is answered.
+    "removed_leader_reads_alone": Mutant(
+        _removed_leader_reads_alone,
+        80,
+        {
+            "nodes": 3,
+            "membership": True,
+            "membership_rate": 0.15,
+            "min_voters": 1,
+            "fault_rate": 2.0,
+            "drop": 0.3,
+            "crashes": False,
+            "partitions": True,
+            "leader_faults": 0.0,
+            "clients": 6,
+            "keys": 1,
+            "random_reads": 0.8,
         },
     ),
 }
