@@ -22,23 +22,14 @@ import statistics
 import time
 from collections.abc import Iterator
 
+from bench_objects import (
+    Notes,  # the class bench_objects.py replicates (benchmarks/ is on the path)
+)
+
 import framework.apps.objects as objects
-from framework.apps.objects import ObjectMachine, ReplicatedObject, encode_call, replicated
+from framework.apps.objects import ObjectMachine, encode_call
 from framework.core.entries import Entry, EntryKind
 from framework.statemachine import AppCommand, encode_app_command
-
-
-class Notes(ReplicatedObject):
-    app_name = "bench.notes"
-    notes: list[str]
-
-    def __init__(self) -> None:
-        self.notes = []
-
-    @replicated
-    def add(self, note: str) -> int:
-        self.notes.append(note)
-        return len(self.notes)
 
 
 @contextlib.contextmanager
