@@ -63,6 +63,7 @@ __all__ = [
     "SnapshotEnd",
     "SnapshotOffer",
     "SnapshotRefused",
+    "SnapshotSends",
     "SnapshotSpool",
     "receive_snapshot",
     "send_snapshot",
@@ -345,3 +346,53 @@ async def receive_snapshot(
         term=msg.term,
         snapshot=Snapshot(meta=msg.snapshot.meta, data=data),
     )
+
+
+class SnapshotSends:
+    """Which snapshot is on its way to each peer, and which one arrived whole.
+
+    The kernel cannot tell a transfer under way from a lost one: it resends InstallSnapshot
+    at the first heartbeat answer, which a connection of its own brings back almost at once.
+    A resend of the snapshot being streamed is dropped, and so is one of the snapshot that
+    arrived whole, until ``until`` (the follower is still checking and installing it); a
+    newer snapshot (or term) cancels the transfer it replaces.
+    """
+
+    __slots__ = ("_delivered", "_sending")
+
+    def __init__(self) -> None:
+        self._sending: dict[int, tuple[InstallSnapshot, anyio.CancelScope]] = {}
+        self._delivered: dict[int, tuple[InstallSnapshot, float]] = {}
+
+    def begin(self, msg: InstallSnapshot, now: float) -> anyio.CancelScope | None:
+        """The scope to stream ``msg`` in, or None when it is a resend to drop."""
+        peer = msg.dst
+        delivered = self._delivered.get(peer)
+        if delivered is not None:
+            sent, until = delivered
+            if _same_snapshot(sent, msg) and now < until:
+                return None
+            del self._delivered[peer]
+        current = self._sending.get(peer)
+        if current is not None:
+            sending, scope = current
+            if _same_snapshot(sending, msg):
+                return None
+            scope.cancel()
+        scope = anyio.CancelScope()
+        self._sending[peer] = (msg, scope)
+        return scope
+
+    def end(self, msg: InstallSnapshot, scope: anyio.CancelScope) -> None:
+        """The transfer in ``scope`` is over (whatever its outcome)."""
+        current = self._sending.get(msg.dst)
+        if current is not None and current[1] is scope:
+            del self._sending[msg.dst]
+
+    def delivered(self, msg: InstallSnapshot, until: float) -> None:
+        """``msg`` arrived whole: drop its resends until ``until``."""
+        self._delivered[msg.dst] = (msg, until)
+
+
+def _same_snapshot(a: InstallSnapshot, b: InstallSnapshot) -> bool:
+    return a.term == b.term and a.snapshot.meta == b.snapshot.meta

@@ -120,6 +120,7 @@ from framework.transport.snapshot_stream import (
     DEFAULT_SNAPSHOT_CHUNK_SIZE,
     DEFAULT_SNAPSHOT_TIMEOUT,
     SnapshotRefused,
+    SnapshotSends,
     SnapshotSpool,
     chunk_size_for,
     receive_snapshot,
@@ -409,11 +410,7 @@ class TcpTransport:
         self._stream_snapshots = stream_snapshots
         self._chunk_size = chunk_size_for(max_frame_size, snapshot_chunk_size)
         self._spool = SnapshotSpool()
-        self._sending_snapshots: dict[int, tuple[InstallSnapshot, anyio.CancelScope]] = {}
-        """Per peer, the snapshot being streamed to it and the scope of its transfer."""
-        self._sent_snapshots: dict[int, tuple[InstallSnapshot, float]] = {}
-        """Per peer, the snapshot it last received whole, and until when a resend of it is
-        dropped (the follower is still checking and installing it)."""
+        self._snapshot_sends = SnapshotSends()
         self._receiving_snapshots: dict[int, _Connection] = {}
         """Per peer, the connection its snapshot is streaming in on."""
         self.snapshots_sent = 0
@@ -885,25 +882,9 @@ class TcpTransport:
     # -- streamed snapshots (rule 8, ``snapshot_stream``) ---------------------------------------
 
     def _start_snapshot(self, state: _Serving, msg: InstallSnapshot) -> None:
-        peer = msg.dst
-        delivered = self._sent_snapshots.get(peer)
-        if delivered is not None:
-            sent, until = delivered
-            if _same_snapshot(sent, msg) and anyio.current_time() < until:
-                # The follower has it and is checking or installing it; the kernel, which
-                # cannot tell, resends it at the first heartbeat answer (rule 8).
-                return
-            del self._sent_snapshots[peer]
-        current = self._sending_snapshots.get(peer)
-        if current is not None:
-            sending, scope = current
-            if _same_snapshot(sending, msg):
-                # The kernel resent it: it cannot tell a transfer under way from a lost one.
-                return
-            scope.cancel()  # a newer snapshot (or term) replaces it
-        scope = anyio.CancelScope()
-        self._sending_snapshots[peer] = (msg, scope)
-        state.tg.start_soon(self._send_snapshot, msg, scope, state)
+        scope = self._snapshot_sends.begin(msg, anyio.current_time())
+        if scope is not None:  # None: a resend of one under way or just delivered (rule 8)
+            state.tg.start_soon(self._send_snapshot, msg, scope, state)
 
     async def _send_snapshot(
         self, msg: InstallSnapshot, scope: anyio.CancelScope, state: _Serving
@@ -921,15 +902,13 @@ class TcpTransport:
                 else:
                     problem = await self._stream_snapshot_to(peer, address, msg)
         finally:
-            current = self._sending_snapshots.get(peer)
-            if current is not None and current[1] is scope:
-                del self._sending_snapshots[peer]
+            self._snapshot_sends.end(msg, scope)
         if scope.cancelled_caught:
             return  # replaced by a newer transfer
         index = msg.snapshot.meta.index
         if problem is None:
             self.snapshots_sent += 1
-            self._sent_snapshots[peer] = (msg, anyio.current_time() + self._snapshot_timeout())
+            self._snapshot_sends.delivered(msg, anyio.current_time() + self._snapshot_timeout())
             logger.info(
                 "node %d streamed the snapshot at index %d to node %d", self.node_id, index, peer
             )
@@ -1264,10 +1243,6 @@ class TcpTransport:
         except LOST as exc:
             conn.close(f"connection lost: {exc!r}", level=logging.INFO)
         return None
-
-
-def _same_snapshot(a: InstallSnapshot, b: InstallSnapshot) -> bool:
-    return a.term == b.term and a.snapshot.meta == b.snapshot.meta
 
 
 class _DialledConnection:
