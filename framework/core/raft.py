@@ -390,6 +390,10 @@ class RawNode:
         Raises ``ConfChangeRejected`` naming why when the change is not allowed now.
         """
         self._require_leader()
+        if self.id not in self.conf_state.voters:
+            raise ConfChangeRejected(
+                f"node {self.id} is no longer a voter; membership changes go to the next leader"
+            )
         if self.pending_conf_index > self.log.applied:
             raise ConfChangeRejected(
                 f"membership change at index {self.pending_conf_index} is not applied yet "
@@ -590,7 +594,8 @@ class RawNode:
             must_sync=bool(entries)
             or snapshot is not None
             or hard.term != self._prev_hard.term
-            or hard.vote != self._prev_hard.vote,
+            or hard.vote != self._prev_hard.vote
+            or any(e.kind is EntryKind.CONF_CHANGE for e in committed),
         )
         self._messages = []
         self._persisted_messages = []
@@ -913,7 +918,10 @@ class RawNode:
             or (self.vote == 0 and self.leader == 0)
             or (msg.pre_vote and msg.term > self.term)
         )
-        grant = can_vote and self.log.is_up_to_date(msg.last_index, msg.last_term)
+        grant = can_vote and (
+            self.log.is_up_to_date(msg.last_index, msg.last_term)
+            or self._successor_after_removal(msg.src)
+        )
         if grant and not msg.pre_vote:
             self.election_elapsed = 0
             self.vote = msg.src
@@ -926,6 +934,22 @@ class RawNode:
                 pre_vote=msg.pre_vote,
             )
         )
+
+    def _successor_after_removal(self, candidate: int) -> bool:
+        """Whether we were removed from ``{us, candidate}``: its vote needs no log check.
+
+        We applied our own removal from a membership of two, so that removal is committed
+        and ``candidate``, the one voter left, stored it (a majority of two is both). Until
+        the candidate applies it, it still counts our vote, and it holds every committed
+        entry: those up to our removal by log matching, and every later one because each
+        quorum since (of the two, or of the candidate alone) includes it; no later change
+        can commit before it applies ours, since it alone can lead a membership that
+        excludes us and a node outside its own membership proposes none. Our own log may
+        end in entries it lacks (appended while we led, never committed): refusing it for
+        them would leave the cluster without an electable voter for good.
+        """
+        conf = self.conf_state
+        return conf.voters == (candidate,) and self.id not in conf.members()
 
     def _send(self, msg: Message) -> None:
         if self.role is Role.LEADER and isinstance(msg, _LEADER_ONLY_IMMEDIATE):

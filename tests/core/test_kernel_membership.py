@@ -6,7 +6,15 @@ from __future__ import annotations
 import pytest
 from kernel_harness import Cluster, ack, drain, fingerprint, make_leader, make_stable_leader
 
-from framework.core import AppendEntries, ConfChange, ConfChangeRejected, ConfChangeType, Role
+from framework.core import (
+    AppendEntries,
+    ConfChange,
+    ConfChangeRejected,
+    ConfChangeType,
+    Ready,
+    Role,
+)
+from framework.core.entries import EntryKind
 
 
 def _cluster(n: int = 3, **config: object) -> Cluster:
@@ -306,3 +314,108 @@ def test_4_2_2_removed_leader_confirms_reads_with_the_new_voters() -> None:
     assert c.records[1].read_states == []
     assert c.records[1].dropped_reads == [b"r"]
     assert c.node(1).role is Role.FOLLOWER
+
+
+def _remove_leader_of_two_with_a_longer_log(c: Cluster) -> int:
+    """Leader 1 of {1, 2} commits its own removal while its log runs one entry past node
+    2's, and node 2 does not learn that the removal committed. Returns the removal index."""
+    c.add_nodes(2)
+    c.stabilize()
+    c.elect(1)
+    removal = c.node(1).propose_conf_change(_change("remove", 1))
+    c.process_ready(1)
+    c.deliver(2)
+    c.process_ready(2)
+    c.propose(1, b"unacknowledged")  # node 1's log now runs past node 2's ...
+    c.process_ready(1)
+    c.network.take(2)  # ... and node 2 never gets it
+    c.deliver(1)  # node 2's ack commits the removal
+    c.stabilize([1])
+    assert c.node(1).log.applied >= removal
+    assert c.node(1).conf_state.voters == (2,)
+    c.network.take(2)  # the commit index never reaches node 2
+    assert c.node(2).log.committed < removal
+    return removal
+
+
+@pytest.mark.parametrize("guarded", [True, False], ids=["pre_vote+check_quorum", "neither"])
+def test_voter_left_after_the_leader_of_two_removed_itself_is_elected(guarded: bool) -> None:
+    """Node 1 of {1, 2} applied its own removal and lost leadership before node 2 learnt
+    that the removal committed (here node 2 times out and campaigns). Node 2 still counts
+    node 1's vote, and node 1's log is longer than node 2's (an entry appended while it
+    led, never committed). Node 1 must grant it anyway: node 2 holds every committed
+    entry, since every quorum since the removal includes it. Refusing left the cluster
+    with no electable voter for good (simulator sweep, seed 40 of the membership
+    schedule; the mutation check has it as ``removed_node_votes_by_log``)."""
+    c = Cluster(seed=21, election_tick=5, pre_vote=guarded, check_quorum=guarded)
+    removal = _remove_leader_of_two_with_a_longer_log(c)
+    assert c.node(1).log.last_index() > c.node(2).log.last_index()
+    c.isolate(2)  # node 1 hands over to nobody; node 2 hears nothing from it
+    for _ in range(3 * 5):
+        c.tick(1)
+        c.tick(2)
+        c.stabilize()
+    c.heal()
+    for _ in range(10 * 5):
+        c.tick(1)
+        c.tick(2)
+        c.stabilize()
+        if c.node(2).role is Role.LEADER:
+            break
+    assert c.node(2).role is Role.LEADER
+    assert c.node(2).log.applied >= removal
+    assert c.node(2).conf_state.voters == (2,)
+    index = c.propose(2, b"after")
+    c.stabilize()
+    assert c.node(2).log.committed >= index
+    assert c.state(2) == [b"after"]
+
+
+def test_removed_node_grants_no_log_free_vote_to_anyone_but_the_voter_left() -> None:
+    """The exception is for the one voter of the membership it was removed from: a node
+    removed from three voters keeps the log check for everyone."""
+    c = _cluster()
+    c.node(1).propose_conf_change(_change("remove", 3))
+    c.stabilize()
+    assert c.node(3).conf_state.voters == (1, 2)
+    assert not c.node(3)._successor_after_removal(1)
+    assert not c.node(3)._successor_after_removal(2)
+    c2 = Cluster(seed=21)
+    _remove_leader_of_two_with_a_longer_log(c2)
+    assert c2.node(1)._successor_after_removal(2)
+    assert not c2.node(2)._successor_after_removal(1)
+
+
+def test_a_commit_that_covers_a_membership_change_is_synced_before_it_applies() -> None:
+    """A commit index is normally stored unsynced (the leader can tell it again), but once
+    it covers a membership change the node acts on that change, and the node that change
+    removed may be shut down: a crash that lost the commit would bring the node back with
+    the old membership, counting the vote of a node that is gone (simulator sweep, seed
+    32055; ``conf_commit_not_synced`` in the mutation check)."""
+    c = _cluster()
+
+    def commit_reaches_node_2() -> Ready:
+        c.process_ready(1)
+        c.deliver()
+        for nid in (2, 3):
+            c.process_ready(nid)
+        c.deliver(1)
+        c.process_ready(1)
+        c.tick_heartbeat(1)
+        c.process_ready(1)
+        c.deliver(2)
+        rd = c.node(2).ready()
+        assert not rd.entries and rd.hard_state is not None and rd.committed_entries
+        return rd
+
+    c.node(1).propose_conf_change(_change("add_learner", 4))
+    rd = commit_reaches_node_2()
+    assert [e.kind for e in rd.committed_entries] == [EntryKind.CONF_CHANGE]
+    assert rd.must_sync
+    c.node(2).advance(rd)
+    c.stabilize()
+    # An ordinary commit advance stays unsynced.
+    c.propose(1, b"x")
+    rd = commit_reaches_node_2()
+    assert [e.kind for e in rd.committed_entries] == [EntryKind.NORMAL]
+    assert not rd.must_sync

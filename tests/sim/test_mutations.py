@@ -24,6 +24,7 @@ The seed at which each mutant is caught is printed (``-s``) and listed in the RE
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -223,6 +224,39 @@ def _removed_leader_reads_alone(mp: pytest.MonkeyPatch) -> None:
         leader_read(self, context, requester)
 
     mp.setattr(raft.RawNode, "_leader_read", read)
+
+
+def _removed_node_votes_by_log(mp: pytest.MonkeyPatch) -> None:
+    """Found by the sweep (seed 40 of the membership schedule): a node removed from a
+    membership of two refuses the one voter left when its own log is longer, though that
+    voter holds every committed entry; the voter never learns the removal committed and
+    nobody can be elected."""
+    mp.setattr(raft.RawNode, "_successor_after_removal", lambda self, candidate: False)
+
+
+def _conf_commit_not_synced(mp: pytest.MonkeyPatch) -> None:
+    """Found by the sweep (seed 32055): a commit index that newly covers a membership
+    change is not synced before the change is applied. A crash loses it, the node restarts
+    with the membership from before the change, and if the operator already decommissioned
+    the node the change removed, the remaining voter waits for its vote forever."""
+    ready = raft.RawNode.ready
+
+    def unsynced(self: raft.RawNode) -> Ready:
+        before = self._prev_hard
+        rd = ready(self)
+        hard = rd.hard_state
+        must = (
+            bool(rd.entries)
+            or rd.snapshot is not None
+            or (hard is not None and (hard.term, hard.vote) != (before.term, before.vote))
+        )
+        if must == rd.must_sync:
+            return rd
+        rd = dataclasses.replace(rd, must_sync=must)
+        self._outstanding = rd
+        return rd
+
+    mp.setattr(raft.RawNode, "ready", unsynced)
 
 
 def _no_patch(mp: pytest.MonkeyPatch) -> None:
