@@ -13,7 +13,9 @@ transfer that keeps the lease, a conf change re-applied over a newer snapshot, a
 node that forgets the lease it granted, and a runtime that adds one tick per wake-up; and
 the bugs the strengthened simulator's sweep found: a removed leader that steps down before
 a voter can be elected, and a removed leader that serves reads alone because its voter set
-has one node (not itself). Every one is caught within its budget; the whole module costs
+has one node (not itself), a node removed from a membership of two that refuses the voter
+left for its shorter log, and a commit index covering a membership change left unsynced.
+Every one is caught within its budget; the whole module costs
 about 30 CPU-seconds.
 
 Each schedule is a fault mix the honest kernel survives, aimed at one bug: which faults,
@@ -473,6 +475,46 @@ MUTANTS: dict[str, Mutant] = {
             "clients": 6,
             "keys": 1,
             "random_reads": 0.8,
+        },
+    ),
+    # Found by the sweep (seed 40 of this schedule). Membership changes down to one voter
+    # on lossy links, no crashes: the leader of two commits its own removal with one more
+    # entry of its own, loses leadership, and refuses the voter left for its shorter log.
+    "removed_node_votes_by_log": Mutant(
+        _removed_node_votes_by_log,
+        60,
+        {
+            "nodes": 3,
+            "membership": True,
+            "membership_rate": 0.2,
+            "min_voters": 1,
+            "fault_rate": 2.0,
+            "drop": 0.3,
+            "crashes": False,
+            "partitions": False,
+            "leader_faults": 0.0,
+            "clients": 6,
+            "keys": 1,
+            "random_reads": 0.8,
+        },
+    ),
+    # Found by the sweep (seed 32055). Two nodes, membership changes down to one voter,
+    # frequent crashes that lose unsynced writes: the voter left applies the removal of
+    # the other, the operator decommissions it, and a crash takes the commit index back.
+    "conf_commit_not_synced": Mutant(
+        _conf_commit_not_synced,
+        40,
+        {
+            "nodes": 2,
+            "membership": True,
+            "membership_rate": 0.4,
+            "min_voters": 1,
+            "fault_rate": 4.0,
+            "drop": 0.2,
+            "crashes": True,
+            "partitions": False,
+            "leader_faults": 0.0,
+            "clients": 2,
         },
     ),
 }
