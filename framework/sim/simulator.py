@@ -334,6 +334,8 @@ class _Node:
     down_until: int = -1
     removed: bool = False
     removed_at: int = 0
+    survivors: tuple[int, ...] = ()
+    """The voters its removal left, recorded once its kernel applied the removal."""
     retired: bool = False
     """Decommissioned by the operator (after its removal): never restarts."""
     rate: float = 1.0
@@ -723,6 +725,8 @@ class Simulation:
             self._crash(node, "in a Ready, after applying")
             return
         kernel.advance(rd)
+        if node.removed and not node.survivors and node.id not in kernel.conf_state.voters:
+            node.survivors = kernel.conf_state.voters
         self._check_digest(node, kernel)
         self._serve_reads(node)
         if node.applied - kernel.snapshot.meta.index >= self.options.snapshot_every:
@@ -824,6 +828,7 @@ class Simulation:
             # The operator decommissions a removed node some time after its removal.
             node.removed = True
             node.removed_at = entry.index
+            node.survivors = ()  # known once the kernel has applied it (``advance``)
 
     def _on_soft_state(self, node: _Node, kernel: RawNode, rd: Ready) -> None:
         assert rd.soft_state is not None
@@ -1291,9 +1296,11 @@ class Simulation:
         self._process(leader)
 
     def _removal_known(self, node: _Node) -> bool:
-        kernel = node.kernel
-        assert kernel is not None
-        for voter in kernel.conf_state.voters:
+        # The survivors recorded at the removal, not the node's membership now: after a
+        # restart it has not re-applied its log yet and its membership is empty.
+        if not node.survivors:
+            return False
+        for voter in node.survivors:
             other = self.nodes.get(voter)
             if other is not None and (other.kernel is None or other.applied < node.removed_at):
                 return False
