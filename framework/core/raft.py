@@ -46,8 +46,15 @@ Rules kept, with the section of the Raft paper (P) or Ongaro's dissertation (D):
      such a node would count votes with a membership two changes old, whose majority need
      not meet the current one's: two leaders in one term (etcd-io/raft#456; see the
      directed test and the mutation check).
+  4. a commit index that covers a membership change is synced before the change is
+     applied (``Ready.must_sync``): a node must never act on a membership and then, after a
+     crash, count with the one before it (the node that change removed may be gone);
+  5. a node removed from a membership of two grants the voter left its vote without the
+     log check (``_successor_after_removal``, with the argument): that voter holds every
+     committed entry, and refusing it for uncommitted entries of our own would leave no
+     electable voter.
   A candidate that does not yet *know* a change committed still counts with an older
-  membership; no proof is given here that (1)-(3) exclude every such case. The evidence is
+  membership; no proof is given here that (1)-(5) exclude every such case. The evidence is
   the simulator (membership changes through one- and two-voter clusters, apply lag, inputs
   between ``ready()`` and ``advance()``) and its mutation check. Learners receive the log
   but neither vote nor count for commit; promotion is refused until the learner holds every
@@ -1409,9 +1416,11 @@ class RawNode:
         If that voter holds our whole log, it is told to campaign now (TimeoutNow) and we
         step down. If not, we stay leader, refusing proposals, and transfer to it: it
         campaigns once it has caught up (retried each election timeout). Stepping down at
-        once could leave no electable voter: one that has not learnt that our removal
-        committed still counts our vote, which we refuse it while our log is longer than
-        its own (found by a simulator sweep, seeds 6452 and 10598).
+        once used to leave no electable voter: one that has not learnt that our removal
+        committed still counts our vote, which we refused it while our log was longer than
+        its own (found by a simulator sweep, seeds 6452 and 10598). The root fix is
+        ``_successor_after_removal``; handing over still spares the cluster an election
+        timeout and keeps the entries we appended after the removal.
         """
         best = max(
             (nid for nid in self.conf_state.voters if nid in self.progress),
