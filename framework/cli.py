@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import click
@@ -32,6 +32,9 @@ from framework.lock_cli import lock_commands
 from framework.runtime.eventloop import run_async
 from framework.tls_cli import tls_group
 from framework.transport.tls import TlsError
+
+if TYPE_CHECKING:
+    from framework.client import KVClient
 
 __all__ = ["main", "run", "run_async"]
 
@@ -466,8 +469,23 @@ def members_remove(
     timeout: float,
     credentials: ClientCredentials,
 ) -> None:
-    client_call(peers, timeout, credentials, lambda c: c.members("remove", node_id))
-    click.echo(f"node {node_id} removed")
+    """Remove NODE_ID; returns once the voters left have applied it (safe to stop it)."""
+    from framework.member_removal import wait_removal_applied
+
+    async def remove(client: KVClient) -> tuple[list[int], list[int]]:
+        status = await client.members("remove", node_id)
+        voters = [v for v in status.get("voters", ()) if v != node_id]
+        return voters, await wait_removal_applied(client, node_id, voters, timeout=timeout)
+
+    voters, waiting = client_call(peers, timeout, credentials, remove)
+    if waiting:
+        raise click.ClickException(
+            f"node {node_id} was removed (the change committed), but voters {waiting} of "
+            f"{voters} had not applied it within {timeout} s: do not stop node {node_id} "
+            f"until `raftmw status` shows it gone from their voters (with one voter left, "
+            f"stopping it now could leave no electable node)"
+        )
+    click.echo(f"node {node_id} removed; voters {voters} applied it: it may be stopped")
 
 
 @main.command("transfer-leader")

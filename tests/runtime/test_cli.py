@@ -293,3 +293,26 @@ def test_an_unknown_transport_kind_is_named(tmp_path: Path) -> None:
     )
     assert out.returncode != 0
     assert "transport.kind" in out.stderr and "carrier-pigeon" in out.stderr, out.stderr
+
+
+def test_members_remove_returns_once_the_voters_left_applied_it(tmp_path: Path) -> None:
+    """Removing the leader of a two-node cluster: once `members remove` says the node may be
+    stopped, the voter left already lists only itself, so killing the removed node at once
+    (SIGKILL) still leaves a cluster that elects it and takes writes. Had the command
+    returned when the leader applied the removal (as it did), the voter left could still
+    count the removed node's vote, and with that node gone, nobody could ever be elected."""
+    with LocalCluster(tmp_path, nodes=2, cluster_id="cli") as local:
+        local.start_all()
+        anyio.run(local.wait_serving)
+        leader = anyio.run(local.leader)
+        other = 3 - leader
+        runner = CliRunner(env=local.environment())
+        peers = ["--peers", local.peers_arg(), "--timeout", "30"]
+        removed = runner.invoke(main, ["members", "remove", str(leader), *peers])
+        assert removed.exit_code == 0, removed.output
+        assert f"voters [{other}] applied it: it may be stopped" in removed.output
+        status = runner.invoke(main, ["status", "--json", *peers])
+        assert json.loads(status.output)[str(other)]["voters"] == [other]
+        local.kill(leader)
+        put = runner.invoke(main, ["kv", "put", "after", "removal", *peers])
+        assert put.exit_code == 0, put.output
