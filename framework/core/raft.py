@@ -321,6 +321,8 @@ class RawNode:
         self._prev_soft = SoftState(leader=0, role=Role.FOLLOWER)
         self._prev_hard = hs
         self._outstanding: Ready | None = None
+        self._outstanding_conf: list[Entry] = []
+        """The membership changes among the outstanding Ready's committed entries."""
         self._step_role: Callable[[Message], None] = self._step_follower
         self._tick: Callable[[], None] = self._tick_election
         self._become_follower(self.term, 0)
@@ -588,9 +590,14 @@ class RawNode:
         if snapshot is None:
             limit = self.config.max_committed_per_ready or None
             committed = tuple(self.log.committed_to_apply(limit))
+        conf = EntryKind.CONF_CHANGE
+        self._outstanding_conf = changes = [e for e in committed if e.kind is conf]
         rd = Ready(
             soft_state=soft if soft != self._prev_soft else None,
-            hard_state=hard if hard != self._prev_hard else None,
+            # A membership change is applied only over a synced commit index that covers it
+            # (membership rule 4): the hard state goes with it even if an earlier Ready,
+            # unsynced, already carried that commit.
+            hard_state=hard if hard != self._prev_hard or changes else None,
             entries=entries,
             snapshot=snapshot,
             messages=tuple(self._messages),
@@ -602,7 +609,7 @@ class RawNode:
             or snapshot is not None
             or hard.term != self._prev_hard.term
             or hard.vote != self._prev_hard.vote
-            or any(e.kind is EntryKind.CONF_CHANGE for e in committed),
+            or bool(changes),
         )
         self._messages = []
         self._persisted_messages = []
@@ -638,8 +645,8 @@ class RawNode:
             # already holds the membership up to its index: a change at or below it is
             # older than that membership and must not be applied over it (etcd#11510).
             covered = self.log.offset
-            for entry in rd.committed_entries:
-                if entry.kind is EntryKind.CONF_CHANGE and entry.index > covered:
+            for entry in self._outstanding_conf:
+                if entry.index > covered:
                     self._apply_conf_change(decode_conf_change(entry.data))
             last_applied = rd.committed_entries[-1].index
             if last_applied > self.log.applied:

@@ -419,3 +419,32 @@ def test_a_commit_that_covers_a_membership_change_is_synced_before_it_applies() 
     rd = commit_reaches_node_2()
     assert [e.kind for e in rd.committed_entries] == [EntryKind.NORMAL]
     assert not rd.must_sync
+
+
+def test_a_membership_change_applied_in_a_later_ready_still_syncs_its_commit() -> None:
+    """With few committed entries per Ready, the commit index that covers a change can be
+    stored, unsynced, by an earlier Ready than the one that applies the change: that later
+    Ready must carry the hard state again, to sync it, before the change is applied."""
+    c = _cluster(max_committed_per_ready=1)
+    c.propose(1, b"before")
+    c.node(1).propose_conf_change(_change("add_learner", 4))
+    c.process_ready(1)
+    c.deliver()
+    for nid in (2, 3):
+        c.process_ready(nid)
+    c.deliver(1)
+    c.process_ready(1)
+    c.tick_heartbeat(1)
+    c.process_ready(1)
+    c.deliver(2)
+    node = c.node(2)
+    first = node.ready()
+    assert [e.kind for e in first.committed_entries] == [EntryKind.NORMAL]
+    assert first.hard_state is not None and not first.must_sync
+    node.advance(first)
+    second = node.ready()
+    assert [e.kind for e in second.committed_entries] == [EntryKind.CONF_CHANGE]
+    assert second.hard_state == first.hard_state
+    assert second.must_sync
+    node.advance(second)
+    assert node.conf_state.learners == (4,)
