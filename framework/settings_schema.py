@@ -310,8 +310,8 @@ class PerformanceSettings:
 class Rollout:
     """A flag rolled out to part of the cluster.
 
-    Only the shape is checked here; framework/flags.py decides who is in (``include`` always,
-    ``exclude`` never, the rest by a stable hash against ``percent``).
+    Only the shape is checked here; `framework.flag_evaluation` decides who is in
+    (``include`` always, ``exclude`` never, the rest by a stable hash against ``percent``).
     """
 
     enabled: bool = field(default=True, metadata=as_metadata(BOOL))
