@@ -373,7 +373,7 @@ class ListOf(Kind):
 
 
 class Section(Kind):
-    """A table read into one of the dataclasses below."""
+    """A table read into a settings dataclass (`read_dataclass`)."""
 
     __slots__ = ("cls",)
 
