@@ -19,6 +19,7 @@ from typing import Any, Final
 import anyio
 from anyio.abc import TaskStatus
 
+from framework.metrics_state import HistogramState, MetricsState
 from framework.seams import LockStats
 from legacy.rwlock import CountingThreadLock
 
@@ -117,42 +118,25 @@ class LockedMetrics:
 
     def export_state(self) -> dict[str, Any]:
         with self._lock:
-            return {
-                "counters": dict(self._counters),
-                "histograms": {
-                    name: {
-                        "count": h.count,
-                        "sum": h.sum,
-                        "max": h.max,
-                        "samples": list(h.samples),
-                    }
+            return MetricsState(
+                counters=dict(self._counters),
+                histograms={
+                    name: HistogramState(
+                        count=h.count, sum=h.sum, max=h.max, samples=tuple(h.samples)
+                    )
                     for name, h in self._histograms.items()
                 },
-            }
+            ).to_plain()
 
     def import_state(self, state: Any) -> None:
-        if state is None:
+        incoming = MetricsState.read(state)  # read and checked before anything changes
+        if incoming is None:
             return
-        if not isinstance(state, Mapping):
-            raise TypeError(f"metrics state must be a mapping, not {type(state).__name__}")
-        counters = state.get("counters", {})
-        histograms = state.get("histograms", {})
-        if not isinstance(counters, Mapping) or not isinstance(histograms, Mapping):
-            raise TypeError('metrics state must hold mappings under "counters" and "histograms"')
-        # Everything is read and checked before anything changes.
-        added = {str(name): _read_count(name, value) for name, value in counters.items()}
-        imported = {str(name): _read_histogram(name, h) for name, h in histograms.items()}
         with self._lock:
-            clashes = (added.keys() & (self._histograms.keys() | imported.keys())) | (
-                imported.keys() & self._counters.keys()
-            )
-            if clashes:
-                raise ValueError(
-                    f"metrics state: {sorted(clashes)} would be both counters and histograms"
-                )
-            for name, value in added.items():
+            incoming.check_kinds(self._counters, self._histograms)
+            for name, value in incoming.counters.items():
                 self._counters[name] = self._counters.get(name, 0) + value
-            for name, theirs in imported.items():
+            for name, theirs in incoming.histograms.items():
                 ours = self._histograms.setdefault(name, _Histogram())
                 ours.samples.extend(theirs.samples)
                 ours.count += theirs.count
@@ -161,21 +145,3 @@ class LockedMetrics:
 
     def lock_stats(self) -> LockStats:
         return self._lock.stats()
-
-
-def _read_count(name: object, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"metrics state: counter {name!r} is {value!r}; expected an int")
-    return value
-
-
-def _read_histogram(name: object, data: object) -> _Histogram:
-    if not isinstance(data, Mapping):
-        raise TypeError(f"metrics state: histogram {name!r} must be a mapping")
-    histogram = _Histogram()
-    samples = [float(v) for v in data.get("samples", ())]
-    histogram.samples.extend(samples)
-    histogram.count = int(data.get("count", len(samples)))
-    histogram.sum = float(data.get("sum", math.fsum(samples)))
-    histogram.max = float(data.get("max", max(samples, default=-math.inf)))
-    return histogram

@@ -429,7 +429,8 @@ def test_defaults_load_from_a_zipped_package(tmp_path: Path) -> None:
     archive = tmp_path / "framework.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("framework/__init__.py", '"""raftmw."""\n')
-        zf.write(REPO / "framework" / "config.py", "framework/config.py")
+        for module in ("config.py", "settings_kinds.py", "settings_schema.py"):
+            zf.write(REPO / "framework" / module, f"framework/{module}")
         zf.write(PACKAGED, "framework/settings.toml")
     script = (
         "import framework, framework.config as c; s = c.load_settings(env={}); "

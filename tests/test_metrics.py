@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -19,8 +18,6 @@ from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from framework.client import KVClient
-from framework.config import load_settings
 from framework.metrics import (
     GaugeReadings,
     NodeInstruments,
@@ -28,12 +25,11 @@ from framework.metrics import (
     configure_from_environment,
     provider_from_environment,
 )
-from framework.runtime.node import NodeConfig, RaftNode
 from framework.seams import LockStats, PeerLinkStats, PoolStats, QueueStats
-from framework.storage import MemoryLogStore
 from framework.transport.base import answer_request
-from framework.transport.memory import MemoryNetwork
 from framework.transport.wire import ClientRequest, KVOp
+from tests.runtime.inprocess_cluster import Cluster
+from tests.runtime.inprocess_cluster import cluster as memory_cluster
 
 WRITES = 12
 
@@ -75,58 +71,14 @@ def by_node(reader: InMemoryMetricReader, name: str, **attributes: Any) -> dict[
 # -- a cluster on the in-memory network, its nodes reporting to one provider -----------------
 
 
-@dataclass
-class Cluster:
-    network: MemoryNetwork
-    nodes: dict[int, RaftNode] = field(default_factory=dict)
-
-    @property
-    def peers(self) -> dict[int, str]:
-        return {nid: f"mem://{nid}" for nid in self.nodes}
-
-    def client(self) -> KVClient:
-        network = self.network
-
-        @asynccontextmanager
-        async def connect(address: str) -> AsyncIterator[object]:
-            yield network.client(int(address.removeprefix("mem://")))
-
-        return KVClient(self.peers, timeout=5.0, connector=connect)  # type: ignore[arg-type]
-
-    async def wait_leader(self) -> int:
-        with anyio.fail_after(10):
-            while True:
-                leaders = [
-                    nid for nid, n in self.nodes.items() if (await n.status())["role"] == "leader"
-                ]
-                if len(leaders) == 1:
-                    return leaders[0]
-                await anyio.sleep(0.01)
-
-
 @asynccontextmanager
 async def cluster(
     provider: MeterProvider | None, n: int = 3, **settings: object
 ) -> AsyncIterator[Cluster]:
-    merged: dict[str, object] = {"raft.tick_interval": "5ms", "client.request_timeout": "2s"}
-    merged.update(settings)
-    config = load_settings(overrides=merged)
-    peers = {nid: f"mem://{nid}" for nid in range(1, n + 1)}
-    c = Cluster(network=MemoryNetwork(seed=11))
-    async with anyio.create_task_group() as tg:
-        for nid in peers:
-            node = RaftNode(
-                NodeConfig(node_id=nid, cluster_id="metrics", peers=peers, settings=config),
-                store=MemoryLogStore(),
-                transport=c.network.transport(nid),
-                meter_provider=provider,
-            )
-            await tg.start(node.run)
-            c.nodes[nid] = node
-        try:
-            yield c
-        finally:
-            tg.cancel_scope.cancel()
+    async with memory_cluster(
+        n, seed=11, cluster_id="metrics", meter_provider=provider, **settings
+    ) as c:
+        yield c
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from typing import Any, Final
 import anyio
 from anyio.abc import TaskStatus
 
+from framework.metrics_state import HistogramState, MetricsState
 from framework.seams import LockStats
 
 __all__ = ["BUCKETS_PER_DOUBLING", "LockFreeMetrics", "LogHistogram", "WrongWriterThread"]
@@ -144,45 +145,27 @@ class LockFreeMetrics:
         await anyio.sleep_forever()
 
     def export_state(self) -> dict[str, Any]:
-        """The legacy metrics' shape, so swaps work both ways."""
-        return {
-            "counters": dict(self._counters),
-            "histograms": {
-                name: {
-                    "count": h.count,
-                    "sum": h.sum,
-                    "max": h.max,
-                    "samples": h.representative_samples(),
-                }
+        """The legacy metrics' shape (``framework.metrics_state``), so swaps work both ways."""
+        return MetricsState(
+            counters=dict(self._counters),
+            histograms={
+                name: HistogramState(
+                    count=h.count, sum=h.sum, max=h.max, samples=tuple(h.representative_samples())
+                )
                 for name, h in self._histograms.items()
             },
-        }
+        ).to_plain()
 
     def import_state(self, state: Any) -> None:
-        if state is None:
+        incoming = MetricsState.read(state)  # read and checked before anything changes
+        if incoming is None:
             return
-        if not isinstance(state, Mapping):
-            raise TypeError(f"metrics state must be a mapping, not {type(state).__name__}")
-        counters = state.get("counters", {})
-        histograms = state.get("histograms", {})
-        if not isinstance(counters, Mapping) or not isinstance(histograms, Mapping):
-            raise TypeError('metrics state must hold mappings under "counters" and "histograms"')
-        # Read and check everything before changing anything.
-        added = {str(k): int(v) for k, v in counters.items()}
-        built: dict[str, LogHistogram] = {}
-        for name, data in histograms.items():
-            if not isinstance(data, Mapping):
-                raise TypeError(f"metrics state: histogram {name!r} must be a mapping")
-            h = LogHistogram()
-            for sample in data.get("samples", ()):
-                h.record(float(sample))
-            h.count = int(data.get("count", h.count))
-            h.sum = float(data.get("sum", h.sum))
-            h.max = float(data.get("max", h.max))
-            built[str(name)] = h
-        clashes = added.keys() & (built.keys() | self._histograms.keys())
-        if clashes:
-            raise ValueError(f"metrics state: {sorted(clashes)} would be both kinds")
-        for name, value in added.items():
+        incoming.check_kinds(self._counters, self._histograms)
+        for name, value in incoming.counters.items():
             self._counters[name] = self._counters.get(name, 0) + value
-        self._histograms.update(built)
+        for name, theirs in incoming.histograms.items():
+            h = LogHistogram()
+            for sample in theirs.samples:
+                h.record(sample)
+            h.count, h.sum, h.max = theirs.count, theirs.sum, theirs.max
+            self._histograms[name] = h

@@ -1,6 +1,6 @@
 """Issue 12: each plugin flag on a real cluster, doing the work it exists for, against legacy.
 
-Three in-process `RaftNode`s on the in-memory network (``tests.runtime.test_node_memory``),
+Three in-process `RaftNode`s on the in-memory network (``tests.runtime.inprocess_cluster``),
 the same settings on both sides but the flag. Every assertion is on what the nodes report
 (``status()``: their timeout policy, their queues, their terms), never on how long
 something took:
@@ -26,7 +26,7 @@ import anyio
 import pytest
 
 from framework.transport.wire import ClientRequest, ClientResponse, KVOp
-from tests.runtime.test_node_memory import cluster
+from tests.runtime.inprocess_cluster import cluster
 
 pytestmark = pytest.mark.anyio
 

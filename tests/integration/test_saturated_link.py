@@ -28,9 +28,8 @@ in ``tests/runtime/test_stuck_peer.py``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
@@ -38,12 +37,15 @@ import pytest
 
 from framework.client import KVClient
 from framework.config import Settings, load_settings
-from framework.core import Message
-from framework.runtime.localcluster import free_ports
-from framework.runtime.node import NodeConfig, RaftNode
-from framework.seams import PeerConnection, PeerDialer, TimeoutPolicy
-from framework.storage import MemoryLogStore
+from framework.seams import PeerConnection
 from framework.transport.tcp import TcpTransport
+from tests.runtime.inprocess_cluster import (
+    DelegatingConnection,
+    DelegatingDialer,
+    TcpCluster,
+    TcpTransportWithDialer,
+    tcp_cluster,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -59,102 +61,34 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-class PacedConnection:
+class PacedConnection(DelegatingConnection):
     """A `PeerConnection` whose writes leave at ``BANDWIDTH`` bytes per second, frame by
     frame: the pool waits on it exactly as on a socket whose buffer is full."""
-
-    def __init__(self, inner: PeerConnection) -> None:
-        self._inner = inner
-
-    @property
-    def closed(self) -> bool:
-        return self._inner.closed
 
     async def send_frames(self, frames: Sequence[bytes]) -> None:
         for frame in frames:
             await anyio.sleep(len(frame) / BANDWIDTH)
-            await self._inner.send_frames([frame])
-
-    async def wait_closed(self) -> None:
-        await self._inner.wait_closed()
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
+            await super().send_frames([frame])
 
 
-class NarrowDialer:
-    def __init__(self, inner: PeerDialer) -> None:
-        self._inner = inner
-
+class NarrowDialer(DelegatingDialer):
     async def dial(self, peer: int, address: str) -> PeerConnection:
-        conn = await self._inner.dial(peer, address)
+        conn = await super().dial(peer, address)
         return PacedConnection(conn) if peer == NARROW else conn
 
-    def encode(self, peer: int, messages: Sequence[Message]) -> list[bytes]:
-        return self._inner.encode(peer, messages)
 
-    def unreachable(self, peer: int) -> None:
-        self._inner.unreachable(peer)
-
-    @property
-    def timeouts(self) -> TimeoutPolicy | None:
-        return self._inner.timeouts
-
-
-class NarrowTcpTransport(TcpTransport):
+def narrow_from_node_1(**keywords: Any) -> TcpTransport:
     """Node 1's transport: its pool's connection to node 3 is paced."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._narrow = NarrowDialer(super().dialer)
-
-    @property
-    def dialer(self) -> PeerDialer:
-        return self._narrow
+    if keywords["node_id"] == 1:
+        return TcpTransportWithDialer(NarrowDialer, **keywords)
+    return TcpTransport(**keywords)
 
 
-@dataclass
-class Cluster:
-    addresses: dict[int, str]
-    nodes: dict[int, RaftNode] = field(default_factory=dict)
-
-    async def terms(self) -> dict[int, int]:
-        return {i: (await n.status())["term"] for i, n in self.nodes.items()}
+def cluster(settings: Settings) -> AbstractAsyncContextManager[TcpCluster]:
+    return tcp_cluster(settings, cluster_id="narrow", make_transport=narrow_from_node_1)
 
 
-@asynccontextmanager
-async def cluster(settings: Settings) -> AsyncIterator[Cluster]:
-    ports = free_ports(3)
-    addresses = {i: f"127.0.0.1:{ports[i - 1]}" for i in (1, 2, 3)}
-    t = settings.transport
-    c = Cluster(addresses=addresses)
-    async with anyio.create_task_group() as tg:
-        for node_id in (1, 2, 3):
-            kind = NarrowTcpTransport if node_id == 1 else TcpTransport
-            transport = kind(
-                node_id=node_id,
-                cluster_id="narrow",
-                listen=addresses[node_id],
-                peers={i: a for i, a in addresses.items() if i != node_id},
-                max_frame_size=t.max_frame_size,
-                connect_timeout=t.connect_timeout,
-                backoff_min=t.reconnect_backoff_min,
-                backoff_max=t.reconnect_backoff_max,
-            )
-            node = RaftNode(
-                NodeConfig(
-                    node_id=node_id, cluster_id="narrow", peers=addresses, settings=settings
-                ),
-                store=MemoryLogStore(),
-                transport=transport,
-            )
-            await tg.start(node.run)
-            c.nodes[node_id] = node
-        yield c
-        tg.cancel_scope.cancel()
-
-
-async def _node_1_leads(c: Cluster, client: KVClient) -> int:
+async def _node_1_leads(c: TcpCluster, client: KVClient) -> int:
     """Make node 1 the leader; its term once every node agrees (and has for a while: a
     transfer still in flight would otherwise end the term the test starts from)."""
     asked: set[int] = set()

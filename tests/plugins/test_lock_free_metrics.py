@@ -98,3 +98,22 @@ def test_an_update_from_a_second_thread_fails_loudly() -> None:
     assert m.snapshot()["proposals"] == 1  # the refused update changed nothing
     m.add("proposals")  # the owner keeps writing
     assert m.snapshot()["proposals"] == 2
+
+
+@pytest.mark.parametrize("make", [LockedMetrics, LockFreeMetrics], ids=["legacy", "lock_free"])
+def test_both_metrics_refuse_the_same_bad_states_and_change_nothing(make: type) -> None:
+    """One reading of the swap state (``framework.metrics_state``) for both: a name that
+    would be a counter and a histogram, or a counter that is not an int, is refused."""
+    m = make()
+    m.add("ops", 2)
+    m.record("latency", 1.0)
+    before = m.snapshot()
+    with pytest.raises(ValueError, match=r"\['ops'\] would be both counters and histograms"):
+        m.import_state({"histograms": {"ops": {"count": 1, "sum": 1.0, "max": 1.0}}})
+    with pytest.raises(ValueError, match=r"\['latency'\] would be both counters and histograms"):
+        m.import_state({"counters": {"latency": 1}})
+    with pytest.raises(TypeError, match="counter 'n' is True; expected an int"):
+        m.import_state({"counters": {"n": True}})
+    with pytest.raises(TypeError, match="counter 'n' is '3'; expected an int"):
+        m.import_state({"counters": {"n": "3"}})
+    assert m.snapshot() == before

@@ -20,7 +20,6 @@ import anyio
 import anyio.abc
 import pytest
 from client_history import History, applied_tokens
-from test_node_memory import Cluster, cluster
 
 from framework.client import KVClient
 from framework.core import ConfState, Heartbeat, RaftConfig, RawNode, Role
@@ -28,6 +27,7 @@ from framework.runtime.redirect import redirect_target
 from framework.sim.linearizability import check_history
 from framework.transport.base import answer_request
 from framework.transport.wire import ClientRequest, ClientResponse, KVOp, RequestBody
+from tests.runtime.inprocess_cluster import Cluster, cluster
 
 pytestmark = pytest.mark.anyio
 

@@ -17,7 +17,7 @@ from framework.runtime.flag_outcomes import wait_for_outcomes
 from framework.runtime.localcluster import LocalCluster
 from framework.runtime.node_flags import OVERRIDES_FILE, NodeFlags, OverridesFile
 from legacy.queue import UnboundedQueue
-from tests.runtime.test_node_memory import cluster
+from tests.runtime.inprocess_cluster import cluster
 
 pytestmark = pytest.mark.anyio
 

@@ -3,21 +3,14 @@ lagging followers, membership, and the same behaviour on asyncio and trio."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-
 import anyio
 import pytest
 
 from framework.client import KVClient
-from framework.config import load_settings
 from framework.errors import RaftError
-from framework.runtime.node import NodeConfig, RaftNode
-from framework.storage import MemoryLogStore
 from framework.transport.base import answer_request
-from framework.transport.memory import MemoryNetwork
 from framework.transport.wire import ClientRequest, KVOp
+from tests.runtime.inprocess_cluster import cluster
 
 pytestmark = pytest.mark.anyio
 
@@ -25,87 +18,6 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture(params=["asyncio", "trio"])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
-
-
-def _settings(**overrides: object):  # type: ignore[no-untyped-def]
-    base = {"raft.tick_interval": "5ms", "client.request_timeout": "2s"}
-    base.update({k: v for k, v in overrides.items()})
-    return load_settings(overrides=base)
-
-
-@dataclass
-class Cluster:
-    network: MemoryNetwork
-    tg: anyio.abc.TaskGroup
-    settings: object
-    stores: dict[int, MemoryLogStore] = field(default_factory=dict)
-    nodes: dict[int, RaftNode] = field(default_factory=dict)
-    scopes: dict[int, anyio.CancelScope] = field(default_factory=dict)
-
-    @property
-    def peers(self) -> dict[int, str]:
-        return {nid: f"mem://{nid}" for nid in self.stores}
-
-    async def start(
-        self, node_id: int, *, join: bool = False, peers: dict[int, str] | None = None
-    ) -> RaftNode:
-        store = self.stores.setdefault(node_id, MemoryLogStore())
-        config = NodeConfig(
-            node_id=node_id,
-            cluster_id="mem",
-            peers=peers or self.peers,
-            settings=self.settings,
-            join=join,
-        )  # type: ignore[arg-type]
-        node = RaftNode(config, store=store, transport=self.network.transport(node_id))
-        scope = anyio.CancelScope()
-
-        async def run(*, task_status: anyio.abc.TaskStatus[None]) -> None:
-            with scope:
-                await node.run(task_status=task_status)
-
-        await self.tg.start(run)
-        self.nodes[node_id] = node
-        self.scopes[node_id] = scope
-        return node
-
-    def crash(self, node_id: int) -> None:
-        """Stop the node; its MemoryLogStore keeps what it persisted."""
-        self.scopes.pop(node_id).cancel()
-        self.nodes.pop(node_id)
-
-    def client(self, timeout: float = 5.0) -> KVClient:
-        network = self.network
-
-        @asynccontextmanager
-        async def connect(address: str) -> AsyncIterator[object]:
-            yield network.client(int(address.removeprefix("mem://")))
-
-        return KVClient(self.peers, timeout=timeout, connector=connect)  # type: ignore[arg-type]
-
-    async def leader(self) -> int:
-        leaders = [nid for nid, n in self.nodes.items() if (await n.status())["role"] == "leader"]
-        return leaders[0] if len(leaders) == 1 else 0
-
-    async def wait_leader(self) -> int:
-        with anyio.fail_after(10):
-            while not (leader := await self.leader()):
-                await anyio.sleep(0.01)
-        return leader
-
-
-@asynccontextmanager
-async def cluster(n: int = 3, **settings: object) -> AsyncIterator[Cluster]:
-    async with anyio.create_task_group() as tg:
-        c = Cluster(network=MemoryNetwork(seed=7), tg=tg, settings=_settings(**settings))
-        for nid in range(1, n + 1):
-            c.stores[nid] = MemoryLogStore()
-        for nid in range(1, n + 1):
-            await c.start(nid)
-        try:
-            yield c
-        finally:
-            tg.cancel_scope.cancel()
 
 
 async def test_writes_and_reads_through_any_node() -> None:

@@ -154,15 +154,14 @@ async def test_a_leader_whose_disk_stalls_keeps_its_leadership(tick: str, stall:
     400-800 ms with 20 ms ticks. Stalls just under it (0.18 s) and of three times it (1.2 s)
     on every write of the leader: no election. Before, a stall of 300 ms or more cost the
     leader its leadership each time (its heartbeats waited behind the disk)."""
-    import test_node_memory as memory
-
     from framework.client import KVClient
+    from tests.runtime import inprocess_cluster as memory
 
     async with anyio.create_task_group() as tg:
         c = memory.Cluster(
             network=memory.MemoryNetwork(seed=7),
             tg=tg,
-            settings=memory._settings(**{"raft.tick_interval": tick}),
+            settings=memory.fast_settings(**{"raft.tick_interval": tick}),
         )
         stores = {nid: StallingStore() for nid in (1, 2, 3)}
         c.stores.update(stores)

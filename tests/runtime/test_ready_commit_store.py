@@ -13,7 +13,7 @@ import pytest
 from framework.core import Entry, HardState, Snapshot
 from framework.storage import MemoryLogStore
 from framework.transport.memory import MemoryNetwork
-from tests.runtime.test_node_memory import Cluster, _settings
+from tests.runtime.inprocess_cluster import Cluster, fast_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -57,7 +57,7 @@ class GatedStore(MemoryLogStore):
 async def test_a_write_is_answered_before_its_commit_index_is_stored() -> None:
     store = GatedStore()
     async with anyio.create_task_group() as tg:
-        c = Cluster(network=MemoryNetwork(seed=7), tg=tg, settings=_settings())
+        c = Cluster(network=MemoryNetwork(seed=7), tg=tg, settings=fast_settings())
         c.stores[1] = store
         await c.start(1)
         try:

@@ -123,11 +123,10 @@ class _Watching(KVStateMachine):
 async def test_a_node_applies_writes_while_its_snapshot_is_encoded() -> None:
     """Before, the whole state machine was serialised while the Ready loop waited: nothing
     was applied until it finished. Now writes keep being applied meanwhile."""
-    import test_node_memory as memory
-
     from framework.runtime.node import NodeConfig, RaftNode
+    from tests.runtime import inprocess_cluster as memory
 
-    settings = memory._settings(
+    settings = memory.fast_settings(
         **{"raft.snapshot_threshold_entries": 200, "raft.snapshot_trailing_entries": 10}
     )
     sm = _Watching()
@@ -172,7 +171,7 @@ async def test_a_node_applies_writes_while_its_snapshot_is_encoded() -> None:
 
 @pytest.mark.anyio
 async def test_a_node_restarts_from_a_chunked_snapshot_and_its_trailing_entries() -> None:
-    from test_node_memory import cluster
+    from tests.runtime.inprocess_cluster import cluster
 
     settings = {"raft.snapshot_threshold_entries": 20, "raft.snapshot_trailing_entries": 5}
     async with cluster(**settings) as c, c.client() as client:

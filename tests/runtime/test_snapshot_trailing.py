@@ -15,7 +15,7 @@ def anyio_backend() -> str:
 
 
 async def test_a_briefly_lagging_follower_catches_up_from_trailing_entries() -> None:
-    from test_node_memory import cluster
+    from tests.runtime.inprocess_cluster import cluster
 
     settings = {"raft.snapshot_threshold_entries": 20, "raft.snapshot_trailing_entries": 200}
     async with cluster(**settings) as c, c.client() as client:

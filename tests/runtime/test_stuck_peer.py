@@ -30,22 +30,23 @@ from __future__ import annotations
 import socket
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from typing import Any
 
 import anyio
-import anyio.abc
 import pytest
 
 from framework.client import KVClient
 from framework.config import Settings, load_settings
-from framework.core import Message
-from framework.runtime.localcluster import free_ports
-from framework.runtime.node import NodeConfig, RaftNode
-from framework.seams import PeerConnection, PeerDialer, TimeoutPolicy
-from framework.storage import MemoryLogStore
+from framework.seams import PeerConnection, PeerDialer
 from framework.transport.tcp import TcpTransport
+from tests.runtime.inprocess_cluster import (
+    DelegatingConnection,
+    DelegatingDialer,
+    TcpCluster,
+    TcpTransportWithDialer,
+    tcp_cluster,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -104,98 +105,52 @@ class DialWatch:
         self.writes_during_stuck_dial: dict[int, int] = defaultdict(int)
 
 
-class WatchedDialer:
-    """A `PeerDialer` that reports to a `DialWatch` and delegates to the transport's."""
+class WatchedDialer(DelegatingDialer):
+    """A `PeerDialer` that reports to its `DialWatch` and delegates to the transport's."""
 
-    def __init__(self, inner: PeerDialer, watch: DialWatch) -> None:
-        self._inner = inner
-        self._watch = watch
+    def __init__(self, inner: PeerDialer) -> None:
+        super().__init__(inner)
+        self.watch = DialWatch()
 
     async def dial(self, peer: int, address: str) -> PeerConnection:
-        watch = self._watch
+        watch = self.watch
         if peer == STUCK:
             watch.dialling_stuck += 1
         try:
-            conn = await self._inner.dial(peer, address)
+            conn = await super().dial(peer, address)
         finally:
             if peer == STUCK:
                 watch.dialling_stuck -= 1
                 watch.dials_to_stuck_done += 1
         return WatchedConnection(conn, peer, watch)
 
-    def encode(self, peer: int, messages: Sequence[Message]) -> list[bytes]:
-        return self._inner.encode(peer, messages)
 
-    def unreachable(self, peer: int) -> None:
-        self._inner.unreachable(peer)
-
-    @property
-    def timeouts(self) -> TimeoutPolicy | None:
-        return self._inner.timeouts
-
-
-class WatchedConnection:
+class WatchedConnection(DelegatingConnection):
     def __init__(self, inner: PeerConnection, peer: int, watch: DialWatch) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._peer = peer
         self._watch = watch
-
-    @property
-    def closed(self) -> bool:
-        return self._inner.closed
 
     async def send_frames(self, frames: Sequence[bytes]) -> None:
         watch = self._watch
         watch.writes[self._peer] += 1
         if watch.dialling_stuck:
             watch.writes_during_stuck_dial[self._peer] += 1
-        await self._inner.send_frames(frames)
-
-    async def wait_closed(self) -> None:
-        await self._inner.wait_closed()
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
+        await super().send_frames(frames)
 
 
-class WatchedTcpTransport(TcpTransport):
+def watched_transport(**keywords: Any) -> TcpTransport:
     """A `TcpTransport` whose pool (built by the node from ``dialer``) is watched."""
+    return TcpTransportWithDialer(WatchedDialer, **keywords)
 
-    def __init__(self, watch: DialWatch, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.watch = watch
-        self._watched = WatchedDialer(super().dialer, watch)
 
-    @property
-    def dialer(self) -> PeerDialer:
-        return self._watched
+def watch_of(c: TcpCluster, node_id: int) -> DialWatch:
+    dialer = c.nodes[node_id].transport.dialer
+    assert isinstance(dialer, WatchedDialer)
+    return dialer.watch
 
 
 # -- the cluster -------------------------------------------------------------------------------
-
-
-@dataclass
-class Cluster:
-    settings: Settings
-    addresses: dict[int, str]
-    nodes: dict[int, RaftNode] = field(default_factory=dict)
-
-    def client(self) -> KVClient:
-        live = {i: a for i, a in self.addresses.items() if i in self.nodes}
-        return KVClient(live, timeout=20)
-
-    async def views(self) -> dict[int, tuple[int, int]]:
-        """(term, leader) as each node's status says."""
-        views = {}
-        for node_id, node in self.nodes.items():
-            status = await node.status()
-            views[node_id] = (status["term"], status["leader"])
-        return views
-
-    def watch(self, node_id: int) -> DialWatch:
-        transport = self.nodes[node_id].transport
-        assert isinstance(transport, WatchedTcpTransport)
-        return transport.watch
 
 
 def settings_for(*, actors: bool) -> Settings:
@@ -203,50 +158,19 @@ def settings_for(*, actors: bool) -> Settings:
 
 
 @asynccontextmanager
-async def cluster(
-    settings: Settings, *, stuck: str | None, size: int = 3
-) -> AsyncIterator[Cluster]:
-    """Nodes 1..size on loopback, or 1..size-1 with node ``size``'s address a stuck peer."""
-    live = size - 1 if stuck else size
-    ports = free_ports(live)
-    addresses = {i: f"127.0.0.1:{ports[i - 1]}" for i in range(1, live + 1)}
-    t = settings.transport
-    with stuck_peer(stuck) if stuck else _nothing() as hole:
-        if hole is not None:
-            addresses[size] = hole
-        c = Cluster(settings=settings, addresses=addresses)
-        async with anyio.create_task_group() as tg:
-            for node_id in range(1, live + 1):
-                transport = WatchedTcpTransport(
-                    DialWatch(),
-                    node_id=node_id,
-                    cluster_id="stuck",
-                    listen=addresses[node_id],
-                    peers={i: a for i, a in addresses.items() if i != node_id},
-                    max_frame_size=t.max_frame_size,
-                    connect_timeout=t.connect_timeout,
-                    backoff_min=t.reconnect_backoff_min,
-                    backoff_max=t.reconnect_backoff_max,
-                )
-                node = RaftNode(
-                    NodeConfig(
-                        node_id=node_id, cluster_id="stuck", peers=addresses, settings=settings
-                    ),
-                    store=MemoryLogStore(),
-                    transport=transport,
-                )
-                await tg.start(node.run)
-                c.nodes[node_id] = node
+async def cluster(settings: Settings, *, stuck: str | None) -> AsyncIterator[TcpCluster]:
+    """Nodes 1 to 3 on loopback, or 1 and 2 with node 3's address a stuck peer."""
+    with stuck_peer(stuck) if stuck else nullcontext() as hole:
+        async with tcp_cluster(
+            settings,
+            cluster_id="stuck",
+            elsewhere={STUCK: hole} if hole else None,
+            make_transport=watched_transport,
+        ) as c:
             yield c
-            tg.cancel_scope.cancel()
 
 
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield None
-
-
-async def settled(c: Cluster, client: KVClient) -> tuple[int, int]:
+async def settled(c: TcpCluster, client: KVClient) -> tuple[int, int]:
     """One write acknowledged and every live node agreeing on (term, leader)."""
     with anyio.fail_after(30):
         await client.put("settle", "1")
@@ -273,7 +197,7 @@ async def test_a_stuck_follower_stops_no_write_and_starts_no_election(
             pool_plugin
         }
         term, leader = await settled(c, client)
-        watch = c.watch(1)  # node 1 dials both node 2 and the stuck node 3
+        watch = watch_of(c, 1)  # node 1 dials both node 2 and the stuck node 3
         dials_before = watch.dials_to_stuck_done
         acknowledged = 0
         with anyio.fail_after(60):

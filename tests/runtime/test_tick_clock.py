@@ -44,7 +44,7 @@ def test_the_interval_must_be_a_positive_duration(interval: float) -> None:
 async def test_a_node_whose_loop_was_stalled_catches_up_every_tick() -> None:
     """A node whose event loop stalls (as under SIGSTOP) delivers, on its next wake-up, a
     tick for every interval of the stall, not one: its leader lease cannot outlive it."""
-    from test_node_memory import cluster
+    from tests.runtime.inprocess_cluster import cluster
 
     async with cluster(1) as c:
         await c.wait_leader()
