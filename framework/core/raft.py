@@ -288,6 +288,15 @@ class RawNode:
         self.log = _log_from_storage(meta, list(entries), hs.commit)
         self.term = hs.term
         self.vote = hs.vote
+        if self.log.last_term() > hs.term:
+            # A store that writes a Ready's entries before its hard state, torn by a crash
+            # in between, leaves entries of a later term than the stored one. They came
+            # from a leader of that term, so that is our term; we cast no vote in it (a
+            # vote leaves only once the hard state recording it is durable). Left as it
+            # was, we would campaign with a last entry newer than our term, which every
+            # peer refuses as impossible (simulator sweep, seed 53126).
+            self.term = self.log.last_term()
+            self.vote = 0
         # Membership is whatever the applied log says; applying resumes at the snapshot.
         self.conf_state = meta.conf_state
         if conf_state is not None and self.log.last_index() == 0 and hs.term == 0:

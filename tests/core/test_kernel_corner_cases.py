@@ -356,3 +356,26 @@ def test_a_removed_leader_stays_until_a_voter_can_be_elected() -> None:
     assert c.node(2).role is Role.FOLLOWER
     assert c.state(1)[-1:] == [b"x=2"]
     assert c.node(1).conf_state.voters == (1,)
+
+
+# == found by the simulator sweep: a write torn between its entries and its hard state ========
+
+
+def test_restart_after_a_torn_write_takes_the_term_of_its_last_entry() -> None:
+    """Simulator sweep seed 53126. A follower at term 4 got entries of term 5 from the
+    leader; its write (entries, then the hard state with term 5) was torn by a crash after
+    the entries. Restarted at term 4 with a last entry of term 5, it campaigned with a
+    VoteRequest that every peer refused as impossible (a last log term past the request's
+    term), and so could never be elected. It now starts at the term of its last entry,
+    with no vote in it, and stores that at once."""
+    node = make_node(2, log=[2, 5], term=4, vote=3)
+    assert (node.term, node.vote) == (5, 0)
+    rd = node.ready()
+    assert rd.hard_state is not None and rd.hard_state.term == 5 and rd.must_sync
+    node.advance(rd)
+    node.campaign()
+    requests = [m for m in drain(node) if isinstance(m, VoteRequest)]
+    assert requests and all(m.last_term <= m.term for m in requests)
+    peer = make_node(1, log=[2], term=4)
+    drain(peer)
+    peer.step(requests[0])  # accepted: before, InvalidMessage ("impossible for term ...")
