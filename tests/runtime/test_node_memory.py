@@ -147,10 +147,10 @@ async def test_with_circuit_breakers_a_restarted_follower_catches_up_at_once() -
             while guard.states().get(follower) != "open":
                 await client.put("tick", "x")  # sends to the dead follower fail
         node = await c.start(follower)
-        with anyio.fail_after(5):
+        with anyio.fail_after(20):
             while node.sm.read("cb19") != "19":
                 await anyio.sleep(0.01)
-        with anyio.fail_after(5):
+        with anyio.fail_after(20):
             while guard.states().get(follower) != "closed":
                 await anyio.sleep(0.01)
 
