@@ -76,6 +76,7 @@ from typing import Annotated, Final
 
 import msgspec
 
+from framework.canonical_msgpack import encode_canonical
 from framework.config import FlagValue, Rollout, Settings
 from framework.migration_journal import (
     JournalSnapshot,
@@ -659,12 +660,11 @@ class FlagChange(msgspec.Struct, frozen=True):
     migration: MigrationRecord | None = None
 
 
-_ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
 _CHANGE_DECODER: Final = msgspec.msgpack.Decoder(FlagChange)
 
 
 def encode_flag_change(change: FlagChange) -> bytes:
-    return _ENCODER.encode(change)
+    return encode_canonical(change)
 
 
 def decode_flag_change(data: bytes) -> FlagChange:
@@ -724,9 +724,7 @@ def validate_change(
         after.update((name, _to_value(wire)) for name, wire in change.set.items())
         touched = {*change.set, *change.unset}
         problems += [
-            problem
-            for names, problem in dependency_problems(registry, after)
-            if touched & names
+            problem for names, problem in dependency_problems(registry, after) if touched & names
         ]
     return problems
 
@@ -915,7 +913,7 @@ class ClusterFlagState:
 
     def to_bytes(self) -> bytes:
         """The state as msgpack, for the state machine's snapshot (same state, same bytes)."""
-        return _ENCODER.encode(
+        return encode_canonical(
             _Snapshot(
                 version=_SNAPSHOT_VERSION,
                 applied_index=self._applied_index,
