@@ -25,9 +25,10 @@ Every trial runs once per mode (``--modes``), interleaved, each in a fresh subpr
 as main's runtime saw it (``snapshot()`` in one call in a worker thread while the Ready loop
 waits): main's pause. ``--against DIR`` instead runs this tree against DIR's (``PYTHONPATH`` set to
 the tree it measures; the script only uses what main also has). NB: a tree older than
-``framework/canonical_msgpack.py`` dies with SIGSEGV here at 100,000 keys (the integration
-commit 161c0ec, and ``whole`` before that module): the map the script builds ("warm" first,
-then ascending keys) is a key order that overflows msgspec's own key sort (see that module).
+``framework/canonical_msgpack.py`` can die with SIGSEGV here at 100,000 keys: ``whole`` did
+(the backtrace was msgspec's own key sort: the map the script builds, "warm" first and then
+ascending keys, is a key order that overflows it; see that module), and so did the
+integration commit 161c0ec (not traced; probably the same cause).
 """
 
 from __future__ import annotations
