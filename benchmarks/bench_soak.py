@@ -133,7 +133,9 @@ class _Watch:
         newest = max(terms.values(), default=0)
         if self.term and newest > self.term:
             at = time.perf_counter() - self.started
-            event = f"t={at:.1f} s into the soak: term {self.term} -> {newest}; in the {self.period:.0f} s before:"
+            event = (
+                f"t={at:.1f} s into the soak: term {self.term} -> {newest}; the interval before:"
+            )
             self.events.append("\n    ".join([event, *lines]))
             print(self.events[-1], flush=True)
         self.term = max(self.term, newest)
