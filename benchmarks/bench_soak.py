@@ -1,7 +1,7 @@
 """Soak: many writers on a 3-process cluster for minutes, snapshots on, then leader kills.
 
     nice python benchmarks/bench_soak.py [--writers 512] [--seconds 600]
-        [--snapshot-every 100000] [--keys 10000] [--kills 5]
+        [--snapshot-every 100000] [--keys 10000] [--kills 5] [--raft KEY=VALUE]...
 
 A ``LocalCluster`` of 3 nodes on loopback (TLS, SQLite, default profile: election timeout
 200-400 ms, heartbeat every 20 ms) with ``raft.snapshot_threshold_entries =
@@ -37,6 +37,7 @@ import os
 import statistics
 import tempfile
 import time
+import tomllib
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,7 +220,8 @@ def _spread(values: list[float]) -> str:
 
 async def _soak(root: Path, args: argparse.Namespace) -> None:
     path = root / "soak.toml"
-    path.write_text(tomli_w.dumps({"raft": {"snapshot_threshold_entries": args.snapshot_every}}))
+    raft = {"snapshot_threshold_entries": args.snapshot_every, **args.raft}
+    path.write_text(tomli_w.dumps({"raft": raft}))
     cluster = LocalCluster(root / "cluster", nodes=3, settings_files=[str(path)], cluster_id="soak")
     load = LoadSampler(pids=lambda: [p.pid for p in cluster.nodes.values() if p.pid])
     watch = _Watch(cluster, args.watch)
@@ -296,7 +298,8 @@ async def _soak(root: Path, args: argparse.Namespace) -> None:
     }
     machine = load.report()
     print(
-        f"writers {args.writers}, {args.seconds:.0f} s, snapshot every {args.snapshot_every}: "
+        f"writers {args.writers}, {args.seconds:.0f} s, snapshot every {args.snapshot_every}, "
+        f"raft settings {args.raft or 'default'}: "
         f"{len(latencies)} writes acked ({len(latencies) / args.seconds:.0f}/s), errors {errors}\n"
         f"latency ms p50 {q(0.5):.1f}  p99 {q(0.99):.1f}  p999 {q(0.999):.1f}  "
         f"max {latencies[-1] * 1e3:.1f}\n"
@@ -326,6 +329,19 @@ async def _soak(root: Path, args: argparse.Namespace) -> None:
         )
 
 
+def _raft_setting(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with a TOML value, for the nodes' ``[raft]`` table."""
+    key, sep, value = text.partition("=")
+    try:
+        if not sep or not key.strip():
+            raise ValueError("no KEY=")
+        return key.strip(), tomllib.loads(f"v = {value}")["v"]
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise argparse.ArgumentTypeError(
+            f"--raft {text!r}: expected KEY=VALUE with a TOML value, like election_tick=30 ({exc})"
+        ) from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--writers", type=int, default=512)
@@ -333,8 +349,17 @@ def main() -> None:
     parser.add_argument("--snapshot-every", type=int, default=100_000)
     parser.add_argument("--keys", type=int, default=10_000)
     parser.add_argument("--kills", type=int, default=5)
+    parser.add_argument(
+        "--raft",
+        type=_raft_setting,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a [raft] setting for the nodes, a TOML value: election_tick=30, check_quorum=false",
+    )
     parser.add_argument("--watch", type=float, default=1.0, help="status poll period, s")
     args = parser.parse_args()
+    args.raft = dict(args.raft)
     for name in ("writers", "keys", "snapshot_every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: expected >= 1")
