@@ -12,19 +12,25 @@ milliseconds; at 100,000 keys the process died with SIGSEGV (the C stack, 8 MiB,
 overflowed; a worker thread's too). For a replicated state every replica has the same dict
 in the same order, so every replica would crash together, and again after each restart.
 
-Here the keys are sorted by Python's own sort (timsort: O(n log n) whatever the order, O(n)
-for runs already in order) through ``msgspec.to_builtins(order="deterministic")`` (which
-uses ``list.sort``, not that quicksort), and the result is encoded as it stands. The bytes
-are those ``order="deterministic"`` gives for the same value (keys sorted by code point,
-which is their UTF-8 byte order; sets and frozensets sorted; struct fields in declaration
-order), except that a dict whose keys are all of one sortable non-string type (ints, say) is
-now encoded with its keys sorted instead of refused. Keys that cannot be compared with each
-other still raise ``TypeError``.
+A map of at most 15 entries cannot hurt, whatever the sort (msgspec does not even use the
+quicksort below 17). So the value is first encoded as it is (no sorting: fast), and when
+that shows no map of 16 entries or more (no map16/map32 header byte, 0xde or 0xdf, anywhere
+in it: a false alarm only costs the slow path) msgspec's ``order="deterministic"`` encodes
+it. Otherwise the keys are sorted by Python's own sort (timsort: O(n log n) whatever the
+order, O(n) for runs already in order) through ``msgspec.to_builtins(order="deterministic")``
+(which uses ``list.sort``, not that quicksort), and the result is encoded as it stands.
 
-The cost: sorting with Python's comparisons is slower than msgspec's ``memcmp`` quicksort on
-orders that quicksort handles well (about 3x for 1,000,000 shuffled keys); correctness at any
-order comes first. State machines that snapshot a large map should stream it unsorted
-instead (``KVStateMachine.snapshot_chunks``).
+Either way the bytes are those ``order="deterministic"`` gives for the same value (keys
+sorted by code point, which is their UTF-8 byte order; sets and frozensets sorted; struct
+fields in declaration order), except that a dict whose keys are all of one sortable type
+other than ``str`` (ints, say), which msgspec refuses to sort, is encoded with its keys
+sorted. Keys that cannot be compared with each other raise ``TypeError``.
+
+The cost of the slow path: sorting with Python's comparisons is slower than msgspec's
+``memcmp`` quicksort on orders that quicksort handles well (about 3x for 1,000,000 shuffled
+keys); correctness at any order comes first. State machines that snapshot a large map should
+stream it unsorted instead (``KVStateMachine.snapshot_chunks``). The fast path costs a
+second encoding of values that are small anyway.
 """
 
 from __future__ import annotations
@@ -54,7 +60,8 @@ _KEPT_AS_THEY_ARE: Final = (
 """Types the msgpack encoder writes natively (a timestamp, bin, ext...): ``to_builtins``
 must hand them over untouched, or they would become strings and change the bytes."""
 
-_ENCODER: Final = msgspec.msgpack.Encoder()
+_AS_IT_IS: Final = msgspec.msgpack.Encoder()
+_DETERMINISTIC: Final = msgspec.msgpack.Encoder(order="deterministic")
 
 
 def encode_canonical(value: object) -> bytes:
@@ -62,6 +69,12 @@ def encode_canonical(value: object) -> bytes:
 
     Raises what ``msgspec.msgpack.encode`` raises for a value msgpack cannot carry
     (``TypeError``, ``OverflowError``)."""
-    return _ENCODER.encode(
+    encoded = _AS_IT_IS.encode(value)
+    if 0xDE not in encoded and 0xDF not in encoded:  # no map16 or map32 header byte
+        try:
+            return _DETERMINISTIC.encode(value)
+        except TypeError:
+            pass  # keys that are not all str: msgspec will not sort them; sorted below
+    return _AS_IT_IS.encode(
         msgspec.to_builtins(value, builtin_types=_KEPT_AS_THEY_ARE, order="deterministic")
     )

@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import msgspec
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -123,6 +124,15 @@ def test_the_bytes_are_those_of_msgspecs_deterministic_order(value: object) -> N
     # Dicts of more than 16 keys go through msgspec's quicksort (smaller ones through its
     # insertion sort), and keys include non-ASCII text: code point order is UTF-8 order.
     assert encode_canonical(value) == _DETERMINISTIC.encode(value)
+
+
+def test_keys_of_one_other_type_are_sorted_at_any_size_and_mixed_keys_are_refused() -> None:
+    small = {2: "b", 1: "a"}
+    large = {k: str(k) for k in range(40, 0, -1)}
+    assert encode_canonical(small) == msgspec.msgpack.encode(dict(sorted(small.items())))
+    assert encode_canonical(large) == msgspec.msgpack.encode(dict(sorted(large.items())))
+    with pytest.raises(TypeError):
+        encode_canonical({1: "a", "b": "c"})
 
 
 def test_structs_raw_and_sessions_keep_their_encoding() -> None:
