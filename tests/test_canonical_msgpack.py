@@ -18,7 +18,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from framework.canonical_msgpack import encode_canonical
@@ -119,6 +119,7 @@ _values = st.recursive(
 )
 
 
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])  # a shared machine
 @given(_values)
 def test_the_bytes_are_those_of_msgspecs_deterministic_order(value: object) -> None:
     # Dicts of more than 16 keys go through msgspec's quicksort (smaller ones through its
