@@ -24,9 +24,11 @@ Every trial runs once per mode (``--modes``), interleaved, each in a fresh subpr
 ``chunked`` (this tree as it is) and ``whole``, the same tree with the state machine seen
 as main's runtime saw it (``snapshot()`` in one call in a worker thread while the Ready loop
 waits): main's pause. ``--against DIR`` instead runs this tree against DIR's (``PYTHONPATH`` set to
-the tree it measures; the script only uses what main also has). NB: against the integration
-commit 161c0ec this segfaulted at 100,000 keys on the measuring VM, hence the ``whole``
-reference (which itself died with SIGSEGV at 100,000 keys in a later session).
+the tree it measures; the script only uses what main also has). NB: a tree older than
+``framework/canonical_msgpack.py`` can die with SIGSEGV here at 100,000 keys: ``whole`` did
+(the backtrace was msgspec's own key sort: the map the script builds, "warm" first and then
+ascending keys, is a key order that overflows it; see that module), and so did the
+integration commit 161c0ec (not traced; probably the same cause).
 """
 
 from __future__ import annotations

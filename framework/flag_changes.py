@@ -18,6 +18,7 @@ from typing import Annotated, Final
 
 import msgspec
 
+from framework.canonical_msgpack import encode_canonical
 from framework.config import FlagValue, Rollout
 from framework.flag_evaluation import FlagLayer, Source, is_node_id, value_problems
 from framework.flag_registry import FlagError, FlagRegistry, short_repr, unknown_name
@@ -103,12 +104,11 @@ class FlagChange(msgspec.Struct, frozen=True):
     migration: MigrationRecord | None = None
 
 
-_ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
 _CHANGE_DECODER: Final = msgspec.msgpack.Decoder(FlagChange)
 
 
 def encode_flag_change(change: FlagChange) -> bytes:
-    return _ENCODER.encode(change)
+    return encode_canonical(change)
 
 
 def decode_flag_change(data: bytes) -> FlagChange:
@@ -357,7 +357,7 @@ class ClusterFlagState:
 
     def to_bytes(self) -> bytes:
         """The state as msgpack, for the state machine's snapshot (same state, same bytes)."""
-        return _ENCODER.encode(
+        return encode_canonical(
             _Snapshot(
                 version=_SNAPSHOT_VERSION,
                 applied_index=self._applied_index,

@@ -68,6 +68,7 @@ from typing import Annotated, Final, Protocol, TypeAlias, runtime_checkable
 
 import msgspec
 
+from framework.canonical_msgpack import encode_canonical
 from framework.core.entries import Entry, EntryKind
 from framework.sessions import (
     DEFAULT_MAX_SESSIONS,
@@ -447,7 +448,8 @@ class _SnapshotBody(msgspec.Struct, frozen=True, kw_only=True):
     """Least recently used first."""
 
 
-_SNAPSHOT_ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
+_SNAPSHOT_ENCODER: Final = msgspec.msgpack.Encoder()
+"""For the pieces of a chunked snapshot around the data: they hold no map."""
 _SNAPSHOT_DECODER: Final = msgspec.msgpack.Decoder(_SnapshotBody)
 
 
@@ -633,7 +635,7 @@ class KVStateMachine:
             data=data,
             sessions=self.sessions.rows(),
         )
-        return snapshot_header(self) + bytes((_SNAPSHOT_VERSION,)) + _SNAPSHOT_ENCODER.encode(body)
+        return snapshot_header(self) + bytes((_SNAPSHOT_VERSION,)) + encode_canonical(body)
 
     def snapshot_chunks(self, keys_per_chunk: int = 2048) -> Iterator[bytes]:
         """The state as of now (``applied_index`` at this call), in pieces whose

@@ -46,6 +46,7 @@ from typing import Any, ClassVar, Final, TypeVar
 import msgspec
 
 from framework.apps.determinism import NondeterministicCall, deterministic
+from framework.canonical_msgpack import encode_canonical
 from framework.core.entries import Entry, EntryKind
 from framework.sessions import DEFAULT_MAX_SESSIONS, ClientSessions, Session, check_rows
 from framework.statemachine import (
@@ -183,14 +184,13 @@ class ReplicatedError(Exception):
         self.message = message
 
 
-_ENCODER: Final = msgspec.msgpack.Encoder(order="deterministic")
 _CALL: Final = msgspec.msgpack.Decoder(Call)
 _OUTCOME: Final = msgspec.msgpack.Decoder(Outcome)
 
 
 def encode_call(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     try:
-        return _ENCODER.encode(Call(method, list(args), dict(kwargs)))
+        return encode_canonical(Call(method, list(args), dict(kwargs)))
     except (TypeError, msgspec.EncodeError) as exc:
         raise TypeError(f"the arguments of {method}() cannot be sent: {exc}") from None
 
@@ -204,7 +204,7 @@ def decode_outcome(data: bytes) -> object:
 
 
 def _failure(error: str, message: str) -> bytes:
-    return _ENCODER.encode(Outcome(error=error, message=message[:MAX_ERROR_CHARS]))
+    return encode_canonical(Outcome(error=error, message=message[:MAX_ERROR_CHARS]))
 
 
 # -- the machine ---------------------------------------------------------------------------------
@@ -280,7 +280,7 @@ class ObjectMachine:
         try:
             with deterministic(f"{self.cls.__qualname__}.{call.method}"):
                 value = getattr(obj, call.method)(*call.args, **call.kwargs)
-            return _ENCODER.encode(Outcome(value=value))
+            return encode_canonical(Outcome(value=value))
         except Exception as exc:  # a result, the same on every replica
             return _failure(type(exc).__name__, str(exc))
 
@@ -299,16 +299,16 @@ class ObjectMachine:
             )
         try:
             value = getattr(self.obj, call.method)(*call.args, **call.kwargs)
-            return _ENCODER.encode(Outcome(value=value))
+            return encode_canonical(Outcome(value=value))
         except Exception as exc:
             return _failure(type(exc).__name__, str(exc))
 
     def snapshot(self) -> bytes:
-        return snapshot_header(self) + _ENCODER.encode(
+        return snapshot_header(self) + encode_canonical(
             _ObjectSnapshot(
                 applied_index=self._applied_index,
                 sessions=self.sessions.rows(),
-                state=msgspec.Raw(_ENCODER.encode(self.obj.snapshot_state())),
+                state=msgspec.Raw(encode_canonical(self.obj.snapshot_state())),
             )
         )
 

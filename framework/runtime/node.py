@@ -87,6 +87,7 @@ from framework.runtime.snapshots import (
 )
 from framework.runtime.stored_peers import StoredPeers
 from framework.runtime.tick_clock import TickClock
+from framework.runtime.ticker import run_ticker
 from framework.seams import NodeStatus, Priority, QueueFull
 from framework.statemachine import KVStateMachine, StateMachine
 from framework.storage import LogStore, StorageError, StoredState
@@ -244,7 +245,8 @@ class RaftNode:
                 await self._publish_status()
                 self.transport.set_peers(self._peer_addresses())
                 await tg.start(self.transport.serve, self, self)
-                tg.start_soon(self._ticker)
+                interval = self.settings.raft.tick_interval
+                tg.start_soon(run_ticker, interval, self._on_tick, self.health.on_tick)
                 tg.start_soon(self._ready_loop)
                 self.services.build()
                 await self.services.start(tg)
@@ -373,12 +375,9 @@ class RaftNode:
 
     # == the loop =============================================================================
 
-    async def _ticker(self) -> None:
-        interval = self.settings.raft.tick_interval
-        while True:
-            await anyio.sleep(interval)
-            self._time_keeper.keep()  # a leader's heartbeats while the loop waits on I/O
-            self._wake.set()
+    def _on_tick(self) -> None:
+        self._time_keeper.keep()  # a leader's heartbeats while the loop waits on I/O
+        self._wake.set()
 
     async def _ready_loop(self) -> None:
         kernel = self.kernel

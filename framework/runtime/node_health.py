@@ -8,7 +8,9 @@ percentiles over any window need no state in the node and no clock of its own.
 
 Measured where the node already is: client request latency as this node answers it
 (``submit``), commit latency (an entry persisted here -> applied here), the Ready loop's
-pauses (one Ready handled), rejections by reason, elections and leader changes (from the
+durations (one Ready handled, its disk write included: ``ready_pause_ms``), the event loop's
+pauses (how late each tick woke: ``tick_late_ms``, and the largest, ``tick_late_max_ms``;
+see ``framework/runtime/ticker.py``), rejections by reason, elections and leader changes (from the
 ``metrics`` seam's counters), lock wait (the components' lock stats), RSS (peak, from
 ``getrusage``: no file read on the event loop). Each observation is O(1): a ``log``, an
 index, an increment.
@@ -76,6 +78,8 @@ class NodeHealth:
         self.client_latency = Histogram()
         self.commit_latency = Histogram()
         self.ready_pause = Histogram()
+        self.tick_late = Histogram()
+        self.tick_late_max = 0.0
         self.requests = 0
         self.rejections: dict[str, int] = {}
         self._persisted: deque[tuple[int, float]] = deque(maxlen=_PERSISTED_KEPT)
@@ -90,6 +94,11 @@ class NodeHealth:
 
     def on_ready(self, seconds: float) -> None:
         self.ready_pause.observe_ms(seconds * 1e3)
+
+    def on_tick(self, late: float) -> None:
+        """A tick woke ``late`` seconds after it was due (the event loop was held)."""
+        self.tick_late.observe_ms(late * 1e3)
+        self.tick_late_max = max(self.tick_late_max, late)
 
     def on_persisted(self, last_index: int, now: float) -> None:
         self._persisted.append((last_index, now))
@@ -122,6 +131,7 @@ class NodeHealth:
                 "client_latency_ms": list(self.client_latency.counts),
                 "commit_latency_ms": list(self.commit_latency.counts),
                 "ready_pause_ms": list(self.ready_pause.counts),
+                "tick_late_ms": list(self.tick_late.counts),
             },
             "counters": {
                 "requests": self.requests,
@@ -139,6 +149,7 @@ class NodeHealth:
                 "queue_depth": sum(int(q.get("depth", 0)) for q in queues.values()),
                 "breakers_open": sum(1 for state in breakers.values() if state == "open"),
                 "rss_mb": round(rss_mb, 1),
+                "tick_late_max_ms": round(self.tick_late_max * 1e3, 1),
             },
             "mode": list(modes),
         }
