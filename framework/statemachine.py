@@ -592,6 +592,10 @@ def _decode_whole(body: bytes | memoryview) -> _SnapshotBody:
 
 def _read_snapshot(machine: KVStateMachine, file: IO[bytes], *, keep: bool) -> _SnapshotBody:
     """A KV snapshot of either version from ``file`` (seekable, at the snapshot's start)."""
+    start = file.tell()
+    if not file.read(1):
+        raise BadSnapshot("empty snapshot: expected a version byte followed by msgpack")
+    file.seek(start)
     open_snapshot_file(file, machine, default=LEGACY_SNAPSHOT_APPLICATION)
     version = file.read(1)
     if not version:
