@@ -372,24 +372,24 @@ def record(value: object) -> bytes:
     return len(encoded).to_bytes(4, "big") + encoded
 
 
-BEGIN_RECORD = record(["begin", 5, 1])
-KEYS_RECORD = record(["keys", {"k": "v"}])
-END_RECORD = record(["end", [[1, 1, 2, None], [2, 3, 4, "v"]]])
+BEGIN_R = record(["begin", 5, 1])
+KEYS_R = record(["keys", {"k": "v"}])
+END_R = record(["end", [[1, 1, 2, None], [2, 3, 4, "v"]]])
 
 BAD_CHUNKED = [  # format version 2 (snapshot_chunks), read a record at a time
-    (b"\x02" + BEGIN_RECORD + KEYS_RECORD, "ends without its end record"),
-    (b"\x02" + BEGIN_RECORD + KEYS_RECORD + END_RECORD[:-1], "snapshot ends inside a record: "),
-    (b"\x02" + BEGIN_RECORD + KEYS_RECORD + END_RECORD + b"\x00", "inside a record length (1 of 4 bytes)"),
-    (b"\x02" + BEGIN_RECORD + KEYS_RECORD + END_RECORD + END_RECORD, "goes on after its end record"),
-    (b"\x02" + KEYS_RECORD + END_RECORD, "starts with _Keys: expected begin"),
-    (b"\x02" + BEGIN_RECORD + KEYS_RECORD + KEYS_RECORD + END_RECORD, "more than the 1 keys it declares"),
-    (b"\x02" + BEGIN_RECORD + END_RECORD, "holds 0 keys; it declares 1"),
-    (b"\x02" + BEGIN_RECORD + BEGIN_RECORD + END_RECORD, "a second begin record"),
+    (b"\x02" + BEGIN_R + KEYS_R, "ends without its end record"),
+    (b"\x02" + BEGIN_R + KEYS_R + END_R[:-1], "snapshot ends inside a record: "),
+    (b"\x02" + BEGIN_R + KEYS_R + END_R + b"\x00", "inside a record length (1 of 4 bytes)"),
+    (b"\x02" + BEGIN_R + KEYS_R + END_R + END_R, "goes on after its end record"),
+    (b"\x02" + KEYS_R + END_R, "starts with _Keys: expected begin"),
+    (b"\x02" + BEGIN_R + KEYS_R + KEYS_R + END_R, "more than the 1 keys it declares"),
+    (b"\x02" + BEGIN_R + END_R, "holds 0 keys; it declares 1"),
+    (b"\x02" + BEGIN_R + BEGIN_R + END_R, "a second begin record"),
     (b"\x02\xff\xff\xff\xff", "record of 4294967295 bytes: expected at most 67108864"),
-    (b"\x02" + record(["begin", -1, 0]) + END_RECORD, "malformed"),
-    (b"\x02" + BEGIN_RECORD + record(["keys", {"k": 1}]) + END_RECORD, "malformed"),
+    (b"\x02" + record(["begin", -1, 0]) + END_R, "malformed"),
+    (b"\x02" + BEGIN_R + record(["keys", {"k": 1}]) + END_R, "malformed"),
     (
-        b"\x02" + BEGIN_RECORD + KEYS_RECORD + record(["end", [[1, 1, 6, None]]]),
+        b"\x02" + BEGIN_R + KEYS_R + record(["end", [[1, 1, 6, None]]]),
         "sessions[0] (client 1): last_index 6 is beyond applied_index 5",
     ),
 ]
