@@ -398,7 +398,7 @@ BAD_CHUNKED = [  # format version 2 (snapshot_chunks), read a record at a time
 def test_the_chunked_helpers_build_a_valid_snapshot() -> None:
     """Guards the chunked garbage table: each row differs from this one in one way."""
     machine = KVStateMachine()
-    machine.restore(b"\x02" + BEGIN_RECORD + KEYS_RECORD + END_RECORD)
+    machine.restore(b"\x02" + BEGIN_R + KEYS_R + END_R)
     assert (machine.applied_index, machine.read("k"), machine.session_count()) == (5, "v", 2)
 
 
