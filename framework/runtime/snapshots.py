@@ -53,8 +53,9 @@ from framework.core import InstallSnapshot, Snapshot
 from framework.flags import ClusterFlagState, FlagError
 from framework.runtime.members import AddressCheck, generic_address_problem
 from framework.statemachine import MAX_HEADER, SNAPSHOT_MAGIC
-from framework.storage import SnapshotFile
+from framework.storage import SnapshotFile, StorageError
 from framework.transport.bounds import MAX_MEMBERS, MAX_NODE_ID
+from framework.transport.snapshot_stream import ReceivedSnapshot
 
 __all__ = [
     "NODE_SNAPSHOT_MAGIC",
@@ -71,6 +72,7 @@ __all__ = [
     "node_snapshot_head",
     "node_snapshot_parts",
     "restore_node_snapshot_file",
+    "restore_snapshot",
 ]
 
 log = logging.getLogger("raftmw.snapshots")
@@ -283,6 +285,35 @@ def _check_state_machine(state_machine: object, file: IO[bytes], index: int) -> 
         )
 
 
+def restore_snapshot(snapshot: Snapshot, store: object, *, node: Any) -> None:
+    """Restore ``node`` (a ``RaftNode``: its state machine, application identity, address
+    book and flag state) from ``snapshot``'s data, or from ``store``'s file of it when the
+    kernel holds it without its data (a worker thread). ``StorageError`` if it cannot."""
+    index = snapshot.meta.index
+    file = _snapshot_data(snapshot, store)
+    if file is None:
+        raise StorageError(f"node {node.id}: the store holds no data for the snapshot at {index}")
+    with file:
+        try:
+            head = restore_node_snapshot_file(
+                file, index=index, state_machine=node.sm, identity=node.identity
+            )
+        except BadNodeSnapshot as exc:
+            raise StorageError(f"node {node.id}: {exc}") from exc
+    node.addresses.update(head.members)
+    node.flags.restore(head.flags)
+
+
+def _snapshot_data(snapshot: Snapshot, store: object) -> IO[bytes] | None:
+    if snapshot.data:
+        return io.BytesIO(snapshot.data)
+    open_snapshot = getattr(store, "open_snapshot", None)
+    if open_snapshot is None:
+        return None
+    file: IO[bytes] | None = open_snapshot(snapshot.meta)
+    return file
+
+
 def restore_node_snapshot_file(
     file: IO[bytes], *, index: int, state_machine: Any, identity: Any
 ) -> NodeSnapshotHead:
@@ -356,7 +387,12 @@ class InboundSnapshots:
         self._checking = True
         self._tg.start_soon(self._check, msg, file)
 
-    def take_file(self, snapshot: Snapshot) -> SnapshotFile | None:
+    def receive_file(self, received: ReceivedSnapshot) -> None:
+        """``receive`` for a snapshot streamed into a file (``hand_over``)."""
+        file = SnapshotFile(path=received.path, size=received.size, sha256=received.sha256)
+        self.receive(received.message, file)
+
+    def take_file(self, snapshot: Snapshot | None) -> SnapshotFile | None:
         """The file holding ``snapshot``'s data (a Ready's snapshot, the very object
         delivered), for the store to adopt; None for a snapshot that came with its data."""
         for i, (staged, file) in enumerate(self._staged):

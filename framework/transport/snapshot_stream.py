@@ -14,20 +14,21 @@ that lost its leadership mid-send. Now:
    and votes keep the peer connection to themselves, so they never wait behind a chunk.
 2. **Chunks, with flow control.** The stream is a ``SnapshotOffer`` (the ``InstallSnapshot``
    with empty data and the size of the data), ``SnapshotChunk`` frames, and a
-   ``SnapshotEnd`` with the data's SHA-256. The sender slices the snapshot's bytes (which
-   the kernel already holds) without copying them and frames one chunk at a time, awaiting
-   each write: TCP's window is the flow control. The receiver writes each chunk to a
-   temporary file (a worker thread) before reading the next, hashing as it goes, and
-   answers ``SnapshotAck``. On either side, a few chunks are in memory while the snapshot
-   travels, never the whole of it (the receiver reads it back whole once it is checked:
-   the kernel takes a snapshot as bytes).
-3. **Checked whole, then delivered.** A stream whose chunks exceed the offered size, end
-   short of it or fail the checksum is refused (``SnapshotAck(ok=False)``, the file
-   deleted, nothing delivered). A sound one is read back from the file (a worker thread)
-   and delivered to the node as an ordinary ``InstallSnapshot``, which the node validates
-   in a worker thread before the kernel sees it (``framework.runtime.snapshots``); the
-   temporary file is deleted either way. The sender reports a refusal or a failure as the
-   peer unreachable, which makes the kernel resend the snapshot (``report_snapshot``).
+   ``SnapshotEnd`` with the data's SHA-256. The sender reads the snapshot from the store's
+   file a chunk at a time (``source``: the kernel holds the snapshot without its data), or
+   slices the bytes the kernel holds when it has them, and frames one chunk at a time, in a
+   worker thread, awaiting each write: TCP's window is the flow control. The receiver
+   writes each chunk to a temporary file (a worker thread) before reading the next,
+   hashing as it goes, and answers ``SnapshotAck``. On either side, a few chunks are in
+   memory while the snapshot travels, never the whole of it.
+3. **Checked whole, then delivered as the file.** A stream whose chunks exceed the offered
+   size, end short of it or fail the checksum is refused (``SnapshotAck(ok=False)``, the
+   file deleted, nothing delivered). A sound one is handed to the node as the file
+   (``ReceivedSnapshot``: the ``InstallSnapshot`` without its data, the file's path, size
+   and SHA-256), which the node checks from the file in a worker thread before the kernel
+   sees it, has the store adopt, and restores from (``framework.runtime.snapshots``). The
+   sender reports a refusal or a failure as the peer unreachable, which makes the kernel
+   resend the snapshot (``report_snapshot``).
 4. **Bounded.** The offered size is at most ``max_message_size``, each chunk frame at most
    ``max_frame_size``, the bytes written never exceed the offer, an empty chunk is refused
    (so the count of chunks is bounded by the size), one inbound stream per peer (a newer
@@ -43,13 +44,14 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import IO, Annotated, Any, Final
 
 import anyio
 import msgspec
 
-from framework.core import InstallSnapshot, Snapshot, validate_message
+from framework.core import InstallSnapshot, Snapshot, SnapshotMeta, validate_message
 from framework.core.errors import InvalidMessage
 from framework.transport.bounds import OutOfBounds, check_message
 from framework.transport.streams import FrameReader, FrameWriter
@@ -58,6 +60,7 @@ from framework.transport.wire import Goodbye, ProtocolError, encode_frame
 __all__ = [
     "DEFAULT_SNAPSHOT_CHUNK_SIZE",
     "DEFAULT_SNAPSHOT_TIMEOUT",
+    "ReceivedSnapshot",
     "SnapshotAck",
     "SnapshotChunk",
     "SnapshotEnd",
@@ -65,6 +68,10 @@ __all__ = [
     "SnapshotRefused",
     "SnapshotSends",
     "SnapshotSpool",
+    "Source",
+    "close_source",
+    "hand_over",
+    "open_source",
     "receive_snapshot",
     "send_snapshot",
 ]
@@ -105,6 +112,17 @@ class SnapshotRefused(Exception):
     """The receiver refused a streamed snapshot; the message says why."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReceivedSnapshot:
+    """A snapshot that arrived whole: ``message`` without its data, which is the file at
+    ``path`` (``size`` bytes, hex ``sha256``), now the receiver's to keep or delete."""
+
+    message: InstallSnapshot
+    path: Path
+    size: int
+    sha256: str
+
+
 _STREAM: Final = msgspec.msgpack.Decoder(SnapshotOffer | SnapshotChunk | SnapshotEnd | Goodbye)
 _ACK: Final = msgspec.msgpack.Decoder(SnapshotAck | Goodbye)
 
@@ -138,10 +156,25 @@ def _chunks(data: bytes, size: int) -> Iterator[memoryview]:
         yield view[start : start + size]
 
 
-def _frame_chunk(digest: Any, chunk: memoryview) -> bytes:
+def _frame_chunk(digest: Any, chunk: memoryview | bytes) -> bytes:
     """Hash ``chunk`` and frame it (a worker thread: hashing lets go of the GIL)."""
     digest.update(chunk)
     return encode_frame(SnapshotChunk(data=chunk))  # type: ignore[arg-type]  # msgspec encodes a memoryview as bytes
+
+
+def _read_chunk(source: IO[bytes], size: int, digest: Any) -> tuple[bytes, int]:
+    """The next chunk of ``source`` (up to ``size`` bytes), hashed and framed, and its
+    length (0 at the end of ``source``); a worker thread."""
+    chunk = source.read(size)
+    return (_frame_chunk(digest, chunk) if chunk else b""), len(chunk)
+
+
+def source_size(source: IO[bytes]) -> int:
+    """The bytes left in ``source`` from where it is (blocking: a worker thread)."""
+    here = source.tell()
+    end = source.seek(0, os.SEEK_END)
+    source.seek(here)
+    return end - here
 
 
 async def _timed(timeout: Timeout, observe: Observe, what: str, step: Any) -> Any:
@@ -165,11 +198,16 @@ async def send_snapshot(
     chunk_size: int,
     timeout: Timeout,
     observe: Observe,
+    source: IO[bytes] | None = None,
+    size: int = 0,
 ) -> None:
     """Stream ``msg`` on a connection past its handshake; return once the receiver has it
     whole (``SnapshotRefused`` if it says otherwise; ``TimeoutError`` if a chunk or the
-    answer takes longer than ``timeout()``)."""
+    answer takes longer than ``timeout()``). Its data is ``msg.snapshot.data``, or the
+    ``size`` bytes ``source`` holds from where it is (read a chunk at a time)."""
     data = msg.snapshot.data
+    if source is None:
+        size = len(data)
     header = InstallSnapshot(
         src=msg.src,
         dst=msg.dst,
@@ -180,12 +218,23 @@ async def send_snapshot(
         timeout,
         observe,
         "the snapshot offer",
-        lambda: writer.send(encode_frame(SnapshotOffer(message=header, size=len(data)))),
+        lambda: writer.send(encode_frame(SnapshotOffer(message=header, size=size))),
     )
     digest = hashlib.sha256()
-    for chunk in _chunks(data, chunk_size):
-        frame = await anyio.to_thread.run_sync(_frame_chunk, digest, chunk)
-        await _timed(timeout, observe, "a snapshot chunk", lambda f=frame: writer.send(f))
+    if source is None:
+        for chunk in _chunks(data, chunk_size):
+            frame = await anyio.to_thread.run_sync(_frame_chunk, digest, chunk)
+            await _timed(timeout, observe, "a snapshot chunk", lambda f=frame: writer.send(f))
+    else:
+        sent = 0
+        while sent < size:
+            frame, length = await anyio.to_thread.run_sync(
+                _read_chunk, source, min(chunk_size, size - sent), digest
+            )
+            if not length:
+                raise OSError(f"the snapshot file ended after {sent} of its {size} bytes")
+            sent += length
+            await _timed(timeout, observe, "a snapshot chunk", lambda f=frame: writer.send(f))
     end = encode_frame(SnapshotEnd(sha256=digest.digest()))
     await _timed(timeout, observe, "the snapshot's end", lambda: writer.send(end))
 
@@ -232,7 +281,7 @@ class SnapshotSpool:
 
 class _SpoolFile:
     """One inbound stream's temporary file: written and hashed chunk by chunk (each call
-    in a worker thread), read back whole once checked, and always deleted."""
+    in a worker thread), then closed and handed over whole, or deleted."""
 
     __slots__ = ("_digest", "_file", "path", "size")
 
@@ -250,10 +299,8 @@ class _SpoolFile:
     def digest(self) -> bytes:
         return self._digest.digest()
 
-    def read_all(self) -> bytes:
-        self._file.flush()
-        self._file.seek(0)
-        return self._file.read()
+    def close(self) -> None:
+        self._file.close()
 
     def discard(self) -> None:
         with contextlib.suppress(OSError):
@@ -271,10 +318,10 @@ async def receive_snapshot(
     max_size: int,
     timeout: Timeout,
     observe: Observe,
-) -> InstallSnapshot | None:
+) -> ReceivedSnapshot | None:
     """Receive one streamed snapshot from ``peer_id`` on a connection past its handshake:
-    the ``InstallSnapshot`` with its data once it arrived whole and checked, or None if the
-    sender said goodbye. A stream refused (too large, short, failing its checksum) is a
+    the file it was written to once it arrived whole and checked, or None if the sender
+    said goodbye. A stream refused (too large, short, failing its checksum) is a
     ``SnapshotRefused`` once the sender was told why; a sender breaking the protocol a
     ``ProtocolError``; a frame that takes longer than ``timeout()`` a ``TimeoutError``.
     Nothing of a refused stream is kept."""
@@ -310,6 +357,7 @@ async def receive_snapshot(
         await writer.send(encode_frame(SnapshotAck(ok=False, reason=too_large)))
         raise SnapshotRefused(too_large)
     file = await anyio.to_thread.run_sync(spool.open)
+    received: ReceivedSnapshot | None = None
     try:
         while True:
             part = await frame("snapshot chunk")
@@ -335,17 +383,72 @@ async def receive_snapshot(
         if problem is not None:
             await writer.send(encode_frame(SnapshotAck(ok=False, reason=problem)))
             raise SnapshotRefused(problem)
+        await anyio.to_thread.run_sync(file.close)
         await writer.send(encode_frame(SnapshotAck(ok=True)))
-        data = await anyio.to_thread.run_sync(file.read_all)
+        received = ReceivedSnapshot(
+            message=msg, path=file.path, size=file.size, sha256=file.digest().hex()
+        )
     finally:
+        if received is None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(file.discard)
+    return received
+
+
+Source = Callable[[SnapshotMeta], "IO[bytes] | None"]
+"""Opens the stored snapshot at a ``SnapshotMeta`` for reading, or None if the store holds
+another now (blocking: called in a worker thread)."""
+
+
+async def open_source(source: Source | None, msg: InstallSnapshot) -> tuple[IO[bytes] | None, int]:
+    """The file to stream ``msg``'s data from, when the kernel sent it without its data,
+    and its size; ``(None, len(data))`` when it carries its data. ``OSError`` if the
+    snapshot is no longer stored (a newer one replaced it: the kernel resends that one)."""
+    if msg.snapshot.data or source is None:
+        return None, len(msg.snapshot.data)
+    meta = msg.snapshot.meta
+    file = await anyio.to_thread.run_sync(source, meta)
+    if file is None:
+        raise OSError(f"the snapshot at index {meta.index} (term {meta.term}) is no longer stored")
+    try:
+        return file, await anyio.to_thread.run_sync(source_size, file)
+    except BaseException:
+        await close_source(file)
+        raise
+
+
+async def close_source(file: IO[bytes] | None) -> None:
+    if file is not None:
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(file.discard)
-    return InstallSnapshot(
-        src=msg.src,
-        dst=msg.dst,
-        term=msg.term,
-        snapshot=Snapshot(meta=msg.snapshot.meta, data=data),
+            await anyio.to_thread.run_sync(file.close)
+
+
+async def hand_over(inbox: Any, received: ReceivedSnapshot) -> None:
+    """Give ``received`` to the node: as the file (``inbox.deliver_snapshot``), or to an
+    inbox without that, read back whole (the file deleted) as an ordinary InstallSnapshot."""
+    deliver_file = getattr(inbox, "deliver_snapshot", None)
+    if deliver_file is not None:
+        deliver_file(received)
+        return
+    data = await anyio.to_thread.run_sync(_take, received.path)
+    msg = received.message
+    inbox.deliver(
+        [
+            InstallSnapshot(
+                src=msg.src,
+                dst=msg.dst,
+                term=msg.term,
+                snapshot=Snapshot(meta=msg.snapshot.meta, data=data),
+            )
+        ]
     )
+
+
+def _take(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    finally:
+        path.unlink(missing_ok=True)
 
 
 class SnapshotSends:

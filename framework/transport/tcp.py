@@ -87,7 +87,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar
+from typing import IO, TYPE_CHECKING, Final, ParamSpec, TypeVar
 
 import anyio
 import anyio.abc
@@ -122,7 +122,11 @@ from framework.transport.snapshot_stream import (
     SnapshotRefused,
     SnapshotSends,
     SnapshotSpool,
+    Source,
     chunk_size_for,
+    close_source,
+    hand_over,
+    open_source,
     receive_snapshot,
     send_snapshot,
 )
@@ -410,6 +414,7 @@ class TcpTransport:
         self._stream_snapshots = stream_snapshots
         self._chunk_size = chunk_size_for(max_frame_size, snapshot_chunk_size)
         self._spool = SnapshotSpool()
+        self._snapshot_source: Source | None = None
         self._snapshot_sends = SnapshotSends()
         self._receiving_snapshots: dict[int, _Connection] = {}
         """Per peer, the connection its snapshot is streaming in on."""
@@ -493,6 +498,13 @@ class TcpTransport:
         """Write inbound snapshot streams to temporary files in ``directory`` (the node's
         data directory) instead of the system's temporary directory."""
         self._spool.use_directory(directory)
+
+    def use_snapshot_source(self, source: Source) -> bool:
+        """Stream a snapshot the kernel sends without its data from ``source`` (the
+        store's file). False: this transport does not stream snapshots
+        (``stream_snapshots=False``), so the kernel must keep their data."""
+        self._snapshot_source = source
+        return self._stream_snapshots
 
     def use_pool(self, pool: ConnectionPool) -> None:
         """Send dialled traffic through ``pool`` from now on; its caller runs it.
@@ -891,18 +903,22 @@ class TcpTransport:
     ) -> None:
         peer = msg.dst
         problem: str | None = None
+        source = None
         try:
             with scope:
                 address = self._peers.get(peer)
-                size = len(msg.snapshot.data)
+                source, size = await open_source(self._snapshot_source, msg)
                 if address is None:
                     problem = f"node {peer} is not in the address book"
                 elif size > self._max_message_size:
                     problem = f"{size} bytes exceed max_message_size={self._max_message_size}"
                 else:
-                    problem = await self._stream_snapshot_to(peer, address, msg)
+                    problem = await self._stream_snapshot_to(peer, address, msg, source, size)
+        except OSError as exc:
+            problem = f"cannot read the snapshot: {exc}"
         finally:
             self._snapshot_sends.end(msg, scope)
+            await close_source(source)
         if scope.cancelled_caught:
             return  # replaced by a newer transfer
         index = msg.snapshot.meta.index
@@ -924,7 +940,7 @@ class TcpTransport:
         state.inbox.peer_unreachable(peer)  # the kernel resends it (report_snapshot)
 
     async def _stream_snapshot_to(
-        self, peer: int, address: str, msg: InstallSnapshot
+        self, peer: int, address: str, msg: InstallSnapshot, source: IO[bytes] | None, size: int
     ) -> str | None:
         """Dial ``peer`` for ``msg`` and stream it; why it failed, or None once it arrived."""
         try:
@@ -938,12 +954,16 @@ class TcpTransport:
                 shaken = await self._guard(
                     conn, self._dial_handshake, conn, link, self._snapshot_hello
                 )
-                if shaken and await self._guard(conn, self._stream_snapshot_on, conn, msg):
+                if shaken and await self._guard(
+                    conn, self._stream_snapshot_on, conn, msg, source, size
+                ):
                     conn.close("snapshot sent", level=logging.DEBUG)
                     return None
             return conn.reason or "the handshake failed"
 
-    async def _stream_snapshot_on(self, conn: _Connection, msg: InstallSnapshot) -> bool:
+    async def _stream_snapshot_on(
+        self, conn: _Connection, msg: InstallSnapshot, source: IO[bytes] | None, size: int
+    ) -> bool:
         try:
             await send_snapshot(
                 conn.reader,
@@ -952,6 +972,8 @@ class TcpTransport:
                 chunk_size=self._chunk_size,
                 timeout=self._snapshot_timeout,
                 observe=self._observe_snapshot,
+                source=source,
+                size=size,
             )
         except SnapshotRefused as exc:
             conn.close(f"node {msg.dst} refused the snapshot: {exc}")
@@ -966,7 +988,7 @@ class TcpTransport:
             )
         self._receiving_snapshots[peer_id] = conn
         try:
-            msg = await receive_snapshot(
+            received = await receive_snapshot(
                 conn.reader,
                 conn.writer,
                 peer_id=peer_id,
@@ -983,15 +1005,16 @@ class TcpTransport:
         finally:
             if self._receiving_snapshots.get(peer_id) is conn:
                 del self._receiving_snapshots[peer_id]
-        if msg is None:
+        if received is None:
             conn.close(f"node {peer_id} said goodbye mid-snapshot")
             return
         self.snapshots_received += 1
+        await hand_over(state.inbox, received)
         conn.close(
-            f"received the snapshot at index {msg.snapshot.meta.index} from node {peer_id}",
+            f"received the snapshot at index {received.message.snapshot.meta.index} from "
+            f"node {peer_id}",
             level=logging.INFO,
         )
-        state.inbox.deliver([msg])
 
     def _snapshot_timeout(self) -> float:
         policy = self._timeouts

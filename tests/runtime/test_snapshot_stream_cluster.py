@@ -248,13 +248,22 @@ async def test_a_follower_is_caught_up_by_a_multi_chunk_streamed_snapshot(tmp_pa
     async with tcp_cluster(tmp_path) as c:
         leader, follower = await _fall_behind(c, 300, 100)
         kernel = c.nodes[leader].kernel
-        assert kernel is not None and len(kernel.snapshot.data) > 6 * 4096  # many chunks
+        assert kernel is not None
+        # The leader's kernel holds its snapshot without the data: it streams from the file.
+        assert kernel.snapshot.data == b""
+        source = c.stores[leader].open_snapshot(kernel.snapshot.meta)
+        assert source is not None
+        with source:
+            assert len(source.read()) > 6 * 4096  # many chunks
         node = await c.start(follower)
         await _caught_up(node, 300, 100)
         assert c.transports[leader].snapshots_sent >= 1
         assert c.transports[follower].snapshots_received >= 1
         assert node.snapshots.accepted >= 1
         assert not any((tmp_path / f"node{follower}" / SPOOL_DIR).iterdir())
+        # Restored from the file the store adopted: the follower's kernel holds no data.
+        assert node.kernel is not None and node.kernel.snapshot.meta.index > 0
+        assert node.kernel.snapshot.data == b""
 
 
 async def test_corrupt_and_truncated_streams_are_refused_unpersisted_then_a_retry_lands(
