@@ -60,6 +60,7 @@ from framework.transport.wire import Goodbye, ProtocolError, encode_frame
 __all__ = [
     "DEFAULT_SNAPSHOT_CHUNK_SIZE",
     "DEFAULT_SNAPSHOT_TIMEOUT",
+    "Outgoing",
     "ReceivedSnapshot",
     "SnapshotAck",
     "SnapshotChunk",
@@ -69,7 +70,6 @@ __all__ = [
     "SnapshotSends",
     "SnapshotSpool",
     "Source",
-    "close_source",
     "hand_over",
     "open_source",
     "receive_snapshot",
@@ -193,21 +193,20 @@ async def _timed(timeout: Timeout, observe: Observe, what: str, step: Any) -> An
 async def send_snapshot(
     reader: FrameReader,
     writer: FrameWriter,
-    msg: InstallSnapshot,
+    outgoing: InstallSnapshot | Outgoing,
     *,
     chunk_size: int,
     timeout: Timeout,
     observe: Observe,
-    source: IO[bytes] | None = None,
-    size: int = 0,
 ) -> None:
-    """Stream ``msg`` on a connection past its handshake; return once the receiver has it
-    whole (``SnapshotRefused`` if it says otherwise; ``TimeoutError`` if a chunk or the
-    answer takes longer than ``timeout()``). Its data is ``msg.snapshot.data``, or the
-    ``size`` bytes ``source`` holds from where it is (read a chunk at a time)."""
+    """Stream ``outgoing`` on a connection past its handshake; return once the receiver
+    has it whole (``SnapshotRefused`` if it says otherwise; ``TimeoutError`` if a chunk or
+    the answer takes longer than ``timeout()``). Its data is the message's, or the file's
+    (read a chunk at a time)."""
+    if isinstance(outgoing, InstallSnapshot):
+        outgoing = Outgoing(message=outgoing, size=len(outgoing.snapshot.data))
+    msg, source, size = outgoing.message, outgoing.file, outgoing.size
     data = msg.snapshot.data
-    if source is None:
-        size = len(data)
     header = InstallSnapshot(
         src=msg.src,
         dst=msg.dst,
@@ -400,27 +399,38 @@ Source = Callable[[SnapshotMeta], "IO[bytes] | None"]
 another now (blocking: called in a worker thread)."""
 
 
-async def open_source(source: Source | None, msg: InstallSnapshot) -> tuple[IO[bytes] | None, int]:
-    """The file to stream ``msg``'s data from, when the kernel sent it without its data,
-    and its size; ``(None, len(data))`` when it carries its data. ``OSError`` if the
-    snapshot is no longer stored (a newer one replaced it: the kernel resends that one)."""
+@dataclass(slots=True, kw_only=True)
+class Outgoing:
+    """A snapshot to stream: ``message``, and its data's ``size`` in bytes, read from
+    ``file`` (the store's) when the kernel sent the message without its data."""
+
+    message: InstallSnapshot
+    size: int
+    file: IO[bytes] | None = None
+
+    async def aclose(self) -> None:
+        if self.file is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.file.close)
+
+
+async def open_source(source: Source | None, msg: InstallSnapshot) -> Outgoing:
+    """What to stream for ``msg``: its own data, or the store's file of it when the kernel
+    sent it without. ``OSError`` if that snapshot is no longer stored (a newer one replaced
+    it: the kernel sends that one)."""
     if msg.snapshot.data or source is None:
-        return None, len(msg.snapshot.data)
+        return Outgoing(message=msg, size=len(msg.snapshot.data))
     meta = msg.snapshot.meta
     file = await anyio.to_thread.run_sync(source, meta)
     if file is None:
         raise OSError(f"the snapshot at index {meta.index} (term {meta.term}) is no longer stored")
+    outgoing = Outgoing(message=msg, size=0, file=file)
     try:
-        return file, await anyio.to_thread.run_sync(source_size, file)
+        outgoing.size = await anyio.to_thread.run_sync(source_size, file)
     except BaseException:
-        await close_source(file)
+        await outgoing.aclose()
         raise
-
-
-async def close_source(file: IO[bytes] | None) -> None:
-    if file is not None:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(file.close)
+    return outgoing
 
 
 async def hand_over(inbox: Any, received: ReceivedSnapshot) -> None:

@@ -87,7 +87,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Final, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar
 
 import anyio
 import anyio.abc
@@ -119,12 +119,12 @@ from framework.transport.pool import LinkWrites, OutboundQueue, TransportPool
 from framework.transport.snapshot_stream import (
     DEFAULT_SNAPSHOT_CHUNK_SIZE,
     DEFAULT_SNAPSHOT_TIMEOUT,
+    Outgoing,
     SnapshotRefused,
     SnapshotSends,
     SnapshotSpool,
     Source,
     chunk_size_for,
-    close_source,
     hand_over,
     open_source,
     receive_snapshot,
@@ -903,22 +903,23 @@ class TcpTransport:
     ) -> None:
         peer = msg.dst
         problem: str | None = None
-        source = None
+        out = None
         try:
             with scope:
                 address = self._peers.get(peer)
-                source, size = await open_source(self._snapshot_source, msg)
+                out = await open_source(self._snapshot_source, msg)
                 if address is None:
                     problem = f"node {peer} is not in the address book"
-                elif size > self._max_message_size:
-                    problem = f"{size} bytes exceed max_message_size={self._max_message_size}"
+                elif out.size > self._max_message_size:
+                    problem = f"{out.size} bytes exceed max_message_size={self._max_message_size}"
                 else:
-                    problem = await self._stream_snapshot_to(peer, address, msg, source, size)
+                    problem = await self._stream_snapshot_to(peer, address, out)
         except OSError as exc:
             problem = f"cannot read the snapshot: {exc}"
         finally:
             self._snapshot_sends.end(msg, scope)
-            await close_source(source)
+            if out is not None:
+                await out.aclose()
         if scope.cancelled_caught:
             return  # replaced by a newer transfer
         index = msg.snapshot.meta.index
@@ -939,10 +940,8 @@ class TcpTransport:
         )
         state.inbox.peer_unreachable(peer)  # the kernel resends it (report_snapshot)
 
-    async def _stream_snapshot_to(
-        self, peer: int, address: str, msg: InstallSnapshot, source: IO[bytes] | None, size: int
-    ) -> str | None:
-        """Dial ``peer`` for ``msg`` and stream it; why it failed, or None once it arrived."""
+    async def _stream_snapshot_to(self, peer: int, address: str, out: Outgoing) -> str | None:
+        """Dial ``peer`` for ``out`` and stream it; why it failed, or None once it arrived."""
         try:
             stream = await self._connect(address)
         except LOST as exc:
@@ -954,29 +953,23 @@ class TcpTransport:
                 shaken = await self._guard(
                     conn, self._dial_handshake, conn, link, self._snapshot_hello
                 )
-                if shaken and await self._guard(
-                    conn, self._stream_snapshot_on, conn, msg, source, size
-                ):
+                if shaken and await self._guard(conn, self._stream_snapshot_on, conn, out):
                     conn.close("snapshot sent", level=logging.DEBUG)
                     return None
             return conn.reason or "the handshake failed"
 
-    async def _stream_snapshot_on(
-        self, conn: _Connection, msg: InstallSnapshot, source: IO[bytes] | None, size: int
-    ) -> bool:
+    async def _stream_snapshot_on(self, conn: _Connection, out: Outgoing) -> bool:
         try:
             await send_snapshot(
                 conn.reader,
                 conn.writer,
-                msg,
+                out,
                 chunk_size=self._chunk_size,
                 timeout=self._snapshot_timeout,
                 observe=self._observe_snapshot,
-                source=source,
-                size=size,
             )
         except SnapshotRefused as exc:
-            conn.close(f"node {msg.dst} refused the snapshot: {exc}")
+            conn.close(f"node {out.message.dst} refused the snapshot: {exc}")
             return False
         return True
 
