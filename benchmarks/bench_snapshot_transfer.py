@@ -14,7 +14,7 @@ more, so none is taken while measuring), node 3 starts on an empty directory: it
 be caught up by that snapshot. Measured: the seconds from starting node 3 until it
 has applied the leader's commit index (Python's start-up included, the same in both modes;
 a trial gives up after ``--limit`` seconds and says so), the elections meanwhile (terms),
-node 3's peak RSS (``VmHWM``), and the leader's peak RSS above what it held just before
+node 3's peak RSS (``VmHWM``) and its RSS once caught up (the state it holds), and the leader's peak RSS above what it held just before
 node 3 started (its ``VmHWM`` is reset through ``/proc/<pid>/clear_refs``).
 
 Modes: ``stream`` is this tree (the snapshot streamed from the leader's file on a
@@ -235,6 +235,7 @@ async def _trial(
                             break
                         await anyio.sleep(0.02)
                 elapsed = time.perf_counter() - started
+                follower_now = _proc_kib(procs[3].pid, "VmRSS")
                 last = await _status(client, 3)
                 background.cancel_scope.cancel()
             leader_status = await _leader_status(book, leader)
@@ -246,6 +247,7 @@ async def _trial(
                 "streams_received": float(follower_log.count("received the snapshot")),
                 "catch_up_s": elapsed,
                 "follower_peak_mib": _proc_kib(procs[3].pid, "VmHWM") / 1024,
+                "follower_after_mib": follower_now / 1024,
                 "leader_extra_mib": (_proc_kib(pid, "VmHWM") - rss_before) / 1024,
                 "leader_peak_mib": _proc_kib(pid, "VmHWM") / 1024,
                 "writes_during": float(written),
@@ -326,7 +328,8 @@ def main() -> None:
                 + ("" if result["caught_up"] else f"NOT caught up within {args.limit:g} s, ")
                 + f"catch-up {result['catch_up_s']:.2f} s, elections {result['elections']:.0f}, "
                 f"follower "
-                f"peak RSS {result['follower_peak_mib']:.0f} MiB, leader peak "
+                f"peak RSS {result['follower_peak_mib']:.0f} MiB (RSS once caught up "
+                f"{result['follower_after_mib']:.0f} MiB), leader peak "
                 f"{result['leader_peak_mib']:.0f} MiB (extra "
                 f"{result['leader_extra_mib']:.0f} MiB), snapshots installed by the follower "
                 f"{result['snapshots_installed']:.0f}, streams received "
@@ -342,7 +345,8 @@ def main() -> None:
             f"{mode:>6}: caught up {caught}/{len(rows)}; elections "
             f"{_summary([r['elections'] for r in rows])}; catch-up s "
             f"{_summary([r['catch_up_s'] for r in rows])}; follower peak "
-            f"MiB {_summary([r['follower_peak_mib'] for r in rows])}; leader peak MiB "
+            f"MiB {_summary([r['follower_peak_mib'] for r in rows])}; follower once caught up "
+            f"MiB {_summary([r['follower_after_mib'] for r in rows])}; leader peak MiB "
             f"{_summary([r['leader_peak_mib'] for r in rows])}; leader extra MiB "
             f"{_summary([r['leader_extra_mib'] for r in rows])}"
         )
