@@ -32,7 +32,8 @@ that lost its leadership mid-send. Now:
 4. **Bounded.** The offered size is at most ``max_message_size``, each chunk frame at most
    ``max_frame_size``, the bytes written never exceed the offer, an empty chunk is refused
    (so the count of chunks is bounded by the size), one inbound stream per peer (a newer
-   one replaces the older), and every frame must arrive within the node's timeout policy's
+   one replaces the older; a sender starts one only when the one before ended or its term
+   changed), and every frame must arrive within the node's timeout policy's
    ``snapshot`` timeout (``DEFAULT_SNAPSHOT_TIMEOUT`` without a policy), as must every
    chunk be written on the sender's side.
 """
@@ -41,12 +42,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Annotated, Any, Final
+from typing import IO, Annotated, Any, Final, Protocol
 
 import anyio
 import msgspec
@@ -66,6 +68,7 @@ __all__ = [
     "SnapshotChunk",
     "SnapshotEnd",
     "SnapshotOffer",
+    "SnapshotReceiver",
     "SnapshotRefused",
     "SnapshotSends",
     "SnapshotSpool",
@@ -461,14 +464,86 @@ def _take(path: Path) -> bytes:
         path.unlink(missing_ok=True)
 
 
+class StreamConnection(Protocol):
+    """What ``SnapshotReceiver`` needs of a connection past its handshake."""
+
+    reader: FrameReader
+    writer: FrameWriter
+
+    def close(self, reason: str, *, level: int = ...) -> None: ...
+
+
+class SnapshotReceiver:
+    """A node's inbound snapshot streams: one per peer at a time (a newer one replaces the
+    older), spooled to files, handed to the node (``hand_over``) once whole and checked."""
+
+    def __init__(self, node_id: int) -> None:
+        self.node_id = node_id
+        self.spool = SnapshotSpool()
+        self._streams: dict[int, StreamConnection] = {}
+        """Per peer, the connection its snapshot is streaming in on."""
+        self.received = 0
+        """Snapshots that arrived whole and were delivered."""
+        self.refused = 0
+        """Inbound streams refused: too large, short of their size, or failing the checksum."""
+
+    async def serve(
+        self,
+        conn: StreamConnection,
+        peer_id: int,
+        inbox: Any,
+        *,
+        max_size: int,
+        timeout: Timeout,
+        observe: Observe,
+    ) -> None:
+        """Receive the snapshot ``peer_id`` streams on ``conn``, then close it."""
+        older = self._streams.get(peer_id)
+        if older is not None:
+            older.close(
+                f"replaced by a newer snapshot stream from node {peer_id}", level=logging.INFO
+            )
+        self._streams[peer_id] = conn
+        try:
+            received = await receive_snapshot(
+                conn.reader,
+                conn.writer,
+                peer_id=peer_id,
+                node_id=self.node_id,
+                spool=self.spool,
+                max_size=max_size,
+                timeout=timeout,
+                observe=observe,
+            )
+        except SnapshotRefused as exc:
+            self.refused += 1
+            conn.close(f"refused a snapshot stream from node {peer_id}: {exc}")
+            return
+        finally:
+            if self._streams.get(peer_id) is conn:
+                del self._streams[peer_id]
+        if received is None:
+            conn.close(f"node {peer_id} said goodbye mid-snapshot")
+            return
+        self.received += 1
+        await hand_over(inbox, received)
+        conn.close(
+            f"received the snapshot at index {received.message.snapshot.meta.index} from "
+            f"node {peer_id}",
+            level=logging.INFO,
+        )
+
+
 class SnapshotSends:
     """Which snapshot is on its way to each peer, and which one arrived whole.
 
     The kernel cannot tell a transfer under way from a lost one: it resends InstallSnapshot
     at the first heartbeat answer, which a connection of its own brings back almost at once.
-    A resend of the snapshot being streamed is dropped, and so is one of the snapshot that
-    arrived whole, until ``until`` (the follower is still checking and installing it); a
-    newer snapshot (or term) cancels the transfer it replaces.
+    A resend of the snapshot being streamed is dropped, and so is a newer snapshot of the
+    same term (the transfer under way finishes first: a leader that snapshots more often
+    than a large snapshot takes to travel would otherwise restart it forever), and so is a
+    resend of the snapshot that arrived whole, until ``until`` (the follower is still
+    checking and installing it); a snapshot of a newer term cancels the transfer.
     """
 
     __slots__ = ("_delivered", "_sending")
@@ -489,7 +564,11 @@ class SnapshotSends:
         current = self._sending.get(peer)
         if current is not None:
             sending, scope = current
-            if _same_snapshot(sending, msg):
+            if sending.term == msg.term:
+                # The same snapshot, or a newer one of the same leader: the transfer under
+                # way goes on (replacing it would never finish while the leader snapshots
+                # faster than a snapshot travels); the kernel sends the newer one after it,
+                # if the follower still needs it.
                 return None
             scope.cancel()
         scope = anyio.CancelScope()

@@ -120,14 +120,12 @@ from framework.transport.snapshot_stream import (
     DEFAULT_SNAPSHOT_CHUNK_SIZE,
     DEFAULT_SNAPSHOT_TIMEOUT,
     Outgoing,
+    SnapshotReceiver,
     SnapshotRefused,
     SnapshotSends,
-    SnapshotSpool,
     Source,
     chunk_size_for,
-    hand_over,
     open_source,
-    receive_snapshot,
     send_snapshot,
 )
 from framework.transport.streams import (
@@ -413,19 +411,13 @@ class TcpTransport:
         )
         self._stream_snapshots = stream_snapshots
         self._chunk_size = chunk_size_for(max_frame_size, snapshot_chunk_size)
-        self._spool = SnapshotSpool()
+        self._receiver = SnapshotReceiver(node_id)
         self._snapshot_source: Source | None = None
         self._snapshot_sends = SnapshotSends()
-        self._receiving_snapshots: dict[int, _Connection] = {}
-        """Per peer, the connection its snapshot is streaming in on."""
         self.snapshots_sent = 0
         """Snapshots streamed whole (the receiver acknowledged them)."""
-        self.snapshots_received = 0
-        """Snapshots that arrived whole and were delivered."""
         self.snapshots_failed = 0
         """Outbound transfers that failed or were refused."""
-        self.snapshots_refused = 0
-        """Inbound streams refused: too large, short of their size, or failing the checksum."""
         self._dialer = _TcpDialer(self)
         self._pool: ConnectionPool | None = None
         """The pool dialled traffic goes through while serving."""
@@ -497,7 +489,17 @@ class TcpTransport:
     def use_snapshot_dir(self, directory: Path) -> None:
         """Write inbound snapshot streams to temporary files in ``directory`` (the node's
         data directory) instead of the system's temporary directory."""
-        self._spool.use_directory(directory)
+        self._receiver.spool.use_directory(directory)
+
+    @property
+    def snapshots_received(self) -> int:
+        """Snapshots that arrived whole and were delivered."""
+        return self._receiver.received
+
+    @property
+    def snapshots_refused(self) -> int:
+        """Inbound streams refused: too large, short of their size, or failing the checksum."""
+        return self._receiver.refused
 
     def use_snapshot_source(self, source: Source) -> bool:
         """Stream a snapshot the kernel sends without its data from ``source`` (the
@@ -973,42 +975,6 @@ class TcpTransport:
             return False
         return True
 
-    async def _receive_snapshot(self, conn: _Connection, peer_id: int, state: _Serving) -> None:
-        older = self._receiving_snapshots.get(peer_id)
-        if older is not None:
-            older.close(
-                f"replaced by a newer snapshot stream from node {peer_id}", level=logging.INFO
-            )
-        self._receiving_snapshots[peer_id] = conn
-        try:
-            received = await receive_snapshot(
-                conn.reader,
-                conn.writer,
-                peer_id=peer_id,
-                node_id=self.node_id,
-                spool=self._spool,
-                max_size=self._max_message_size,
-                timeout=self._snapshot_timeout,
-                observe=self._observe_snapshot,
-            )
-        except SnapshotRefused as exc:
-            self.snapshots_refused += 1
-            conn.close(f"refused a snapshot stream from node {peer_id}: {exc}")
-            return
-        finally:
-            if self._receiving_snapshots.get(peer_id) is conn:
-                del self._receiving_snapshots[peer_id]
-        if received is None:
-            conn.close(f"node {peer_id} said goodbye mid-snapshot")
-            return
-        self.snapshots_received += 1
-        await hand_over(state.inbox, received)
-        conn.close(
-            f"received the snapshot at index {received.message.snapshot.meta.index} from "
-            f"node {peer_id}",
-            level=logging.INFO,
-        )
-
     def _snapshot_timeout(self) -> float:
         policy = self._timeouts
         return DEFAULT_SNAPSHOT_TIMEOUT if policy is None else policy.timeout("snapshot")
@@ -1113,7 +1079,14 @@ class TcpTransport:
         await conn.writer.send(self._hello)
         conn.reader.set_limit(self._max_frame_size)
         if hello.role == "snapshot":
-            await self._receive_snapshot(conn, hello.node_id, state)
+            await self._receiver.serve(
+                conn,
+                hello.node_id,
+                state.inbox,
+                max_size=self._max_message_size,
+                timeout=self._snapshot_timeout,
+                observe=self._observe_snapshot,
+            )
         else:
             await self._run_peer(conn, state.links[hello.node_id], state)
 
