@@ -14,8 +14,9 @@ more, so none is taken while measuring), node 3 starts on an empty directory: it
 be caught up by that snapshot. Measured: the seconds from starting node 3 until it
 has applied the leader's commit index (Python's start-up included, the same in both modes;
 a trial gives up after ``--limit`` seconds and says so), the elections meanwhile (terms),
-node 3's peak RSS (``VmHWM``) and its RSS once caught up (the state it holds), and the leader's peak RSS above what it held just before
-node 3 started (its ``VmHWM`` is reset through ``/proc/<pid>/clear_refs``).
+node 3's peak RSS (``VmHWM``) and its RSS once caught up (the state it holds), and the
+leader's peak RSS above what it held just before node 3 started (its ``VmHWM`` is reset
+through ``/proc/<pid>/clear_refs``).
 
 Modes: ``stream`` is this tree (the snapshot streamed from the leader's file on a
 connection of its own, checked and restored from the follower's file); ``inline`` is this
