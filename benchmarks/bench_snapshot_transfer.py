@@ -7,13 +7,14 @@ against a reference (another checkout, or this tree's inline path), side by side
 Each trial runs three node processes (this script with ``--node``) on loopback, SQLite
 stores in a fresh temporary directory, ``storage.sync = "os"``. Nodes 1 and 2 start with
 ``--keys`` keys put straight into their KV state machines (the same keys on both; not
-through the log, so that a large state exists without writing a million entries), then 200
-writes go through the log, which make the leader take snapshots (threshold 100 entries,
-no trailing entries) holding the whole state; once the last is recorded (none is due any
-more, so none is taken while measuring), node 3 starts on an empty directory: it can only
-be caught up by that snapshot. Measured: the seconds from starting node 3 until it
-has applied the leader's commit index (Python's start-up included, the same in both modes;
-a trial gives up after ``--limit`` seconds and says so), the elections meanwhile (terms),
+through the log, so that a large state exists without writing a million entries), then
+2 x ``--snapshot-every`` (100) writes go through the log, which make the leader take
+snapshots (that threshold, no trailing entries) holding the whole state; once the last is
+recorded (none is due any more, so none is taken unless writes go on), node 3 starts on an
+empty directory: it can only be caught up by a snapshot. Measured: the seconds from
+starting node 3 until it has applied the leader's commit index (Python's start-up
+included, the same in both modes; a trial gives up after ``--limit`` seconds and says so),
+the elections meanwhile (terms),
 node 3's peak RSS (``VmHWM``) and its RSS once caught up (the state it holds), and the
 leader's peak RSS above what it held just before node 3 started (its ``VmHWM`` is reset
 through ``/proc/<pid>/clear_refs``).
@@ -56,7 +57,13 @@ MODES = ("main", "inline", "stream")
 
 
 async def _node(
-    node_id: int, ports: list[int], data_dir: Path, mode: str, keys: int, value_size: int
+    node_id: int,
+    ports: list[int],
+    data_dir: Path,
+    mode: str,
+    keys: int,
+    value_size: int,
+    every: int,
 ) -> None:
     from framework.config import load_settings
     from framework.runtime.node import NodeConfig, RaftNode
@@ -66,7 +73,7 @@ async def _node(
 
     settings = load_settings(
         overrides={
-            "raft.snapshot_threshold_entries": 100,
+            "raft.snapshot_threshold_entries": every,
             "raft.snapshot_trailing_entries": 0,
             "storage.sync": "os",
             "client.request_timeout": "60s",
@@ -132,7 +139,13 @@ async def _status(client: Any, node_id: int) -> dict[str, Any] | None:
 
 
 async def _trial(
-    mode: str, keys: int, value_size: int, limit: float, against: str | None, writers: int
+    mode: str,
+    keys: int,
+    value_size: int,
+    limit: float,
+    against: str | None,
+    writers: int,
+    every: int,
 ) -> dict[str, float]:
     from framework.client import KVClient
 
@@ -163,6 +176,8 @@ async def _trial(
                     str(preload),
                     "--value-size",
                     str(value_size),
+                    "--snapshot-every",
+                    str(every),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -184,7 +199,7 @@ async def _trial(
                         for w in range(8):
 
                             async def write(w: int = w) -> None:
-                                for i in range(25):
+                                for i in range(every // 4):
                                     await client.put(f"w{w}-{i}", "x")
 
                             tg.start_soon(write)
@@ -194,8 +209,8 @@ async def _trial(
                         status = await _status(client, leader)
                         if (
                             status is not None
-                            and status["snapshot_index"] >= 100
-                            and status["commit"] - status["snapshot_index"] < 100
+                            and status["snapshot_index"] >= every
+                            and status["commit"] - status["snapshot_index"] < every
                         ):
                             break
                         await anyio.sleep(0.1)
@@ -296,6 +311,12 @@ def main() -> None:
     parser.add_argument(
         "--writers", type=int, default=0, help="clients writing while the follower catches up"
     )
+    parser.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=100,
+        help="raft.snapshot_threshold_entries; the setup writes twice as many entries",
+    )
     parser.add_argument("--node", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--ports", help=argparse.SUPPRESS)
     parser.add_argument("--dir", help=argparse.SUPPRESS)
@@ -305,7 +326,16 @@ def main() -> None:
         ports = [int(p) for p in args.ports.split(",")]
         Path(args.dir).mkdir(parents=True, exist_ok=True)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-        anyio.run(_node, args.node, ports, Path(args.dir), args.mode, args.keys, args.value_size)
+        anyio.run(
+            _node,
+            args.node,
+            ports,
+            Path(args.dir),
+            args.mode,
+            args.keys,
+            args.value_size,
+            args.snapshot_every,
+        )
         return
     default = "main,stream" if args.against else "inline,stream"
     modes = tuple((args.modes or default).split(","))
@@ -321,7 +351,14 @@ def main() -> None:
         order = modes if trial % 2 == 0 else modes[::-1]
         for mode in order:
             result = anyio.run(
-                _trial, mode, args.keys, args.value_size, args.limit, args.against, args.writers
+                _trial,
+                mode,
+                args.keys,
+                args.value_size,
+                args.limit,
+                args.against,
+                args.writers,
+                args.snapshot_every,
             )
             results[mode].append(result)
             print(
