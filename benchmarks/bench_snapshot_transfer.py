@@ -256,6 +256,7 @@ async def _trial(
                 background.cancel_scope.cancel()
             leader_status = await _leader_status(book, leader)
             follower_log = (Path(tmp) / "node3.log").read_text()
+            stored = sum(f.stat().st_size for f in (Path(tmp) / "n3" / "snapshots").glob("*.bin"))
             return {
                 "caught_up": float(caught_up),
                 "elections": float((last or {"term": term})["term"] - term),
@@ -264,6 +265,7 @@ async def _trial(
                 "catch_up_s": elapsed,
                 "follower_peak_mib": _proc_kib(procs[3].pid, "VmHWM") / 1024,
                 "follower_after_mib": follower_now / 1024,
+                "snapshot_mib": stored / 2**20,
                 "leader_extra_mib": (_proc_kib(pid, "VmHWM") - rss_before) / 1024,
                 "leader_peak_mib": _proc_kib(pid, "VmHWM") / 1024,
                 "writes_during": float(written),
@@ -373,7 +375,8 @@ def main() -> None:
                 f"{result['snapshots_installed']:.0f}, streams received "
                 f"{result['streams_received']:.0f}, writes acknowledged meanwhile "
                 f"{result['writes_during']:.0f}, leader's term moved "
-                f"{result['leader_elections']:.0f}; load average {os.getloadavg()[0]:.1f}",
+                f"{result['leader_elections']:.0f}, snapshot stored by the follower "
+                f"{result['snapshot_mib']:.0f} MiB; load average {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
     for mode in modes:
