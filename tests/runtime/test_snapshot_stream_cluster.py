@@ -270,7 +270,7 @@ async def test_corrupt_and_truncated_streams_are_refused_unpersisted_then_a_retr
     tmp_path: Path,
 ) -> None:
     async with tcp_cluster(tmp_path) as c:
-        leader, follower = await _fall_behind(c, 300, 100)
+        _, follower = await _fall_behind(c, 300, 100)
         proxy = c.proxies[follower]
         proxy.plan = ["corrupt", "truncate", "hold"]
         stored_before = c.stores[follower].load()
@@ -282,7 +282,8 @@ async def test_corrupt_and_truncated_streams_are_refused_unpersisted_then_a_retr
         # file is left in the spool.
         assert c.transports[follower].snapshots_refused >= 1  # the flipped byte
         assert c.transports[follower].snapshots_received == 0
-        assert c.transports[leader].snapshots_failed >= 2
+        # Whoever streamed them (the leader may have changed meanwhile on a loaded machine).
+        assert sum(t.snapshots_failed for t in c.transports.values()) >= 2
         assert node.snapshots.accepted == 0
         stored = c.stores[follower].load()
         assert stored is not None and stored.snapshot == stored_before.snapshot
