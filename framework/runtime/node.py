@@ -229,7 +229,7 @@ class RaftNode:
             await anyio.to_thread.run_sync(self.stored_peers.load)
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                self.snapshots.start(tg, self.transport, self.config.data_dir)
+                self.snapshots.start(tg, self.transport, self.config.data_dir, self.store)
                 self.local_snapshots.start(tg, self.transport, self.config.data_dir)
                 tg.start_soon(self.stored_peers.run)
                 self._now = anyio.current_time()

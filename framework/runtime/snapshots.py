@@ -361,6 +361,7 @@ class InboundSnapshots:
         self._tg: TaskGroup | None = None
         self._checking = False
         self._staged: list[tuple[Snapshot, SnapshotFile]] = []
+        self._by_reference = True
         self.rejected = 0
         """Snapshots that failed the check (they never reached the kernel)."""
         self.dropped = 0
@@ -368,10 +369,19 @@ class InboundSnapshots:
         self.accepted = 0
         """Snapshots that passed the check and went on to the kernel."""
 
-    def start(self, tg: TaskGroup, transport: object = None, data_dir: Path | None = None) -> None:
+    def start(
+        self,
+        tg: TaskGroup,
+        transport: object = None,
+        data_dir: Path | None = None,
+        store: object = None,
+    ) -> None:
         """Check snapshots in tasks of ``tg``; a transport that streams snapshots
-        (``use_snapshot_dir``) spools them in ``data_dir``."""
+        (``use_snapshot_dir``) spools them in ``data_dir``. A ``store`` without
+        ``open_snapshot`` (a ``LogStore`` written before snapshot files) is given a
+        streamed snapshot's data read back from its file, by value."""
         self._tg = tg
+        self._by_reference = hasattr(store, "open_snapshot")
         use_spool = getattr(transport, "use_snapshot_dir", None)
         if use_spool is not None and data_dir is not None:
             use_spool(data_dir / SPOOL_DIR)
@@ -403,7 +413,7 @@ class InboundSnapshots:
 
     async def _check(self, msg: InstallSnapshot, file: SnapshotFile | None) -> None:
         try:
-            await anyio.to_thread.run_sync(self._check_sync, msg, file)
+            msg = await anyio.to_thread.run_sync(self._check_sync, msg, file)
         except Exception as exc:
             # BadNodeSnapshot names the problem; anything else is a snapshot this node
             # cannot check (a state machine's bug, say), which it must not install either.
@@ -422,14 +432,16 @@ class InboundSnapshots:
             return
         finally:
             self._checking = False
-        if file is not None:
+        if file is not None and self._by_reference:
             self._staged.append((msg.snapshot, file))
             if len(self._staged) > self.MAX_STAGED:
                 self._discard(self._staged.pop(0)[1])
         self.accepted += 1
         self._deliver(msg)
 
-    def _check_sync(self, msg: InstallSnapshot, file: SnapshotFile | None) -> None:
+    def _check_sync(self, msg: InstallSnapshot, file: SnapshotFile | None) -> InstallSnapshot:
+        """``msg`` once checked: by reference, or with its file's data read back (and the
+        file deleted) for a store that cannot adopt files."""
         index = msg.snapshot.meta.index
         if file is None:
             check_node_snapshot(
@@ -438,7 +450,7 @@ class InboundSnapshots:
                 state_machine=self._state_machine,
                 address_problem=self._address_problem,
             )
-            return
+            return msg
         with open(file.path, "rb") as f:
             check_node_snapshot_file(
                 f,
@@ -446,6 +458,12 @@ class InboundSnapshots:
                 state_machine=self._state_machine,
                 address_problem=self._address_problem,
             )
+        if self._by_reference:
+            return msg
+        data = file.path.read_bytes()
+        _unlink(file.path)
+        snapshot = Snapshot(meta=msg.snapshot.meta, data=data)
+        return InstallSnapshot(src=msg.src, dst=msg.dst, term=msg.term, snapshot=snapshot)
 
     def _discard(self, file: SnapshotFile) -> None:
         if self._tg is None:

@@ -24,7 +24,7 @@ from framework.runtime.snapshots import (
     restore_node_snapshot_file,
 )
 from framework.statemachine import MAX_SNAPSHOT_RECORD, KVStateMachine, Put, Request, encode_request
-from framework.storage import SnapshotFile
+from framework.storage import MemoryLogStore, SnapshotFile
 
 pytestmark = pytest.mark.anyio
 
@@ -160,7 +160,9 @@ def _message(index: int) -> InstallSnapshot:
     return InstallSnapshot(src=2, dst=1, term=2, snapshot=Snapshot(meta=meta))
 
 
-async def _receive(tmp_path: Path, data: bytes, index: int) -> tuple[InboundSnapshots, Any]:
+async def _receive(
+    tmp_path: Path, data: bytes, index: int, store: object = None
+) -> tuple[InboundSnapshots, Any]:
     delivered: list[InstallSnapshot] = []
     inbound = InboundSnapshots(
         node_id=1,
@@ -170,7 +172,7 @@ async def _receive(tmp_path: Path, data: bytes, index: int) -> tuple[InboundSnap
     )
     file = _spool(tmp_path, data)
     async with anyio.create_task_group() as tg:
-        inbound.start(tg)
+        inbound.start(tg, store=store if store is not None else MemoryLogStore())
         msg = _message(index)
         inbound.receive(msg, file)
     return inbound, (delivered, msg, file)
@@ -184,6 +186,17 @@ async def test_a_streamed_file_that_passes_is_delivered_without_data_and_kept_fo
     assert inbound.take_file(Snapshot(meta=msg.snapshot.meta)) is None  # not that object
     assert inbound.take_file(msg.snapshot) == file and file.path.exists()
     assert inbound.take_file(msg.snapshot) is None  # taken once
+
+
+async def test_a_store_that_cannot_adopt_files_is_given_the_data_by_value(
+    tmp_path: Path,
+) -> None:
+    """A ``LogStore`` without ``open_snapshot`` (written before snapshot files): the checked
+    file is read back and the kernel gets the snapshot with its data, as before."""
+    inbound, (delivered, msg, file) = await _receive(tmp_path, GOOD, 20, store=object())
+    assert [m.snapshot for m in delivered] == [Snapshot(meta=msg.snapshot.meta, data=GOOD)]
+    assert not file.path.exists()
+    assert inbound.take_file(delivered[0].snapshot) is None
 
 
 @pytest.mark.parametrize(
