@@ -58,13 +58,22 @@ least-recently-used order, so eviction continues identically after a restore) an
 bytes. ``restore()`` decodes and checks everything before it replaces anything: bad input
 raises ``BadSnapshot`` naming the problem and leaves the machine as it was. A KV snapshot
 without the header (written before it existed) is read as the KV application's.
+
+``snapshot_chunks`` writes format version 2, made to be read a piece at a time
+(``restore_file``, ``check_snapshot_file``): after the version byte, length-prefixed records
+(4 bytes, big-endian, then msgpack): one ``begin`` (``applied_index`` and the number of
+keys), ``keys`` records of at most ``MAX_SNAPSHOT_RECORD`` bytes each (a chunk of keys, in
+storage order), one ``end`` (the sessions). Reading one holds one record at a time besides
+the state being built. ``snapshot()`` still writes version 1 (one msgpack map, keys
+sorted); both versions restore through both entry points.
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from itertools import islice
-from typing import Annotated, Final, Protocol, TypeAlias, runtime_checkable
+from typing import IO, Annotated, Final, Protocol, TypeAlias, runtime_checkable
 
 import msgspec
 
@@ -82,6 +91,7 @@ from framework.transport.wire import AppCall, KVOp
 __all__ = [
     "DEFAULT_MAX_SESSIONS",
     "LEGACY_SNAPSHOT_APPLICATION",
+    "MAX_SNAPSHOT_RECORD",
     "SNAPSHOT_MAGIC",
     "AppCommand",
     "Append",
@@ -111,6 +121,7 @@ __all__ = [
     "encode_app_command",
     "encode_request",
     "open_snapshot",
+    "open_snapshot_file",
     "snapshot_application",
     "snapshot_header",
 ]
@@ -199,6 +210,14 @@ class StateMachine(Protocol):
     #
     # ``snapshot()`` in pieces, encoded by the runtime one at a time between Readies while
     # the machine keeps applying (``framework.runtime.local_snapshots``).
+    #
+    #     def check_snapshot_file(self, file: IO[bytes]) -> int
+    #     def restore_file(self, file: IO[bytes]) -> None
+    #
+    # ``check_snapshot`` and ``restore`` reading the snapshot from ``file`` (positioned at
+    # its start, read to its end) a piece at a time, so that a large snapshot is never held
+    # whole in memory (a worker thread calls them). A machine without them is given the
+    # snapshot read whole, as bytes.
 
 
 def app_name(machine: object) -> str:
@@ -419,11 +438,30 @@ def open_snapshot(
     ``default``: the application a snapshot without a header is taken to be (``None``:
     such a snapshot is refused)."""
     theirs, start = snapshot_application(data)
+    _check_application(machine, theirs, default, f"({len(data)} bytes) ")
+    return memoryview(data)[start:]
+
+
+def open_snapshot_file(
+    file: IO[bytes], machine: object, *, default: tuple[str, str] | None = None
+) -> None:
+    """``open_snapshot`` for a snapshot read from ``file`` (seekable, positioned at the
+    snapshot's start): checks its header and leaves ``file`` at the start of the body."""
+    start = file.tell()
+    prefix = file.read(len(SNAPSHOT_MAGIC) + 2 + MAX_HEADER)
+    theirs, body = snapshot_application(prefix)
+    _check_application(machine, theirs, default, "")
+    file.seek(start + body)
+
+
+def _check_application(
+    machine: object, theirs: tuple[str, str] | None, default: tuple[str, str] | None, size: str
+) -> None:
     ours = (app_name(machine), app_version(machine))
     if theirs is None:
         if default is None:
             raise BadSnapshot(
-                f"the snapshot ({len(data)} bytes) names no application; this node runs "
+                f"the snapshot {size}names no application; this node runs "
                 f"{ours[0]!r} version {ours[1]}"
             )
         theirs = default
@@ -432,13 +470,17 @@ def open_snapshot(
             f"the snapshot is of application {theirs[0]!r} version {theirs[1]}; this node "
             f"runs {ours[0]!r} version {ours[1]} (expected the same name and major version)"
         )
-    return memoryview(data)[start:]
 
 
 LEGACY_SNAPSHOT_APPLICATION: Final = ("kv", "1")
 """The application of a snapshot without a header: only the KV machine wrote those."""
 
 _SNAPSHOT_VERSION: Final = 1
+"""One msgpack map (``snapshot()``), read whole."""
+_CHUNKED_VERSION: Final = 2
+"""Length-prefixed records (``snapshot_chunks``), read one at a time."""
+MAX_SNAPSHOT_RECORD: Final = 64 * 1024 * 1024
+"""The largest record of a version 2 KV snapshot, in bytes (a reader refuses larger)."""
 
 
 class _SnapshotBody(msgspec.Struct, frozen=True, kw_only=True):
@@ -448,42 +490,124 @@ class _SnapshotBody(msgspec.Struct, frozen=True, kw_only=True):
     """Least recently used first."""
 
 
-_SNAPSHOT_ENCODER: Final = msgspec.msgpack.Encoder()
-"""For the pieces of a chunked snapshot around the data: they hold no map."""
+class _Begin(msgspec.Struct, frozen=True, array_like=True, tag="begin"):
+    applied_index: Annotated[int, msgspec.Meta(ge=0)]
+    keys: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class _Keys(msgspec.Struct, frozen=True, array_like=True, tag="keys"):
+    data: dict[str, str]
+
+
+class _End(msgspec.Struct, frozen=True, array_like=True, tag="end"):
+    sessions: list[Session[str | bool | None]]
+
+
 _SNAPSHOT_DECODER: Final = msgspec.msgpack.Decoder(_SnapshotBody)
+_RECORD_ENCODER: Final = msgspec.msgpack.Encoder()
+_RECORD_DECODER: Final = msgspec.msgpack.Decoder(_Begin | _Keys | _End)
 
 
-_CHUNK_ENCODER: Final = msgspec.msgpack.Encoder()
-
-
-def _without_map_header(encoded: bytes) -> bytes:
-    """The key/value pairs of an encoded msgpack map (fixmap, map16 or map32 header)."""
-    first = encoded[0]
-    if first == 0xDE:
-        return encoded[3:]
-    if first == 0xDF:
-        return encoded[5:]
-    return encoded[1:]
-
-
-def _decode_snapshot(machine: KVStateMachine, data: bytes) -> _SnapshotBody:
-    if not data:
-        raise BadSnapshot("empty snapshot: expected a version byte followed by msgpack")
-    body = open_snapshot(data, machine, default=LEGACY_SNAPSHOT_APPLICATION)
-    if not body:
-        raise BadSnapshot("empty KV snapshot body: expected a version byte followed by msgpack")
-    if body[0] != _SNAPSHOT_VERSION:
-        raise BadSnapshot(
-            f"snapshot format version {body[0]} is not supported (expected {_SNAPSHOT_VERSION})"
+def _framed(encoded: bytes) -> bytes:
+    if len(encoded) > MAX_SNAPSHOT_RECORD:
+        raise ValueError(
+            f"a snapshot record of {len(encoded)} bytes (one key and its value) exceeds "
+            f"MAX_SNAPSHOT_RECORD={MAX_SNAPSHOT_RECORD}"
         )
+    return len(encoded).to_bytes(4, "big") + encoded
+
+
+def _key_records(chunk: dict[str, str]) -> bytes:
+    """``chunk`` as one ``keys`` record, or halved until each is within the record limit."""
+    encoded = _RECORD_ENCODER.encode(_Keys(chunk))
+    if len(encoded) > MAX_SNAPSHOT_RECORD and len(chunk) > 1:
+        items = list(chunk.items())
+        half = len(items) // 2
+        return _key_records(dict(items[:half])) + _key_records(dict(items[half:]))
+    return _framed(encoded)
+
+
+def _read_exact(file: IO[bytes], size: int, what: str) -> bytes:
+    data = file.read(size)
+    if len(data) != size:
+        raise BadSnapshot(f"snapshot ends inside {what}: {len(data)} of {size} bytes")
+    return data
+
+
+def _records(file: IO[bytes]) -> Iterator[_Begin | _Keys | _End]:
+    """The records of a version 2 body, one read at a time, until the end of ``file``."""
+    while prefix := file.read(4):
+        if len(prefix) < 4:
+            raise BadSnapshot(f"snapshot ends inside a record length ({len(prefix)} of 4 bytes)")
+        size = int.from_bytes(prefix, "big")
+        if size > MAX_SNAPSHOT_RECORD:
+            raise BadSnapshot(
+                f"snapshot record of {size} bytes: expected at most {MAX_SNAPSHOT_RECORD}"
+            )
+        try:
+            yield _RECORD_DECODER.decode(_read_exact(file, size, "a record"))
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            raise BadSnapshot(f"snapshot record ({size} bytes) is malformed: {exc}") from None
+
+
+def _read_chunked(file: IO[bytes], *, keep: bool) -> _SnapshotBody:
+    """A version 2 body from ``file``; ``keep=False`` checks it without keeping the keys."""
+    records = _records(file)
+    begin = next(records, None)
+    if not isinstance(begin, _Begin):
+        raise BadSnapshot(f"snapshot body starts with {type(begin).__name__}: expected begin")
+    data: dict[str, str] = {}
+    keys = 0
+    for record in records:
+        if isinstance(record, _Keys):
+            keys += len(record.data)
+            if keys > begin.keys:
+                raise BadSnapshot(f"snapshot holds more than the {begin.keys} keys it declares")
+            if keep:
+                data.update(record.data)
+            continue
+        if isinstance(record, _Begin):
+            raise BadSnapshot("snapshot body has a second begin record")
+        if keys != begin.keys:
+            raise BadSnapshot(f"snapshot holds {keys} keys; it declares {begin.keys}")
+        if next(records, None) is not None:
+            raise BadSnapshot("snapshot body goes on after its end record")
+        problem = check_rows(record.sessions, begin.applied_index)
+        if problem is not None:
+            raise BadSnapshot(problem)
+        return _SnapshotBody(applied_index=begin.applied_index, data=data, sessions=record.sessions)
+    raise BadSnapshot("snapshot body ends without its end record")
+
+
+def _decode_whole(body: bytes | memoryview) -> _SnapshotBody:
     try:
-        decoded = _SNAPSHOT_DECODER.decode(body[1:])
+        decoded = _SNAPSHOT_DECODER.decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise BadSnapshot(f"snapshot body ({len(body) - 1} bytes) is malformed: {exc}") from None
+        raise BadSnapshot(f"snapshot body ({len(body)} bytes) is malformed: {exc}") from None
     problem = check_rows(decoded.sessions, decoded.applied_index)
     if problem is not None:
         raise BadSnapshot(problem)
     return decoded
+
+
+def _read_snapshot(machine: KVStateMachine, file: IO[bytes], *, keep: bool) -> _SnapshotBody:
+    """A KV snapshot of either version from ``file`` (seekable, at the snapshot's start)."""
+    start = file.tell()
+    if not file.read(1):
+        raise BadSnapshot("empty snapshot: expected a version byte followed by msgpack")
+    file.seek(start)
+    open_snapshot_file(file, machine, default=LEGACY_SNAPSHOT_APPLICATION)
+    version = file.read(1)
+    if not version:
+        raise BadSnapshot("empty KV snapshot body: expected a version byte followed by msgpack")
+    if version[0] == _CHUNKED_VERSION:
+        return _read_chunked(file, keep=keep)
+    if version[0] != _SNAPSHOT_VERSION:
+        raise BadSnapshot(
+            f"snapshot format version {version[0]} is not supported (expected "
+            f"{_SNAPSHOT_VERSION} or {_CHUNKED_VERSION})"
+        )
+    return _decode_whole(file.read())  # version 1 is one msgpack map: read whole
 
 
 # --------------------------------------------------------------------------------------
@@ -639,9 +763,10 @@ class KVStateMachine:
 
     def snapshot_chunks(self, keys_per_chunk: int = 2048) -> Iterator[bytes]:
         """The state as of now (``applied_index`` at this call), in pieces whose
-        concatenation ``restore`` takes like ``snapshot()`` (keys in storage order, not
-        sorted). ``apply`` may run between pieces: the caller encodes one piece at a time
-        and lets the event loop run in between, so no piece holds it for long.
+        concatenation ``restore`` and ``restore_file`` take (format version 2: a record per
+        piece of keys, in storage order, not sorted). ``apply`` may run between pieces: the
+        caller encodes one piece at a time and lets the event loop run in between, so no
+        piece holds it for long.
 
         Copy-on-write at the level of keys: from this call until the iterator is exhausted
         or closed, writes go to an overlay and the map being read stays the snapshot's
@@ -657,14 +782,10 @@ class KVStateMachine:
         self._overlay = overlay
         head = (
             snapshot_header(self)
-            + bytes((_SNAPSHOT_VERSION, 0x83))
-            + _SNAPSHOT_ENCODER.encode("applied_index")
-            + _SNAPSHOT_ENCODER.encode(self._applied_index)
-            + _SNAPSHOT_ENCODER.encode("data")
-            + b"\xdf"
-            + len(base).to_bytes(4, "big")
+            + bytes((_CHUNKED_VERSION,))
+            + _framed(_RECORD_ENCODER.encode(_Begin(self._applied_index, len(base))))
         )
-        tail = _SNAPSHOT_ENCODER.encode("sessions") + _SNAPSHOT_ENCODER.encode(self.sessions.rows())
+        tail = _framed(_RECORD_ENCODER.encode(_End(self.sessions.rows())))
         return self._chunks(base, overlay, head, tail, keys_per_chunk)
 
     def _chunks(
@@ -678,9 +799,8 @@ class KVStateMachine:
         try:
             yield head
             items = iter(base.items())
-            encode = _CHUNK_ENCODER.encode
             while chunk := dict(islice(items, keys_per_chunk)):
-                yield _without_map_header(encode(chunk))
+                yield _key_records(chunk)
             yield tail
         finally:
             if self._overlay is overlay:  # not replaced by a restore meanwhile
@@ -694,10 +814,20 @@ class KVStateMachine:
     def check_snapshot(self, data: bytes) -> int:
         """The ``applied_index`` that ``restore(data)`` would leave; ``BadSnapshot`` if it
         would fail. Reads nothing of this machine (safe in a worker thread)."""
-        return _decode_snapshot(self, data).applied_index
+        return self.check_snapshot_file(io.BytesIO(data))
+
+    def check_snapshot_file(self, file: IO[bytes]) -> int:
+        """``check_snapshot`` reading ``file`` (seekable, at the snapshot's start) a record
+        at a time: the keys are decoded and dropped."""
+        return _read_snapshot(self, file, keep=False).applied_index
 
     def restore(self, data: bytes) -> None:
-        body = _decode_snapshot(self, data)
+        self.restore_file(io.BytesIO(data))
+
+    def restore_file(self, file: IO[bytes]) -> None:
+        """``restore`` reading ``file`` (seekable, at the snapshot's start) a record at a
+        time (format version 2; version 1 is one map and is read whole)."""
+        body = _read_snapshot(self, file, keep=True)
         self._data = body.data
         self._overlay = None  # a chunked snapshot under way keeps reading the old map
         self.sessions.restore(body.sessions)

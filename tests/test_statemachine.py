@@ -344,7 +344,7 @@ def test_the_snapshot_helpers_build_a_valid_snapshot() -> None:
 
 BAD_SNAPSHOTS = [
     (b"", "empty snapshot"),
-    (snapshot_bytes(body(), version=2), "version 2 is not supported (expected 1)"),
+    (snapshot_bytes(body(), version=3), "version 3 is not supported (expected 1 or 2)"),
     (snapshot_bytes(body())[:-1], "truncated"),
     (b"\x01\xc1", "malformed"),
     (snapshot_bytes([1, 2, 3]), "Expected `object`, got `array`"),
@@ -367,7 +367,42 @@ BAD_SNAPSHOTS = [
 ]
 
 
-@pytest.mark.parametrize(("data", "fragment"), BAD_SNAPSHOTS)
+def record(value: object) -> bytes:
+    encoded = msgspec.msgpack.encode(value)
+    return len(encoded).to_bytes(4, "big") + encoded
+
+
+BEGIN_R = record(["begin", 5, 1])
+KEYS_R = record(["keys", {"k": "v"}])
+END_R = record(["end", [[1, 1, 2, None], [2, 3, 4, "v"]]])
+
+BAD_CHUNKED = [  # format version 2 (snapshot_chunks), read a record at a time
+    (b"\x02" + BEGIN_R + KEYS_R, "ends without its end record"),
+    (b"\x02" + BEGIN_R + KEYS_R + END_R[:-1], "snapshot ends inside a record: "),
+    (b"\x02" + BEGIN_R + KEYS_R + END_R + b"\x00", "inside a record length (1 of 4 bytes)"),
+    (b"\x02" + BEGIN_R + KEYS_R + END_R + END_R, "goes on after its end record"),
+    (b"\x02" + KEYS_R + END_R, "starts with _Keys: expected begin"),
+    (b"\x02" + BEGIN_R + KEYS_R + KEYS_R + END_R, "more than the 1 keys it declares"),
+    (b"\x02" + BEGIN_R + END_R, "holds 0 keys; it declares 1"),
+    (b"\x02" + BEGIN_R + BEGIN_R + END_R, "a second begin record"),
+    (b"\x02\xff\xff\xff\xff", "record of 4294967295 bytes: expected at most 67108864"),
+    (b"\x02" + record(["begin", -1, 0]) + END_R, "malformed"),
+    (b"\x02" + BEGIN_R + record(["keys", {"k": 1}]) + END_R, "malformed"),
+    (
+        b"\x02" + BEGIN_R + KEYS_R + record(["end", [[1, 1, 6, None]]]),
+        "sessions[0] (client 1): last_index 6 is beyond applied_index 5",
+    ),
+]
+
+
+def test_the_chunked_helpers_build_a_valid_snapshot() -> None:
+    """Guards the chunked garbage table: each row differs from this one in one way."""
+    machine = KVStateMachine()
+    machine.restore(b"\x02" + BEGIN_R + KEYS_R + END_R)
+    assert (machine.applied_index, machine.read("k"), machine.session_count()) == (5, "v", 2)
+
+
+@pytest.mark.parametrize(("data", "fragment"), BAD_SNAPSHOTS + BAD_CHUNKED)
 def test_restore_of_garbage_raises_and_changes_nothing(data: bytes, fragment: str) -> None:
     driver = Driver()
     driver.request(1, 1, Put(key="k", value="v"))

@@ -113,6 +113,8 @@ class SnapshotMeta(msgspec.Struct, frozen=True, kw_only=True):
 class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     meta: SnapshotMeta = SnapshotMeta()
     data: bytes = b""
+    """Opaque to the kernel, which never reads it. Empty when the runtime keeps the data in
+    a file (the store's, found by ``meta``) instead of handing it to the kernel."""
 
 
 class ReadState(msgspec.Struct, frozen=True, kw_only=True):

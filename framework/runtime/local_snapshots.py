@@ -24,6 +24,15 @@ election timeout cost a leader its leadership (issue #13). Now a snapshot goes i
 Until step 5, the store keeps every entry: a crash loses nothing; only the Ready loop ever
 writes to the log. One snapshot at a time.
 
+**To a file** (over a transport that streams snapshots from the store: ``use_snapshot_source``,
+with a data directory): the pieces are not joined. Steps 2 and 4 become one: the pieces are
+written to a file in ``snapshots-incoming`` as they are encoded (a worker thread, a few MiB
+at a time; format version 2, ``node_snapshot_head``), hashed as they go, and the store
+adopts the file (``prepare_snapshot_file``); then, between two Readies, the kernel compacts
+with the snapshot *without its data* (``compact(b"", ...)``: the transport streams it from
+the store's file) and the store records it. So neither the encoding nor the kernel holds
+the snapshot whole.
+
 Why not fork (Redis BGSAVE, PySyncObj)? Measured on this VM: ``fork()`` of a process holding
 100,000 keys took 54 ms and 1,000,000 keys 172 ms (copying page tables; the parent is
 stopped for all of it), above the 10 ms target and growing with the state, and a child of a
@@ -46,18 +55,24 @@ leaves it waiting while it holds the GIL, the loop waits for both (priority inve
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
+from typing import Final
 
 import anyio
 import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from framework.core import RawNode, Snapshot, SnapshotMeta
-from framework.runtime.snapshots import node_snapshot_parts
-from framework.storage import LogStore
+from framework.runtime.snapshots import SPOOL_DIR, node_snapshot_head, node_snapshot_parts
+from framework.storage import LogStore, SnapshotFile
 
 __all__ = ["LocalSnapshots"]
 
@@ -74,6 +89,49 @@ class _Encoded:
 class _Written:
     token: object
     compact_to: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A snapshot written to a file the store adopted, to compact and record."""
+
+    point: SnapshotMeta
+    token: object
+
+
+LOCAL_SUFFIX: Final = ".snapshot-local"
+WRITE_BATCH: Final = 4 * 1024 * 1024
+"""Bytes of encoded pieces handed to the writing thread at a time."""
+
+
+class _LocalFile:
+    """A local snapshot's file while it is written (each call in a worker thread)."""
+
+    def __init__(self, directory: Path, *, sweep: bool) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        if sweep:  # the first in this process: files a crash left half-written go
+            for stale in directory.glob(f"*{LOCAL_SUFFIX}"):
+                stale.unlink(missing_ok=True)
+        fd, name = tempfile.mkstemp(suffix=LOCAL_SUFFIX, dir=directory)
+        self._file = os.fdopen(fd, "wb")
+        self._digest = hashlib.sha256()
+        self.path = Path(name)
+        self.size = 0
+
+    def write(self, pieces: list[bytes]) -> None:
+        for piece in pieces:
+            self._digest.update(piece)
+            self._file.write(piece)
+            self.size += len(piece)
+
+    def finish(self) -> SnapshotFile:
+        self._file.close()
+        return SnapshotFile(path=self.path, size=self.size, sha256=self._digest.hexdigest())
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self._file.close()
+        self.path.unlink(missing_ok=True)
 
 
 class LocalSnapshots:
@@ -98,11 +156,23 @@ class LocalSnapshots:
         """A snapshot is being encoded, written or waits to be compacted or recorded."""
         self._encoded: _Encoded | None = None
         self._written: _Written | None = None
+        self._prepared: _Prepared | None = None
+        self._directory: Path | None = None
+        """Where snapshots are written as they are encoded (None: joined in memory)."""
+        self._swept = False
         self.taken = 0
         """Snapshots recorded in the store."""
 
-    def start(self, tg: TaskGroup) -> None:
+    def start(self, tg: TaskGroup, transport: object = None, data_dir: Path | None = None) -> None:
+        """Take snapshots in tasks of ``tg``; to files in ``data_dir`` when ``transport``
+        streams snapshots from the store's file (``use_snapshot_source``)."""
         self._tg = tg
+        use_source = getattr(transport, "use_snapshot_source", None)
+        open_snapshot = getattr(self._store, "open_snapshot", None)
+        if data_dir is None or use_source is None or open_snapshot is None:
+            return
+        if use_source(open_snapshot):
+            self._directory = data_dir / SPOOL_DIR
 
     def due(self, kernel: RawNode) -> bool:
         """Whether to start one now (enough applied entries past the last, none under way)."""
@@ -122,17 +192,37 @@ class LocalSnapshots:
         self._busy = True
         if chunks is None:
             state = await anyio.to_thread.run_sync(self._sm.snapshot)  # type: ignore[attr-defined]
-            self._tg.start_soon(self._join, point, members, flags, [state])
+            pieces: Iterator[bytes] = iter([state])
         else:
-            self._tg.start_soon(self._encode_chunks, point, members, flags, chunks())
+            pieces = chunks()
+        if self._directory is not None:
+            head = node_snapshot_head(members=members, flags=flags)
+            self._tg.start_soon(self._write_file, self._directory, point, head, pieces)
+        else:
+            self._tg.start_soon(self._encode_chunks, point, members, flags, pieces)
 
     @property
     def pending(self) -> bool:
         """Whether the Ready loop has a step to take (``step``) between two Readies."""
-        return self._encoded is not None or self._written is not None
+        return self._encoded is not None or self._written is not None or self._prepared is not None
 
     async def step(self, kernel: RawNode) -> None:
         """Steps 3 and 5, between two Readies."""
+        if self._prepared is not None:
+            prepared, self._prepared = self._prepared, None
+            compact_to = None
+            if prepared.point.index > kernel.snapshot.meta.index:
+                kernel.compact(b"", at=prepared.point, trailing=self._trailing)
+                compact_to = kernel.log.offset
+            # Covered by a snapshot from the leader meanwhile: the store discards it (or
+            # records it until the leader's, stored next, replaces it).
+            await anyio.to_thread.run_sync(
+                partial(self._store.commit_snapshot, prepared.token, compact_to=compact_to)
+            )
+            self._busy = False
+            if compact_to is not None:
+                self.taken += 1
+                log.info("node %d took a snapshot", self.node_id)
         if self._encoded is not None:
             encoded, self._encoded = self._encoded, None
             if encoded.point.index <= kernel.snapshot.meta.index:
@@ -164,6 +254,40 @@ class LocalSnapshots:
             if close is not None:
                 close()  # folds the overlay back in, also when cancelled
         await self._join(point, members, flags, parts)
+
+    async def _write_file(
+        self, directory: Path, point: SnapshotMeta, head: bytes, chunks: Iterator[bytes]
+    ) -> None:
+        """Steps 2 and 4 to a file: write the pieces as they are encoded, a batch at a time
+        (a worker thread), then have the store adopt the file."""
+        file = await anyio.to_thread.run_sync(partial(_LocalFile, directory, sweep=not self._swept))
+        self._swept = True
+        try:
+            batch, size = [head], len(head)
+            try:
+                for part in chunks:  # one chunk of keys per turn of the event loop
+                    batch.append(part)
+                    size += len(part)
+                    if size >= WRITE_BATCH:
+                        await anyio.to_thread.run_sync(file.write, batch)
+                        batch, size = [], 0
+                    else:
+                        await anyio.lowlevel.checkpoint()
+            finally:
+                close = getattr(chunks, "close", None)
+                if close is not None:
+                    close()  # folds the overlay back in, also when cancelled
+            await anyio.to_thread.run_sync(file.write, batch)
+            written = await anyio.to_thread.run_sync(file.finish)
+            token = await anyio.to_thread.run_sync(
+                self._store.prepare_snapshot_file, point, written
+            )
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(file.discard)
+            raise
+        self._prepared = _Prepared(point, token)
+        self._wake()
 
     async def _join(
         self, point: SnapshotMeta, members: dict[int, str], flags: bytes, parts: list[bytes]

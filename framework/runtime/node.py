@@ -58,6 +58,7 @@ from framework.core import (
     RawNode,
     Ready,
     Role,
+    Snapshot,
     TimeoutNow,
     TransferInProgress,
     UncommittedSizeExceeded,
@@ -79,12 +80,7 @@ from framework.runtime.node_flags import NodeFlags
 from framework.runtime.node_health import NodeHealth
 from framework.runtime.node_services import NodeServices
 from framework.runtime.pending import Waiter
-from framework.runtime.snapshots import (
-    BadNodeSnapshot,
-    InboundSnapshots,
-    NodeSnapshot,
-    decode_node_snapshot,
-)
+from framework.runtime.snapshots import InboundSnapshots, NodeSnapshot, restore_snapshot
 from framework.runtime.stored_peers import StoredPeers
 from framework.runtime.tick_clock import TickClock
 from framework.runtime.ticker import run_ticker
@@ -93,6 +89,7 @@ from framework.statemachine import KVStateMachine, StateMachine
 from framework.storage import LogStore, StorageError, StoredState
 from framework.storage.base import save_ready
 from framework.transport.base import Transport
+from framework.transport.snapshot_stream import ReceivedSnapshot
 from framework.transport.wire import ClientRequest, ClientResponse
 
 __all__ = ["MAX_ADMIN_REQUESTS", "NodeConfig", "NodeSnapshot", "RaftNode"]
@@ -233,8 +230,8 @@ class RaftNode:
             await anyio.to_thread.run_sync(self.stored_peers.load)
             async with anyio.create_task_group() as tg:
                 self._tg = tg
-                self.snapshots.start(tg, self.transport, self.config.data_dir)
-                self.local_snapshots.start(tg)
+                self.snapshots.start(tg, self.transport, self.config.data_dir, self.store)
+                self.local_snapshots.start(tg, self.transport, self.config.data_dir)
                 tg.start_soon(self.stored_peers.run)
                 self._now = anyio.current_time()
                 self._tick_clock = TickClock(self.settings.raft.tick_interval, self._now)
@@ -292,7 +289,7 @@ class RaftNode:
             max_committed_per_ready=raft.max_batch_proposals * 4,
         )
         if state.snapshot.data:
-            self._restore(state.snapshot.data, state.snapshot.meta.index)
+            self._restore(state.snapshot)
         return RawNode(
             config,
             rng=random.Random(int.from_bytes(os.urandom(8), "big")),
@@ -302,15 +299,8 @@ class RaftNode:
             conf_state=state.conf_state,
         )
 
-    def _restore(self, data: bytes, index: int) -> None:
-        try:
-            snap = decode_node_snapshot(data)
-        except BadNodeSnapshot as exc:
-            raise StorageError(f"node {self.id}: {exc}") from exc
-        self.identity.restored(snap.state_machine, index)  # another application: stop here
-        self.sm.restore(snap.state_machine)
-        self.addresses.update(snap.members)
-        self.flags.restore(snap.flags)
+    def _restore(self, snapshot: Snapshot) -> None:
+        restore_snapshot(snapshot, self.store, node=self)
 
     def _peer_addresses(self) -> dict[int, str]:
         return {nid: addr for nid, addr in self.addresses.items() if nid != self.id}
@@ -337,6 +327,9 @@ class RaftNode:
                 self._down_peers.discard(peer)
                 self.host.notify("raftmw_on_peer_up", node_id=self.id, peer=peer)
         self._wake.set()
+
+    def deliver_snapshot(self, received: ReceivedSnapshot) -> None:
+        self.snapshots.receive_file(received)
 
     def _deliver_checked(self, msg: InstallSnapshot) -> None:
         try:
@@ -488,7 +481,7 @@ class RaftNode:
         if rd.persisted_messages:
             self._send(rd.persisted_messages)
         if rd.snapshot is not None:
-            await anyio.to_thread.run_sync(self._restore, rd.snapshot.data, rd.snapshot.meta.index)
+            await anyio.to_thread.run_sync(self._restore, rd.snapshot)
             self._flags_changed = True  # the restored flag state may select other plugins
             self.transport.set_peers(self._peer_addresses())
             log.info("node %d installed a snapshot at index %d", self.id, rd.snapshot.meta.index)
@@ -533,7 +526,8 @@ class RaftNode:
     async def _store(self, kernel: RawNode, rd: Ready) -> None:
         self._time_keeper.waiting(kernel)
         try:
-            await anyio.to_thread.run_sync(save_ready, self.store, rd)
+            file = self.snapshots.take_file(rd.snapshot)
+            await anyio.to_thread.run_sync(save_ready, self.store, rd, file)
         finally:
             self._time_keeper.done()
         self._now = anyio.current_time()

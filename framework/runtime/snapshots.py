@@ -22,34 +22,57 @@ check is in flight, further snapshots are dropped like any message the node cann
 
 Over TCP a snapshot arrives streamed on a connection of its own, written to a temporary
 file in the data directory's ``snapshots-incoming`` and checked against its size and
-SHA-256 before it is delivered here (``framework.transport.snapshot_stream``).
+SHA-256 before it is delivered here (``framework.transport.snapshot_stream``) as that file:
+the check reads the file a piece at a time (``check_node_snapshot_file``), the kernel is
+given the ``InstallSnapshot`` without its data, the store adopts the file when it persists
+the Ready (``take_file``), and the state machine restores from the store's file
+(``restore_node_snapshot_file``). A state machine with ``check_snapshot_file`` and
+``restore_file`` (the KV machine) never holds the snapshot whole; one without them is given
+its part read whole.
+
+The file format (version 2, ``node_snapshot_head``): ``NODE_SNAPSHOT_MAGIC``, a 4-byte
+big-endian length, the msgpack ``NodeSnapshotHead`` (version, members, flags), then the
+state machine's snapshot to the end of the file. Version 1, one msgpack ``NodeSnapshot``
+map, is still read (whole).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final
+from typing import IO, Any, Final
 
 import anyio
 import msgspec
 from anyio.abc import TaskGroup
 
-from framework.core import InstallSnapshot
+from framework.core import InstallSnapshot, Snapshot
 from framework.flags import ClusterFlagState, FlagError
 from framework.runtime.members import AddressCheck, generic_address_problem
+from framework.statemachine import MAX_HEADER, SNAPSHOT_MAGIC
+from framework.storage import SnapshotFile, StorageError
 from framework.transport.bounds import MAX_MEMBERS, MAX_NODE_ID
+from framework.transport.snapshot_stream import ReceivedSnapshot
 
 __all__ = [
+    "NODE_SNAPSHOT_MAGIC",
+    "SNAPSHOT_FILE_VERSION",
     "SNAPSHOT_VERSION",
     "BadNodeSnapshot",
     "InboundSnapshots",
     "NodeSnapshot",
+    "NodeSnapshotHead",
     "check_node_snapshot",
+    "check_node_snapshot_file",
     "decode_node_snapshot",
     "encode_node_snapshot",
+    "node_snapshot_head",
     "node_snapshot_parts",
+    "restore_node_snapshot_file",
+    "restore_snapshot",
 ]
 
 log = logging.getLogger("raftmw.snapshots")
@@ -72,6 +95,63 @@ class NodeSnapshot(msgspec.Struct, frozen=True, kw_only=True):
 
 class BadNodeSnapshot(ValueError):
     """Snapshot bytes this node cannot install; the message names what is wrong."""
+
+
+SNAPSHOT_FILE_VERSION: Final = 2
+NODE_SNAPSHOT_MAGIC: Final = b"\xc1raftmw-node-snapshot\x00"
+"""The start of a version 2 snapshot (``0xc1``: no msgpack value, so no version 1, starts
+with it)."""
+MAX_HEAD: Final = 16 * 1024 * 1024
+"""The largest ``NodeSnapshotHead`` (members and flag state) a snapshot may carry."""
+
+
+class NodeSnapshotHead(msgspec.Struct, frozen=True, kw_only=True):
+    """What a version 2 snapshot holds before the state machine's own bytes."""
+
+    version: int
+    members: dict[int, str]
+    flags: bytes = b""
+
+
+_HEAD_DECODER: Final = msgspec.msgpack.Decoder(NodeSnapshotHead)
+
+
+def node_snapshot_head(*, members: dict[int, str], flags: bytes) -> bytes:
+    """The bytes a version 2 snapshot starts with; the state machine's follow to the end."""
+    head = _ENCODER.encode(
+        NodeSnapshotHead(version=SNAPSHOT_FILE_VERSION, members=members, flags=flags)
+    )
+    if len(head) > MAX_HEAD:
+        raise ValueError(f"snapshot head of {len(head)} bytes: expected at most {MAX_HEAD}")
+    return NODE_SNAPSHOT_MAGIC + len(head).to_bytes(4, "big") + head
+
+
+def _read_head(file: IO[bytes]) -> NodeSnapshotHead | None:
+    """The head of a version 2 snapshot, leaving ``file`` at the state machine's bytes; None
+    for any other (``file`` back at its start)."""
+    start = file.tell()
+    if file.read(len(NODE_SNAPSHOT_MAGIC)) != NODE_SNAPSHOT_MAGIC:
+        file.seek(start)
+        return None
+    prefix = file.read(4)
+    size = int.from_bytes(prefix, "big")
+    if len(prefix) < 4 or size > MAX_HEAD:
+        raise BadNodeSnapshot(
+            f"snapshot head of {size} bytes: expected at most {MAX_HEAD}, within the snapshot"
+        )
+    encoded = file.read(size)
+    try:
+        if len(encoded) < size:
+            raise msgspec.DecodeError(f"the snapshot ends after {len(encoded)} of its bytes")
+        head = _HEAD_DECODER.decode(encoded)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+        raise BadNodeSnapshot(f"snapshot head ({size} bytes) is malformed: {exc}") from None
+    if head.version != SNAPSHOT_FILE_VERSION:
+        raise BadNodeSnapshot(
+            f"snapshot format version {head.version} is not supported (expected "
+            f"{SNAPSHOT_FILE_VERSION} in a file, or {SNAPSHOT_VERSION})"
+        )
+    return head
 
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
@@ -126,14 +206,52 @@ def check_node_snapshot(
     state_machine: object,
     address_problem: AddressCheck = generic_address_problem,
 ) -> NodeSnapshot:
-    """Decode and check ``data`` (the snapshot at log ``index``) as fully as restoring it
-    would, changing nothing; ``BadNodeSnapshot`` says what is wrong."""
-    snap = decode_node_snapshot(data)
-    if len(snap.members) > MAX_MEMBERS:
-        raise BadNodeSnapshot(
-            f"snapshot lists {len(snap.members)} member addresses; expected at most {MAX_MEMBERS}"
+    """Decode and check ``data`` (the snapshot at log ``index``, either version) as fully
+    as restoring it would, changing nothing; ``BadNodeSnapshot`` says what is wrong."""
+    file = io.BytesIO(data)
+    head = _read_head(file)
+    if head is None:
+        snap = decode_node_snapshot(data)
+        _check_head(snap.members, snap.flags, address_problem)
+        _check_state_machine(state_machine, io.BytesIO(snap.state_machine), index)
+        return snap
+    _check_head(head.members, head.flags, address_problem)
+    body = file.tell()
+    _check_state_machine(state_machine, file, index)
+    return NodeSnapshot(
+        version=head.version,
+        members=head.members,
+        state_machine=data[body:],
+        flags=head.flags,
+    )
+
+
+def check_node_snapshot_file(
+    file: IO[bytes],
+    *,
+    index: int,
+    state_machine: object,
+    address_problem: AddressCheck = generic_address_problem,
+) -> None:
+    """``check_node_snapshot`` reading ``file`` (seekable, at the snapshot's start): a
+    version 2 snapshot a piece at a time if the state machine has ``check_snapshot_file``
+    (else its part is read whole), a version 1 snapshot whole."""
+    head = _read_head(file)
+    if head is None:
+        check_node_snapshot(
+            file.read(), index=index, state_machine=state_machine, address_problem=address_problem
         )
-    for node_id, address in snap.members.items():
+        return
+    _check_head(head.members, head.flags, address_problem)
+    _check_state_machine(state_machine, file, index)
+
+
+def _check_head(members: dict[int, str], flags: bytes, address_problem: AddressCheck) -> None:
+    if len(members) > MAX_MEMBERS:
+        raise BadNodeSnapshot(
+            f"snapshot lists {len(members)} member addresses; expected at most {MAX_MEMBERS}"
+        )
+    for node_id, address in members.items():
         if not 1 <= node_id <= MAX_NODE_ID:
             raise BadNodeSnapshot(
                 f"snapshot member id {node_id}: expected a node id in 1..{MAX_NODE_ID}"
@@ -141,28 +259,92 @@ def check_node_snapshot(
         problem = address_problem(address)
         if problem is not None:
             raise BadNodeSnapshot(f"snapshot member {node_id}: {problem}")
-    if snap.flags:
+    if flags:
         try:
-            ClusterFlagState.from_bytes(snap.flags)
+            ClusterFlagState.from_bytes(flags)
         except FlagError as exc:
             raise BadNodeSnapshot(f"snapshot flag state: {exc}") from None
+
+
+def _check_state_machine(state_machine: object, file: IO[bytes], index: int) -> None:
+    check_file = getattr(state_machine, "check_snapshot_file", None)
     check = getattr(state_machine, "check_snapshot", None)
-    if check is not None:
+    try:
+        if check_file is not None:
+            applied = check_file(file)
+        elif check is not None:
+            applied = check(file.read())
+        else:
+            return
+    except ValueError as exc:
+        raise BadNodeSnapshot(f"snapshot state machine: {exc}") from None
+    if applied != index:
+        raise BadNodeSnapshot(
+            f"snapshot state machine restores to index {applied}, but the snapshot "
+            f"claims index {index}"
+        )
+
+
+def restore_snapshot(snapshot: Snapshot, store: object, *, node: Any) -> None:
+    """Restore ``node`` (a ``RaftNode``: its state machine, application identity, address
+    book and flag state) from ``snapshot``'s data, or from ``store``'s file of it when the
+    kernel holds it without its data (a worker thread). ``StorageError`` if it cannot."""
+    index = snapshot.meta.index
+    file = _snapshot_data(snapshot, store)
+    if file is None:
+        raise StorageError(f"node {node.id}: the store holds no data for the snapshot at {index}")
+    with file:
         try:
-            applied = check(snap.state_machine)
-        except ValueError as exc:
-            raise BadNodeSnapshot(f"snapshot state machine: {exc}") from None
-        if applied != index:
-            raise BadNodeSnapshot(
-                f"snapshot state machine restores to index {applied}, but the snapshot "
-                f"claims index {index}"
+            head = restore_node_snapshot_file(
+                file, index=index, state_machine=node.sm, identity=node.identity
             )
-    return snap
+        except BadNodeSnapshot as exc:
+            raise StorageError(f"node {node.id}: {exc}") from exc
+    node.addresses.update(head.members)
+    node.flags.restore(head.flags)
+
+
+def _snapshot_data(snapshot: Snapshot, store: object) -> IO[bytes] | None:
+    if snapshot.data:
+        return io.BytesIO(snapshot.data)
+    open_snapshot = getattr(store, "open_snapshot", None)
+    if open_snapshot is None:
+        return None
+    file: IO[bytes] | None = open_snapshot(snapshot.meta)
+    return file
+
+
+def restore_node_snapshot_file(
+    file: IO[bytes], *, index: int, state_machine: Any, identity: Any
+) -> NodeSnapshotHead:
+    """Restore ``state_machine`` from ``file`` (either version, at its start; a worker
+    thread), after ``identity`` (``AppIdentity``) learned the application it names; the
+    members and flag state, for the node to take. ``BadNodeSnapshot`` if it does not decode;
+    the state machine's own errors as they are."""
+    head = _read_head(file)
+    if head is None:
+        snap = decode_node_snapshot(file.read())
+        head = NodeSnapshotHead(version=snap.version, members=snap.members, flags=snap.flags)
+        file = io.BytesIO(snap.state_machine)
+    body = file.tell()
+    identity.restored(file.read(len(SNAPSHOT_MAGIC) + 2 + MAX_HEADER), index)
+    file.seek(body)
+    restore_file = getattr(state_machine, "restore_file", None)
+    if restore_file is not None:
+        restore_file(file)
+    else:
+        state_machine.restore(file.read())
+    return head
 
 
 class InboundSnapshots:
     """Checks ``InstallSnapshot`` messages off the event loop, one at a time, and passes on
-    only those that pass (``deliver``); the others are dropped and counted."""
+    only those that pass (``deliver``); the others are dropped and counted. A snapshot that
+    arrived as a file is checked from it, delivered without its data, and its file kept for
+    the Ready that persists it (``take_file``)."""
+
+    MAX_STAGED: Final = 2
+    """Checked snapshot files kept for the kernel's next Readies (older ones deleted)."""
 
     def __init__(
         self,
@@ -178,6 +360,8 @@ class InboundSnapshots:
         self._deliver = deliver
         self._tg: TaskGroup | None = None
         self._checking = False
+        self._staged: list[tuple[Snapshot, SnapshotFile]] = []
+        self._by_reference = True
         self.rejected = 0
         """Snapshots that failed the check (they never reached the kernel)."""
         self.dropped = 0
@@ -185,29 +369,57 @@ class InboundSnapshots:
         self.accepted = 0
         """Snapshots that passed the check and went on to the kernel."""
 
-    def start(self, tg: TaskGroup, transport: object = None, data_dir: Path | None = None) -> None:
+    def start(
+        self,
+        tg: TaskGroup,
+        transport: object = None,
+        data_dir: Path | None = None,
+        store: object = None,
+    ) -> None:
         """Check snapshots in tasks of ``tg``; a transport that streams snapshots
-        (``use_snapshot_dir``) spools them in ``data_dir``."""
+        (``use_snapshot_dir``) spools them in ``data_dir``. A ``store`` without
+        ``open_snapshot`` (a ``LogStore`` written before snapshot files) is given a
+        streamed snapshot's data read back from its file, by value."""
         self._tg = tg
+        self._by_reference = hasattr(store, "open_snapshot")
         use_spool = getattr(transport, "use_snapshot_dir", None)
         if use_spool is not None and data_dir is not None:
             use_spool(data_dir / SPOOL_DIR)
 
-    def receive(self, msg: InstallSnapshot) -> None:
-        """Check ``msg`` in a worker thread, then deliver it if it passes."""
+    def receive(self, msg: InstallSnapshot, file: SnapshotFile | None = None) -> None:
+        """Check ``msg`` (its data, or ``file`` holding it) in a worker thread, then
+        deliver it if it passes. ``file`` is this object's from now on."""
         if self._checking or self._tg is None:
             self.dropped += 1
+            if file is not None:
+                self._discard(file)
             return
         self._checking = True
-        self._tg.start_soon(self._check, msg)
+        self._tg.start_soon(self._check, msg, file)
 
-    async def _check(self, msg: InstallSnapshot) -> None:
+    def receive_file(self, received: ReceivedSnapshot) -> None:
+        """``receive`` for a snapshot streamed into a file (``hand_over``)."""
+        file = SnapshotFile(path=received.path, size=received.size, sha256=received.sha256)
+        self.receive(received.message, file)
+
+    def take_file(self, snapshot: Snapshot | None) -> SnapshotFile | None:
+        """The file holding ``snapshot``'s data (a Ready's snapshot, the very object
+        delivered), for the store to adopt; None for a snapshot that came with its data."""
+        for i, (staged, file) in enumerate(self._staged):
+            if staged is snapshot:
+                del self._staged[i]
+                return file
+        return None
+
+    async def _check(self, msg: InstallSnapshot, file: SnapshotFile | None) -> None:
         try:
-            await anyio.to_thread.run_sync(self._check_sync, msg)
+            msg = await anyio.to_thread.run_sync(self._check_sync, msg, file)
         except Exception as exc:
             # BadNodeSnapshot names the problem; anything else is a snapshot this node
             # cannot check (a state machine's bug, say), which it must not install either.
             self.rejected += 1
+            if file is not None:
+                self._discard(file)
             log.log(
                 logging.WARNING if isinstance(exc, BadNodeSnapshot) else logging.ERROR,
                 "node %d refused the snapshot at index %d from node %d (term %d): %s",
@@ -220,13 +432,46 @@ class InboundSnapshots:
             return
         finally:
             self._checking = False
+        if file is not None and self._by_reference:
+            self._staged.append((msg.snapshot, file))
+            if len(self._staged) > self.MAX_STAGED:
+                self._discard(self._staged.pop(0)[1])
         self.accepted += 1
         self._deliver(msg)
 
-    def _check_sync(self, msg: InstallSnapshot) -> Any:
-        return check_node_snapshot(
-            msg.snapshot.data,
-            index=msg.snapshot.meta.index,
-            state_machine=self._state_machine,
-            address_problem=self._address_problem,
-        )
+    def _check_sync(self, msg: InstallSnapshot, file: SnapshotFile | None) -> InstallSnapshot:
+        """``msg`` once checked: by reference, or with its file's data read back (and the
+        file deleted) for a store that cannot adopt files."""
+        index = msg.snapshot.meta.index
+        if file is None:
+            check_node_snapshot(
+                msg.snapshot.data,
+                index=index,
+                state_machine=self._state_machine,
+                address_problem=self._address_problem,
+            )
+            return msg
+        with open(file.path, "rb") as f:
+            check_node_snapshot_file(
+                f,
+                index=index,
+                state_machine=self._state_machine,
+                address_problem=self._address_problem,
+            )
+        if self._by_reference:
+            return msg
+        data = file.path.read_bytes()
+        _unlink(file.path)
+        snapshot = Snapshot(meta=msg.snapshot.meta, data=data)
+        return InstallSnapshot(src=msg.src, dst=msg.dst, term=msg.term, snapshot=snapshot)
+
+    def _discard(self, file: SnapshotFile) -> None:
+        if self._tg is None:
+            _unlink(file.path)
+        else:
+            self._tg.start_soon(anyio.to_thread.run_sync, _unlink, file.path)
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)

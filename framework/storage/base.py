@@ -16,13 +16,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final, Protocol, runtime_checkable
+from pathlib import Path
+from typing import IO, Final, Protocol, runtime_checkable
 
-from framework.core import ConfState, Entry, HardState, Ready, Snapshot
+from framework.core import ConfState, Entry, HardState, Ready, Snapshot, SnapshotMeta
 
 __all__ = [
     "MAX_STORABLE",
     "LogStore",
+    "SnapshotFile",
     "StorageError",
     "StoredState",
     "check_compact_to",
@@ -82,6 +84,19 @@ def check_compact_to(index: int, compact_to: int | None) -> int:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotFile:
+    """A snapshot's data in a file the runtime wrote (a stream from the leader, or a local
+    snapshot) and checked, for a store to adopt instead of ``Snapshot.data``: the store
+    moves it in (or reads it and deletes it); nobody else uses ``path`` afterwards. It must
+    be on the data directory's file system for a move."""
+
+    path: Path
+    size: int
+    sha256: str
+    """Hex SHA-256 of the file's bytes, as computed while it was written."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class StoredState:
     """Everything a node needs to rebuild its kernel after a restart."""
 
@@ -120,11 +135,14 @@ class LogStore(Protocol):
         entries: Sequence[Entry],
         snapshot: Snapshot | None,
         sync: bool,
+        snapshot_file: SnapshotFile | None = None,
     ) -> None:
         """Apply one ``Ready`` atomically: all of it is stored or none of it.
 
-        ``snapshot`` (received from the leader) replaces the whole log; ``entries`` replace
-        any stored entries from ``entries[0].index`` on. Raises ``StorageError`` and stores
+        ``snapshot`` (received from the leader) replaces the whole log; its data is
+        ``snapshot_file`` when given (``snapshot.data`` is then empty; the store adopts the
+        file even if it refuses the Ready); ``entries`` replace any stored entries from
+        ``entries[0].index`` on. Raises ``StorageError`` and stores
         nothing if the result would not be a well-formed log (a gap, an overlap with the
         snapshot, terms going backwards, commit past the last entry).
         """
@@ -147,6 +165,18 @@ class LogStore(Protocol):
         token for ``commit_snapshot``. May run concurrently with ``save_ready``."""
         ...
 
+    def prepare_snapshot_file(self, meta: SnapshotMeta, file: SnapshotFile) -> object:
+        """``prepare_snapshot`` for a snapshot whose data is ``file`` (adopted: moved in,
+        made durable), for ``commit_snapshot``. May run concurrently with ``save_ready``."""
+        ...
+
+    def open_snapshot(self, meta: SnapshotMeta) -> IO[bytes] | None:
+        """The stored snapshot's data, opened for reading (the caller closes it), if the
+        stored snapshot is the one at ``meta``'s index and term; None otherwise. May run
+        concurrently with the other calls: an open file stays readable when a newer
+        snapshot replaces it."""
+        ...
+
     def commit_snapshot(self, prepared: object, *, compact_to: int | None = None) -> None:
         """The quick half: record the prepared snapshot and drop the entries it covers (up
         to ``compact_to``, as for ``save_snapshot``), in one transaction. If the store
@@ -159,9 +189,19 @@ class LogStore(Protocol):
         ...
 
 
-def save_ready(store: LogStore, rd: Ready) -> None:
-    """Step 2 of a ``Ready``: its snapshot, entries and hard state, synced if it must be
-    (called from a worker thread, as every ``LogStore`` call)."""
+def save_ready(store: LogStore, rd: Ready, snapshot_file: SnapshotFile | None = None) -> None:
+    """Step 2 of a ``Ready``: its snapshot (its data in ``snapshot_file`` when given),
+    entries and hard state, synced if it must be (called from a worker thread, as every
+    ``LogStore`` call)."""
+    if snapshot_file is None:
+        store.save_ready(
+            hard_state=rd.hard_state, entries=rd.entries, snapshot=rd.snapshot, sync=rd.must_sync
+        )
+        return
     store.save_ready(
-        hard_state=rd.hard_state, entries=rd.entries, snapshot=rd.snapshot, sync=rd.must_sync
+        hard_state=rd.hard_state,
+        entries=rd.entries,
+        snapshot=rd.snapshot,
+        sync=rd.must_sync,
+        snapshot_file=snapshot_file,
     )

@@ -7,10 +7,19 @@ caller cannot alter stored state afterwards.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Sequence
+from typing import IO
 
-from framework.core import ConfState, Entry, HardState, Snapshot
-from framework.storage.base import StorageError, StoredState, check_compact_to, check_storable
+from framework.core import ConfState, Entry, HardState, Snapshot, SnapshotMeta
+from framework.storage.base import (
+    SnapshotFile,
+    StorageError,
+    StoredState,
+    check_compact_to,
+    check_storable,
+)
 
 __all__ = ["MemoryLogStore"]
 
@@ -54,7 +63,10 @@ class MemoryLogStore:
         entries: Sequence[Entry],
         snapshot: Snapshot | None,
         sync: bool,
+        snapshot_file: SnapshotFile | None = None,
     ) -> None:
+        if snapshot is not None and snapshot_file is not None:
+            snapshot = Snapshot(meta=snapshot.meta, data=_take(snapshot_file))
         # Check everything before changing anything: a refused Ready stores nothing.
         check_storable(hard_state, entries, snapshot)
         snap = snapshot if snapshot is not None else self._snapshot
@@ -84,6 +96,15 @@ class MemoryLogStore:
     def prepare_snapshot(self, snapshot: Snapshot) -> Snapshot:
         return snapshot  # nothing to write: memory holds it already
 
+    def prepare_snapshot_file(self, meta: SnapshotMeta, file: SnapshotFile) -> Snapshot:
+        return Snapshot(meta=meta, data=_take(file))
+
+    def open_snapshot(self, meta: SnapshotMeta) -> IO[bytes] | None:
+        stored = self._snapshot.meta
+        if (stored.index, stored.term) != (meta.index, meta.term):
+            return None
+        return io.BytesIO(self._snapshot.data)
+
     def commit_snapshot(self, prepared: object, *, compact_to: int | None = None) -> None:
         assert isinstance(prepared, Snapshot)
         self.save_snapshot(prepared, compact_to=compact_to)
@@ -98,3 +119,19 @@ class MemoryLogStore:
 
     def close(self) -> None:
         pass
+
+
+def _take(file: SnapshotFile) -> bytes:
+    """The bytes of ``file``, which is deleted (memory holds them now)."""
+    try:
+        data = file.path.read_bytes()
+    except OSError as exc:
+        raise StorageError(f"cannot read snapshot file {file.path}: {exc}") from exc
+    finally:
+        with contextlib.suppress(OSError):
+            file.path.unlink(missing_ok=True)
+    if len(data) != file.size:
+        raise StorageError(
+            f"snapshot file {file.path} holds {len(data)} bytes; expected {file.size}"
+        )
+    return data

@@ -55,20 +55,28 @@ The store is not thread-safe; the runtime calls it from one worker thread at a t
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import itertools
 import os
+import shutil
 import sqlite3
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import IO, Literal, NamedTuple
 
 import msgspec
 
 from framework.core import ConfState, Entry, EntryKind, HardState, Snapshot, SnapshotMeta
-from framework.storage.base import StorageError, StoredState, check_compact_to, check_storable
+from framework.storage.base import (
+    SnapshotFile,
+    StorageError,
+    StoredState,
+    check_compact_to,
+    check_storable,
+)
 from framework.storage.durable import fsync_directory
 
 if sys.platform != "win32":
@@ -282,6 +290,22 @@ class SQLiteLogStore:
         entries: Sequence[Entry],
         snapshot: Snapshot | None,
         sync: bool,
+        snapshot_file: SnapshotFile | None = None,
+    ) -> None:
+        try:
+            self._save_ready(hard_state, entries, snapshot, sync, snapshot_file)
+        finally:
+            if snapshot_file is not None:  # adopted, or refused: the store's to delete
+                with contextlib.suppress(OSError):
+                    snapshot_file.path.unlink(missing_ok=True)
+
+    def _save_ready(
+        self,
+        hard_state: HardState | None,
+        entries: Sequence[Entry],
+        snapshot: Snapshot | None,
+        sync: bool,
+        snapshot_file: SnapshotFile | None,
     ) -> None:
         conn = self._connection()
         self._require_initialized("save_ready")
@@ -308,7 +332,10 @@ class SQLiteLogStore:
         written = None
         if snapshot is not None:
             # From the leader; it replaces the whole log. The file goes first (rule 3).
-            written = self._write_snapshot_file(snapshot)
+            if snapshot_file is None:
+                written = self._write_snapshot_file(snapshot)
+            else:
+                written = self._adopt_snapshot_file(snapshot.meta, snapshot_file)
             level = _FULL
         else:
             level = _FULL if sync and self._sync_mode == "always" else _NORMAL
@@ -338,6 +365,25 @@ class SQLiteLogStore:
         the database nor the store's fields, so it may run beside ``save_ready``."""
         self._require_initialized("prepare_snapshot")
         return self._write_snapshot_file(snapshot, unique=True)
+
+    def prepare_snapshot_file(self, meta: SnapshotMeta, file: SnapshotFile) -> _SnapshotFile:
+        """``prepare_snapshot`` adopting ``file`` (moved into the snapshot directory under
+        a name no row refers to, fsynced)."""
+        self._require_initialized("prepare_snapshot_file")
+        return self._adopt_snapshot_file(meta, file, unique=True)
+
+    def open_snapshot(self, meta: SnapshotMeta) -> IO[bytes] | None:
+        """The committed snapshot's file, if it is the one at ``meta`` (its name says so:
+        the file of a newer snapshot is never taken for it)."""
+        name = self._snap_file
+        if name is None or not name.startswith(f"snap-{meta.term}-{meta.index}."):
+            return None
+        try:
+            return open(self._snap_dir / name, "rb")  # the caller closes it
+        except FileNotFoundError:
+            return None  # replaced meanwhile
+        except OSError as exc:
+            raise StorageError(f"cannot open snapshot file {self._snap_dir / name}: {exc}") from exc
 
     def commit_snapshot(self, prepared: object, *, compact_to: int | None = None) -> None:
         assert isinstance(prepared, _SnapshotFile), "commit_snapshot takes prepare_snapshot's"
@@ -554,12 +600,7 @@ class SQLiteLogStore:
         name no other writer can pick (``prepare_snapshot`` runs beside ``save_ready``,
         which may be writing a snapshot from the leader at the same index)."""
         meta = snapshot.meta
-        name = f"snap-{meta.term}-{meta.index}.bin"
-        if unique:
-            name = f"snap-{meta.term}-{meta.index}.{os.getpid()}-{next(_UNIQUE)}.bin"
-        elif name == self._snap_file:
-            # The same snapshot again: never overwrite the file the committed row names.
-            name = f"snap-{meta.term}-{meta.index}.1.bin"
+        name = self._snapshot_name(meta, unique=unique)
         data = snapshot.data
         final = self._snap_dir / name
         try:
@@ -577,6 +618,41 @@ class SQLiteLogStore:
         except OSError as exc:
             raise StorageError(f"cannot write snapshot file {final}: {exc}") from exc
         return _SnapshotFile(meta, name, len(data), hashlib.sha256(data).hexdigest())
+
+    def _adopt_snapshot_file(
+        self, meta: SnapshotMeta, file: SnapshotFile, *, unique: bool = False
+    ) -> _SnapshotFile:
+        """``_write_snapshot_file`` for data already in ``file``: fsynced and moved (not
+        copied) under its final name; copied only from another file system."""
+        name = self._snapshot_name(meta, unique=unique)
+        final = self._snap_dir / name
+        try:
+            size = file.path.stat().st_size
+            if size != file.size:
+                raise StorageError(
+                    f"snapshot file {file.path} holds {size} bytes; expected {file.size}"
+                )
+            try:
+                os.replace(file.path, final)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                shutil.copyfile(file.path, final)
+            with open(final, "rb") as f:
+                os.fsync(f.fileno())
+            fsync_directory(self._snap_dir)
+        except OSError as exc:
+            raise StorageError(f"cannot move snapshot file {file.path} to {final}: {exc}") from exc
+        return _SnapshotFile(meta, name, file.size, file.sha256)
+
+    def _snapshot_name(self, meta: SnapshotMeta, *, unique: bool) -> str:
+        name = f"snap-{meta.term}-{meta.index}.bin"
+        if unique:
+            return f"snap-{meta.term}-{meta.index}.{os.getpid()}-{next(_UNIQUE)}.bin"
+        if name == self._snap_file:
+            # The same snapshot again: never overwrite the file the committed row names.
+            return f"snap-{meta.term}-{meta.index}.1.bin"
+        return name
 
     @staticmethod
     def _replace_snapshot_row(conn: sqlite3.Connection, written: _SnapshotFile) -> None:
@@ -728,5 +804,3 @@ def _make_directory_durably(directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     for created in reversed(missing):
         fsync_directory(created.parent)
-
-

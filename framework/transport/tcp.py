@@ -119,11 +119,13 @@ from framework.transport.pool import LinkWrites, OutboundQueue, TransportPool
 from framework.transport.snapshot_stream import (
     DEFAULT_SNAPSHOT_CHUNK_SIZE,
     DEFAULT_SNAPSHOT_TIMEOUT,
+    Outgoing,
+    SnapshotReceiver,
     SnapshotRefused,
     SnapshotSends,
-    SnapshotSpool,
+    Source,
     chunk_size_for,
-    receive_snapshot,
+    open_source,
     send_snapshot,
 )
 from framework.transport.streams import (
@@ -409,18 +411,13 @@ class TcpTransport:
         )
         self._stream_snapshots = stream_snapshots
         self._chunk_size = chunk_size_for(max_frame_size, snapshot_chunk_size)
-        self._spool = SnapshotSpool()
+        self._receiver = SnapshotReceiver(node_id)
+        self._snapshot_source: Source | None = None
         self._snapshot_sends = SnapshotSends()
-        self._receiving_snapshots: dict[int, _Connection] = {}
-        """Per peer, the connection its snapshot is streaming in on."""
         self.snapshots_sent = 0
         """Snapshots streamed whole (the receiver acknowledged them)."""
-        self.snapshots_received = 0
-        """Snapshots that arrived whole and were delivered."""
         self.snapshots_failed = 0
         """Outbound transfers that failed or were refused."""
-        self.snapshots_refused = 0
-        """Inbound streams refused: too large, short of their size, or failing the checksum."""
         self._dialer = _TcpDialer(self)
         self._pool: ConnectionPool | None = None
         """The pool dialled traffic goes through while serving."""
@@ -492,7 +489,24 @@ class TcpTransport:
     def use_snapshot_dir(self, directory: Path) -> None:
         """Write inbound snapshot streams to temporary files in ``directory`` (the node's
         data directory) instead of the system's temporary directory."""
-        self._spool.use_directory(directory)
+        self._receiver.spool.use_directory(directory)
+
+    @property
+    def snapshots_received(self) -> int:
+        """Snapshots that arrived whole and were delivered."""
+        return self._receiver.received
+
+    @property
+    def snapshots_refused(self) -> int:
+        """Inbound streams refused: too large, short of their size, or failing the checksum."""
+        return self._receiver.refused
+
+    def use_snapshot_source(self, source: Source) -> bool:
+        """Stream a snapshot the kernel sends without its data from ``source`` (the
+        store's file). False: this transport does not stream snapshots
+        (``stream_snapshots=False``), so the kernel must keep their data."""
+        self._snapshot_source = source
+        return self._stream_snapshots
 
     def use_pool(self, pool: ConnectionPool) -> None:
         """Send dialled traffic through ``pool`` from now on; its caller runs it.
@@ -891,18 +905,23 @@ class TcpTransport:
     ) -> None:
         peer = msg.dst
         problem: str | None = None
+        out = None
         try:
             with scope:
                 address = self._peers.get(peer)
-                size = len(msg.snapshot.data)
+                out = await open_source(self._snapshot_source, msg)
                 if address is None:
                     problem = f"node {peer} is not in the address book"
-                elif size > self._max_message_size:
-                    problem = f"{size} bytes exceed max_message_size={self._max_message_size}"
+                elif out.size > self._max_message_size:
+                    problem = f"{out.size} bytes exceed max_message_size={self._max_message_size}"
                 else:
-                    problem = await self._stream_snapshot_to(peer, address, msg)
+                    problem = await self._stream_snapshot_to(peer, address, out)
+        except OSError as exc:
+            problem = f"cannot read the snapshot: {exc}"
         finally:
             self._snapshot_sends.end(msg, scope)
+            if out is not None:
+                await out.aclose()
         if scope.cancelled_caught:
             return  # replaced by a newer transfer
         index = msg.snapshot.meta.index
@@ -923,10 +942,8 @@ class TcpTransport:
         )
         state.inbox.peer_unreachable(peer)  # the kernel resends it (report_snapshot)
 
-    async def _stream_snapshot_to(
-        self, peer: int, address: str, msg: InstallSnapshot
-    ) -> str | None:
-        """Dial ``peer`` for ``msg`` and stream it; why it failed, or None once it arrived."""
+    async def _stream_snapshot_to(self, peer: int, address: str, out: Outgoing) -> str | None:
+        """Dial ``peer`` for ``out`` and stream it; why it failed, or None once it arrived."""
         try:
             stream = await self._connect(address)
         except LOST as exc:
@@ -938,60 +955,25 @@ class TcpTransport:
                 shaken = await self._guard(
                     conn, self._dial_handshake, conn, link, self._snapshot_hello
                 )
-                if shaken and await self._guard(conn, self._stream_snapshot_on, conn, msg):
+                if shaken and await self._guard(conn, self._stream_snapshot_on, conn, out):
                     conn.close("snapshot sent", level=logging.DEBUG)
                     return None
             return conn.reason or "the handshake failed"
 
-    async def _stream_snapshot_on(self, conn: _Connection, msg: InstallSnapshot) -> bool:
+    async def _stream_snapshot_on(self, conn: _Connection, out: Outgoing) -> bool:
         try:
             await send_snapshot(
                 conn.reader,
                 conn.writer,
-                msg,
+                out,
                 chunk_size=self._chunk_size,
                 timeout=self._snapshot_timeout,
                 observe=self._observe_snapshot,
             )
         except SnapshotRefused as exc:
-            conn.close(f"node {msg.dst} refused the snapshot: {exc}")
+            conn.close(f"node {out.message.dst} refused the snapshot: {exc}")
             return False
         return True
-
-    async def _receive_snapshot(self, conn: _Connection, peer_id: int, state: _Serving) -> None:
-        older = self._receiving_snapshots.get(peer_id)
-        if older is not None:
-            older.close(
-                f"replaced by a newer snapshot stream from node {peer_id}", level=logging.INFO
-            )
-        self._receiving_snapshots[peer_id] = conn
-        try:
-            msg = await receive_snapshot(
-                conn.reader,
-                conn.writer,
-                peer_id=peer_id,
-                node_id=self.node_id,
-                spool=self._spool,
-                max_size=self._max_message_size,
-                timeout=self._snapshot_timeout,
-                observe=self._observe_snapshot,
-            )
-        except SnapshotRefused as exc:
-            self.snapshots_refused += 1
-            conn.close(f"refused a snapshot stream from node {peer_id}: {exc}")
-            return
-        finally:
-            if self._receiving_snapshots.get(peer_id) is conn:
-                del self._receiving_snapshots[peer_id]
-        if msg is None:
-            conn.close(f"node {peer_id} said goodbye mid-snapshot")
-            return
-        self.snapshots_received += 1
-        conn.close(
-            f"received the snapshot at index {msg.snapshot.meta.index} from node {peer_id}",
-            level=logging.INFO,
-        )
-        state.inbox.deliver([msg])
 
     def _snapshot_timeout(self) -> float:
         policy = self._timeouts
@@ -1097,7 +1079,14 @@ class TcpTransport:
         await conn.writer.send(self._hello)
         conn.reader.set_limit(self._max_frame_size)
         if hello.role == "snapshot":
-            await self._receive_snapshot(conn, hello.node_id, state)
+            await self._receiver.serve(
+                conn,
+                hello.node_id,
+                state.inbox,
+                max_size=self._max_message_size,
+                timeout=self._snapshot_timeout,
+                observe=self._observe_snapshot,
+            )
         else:
             await self._run_peer(conn, state.links[hello.node_id], state)
 

@@ -27,7 +27,7 @@ from framework.config import load_settings
 from framework.core import Role
 from framework.runtime.node import NodeConfig, RaftNode
 from framework.runtime.snapshots import SPOOL_DIR
-from framework.storage import MemoryLogStore
+from framework.storage import LogStore, MemoryLogStore, SQLiteLogStore, StoredState
 from framework.transport.streams import FrameReader
 from framework.transport.tcp import TcpTransport
 
@@ -131,12 +131,14 @@ class TcpCluster:
     root: Path
     settings: Any
     stream_snapshots: bool = True
+    sqlite: bool = False
     ports: dict[int, int] = field(default_factory=dict)
     proxies: dict[int, Proxy] = field(default_factory=dict)
-    stores: dict[int, MemoryLogStore] = field(default_factory=dict)
+    stores: dict[int, LogStore] = field(default_factory=dict)
     nodes: dict[int, RaftNode] = field(default_factory=dict)
     transports: dict[int, TcpTransport] = field(default_factory=dict)
     scopes: dict[int, anyio.CancelScope] = field(default_factory=dict)
+    stopped: dict[int, anyio.Event] = field(default_factory=dict)
 
     @property
     def book(self) -> dict[int, str]:
@@ -159,18 +161,43 @@ class TcpCluster:
             settings=self.settings,
             data_dir=self.root / f"node{nid}",
         )
-        node = RaftNode(
-            config, store=self.stores.setdefault(nid, MemoryLogStore()), transport=transport
-        )
+        if self.sqlite:  # reopened on every start (a stopped node closed it)
+            self.stores[nid] = SQLiteLogStore(self.root / f"node{nid}")
+        elif nid not in self.stores:
+            self.stores[nid] = MemoryLogStore()
+        node = RaftNode(config, store=self.stores[nid], transport=transport)
         scope = anyio.CancelScope()
 
+        stopped = self.stopped[nid] = anyio.Event()
+
         async def run(*, task_status: anyio.abc.TaskStatus[None]) -> None:
-            with scope:
-                await node.run(task_status=task_status)
+            try:
+                with scope:
+                    await node.run(task_status=task_status)
+            finally:
+                stopped.set()
 
         await self.tg.start(run)
         self.nodes[nid], self.transports[nid], self.scopes[nid] = node, transport, scope
         return node
+
+    def stored(self, nid: int) -> StoredState:
+        """What ``nid``'s store holds (a stopped node's SQLite store, opened to look)."""
+        store = self.stores[nid]
+        if self.sqlite and nid not in self.nodes:
+            store = SQLiteLogStore(self.root / f"node{nid}")
+        try:
+            state = store.load()
+        finally:
+            if store is not self.stores[nid]:
+                store.close()
+        assert state is not None, f"node {nid}'s store was never initialized"
+        return state
+
+    async def stop(self, nid: int) -> None:
+        """``crash`` and wait until the node let go of its store."""
+        self.crash(nid)
+        await self.stopped[nid].wait()
 
     def crash(self, nid: int) -> None:
         self.scopes.pop(nid).cancel()
@@ -193,7 +220,9 @@ def _role(node: RaftNode) -> Role | None:
 
 
 @asynccontextmanager
-async def tcp_cluster(root: Path, *, stream_snapshots: bool = True) -> AsyncIterator[TcpCluster]:
+async def tcp_cluster(
+    root: Path, *, stream_snapshots: bool = True, sqlite: bool = False
+) -> AsyncIterator[TcpCluster]:
     settings = load_settings(
         overrides={
             "raft.snapshot_threshold_entries": 100,
@@ -202,7 +231,7 @@ async def tcp_cluster(root: Path, *, stream_snapshots: bool = True) -> AsyncIter
         }
     )
     async with anyio.create_task_group() as tg:
-        c = TcpCluster(tg, root, settings, stream_snapshots=stream_snapshots)
+        c = TcpCluster(tg, root, settings, stream_snapshots=stream_snapshots, sqlite=sqlite)
         for nid, port in zip((1, 2, 3), _free_ports(3), strict=True):
             c.ports[nid] = port
             c.proxies[nid] = Proxy(port)
@@ -219,22 +248,16 @@ async def _fall_behind(c: TcpCluster, keys: int, value_size: int) -> tuple[int, 
     """(leader, follower) once the follower, stopped, is behind the leader's snapshot."""
     leader = await c.wait_leader()
     follower = next(nid for nid in c.nodes if nid != leader)
-    c.crash(follower)
+    await c.stop(follower)
     async with c.client() as client:
         for i in range(keys):
             await client.put(f"k{i}", f"{i:>{value_size}}")
     kernel = c.nodes[leader].kernel
     assert kernel is not None
     with anyio.fail_after(20):
-        while (
-            kernel.snapshot.meta.index <= (c.stores[follower].load() or _none()).hard_state.commit
-        ):
+        while kernel.snapshot.meta.index <= c.stored(follower).hard_state.commit:
             await anyio.sleep(0.01)
     return leader, follower
-
-
-def _none() -> Any:
-    raise AssertionError("the follower's store was never initialized")
 
 
 async def _caught_up(node: RaftNode, keys: int, value_size: int) -> None:
@@ -244,28 +267,46 @@ async def _caught_up(node: RaftNode, keys: int, value_size: int) -> None:
     assert all(node.sm.read(f"k{i}") == f"{i:>{value_size}}" for i in range(keys))
 
 
-async def test_a_follower_is_caught_up_by_a_multi_chunk_streamed_snapshot(tmp_path: Path) -> None:
-    async with tcp_cluster(tmp_path) as c:
+@pytest.mark.parametrize("sqlite", [False, True], ids=["memory", "sqlite"])
+async def test_a_follower_is_caught_up_by_a_multi_chunk_streamed_snapshot(
+    tmp_path: Path, sqlite: bool
+) -> None:
+    async with tcp_cluster(tmp_path, sqlite=sqlite) as c:
         leader, follower = await _fall_behind(c, 300, 100)
         kernel = c.nodes[leader].kernel
-        assert kernel is not None and len(kernel.snapshot.data) > 6 * 4096  # many chunks
+        assert kernel is not None
+        # The leader's kernel holds its snapshot without the data: it streams from the file.
+        assert kernel.snapshot.data == b""
+        source = c.stores[leader].open_snapshot(kernel.snapshot.meta)
+        assert source is not None
+        with source:
+            assert len(source.read()) > 6 * 4096  # many chunks
         node = await c.start(follower)
         await _caught_up(node, 300, 100)
         assert c.transports[leader].snapshots_sent >= 1
         assert c.transports[follower].snapshots_received >= 1
         assert node.snapshots.accepted >= 1
         assert not any((tmp_path / f"node{follower}" / SPOOL_DIR).iterdir())
+        # Restored from the file the store adopted: the follower's kernel holds no data.
+        assert node.kernel is not None and node.kernel.snapshot.meta.index > 0
+        assert node.kernel.snapshot.data == b""
+        # Restarted, it restores from the snapshot its store adopted, before it serves.
+        installed = node.kernel.snapshot.meta.index
+        await c.stop(follower)
+        node = await c.start(follower)
+        assert node.kernel is not None and node.kernel.snapshot.meta.index >= installed
+        assert node.sm.applied_index >= installed and node.sm.read("k0") == f"{0:>100}"
+        await _caught_up(node, 300, 100)
 
 
 async def test_corrupt_and_truncated_streams_are_refused_unpersisted_then_a_retry_lands(
     tmp_path: Path,
 ) -> None:
     async with tcp_cluster(tmp_path) as c:
-        leader, follower = await _fall_behind(c, 300, 100)
+        _, follower = await _fall_behind(c, 300, 100)
         proxy = c.proxies[follower]
         proxy.plan = ["corrupt", "truncate", "hold"]
-        stored_before = c.stores[follower].load()
-        assert stored_before is not None
+        stored_before = c.stored(follower)
         node = await c.start(follower)
         with anyio.fail_after(60):
             await proxy.held.wait()  # the leader streamed again after each failure
@@ -273,16 +314,17 @@ async def test_corrupt_and_truncated_streams_are_refused_unpersisted_then_a_retr
         # file is left in the spool.
         assert c.transports[follower].snapshots_refused >= 1  # the flipped byte
         assert c.transports[follower].snapshots_received == 0
-        assert c.transports[leader].snapshots_failed >= 2
+        # Whoever streamed them (the leader may have changed meanwhile on a loaded machine).
+        assert sum(t.snapshots_failed for t in c.transports.values()) >= 2
         assert node.snapshots.accepted == 0
-        stored = c.stores[follower].load()
-        assert stored is not None and stored.snapshot == stored_before.snapshot
+        stored = c.stored(follower)
+        assert stored.snapshot == stored_before.snapshot
         assert not any((tmp_path / f"node{follower}" / SPOOL_DIR).iterdir())
         proxy.release.set()
         await _caught_up(node, 300, 100)
         assert node.snapshots.accepted >= 1
-        stored = c.stores[follower].load()
-        assert stored is not None and stored.snapshot.meta.index > 0
+        stored = c.stored(follower)
+        assert stored.snapshot.meta.index > 0
 
 
 async def test_heartbeats_keep_flowing_while_a_slow_snapshot_streams(tmp_path: Path) -> None:

@@ -8,13 +8,20 @@ before and after it, so a store that keeps something only in memory fails.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from framework.core import ConfState, Entry, EntryKind, HardState, Snapshot, SnapshotMeta
-from framework.storage import LogStore, MemoryLogStore, StorageError, StoredState
+from framework.storage import (
+    LogStore,
+    MemoryLogStore,
+    SnapshotFile,
+    StorageError,
+    StoredState,
+)
 from framework.storage.sqlite import SQLiteLogStore
 
 VOTERS = ConfState(voters=(1, 2, 3))
@@ -401,3 +408,101 @@ def test_compact_to_outside_the_snapshot_is_refused_and_nothing_changes(
     with pytest.raises(StorageError, match=f"compact_to={compact_to}: expected 0..10"):
         initialized.store.save_snapshot(snapshot(10, 1), compact_to=compact_to)
     assert initialized.load_after_reopen() == before
+
+
+# --------------------------------------------------------------------------------------------
+# snapshot files (SnapshotFile, open_snapshot)
+# --------------------------------------------------------------------------------------------
+
+
+def spooled(tmp_path: Path, data: bytes, name: str = "in.snapshot-partial") -> SnapshotFile:
+    """A snapshot's data written by the runtime, on the data directory's file system."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    return SnapshotFile(path=path, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+
+def read_stored(store: LogStore, meta: SnapshotMeta) -> bytes | None:
+    file = store.open_snapshot(meta)
+    if file is None:
+        return None
+    with file:
+        return file.read()
+
+
+def test_a_received_snapshot_file_is_adopted_and_replaces_the_whole_log(
+    initialized: StoreUnderTest, tmp_path: Path
+) -> None:
+    """save_ready: "its data is snapshot_file when given (snapshot.data is then empty; the
+    store adopts the file ...)"."""
+    append(initialized.store, entries(1, 5), commit=3)
+    data = bytes(range(256)) * 100
+    file = spooled(tmp_path, data)
+    snap = snapshot(10, 2, data=b"")
+    initialized.store.save_ready(
+        hard_state=HardState(term=2, vote=0, commit=10),
+        entries=[],
+        snapshot=snap,
+        sync=True,
+        snapshot_file=file,
+    )
+    assert not file.path.exists()  # moved in (or read and deleted), never left behind
+    state = initialized.load_after_reopen()
+    assert state.snapshot == Snapshot(meta=snap.meta, data=data)
+    assert state.entries == ()
+    assert read_stored(initialized.store, snap.meta) == data
+
+
+def test_a_snapshot_file_of_the_wrong_size_is_refused_and_nothing_is_stored(
+    initialized: StoreUnderTest, tmp_path: Path
+) -> None:
+    """save_ready: "all of it is stored or none of it" (the file's size is checked)."""
+    append(initialized.store, entries(1, 5), commit=3)
+    before = initialized.load()
+    good = spooled(tmp_path, b"x" * 100)
+    short = SnapshotFile(path=good.path, size=101, sha256=good.sha256)
+    with pytest.raises(StorageError, match="101"):
+        initialized.store.save_ready(
+            hard_state=None,
+            entries=[],
+            snapshot=snapshot(10, 2, data=b""),
+            sync=True,
+            snapshot_file=short,
+        )
+    assert not good.path.exists()
+    assert initialized.load_after_reopen() == before
+
+
+def test_a_local_snapshot_file_is_prepared_then_committed(
+    initialized: StoreUnderTest, tmp_path: Path
+) -> None:
+    """prepare_snapshot_file: "prepare_snapshot for a snapshot whose data is file"."""
+    append(initialized.store, entries(1, 8), commit=8)
+    data = b"local state" * 1000
+    meta = snapshot(6, 1).meta
+    token = initialized.store.prepare_snapshot_file(meta, spooled(tmp_path, data))
+    initialized.store.commit_snapshot(token, compact_to=4)
+    state = initialized.load_after_reopen()
+    assert state.snapshot == Snapshot(meta=meta, data=data)
+    assert [e.index for e in state.entries] == [5, 6, 7, 8]
+    assert read_stored(initialized.store, meta) == data
+
+
+def test_open_snapshot_opens_only_the_stored_snapshot(
+    initialized: StoreUnderTest, tmp_path: Path
+) -> None:
+    """open_snapshot: "if the stored snapshot is the one at meta's index and term; None
+    otherwise"; an open file stays readable when a newer snapshot replaces it."""
+    append(initialized.store, entries(1, 9), commit=9)
+    assert read_stored(initialized.store, snapshot(3, 1).meta) is None  # none stored yet
+    initialized.store.save_snapshot(snapshot(3, 1, data=b"three"))
+    assert read_stored(initialized.store, snapshot(3, 1).meta) == b"three"
+    assert read_stored(initialized.store, snapshot(3, 2).meta) is None  # another term
+    assert read_stored(initialized.store, snapshot(4, 1).meta) is None
+    file = initialized.store.open_snapshot(snapshot(3, 1).meta)
+    assert file is not None
+    with file:
+        initialized.store.save_snapshot(snapshot(7, 1, data=b"seven"))
+        assert file.read() == b"three"
+    assert read_stored(initialized.store, snapshot(3, 1).meta) is None
+    assert read_stored(initialized.store, snapshot(7, 1).meta) == b"seven"
