@@ -79,6 +79,7 @@ from framework.runtime.node_flags import NodeFlags
 from framework.runtime.node_health import NodeHealth
 from framework.runtime.node_services import NodeServices
 from framework.runtime.pending import Waiter
+from framework.runtime.ready_store import ReadyStore
 from framework.runtime.snapshots import (
     BadNodeSnapshot,
     InboundSnapshots,
@@ -90,7 +91,6 @@ from framework.runtime.tick_clock import TickClock
 from framework.seams import NodeStatus, Priority, QueueFull
 from framework.statemachine import KVStateMachine, StateMachine
 from framework.storage import LogStore, StorageError, StoredState
-from framework.storage.base import save_ready
 from framework.transport.base import Transport
 from framework.transport.wire import ClientRequest, ClientResponse
 
@@ -207,6 +207,12 @@ class RaftNode:
         )
         self._gauges = GaugeReadings()
         self.health = NodeHealth()
+        self.ready_store = ReadyStore(
+            self.store,
+            time_keeper=self._time_keeper,
+            on_persisted=self.health.on_persisted,
+            idle_after=self.settings.raft.heartbeat_tick * self.settings.raft.tick_interval,
+        )
         self.services = NodeServices(self)
         self.clients = ClientService(self)
         self.admin = AdminOps(self)
@@ -253,6 +259,9 @@ class RaftNode:
         finally:
             self.instruments.close()
             with anyio.CancelScope(shield=True):
+                if self.kernel is not None:
+                    with contextlib.suppress(StorageError):  # already reported by the loop
+                        await self.ready_store.flush(self.kernel)
                 await anyio.to_thread.run_sync(self.store.close)
                 self._fail_all("retry", f"node {self.id} is shutting down")
 
@@ -408,6 +417,8 @@ class RaftNode:
                 await self._apply_flag_change()
             if self.local_snapshots.pending:
                 await self.local_snapshots.step(kernel)
+            if self.ready_store.idle(self._now):
+                await self.ready_store.flush(kernel)
             await self._publish_status(force=False)
             self.clients.report_rejections()
             self._changed.set()
@@ -485,7 +496,7 @@ class RaftNode:
         if rd.messages:
             self._send(rd.messages)
         if rd.must_sync:  # entries, a snapshot, a term or a vote: before anything else
-            await self._store(kernel, rd)
+            self._now = await self.ready_store.write(kernel, rd)
         if rd.persisted_messages:
             self._send(rd.persisted_messages)
         if rd.snapshot is not None:
@@ -526,20 +537,8 @@ class RaftNode:
             for settle in settlements:
                 settle()
         if not rd.must_sync and rd.hard_state is not None:
-            # Only a commit index: the entries it commits are durable already, so the answers
-            # left first (one thread hop less on every write's path); stored before a snapshot.
-            await self._store(kernel, rd)
+            self.ready_store.defer(rd)  # only a commit index: stored later (ready_store.py)
         await self._maybe_snapshot(kernel)
-
-    async def _store(self, kernel: RawNode, rd: Ready) -> None:
-        self._time_keeper.waiting(kernel)
-        try:
-            await anyio.to_thread.run_sync(save_ready, self.store, rd)
-        finally:
-            self._time_keeper.done()
-        self._now = anyio.current_time()
-        if rd.entries:
-            self.health.on_persisted(rd.entries[-1].index, self._now)
 
     def _apply(self, entries: tuple[Entry, ...]) -> None:
         sm = self.sm
@@ -623,6 +622,7 @@ class RaftNode:
 
     async def _maybe_snapshot(self, kernel: RawNode) -> None:
         if self.local_snapshots.due(kernel):
+            await self.ready_store.flush(kernel)  # the commit index reaches the snapshot's
             await self.local_snapshots.begin(
                 kernel, members=dict(self.addresses), flags=self.flags.snapshot()
             )
