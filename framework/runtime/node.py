@@ -175,6 +175,8 @@ class RaftNode:
         self._settlements: list[Callable[[], None]] = []
         """Answers to writers, released after the Ready's status is published."""
         self._next_publish = 0.0
+        self._indexes = (0, 0, 0)
+        self._idle_publish = 0.0
         self._reads: list[tuple[bytes, object, Waiter]] = []
         self._actions: list[Callable[[RawNode], None]] = []
         self._waiting_apply: dict[int, tuple[int, Waiter]] = {}
@@ -383,7 +385,11 @@ class RaftNode:
     # == the loop =============================================================================
 
     async def _ticker(self) -> None:
-        interval = self.settings.raft.tick_interval
+        # Once per heartbeat interval, not per tick: every wake delivers all the ticks due
+        # by the clock (TickClock), and a leader only acts every heartbeat_tick ticks, so
+        # waking more often only costs an idle node CPU (a loop pass, a status check).
+        raft = self.settings.raft
+        interval = raft.tick_interval * raft.heartbeat_tick
         while True:
             await anyio.sleep(interval)
             self._time_keeper.keep()  # a leader's heartbeats while the loop waits on I/O
@@ -657,7 +663,8 @@ class RaftNode:
     async def _publish_status(self, *, force: bool = True) -> None:
         """Publish the node status; under load at most once per tick, unless the role,
         term, leader, membership or snapshot changed (commit and applied indexes on a
-        status page may be one tick stale; who leads and who is a member never are)."""
+        status page may be one tick stale; who leads and who is a member never are); an idle
+        node (no index moved) once a second, for its gauges."""
         kernel = self.kernel
         assert kernel is not None
         now = anyio.current_time()
@@ -668,9 +675,13 @@ class RaftNode:
             kernel.conf_state,
             kernel.snapshot.meta.index,
         )
-        if not force and identity == self._published and now < self._next_publish:
+        indexes = (kernel.log.committed, kernel.log.last_index(), self.sm.applied_index)
+        idle = indexes == self._indexes and now < self._idle_publish
+        if not force and identity == self._published and (now < self._next_publish or idle):
             return
         self._published = identity
+        self._indexes = indexes
+        self._idle_publish = now + 1.0
         self._next_publish = now + self.settings.raft.tick_interval
         st = kernel.status()
         self.stored_peers.observe(st.progress)
