@@ -66,7 +66,7 @@ from framework.core import (
     decode_conf_change,
 )
 from framework.flags import Evaluation
-from framework.metrics import GaugeReadings, NodeInstruments
+from framework.metrics import NodeInstruments
 from framework.plugins import PluginHost
 from framework.runtime.admin import AdminOps
 from framework.runtime.app_identity import AppIdentity
@@ -86,9 +86,10 @@ from framework.runtime.snapshots import (
     NodeSnapshot,
     decode_node_snapshot,
 )
+from framework.runtime.status_publisher import StatusPublisher
 from framework.runtime.stored_peers import StoredPeers
 from framework.runtime.tick_clock import TickClock
-from framework.seams import NodeStatus, Priority, QueueFull
+from framework.seams import Priority, QueueFull
 from framework.statemachine import KVStateMachine, StateMachine
 from framework.storage import LogStore, StorageError, StoredState
 from framework.transport.base import Transport
@@ -170,13 +171,8 @@ class RaftNode:
         """Peers reported unreachable and not heard from since (for peer up/down hooks)."""
         self._flag_waiters: list[anyio.Event] = []
         """Node-local flag requests waiting for their re-evaluation (and swap) to finish."""
-        self._last_role = ""
-        self._published: tuple[object, ...] = ()
         self._settlements: list[Callable[[], None]] = []
         """Answers to writers, released after the Ready's status is published."""
-        self._next_publish = 0.0
-        self._indexes = (0, 0, 0)
-        self._idle_publish = 0.0
         self._reads: list[tuple[bytes, object, Waiter]] = []
         self._actions: list[Callable[[RawNode], None]] = []
         self._waiting_apply: dict[int, tuple[int, Waiter]] = {}
@@ -207,8 +203,8 @@ class RaftNode:
             address_problem=self._address_problem,
             deliver=self._deliver_checked,
         )
-        self._gauges = GaugeReadings()
         self.health = NodeHealth()
+        self.status_publisher = StatusPublisher(self)
         self.ready_store = ReadyStore(
             self.store,
             time_keeper=self._time_keeper,
@@ -221,7 +217,7 @@ class RaftNode:
         self.instruments = NodeInstruments(
             node_id=self.id,
             cluster_id=config.cluster_id,
-            readings=lambda: self._gauges,
+            readings=lambda: self.status_publisher.gauges,
             meter_provider=meter_provider,
         )
 
@@ -249,7 +245,7 @@ class RaftNode:
                 self.instruments.set_mode(n for n, ev in self.flags.current.items() if ev.value)
                 for ev in self.flags.current.values():
                     self._notify_flag(ev)
-                await self._publish_status()
+                await self.status_publisher.publish()
                 self.transport.set_peers(self._peer_addresses())
                 await tg.start(self.transport.serve, self, self)
                 tg.start_soon(self._ticker)
@@ -425,7 +421,7 @@ class RaftNode:
                 await self.local_snapshots.step(kernel)
             if self.ready_store.idle(self._now):
                 await self.ready_store.flush(kernel)
-            await self._publish_status(force=False)
+            await self.status_publisher.publish(force=False)
             self.clients.report_rejections()
             self._changed.set()
             self._changed = anyio.Event()
@@ -538,7 +534,7 @@ class RaftNode:
         if self._settlements:
             # Writers are answered once the status they may read next reflects their write
             # (a membership change, say): publish first, then settle.
-            await self._publish_status(force=False)
+            await self.status_publisher.publish(force=False)
             settlements, self._settlements = self._settlements, []
             for settle in settlements:
                 settle()
@@ -657,77 +653,6 @@ class RaftNode:
     async def status(self) -> dict[str, Any]:
         """The status page (``AdminOps.status``)."""
         return await self.admin.status()
-
-    # == status ===============================================================================
-
-    async def _publish_status(self, *, force: bool = True) -> None:
-        """Publish the node status; under load at most once per tick, unless the role,
-        term, leader, membership or snapshot changed (commit and applied indexes on a
-        status page may be one tick stale; who leads and who is a member never are); an idle
-        node (no index moved) once a second, for its gauges."""
-        kernel = self.kernel
-        assert kernel is not None
-        now = anyio.current_time()
-        identity = (
-            kernel.role,
-            kernel.term,
-            kernel.leader,
-            kernel.conf_state,
-            kernel.snapshot.meta.index,
-        )
-        indexes = (kernel.log.committed, kernel.log.last_index(), self.sm.applied_index)
-        idle = indexes == self._indexes and now < self._idle_publish
-        if not force and identity == self._published and (now < self._next_publish or idle):
-            return
-        self._published = identity
-        self._indexes = indexes
-        self._idle_publish = now + 1.0
-        self._next_publish = now + self.settings.raft.tick_interval
-        st = kernel.status()
-        self.stored_peers.observe(st.progress)
-        self._gauges = GaugeReadings.collect(
-            self.components,
-            term=st.term,
-            is_leader=st.role is Role.LEADER,
-            commit=st.commit,
-            applied=self.sm.applied_index,
-        )
-        await self.components.status_store.publish(
-            NodeStatus(
-                node_id=self.id,
-                role=st.role.value,
-                term=st.term,
-                leader=st.leader,
-                commit=st.commit,
-                applied=self.sm.applied_index,
-                first_index=st.first_index,
-                last_index=st.last_index,
-                snapshot_index=kernel.snapshot.meta.index,
-                voters=st.conf_state.voters,
-                learners=st.conf_state.learners,
-                progress=st.progress,
-            )
-        )
-        role = f"{st.role.value}:{st.leader}:{st.term}"
-        if role != self._last_role:
-            previous_leader = self._last_role.split(":")[1] if self._last_role else ""
-            self._last_role = role
-            self.host.notify(
-                "raftmw_on_role_change",
-                node_id=self.id,
-                role=st.role.value,
-                term=st.term,
-                leader=st.leader,
-            )
-            if st.role is Role.LEADER:
-                self.components.metrics.add("elections_won")
-                self.instruments.on_election_won()
-            if previous_leader != str(st.leader):
-                self.components.metrics.add("leader_changes")
-                self.instruments.on_leader_change()
-                self.host.notify(
-                    "raftmw_on_leader_change", node_id=self.id, leader=st.leader, term=st.term
-                )
 
     # == flags ==================================================================================
 
