@@ -495,7 +495,7 @@ class RaftNode:
             waiter.fail("overloaded", "uncommitted entries exceed max_uncommitted_entries_size")
 
     async def _handle_ready(self, kernel: RawNode, rd: Ready) -> None:
-        if rd.messages:
+        if rd.messages and rd.must_sync:  # appends leave before the local write (§10.2.1)
             self._send(rd.messages)
         if rd.must_sync:  # entries, a snapshot, a term or a vote: before anything else
             self._now = await self.ready_store.write(kernel, rd)
@@ -538,6 +538,10 @@ class RaftNode:
             settlements, self._settlements = self._settlements, []
             for settle in settlements:
                 settle()
+        if rd.messages and not rd.must_sync:
+            # Nothing is stored first: the answers leave before these (a commit's broadcast,
+            # heartbeats), which no client waits on.
+            self._send(rd.messages)
         if not rd.must_sync and rd.hard_state is not None:
             self.ready_store.defer(rd)  # only a commit index: stored later (ready_store.py)
         await self._maybe_snapshot(kernel)
