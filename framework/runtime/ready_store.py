@@ -13,8 +13,9 @@ transaction on the Ready loop, and a single writer's next request waits for both
 
 So such a hard state is *deferred*: kept here and written with the next store transaction
 (the next Ready with entries, a term, a vote or a snapshot carries the newest hard state
-anyway, or this one when it has none), or on its own once no store has happened for a
-heartbeat interval (an idle node), before a local snapshot is taken, and at shutdown.
+anyway, or this one when it has none), or on its own once no store has happened for an
+election timeout (an idle node: a busy one on a starved machine can go a heartbeat
+interval between two appends), before a local snapshot is taken, and at shutdown.
 What is stored is never ahead of what the kernel had committed, so a restart only replays
 fewer entries at first and learns the rest from the leader; ``load()``'s checks still hold
 (the commit index never passes the last stored index: committed entries are never
@@ -76,7 +77,7 @@ class ReadyStore:
         self.deferred = rd.hard_state
 
     def idle(self, now: float) -> bool:
-        """A deferred hard state waits and no store happened for a heartbeat interval."""
+        """A deferred hard state waits and no store happened for ``idle_after`` seconds."""
         return self.deferred is not None and now - self._last_store >= self._idle_after
 
     async def flush(self, kernel: RawNode) -> None:

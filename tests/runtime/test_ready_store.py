@@ -1,6 +1,6 @@
 """A Ready that only moves the commit index costs no store transaction of its own while
 writes keep coming: its hard state goes with the next store (``ready_store.py``), or alone
-once the node has stored nothing for a heartbeat interval, before a snapshot, at shutdown."""
+once the node has stored nothing for an election timeout, before a snapshot, at shutdown."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ async def test_sequential_writes_carry_the_previous_commit_with_their_entries() 
     """Before: every write cost the leader a commit-only transaction after its answer, and
     the next write's proposal waited behind it; no entry save carried a commit index."""
     store = RecordingStore()
-    # A long heartbeat interval keeps the idle flush out of the way of 20 quick writes.
+    # A long election timeout keeps the idle flush out of the way of 20 quick writes.
     settings = _settings(**{"raft.heartbeat_tick": 40, "raft.election_tick": 80})
     async with anyio.create_task_group() as tg:
         c = Cluster(network=MemoryNetwork(seed=7), tg=tg, settings=settings)
