@@ -67,7 +67,7 @@ from framework.core import (
     decode_conf_change,
 )
 from framework.flags import Evaluation
-from framework.metrics import GaugeReadings, NodeInstruments
+from framework.metrics import NodeInstruments
 from framework.plugins import PluginHost
 from framework.runtime.admin import AdminOps
 from framework.runtime.app_identity import AppIdentity
@@ -80,14 +80,15 @@ from framework.runtime.node_flags import NodeFlags
 from framework.runtime.node_health import NodeHealth
 from framework.runtime.node_services import NodeServices
 from framework.runtime.pending import Waiter
+from framework.runtime.ready_store import ReadyStore
 from framework.runtime.snapshots import InboundSnapshots, NodeSnapshot, restore_snapshot
+from framework.runtime.status_publisher import StatusPublisher
 from framework.runtime.stored_peers import StoredPeers
 from framework.runtime.tick_clock import TickClock
 from framework.runtime.ticker import run_ticker
-from framework.seams import NodeStatus, Priority, QueueFull
+from framework.seams import Priority, QueueFull
 from framework.statemachine import KVStateMachine, StateMachine
 from framework.storage import LogStore, StorageError, StoredState
-from framework.storage.base import save_ready
 from framework.transport.base import Transport
 from framework.transport.snapshot_stream import ReceivedSnapshot
 from framework.transport.wire import ClientRequest, ClientResponse
@@ -168,11 +169,8 @@ class RaftNode:
         """Peers reported unreachable and not heard from since (for peer up/down hooks)."""
         self._flag_waiters: list[anyio.Event] = []
         """Node-local flag requests waiting for their re-evaluation (and swap) to finish."""
-        self._last_role = ""
-        self._published: tuple[object, ...] = ()
         self._settlements: list[Callable[[], None]] = []
         """Answers to writers, released after the Ready's status is published."""
-        self._next_publish = 0.0
         self._reads: list[tuple[bytes, object, Waiter]] = []
         self._actions: list[Callable[[RawNode], None]] = []
         self._waiting_apply: dict[int, tuple[int, Waiter]] = {}
@@ -203,15 +201,21 @@ class RaftNode:
             address_problem=self._address_problem,
             deliver=self._deliver_checked,
         )
-        self._gauges = GaugeReadings()
         self.health = NodeHealth()
+        self.status_publisher = StatusPublisher(self)
+        self.ready_store = ReadyStore(
+            self.store,
+            time_keeper=self._time_keeper,
+            on_persisted=self.health.on_persisted,
+            idle_after=self.settings.raft.election_tick * self.settings.raft.tick_interval,
+        )
         self.services = NodeServices(self)
         self.clients = ClientService(self)
         self.admin = AdminOps(self)
         self.instruments = NodeInstruments(
             node_id=self.id,
             cluster_id=config.cluster_id,
-            readings=lambda: self._gauges,
+            readings=lambda: self.status_publisher.gauges,
             meter_provider=meter_provider,
         )
 
@@ -239,10 +243,14 @@ class RaftNode:
                 self.instruments.set_mode(n for n, ev in self.flags.current.items() if ev.value)
                 for ev in self.flags.current.values():
                     self._notify_flag(ev)
-                await self._publish_status()
+                await self.status_publisher.publish()
                 self.transport.set_peers(self._peer_addresses())
                 await tg.start(self.transport.serve, self, self)
-                interval = self.settings.raft.tick_interval
+                # Once per heartbeat interval, not per tick: every wake delivers all the
+                # ticks due by the clock (TickClock), and a leader only acts every
+                # heartbeat_tick ticks, so waking more often only costs an idle node CPU.
+                raft = self.settings.raft
+                interval = raft.tick_interval * raft.heartbeat_tick
                 tg.start_soon(run_ticker, interval, self._on_tick, self.health.on_tick)
                 tg.start_soon(self._ready_loop)
                 self.services.build()
@@ -252,6 +260,9 @@ class RaftNode:
         finally:
             self.instruments.close()
             with anyio.CancelScope(shield=True):
+                if self.kernel is not None:
+                    with contextlib.suppress(StorageError):  # already reported by the loop
+                        await self.ready_store.flush(self.kernel)
                 await anyio.to_thread.run_sync(self.store.close)
                 self._fail_all("retry", f"node {self.id} is shutting down")
 
@@ -400,7 +411,9 @@ class RaftNode:
                 await self._apply_flag_change()
             if self.local_snapshots.pending:
                 await self.local_snapshots.step(kernel)
-            await self._publish_status(force=False)
+            if self.ready_store.idle(self._now):
+                await self.ready_store.flush(kernel)
+            await self.status_publisher.publish(force=False)
             self.clients.report_rejections()
             self._changed.set()
             self._changed = anyio.Event()
@@ -474,10 +487,11 @@ class RaftNode:
             waiter.fail("overloaded", "uncommitted entries exceed max_uncommitted_entries_size")
 
     async def _handle_ready(self, kernel: RawNode, rd: Ready) -> None:
-        if rd.messages:
+        if rd.messages and rd.must_sync:  # appends leave before the local write (§10.2.1)
             self._send(rd.messages)
         if rd.must_sync:  # entries, a snapshot, a term or a vote: before anything else
-            await self._store(kernel, rd)
+            file = self.snapshots.take_file(rd.snapshot)
+            self._now = await self.ready_store.write(kernel, rd, file)
         if rd.persisted_messages:
             self._send(rd.persisted_messages)
         if rd.snapshot is not None:
@@ -513,26 +527,17 @@ class RaftNode:
         if self._settlements:
             # Writers are answered once the status they may read next reflects their write
             # (a membership change, say): publish first, then settle.
-            await self._publish_status(force=False)
+            await self.status_publisher.publish(force=False)
             settlements, self._settlements = self._settlements, []
             for settle in settlements:
                 settle()
+        if rd.messages and not rd.must_sync:
+            # Nothing is stored first: the answers leave before these (a commit's broadcast,
+            # heartbeats), which no client waits on.
+            self._send(rd.messages)
         if not rd.must_sync and rd.hard_state is not None:
-            # Only a commit index: the entries it commits are durable already, so the answers
-            # left first (one thread hop less on every write's path); stored before a snapshot.
-            await self._store(kernel, rd)
+            self.ready_store.defer(rd)  # only a commit index: stored later (ready_store.py)
         await self._maybe_snapshot(kernel)
-
-    async def _store(self, kernel: RawNode, rd: Ready) -> None:
-        self._time_keeper.waiting(kernel)
-        try:
-            file = self.snapshots.take_file(rd.snapshot)
-            await anyio.to_thread.run_sync(save_ready, self.store, rd, file)
-        finally:
-            self._time_keeper.done()
-        self._now = anyio.current_time()
-        if rd.entries:
-            self.health.on_persisted(rd.entries[-1].index, self._now)
 
     def _apply(self, entries: tuple[Entry, ...]) -> None:
         sm = self.sm
@@ -616,6 +621,7 @@ class RaftNode:
 
     async def _maybe_snapshot(self, kernel: RawNode) -> None:
         if self.local_snapshots.due(kernel):
+            await self.ready_store.flush(kernel)  # the commit index reaches the snapshot's
             await self.local_snapshots.begin(
                 kernel, members=dict(self.addresses), flags=self.flags.snapshot()
             )
@@ -644,72 +650,6 @@ class RaftNode:
     async def status(self) -> dict[str, Any]:
         """The status page (``AdminOps.status``)."""
         return await self.admin.status()
-
-    # == status ===============================================================================
-
-    async def _publish_status(self, *, force: bool = True) -> None:
-        """Publish the node status; under load at most once per tick, unless the role,
-        term, leader, membership or snapshot changed (commit and applied indexes on a
-        status page may be one tick stale; who leads and who is a member never are)."""
-        kernel = self.kernel
-        assert kernel is not None
-        now = anyio.current_time()
-        identity = (
-            kernel.role,
-            kernel.term,
-            kernel.leader,
-            kernel.conf_state,
-            kernel.snapshot.meta.index,
-        )
-        if not force and identity == self._published and now < self._next_publish:
-            return
-        self._published = identity
-        self._next_publish = now + self.settings.raft.tick_interval
-        st = kernel.status()
-        self.stored_peers.observe(st.progress)
-        self._gauges = GaugeReadings.collect(
-            self.components,
-            term=st.term,
-            is_leader=st.role is Role.LEADER,
-            commit=st.commit,
-            applied=self.sm.applied_index,
-        )
-        await self.components.status_store.publish(
-            NodeStatus(
-                node_id=self.id,
-                role=st.role.value,
-                term=st.term,
-                leader=st.leader,
-                commit=st.commit,
-                applied=self.sm.applied_index,
-                first_index=st.first_index,
-                last_index=st.last_index,
-                snapshot_index=kernel.snapshot.meta.index,
-                voters=st.conf_state.voters,
-                learners=st.conf_state.learners,
-                progress=st.progress,
-            )
-        )
-        role = f"{st.role.value}:{st.leader}:{st.term}"
-        if role != self._last_role:
-            previous_leader = self._last_role.split(":")[1] if self._last_role else ""
-            self._last_role = role
-            self.host.notify(
-                "raftmw_on_role_change",
-                node_id=self.id,
-                role=st.role.value,
-                term=st.term,
-                leader=st.leader,
-            )
-            if st.role is Role.LEADER:
-                self.components.metrics.add("elections_won")
-                self.instruments.on_election_won()
-            if previous_leader != str(st.leader):
-                self.components.metrics.add("leader_changes")
-                self.instruments.on_leader_change()
-                self.host.notify(
-                    "raftmw_on_leader_change", node_id=self.id, leader=st.leader, term=st.term
-                )
 
     # == flags ==================================================================================
 

@@ -199,7 +199,9 @@ class FrameWriter:
 
     def __init__(self, stream: anyio.abc.ByteSendStream) -> None:
         self._stream = stream
-        self._lock = anyio.Lock()
+        # fast_acquire: a free lock is taken without first yielding to the event loop, so a
+        # frame leaves now instead of behind every task that is ready to run (issue #15).
+        self._lock = anyio.Lock(fast_acquire=True)
         self.torn = False
 
     async def send(self, frame: bytes) -> None:
