@@ -283,7 +283,8 @@ async def test_a_follower_is_caught_up_by_a_multi_chunk_streamed_snapshot(
             assert len(source.read()) > 6 * 4096  # many chunks
         node = await c.start(follower)
         await _caught_up(node, 300, 100)
-        assert c.transports[leader].snapshots_sent >= 1
+        # Whoever streamed it (the leader may have changed meanwhile on a loaded machine).
+        assert sum(t.snapshots_sent for n, t in c.transports.items() if n != follower) >= 1
         assert c.transports[follower].snapshots_received >= 1
         assert node.snapshots.accepted >= 1
         assert not any((tmp_path / f"node{follower}" / SPOOL_DIR).iterdir())
