@@ -7,10 +7,13 @@ One process runs a ``TcpTransport`` on loopback that answers every request at on
 Raft behind it) and one ``KVClient`` whose ``--writers`` tasks each put, wait and put again
 until ``--requests`` are answered. It prints one line: CPU (``time.process_time``, the
 server's share included, the same for every client version) and wall time per request,
-and the machine's load average. Run it alternately against two trees to compare them:
+and the machine's load average. Run it alternately against two trees to compare them,
+for example 7 pairs, each run timed as a whole process:
 
-    farm-bench -n 7 -- sh -c 'PYTHONPATH=NEW exec python benchmarks/bench_client_path.py >>a'
-        --vs "sh -c 'PYTHONPATH=OLD exec python benchmarks/bench_client_path.py >>b'"
+    for i in 1 2 3 4 5 6 7; do
+        PYTHONPATH=NEW /usr/bin/time -f "new %U %S" python benchmarks/bench_client_path.py
+        PYTHONPATH=OLD /usr/bin/time -f "old %U %S" python benchmarks/bench_client_path.py
+    done
 """
 
 from __future__ import annotations
