@@ -112,10 +112,17 @@ class ReadyStore:
         sync: bool,
         snapshot_file: SnapshotFile | None,
     ) -> None:
+        entries = () if rd is None else rd.entries
+        snapshot = None if rd is None else rd.snapshot
+        if snapshot_file is None:  # a store written before snapshot files takes no such keyword
+            self._store.save_ready(
+                hard_state=hard_state, entries=entries, snapshot=snapshot, sync=sync
+            )
+            return
         self._store.save_ready(
             hard_state=hard_state,
-            entries=() if rd is None else rd.entries,
-            snapshot=None if rd is None else rd.snapshot,
+            entries=entries,
+            snapshot=snapshot,
             sync=sync,
             snapshot_file=snapshot_file,
         )

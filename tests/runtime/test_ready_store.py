@@ -14,7 +14,7 @@ from framework.runtime.kernel_inputs import TimeKeeper
 from framework.runtime.ready_store import ReadyStore
 from framework.storage import MemoryLogStore
 from framework.transport.memory import MemoryNetwork
-from tests.runtime.test_node_memory import Cluster, _settings
+from tests.runtime.inprocess_cluster import Cluster, fast_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -96,7 +96,7 @@ async def test_sequential_writes_carry_the_previous_commit_with_their_entries() 
     the next write's proposal waited behind it; no entry save carried a commit index."""
     store = RecordingStore()
     # A long election timeout keeps the idle flush out of the way of 20 quick writes.
-    settings = _settings(**{"raft.heartbeat_tick": 40, "raft.election_tick": 80})
+    settings = fast_settings(**{"raft.heartbeat_tick": 40, "raft.election_tick": 80})
     async with anyio.create_task_group() as tg:
         c = Cluster(network=MemoryNetwork(seed=7), tg=tg, settings=settings)
         c.stores[1] = store
