@@ -331,6 +331,8 @@ class RawNode:
         self._prev_hard = hs
         self._outstanding: Ready | None = None
         self._outstanding_conf: list[Entry] = []
+        self._removed_from: tuple[int, ...] = ()
+        """The voters of the membership this kernel applied its own removal from."""
         """The membership changes among the outstanding Ready's committed entries."""
         self._step_role: Callable[[Message], None] = self._step_follower
         self._tick: Callable[[], None] = self._tick_election
@@ -971,8 +973,11 @@ class RawNode:
         end in entries it lacks (appended while we led, never committed): refusing it for
         them would leave the cluster without an electable voter for good.
         """
-        conf = self.conf_state
-        return conf.voters == (candidate,) and self.id not in conf.members()
+        # Only a removal this kernel applied counts: after a restart the membership is
+        # rebuilt entry by entry, and while only "add voter 1" is re-applied it reads
+        # {1} without us, which is no removal at all (simulator seed 101277: a vote so
+        # granted elected a leader without a committed entry).
+        return self._removed_from == tuple(sorted((self.id, candidate)))
 
     def _send(self, msg: Message) -> None:
         if self.role is Role.LEADER and isinstance(msg, _LEADER_ONLY_IMMEDIATE):
@@ -1404,8 +1409,12 @@ class RawNode:
             if nid not in voters:
                 learners.add(nid)
         else:
+            if nid == self.id and nid in voters:
+                self._removed_from = tuple(sorted(voters))
             voters.discard(nid)
             learners.discard(nid)
+        if nid == self.id and change.type is not ConfChangeType.REMOVE:
+            self._removed_from = ()  # added back: a member again
         self.conf_state = ConfState(voters=tuple(sorted(voters)), learners=tuple(sorted(learners)))
         if self.role is not Role.LEADER:
             return

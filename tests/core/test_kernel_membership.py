@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from kernel_harness import Cluster, ack, drain, fingerprint, make_leader, make_stable_leader
 
@@ -11,8 +13,15 @@ from framework.core import (
     ConfChange,
     ConfChangeRejected,
     ConfChangeType,
+    Entry,
+    HardState,
+    RaftConfig,
+    RawNode,
     Ready,
     Role,
+    VoteRequest,
+    VoteResponse,
+    encode_conf_change,
 )
 from framework.core.entries import EntryKind
 
@@ -448,3 +457,28 @@ def test_a_membership_change_applied_in_a_later_ready_still_syncs_its_commit() -
     assert second.must_sync
     node.advance(second)
     assert node.conf_state.learners == (4,)
+
+
+def test_a_restarted_node_replaying_its_log_grants_no_log_free_vote() -> None:
+    """After a restart the membership is rebuilt entry by entry: with only "add voter 1"
+    re-applied, it reads {1}, without this node, which looks like a removal from {1, 2}
+    but is none. A vote granted then without the log check elected a leader that lacked a
+    committed entry (simulator sweep, seed 101277); only a removal the kernel applied
+    counts."""
+    bootstrap = [
+        Entry(1, i, EntryKind.CONF_CHANGE, encode_conf_change(_change("add_voter", v)))
+        for i, v in enumerate((1, 2, 3), start=1)
+    ]
+    entries = [*bootstrap, Entry(2, 4, EntryKind.NOOP, b""), Entry(2, 5, EntryKind.NORMAL, b"x")]
+    node = RawNode(
+        RaftConfig(id=2, max_committed_per_ready=1),
+        rng=random.Random(2),
+        hard_state=HardState(term=2, vote=0, commit=5),
+        entries=entries,
+    )
+    rd = node.ready()
+    node.advance(rd)
+    assert node.conf_state.voters == (1,)  # mid-replay
+    node.step(VoteRequest(src=1, dst=2, term=3, last_index=3, last_term=1))
+    (response,) = [m for m in drain(node) if isinstance(m, VoteResponse)]
+    assert not response.granted
