@@ -49,10 +49,11 @@ Rules kept, with the section of the Raft paper (P) or Ongaro's dissertation (D):
   4. a commit index that covers a membership change is synced before the change is
      applied (``Ready.must_sync``): a node must never act on a membership and then, after a
      crash, count with the one before it (the node that change removed may be gone);
-  5. a node removed from a membership of two grants the voter left its vote without the
-     log check (``_successor_after_removal``, with the argument): that voter holds every
-     committed entry, and refusing it for uncommitted entries of our own would leave no
-     electable voter.
+  5. a node that has itself applied its removal from a membership of two grants the voter
+     left its vote without the log check (``_successor_after_removal``, with the
+     argument): that voter holds every committed entry, and refusing it for uncommitted
+     entries of our own would leave no electable voter. Not a membership merely read as
+     "two without us": mid-replay after a restart, the applied membership is a prefix.
   A candidate that does not yet *know* a change committed still counts with an older
   membership; no proof is given here that (1)-(5) exclude every such case. The evidence is
   the simulator (membership changes through one- and two-voter clusters, apply lag, inputs
