@@ -395,6 +395,20 @@ def test_removed_node_grants_no_log_free_vote_to_anyone_but_the_voter_left() -> 
     assert not c2.node(2)._successor_after_removal(1)
 
 
+def _commit_reaches_node_2(c: Cluster) -> None:
+    """Replicate what leader 1 proposed, commit it, and deliver the commit to node 2 only
+    (its next Ready is not yet taken)."""
+    c.process_ready(1)
+    c.deliver()
+    for nid in (2, 3):
+        c.process_ready(nid)
+    c.deliver(1)
+    c.process_ready(1)
+    c.tick_heartbeat(1)
+    c.process_ready(1)
+    c.deliver(2)
+
+
 def test_a_commit_that_covers_a_membership_change_is_synced_before_it_applies() -> None:
     """A commit index is normally stored unsynced (the leader can tell it again), but once
     it covers a membership change the node acts on that change, and the node that change
@@ -404,15 +418,7 @@ def test_a_commit_that_covers_a_membership_change_is_synced_before_it_applies() 
     c = _cluster()
 
     def commit_reaches_node_2() -> Ready:
-        c.process_ready(1)
-        c.deliver()
-        for nid in (2, 3):
-            c.process_ready(nid)
-        c.deliver(1)
-        c.process_ready(1)
-        c.tick_heartbeat(1)
-        c.process_ready(1)
-        c.deliver(2)
+        _commit_reaches_node_2(c)
         rd = c.node(2).ready()
         assert not rd.entries and rd.hard_state is not None and rd.committed_entries
         return rd
@@ -437,15 +443,7 @@ def test_a_membership_change_applied_in_a_later_ready_still_syncs_its_commit() -
     c = _cluster(max_committed_per_ready=1)
     c.propose(1, b"before")
     c.node(1).propose_conf_change(_change("add_learner", 4))
-    c.process_ready(1)
-    c.deliver()
-    for nid in (2, 3):
-        c.process_ready(nid)
-    c.deliver(1)
-    c.process_ready(1)
-    c.tick_heartbeat(1)
-    c.process_ready(1)
-    c.deliver(2)
+    _commit_reaches_node_2(c)
     node = c.node(2)
     first = node.ready()
     assert [e.kind for e in first.committed_entries] == [EntryKind.NORMAL]
