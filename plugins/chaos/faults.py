@@ -11,17 +11,20 @@ off stops the faults at once (messages already delayed still leave late).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 
 from framework.config import SettingsError, parse_duration
+from framework.transport.snapshot_stream import hand_over
 
 __all__ = ["SEAMS", "ChaosConfig", "ChaosFault", "ChaosStore", "ChaosSwitch", "ChaosTransport"]
 
@@ -176,6 +179,7 @@ class ChaosTransport:
         self.switch = switch
         self.dropped = 0
         self._later: Any = None
+        self._tg: TaskGroup | None = None
         self._jitter = random.Random(node_id)
 
     async def serve(self, inbox: Any, clients: Any, *, task_status: TaskStatus[None]) -> None:
@@ -183,6 +187,7 @@ class ChaosTransport:
             max_buffer_size=self.switch.config.max_delayed
         )
         async with send, receive, anyio.create_task_group() as tg:
+            self._tg = tg
             tg.start_soon(self._send_later, receive)
             await tg.start(self.inner.serve, _IsolatingInbox(inbox, self), clients)
             self._later = send
@@ -225,7 +230,9 @@ class ChaosTransport:
 
 
 class _IsolatingInbox:
-    """The node's peer inbox, dropping everything received while ``isolate`` is on."""
+    """The node's peer inbox, dropping everything received while ``isolate`` is on: the
+    messages and the snapshots streamed on a connection of their own (a dropped snapshot's
+    file is deleted off the event loop; the sender retries it as after a lost one)."""
 
     def __init__(self, inner: Any, transport: ChaosTransport) -> None:
         self.inner = inner
@@ -238,5 +245,25 @@ class _IsolatingInbox:
             return
         self.inner.deliver(messages)
 
+    def deliver_snapshot(self, received: Any) -> None:
+        t = self.transport
+        if t.switch.config.isolate and t.switch.on(t.node_id):
+            t.dropped += 1
+            if t._tg is None:
+                _unlink(received.path)
+            else:
+                t._tg.start_soon(anyio.to_thread.run_sync, _unlink, received.path)
+            return
+        deliver_file = getattr(self.inner, "deliver_snapshot", None)
+        if deliver_file is not None:
+            deliver_file(received)
+        elif t._tg is not None:  # an inbox that takes snapshots only as messages
+            t._tg.start_soon(hand_over, self.inner, received)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)

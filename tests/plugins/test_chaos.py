@@ -240,3 +240,45 @@ def test_isolate_and_jitter_settings_are_checked() -> None:
         ChaosConfig.from_table({"isolate": "yes"})
     config = ChaosConfig.from_table({"send_jitter": "20ms", "isolate": True})
     assert (config.send_jitter, config.isolate, config.wraps_transport) == (0.02, True, True)
+
+
+@pytest.mark.anyio
+async def test_isolate_drops_streamed_snapshots_too(tmp_path: Any) -> None:
+    """A snapshot streamed on a connection of its own reaches the node through
+    ``deliver_snapshot``, not ``deliver``: isolation drops it (its file deleted) as well."""
+    from framework.core import InstallSnapshot, Snapshot, SnapshotMeta
+    from framework.transport.snapshot_stream import ReceivedSnapshot
+
+    class SnapshotInbox(FakeInbox):
+        def __init__(self) -> None:
+            super().__init__()
+            self.snapshots: list[int] = []
+
+        def deliver_snapshot(self, received: ReceivedSnapshot) -> None:
+            self.snapshots.append(received.message.snapshot.meta.index)
+
+    def received(index: int) -> ReceivedSnapshot:
+        path = tmp_path / f"snap-{index}"
+        path.write_bytes(b"data")
+        meta = SnapshotMeta(index=index, term=1)
+        msg = InstallSnapshot(src=2, dst=1, term=1, snapshot=Snapshot(meta=meta, data=b""))
+        return ReceivedSnapshot(message=msg, path=path, size=4, sha256="")
+
+    switch = ChaosSwitch(ChaosConfig(isolate=True))
+    inner = InboxTransport()
+    transport = ChaosTransport(inner, 1, switch)
+    inbox = SnapshotInbox()
+    async with anyio.create_task_group() as tg:
+        await tg.start(transport.serve, inbox, None)
+        inner.inbox.deliver_snapshot(received(10))
+        switch.set(1, True)
+        inner.inbox.deliver_snapshot(received(20))  # received while cut off: dropped
+        with anyio.fail_after(10):
+            while (tmp_path / "snap-20").exists():
+                await anyio.sleep(0.01)
+        switch.set(1, False)
+        inner.inbox.deliver_snapshot(received(30))
+        assert inbox.snapshots == [10, 30]
+        assert transport.dropped == 1
+        assert (tmp_path / "snap-10").exists() and (tmp_path / "snap-30").exists()
+        tg.cancel_scope.cancel()
