@@ -32,6 +32,7 @@ import anyio
 from framework.core import HardState, RawNode, Ready
 from framework.runtime.kernel_inputs import TimeKeeper
 from framework.storage import LogStore, SnapshotFile
+from framework.storage.base import save_ready
 
 __all__ = ["ReadyStore"]
 
@@ -112,17 +113,11 @@ class ReadyStore:
         sync: bool,
         snapshot_file: SnapshotFile | None,
     ) -> None:
-        entries = () if rd is None else rd.entries
-        snapshot = None if rd is None else rd.snapshot
-        if snapshot_file is None:  # a store written before snapshot files takes no such keyword
-            self._store.save_ready(
-                hard_state=hard_state, entries=entries, snapshot=snapshot, sync=sync
-            )
-            return
-        self._store.save_ready(
+        save_ready(
+            self._store,
             hard_state=hard_state,
-            entries=entries,
-            snapshot=snapshot,
+            entries=() if rd is None else rd.entries,
+            snapshot=None if rd is None else rd.snapshot,
             sync=sync,
             snapshot_file=snapshot_file,
         )

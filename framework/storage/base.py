@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Final, Protocol, runtime_checkable
 
-from framework.core import ConfState, Entry, HardState, Ready, Snapshot, SnapshotMeta
+from framework.core import ConfState, Entry, HardState, Snapshot, SnapshotMeta
 
 __all__ = [
     "MAX_STORABLE",
@@ -189,19 +189,25 @@ class LogStore(Protocol):
         ...
 
 
-def save_ready(store: LogStore, rd: Ready, snapshot_file: SnapshotFile | None = None) -> None:
-    """Step 2 of a ``Ready``: its snapshot (its data in ``snapshot_file`` when given),
-    entries and hard state, synced if it must be (called from a worker thread, as every
-    ``LogStore`` call)."""
+def save_ready(
+    store: LogStore,
+    *,
+    hard_state: HardState | None,
+    entries: Sequence[Entry],
+    snapshot: Snapshot | None,
+    sync: bool,
+    snapshot_file: SnapshotFile | None = None,
+) -> None:
+    """``store.save_ready(...)``, passing ``snapshot_file`` only when there is one: a
+    ``LogStore`` written before snapshot files takes no such keyword (called from a worker
+    thread, as every ``LogStore`` call)."""
     if snapshot_file is None:
-        store.save_ready(
-            hard_state=rd.hard_state, entries=rd.entries, snapshot=rd.snapshot, sync=rd.must_sync
-        )
+        store.save_ready(hard_state=hard_state, entries=entries, snapshot=snapshot, sync=sync)
         return
     store.save_ready(
-        hard_state=rd.hard_state,
-        entries=rd.entries,
-        snapshot=rd.snapshot,
-        sync=rd.must_sync,
+        hard_state=hard_state,
+        entries=entries,
+        snapshot=snapshot,
+        sync=sync,
         snapshot_file=snapshot_file,
     )
