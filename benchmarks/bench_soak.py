@@ -2,6 +2,7 @@
 
     nice python benchmarks/bench_soak.py [--writers 512] [--seconds 600]
         [--snapshot-every 100000] [--keys 10000] [--kills 5] [--raft KEY=VALUE]...
+        [--client-nice N]
 
 A ``LocalCluster`` of 3 nodes on loopback (TLS, SQLite, default profile: election timeout
 200-400 ms, heartbeat every 20 ms) with ``raft.snapshot_threshold_entries =
@@ -22,6 +23,14 @@ thread, ``/proc/PID/schedstat``: time runnable with no CPU free). When the term 
 prints, for the interval before, each node's longest late tick and its run-queue wait: a
 loop held by the node itself (late tick, little run-queue wait) or a node starved of CPU
 (run-queue wait about as long as the late tick).
+
+``--client-nice N`` lowers the CPU priority of the writers (this script's event-loop thread,
+which runs them) by N while they write, so the nodes get a CPU first, as they would with
+their clients on other machines; without it the writers, three nodes and anything else on a
+2-core machine take turns, and a node's loop can wait for a CPU longer than an election
+timeout (the watch says when). The priority is raised back for the failover when the
+process may (``CAP_SYS_NICE``); otherwise the nodes restarted there inherit it (they then
+serve no writers' load).
 
 Then the failover, ``--kills`` times: the writers stopped, the leader is killed with SIGKILL;
 measured are the time to a new leader (a surviving node reports itself leader of a later
@@ -234,6 +243,9 @@ async def _soak(root: Path, args: argparse.Namespace) -> None:
         latencies: list[float] = []
         errors: dict[str, int] = {}
         load_average = [os.getloadavg()]
+        base_nice = os.getpriority(os.PRIO_PROCESS, 0)
+        if args.client_nice:
+            os.setpriority(os.PRIO_PROCESS, 0, base_nice + args.client_nice)  # this thread
         stop_at = time.perf_counter() + args.seconds
 
         async def writer(n: int) -> None:
@@ -264,6 +276,12 @@ async def _soak(root: Path, args: argparse.Namespace) -> None:
                     for n in range(args.writers):
                         tg.start_soon(writer, n)
                 outer.cancel_scope.cancel()
+            writers_nice = os.getpriority(os.PRIO_PROCESS, 0)
+            if args.client_nice:
+                try:
+                    os.setpriority(os.PRIO_PROCESS, 0, base_nice)
+                except PermissionError:
+                    print(f"writers' priority kept (nice {writers_nice}) for the failover")
             load_average.append(os.getloadavg())
             after = await _statuses(cluster)
             for round_ in range(1, args.kills + 1):
@@ -317,7 +335,8 @@ async def _soak(root: Path, args: argparse.Namespace) -> None:
         f"machine: other processes took {machine['other_cpu_seconds']} CPU-s, "
         f"{machine['other_share']} of the machine (busy: {machine['busy']}); load average "
         f"(1/5/15 min) at start {load_average[0]}, at end {load_average[-1]}; "
-        f"{os.cpu_count()} CPUs; this script and its nodes at nice {os.nice(0)}",
+        f"{os.cpu_count()} CPUs; the nodes at nice {base_nice}, the writers at nice "
+        f"{writers_nice}",
         flush=True,
     )
     if kills:
@@ -358,6 +377,13 @@ def main() -> None:
         help="a [raft] setting for the nodes, a TOML value: election_tick=30, check_quorum=false",
     )
     parser.add_argument("--watch", type=float, default=1.0, help="status poll period, s")
+    parser.add_argument(
+        "--client-nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run the writers N nice levels below the nodes (clients on other machines)",
+    )
     args = parser.parse_args()
     args.raft = dict(args.raft)
     for name in ("writers", "keys", "snapshot_every"):
@@ -365,6 +391,8 @@ def main() -> None:
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: expected >= 1")
     if args.seconds <= 0 or args.kills < 0 or args.watch <= 0:
         parser.error("--seconds and --watch must be > 0, --kills >= 0")
+    if not 0 <= args.client_nice <= 19:
+        parser.error(f"--client-nice {args.client_nice}: expected 0 to 19")
     with tempfile.TemporaryDirectory(prefix="raftmw-soak-") as tmp:
         anyio.run(_soak, Path(tmp), args)
 
