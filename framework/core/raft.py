@@ -54,6 +54,8 @@ Rules kept, with the section of the Raft paper (P) or Ongaro's dissertation (D):
      argument): that voter holds every committed entry, and refusing it for uncommitted
      entries of our own would leave no electable voter. Not a membership merely read as
      "two without us": mid-replay after a restart, the applied membership is a prefix.
+     A node restarted from a snapshot that covers its removal knows it from the
+     snapshot's membership (``_removal_in_snapshot``, with the argument).
   A candidate that does not yet *know* a change committed still counts with an older
   membership; no proof is given here that (1)-(5) exclude every such case. The evidence is
   the simulator (membership changes through one- and two-voter clusters, apply lag, inputs
@@ -332,12 +334,40 @@ class RawNode:
         self._prev_hard = hs
         self._outstanding: Ready | None = None
         self._outstanding_conf: list[Entry] = []
-        self._removed_from: tuple[int, ...] = ()
-        """The voters of the membership this kernel applied its own removal from."""
         """The membership changes among the outstanding Ready's committed entries."""
+        self._removed_from: tuple[int, ...] = self._removal_in_snapshot()
+        """The voters of the membership this kernel applied its own removal from."""
         self._step_role: Callable[[Message], None] = self._step_follower
         self._tick: Callable[[], None] = self._tick_election
         self._become_follower(self.term, 0)
+
+    def _removal_in_snapshot(self) -> tuple[int, ...]:
+        """``_removed_from`` for a node restarted from a snapshot that covers its removal
+        from a membership of two (simulator sweep, seed 37017: without it, the node had
+        applied its removal from {2, 3}, took a snapshot, restarted, and then refused the
+        voter left its vote for a shorter log, for good).
+
+        The snapshot's membership is one the node applied (not a prefix rebuilt entry by
+        entry, as after a restart without one: seed 101277). Excluding us, with one voter
+        ``v`` left, and no membership change in our log after it, the last change we applied
+        was our own removal: no change can follow it in our log, because a leader proposes
+        the next one only once it has applied ours, and from then on sends us nothing. So
+        the membership before it was {us, v}; had we been a learner there, ``v`` never
+        counts our vote and the exemption is moot. A change after the snapshot (say the
+        snapshot lies inside the bootstrap entries) leaves it unset: the replay decides.
+        """
+        conf = self.snapshot.meta.conf_state
+        if (
+            self.snapshot.meta.index == 0
+            or len(conf.voters) != 1
+            or self.id in conf.voters
+            or self.id in conf.learners
+        ):
+            return ()
+        after = self.log.slice(self.snapshot.meta.index + 1, self.log.last_index() + 1)
+        if any(entry.kind is EntryKind.CONF_CHANGE for entry in after):
+            return ()
+        return tuple(sorted((self.id, conf.voters[0])))
 
     def _bootstrap(self, conf_state: ConfState) -> None:
         """Write the initial membership as committed conf-change entries of term 1.

@@ -13,12 +13,15 @@ from framework.core import (
     ConfChange,
     ConfChangeRejected,
     ConfChangeType,
+    ConfState,
     Entry,
     HardState,
     RaftConfig,
     RawNode,
     Ready,
     Role,
+    Snapshot,
+    SnapshotMeta,
     VoteRequest,
     VoteResponse,
     encode_conf_change,
@@ -477,6 +480,60 @@ def test_a_restarted_node_replaying_its_log_grants_no_log_free_vote() -> None:
     rd = node.ready()
     node.advance(rd)
     assert node.conf_state.voters == (1,)  # mid-replay
+    node.step(VoteRequest(src=1, dst=2, term=3, last_index=3, last_term=1))
+    (response,) = [m for m in drain(node) if isinstance(m, VoteResponse)]
+    assert not response.granted
+
+
+@pytest.mark.parametrize("guarded", [True, False], ids=["pre_vote+check_quorum", "neither"])
+def test_voter_left_is_elected_after_the_removed_node_restarts_from_a_snapshot(
+    guarded: bool,
+) -> None:
+    """As above, but node 1 took a snapshot covering its removal and restarted: the
+    removal is no longer an entry it re-applies, only the snapshot's membership {2}. It
+    must still grant node 2 its vote; it refused it for its longer log, and no leader
+    was ever elected again (simulator sweep, seed 37017)."""
+    c = Cluster(seed=21, election_tick=5, pre_vote=guarded, check_quorum=guarded)
+    removal = _remove_leader_of_two_with_a_longer_log(c)
+    snapshot = c.compact(1)
+    assert snapshot.meta.index >= removal and snapshot.meta.conf_state.voters == (2,)
+    c.restart(1)
+    assert c.node(1).log.last_index() > c.node(2).log.last_index()
+    for _ in range(10 * 5):
+        c.tick(1)
+        c.tick(2)
+        c.stabilize()
+        if c.node(2).role is Role.LEADER:
+            break
+    assert c.node(2).role is Role.LEADER
+    assert c.node(2).conf_state.voters == (2,)
+    index = c.propose(2, b"after")
+    c.stabilize()
+    assert c.node(2).log.committed >= index
+
+
+def test_a_snapshot_inside_the_bootstrap_grants_no_log_free_vote() -> None:
+    """A snapshot whose membership excludes this node while its log still holds changes
+    after it (here: taken after "add voter 1" of the bootstrap) is no removal: the
+    changes re-applied decide, and until then the log check holds (seed 101277's shape,
+    from a snapshot)."""
+    bootstrap = [
+        Entry(1, i, EntryKind.CONF_CHANGE, encode_conf_change(_change("add_voter", v)))
+        for i, v in enumerate((1, 2, 3), start=1)
+    ]
+    meta = SnapshotMeta(index=1, term=1, conf_state=ConfState(voters=(1,)))
+    node = RawNode(
+        RaftConfig(id=2),
+        rng=random.Random(2),
+        hard_state=HardState(term=2, vote=0, commit=5),
+        entries=[
+            *bootstrap[1:],
+            Entry(2, 4, EntryKind.NOOP, b""),
+            Entry(2, 5, EntryKind.NORMAL, b"x"),
+        ],
+        snapshot=Snapshot(meta=meta, data=b""),
+    )
+    assert node.conf_state.voters == (1,)
     node.step(VoteRequest(src=1, dst=2, term=3, last_index=3, last_term=1))
     (response,) = [m for m in drain(node) if isinstance(m, VoteResponse)]
     assert not response.granted
