@@ -15,10 +15,11 @@ the bugs the strengthened simulator's sweep found: a removed leader that serves 
 because its voter set has one node (not itself), a node removed from a membership of two
 that refuses the voter left for its shorter log (the root of the sweep's first finding, a
 removed leader that stepped down before a voter could be elected: with that fixed,
-stepping down at once is no longer a bug, so it is no longer a mutant), and a commit index
-covering a membership change left unsynced.
+stepping down at once is no longer a bug, so it is no longer a mutant), a commit index
+covering a membership change left unsynced, and a node restarted from a snapshot that
+covers its removal from a membership of two, which forgets that removal.
 Every one is caught within its budget; the whole module costs
-about 30 CPU-seconds.
+about 55 CPU-seconds.
 
 Each schedule is a fault mix the honest kernel survives, aimed at one bug: which faults,
 and which check sees the bug, is said above each entry of ``MUTANTS``.
@@ -218,6 +219,14 @@ def _removed_node_votes_by_log(mp: pytest.MonkeyPatch) -> None:
     voter holds every committed entry; the voter never learns the removal committed and
     nobody can be elected."""
     mp.setattr(raft.RawNode, "_successor_after_removal", lambda self, candidate: False)
+
+
+def _removal_forgotten_on_restart(mp: pytest.MonkeyPatch) -> None:
+    """Found by the sweep (seed 37017): a node that applied its removal from a membership
+    of two, took a snapshot covering it and restarted, forgets that it was removed (the
+    removal is no longer an entry it re-applies), and refuses the voter left for its
+    shorter log; nobody can be elected."""
+    mp.setattr(raft.RawNode, "_removal_in_snapshot", lambda self: ())
 
 
 def _conf_commit_not_synced(mp: pytest.MonkeyPatch) -> None:
@@ -456,6 +465,29 @@ MUTANTS: dict[str, Mutant] = {
             "fault_rate": 2.0,
             "drop": 0.3,
             "crashes": False,
+            "partitions": False,
+            "leader_faults": 0.0,
+            "clients": 6,
+            "keys": 1,
+            "random_reads": 0.8,
+        },
+    ),
+    # Found by the sweep (seed 37017). As the schedule above, with quick restarts and a
+    # snapshot after every Ready that applies: the removed node restarts from a snapshot
+    # that covers its removal before the voter left is elected.
+    "removal_forgotten_on_restart": Mutant(
+        _removal_forgotten_on_restart,
+        150,
+        {
+            "nodes": 3,
+            "membership": True,
+            "membership_rate": 0.2,
+            "min_voters": 1,
+            "fault_rate": 2.0,
+            "drop": 0.3,
+            "crashes": True,
+            "quick_restarts": True,
+            "snapshot_every": 1,
             "partitions": False,
             "leader_faults": 0.0,
             "clients": 6,
