@@ -183,9 +183,9 @@ async def test_a_streamed_file_that_passes_is_delivered_without_data_and_kept_fo
 ) -> None:
     inbound, (delivered, msg, file) = await _receive(tmp_path, GOOD, 20)
     assert delivered == [msg] and msg.snapshot.data == b""
-    assert inbound.take_file(Snapshot(meta=msg.snapshot.meta)) is None  # not that object
-    assert inbound.take_file(msg.snapshot) == file and file.path.exists()
-    assert inbound.take_file(msg.snapshot) is None  # taken once
+    assert inbound.take(Snapshot(meta=msg.snapshot.meta), 0).file is None  # not that object
+    assert inbound.take(msg.snapshot, 0).file == file and file.path.exists()
+    assert inbound.take(msg.snapshot, 0).file is None  # taken once
 
 
 async def test_a_store_that_cannot_adopt_files_is_given_the_data_by_value(
@@ -196,7 +196,7 @@ async def test_a_store_that_cannot_adopt_files_is_given_the_data_by_value(
     inbound, (delivered, msg, file) = await _receive(tmp_path, GOOD, 20, store=object())
     assert [m.snapshot for m in delivered] == [Snapshot(meta=msg.snapshot.meta, data=GOOD)]
     assert not file.path.exists()
-    assert inbound.take_file(delivered[0].snapshot) is None
+    assert inbound.take(delivered[0].snapshot, 0).file is None
 
 
 @pytest.mark.parametrize(
@@ -211,4 +211,4 @@ async def test_a_streamed_file_that_fails_is_deleted_and_never_reaches_the_kerne
     inbound, (delivered, msg, file) = await _receive(tmp_path, data, index)
     assert delivered == [] and inbound.rejected == 1
     assert not file.path.exists()
-    assert inbound.take_file(msg.snapshot) is None
+    assert inbound.take(msg.snapshot, 0).file is None
