@@ -64,7 +64,9 @@ without the header (written before it existed) is read as the KV application's.
 (4 bytes, big-endian, then msgpack): one ``begin`` (``applied_index`` and the number of
 keys), ``keys`` records of at most ``MAX_SNAPSHOT_RECORD`` bytes each (a chunk of keys, in
 storage order), one ``end`` (the sessions). Reading one holds one record at a time besides
-the state being built. ``snapshot()`` still writes version 1 (one msgpack map, keys
+the state being built. ``restore_file`` is ``decode_snapshot_file`` (a fresh state, checked,
+nothing of the machine touched) then ``install_snapshot`` (swapped in), so that a follower
+installs the state its check decoded instead of decoding the file twice. ``snapshot()`` still writes version 1 (one msgpack map, keys
 sorted); both versions restore through both entry points.
 """
 

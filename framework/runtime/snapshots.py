@@ -18,7 +18,9 @@ neither adopts its term nor believes it installed it), and nothing is persisted.
 
 Checking decodes the whole snapshot, so it runs in a worker thread, one at a time: while a
 check is in flight, further snapshots are dropped like any message the node cannot take
-(the leader sends another).
+(the leader sends another). A state machine that can decode a snapshot into a state of its
+own (``decode_snapshot_file``, ``install_snapshot``: the KV machine) is checked by decoding
+it, and that state is what the Ready installs: decoded once (``InboundSnapshots``).
 
 Over TCP a snapshot arrives streamed on a connection of its own, written to a temporary
 file in the data directory's ``snapshots-incoming`` and checked against its size and
