@@ -11,7 +11,7 @@ format 2, the KV machine's format 2, as a node of this tree or of the reference 
 them). Each trial then copies that directory and starts one node process over the copy
 (this script with ``--node``; ``PYTHONPATH`` = the checkout: ``this`` is this tree,
 ``against`` the one given), which reports once it serves (its snapshot restored, before
-it applies anything new): the seconds from its start, its peak RSS (``VmHWM``), its RSS
+it applies anything new): the seconds from its start (imports excluded), its peak RSS (``VmHWM``), its RSS
 then, the keys restored, and the bytes of the snapshot its kernel holds. Modes alternate
 within each trial, the first alternating between trials; medians and ranges at the end.
 Not a test: nothing is asserted.
@@ -108,6 +108,7 @@ def _trial(template: Path, checkout: Path, tmp: Path) -> dict[str, Any]:
     directory = tmp / "run"
     shutil.rmtree(directory, ignore_errors=True)
     shutil.copytree(template, directory)
+    os.sync()  # the copy on disk: the node's first fsync does not wait for it
     env = dict(os.environ, PYTHONPATH=str(checkout))
     command = [sys.executable, __file__, "--node", str(directory)]
     command += ["--port", str(free_ports(1)[0])]
