@@ -405,7 +405,7 @@ class InboundSnapshots:
     it to restore into."""
 
     MAX_STAGED: Final = 2
-    """Checked snapshot files kept for the kernel's next Readies (older ones deleted)."""
+    """Checked snapshots kept for the kernel's next Readies (older ones' files deleted)."""
 
     def __init__(
         self,
@@ -511,9 +511,10 @@ class InboundSnapshots:
         kept = file if file is not None and self._by_reference else None
         if kept is not None or decoded is not None:
             self._staged.append(Staged(msg.snapshot, kept, decoded))
-            while len([s for s in self._staged if s.file is not None]) > self.MAX_STAGED:
-                oldest = next(i for i, s in enumerate(self._staged) if s.file is not None)
-                self._discard(self._staged.pop(oldest).file)  # type: ignore[arg-type]
+            if len(self._staged) > self.MAX_STAGED:
+                oldest = self._staged.pop(0)
+                if oldest.file is not None:
+                    self._discard(oldest.file)
         self.accepted += 1
         self._deliver(msg)
 
