@@ -11,8 +11,9 @@ format 2, the KV machine's format 2, as a node of this tree or of the reference 
 them). Each trial then copies that directory and starts one node process over the copy
 (this script with ``--node``; ``PYTHONPATH`` = the checkout: ``this`` is this tree,
 ``against`` the one given), which reports once it serves (its snapshot restored, before
-it applies anything new): the seconds from its start (imports excluded), its peak RSS (``VmHWM``), its RSS
-then, the keys restored, and the bytes of the snapshot its kernel holds. Modes alternate
+it applies anything new): the seconds from its start (imports excluded), its peak RSS
+(``VmHWM``), its RSS then, the keys restored, and the bytes of the snapshot its kernel
+holds. Modes alternate
 within each trial, the first alternating between trials; medians and ranges at the end.
 Not a test: nothing is asserted.
 """

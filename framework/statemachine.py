@@ -66,8 +66,9 @@ keys), ``keys`` records of at most ``MAX_SNAPSHOT_RECORD`` bytes each (a chunk o
 storage order), one ``end`` (the sessions). Reading one holds one record at a time besides
 the state being built. ``restore_file`` is ``decode_snapshot_file`` (a fresh state, checked,
 nothing of the machine touched) then ``install_snapshot`` (swapped in), so that a follower
-installs the state its check decoded instead of decoding the file twice. ``snapshot()`` still writes version 1 (one msgpack map, keys
-sorted); both versions restore through both entry points.
+installs the state its check decoded instead of decoding the file twice. ``snapshot()``
+still writes version 1 (one msgpack map, keys sorted); both versions restore through both
+entry points.
 """
 
 from __future__ import annotations
