@@ -64,8 +64,11 @@ without the header (written before it existed) is read as the KV application's.
 (4 bytes, big-endian, then msgpack): one ``begin`` (``applied_index`` and the number of
 keys), ``keys`` records of at most ``MAX_SNAPSHOT_RECORD`` bytes each (a chunk of keys, in
 storage order), one ``end`` (the sessions). Reading one holds one record at a time besides
-the state being built. ``snapshot()`` still writes version 1 (one msgpack map, keys
-sorted); both versions restore through both entry points.
+the state being built. ``restore_file`` is ``decode_snapshot_file`` (a fresh state, checked,
+nothing of the machine touched) then ``install_snapshot`` (swapped in), so that a follower
+installs the state its check decoded instead of decoding the file twice. ``snapshot()``
+still writes version 1 (one msgpack map, keys sorted); both versions restore through both
+entry points.
 """
 
 from __future__ import annotations
@@ -106,6 +109,7 @@ __all__ = [
     "Delete",
     "Get",
     "KVResult",
+    "KVSnapshot",
     "KVStateMachine",
     "OutOfOrderApply",
     "Put",
@@ -610,6 +614,22 @@ def _read_snapshot(machine: KVStateMachine, file: IO[bytes], *, keep: bool) -> _
     return _decode_whole(file.read())  # version 1 is one msgpack map: read whole
 
 
+class KVSnapshot:
+    """A KV snapshot decoded and checked, for ``KVStateMachine.install_snapshot`` (once)."""
+
+    __slots__ = ("_body", "applied_index")
+
+    def __init__(self, body: _SnapshotBody) -> None:
+        self._body: _SnapshotBody | None = body
+        self.applied_index: Final = body.applied_index
+
+    def take(self) -> _SnapshotBody:
+        body, self._body = self._body, None
+        if body is None:
+            raise RuntimeError("this decoded snapshot was installed already")
+        return body
+
+
 # --------------------------------------------------------------------------------------
 # The KV machine
 # --------------------------------------------------------------------------------------
@@ -827,7 +847,18 @@ class KVStateMachine:
     def restore_file(self, file: IO[bytes]) -> None:
         """``restore`` reading ``file`` (seekable, at the snapshot's start) a record at a
         time (format version 2; version 1 is one map and is read whole)."""
-        body = _read_snapshot(self, file, keep=True)
+        self.install_snapshot(self.decode_snapshot_file(file))
+
+    def decode_snapshot_file(self, file: IO[bytes]) -> KVSnapshot:
+        """``check_snapshot_file`` that keeps what it decodes: a fresh state, not yet in use
+        (reads nothing of this machine: safe in a worker thread while it applies), for
+        ``install_snapshot``. ``BadSnapshot`` if ``restore_file`` would fail."""
+        return KVSnapshot(_read_snapshot(self, file, keep=True))
+
+    def install_snapshot(self, snapshot: KVSnapshot) -> None:
+        """Replace this machine's state with ``snapshot`` (from ``decode_snapshot_file``,
+        once; whatever was applied since is dropped, as by ``restore``)."""
+        body = snapshot.take()
         self._data = body.data
         self._overlay = None  # a chunked snapshot under way keeps reading the old map
         self.sessions.restore(body.sessions)

@@ -45,7 +45,6 @@ from opentelemetry.metrics import MeterProvider
 from framework.config import Settings
 from framework.core import (
     ConfChangeType,
-    ConfState,
     Entry,
     EntryKind,
     Heartbeat,
@@ -58,7 +57,6 @@ from framework.core import (
     RawNode,
     Ready,
     Role,
-    Snapshot,
     TimeoutNow,
     TransferInProgress,
     UncommittedSizeExceeded,
@@ -81,6 +79,7 @@ from framework.runtime.node_health import NodeHealth
 from framework.runtime.node_services import NodeServices
 from framework.runtime.pending import Waiter
 from framework.runtime.ready_store import ReadyStore
+from framework.runtime.restart import open_store
 from framework.runtime.snapshots import InboundSnapshots, NodeSnapshot, restore_snapshot
 from framework.runtime.status_publisher import StatusPublisher
 from framework.runtime.stored_peers import StoredPeers
@@ -224,7 +223,7 @@ class RaftNode:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled. Reports started once it serves peers and clients."""
         try:
-            state = await anyio.to_thread.run_sync(self._open_store)
+            state = await open_store(self)  # the snapshot restored from the store's file
             self.kernel = self._build_kernel(state)
             self.instruments.start(commit_index=self.kernel.log.committed)
             # The cluster's flag state is known before the node serves anyone: from the
@@ -266,24 +265,6 @@ class RaftNode:
                 await anyio.to_thread.run_sync(self.store.close)
                 self._fail_all("retry", f"node {self.id} is shutting down")
 
-    def _open_store(self) -> StoredState:
-        state = self.store.load()
-        if state is None:
-            voters = () if self.config.join else tuple(sorted(self.config.peers))
-            self.store.initialize(
-                node_id=self.id,
-                cluster_id=self.config.cluster_id,
-                conf_state=ConfState(voters=voters),
-            )
-            state = self.store.load()
-            assert state is not None
-        if state.node_id != self.id or state.cluster_id != self.config.cluster_id:
-            raise StorageError(
-                f"the data directory belongs to node {state.node_id} of cluster "
-                f"{state.cluster_id!r}, not node {self.id} of cluster {self.config.cluster_id!r}"
-            )
-        return state
-
     def _build_kernel(self, state: StoredState) -> RawNode:
         raft = self.settings.raft
         config = RaftConfig(
@@ -299,8 +280,6 @@ class RaftNode:
             lease_drift_ticks=raft.lease_drift_ticks,
             max_committed_per_ready=raft.max_batch_proposals * 4,
         )
-        if state.snapshot.data:
-            self._restore(state.snapshot)
         return RawNode(
             config,
             rng=random.Random(int.from_bytes(os.urandom(8), "big")),
@@ -309,9 +288,6 @@ class RaftNode:
             snapshot=state.snapshot,
             conf_state=state.conf_state,
         )
-
-    def _restore(self, snapshot: Snapshot) -> None:
-        restore_snapshot(snapshot, self.store, node=self)
 
     def _peer_addresses(self) -> dict[int, str]:
         return {nid: addr for nid, addr in self.addresses.items() if nid != self.id}
@@ -489,13 +465,14 @@ class RaftNode:
     async def _handle_ready(self, kernel: RawNode, rd: Ready) -> None:
         if rd.messages and rd.must_sync:  # appends leave before the local write (§10.2.1)
             self._send(rd.messages)
+        staged = self.snapshots.take(rd.snapshot, kernel.log.committed)  # its file, its state
         if rd.must_sync:  # entries, a snapshot, a term or a vote: before anything else
-            file = self.snapshots.take_file(rd.snapshot)
-            self._now = await self.ready_store.write(kernel, rd, file)
+            self._now = await self.ready_store.write(kernel, rd, staged.file)
         if rd.persisted_messages:
             self._send(rd.persisted_messages)
         if rd.snapshot is not None:
-            await anyio.to_thread.run_sync(self._restore, rd.snapshot)
+            restore = partial(restore_snapshot, store=self.store, node=self, decoded=staged.decoded)
+            await anyio.to_thread.run_sync(restore, rd.snapshot)
             self._flags_changed = True  # the restored flag state may select other plugins
             self.transport.set_peers(self._peer_addresses())
             log.info("node %d installed a snapshot at index %d", self.id, rd.snapshot.meta.index)

@@ -18,7 +18,9 @@ neither adopts its term nor believes it installed it), and nothing is persisted.
 
 Checking decodes the whole snapshot, so it runs in a worker thread, one at a time: while a
 check is in flight, further snapshots are dropped like any message the node cannot take
-(the leader sends another).
+(the leader sends another). A state machine that can decode a snapshot into a state of its
+own (``decode_snapshot_file``, ``install_snapshot``: the KV machine) is checked by decoding
+it, and that state is what the Ready installs: decoded once (``InboundSnapshots``).
 
 Over TCP a snapshot arrives streamed on a connection of its own, written to a temporary
 file in the data directory's ``snapshots-incoming`` and checked against its size and
@@ -42,6 +44,8 @@ import contextlib
 import io
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -65,6 +69,7 @@ __all__ = [
     "InboundSnapshots",
     "NodeSnapshot",
     "NodeSnapshotHead",
+    "Staged",
     "check_node_snapshot",
     "check_node_snapshot_file",
     "decode_node_snapshot",
@@ -232,18 +237,21 @@ def check_node_snapshot_file(
     index: int,
     state_machine: object,
     address_problem: AddressCheck = generic_address_problem,
-) -> None:
+    keep: bool = False,
+) -> object | None:
     """``check_node_snapshot`` reading ``file`` (seekable, at the snapshot's start): a
     version 2 snapshot a piece at a time if the state machine has ``check_snapshot_file``
-    (else its part is read whole), a version 1 snapshot whole."""
+    (else its part is read whole), a version 1 snapshot whole. ``keep``: the state it
+    decoded, for ``restore_node_snapshot_file(decoded=...)``, if the state machine can
+    decode without installing (``decode_snapshot_file`` and ``install_snapshot``), else
+    None (it is then decoded again when restored)."""
     head = _read_head(file)
     if head is None:
-        check_node_snapshot(
-            file.read(), index=index, state_machine=state_machine, address_problem=address_problem
-        )
-        return
+        snap = decode_node_snapshot(file.read())
+        _check_head(snap.members, snap.flags, address_problem)
+        return _check_state_machine(state_machine, io.BytesIO(snap.state_machine), index, keep)
     _check_head(head.members, head.flags, address_problem)
-    _check_state_machine(state_machine, file, index)
+    return _check_state_machine(state_machine, file, index, keep)
 
 
 def _check_head(members: dict[int, str], flags: bytes, address_problem: AddressCheck) -> None:
@@ -266,16 +274,25 @@ def _check_head(members: dict[int, str], flags: bytes, address_problem: AddressC
             raise BadNodeSnapshot(f"snapshot flag state: {exc}") from None
 
 
-def _check_state_machine(state_machine: object, file: IO[bytes], index: int) -> None:
+def _check_state_machine(
+    state_machine: object, file: IO[bytes], index: int, keep: bool = False
+) -> object | None:
     check_file = getattr(state_machine, "check_snapshot_file", None)
     check = getattr(state_machine, "check_snapshot", None)
+    decode = getattr(state_machine, "decode_snapshot_file", None)
+    if not keep or not hasattr(state_machine, "install_snapshot"):
+        decode = None
+    decoded: object | None = None
     try:
-        if check_file is not None:
+        if decode is not None:
+            decoded = decode(file)
+            applied = getattr(decoded, "applied_index", None)
+        elif check_file is not None:
             applied = check_file(file)
         elif check is not None:
             applied = check(file.read())
         else:
-            return
+            return None
     except ValueError as exc:
         raise BadNodeSnapshot(f"snapshot state machine: {exc}") from None
     if applied != index:
@@ -283,23 +300,36 @@ def _check_state_machine(state_machine: object, file: IO[bytes], index: int) -> 
             f"snapshot state machine restores to index {applied}, but the snapshot "
             f"claims index {index}"
         )
+    return decoded
 
 
-def restore_snapshot(snapshot: Snapshot, store: object, *, node: Any) -> None:
+def restore_snapshot(
+    snapshot: Snapshot, store: object, *, node: Any, decoded: object | None = None
+) -> None:
     """Restore ``node`` (a ``RaftNode``: its state machine, application identity, address
     book and flag state) from ``snapshot``'s data, or from ``store``'s file of it when the
-    kernel holds it without its data (a worker thread). ``StorageError`` if it cannot."""
+    kernel holds it without its data (a worker thread); ``decoded``: its state machine's
+    state as ``check_node_snapshot_file(keep=True)`` decoded it from that very data.
+    ``StorageError`` naming the snapshot (its file, if it has one) if it cannot."""
     index = snapshot.meta.index
     file = _snapshot_data(snapshot, store)
     if file is None:
         raise StorageError(f"node {node.id}: the store holds no data for the snapshot at {index}")
+    name = getattr(file, "name", None)
+    what = f"snapshot at index {index}" + (f" (file {name})" if isinstance(name, str) else "")
     with file:
         try:
             head = restore_node_snapshot_file(
-                file, index=index, state_machine=node.sm, identity=node.identity
+                file, index=index, state_machine=node.sm, identity=node.identity, decoded=decoded
             )
-        except BadNodeSnapshot as exc:
-            raise StorageError(f"node {node.id}: {exc}") from exc
+        except ValueError as exc:  # BadNodeSnapshot, or the state machine's BadSnapshot
+            raise StorageError(f"node {node.id}: {what} cannot be restored: {exc}") from exc
+    applied = getattr(node.sm, "applied_index", index)
+    if applied != index:
+        raise StorageError(
+            f"node {node.id}: {what} restored the state machine to index {applied}; "
+            f"expected {index}"
+        )
     node.addresses.update(head.members)
     node.flags.restore(head.flags)
 
@@ -315,12 +345,19 @@ def _snapshot_data(snapshot: Snapshot, store: object) -> IO[bytes] | None:
 
 
 def restore_node_snapshot_file(
-    file: IO[bytes], *, index: int, state_machine: Any, identity: Any
+    file: IO[bytes],
+    *,
+    index: int,
+    state_machine: Any,
+    identity: Any,
+    decoded: object | None = None,
 ) -> NodeSnapshotHead:
     """Restore ``state_machine`` from ``file`` (either version, at its start; a worker
     thread), after ``identity`` (``AppIdentity``) learned the application it names; the
-    members and flag state, for the node to take. ``BadNodeSnapshot`` if it does not decode;
-    the state machine's own errors as they are."""
+    members and flag state, for the node to take. ``decoded``: the state machine's part,
+    already decoded from this file (``check_node_snapshot_file(keep=True)``), installed
+    instead of read again. ``BadNodeSnapshot`` if it does not decode; the state machine's
+    own errors as they are."""
     head = _read_head(file)
     if head is None:
         snap = decode_node_snapshot(file.read())
@@ -330,21 +367,45 @@ def restore_node_snapshot_file(
     identity.restored(file.read(len(SNAPSHOT_MAGIC) + 2 + MAX_HEADER), index)
     file.seek(body)
     restore_file = getattr(state_machine, "restore_file", None)
-    if restore_file is not None:
+    if decoded is not None:
+        state_machine.install_snapshot(decoded)
+    elif restore_file is not None:
         restore_file(file)
     else:
         state_machine.restore(file.read())
     return head
 
 
+@dataclass(slots=True)
+class Staged:
+    """What ``InboundSnapshots`` kept of a checked snapshot for the Ready that installs it."""
+
+    snapshot: Snapshot | None = None
+    file: SnapshotFile | None = None
+    """The file holding its data, for the store to adopt (None: it came with its data)."""
+    decoded: object | None = None
+    """Its state machine's state, decoded by the check (None: decoded when restored)."""
+
+
 class InboundSnapshots:
     """Checks ``InstallSnapshot`` messages off the event loop, one at a time, and passes on
     only those that pass (``deliver``); the others are dropped and counted. A snapshot that
     arrived as a file is checked from it, delivered without its data, and its file kept for
-    the Ready that persists it (``take_file``)."""
+    the Ready that persists it (``take``).
+
+    Decoded once: a state machine that can decode a snapshot into a state of its own
+    without installing it (``decode_snapshot_file`` and ``install_snapshot``: the KV
+    machine) is checked by decoding, and the decoded state is kept with the snapshot, so
+    that installing it decodes nothing again. Only the newest check's state is kept (an
+    older one is dropped when a check begins: besides the node's own state, at most one
+    more is held), and a snapshot the kernel passed over is dropped at the next Ready
+    (``take``). A machine without them (replicated objects, the lock service, user
+    machines) is checked, then decoded again when restored: its only entry points are
+    ``check_snapshot`` and ``restore``, and the runtime cannot build a second instance of
+    it to restore into."""
 
     MAX_STAGED: Final = 2
-    """Checked snapshot files kept for the kernel's next Readies (older ones deleted)."""
+    """Checked snapshots kept for the kernel's next Readies (older ones' files deleted)."""
 
     def __init__(
         self,
@@ -360,7 +421,7 @@ class InboundSnapshots:
         self._deliver = deliver
         self._tg: TaskGroup | None = None
         self._checking = False
-        self._staged: list[tuple[Snapshot, SnapshotFile]] = []
+        self._staged: list[Staged] = []
         self._by_reference = True
         self.rejected = 0
         """Snapshots that failed the check (they never reached the kernel)."""
@@ -368,6 +429,8 @@ class InboundSnapshots:
         """Snapshots that arrived while another was being checked."""
         self.accepted = 0
         """Snapshots that passed the check and went on to the kernel."""
+        self.decoded_once = 0
+        """Snapshots installed from the state their check decoded (not decoded again)."""
 
     def start(
         self,
@@ -395,6 +458,8 @@ class InboundSnapshots:
                 self._discard(file)
             return
         self._checking = True
+        for staged in self._staged:  # at most one decoded state besides the node's own
+            staged.decoded = None
         self._tg.start_soon(self._check, msg, file)
 
     def receive_file(self, received: ReceivedSnapshot) -> None:
@@ -402,18 +467,29 @@ class InboundSnapshots:
         file = SnapshotFile(path=received.path, size=received.size, sha256=received.sha256)
         self.receive(received.message, file)
 
-    def take_file(self, snapshot: Snapshot | None) -> SnapshotFile | None:
-        """The file holding ``snapshot``'s data (a Ready's snapshot, the very object
-        delivered), for the store to adopt; None for a snapshot that came with its data."""
-        for i, (staged, file) in enumerate(self._staged):
-            if staged is snapshot:
-                del self._staged[i]
-                return file
-        return None
+    def take(self, snapshot: Snapshot | None, committed: int) -> Staged:
+        """What was kept for ``snapshot`` (a Ready's snapshot, the very object delivered;
+        called for every Ready, with the kernel's commit index after ``ready()``). A staged
+        snapshot at or below ``committed`` that is not this Ready's was passed over by the
+        kernel (it installs none at or below its commit index): it is dropped."""
+        found = Staged()
+        kept: list[Staged] = []
+        for staged in self._staged:
+            if staged.snapshot is snapshot:
+                found = staged
+            elif staged.snapshot is not None and staged.snapshot.meta.index <= committed:
+                if staged.file is not None:
+                    self._discard(staged.file)
+            else:
+                kept.append(staged)
+        self._staged = kept
+        if found.decoded is not None:
+            self.decoded_once += 1
+        return found
 
     async def _check(self, msg: InstallSnapshot, file: SnapshotFile | None) -> None:
         try:
-            msg = await anyio.to_thread.run_sync(self._check_sync, msg, file)
+            msg, decoded = await anyio.to_thread.run_sync(self._check_sync, msg, file)
         except Exception as exc:
             # BadNodeSnapshot names the problem; anything else is a snapshot this node
             # cannot check (a state machine's bug, say), which it must not install either.
@@ -432,38 +508,39 @@ class InboundSnapshots:
             return
         finally:
             self._checking = False
-        if file is not None and self._by_reference:
-            self._staged.append((msg.snapshot, file))
+        kept = file if file is not None and self._by_reference else None
+        if kept is not None or decoded is not None:
+            self._staged.append(Staged(msg.snapshot, kept, decoded))
             if len(self._staged) > self.MAX_STAGED:
-                self._discard(self._staged.pop(0)[1])
+                oldest = self._staged.pop(0)
+                if oldest.file is not None:
+                    self._discard(oldest.file)
         self.accepted += 1
         self._deliver(msg)
 
-    def _check_sync(self, msg: InstallSnapshot, file: SnapshotFile | None) -> InstallSnapshot:
-        """``msg`` once checked: by reference, or with its file's data read back (and the
-        file deleted) for a store that cannot adopt files."""
+    def _check_sync(
+        self, msg: InstallSnapshot, file: SnapshotFile | None
+    ) -> tuple[InstallSnapshot, object | None]:
+        """``msg`` once checked (by reference, or with its file's data read back, and the
+        file deleted, for a store that cannot adopt files) and the state it decoded."""
         index = msg.snapshot.meta.index
+        check = partial(
+            check_node_snapshot_file,
+            index=index,
+            state_machine=self._state_machine,
+            address_problem=self._address_problem,
+            keep=True,
+        )
         if file is None:
-            check_node_snapshot(
-                msg.snapshot.data,
-                index=index,
-                state_machine=self._state_machine,
-                address_problem=self._address_problem,
-            )
-            return msg
+            return msg, check(io.BytesIO(msg.snapshot.data))
         with open(file.path, "rb") as f:
-            check_node_snapshot_file(
-                f,
-                index=index,
-                state_machine=self._state_machine,
-                address_problem=self._address_problem,
-            )
+            decoded = check(f)
         if self._by_reference:
-            return msg
+            return msg, decoded
         data = file.path.read_bytes()
         _unlink(file.path)
         snapshot = Snapshot(meta=msg.snapshot.meta, data=data)
-        return InstallSnapshot(src=msg.src, dst=msg.dst, term=msg.term, snapshot=snapshot)
+        return InstallSnapshot(src=msg.src, dst=msg.dst, term=msg.term, snapshot=snapshot), decoded
 
     def _discard(self, file: SnapshotFile) -> None:
         if self._tg is None:

@@ -125,6 +125,12 @@ class LogStore(Protocol):
 
         Raises ``StorageError`` naming the file and the problem when the store is corrupt
         or a snapshot file is missing or damaged.
+
+        A store that keeps its snapshot in a file may also offer ``load_by_reference()``
+        (not part of this protocol; the SQLite store has it): ``load`` with the snapshot
+        without its data (``Snapshot.data`` empty, its file checked all the same), read
+        with ``open_snapshot``. A node restarting then restores from the file, a record at
+        a time, instead of holding the snapshot whole (``framework.runtime.restart``).
         """
         ...
 

@@ -229,6 +229,15 @@ class SQLiteLogStore:
         self._initialized = True
 
     def load(self) -> StoredState | None:
+        return self._load(snapshot_data=True)
+
+    def load_by_reference(self) -> StoredState | None:
+        """``load``, with the snapshot without its data (``Snapshot.data`` empty; read it
+        with ``open_snapshot``): its file is checked all the same (size and SHA-256), read
+        a piece at a time, so a node restarting need not hold its snapshot whole."""
+        return self._load(snapshot_data=False)
+
+    def _load(self, *, snapshot_data: bool) -> StoredState | None:
         conn = self._connection()
         self._quick_check(conn)
         with self._transaction(None, "load"):
@@ -255,7 +264,7 @@ class SQLiteLogStore:
             if hard_row is None
             else HardState(term=hard_row[0], vote=hard_row[1], commit=hard_row[2])
         )
-        snapshot = Snapshot() if snap_row is None else self._read_snapshot(snap_row)
+        snapshot = Snapshot() if snap_row is None else self._read_snapshot(snap_row, snapshot_data)
         entries = self._check_loaded_entries(snapshot.meta, entry_rows)
         last = entries[-1] if entries else None
         bounds = _Bounds(
@@ -696,9 +705,14 @@ class SQLiteLogStore:
         except (msgspec.DecodeError, TypeError) as exc:
             raise StorageError(f"{self._db_path}: {column} cannot be decoded: {exc}") from exc
 
-    def _read_snapshot(self, row: tuple[int, int, bytes, str, int, str]) -> Snapshot:
+    def _read_snapshot(
+        self, row: tuple[int, int, bytes, str, int, str], with_data: bool
+    ) -> Snapshot:
+        """The snapshot ``row`` names, its file checked (size, SHA-256); with its data, or
+        (``with_data=False``) without, the file hashed a piece at a time."""
         index, term, conf_blob, name, size, sha256 = row
         path = self._snap_dir / name
+        data = b""
         try:
             actual_size = path.stat().st_size
             if actual_size != size:
@@ -706,7 +720,12 @@ class SQLiteLogStore:
                     f"snapshot file {path}: size mismatch: {actual_size} bytes on disk, "
                     f"{size} recorded in {self._db_path}"
                 )
-            data = path.read_bytes()
+            if with_data:
+                data = path.read_bytes()
+                actual_sha = hashlib.sha256(data).hexdigest()
+            else:
+                with open(path, "rb") as file:
+                    actual_sha = hashlib.file_digest(file, "sha256").hexdigest()
         except FileNotFoundError as exc:
             raise StorageError(
                 f"snapshot file {path} is missing (named by {self._db_path} for the snapshot "
@@ -714,7 +733,6 @@ class SQLiteLogStore:
             ) from exc
         except OSError as exc:
             raise StorageError(f"snapshot file {path} cannot be read: {exc}") from exc
-        actual_sha = hashlib.sha256(data).hexdigest()
         if actual_sha != sha256:
             raise StorageError(
                 f"snapshot file {path}: checksum mismatch: sha256 {actual_sha} on disk, "

@@ -183,9 +183,9 @@ async def test_a_streamed_file_that_passes_is_delivered_without_data_and_kept_fo
 ) -> None:
     inbound, (delivered, msg, file) = await _receive(tmp_path, GOOD, 20)
     assert delivered == [msg] and msg.snapshot.data == b""
-    assert inbound.take_file(Snapshot(meta=msg.snapshot.meta)) is None  # not that object
-    assert inbound.take_file(msg.snapshot) == file and file.path.exists()
-    assert inbound.take_file(msg.snapshot) is None  # taken once
+    assert inbound.take(Snapshot(meta=msg.snapshot.meta), 0).file is None  # not that object
+    assert inbound.take(msg.snapshot, 0).file == file and file.path.exists()
+    assert inbound.take(msg.snapshot, 0).file is None  # taken once
 
 
 async def test_a_store_that_cannot_adopt_files_is_given_the_data_by_value(
@@ -196,7 +196,7 @@ async def test_a_store_that_cannot_adopt_files_is_given_the_data_by_value(
     inbound, (delivered, msg, file) = await _receive(tmp_path, GOOD, 20, store=object())
     assert [m.snapshot for m in delivered] == [Snapshot(meta=msg.snapshot.meta, data=GOOD)]
     assert not file.path.exists()
-    assert inbound.take_file(delivered[0].snapshot) is None
+    assert inbound.take(delivered[0].snapshot, 0).file is None
 
 
 @pytest.mark.parametrize(
@@ -211,4 +211,60 @@ async def test_a_streamed_file_that_fails_is_deleted_and_never_reaches_the_kerne
     inbound, (delivered, msg, file) = await _receive(tmp_path, data, index)
     assert delivered == [] and inbound.rejected == 1
     assert not file.path.exists()
-    assert inbound.take_file(msg.snapshot) is None
+    assert inbound.take(msg.snapshot, 0).file is None
+
+
+# -- decoded once: the check's decoded state is what is installed ------------------------------
+
+
+async def test_a_checked_file_is_installed_from_the_state_its_check_decoded(
+    tmp_path: Path,
+) -> None:
+    """The check decodes into a state of its own (the checking machine is untouched); the
+    install takes that state and reads none of the file's records again."""
+    data = _node_snapshot(_machine(3000))
+    delivered: list[InstallSnapshot] = []
+    node_sm = _machine(5)  # the node's own state, until the snapshot is installed
+    inbound = InboundSnapshots(
+        node_id=1,
+        state_machine=node_sm,
+        address_problem=host_port_problem,
+        deliver=delivered.append,
+    )
+    msg = _message(3000)
+    async with anyio.create_task_group() as tg:
+        inbound.start(tg, store=MemoryLogStore())
+        inbound.receive(msg, _spool(tmp_path, data))
+    assert delivered == [msg]
+    assert node_sm.applied_index == 5 and len(node_sm) == 5  # checked, nothing changed
+    staged = inbound.take(msg.snapshot, 0)
+    assert staged.file is not None and staged.decoded is not None
+    file = CountingReader(data)
+    restore_node_snapshot_file(
+        file,
+        index=3000,
+        state_machine=node_sm,
+        identity=AppIdentity(1, node_sm),
+        decoded=staged.decoded,
+    )
+    assert node_sm.applied_index == 3000 and len(node_sm) == 3000
+    assert node_sm.read("k2999") == "v" * 100
+    # The head and the application's header only: not one record of keys.
+    assert file.reads <= 4 and file.tell() < len(data) // 100
+    assert inbound.decoded_once == 1
+
+
+async def test_a_snapshot_the_kernel_passed_over_is_dropped_at_the_next_ready(
+    tmp_path: Path,
+) -> None:
+    """The kernel installs no snapshot at or below its commit index: once a Ready shows a
+    commit index at or past a staged snapshot that is not its own, its file (and decoded
+    state) go; one above the commit index stays for the Ready that installs it."""
+    inbound, (delivered, msg, file) = await _receive(tmp_path, GOOD, 20)
+    assert delivered == [msg]
+    assert inbound.take(None, 19).file is None and file.path.exists()  # still installable
+    async with anyio.create_task_group() as tg:
+        inbound.start(tg, store=MemoryLogStore())
+        assert inbound.take(None, 20).file is None
+    assert not file.path.exists()
+    assert inbound.take(msg.snapshot, 20).file is None

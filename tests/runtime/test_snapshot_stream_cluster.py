@@ -287,6 +287,8 @@ async def test_a_follower_is_caught_up_by_a_multi_chunk_streamed_snapshot(
         assert sum(t.snapshots_sent for n, t in c.transports.items() if n != follower) >= 1
         assert c.transports[follower].snapshots_received >= 1
         assert node.snapshots.accepted >= 1
+        # Installed from the state its check decoded: the file was decoded once.
+        assert node.snapshots.decoded_once >= 1
         # No file left behind in the spool once transfers end (another one, a resend or a
         # newer snapshot, may still be streaming at this moment: wait for it, bounded).
         spool = tmp_path / f"node{follower}" / SPOOL_DIR

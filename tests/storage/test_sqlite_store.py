@@ -41,11 +41,11 @@ def snapshot(index: int, term: int, data: bytes = b"state") -> Snapshot:
     return Snapshot(meta=SnapshotMeta(index=index, term=term, conf_state=VOTERS), data=data)
 
 
-def load_dir(path: Path, sync: str = "always") -> StoredState | None:
+def load_dir(path: Path, sync: str = "always", *, by_reference: bool = False) -> StoredState | None:
     """Open, load and close: what a restarting node does. Damage may raise at either step."""
     store = SQLiteLogStore(path, sync=sync)  # type: ignore[arg-type]
     try:
-        return store.load()
+        return store.load_by_reference() if by_reference else store.load()
     finally:
         store.close()
 
@@ -336,6 +336,32 @@ def test_the_same_snapshot_received_twice_never_overwrites_the_committed_file(
     assert state.snapshot == snapshot(7, 2, b"third copy")
 
 
+def test_load_by_reference_is_load_without_the_snapshot_data(
+    store: SQLiteLogStore, data_dir: Path
+) -> None:
+    """What a restarting node loads: everything ``load`` gives but the snapshot's bytes,
+    which ``open_snapshot`` reads from the file."""
+    data = b"snapshot data " * 100_000  # larger than a piece of the hash
+    fill(store, last=10, commit=10)
+    store.save_snapshot(snapshot(8, 1, data), compact_to=6)
+    store.close()
+    whole = load_dir(data_dir)
+    store = SQLiteLogStore(data_dir)
+    try:
+        by_reference = store.load_by_reference()
+        assert whole is not None and by_reference is not None
+        assert by_reference.snapshot == Snapshot(meta=whole.snapshot.meta)
+        assert whole.snapshot.data == data
+        assert by_reference.entries == whole.entries and by_reference.entries[0].index == 7
+        assert by_reference.hard_state == whole.hard_state
+        opened = store.open_snapshot(by_reference.snapshot.meta)
+        assert opened is not None
+        with opened:
+            assert opened.read() == data
+    finally:
+        store.close()
+
+
 def test_an_empty_snapshot_file_round_trips(store: SQLiteLogStore, data_dir: Path) -> None:
     store.save_ready(hard_state=None, entries=[], snapshot=snapshot(3, 1, b""), sync=True)
     store.close()
@@ -451,15 +477,18 @@ SNAPSHOT_DAMAGE: dict[str, tuple[Callable[[Path], object], str]] = {
 }
 
 
+@pytest.mark.parametrize("by_reference", [False, True], ids=["load", "load_by_reference"])
 @pytest.mark.parametrize("case", SNAPSHOT_DAMAGE)
-def test_a_damaged_snapshot_file_is_reported_naming_it(filled_dir: Path, case: str) -> None:
+def test_a_damaged_snapshot_file_is_reported_naming_it(
+    filled_dir: Path, case: str, by_reference: bool
+) -> None:
     damage, fragment = SNAPSHOT_DAMAGE[case]
     snap_file = filled_dir / "snapshots" / "snap-1-4.bin"
     leftover = filled_dir / "snapshots" / "snap-1-9.bin.abc.tmp"
     leftover.write_bytes(b"x")
     damage(snap_file)
     with pytest.raises(StorageError, match=fragment) as raised:
-        load_dir(filled_dir)
+        load_dir(filled_dir, by_reference=by_reference)
     assert str(snap_file) in str(raised.value)
     assert leftover.exists(), "a store that fails to load must not have been cleaned up"
 
