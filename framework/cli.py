@@ -140,6 +140,7 @@ def node(
     from framework.apps.loading import BadApplication, load_application
     from framework.metrics import configure_from_environment
     from framework.plugins import PluginError, PluginHost
+    from framework.runtime.heap_trim import trim_free_heap
     from framework.runtime.node import NodeConfig, RaftNode
     from framework.storage import StorageError
     from framework.storage.sqlite import SQLiteLogStore
@@ -192,6 +193,8 @@ def node(
         async with anyio.create_task_group() as tg:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 await tg.start(raft_node.run)
+                # Start-up's garbage is freed by now; give its pages back (issue #15).
+                await anyio.to_thread.run_sync(trim_free_heap)
                 async for signum in signals:
                     logging.getLogger("raftmw.node").info(
                         "node %d: %s, shutting down", node_id, signal.Signals(signum).name
