@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -14,7 +16,7 @@ import anyio
 import click
 
 from framework.auth import ClientCredentials
-from framework.bench_cli import bench, compare, demo
+from framework.cli_lazy import LazyGroup
 from framework.cli_options import (
     ask_each_node,
     client_call,
@@ -27,10 +29,7 @@ from framework.cli_options import (
 )
 from framework.config import SettingsError, settings_to_toml
 from framework.errors import RaftError
-from framework.flags_cli import flags
-from framework.lock_cli import lock_commands
 from framework.runtime.eventloop import run_async
-from framework.tls_cli import tls_group
 from framework.transport.tls import TlsError
 
 if TYPE_CHECKING:
@@ -41,7 +40,7 @@ __all__ = ["main", "run", "run_async"]
 T = TypeVar("T")
 
 
-@click.group()
+@click.group(cls=LazyGroup)
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 def main(verbose: int) -> None:
     """raftmw: a Raft consensus framework with feature-flagged plugins."""
@@ -140,6 +139,7 @@ def node(
     from framework.apps.loading import BadApplication, load_application
     from framework.metrics import configure_from_environment
     from framework.plugins import PluginError, PluginHost
+    from framework.runtime.heap_trim import trim_free_heap
     from framework.runtime.node import NodeConfig, RaftNode
     from framework.storage import StorageError
     from framework.storage.sqlite import SQLiteLogStore
@@ -192,6 +192,8 @@ def node(
         async with anyio.create_task_group() as tg:
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 await tg.start(raft_node.run)
+                # Start-up's garbage is freed by now; give its pages back (issue #15).
+                await anyio.to_thread.run_sync(trim_free_heap)
                 async for signum in signals:
                     logging.getLogger("raftmw.node").info(
                         "node %d: %s, shutting down", node_id, signal.Signals(signum).name
@@ -677,13 +679,28 @@ def config_write(file: Path, profile: str, force: bool) -> None:
     click.echo(f"wrote {file}")
 
 
-main.add_command(tls_group)
-main.add_command(flags)
-for _command in (demo, bench, compare):
-    main.add_command(_command)
-main.add_command(
-    lock_commands(peers_option, timeout_option, credential_options, client_call), "lock"
-)
+def _command_from(module: str, attribute: str) -> Callable[[], click.Command]:
+    def build() -> click.Command:
+        command = getattr(importlib.import_module(module), attribute)
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{module}.{attribute} is {command!r}, not a click command")
+        return command
+
+    return build
+
+
+def _lock_command() -> click.Command:
+    from framework.lock_cli import lock_commands
+
+    return lock_commands(peers_option, timeout_option, credential_options, client_call)
+
+
+# Imported when first used, not by every node process (framework/cli_lazy.py).
+main.add_lazy_command("tls", _command_from("framework.tls_cli", "tls_group"))
+main.add_lazy_command("flags", _command_from("framework.flags_cli", "flags"))
+for _name in ("demo", "bench", "compare"):
+    main.add_lazy_command(_name, _command_from("framework.bench_cli", _name))
+main.add_lazy_command("lock", _lock_command)
 
 
 def run() -> None:
