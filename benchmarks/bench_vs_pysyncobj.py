@@ -2,7 +2,7 @@
 
     python benchmarks/bench_vs_pysyncobj.py [--rounds 3] [--seconds 8] [--clients 512]
         [--connections 4] [--outstanding 2000] [--payload 100] [--single-seconds 3]
-        [--no-tls] [--no-all-flags] [--json FILE]
+        [--no-tls] [--no-all-flags] [--no-many] [--json FILE]
 
 Many writers, each round, in an order rotated from round to round so that a drift of the
 shared machine's speed falls on every system:
@@ -517,6 +517,12 @@ def main() -> None:
         default=True,
         help="also run raftmw with every performance flag on",
     )
+    parser.add_argument(
+        "--many",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the many-writer rounds (--no-many: the one-writer rows alone)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write every run here")
     # A PySyncObj node process (started by this script).
     parser.add_argument("--pysyncobj-node", action="store_true", help=argparse.SUPPRESS)
@@ -545,7 +551,7 @@ def main() -> None:
     systems: list[tuple[str, bool]] = [("pysyncobj", False), ("raftmw", False)]
     if args.all_flags:
         systems.append(("raftmw", True))
-    for round_ in range(1, args.rounds + 1):
+    for round_ in range(1, args.rounds + 1 if args.many else 1):
         shift = (round_ - 1) % len(systems)
         for kind, flag in systems[shift:] + systems[:shift]:
             if kind == "pysyncobj":
@@ -569,13 +575,14 @@ def main() -> None:
                 single.append(run)
                 print("single writer:", run.line(), flush=True)
     tls = "TLS" if args.tls else "plain TCP"
-    summarize(
-        f"Many writers (raftmw: {args.clients} writers on {args.connections} clients, {tls}, "
-        f"sync=always; PySyncObj: {args.outstanding} in flight per node, in memory), "
-        f"{args.rounds} rounds of {args.seconds:g}s: median (range)",
-        many,
-        "PySyncObj (defaults)",
-    )
+    if many:
+        summarize(
+            f"Many writers (raftmw: {args.clients} writers on {args.connections} clients, {tls}, "
+            f"sync=always; PySyncObj: {args.outstanding} in flight per node, in memory), "
+            f"{args.rounds} rounds of {args.seconds:g}s: median (range)",
+            many,
+            "PySyncObj (defaults)",
+        )
     if single:
         summarize(
             f"One writer, one write at a time, {args.rounds} rounds of {args.single_seconds:g}s",
