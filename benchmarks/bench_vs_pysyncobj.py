@@ -2,7 +2,7 @@
 
     python benchmarks/bench_vs_pysyncobj.py [--rounds 3] [--seconds 8] [--clients 512]
         [--connections 4] [--outstanding 2000] [--payload 100] [--single-seconds 3]
-        [--no-tls] [--no-all-flags] [--json FILE]
+        [--no-tls] [--no-all-flags] [--no-many] [--json FILE]
 
 Many writers, each round, in an order rotated from round to round so that a drift of the
 shared machine's speed falls on every system:
@@ -19,7 +19,11 @@ shared machine's speed falls on every system:
 
 Then one writer, one write at a time, interleaved the same way: PySyncObj's leader with its
 defaults (its batched appends wait for a tick) and with ``appendEntriesUseBatch = False``
-(its setting for latency), and raftmw with the settings above (one client).
+(its setting for latency); raftmw with the settings above and one client process (what a
+``KVClient`` user sees: four process hops a write); and raftmw in PySyncObj's shape, the
+writer inside the leader's process (``raftmw.embed``: three node processes, the leader's
+calls a ``@replicated`` ``put(key, value)`` of a ``--payload``-byte value on its own node;
+``sync = always``, TLS and default flags as above).
 
 Printed: every run (writes/s, p50/p99, CPU seconds per 1,000 committed writes for the
 whole cluster: for raftmw the three nodes and the load generator, for PySyncObj its three
@@ -47,7 +51,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from framework.runtime.bench import BenchOptions, run_bench
-from framework.runtime.localcluster import free_ports
+from framework.runtime.localcluster import LocalCluster, free_ports
 from framework.runtime.machine_load import busy_jiffies, process_jiffies
 from framework.runtime.workload import percentile
 
@@ -127,6 +131,97 @@ def pysyncobj_node(args: argparse.Namespace) -> None:
     node.destroy()
 
 
+# -- one raftmw node with its writer embedded (this script, run with --raftmw-embedded-node) ------
+
+
+def raftmw_embedded_node(args: argparse.Namespace) -> None:
+    """A raftmw node in this process (``raftmw.embed``) that, told "go" on stdin, writes
+    one ``put`` at a time for ``--seconds`` if it leads, and prints one JSON line with what
+    it measured; it exits at "stop" (so its peers keep a quorum until every node is done)."""
+    from framework.runtime.eventloop import run_async
+
+    run_async(_raftmw_embedded_node, args)
+
+
+async def _raftmw_embedded_node(args: argparse.Namespace) -> None:
+    import anyio
+
+    from framework.auth import ClientCredentials
+    from framework.config import load_settings
+    from framework.transport.certificates import TlsDirectory
+    from raftmw import ReplicatedObject, embed, replicated
+
+    class Store(ReplicatedObject):
+        """PySyncObj's ``KV.set``: a value stored under a key."""
+
+        app_name = "bench.store"
+        data: dict[str, str]
+
+        def __init__(self) -> None:
+            self.data = {}
+
+        @replicated
+        def put(self, key: str, value: str) -> None:
+            self.data[key] = value
+
+    peers = {int(i): a for i, a in (p.split("=", 1) for p in args.peers.split(","))}
+    overrides: dict[str, object] = {"storage.sync": "always"}
+    credentials = ClientCredentials()
+    if args.tls_dir:  # the files LocalCluster made for this run
+        tls = TlsDirectory(Path(args.tls_dir))
+        overrides |= {
+            "tls.ca": str(tls.ca),
+            "tls.cert": str(tls.node_cert(args.node_id)),
+            "tls.key": str(tls.node_key(args.node_id)),
+        }
+        credentials = ClientCredentials(
+            ca=str(tls.ca), cert=str(tls.client_cert("admin")), key=str(tls.client_key("admin"))
+        )
+    settings = load_settings(overrides=overrides)
+    async with embed(
+        Store,
+        node_id=args.node_id,
+        peers=peers,
+        data_dir=args.data_dir,
+        cluster_id="bench",
+        settings=settings,
+        credentials=credentials,
+    ) as node:
+        with anyio.fail_after(_READY_TIMEOUT):
+            while node.node.kernel is None or not node.node.kernel.leader:  # noqa: ASYNC110 (polls the role)
+                await anyio.sleep(0.02)
+        print(json.dumps({"leader": node.node.kernel.leader}), flush=True)
+        if (await anyio.to_thread.run_sync(sys.stdin.readline)).strip() != "go":
+            return
+        store = node.object(Store)
+        value = "v" * args.payload
+        latencies: list[float] = []
+        errors: dict[str, int] = {}
+        cpu0 = time.process_time()
+        stop_at = time.perf_counter() + args.seconds
+        if node.is_leader():
+            i = 0
+            while (t0 := time.perf_counter()) < stop_at:
+                try:
+                    await store.put(f"{args.node_id}-{i}", value)
+                except Exception as exc:  # counted and reported, as the other rows do
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                    continue
+                t1 = time.perf_counter()
+                if t1 <= stop_at:
+                    latencies.append(t1 - t0)
+                i += 1
+        await anyio.sleep(max(0.0, stop_at - time.perf_counter()))
+        cpu = time.process_time() - cpu0
+        print(
+            json.dumps(
+                {"ops": len(latencies), "latencies": latencies, "cpu": cpu, "failures": errors}
+            ),
+            flush=True,
+        )
+        await anyio.to_thread.run_sync(sys.stdin.readline)
+
+
 # -- the runs -------------------------------------------------------------------------------------
 
 
@@ -161,7 +256,7 @@ def _run_pysyncobj(
     args: argparse.Namespace, log: IO[str], *, round_: int, single: bool, unbatched: bool
 ) -> Run:
     addresses = [f"127.0.0.1:{p}" for p in free_ports(3)]
-    procs = []
+    commands = []
     for address in addresses:
         command = [
             sys.executable,
@@ -182,16 +277,68 @@ def _run_pysyncobj(
             command.append("--single")
         if unbatched:
             command.append("--unbatched")
-        procs.append(
-            subprocess.Popen(
-                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True
-            )
+        commands.append(command)
+    name = "PySyncObj" + (" (appendEntriesUseBatch=False)" if unbatched else " (defaults)")
+    return _run_node_processes(args, log, commands, name=name, round_=round_, single=single)
+
+
+def run_raftmw_embedded(args: argparse.Namespace, *, round_: int) -> Run:
+    """One writer inside the leader's process (PySyncObj's shape): three node processes of
+    this script (``--raftmw-embedded-node``), each a ``raftmw.embed`` node."""
+    with (
+        tempfile.TemporaryDirectory(prefix="raftmw-embedded-") as tmp,
+        tempfile.TemporaryFile(mode="w+") as log,
+    ):
+        # Only its ports, data directories and certificates: the nodes are started here.
+        cluster = LocalCluster(Path(tmp), nodes=3, cluster_id="bench", tls=args.tls)
+        peers = cluster.peers_arg()
+        commands = []
+        for node_id, node in cluster.nodes.items():
+            command = [
+                sys.executable,
+                __file__,
+                "--raftmw-embedded-node",
+                "--node-id",
+                str(node_id),
+                "--peers",
+                peers,
+                "--data-dir",
+                str(node.data_dir),
+                "--seconds",
+                str(args.single_seconds),
+                "--payload",
+                str(args.payload),
+            ]
+            if cluster.tls is not None:
+                command += ["--tls-dir", str(cluster.tls.root)]
+            commands.append(command)
+        return _run_node_processes(
+            args, log, commands, name="raftmw (embedded writer)", round_=round_, single=True
         )
+
+
+def _run_node_processes(
+    args: argparse.Namespace,
+    log: IO[str],
+    commands: list[list[str]],
+    *,
+    name: str,
+    round_: int,
+    single: bool,
+) -> Run:
+    """Start one node process per command; each prints a line once it knows a leader,
+    then at "go" runs its writers and prints its JSON result, and exits at "stop"."""
+    procs = [
+        subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True
+        )
+        for command in commands
+    ]
     try:
         for proc in procs:
             assert proc.stdout is not None
             if not proc.stdout.readline():
-                raise RuntimeError(f"a PySyncObj node exited before electing (rc {proc.wait()})")
+                raise RuntimeError(f"a {name} node exited before electing (rc {proc.wait()})")
         time.sleep(_SETTLE_SECONDS)
         idle_rss = [_rss_mib(p.pid) for p in procs]
         busy0 = busy_jiffies()
@@ -232,7 +379,6 @@ def _run_pysyncobj(
     if busy0 is not None and busy1 is not None:
         others = max(0, (busy1 - busy0) - (ours1 - ours0)) / os.sysconf("SC_CLK_TCK")
         share = others / (elapsed * (os.cpu_count() or 1))
-    name = "PySyncObj" + (" (appendEntriesUseBatch=False)" if unbatched else " (defaults)")
     return Run(
         system=name,
         round=round_,
@@ -371,6 +517,12 @@ def main() -> None:
         default=True,
         help="also run raftmw with every performance flag on",
     )
+    parser.add_argument(
+        "--many",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the many-writer rounds (--no-many: the one-writer rows alone)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write every run here")
     # A PySyncObj node process (started by this script).
     parser.add_argument("--pysyncobj-node", action="store_true", help=argparse.SUPPRESS)
@@ -378,9 +530,17 @@ def main() -> None:
     parser.add_argument("--peers", help=argparse.SUPPRESS)
     parser.add_argument("--single", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--unbatched", action="store_true", help=argparse.SUPPRESS)
+    # A raftmw node with the writer embedded (started by this script).
+    parser.add_argument("--raftmw-embedded-node", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--node-id", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--tls-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.pysyncobj_node:
         pysyncobj_node(args)
+        return
+    if args.raftmw_embedded_node:
+        raftmw_embedded_node(args)
         return
     for name, value in (("--rounds", args.rounds), ("--seconds", args.seconds)):
         if value <= 0:
@@ -391,7 +551,7 @@ def main() -> None:
     systems: list[tuple[str, bool]] = [("pysyncobj", False), ("raftmw", False)]
     if args.all_flags:
         systems.append(("raftmw", True))
-    for round_ in range(1, args.rounds + 1):
+    for round_ in range(1, args.rounds + 1 if args.many else 1):
         shift = (round_ - 1) % len(systems)
         for kind, flag in systems[shift:] + systems[:shift]:
             if kind == "pysyncobj":
@@ -402,24 +562,31 @@ def main() -> None:
             print(run.line(), flush=True)
     if args.single_seconds > 0:
         singles: list[tuple[str, bool]] = [("pysyncobj", True), ("pysyncobj", False)]
-        singles.append(("raftmw", False))
+        singles += [("raftmw", False), ("raftmw-embedded", False)]
         for round_ in range(1, args.rounds + 1):
             shift = (round_ - 1) % len(singles)
             for kind, flag in singles[shift:] + singles[:shift]:
-                if kind == "pysyncobj":
-                    run = run_pysyncobj(args, round_=round_, single=True, unbatched=flag)
-                else:
-                    run = run_raftmw(args, round_=round_, single=True, all_flags=False)
+                try:
+                    if kind == "pysyncobj":
+                        run = run_pysyncobj(args, round_=round_, single=True, unbatched=flag)
+                    elif kind == "raftmw-embedded":
+                        run = run_raftmw_embedded(args, round_=round_)
+                    else:
+                        run = run_raftmw(args, round_=round_, single=True, all_flags=False)
+                except (TimeoutError, RuntimeError) as exc:  # a starved machine: say so, go on
+                    print(f"single writer: round {round_} {kind}: no result: {exc!r}", flush=True)
+                    continue
                 single.append(run)
                 print("single writer:", run.line(), flush=True)
     tls = "TLS" if args.tls else "plain TCP"
-    summarize(
-        f"Many writers (raftmw: {args.clients} writers on {args.connections} clients, {tls}, "
-        f"sync=always; PySyncObj: {args.outstanding} in flight per node, in memory), "
-        f"{args.rounds} rounds of {args.seconds:g}s: median (range)",
-        many,
-        "PySyncObj (defaults)",
-    )
+    if many:
+        summarize(
+            f"Many writers (raftmw: {args.clients} writers on {args.connections} clients, {tls}, "
+            f"sync=always; PySyncObj: {args.outstanding} in flight per node, in memory), "
+            f"{args.rounds} rounds of {args.seconds:g}s: median (range)",
+            many,
+            "PySyncObj (defaults)",
+        )
     if single:
         summarize(
             f"One writer, one write at a time, {args.rounds} rounds of {args.single_seconds:g}s",

@@ -175,6 +175,23 @@ class ClientService:
         node._reads.append((context, query, waiter))
         node._wake.set()
 
+    def serve_reads(self) -> None:
+        """Answer the reads whose read index the state machine has reached."""
+        node = self._node
+        if not node._ready_reads:
+            return
+        applied = node.sm.applied_index
+        keep = []
+        for index, context in node._ready_reads:
+            if index > applied:
+                keep.append((index, context))
+                continue
+            entry = node._waiting_reads.pop(context, None)
+            if entry is not None:
+                key, waiter = entry
+                waiter.succeed(node.sm.read(key))
+        node._ready_reads = keep
+
     def propose(self, data: bytes, waiter: Waiter) -> None:
         """Propose ``data``; ``waiter`` gets the machine's result once it is applied."""
         node = self._node

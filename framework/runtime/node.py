@@ -14,7 +14,9 @@ performs every ``Ready`` the kernel has, in the order ``Ready`` documents:
 5. ``advance``.
 
 Inputs that arrive while a Ready is being persisted wait for the next iteration and go into
-the kernel together: that is where batching comes from (many proposals, one fsync).
+the kernel together: that is where batching comes from (many proposals, one fsync). A
+leader steps the peer messages among them as soon as its store returns: a follower's ack
+of the entries just stored commits them in the same iteration (issue #15).
 
 A client write is answered only after its entry is applied, which happens only after it
 committed, which the leader only counts once the entry is durable on a majority (the kernel
@@ -373,6 +375,8 @@ class RaftNode:
                 rd = kernel.ready()
                 started = time.perf_counter()
                 await self._handle_ready(kernel, rd)
+                if rd.must_sync and kernel.role is Role.LEADER:
+                    self._step_arrivals(kernel)  # acks that came meanwhile commit in this pass
                 self.health.on_ready(time.perf_counter() - started)
                 self.instruments.on_ready(
                     entries_persisted=len(rd.entries),
@@ -400,13 +404,7 @@ class RaftNode:
                 kernel.report_unreachable(node_id)
                 kernel.report_snapshot(node_id, success=False)  # one in flight is lost
             self._unreachable.clear()
-        # Messages that arrived before the ticks of a pause, reads after them (kernel_inputs).
-        step_inputs(
-            kernel,
-            self._take_inbox(),
-            self._tick_clock.due(self._now),
-            on_invalid=self._on_invalid_message,
-        )
+        self._step_arrivals(kernel)
         if self._actions:
             actions, self._actions = self._actions, []
             for action in actions:
@@ -418,6 +416,11 @@ class RaftNode:
             for context, key, waiter in reads:
                 self._waiting_reads[context] = (key, waiter)
                 kernel.read_index(context)
+
+    def _step_arrivals(self, kernel: RawNode) -> None:
+        """Peer messages, then the ticks due, then the reads among them (kernel_inputs)."""
+        ticks = self._tick_clock.due(self._now)
+        step_inputs(kernel, self._take_inbox(), ticks, on_invalid=self._on_invalid_message)
 
     def _wake_loop(self) -> None:
         self._wake.set()
@@ -500,11 +503,11 @@ class RaftNode:
             if entry is not None:
                 self.clients.fail_not_leader(entry[1])
         kernel.advance(rd)
-        self._serve_reads()
+        self.clients.serve_reads()
         if self._settlements:
-            # Writers are answered once the status they may read next reflects their write
-            # (a membership change, say): publish first, then settle.
-            await self.status_publisher.publish(force=False)
+            # Writers are answered once the status they may read next shows a change of
+            # leader or membership their write made; indexes follow at the pass's end.
+            await self.status_publisher.publish_changes()
             settlements, self._settlements = self._settlements, []
             for settle in settlements:
                 settle()
@@ -580,21 +583,6 @@ class RaftNode:
             for _term, waiter in self._waiting_apply.values():
                 waiter.fail("retry", "leadership changed; outcome unknown, retry")
             self._waiting_apply.clear()
-
-    def _serve_reads(self) -> None:
-        if not self._ready_reads:
-            return
-        applied = self.sm.applied_index
-        keep = []
-        for index, context in self._ready_reads:
-            if index > applied:
-                keep.append((index, context))
-                continue
-            entry = self._waiting_reads.pop(context, None)
-            if entry is not None:
-                key, waiter = entry
-                waiter.succeed(self.sm.read(key))
-        self._ready_reads = keep
 
     async def _maybe_snapshot(self, kernel: RawNode) -> None:
         if self.local_snapshots.due(kernel):

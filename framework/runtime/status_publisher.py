@@ -8,9 +8,12 @@ and the admin API read; the gauges (``GaugeReadings``) are what the OpenTelemetr
 callbacks read. Building a status costs a ``kernel.status()``, a gauge collection and a
 publish, so under load it is built at most once per tick, unless the role, term, leader,
 membership or snapshot changed: a commit or applied index on a status page may be a tick
-stale, who leads and who is a member never are. An idle node (no index moved) publishes
-once a second, for its gauges, instead of at every wake of its Ready loop (issue #15:
-idle CPU). Role, election and leader-change events are raised here, once per change.
+stale, who leads and who is a member never are. Writers are answered after
+``publish_changes`` (the status they read next shows any change of leader, term or
+membership their write made) and before the indexes are published at the end of the Ready
+loop's pass, so a write waits for no status build (issue #15). An idle node (no index
+moved) publishes once a second, for its gauges, instead of at every wake of its Ready loop
+(issue #15: idle CPU). Role, election and leader-change events are raised here, once per change.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from framework.core import Role
+from framework.core import RawNode, Role
 from framework.metrics import GaugeReadings
 from framework.seams import NodeStatus
 
@@ -43,19 +46,21 @@ class StatusPublisher:
         self._idle_next = 0.0
         self._last_role = ""
 
+    async def publish_changes(self) -> None:
+        """Publish now if the role, term, leader, membership or snapshot changed since the
+        last publication; moving indexes wait for the next ``publish(force=False)``."""
+        kernel = self._node.kernel
+        assert kernel is not None
+        if _identity(kernel) != self._identity:
+            await self.publish()
+
     async def publish(self, *, force: bool = True) -> None:
         """Publish the node status (``force``: now; otherwise as the module says)."""
         node = self._node
         kernel = node.kernel
         assert kernel is not None
         now = anyio.current_time()
-        identity = (
-            kernel.role,
-            kernel.term,
-            kernel.leader,
-            kernel.conf_state,
-            kernel.snapshot.meta.index,
-        )
+        identity = _identity(kernel)
         indexes = (kernel.log.committed, kernel.log.last_index(), node.sm.applied_index)
         idle = indexes == self._indexes and now < self._idle_next
         if not force and identity == self._identity and (now < self._next or idle):
@@ -111,3 +116,8 @@ class StatusPublisher:
             node.host.notify(
                 "raftmw_on_leader_change", node_id=node.id, leader=st.leader, term=st.term
             )
+
+
+def _identity(kernel: RawNode) -> tuple[object, ...]:
+    """What a status page may never show stale: who leads, in which term, and who is a member."""
+    return (kernel.role, kernel.term, kernel.leader, kernel.conf_state, kernel.snapshot.meta.index)
