@@ -350,6 +350,17 @@ def _remove_leader_of_two_with_a_longer_log(c: Cluster) -> int:
     return removal
 
 
+def _tick_until_node_2_leads(c: Cluster) -> None:
+    """Tick nodes 1 and 2 (election timeout 5) for up to ten timeouts, until 2 leads."""
+    for _ in range(10 * 5):
+        c.tick(1)
+        c.tick(2)
+        c.stabilize()
+        if c.node(2).role is Role.LEADER:
+            break
+    assert c.node(2).role is Role.LEADER
+
+
 @pytest.mark.parametrize("guarded", [True, False], ids=["pre_vote+check_quorum", "neither"])
 def test_voter_left_after_the_leader_of_two_removed_itself_is_elected(guarded: bool) -> None:
     """Node 1 of {1, 2} applied its own removal and lost leadership before node 2 learnt
@@ -368,13 +379,7 @@ def test_voter_left_after_the_leader_of_two_removed_itself_is_elected(guarded: b
         c.tick(2)
         c.stabilize()
     c.heal()
-    for _ in range(10 * 5):
-        c.tick(1)
-        c.tick(2)
-        c.stabilize()
-        if c.node(2).role is Role.LEADER:
-            break
-    assert c.node(2).role is Role.LEADER
+    _tick_until_node_2_leads(c)
     assert c.node(2).log.applied >= removal
     assert c.node(2).conf_state.voters == (2,)
     index = c.propose(2, b"after")
@@ -499,13 +504,7 @@ def test_voter_left_is_elected_after_the_removed_node_restarts_from_a_snapshot(
     assert snapshot.meta.index >= removal and snapshot.meta.conf_state.voters == (2,)
     c.restart(1)
     assert c.node(1).log.last_index() > c.node(2).log.last_index()
-    for _ in range(10 * 5):
-        c.tick(1)
-        c.tick(2)
-        c.stabilize()
-        if c.node(2).role is Role.LEADER:
-            break
-    assert c.node(2).role is Role.LEADER
+    _tick_until_node_2_leads(c)
     assert c.node(2).conf_state.voters == (2,)
     index = c.propose(2, b"after")
     c.stabilize()

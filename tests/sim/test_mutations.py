@@ -254,6 +254,23 @@ def _conf_commit_not_synced(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(raft.RawNode, "ready", unsynced)
 
 
+_DOWN_TO_ONE_VOTER: dict[str, object] = {
+    "nodes": 3,
+    "membership": True,
+    "membership_rate": 0.2,
+    "min_voters": 1,
+    "fault_rate": 2.0,
+    "drop": 0.3,
+    "crashes": False,
+    "partitions": False,
+    "leader_faults": 0.0,
+    "clients": 6,
+    "keys": 1,
+    "random_reads": 0.8,
+}
+"""Membership changes down to one voter on lossy links, no crashes, no partitions."""
+
+
 def _no_patch(mp: pytest.MonkeyPatch) -> None:
     """The kernel is honest; the runtime is not (see the schedule)."""
 
@@ -454,46 +471,14 @@ MUTANTS: dict[str, Mutant] = {
     # Found by the sweep (seed 40 of this schedule). Membership changes down to one voter
     # on lossy links, no crashes: the leader of two commits its own removal with one more
     # entry of its own, loses leadership, and refuses the voter left for its shorter log.
-    "removed_node_votes_by_log": Mutant(
-        _removed_node_votes_by_log,
-        60,
-        {
-            "nodes": 3,
-            "membership": True,
-            "membership_rate": 0.2,
-            "min_voters": 1,
-            "fault_rate": 2.0,
-            "drop": 0.3,
-            "crashes": False,
-            "partitions": False,
-            "leader_faults": 0.0,
-            "clients": 6,
-            "keys": 1,
-            "random_reads": 0.8,
-        },
-    ),
+    "removed_node_votes_by_log": Mutant(_removed_node_votes_by_log, 60, _DOWN_TO_ONE_VOTER),
     # Found by the sweep (seed 37017). As the schedule above, with quick restarts and a
     # snapshot after every Ready that applies: the removed node restarts from a snapshot
     # that covers its removal before the voter left is elected.
     "removal_forgotten_on_restart": Mutant(
         _removal_forgotten_on_restart,
         150,
-        {
-            "nodes": 3,
-            "membership": True,
-            "membership_rate": 0.2,
-            "min_voters": 1,
-            "fault_rate": 2.0,
-            "drop": 0.3,
-            "crashes": True,
-            "quick_restarts": True,
-            "snapshot_every": 1,
-            "partitions": False,
-            "leader_faults": 0.0,
-            "clients": 6,
-            "keys": 1,
-            "random_reads": 0.8,
-        },
+        {**_DOWN_TO_ONE_VOTER, "crashes": True, "quick_restarts": True, "snapshot_every": 1},
     ),
     # Found by the sweep (seed 32055). Two nodes, membership changes down to one voter,
     # frequent crashes that lose unsynced writes: the voter left applies the removal of
