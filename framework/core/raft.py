@@ -55,7 +55,7 @@ Rules kept, with the section of the Raft paper (P) or Ongaro's dissertation (D):
      entries of our own would leave no electable voter. Not a membership merely read as
      "two without us": mid-replay after a restart, the applied membership is a prefix.
      A node restarted from a snapshot that covers its removal knows it from the
-     snapshot's membership (``_removal_in_snapshot``, with the argument).
+     snapshot's membership (``membership.removal_in_snapshot``, with the argument).
   A candidate that does not yet *know* a change committed still counts with an older
   membership; no proof is given here that (1)-(5) exclude every such case. The evidence is
   the simulator (membership changes through one- and two-voter clusters, apply lag, inputs
@@ -114,6 +114,7 @@ from framework.core.errors import (
     UncommittedSizeExceeded,
 )
 from framework.core.log import RaftLog
+from framework.core.membership import removal_in_snapshot
 from framework.core.messages import (
     MAX_TERM,
     AppendEntries,
@@ -342,32 +343,9 @@ class RawNode:
         self._become_follower(self.term, 0)
 
     def _removal_in_snapshot(self) -> tuple[int, ...]:
-        """``_removed_from`` for a node restarted from a snapshot that covers its removal
-        from a membership of two (simulator sweep, seed 37017: without it, the node had
-        applied its removal from {2, 3}, took a snapshot, restarted, and then refused the
-        voter left its vote for a shorter log, for good).
-
-        The snapshot's membership is one the node applied (not a prefix rebuilt entry by
-        entry, as after a restart without one: seed 101277). Excluding us, with one voter
-        ``v`` left, and no membership change in our log after it, the last change we applied
-        was our own removal: no change can follow it in our log, because a leader proposes
-        the next one only once it has applied ours, and from then on sends us nothing. So
-        the membership before it was {us, v}; had we been a learner there, ``v`` never
-        counts our vote and the exemption is moot. A change after the snapshot (say the
-        snapshot lies inside the bootstrap entries) leaves it unset: the replay decides.
-        """
-        conf = self.snapshot.meta.conf_state
-        if (
-            self.snapshot.meta.index == 0
-            or len(conf.voters) != 1
-            or self.id in conf.voters
-            or self.id in conf.learners
-        ):
-            return ()
-        after = self.log.slice(self.snapshot.meta.index + 1, self.log.last_index() + 1)
-        if any(entry.kind is EntryKind.CONF_CHANGE for entry in after):
-            return ()
-        return tuple(sorted((self.id, conf.voters[0])))
+        """``_removed_from`` as the snapshot we start from records it
+        (``membership.removal_in_snapshot``)."""
+        return removal_in_snapshot(self.id, self.snapshot.meta, self.log)
 
     def _bootstrap(self, conf_state: ConfState) -> None:
         """Write the initial membership as committed conf-change entries of term 1.
