@@ -224,6 +224,10 @@ class RaftNode:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled. Reports started once it serves peers and clients."""
+        async with self.ready_store.thread.running():  # its stores' thread, for its lifetime
+            await self._run(task_status)
+
+    async def _run(self, task_status: TaskStatus[None]) -> None:
         try:
             state = await open_store(self)  # the snapshot restored from the store's file
             self.kernel = self._build_kernel(state)

@@ -1,5 +1,5 @@
 """``ReadyStore``: step 2 of a ``Ready`` (its snapshot, entries and hard state to the log
-store, in a worker thread), and when a commit index alone is worth a store transaction.
+store, in the node's store thread), and when a commit index alone is worth a store transaction.
 
 Theory of operation
 -------------------
@@ -31,6 +31,7 @@ import anyio
 
 from framework.core import HardState, RawNode, Ready
 from framework.runtime.kernel_inputs import TimeKeeper
+from framework.runtime.store_thread import StoreThread
 from framework.storage import LogStore, SnapshotFile
 from framework.storage.base import save_ready
 
@@ -49,6 +50,9 @@ class ReadyStore:
         idle_after: float,
     ) -> None:
         self._store = store
+        self.thread = StoreThread("raftmw-store")
+        """Where the stores run (``framework/runtime/store_thread.py``); the node runs it
+        for its lifetime (``async with ready_store.thread.running()``)."""
         self._time_keeper = time_keeper
         self._on_persisted = on_persisted
         self._idle_after = idle_after
@@ -100,7 +104,7 @@ class ReadyStore:
     ) -> None:
         self._time_keeper.waiting(kernel)
         try:
-            await anyio.to_thread.run_sync(self._save_sync, hard_state, rd, sync, snapshot_file)
+            await self.thread.call(self._save_sync, hard_state, rd, sync, snapshot_file)
         finally:
             self._time_keeper.done()
         self.deferred = None
