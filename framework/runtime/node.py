@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -55,7 +53,6 @@ from framework.core import (
     InvalidMessage,
     Message,
     NotLeader,
-    RaftConfig,
     RawNode,
     Ready,
     Role,
@@ -81,7 +78,7 @@ from framework.runtime.node_health import NodeHealth
 from framework.runtime.node_services import NodeServices
 from framework.runtime.pending import Waiter
 from framework.runtime.ready_store import ReadyStore
-from framework.runtime.restart import open_store
+from framework.runtime.restart import build_kernel, open_store
 from framework.runtime.snapshots import InboundSnapshots, NodeSnapshot, restore_snapshot
 from framework.runtime.status_publisher import StatusPublisher
 from framework.runtime.stored_peers import StoredPeers
@@ -89,7 +86,7 @@ from framework.runtime.tick_clock import TickClock
 from framework.runtime.ticker import run_ticker
 from framework.seams import Priority, QueueFull
 from framework.statemachine import KVStateMachine, StateMachine
-from framework.storage import LogStore, StorageError, StoredState
+from framework.storage import LogStore, StorageError
 from framework.transport.base import Transport
 from framework.transport.snapshot_stream import ReceivedSnapshot
 from framework.transport.wire import ClientRequest, ClientResponse
@@ -230,7 +227,7 @@ class RaftNode:
     async def _run(self, task_status: TaskStatus[None]) -> None:
         try:
             state = await open_store(self)  # the snapshot restored from the store's file
-            self.kernel = self._build_kernel(state)
+            self.kernel = build_kernel(self.id, self.settings.raft, state)
             self.instruments.start(commit_index=self.kernel.log.committed)
             # The cluster's flag state is known before the node serves anyone: from the
             # snapshot, then from committed flag entries it will re-apply.
@@ -270,30 +267,6 @@ class RaftNode:
                         await self.ready_store.flush(self.kernel)
                 await anyio.to_thread.run_sync(self.store.close)
                 self._fail_all("retry", f"node {self.id} is shutting down")
-
-    def _build_kernel(self, state: StoredState) -> RawNode:
-        raft = self.settings.raft
-        config = RaftConfig(
-            id=self.id,
-            election_tick=raft.election_tick,
-            heartbeat_tick=raft.heartbeat_tick,
-            max_inflight_msgs=raft.max_inflight_msgs,
-            max_size_per_msg=raft.max_size_per_msg,
-            max_uncommitted_entries_size=raft.max_uncommitted_entries_size,
-            pre_vote=raft.pre_vote,
-            check_quorum=raft.check_quorum,
-            lease_reads=raft.lease_reads,
-            lease_drift_ticks=raft.lease_drift_ticks,
-            max_committed_per_ready=raft.max_batch_proposals * 4,
-        )
-        return RawNode(
-            config,
-            rng=random.Random(int.from_bytes(os.urandom(8), "big")),
-            hard_state=state.hard_state,
-            entries=state.entries,
-            snapshot=state.snapshot,
-            conf_state=state.conf_state,
-        )
 
     def _peer_addresses(self) -> dict[int, str]:
         return {nid: addr for nid, addr in self.addresses.items() if nid != self.id}

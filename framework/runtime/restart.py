@@ -1,4 +1,5 @@
-"""A node starting over its store: the state it loads, and its snapshot restored from the file.
+"""A node starting over its store: the state it loads, the kernel built over it, and its
+snapshot restored from the file.
 
 Theory of operation
 -------------------
@@ -29,17 +30,46 @@ checksum is refused by the store's ``load`` the same way.
 
 from __future__ import annotations
 
+import os
+import random
 from dataclasses import replace
 from functools import partial
 from typing import Any
 
 import anyio
 
-from framework.core import ConfState, Snapshot
+from framework.config import RaftSettings
+from framework.core import ConfState, RaftConfig, RawNode, Snapshot
 from framework.runtime.snapshots import restore_snapshot
 from framework.storage import StorageError, StoredState
 
 __all__ = ["open_store"]
+
+
+def build_kernel(node_id: int, raft: RaftSettings, state: StoredState) -> RawNode:
+    """The kernel of node ``node_id`` over what its store loaded, with the ``[raft]``
+    settings; its election timeouts drawn from the operating system's randomness."""
+    config = RaftConfig(
+        id=node_id,
+        election_tick=raft.election_tick,
+        heartbeat_tick=raft.heartbeat_tick,
+        max_inflight_msgs=raft.max_inflight_msgs,
+        max_size_per_msg=raft.max_size_per_msg,
+        max_uncommitted_entries_size=raft.max_uncommitted_entries_size,
+        pre_vote=raft.pre_vote,
+        check_quorum=raft.check_quorum,
+        lease_reads=raft.lease_reads,
+        lease_drift_ticks=raft.lease_drift_ticks,
+        max_committed_per_ready=raft.max_batch_proposals * 4,
+    )
+    return RawNode(
+        config,
+        rng=random.Random(int.from_bytes(os.urandom(8), "big")),
+        hard_state=state.hard_state,
+        entries=state.entries,
+        snapshot=state.snapshot,
+        conf_state=state.conf_state,
+    )
 
 
 async def open_store(node: Any) -> StoredState:
