@@ -1,4 +1,6 @@
-"""``TcpTransport``: peers and clients over TCP (the client side is ``tcp_client``).
+"""``TcpTransport``: peers and clients over TCP (the client side is ``tcp_client``; a
+socket and its tasks' guard are ``connection``; a client's connection, once accepted and
+its Hello read, is served by ``client_connections``).
 
 Theory of operation
 -------------------
@@ -84,10 +86,10 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import anyio.abc
@@ -109,12 +111,9 @@ from framework.transport.admission import (
     Admission,
 )
 from framework.transport.backoff import Backoff
-from framework.transport.base import (
-    ClientService,
-    PeerInbox,
-    Transport,
-    submit_request,
-)
+from framework.transport.base import ClientService, PeerInbox, Transport
+from framework.transport.client_connections import answer_unauthenticated, serve_client
+from framework.transport.connection import Connection, guard
 from framework.transport.pool import LinkWrites, OutboundQueue, TransportPool
 from framework.transport.snapshot_stream import (
     DEFAULT_SNAPSHOT_CHUNK_SIZE,
@@ -133,9 +132,6 @@ from framework.transport.streams import (
     DEFAULT_MAX_FRAME_SIZE,
     LOST,
     ConnectionLost,
-    FrameReader,
-    FrameWriter,
-    Outbox,
     close_stream,
     format_address,
     parse_address,
@@ -154,15 +150,12 @@ from framework.transport.tls import (
 from framework.transport.wire import (
     PROTOCOL,
     PROTOCOL_VERSION,
-    ClientResponse,
-    ErrorReply,
     Goodbye,
     Hello,
     PeerBatch,
     PeerPart,
     ProtocolError,
     Reassembly,
-    decode_client_request,
     decode_hello,
     decode_peer_batch,
     encode_frame,
@@ -181,9 +174,6 @@ __all__ = [
 
 logger = logging.getLogger("raftmw.transport")
 
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
 DEFAULT_MAX_MESSAGE_SIZE: Final = 2 * 1024 * 1024 * 1024
 """Largest single peer message (a snapshot, sent in parts) a node sends or accepts."""
 DEFAULT_MAX_UNSENT_BYTES: Final = 64 * 1024 * 1024
@@ -198,49 +188,6 @@ PoolFactory = Callable[[PeerDialer], ConnectionPool]
 """Builds the pool a transport runs itself when no pool was handed to it (``use_pool``)."""
 
 _Backoff = Backoff  # its old name here (tests import it)
-
-
-class _Connection:
-    """One accepted or dialled socket, with the scope that closes it and why it closed."""
-
-    __slots__ = (
-        "address",
-        "ended",
-        "goodbye",
-        "level",
-        "reader",
-        "reason",
-        "scope",
-        "stream",
-        "writer",
-    )
-
-    def __init__(self, stream: anyio.abc.ByteStream, max_frame_size: int) -> None:
-        self.stream = stream
-        self.address = remote_address(stream)
-        self.reader = FrameReader(stream, max_frame_size)
-        self.writer = FrameWriter(stream)
-        self.scope = anyio.CancelScope()
-        self.reason: str | None = None
-        self.level = logging.INFO
-        self.goodbye = False
-        self.ended = anyio.Event()
-        """Set once the connection is closing or closed: no write will succeed any more."""
-
-    def close(self, reason: str, *, level: int = logging.WARNING, goodbye: bool = False) -> None:
-        """Close this connection (its scope); the first reason given is the one logged."""
-        if self.reason is None:
-            self.reason = reason
-            self.level = level
-            self.goodbye = goodbye
-        self.scope.cancel()
-        self.ended.set()
-
-    async def send_frames(self, frames: Sequence[bytes]) -> None:
-        """Write whole frames, in order (`FrameSink`, for `LinkWrites`). A write cut short
-        leaves the writer torn (rule 7): its caller closes the connection."""
-        for frame in frames:
-            await self.writer.send(frame)
 
 
 class _PeerLink:
@@ -269,7 +216,7 @@ class _PeerLink:
         self.address = address
         self.queue = OutboundQueue(max_queued)
         self.writes = LinkWrites(timeouts)
-        self.connection: _Connection | None = None
+        self.connection: Connection | None = None
         self.removed = False
         self.dial_timeouts = 0
         """Dials in a row that timed out: the next dial is the policy's attempt this many."""
@@ -676,7 +623,7 @@ class TcpTransport:
         self._dial_attempts += 1
         conn = self._open(await self._connect(address, link), self._max_frame_size)
         try:
-            established = await self._guard(conn, self._dial_handshake, conn, link, self._hello)
+            established = await guard(conn, self._dial_handshake, conn, link, self._hello)
         except BaseException:
             await self._finish(conn)
             raise
@@ -733,7 +680,7 @@ class TcpTransport:
                 raise ConnectionLost(address, f"TLS handshake failed: {exc!r}") from exc
             raise
 
-    async def _dial_handshake(self, conn: _Connection, link: _PeerLink, hello_frame: bytes) -> bool:
+    async def _dial_handshake(self, conn: Connection, link: _PeerLink, hello_frame: bytes) -> bool:
         if self._tls is not None:
             identity = identity_of(conn.stream)
             if identity is None or identity.node_id != link.peer_id:
@@ -771,7 +718,7 @@ class TcpTransport:
         conn = handle.conn
         try:
             with conn.scope:
-                await self._guard(conn, self._read_peer, conn, link.peer_id, state.inbox)
+                await guard(conn, self._read_peer, conn, link.peer_id, state.inbox)
         finally:
             if link.connection is conn:
                 link.connection = None
@@ -782,7 +729,7 @@ class TcpTransport:
             await self._finish(conn)
             handle.released.set()
 
-    def _attach(self, conn: _Connection, link: _PeerLink) -> None:
+    def _attach(self, conn: Connection, link: _PeerLink) -> None:
         """``conn`` now carries ``link``'s traffic; it replaces any older connection."""
         old = link.connection
         if old is not None:
@@ -792,7 +739,7 @@ class TcpTransport:
 
     # -- accepted peer connections ------------------------------------------------------------
 
-    async def _run_peer(self, conn: _Connection, link: _PeerLink, state: _Serving) -> None:
+    async def _run_peer(self, conn: Connection, link: _PeerLink, state: _Serving) -> None:
         """Carry peer traffic both ways on an accepted ``conn`` until it closes."""
         if link.removed:
             return
@@ -800,8 +747,8 @@ class TcpTransport:
         link.queue.take()
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._guard, conn, self._write_peer, conn, link)
-                await self._guard(conn, self._read_peer, conn, link.peer_id, state.inbox)
+                tg.start_soon(guard, conn, self._write_peer, conn, link)
+                await guard(conn, self._read_peer, conn, link.peer_id, state.inbox)
         finally:
             if link.connection is conn:
                 link.connection = None
@@ -810,7 +757,7 @@ class TcpTransport:
                 if conn.reason is not None and not link.removed:
                     state.inbox.peer_unreachable(link.peer_id)
 
-    async def _write_peer(self, conn: _Connection, link: _PeerLink) -> None:
+    async def _write_peer(self, conn: Connection, link: _PeerLink) -> None:
         """Write ``link``'s queue to the accepted ``conn``, one batch per write, each bounded
         by the node's timeout policy (``link.writes``, as in every pool: a lower-id peer that
         stops reading must not hold this writer, and the messages queued behind it, until
@@ -868,7 +815,7 @@ class TcpTransport:
         if state is not None:
             state.inbox.peer_unreachable(peer_id)
 
-    async def _read_peer(self, conn: _Connection, peer_id: int, inbox: PeerInbox) -> None:
+    async def _read_peer(self, conn: Connection, peer_id: int, inbox: PeerInbox) -> None:
         node_id = self.node_id
         parts = Reassembly(self._max_message_size)
         while True:
@@ -952,15 +899,13 @@ class TcpTransport:
         link = _PeerLink(peer, address, 1, self._current_timeouts)
         async with self._connection(stream, self._max_frame_size) as conn:
             with conn.scope:
-                shaken = await self._guard(
-                    conn, self._dial_handshake, conn, link, self._snapshot_hello
-                )
-                if shaken and await self._guard(conn, self._stream_snapshot_on, conn, out):
+                shaken = await guard(conn, self._dial_handshake, conn, link, self._snapshot_hello)
+                if shaken and await guard(conn, self._stream_snapshot_on, conn, out):
                     conn.close("snapshot sent", level=logging.DEBUG)
                     return None
             return conn.reason or "the handshake failed"
 
-    async def _stream_snapshot_on(self, conn: _Connection, out: Outgoing) -> bool:
+    async def _stream_snapshot_on(self, conn: Connection, out: Outgoing) -> bool:
         try:
             await send_snapshot(
                 conn.reader,
@@ -1023,7 +968,7 @@ class TcpTransport:
                 return
             async with self._connection(ready, self._handshake_frame_size) as conn:
                 with conn.scope:
-                    await self._guard(conn, self._accept_handshake, conn, state)
+                    await guard(conn, self._accept_handshake, conn, state)
         finally:
             self._admission.release(host)
 
@@ -1047,7 +992,7 @@ class TcpTransport:
         logger.warning("closed connection with %s: %s", address, problem)
         return None
 
-    async def _accept_handshake(self, conn: _Connection, state: _Serving) -> None:
+    async def _accept_handshake(self, conn: Connection, state: _Serving) -> None:
         # Our Hello goes out only once the caller is accepted (rule 3): a caller that
         # proved nothing learns nothing.
         hello = await self._receive_hello(conn)
@@ -1060,10 +1005,10 @@ class TcpTransport:
             )
             await conn.writer.send(self._hello)
             if principal.role is None:
-                await self._answer_unauthenticated(conn, principal)
+                await answer_unauthenticated(conn, principal, timeout=self._connect_timeout)
                 return
             conn.reader.set_limit(self._max_frame_size)
-            await self._serve_client(conn, state.clients, principal)
+            await serve_client(conn, state.clients, principal, max_unsent=self._max_unsent)
             return
         refusal = self._refuse_peer(hello, state, dials_us=hello.role == "peer")
         if (
@@ -1106,7 +1051,7 @@ class TcpTransport:
             )
         return None
 
-    async def _receive_hello(self, conn: _Connection) -> Hello | None:
+    async def _receive_hello(self, conn: Connection) -> Hello | None:
         with anyio.move_on_after(self._connect_timeout):
             hello = decode_hello(await conn.reader.receive_first(self._handshake_frame_size))
             if isinstance(hello, Goodbye):
@@ -1116,77 +1061,12 @@ class TcpTransport:
         conn.close(f"no Hello within {self._connect_timeout}s (handshake timeout)")
         return None
 
-    async def _answer_unauthenticated(self, conn: _Connection, principal: auth.Principal) -> None:
-        """A client that did not authenticate gets one answer, ``unauthorized`` naming what
-        it asked for (read within the small first-frame limit and ``connect_timeout``), and
-        is closed: it must not hold one of the listener's slots (rule 3a)."""
-        with anyio.move_on_after(self._connect_timeout):
-            request = decode_client_request(await conn.reader.receive())
-            if isinstance(request, Goodbye):
-                conn.close(f"client said goodbye: {request.reason}", level=logging.INFO)
-                return
-            refusal = auth.authorize(principal, request.body)
-            await conn.writer.send(
-                encode_frame(ClientResponse(id=request.id, ok=False, error=refusal))
-            )
-            conn.close("an unauthenticated client was answered and closed", level=logging.INFO)
-            return
-        conn.close(f"an unauthenticated client asked nothing within {self._connect_timeout}s")
-
-    async def _serve_client(
-        self, conn: _Connection, clients: ClientService, principal: auth.Principal
-    ) -> None:
-        # No task per request: the service answers through ``reply``, which queues the
-        # response for this connection's writer; answers settled together (a Ready's worth)
-        # leave in one write. Both tasks are guarded, as an exception raised in a task
-        # group's body would escape as a group.
-        outbox = Outbox(limit=self._max_unsent)
-
-        def reply(response: ClientResponse) -> None:
-            if not outbox.put(encode_frame(response)) and not outbox.closed:
-                outbox.close()
-                conn.close(
-                    f"client is not reading its responses (over max_unsent_bytes="
-                    f"{self._max_unsent} queued)"
-                )
-
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._guard, conn, self._write_outbox, conn, outbox)
-                await self._guard(conn, self._read_requests, conn, clients, reply, principal)
-                tg.cancel_scope.cancel()
-        finally:
-            outbox.close()
-
-    async def _read_requests(
-        self,
-        conn: _Connection,
-        clients: ClientService,
-        reply: Callable[[ClientResponse], None],
-        principal: auth.Principal,
-    ) -> None:
-        while True:
-            request = decode_client_request(await conn.reader.receive())
-            if isinstance(request, Goodbye):
-                conn.close(f"client said goodbye: {request.reason}", level=logging.INFO)
-                return
-            refusal: ErrorReply | None = auth.authorize(principal, request.body)
-            if refusal is None:
-                submit_request(clients, request, reply)
-            else:
-                reply(ClientResponse(id=request.id, ok=False, error=refusal))
-
-    @staticmethod
-    async def _write_outbox(conn: _Connection, outbox: Outbox) -> None:
-        while True:
-            await conn.writer.send(await outbox.take())
-
     # -- connection plumbing ------------------------------------------------------------------
 
     @asynccontextmanager
     async def _connection(
         self, stream: anyio.abc.ByteStream, max_frame_size: int
-    ) -> AsyncIterator[_Connection]:
+    ) -> AsyncIterator[Connection]:
         """Own ``stream`` for the block (``_open`` ... ``_finish``), whatever ends it."""
         conn = self._open(stream, max_frame_size)
         try:
@@ -1194,13 +1074,13 @@ class TcpTransport:
         finally:
             await self._finish(conn)
 
-    def _open(self, stream: anyio.abc.ByteStream, max_frame_size: int) -> _Connection:
+    def _open(self, stream: anyio.abc.ByteStream, max_frame_size: int) -> Connection:
         """Take ``stream`` over: count it. Its owner must ``_finish`` it exactly once."""
         tune_socket(stream, dead_after=self._dead_after)
         self._open_connections += 1
-        return _Connection(stream, max_frame_size)
+        return Connection(stream, max_frame_size)
 
-    async def _finish(self, conn: _Connection) -> None:
+    async def _finish(self, conn: Connection) -> None:
         """Say goodbye if owed, close the socket (shielded) and log why."""
         try:
             if conn.goodbye and not conn.writer.torn and conn.reason is not None:
@@ -1214,25 +1094,6 @@ class TcpTransport:
         if conn.reason is not None:
             logger.log(conn.level, "closed connection with %s: %s", conn.address, conn.reason)
 
-    async def _guard(
-        self,
-        conn: _Connection,
-        func: Callable[_P, Awaitable[_R]],
-        *args: _P.args,
-        **kwargs: _P.kwargs,
-    ) -> _R | None:
-        """Run one of ``conn``'s tasks; a remote fault or a dead socket closes ``conn``
-        instead of escaping into the task group (a bug still escapes)."""
-        try:
-            return await func(*args, **kwargs)
-        except ProtocolError as exc:
-            conn.close(str(exc), goodbye=True)
-        except anyio.EndOfStream:
-            conn.close("closed by the remote end", level=logging.INFO)
-        except LOST as exc:
-            conn.close(f"connection lost: {exc!r}", level=logging.INFO)
-        return None
-
 
 class _DialledConnection:
     """`PeerConnection`: the pool's handle on a connection ``TcpTransport`` dialled for it.
@@ -1243,7 +1104,7 @@ class _DialledConnection:
 
     __slots__ = ("address", "closing", "conn", "released", "transport")
 
-    def __init__(self, transport: TcpTransport, conn: _Connection, address: str) -> None:
+    def __init__(self, transport: TcpTransport, conn: Connection, address: str) -> None:
         self.transport = transport
         self.conn = conn
         self.address = address
