@@ -102,10 +102,16 @@ class PluginHost:
             self.pm.set_blocked(name)
         candidates: list[tuple[str, object, str]] = []
         if entry_points:
+            # A distribution's version parses its whole METADATA (raftmw's holds the
+            # README: 141 KB), so once per distribution, not once per entry point.
+            versions: dict[int, str] = {}
             for ep in sorted(
                 importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name
             ):
-                candidates.append((ep.name, ep, ep.dist.version if ep.dist else "?"))
+                dist = ep.dist
+                if dist is not None and id(dist) not in versions:
+                    versions[id(dist)] = dist.version
+                candidates.append((ep.name, ep, "?" if dist is None else versions[id(dist)]))
         candidates.extend((name, obj, "") for name, obj in plugins)
         for name, source, version in candidates:
             self._load(name, source, version)

@@ -153,3 +153,23 @@ def test_installed_plugins_are_found_by_entry_point() -> None:
         "metrics",
         "connection_pool",
     }
+
+
+def test_each_distribution_s_metadata_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A version parses the whole METADATA (raftmw's holds its README): it was read once per
+    # entry point, 12 times at every node start.
+    import importlib.metadata
+
+    reads: list[str] = []
+    original = importlib.metadata.PathDistribution.read_text
+
+    def counting(self: importlib.metadata.PathDistribution, filename: str) -> str | None:
+        text = original(self, filename)
+        if filename in ("METADATA", "PKG-INFO") and text is not None:  # egg-info: PKG-INFO
+            reads.append(str(self._path))  # type: ignore[attr-defined]
+        return text
+
+    monkeypatch.setattr(importlib.metadata.PathDistribution, "read_text", counting)
+    host = PluginHost()
+    assert "legacy" in host._infos
+    assert len(reads) == len(set(reads)), reads
