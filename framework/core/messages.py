@@ -231,7 +231,9 @@ def _validate_append(msg: AppendEntries) -> None:
             f"AppendEntries from node {msg.src}: entry index {indexes[bad]} where "
             f"{expected[bad]} was expected (entries must be contiguous after prev_index)"
         )
-    if terms[0] < msg.prev_term or terms[-1] > msg.term or terms != sorted(terms):
+    # Usually every entry is of the message's term (valid: prev_term <= term was checked).
+    uniform = terms.count(msg.term) == len(terms)
+    if not uniform and (terms[0] < msg.prev_term or terms[-1] > msg.term or terms != sorted(terms)):
         last_term = msg.prev_term
         for entry in entries:
             if entry.term < last_term or entry.term > msg.term:

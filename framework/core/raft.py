@@ -243,6 +243,9 @@ class _PendingRead:
 
 _LEADER_ONLY_IMMEDIATE = (AppendEntries, Heartbeat, InstallSnapshot, TimeoutNow, ReadIndexResponse)
 _KIND = attrgetter("kind")
+# Tuples built once: ``A | B`` in an isinstance call builds a union object on every message.
+_FROM_LEADER = (AppendEntries, Heartbeat, InstallSnapshot)
+_ACKS = (AppendResponse, HeartbeatResponse)
 
 
 def _conf_changes(entries: Sequence[Entry]) -> list[Entry]:
@@ -876,7 +879,7 @@ class RawNode:
             )
         if msg.term != self.term:
             return
-        if self.role is Role.LEADER and isinstance(msg, AppendResponse | HeartbeatResponse):
+        if self.role is Role.LEADER and isinstance(msg, _ACKS):
             if msg.src not in self.progress:
                 raise InvalidMessage(
                     f"{type(msg).__name__} from node {msg.src}, which is not a member "
@@ -892,9 +895,7 @@ class RawNode:
                     f"AppendResponse from node {msg.src} acknowledges index {msg.index} past "
                     f"the leader's last index {self.log.last_index()}"
                 )
-        if self.role is Role.LEADER and isinstance(
-            msg, AppendEntries | Heartbeat | InstallSnapshot
-        ):
+        if self.role is Role.LEADER and isinstance(msg, _FROM_LEADER):
             raise InvalidMessage(
                 f"{type(msg).__name__} from node {msg.src} claims leadership of term "
                 f"{msg.term}, which node {self.id} leads"
@@ -918,7 +919,7 @@ class RawNode:
             return True
         if isinstance(msg, VoteResponse) and msg.pre_vote and msg.granted:
             return True  # granted pre-votes carry the future term; we adopt it on winning
-        if isinstance(msg, AppendEntries | Heartbeat | InstallSnapshot):
+        if isinstance(msg, _FROM_LEADER):
             self._become_follower(msg.term, msg.src)
         else:
             self._become_follower(msg.term, 0)
@@ -1069,7 +1070,7 @@ class RawNode:
     # == step: candidate ======================================================================
 
     def _step_candidate(self, msg: Message) -> None:
-        if isinstance(msg, AppendEntries | Heartbeat | InstallSnapshot):
+        if isinstance(msg, _FROM_LEADER):
             # Someone won this term (P §5.2): follow them.
             self._become_follower(msg.term, msg.src)
             self._step_follower(msg)
