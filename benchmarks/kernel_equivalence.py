@@ -6,7 +6,7 @@ and the same counters. Used to show that a change meant to be behaviour-free (a 
 is: run it on both trees and compare the outputs.
 
     python benchmarks/kernel_equivalence.py --seeds 2000 > new.txt
-    (cd /tmp && PYTHONPATH=/path/to/other/tree python /path/to/kernel_equivalence.py \\
+    (cd /tmp && PYTHONPATH=/path/to/other/tree python /path/to/this/kernel_equivalence.py \\
         --seeds 2000 > old.txt)
     cmp old.txt new.txt
 
