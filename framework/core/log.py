@@ -15,14 +15,12 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from itertools import accumulate
-from operator import attrgetter
 
 from framework.core.entries import Entry, SnapshotMeta
 from framework.core.errors import InvalidMessage, KernelMisuse
 
 __all__ = ["RaftLog"]
 
-_DATA = attrgetter("data")
 _SIZE_CHUNK = 256
 
 
@@ -123,24 +121,25 @@ class RaftLog:
         window = self.entries[start:stop]
         if max_bytes is None or not window:
             return window
-        # Sizes are summed in C (sum/accumulate over map) in chunks, since this runs for
-        # every append sent; only the chunk that overflows is searched for the cut. The first
-        # entry always goes, even when larger than ``max_bytes``.
+        # Sizes are listed and summed a chunk at a time, since this runs for every append
+        # sent; only the chunk that overflows is searched for the cut (in C: accumulate,
+        # bisect). The first entry always goes, even when larger than ``max_bytes``.
         total = 0
         for chunk_start in range(0, len(window), _SIZE_CHUNK):
             chunk = window[chunk_start : chunk_start + _SIZE_CHUNK]
-            chunk_total = total + sum(map(len, map(_DATA, chunk)))
+            sizes = [len(entry.data) for entry in chunk]
+            chunk_total = total + sum(sizes)
             if chunk_total <= max_bytes:
                 total = chunk_total
                 continue
-            sizes = list(accumulate(map(len, map(_DATA, chunk)), initial=total))
-            fits = bisect_right(sizes, max_bytes) - 1
+            running = list(accumulate(sizes, initial=total))
+            fits = bisect_right(running, max_bytes) - 1
             return window[: max(1, chunk_start + fits)]
         return window
 
     def data_size(self, lo: int, hi: int) -> int:
-        """Sum of ``Entry.size()`` (the data's length) over ``lo <= index < hi``, in C."""
-        return sum(map(len, map(_DATA, self.slice(lo, hi))))
+        """Sum of ``Entry.size()`` (the data's length) over ``lo <= index < hi``."""
+        return sum([len(entry.data) for entry in self.slice(lo, hi)])
 
     def unstable_entries(self) -> list[Entry]:
         return self.entries[self.unstable_from - self.offset - 1 :]
