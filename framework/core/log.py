@@ -15,14 +15,12 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from itertools import accumulate
-from operator import attrgetter
 
 from framework.core.entries import Entry, SnapshotMeta
 from framework.core.errors import InvalidMessage, KernelMisuse
 
 __all__ = ["RaftLog"]
 
-_DATA = attrgetter("data")
 _SIZE_CHUNK = 256
 
 
@@ -62,6 +60,29 @@ class RaftLog:
         # Everything given at construction came from stable storage.
         self.unstable_from = self.last_index() + 1
 
+    @classmethod
+    def from_storage(cls, meta: SnapshotMeta, entries: list[Entry], commit: int) -> RaftLog:
+        """The log as stored: a snapshot at ``meta``, then ``entries``, which may begin before
+        the snapshot's index (the trailing entries ``compact(trailing=...)`` kept). Then the
+        first stored entry becomes the compacted prefix's last, and the log is applied up to
+        the snapshot, which the state machine restores from."""
+        if not entries or entries[0].index > meta.index:
+            return cls(snapshot=meta, entries=entries, committed=commit)
+        first = entries[0]
+        at_snapshot = meta.index - first.index
+        if at_snapshot >= len(entries) or entries[at_snapshot].term != meta.term:
+            raise KernelMisuse(
+                f"stored entries {first.index}..{entries[-1].index} before the snapshot at "
+                f"{meta.index} (term {meta.term}) do not reach it with its term"
+            )
+        log = cls(
+            snapshot=SnapshotMeta(index=first.index, term=first.term),
+            entries=entries[1:],
+            committed=max(commit, meta.index),
+        )
+        log.applied = meta.index
+        return log
+
     # -- queries ---------------------------------------------------------------------------
 
     def first_index(self) -> int:
@@ -100,17 +121,25 @@ class RaftLog:
         window = self.entries[start:stop]
         if max_bytes is None or not window:
             return window
-        # Sizes are summed in C (accumulate/map) in chunks, since this runs for every append
-        # sent; the first entry always goes, even when larger than ``max_bytes``.
+        # Sizes are listed and summed a chunk at a time, since this runs for every append
+        # sent; only the chunk that overflows is searched for the cut (in C: accumulate,
+        # bisect). The first entry always goes, even when larger than ``max_bytes``.
         total = 0
         for chunk_start in range(0, len(window), _SIZE_CHUNK):
             chunk = window[chunk_start : chunk_start + _SIZE_CHUNK]
-            sizes = list(accumulate(map(len, map(_DATA, chunk)), initial=total))
-            if sizes[-1] > max_bytes:
-                fits = bisect_right(sizes, max_bytes) - 1
-                return window[: max(1, chunk_start + fits)]
-            total = sizes[-1]
+            sizes = [len(entry.data) for entry in chunk]
+            chunk_total = total + sum(sizes)
+            if chunk_total <= max_bytes:
+                total = chunk_total
+                continue
+            running = list(accumulate(sizes, initial=total))
+            fits = bisect_right(running, max_bytes) - 1
+            return window[: max(1, chunk_start + fits)]
         return window
+
+    def data_size(self, lo: int, hi: int) -> int:
+        """Sum of ``Entry.size()`` (the data's length) over ``lo <= index < hi``."""
+        return sum([len(entry.data) for entry in self.slice(lo, hi)])
 
     def unstable_entries(self) -> list[Entry]:
         return self.entries[self.unstable_from - self.offset - 1 :]

@@ -7,7 +7,6 @@ the wire. ``validate_message`` checks what can be checked without the receiver's
 
 from __future__ import annotations
 
-from operator import attrgetter
 from typing import Final
 
 import msgspec
@@ -147,8 +146,6 @@ Message = (
 )
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
-_INDEX: Final = attrgetter("index")
-_TERM: Final = attrgetter("term")
 _DECODER: Final = msgspec.msgpack.Decoder(Message)
 
 
@@ -221,8 +218,9 @@ def _validate_append(msg: AppendEntries) -> None:
     if not entries:
         return
     # Whole-list comparisons run in C; only a failure walks the entries for the message.
-    indexes = list(map(_INDEX, entries))
-    terms = list(map(_TERM, entries))
+    # (Comprehensions: their attribute loads are specialised, twice map(attrgetter)'s speed.)
+    indexes = [entry.index for entry in entries]
+    terms = [entry.term for entry in entries]
     expected = list(range(msg.prev_index + 1, msg.prev_index + 1 + len(entries)))
     if indexes != expected:
         pairs = enumerate(zip(indexes, expected, strict=True))
@@ -231,7 +229,9 @@ def _validate_append(msg: AppendEntries) -> None:
             f"AppendEntries from node {msg.src}: entry index {indexes[bad]} where "
             f"{expected[bad]} was expected (entries must be contiguous after prev_index)"
         )
-    if terms[0] < msg.prev_term or terms[-1] > msg.term or terms != sorted(terms):
+    # Usually every entry is of the message's term (valid: prev_term <= term was checked).
+    uniform = terms.count(msg.term) == len(terms)
+    if not uniform and (terms[0] < msg.prev_term or terms[-1] > msg.term or terms != sorted(terms)):
         last_term = msg.prev_term
         for entry in entries:
             if entry.term < last_term or entry.term > msg.term:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Collection, Mapping
+from itertools import repeat
 
 __all__ = ["VoteResult", "committed_index", "majority", "vote_result"]
 
@@ -24,7 +25,7 @@ def committed_index(voters: Collection[int], match: Mapping[int, int]) -> int:
     """
     if not voters:
         return 0
-    indexes = sorted((match.get(v, 0) for v in voters), reverse=True)
+    indexes = sorted(map(match.get, voters, repeat(0)), reverse=True)
     return indexes[majority(len(indexes)) - 1]
 
 

@@ -88,6 +88,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 
 import msgspec
 
@@ -240,29 +241,19 @@ class _PendingRead:
 
 
 _LEADER_ONLY_IMMEDIATE = (AppendEntries, Heartbeat, InstallSnapshot, TimeoutNow, ReadIndexResponse)
+# Tuples built once: ``A | B`` in an isinstance call builds a union object on every message.
+_FROM_LEADER = (AppendEntries, Heartbeat, InstallSnapshot)
+_ACKS = (AppendResponse, HeartbeatResponse)
 
 
-def _log_from_storage(meta: SnapshotMeta, entries: list[Entry], commit: int) -> RaftLog:
-    """The log as stored: a snapshot at ``meta``, then ``entries``, which may begin before
-    the snapshot's index (the trailing entries ``compact(trailing=...)`` kept). Then the
-    first stored entry becomes the compacted prefix's last, and the log is applied up to
-    the snapshot, which the state machine restores from."""
-    if not entries or entries[0].index > meta.index:
-        return RaftLog(snapshot=meta, entries=entries, committed=commit)
-    first = entries[0]
-    at_snapshot = meta.index - first.index
-    if at_snapshot >= len(entries) or entries[at_snapshot].term != meta.term:
-        raise KernelMisuse(
-            f"stored entries {first.index}..{entries[-1].index} before the snapshot at "
-            f"{meta.index} (term {meta.term}) do not reach it with its term"
-        )
-    log = RaftLog(
-        snapshot=SnapshotMeta(index=first.index, term=first.term),
-        entries=entries[1:],
-        committed=max(commit, meta.index),
-    )
-    log.applied = meta.index
-    return log
+def _conf_changes(entries: Sequence[Entry]) -> list[Entry]:
+    """The membership changes among ``entries``. Runs for every batch of entries sent,
+    received and applied: one comprehension and a test in C, and only a batch that holds a
+    change is walked again."""
+    conf = EntryKind.CONF_CHANGE
+    if conf not in [entry.kind for entry in entries]:
+        return []
+    return [entry for entry in entries if entry.kind is conf]
 
 
 class RawNode:
@@ -289,7 +280,7 @@ class RawNode:
         hs = hard_state or HardState()
         self.snapshot = snapshot or Snapshot()
         meta = self.snapshot.meta
-        self.log = _log_from_storage(meta, list(entries), hs.commit)
+        self.log = RaftLog.from_storage(meta, list(entries), hs.commit)
         self.term = hs.term
         self.vote = hs.vote
         if self.log.last_term() > hs.term:
@@ -592,8 +583,8 @@ class RawNode:
             or self._pending_snapshot is not None
             or log.unstable_from <= log.last_index()
             or (log.committed > log.applied and self._pending_snapshot is None)
-            or self._soft_state() != self._prev_soft
-            or self._hard_state() != self._prev_hard
+            or self._soft_changed()
+            or self._hard_changed()
         )
 
     def ready(self) -> Ready:
@@ -602,22 +593,24 @@ class RawNode:
             raise KernelMisuse("ready() called twice without advance()")
         self._flush_read_round()
         self._flush_appends()
-        soft = self._soft_state()
-        hard = self._hard_state()
+        soft_changed, hard_changed = self._soft_changed(), self._hard_changed()
+        soft = SoftState(leader=self.leader, role=self.role) if soft_changed else self._prev_soft
+        hard = self._prev_hard
+        if hard_changed:
+            hard = HardState(term=self.term, vote=self.vote, commit=self.log.committed)
         entries = tuple(self.log.unstable_entries())
         snapshot = self._pending_snapshot
         committed: tuple[Entry, ...] = ()
         if snapshot is None:
             limit = self.config.max_committed_per_ready or None
             committed = tuple(self.log.committed_to_apply(limit))
-        conf = EntryKind.CONF_CHANGE
-        self._outstanding_conf = changes = [e for e in committed if e.kind is conf]
+        self._outstanding_conf = changes = _conf_changes(committed)
         rd = Ready(
-            soft_state=soft if soft != self._prev_soft else None,
+            soft_state=soft if soft_changed else None,
             # A membership change is applied only over a synced commit index that covers it
             # (membership rule 4): the hard state goes with it even if an earlier Ready,
             # unsynced, already carried that commit.
-            hard_state=hard if hard != self._prev_hard or changes else None,
+            hard_state=hard if hard_changed or changes else None,
             entries=entries,
             snapshot=snapshot,
             messages=tuple(self._messages),
@@ -779,9 +772,8 @@ class RawNode:
         if self._pending_snapshot is not None:
             return
         # A node must not campaign on a membership it has not finished applying.
-        for entry in self.log.committed_to_apply():
-            if entry.kind is EntryKind.CONF_CHANGE:
-                return
+        if _conf_changes(self.log.committed_to_apply()):
+            return
         if self.config.pre_vote and not transfer:
             self._become_pre_candidate()
             self._request_votes(pre_vote=True, transfer=False)
@@ -865,14 +857,13 @@ class RawNode:
         """Reject, before changing anything, messages impossible given our state."""
         if isinstance(msg, AppendEntries) and msg.term >= self.term:
             # A membership entry we could not apply would wedge advance() once committed.
-            for entry in msg.entries:
-                if entry.kind is EntryKind.CONF_CHANGE:
-                    change = decode_conf_change(entry.data)  # raises InvalidMessage
-                    if change.node_id <= 0:
-                        raise InvalidMessage(
-                            f"AppendEntries from node {msg.src}: entry {entry.index} changes "
-                            f"membership of node id {change.node_id}"
-                        )
+            for entry in _conf_changes(msg.entries):
+                change = decode_conf_change(entry.data)  # raises InvalidMessage
+                if change.node_id <= 0:
+                    raise InvalidMessage(
+                        f"AppendEntries from node {msg.src}: entry {entry.index} changes "
+                        f"membership of node id {change.node_id}"
+                    )
         # Checked before a later term is adopted, so a rejected heartbeat changes nothing
         # (a correct leader never sends a commit index past what we are known to store).
         if (
@@ -886,7 +877,7 @@ class RawNode:
             )
         if msg.term != self.term:
             return
-        if self.role is Role.LEADER and isinstance(msg, AppendResponse | HeartbeatResponse):
+        if self.role is Role.LEADER and isinstance(msg, _ACKS):
             if msg.src not in self.progress:
                 raise InvalidMessage(
                     f"{type(msg).__name__} from node {msg.src}, which is not a member "
@@ -902,9 +893,7 @@ class RawNode:
                     f"AppendResponse from node {msg.src} acknowledges index {msg.index} past "
                     f"the leader's last index {self.log.last_index()}"
                 )
-        if self.role is Role.LEADER and isinstance(
-            msg, AppendEntries | Heartbeat | InstallSnapshot
-        ):
+        if self.role is Role.LEADER and isinstance(msg, _FROM_LEADER):
             raise InvalidMessage(
                 f"{type(msg).__name__} from node {msg.src} claims leadership of term "
                 f"{msg.term}, which node {self.id} leads"
@@ -928,7 +917,7 @@ class RawNode:
             return True
         if isinstance(msg, VoteResponse) and msg.pre_vote and msg.granted:
             return True  # granted pre-votes carry the future term; we adopt it on winning
-        if isinstance(msg, AppendEntries | Heartbeat | InstallSnapshot):
+        if isinstance(msg, _FROM_LEADER):
             self._become_follower(msg.term, msg.src)
         else:
             self._become_follower(msg.term, 0)
@@ -1079,7 +1068,7 @@ class RawNode:
     # == step: candidate ======================================================================
 
     def _step_candidate(self, msg: Message) -> None:
-        if isinstance(msg, AppendEntries | Heartbeat | InstallSnapshot):
+        if isinstance(msg, _FROM_LEADER):
             # Someone won this term (P §5.2): follow them.
             self._become_follower(msg.term, msg.src)
             self._step_follower(msg)
@@ -1172,7 +1161,7 @@ class RawNode:
         if index <= log.committed or log.term(index) != self.term:
             return False
         if self.uncommitted_size:
-            released = sum(e.size() for e in log.slice(log.committed + 1, index + 1))
+            released = log.data_size(log.committed + 1, index + 1)
             self.uncommitted_size = max(0, self.uncommitted_size - released)
         first_commit_in_term = log.term(log.committed) != self.term
         log.commit_to(index)
@@ -1192,26 +1181,28 @@ class RawNode:
                 f"node {self.id} is transferring leadership to node {self.transferee}"
             )
         cap = self.config.max_uncommitted_entries_size
-        uncommitted = self.uncommitted_size
-        term = self.term
-        first = index = self.log.last_index() + 1
-        entries: list[Entry] = []
-        for data in datas:
-            size = len(data)
-            if cap and uncommitted and uncommitted + size > cap:
-                if not entries:
-                    raise UncommittedSizeExceeded(
-                        f"node {self.id} holds {uncommitted} uncommitted bytes; a {size}-byte "
-                        f"proposal would exceed max_uncommitted_entries_size={cap}"
-                    )
-                break
-            uncommitted += size
-            entries.append(Entry(term, index, kind, data))
-            index += 1
-        self.uncommitted_size = uncommitted
+        held = self.uncommitted_size
+        count, added = len(datas), sum(map(len, datas))
+        if cap and held + added > cap:
+            # Not all fit: the longest prefix that does (any one when nothing is held).
+            count = added = 0
+            for size in map(len, datas):
+                if held + added and held + added + size > cap:
+                    break
+                count, added = count + 1, added + size
+            if not count:
+                raise UncommittedSizeExceeded(
+                    f"node {self.id} holds {held} uncommitted bytes; a {len(datas[0])}-byte "
+                    f"proposal would exceed max_uncommitted_entries_size={cap}"
+                )
+        self.uncommitted_size = held + added
+        first = self.log.last_index() + 1
+        # Built in C, not entry by entry (map stops with the range, after ``count``).
+        indexes = range(first, first + count)
+        entries = list(map(Entry, repeat(self.term), indexes, repeat(kind), datas))
         self.log.append(entries)
         self._broadcast_append(send_if_empty=False)
-        return range(first, index)
+        return indexes
 
     def _require_leader(self) -> None:
         if self.role is not Role.LEADER:
@@ -1241,6 +1232,8 @@ class RawNode:
             return False
         log = self.log
         prev_index = pr.next - 1
+        if prev_index == log.last_index() and not send_if_empty:
+            return False  # nothing new to send (the slice below would come back empty)
         prev_term = log.term(prev_index)
         if prev_term is None:
             if prev_index > log.last_index():
@@ -1473,8 +1466,11 @@ class RawNode:
 
     # == state snapshots ======================================================================
 
-    def _soft_state(self) -> SoftState:
-        return SoftState(leader=self.leader, role=self.role)
+    # Field by field, since ``has_ready()`` asks on every loop pass: no struct is built.
+    def _soft_changed(self) -> bool:
+        prev = self._prev_soft
+        return self.leader != prev.leader or self.role is not prev.role
 
-    def _hard_state(self) -> HardState:
-        return HardState(term=self.term, vote=self.vote, commit=self.log.committed)
+    def _hard_changed(self) -> bool:
+        prev = self._prev_hard
+        return self.term != prev.term or self.vote != prev.vote or self.log.committed != prev.commit

@@ -56,10 +56,13 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import hashlib
 import random
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
+
+import msgspec
 
 from framework.core import (
     ConfChangeType,
@@ -87,6 +90,9 @@ from framework.sim.options import SimOptions
 from framework.statemachine import KVStateMachine
 
 __all__ = ["SimOptions", "SimResult", "Simulation", "SimulationFailure", "main", "run_seed"]
+
+
+_READY_ENCODER = msgspec.msgpack.Encoder()
 
 
 class SimulationFailure(AssertionError):
@@ -121,6 +127,9 @@ class SimResult:
     digests_compared: int = 0
     aimed_faults: dict[str, int] = field(default_factory=dict)
     """Faults aimed at the leader, by kind."""
+    ready_digest: str = ""
+    """A hash of every Ready the kernels emitted (with node and tick), in order: two kernels
+    that give a seed the same digest behaved identically on it, message for message."""
 
     def summary(self) -> str:
         return (
@@ -152,6 +161,7 @@ class Simulation:
         self.network: SimNetwork[bytes] = SimNetwork(random.Random(self.rng.random()), faults)
         self.now = 0
         self.result = SimResult(options=options)
+        self._readies = hashlib.blake2b(digest_size=16)
         self.nodes: dict[int, SimNode] = {}
         self.faulty = True
         """In the fault phase (until ``Faults.heal``)."""
@@ -296,6 +306,7 @@ class Simulation:
         self.result.committed = self.max_commit
         self.result.messages = self.network.sent
         self.result.dropped = self.network.dropped
+        self.result.ready_digest = self._readies.hexdigest()
         return self.result
 
     def _has_leader(self) -> bool:
@@ -412,6 +423,7 @@ class Simulation:
                     kernel.report_snapshot(msg.dst, success=False)
 
     def _handle_ready(self, node: SimNode, kernel: RawNode, rd: Ready) -> None:
+        self._readies.update(_READY_ENCODER.encode((self.now, node.id, rd)))
         crash_at = node.crash_in_ready if (rd.entries or rd.hard_state) else ""
         self.max_term = max(self.max_term, kernel.term)
         hs = rd.hard_state

@@ -4,6 +4,8 @@ write), and flow control (in-flight window, bytes per message, uncommitted cap).
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from kernel_harness import (
     Cluster,
     ack,
@@ -462,6 +464,45 @@ def test_propose_batch_appends_what_fits_under_the_cap() -> None:
     rd = leader.ready()
     assert [e.data for e in rd.entries] == [b"a" * 10, b"b" * 10]
     leader.advance(rd)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(0, 30), max_size=3),
+    st.lists(st.integers(0, 30), min_size=1, max_size=12),
+    st.integers(0, 120),
+)
+def test_propose_batch_takes_the_prefix_a_one_by_one_cap_check_takes(
+    held: list[int], sizes: list[int], cap: int
+) -> None:
+    """``propose_batch`` builds its entries at once; what it accepts is still what
+    proposing them one at a time under the cap accepts: each goes while nothing is
+    uncommitted or while it fits, and the batch stops at the first that does not."""
+    leader = make_leader(1, max_uncommitted_entries_size=cap)
+    for size in held:
+        try:
+            leader.propose(b"h" * size)
+        except UncommittedSizeExceeded:
+            break
+    uncommitted, expected = leader.uncommitted_size, 0
+    for size in sizes:
+        if cap and uncommitted and uncommitted + size > cap:
+            break
+        uncommitted, expected = uncommitted + size, expected + 1
+    first = leader.log.last_index() + 1
+    datas = [bytes([65 + i]) * size for i, size in enumerate(sizes)]
+    if not expected:
+        before = fingerprint(leader)
+        with pytest.raises(UncommittedSizeExceeded, match=f"a {sizes[0]}-byte proposal"):
+            leader.propose_batch(datas)
+        assert fingerprint(leader) == before
+        return
+    assert leader.propose_batch(datas) == range(first, first + expected)
+    assert leader.uncommitted_size == uncommitted
+    assert leader.log.entries[-expected:] == [
+        Entry(leader.term, first + i, EntryKind.NORMAL, data)
+        for i, data in enumerate(datas[:expected])
+    ]
 
 
 def test_proposals_batch_into_one_append_per_follower() -> None:

@@ -29,10 +29,10 @@ The seed at which each mutant is caught is printed (``-s``) and listed in the RE
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import msgspec
 import pytest
 
 from framework.core import (
@@ -247,7 +247,7 @@ def _conf_commit_not_synced(mp: pytest.MonkeyPatch) -> None:
         )
         if must == rd.must_sync:
             return rd
-        rd = dataclasses.replace(rd, must_sync=must)
+        rd = msgspec.structs.replace(rd, must_sync=must)
         self._outstanding = rd
         return rd
 
