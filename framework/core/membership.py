@@ -1,16 +1,83 @@
 """Membership rules of the kernel that need no ``RawNode`` state beyond what they are given.
 
-``removal_in_snapshot``: what a node restarted from a snapshot knows of its own removal
-from a membership of two, for ``RawNode._successor_after_removal`` (rule 5 of the module
-docstring of ``framework.core.raft``).
+- ``check_conf_change``: whether a single-server change may be proposed now (D §4.1: one
+  change at a time, each adding or removing one server);
+- ``changed_membership``: the membership after a change is applied, and whether it was
+  this node's own removal from the voters (for ``RawNode._successor_after_removal``);
+- ``removal_in_snapshot``: what a node restarted from a snapshot knows of its own removal
+  from a membership of two (rule 5 of the module docstring of ``framework.core.raft``).
+
+What a leader does once the membership changed (its progress, a hand-over after its own
+removal) stays in ``RawNode._apply_conf_change``.
 """
 
 from __future__ import annotations
 
-from framework.core.entries import EntryKind, SnapshotMeta
-from framework.core.log import RaftLog
+from collections.abc import Mapping
 
-__all__ = ["removal_in_snapshot"]
+from framework.core.entries import ConfChange, ConfChangeType, ConfState, EntryKind, SnapshotMeta
+from framework.core.errors import ConfChangeRejected
+from framework.core.log import RaftLog
+from framework.core.progress import Progress
+
+__all__ = ["changed_membership", "check_conf_change", "removal_in_snapshot"]
+
+
+def check_conf_change(
+    change: ConfChange, conf: ConfState, progress: Mapping[int, Progress], committed: int
+) -> None:
+    """Raise ``ConfChangeRejected`` naming why ``change`` cannot be made to ``conf`` now;
+    ``progress``: the leader's, for what a learner is known to store (promoting one that
+    has not caught up to ``committed`` would stall commits)."""
+    voters, learners = conf.voters, conf.learners
+    nid = change.node_id
+    if nid <= 0:
+        raise ConfChangeRejected(f"node id {nid}: expected a positive integer")
+    kind = change.type
+    if kind is ConfChangeType.ADD_VOTER and nid in voters:
+        raise ConfChangeRejected(f"node {nid} is already a voter")
+    if kind is ConfChangeType.ADD_LEARNER and (nid in voters or nid in learners):
+        raise ConfChangeRejected(f"node {nid} is already a member")
+    if kind is ConfChangeType.PROMOTE or (kind is ConfChangeType.ADD_VOTER and nid in learners):
+        if kind is ConfChangeType.PROMOTE and nid not in learners:
+            raise ConfChangeRejected(f"node {nid} is not a learner; cannot promote it")
+        match = progress[nid].match
+        if match < committed:
+            raise ConfChangeRejected(
+                f"learner {nid} has not caught up (matches index {match}, commit index "
+                f"is {committed}); promote it once it has"
+            )
+    if kind is ConfChangeType.REMOVE:
+        if nid not in voters and nid not in learners:
+            raise ConfChangeRejected(f"node {nid} is not a member; cannot remove it")
+        if voters == (nid,):
+            raise ConfChangeRejected(f"node {nid} is the only voter; cannot remove it")
+
+
+def changed_membership(
+    conf: ConfState, change: ConfChange, node_id: int
+) -> tuple[ConfState, tuple[int, ...] | None]:
+    """``conf`` with ``change`` applied, and what node ``node_id`` now knows of its own
+    removal: the voters it was removed from (its removal as a voter), () (it was added
+    back), or None (nothing about it changed)."""
+    voters = set(conf.voters)
+    learners = set(conf.learners)
+    nid = change.node_id
+    removed_from: tuple[int, ...] | None = None
+    if change.type is ConfChangeType.ADD_VOTER or change.type is ConfChangeType.PROMOTE:
+        learners.discard(nid)
+        voters.add(nid)
+    elif change.type is ConfChangeType.ADD_LEARNER:
+        if nid not in voters:
+            learners.add(nid)
+    else:
+        if nid == node_id and nid in voters:
+            removed_from = tuple(sorted(voters))
+        voters.discard(nid)
+        learners.discard(nid)
+    if nid == node_id and change.type is not ConfChangeType.REMOVE:
+        removed_from = ()  # added back: a member again
+    return ConfState(voters=tuple(sorted(voters)), learners=tuple(sorted(learners))), removed_from
 
 
 def removal_in_snapshot(node_id: int, meta: SnapshotMeta, log: RaftLog) -> tuple[int, ...]:

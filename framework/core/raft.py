@@ -115,7 +115,7 @@ from framework.core.errors import (
     UncommittedSizeExceeded,
 )
 from framework.core.log import RaftLog
-from framework.core.membership import removal_in_snapshot
+from framework.core.membership import changed_membership, check_conf_change, removal_in_snapshot
 from framework.core.messages import (
     MAX_TERM,
     AppendEntries,
@@ -1376,50 +1376,15 @@ class RawNode:
     # == membership ===========================================================================
 
     def _check_conf_change(self, change: ConfChange) -> None:
-        voters, learners = self.conf_state.voters, self.conf_state.learners
-        nid = change.node_id
-        if nid <= 0:
-            raise ConfChangeRejected(f"node id {nid}: expected a positive integer")
-        kind = change.type
-        if kind is ConfChangeType.ADD_VOTER and nid in voters:
-            raise ConfChangeRejected(f"node {nid} is already a voter")
-        if kind is ConfChangeType.ADD_LEARNER and (nid in voters or nid in learners):
-            raise ConfChangeRejected(f"node {nid} is already a member")
-        if kind is ConfChangeType.PROMOTE or (kind is ConfChangeType.ADD_VOTER and nid in learners):
-            if kind is ConfChangeType.PROMOTE and nid not in learners:
-                raise ConfChangeRejected(f"node {nid} is not a learner; cannot promote it")
-            match = self.progress[nid].match
-            if match < self.log.committed:
-                raise ConfChangeRejected(
-                    f"learner {nid} has not caught up (matches index {match}, commit index "
-                    f"is {self.log.committed}); promote it once it has"
-                )
-        if kind is ConfChangeType.REMOVE:
-            if nid not in voters and nid not in learners:
-                raise ConfChangeRejected(f"node {nid} is not a member; cannot remove it")
-            if voters == (nid,):
-                raise ConfChangeRejected(f"node {nid} is the only voter; cannot remove it")
+        check_conf_change(change, self.conf_state, self.progress, self.log.committed)
 
     def _apply_conf_change(self, change: ConfChange) -> None:
-        voters = set(self.conf_state.voters)
-        learners = set(self.conf_state.learners)
-        nid = change.node_id
-        if change.type is ConfChangeType.ADD_VOTER or change.type is ConfChangeType.PROMOTE:
-            learners.discard(nid)
-            voters.add(nid)
-        elif change.type is ConfChangeType.ADD_LEARNER:
-            if nid not in voters:
-                learners.add(nid)
-        else:
-            if nid == self.id and nid in voters:
-                self._removed_from = tuple(sorted(voters))
-            voters.discard(nid)
-            learners.discard(nid)
-        if nid == self.id and change.type is not ConfChangeType.REMOVE:
-            self._removed_from = ()  # added back: a member again
-        self.conf_state = ConfState(voters=tuple(sorted(voters)), learners=tuple(sorted(learners)))
+        self.conf_state, removed_from = changed_membership(self.conf_state, change, self.id)
+        if removed_from is not None:
+            self._removed_from = removed_from
         if self.role is not Role.LEADER:
             return
+        voters, learners = self.conf_state.voters, self.conf_state.learners
         members = set(self.conf_state.members())
         for gone in set(self.progress) - members:
             del self.progress[gone]
