@@ -83,6 +83,13 @@ def demo(seconds: float, clients: int, data_dir: Path | None, migrate: bool) -> 
     show_default=True,
     help="Mutual TLS (--no-tls: plain TCP on loopback, to measure what TLS costs).",
 )
+@click.option(
+    "--start-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    help="Seconds the nodes may take to serve and elect a leader (more on a starved machine).",
+)
 @click.option("--json", "as_json", is_flag=True)
 def bench(
     nodes: int,
@@ -95,6 +102,7 @@ def bench(
     flags: tuple[str, ...],
     sync: str,
     tls: bool,
+    start_timeout: float,
     as_json: bool,
 ) -> None:
     """Load a local cluster of node processes; report ops/s, latency, RSS and failover."""
@@ -112,6 +120,7 @@ def bench(
         flags=tuple(flags),
         sync=sync,
         tls=tls,
+        start_timeout=start_timeout,
     )
     report = run_bench(options, progress=not as_json)
     if as_json:

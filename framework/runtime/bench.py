@@ -44,6 +44,8 @@ class BenchOptions:
     tls: bool = True
     """Mutual TLS between nodes and clients (as ``LocalCluster`` sets it up); False for
     plain TCP on loopback, to measure what TLS costs."""
+    start_timeout: float = 30.0
+    """Seconds the nodes may take to serve, and then to elect a leader."""
 
 
 def run_bench(options: BenchOptions, *, progress: bool = True) -> dict[str, Any]:
@@ -71,8 +73,8 @@ def run_bench(options: BenchOptions, *, progress: bool = True) -> dict[str, Any]
 
 async def _bench(cluster: LocalCluster, options: BenchOptions) -> dict[str, Any]:
     cluster.start_all()
-    await cluster.wait_serving()
-    await cluster.leader()
+    await cluster.wait_serving(timeout=options.start_timeout)
+    await cluster.leader(timeout=options.start_timeout)
     await anyio.sleep(_SETTLE_SECONDS)  # start-up's garbage collected, the leader's first Ready
     idle_rss = {str(n): _rss_mib(node.pid) for n, node in cluster.nodes.items()}
     sampler = LoadSampler(lambda: [p for node in cluster.nodes.values() if (p := node.pid)])

@@ -282,23 +282,35 @@ class LocalCluster:
     async def wait_serving(
         self, node_ids: Sequence[int] | None = None, timeout: float = 30.0
     ) -> None:
-        """Wait until each node answers a status request."""
-        ids = list(node_ids or self.nodes)
-        with anyio.fail_after(timeout):
-            async with self.client(timeout=1.0) as client:
-                for node_id in ids:
-                    while True:
-                        node = self.nodes[node_id]
-                        if node.process is not None and node.process.poll() is not None:
-                            raise RuntimeError(
-                                f"node {node_id} exited with {node.process.returncode}; "
-                                f"see {node.log_path}:\n{node.log_path.read_text()[-2000:]}"
-                            )
-                        try:
-                            await client.status(node_id)
-                            break
-                        except RaftError:
-                            await anyio.sleep(0.05)
+        """Wait until each node answers a status request; ``TimeoutError`` naming the
+        first node that did not within ``timeout`` seconds."""
+        pending = list(node_ids or self.nodes)
+        try:
+            with anyio.fail_after(timeout):
+                async with self.client(timeout=1.0) as client:
+                    while pending:
+                        await self._wait_serving(client, pending[0])
+                        pending.pop(0)
+        except TimeoutError:
+            node_id = pending[0]
+            raise TimeoutError(
+                f"node {node_id} was not serving within {timeout:g}s (a starved machine may "
+                f"need longer); see {self.nodes[node_id].log_path}"
+            ) from None
+
+    async def _wait_serving(self, client: KVClient, node_id: int) -> None:
+        node = self.nodes[node_id]
+        while True:
+            if node.process is not None and node.process.poll() is not None:
+                raise RuntimeError(
+                    f"node {node_id} exited with {node.process.returncode}; "
+                    f"see {node.log_path}:\n{node.log_path.read_text()[-2000:]}"
+                )
+            try:
+                await client.status(node_id)
+                return
+            except RaftError:
+                await anyio.sleep(0.05)
 
     async def leader(self, timeout: float = 30.0) -> int:
         """The node id that a majority of live nodes reports as leader."""

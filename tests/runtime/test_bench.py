@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
+from pathlib import Path
+
+import anyio
+import pytest
+
 from framework.runtime.bench import BenchOptions, run_bench
+from framework.runtime.localcluster import LocalCluster
 
 
 def test_bench_reports_cpu_per_node_and_for_the_load_generator() -> None:
@@ -24,3 +31,12 @@ def test_bench_reports_cpu_per_node_and_for_the_load_generator() -> None:
     assert all(mib is not None and mib > 0 for mib in report["idle_rss_mib"].values())
     load = report["machine_load"]
     assert load["other_share"] is None or load["other_share"] >= 0
+
+
+def test_a_cluster_that_does_not_serve_in_time_is_named_with_its_log(tmp_path: Path) -> None:
+    # Nodes that were never started: the wait ends at its timeout, naming the first node
+    # not serving and its log (a starved machine: raftmw bench --start-timeout).
+    cluster = LocalCluster(tmp_path, nodes=2, cluster_id="slow", tls=False)
+    with pytest.raises(TimeoutError, match=r"node 1 was not serving within 0\.5s") as err:
+        anyio.run(partial(cluster.wait_serving, timeout=0.5))
+    assert str(cluster.nodes[1].log_path) in str(err.value)
