@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterable
 from typing import Final
 
 from framework.core import Heartbeat, InvalidMessage, Message, RawNode, ReadIndexRequest, Role
+from framework.runtime.role_changes import RoleChanges
 
 __all__ = ["HELD_MAX", "TimeKeeper", "step_inputs"]
 
@@ -61,10 +62,13 @@ def step_inputs(
     ticks: int,
     *,
     on_invalid: Callable[[InvalidMessage], None],
+    changes: RoleChanges | None = None,
 ) -> None:
     """Step ``messages`` (in arrival order), then deliver ``ticks``, then step the read
-    requests among the messages (see the module's point 1)."""
+    requests among the messages (see the module's point 1). A change of role or term under
+    an input is reported to ``changes`` (``role_changes.py``)."""
     reads: list[Message] = []
+    role, term = kernel.role, kernel.term
     for msg in messages:
         if isinstance(msg, ReadIndexRequest):
             reads.append(msg)
@@ -73,8 +77,19 @@ def step_inputs(
             kernel.step(msg)
         except InvalidMessage as exc:
             on_invalid(exc)
+            continue
+        if changes is None:
+            continue
+        if kernel.role is not role or kernel.term != term:
+            changes.on_message(kernel, msg, role, term)
+            role, term = kernel.role, kernel.term
+        if role is Role.FOLLOWER and msg.src == kernel.leader:
+            changes.heard_at = kernel.clock
     for _ in range(ticks):
         kernel.tick()
+        if changes is not None and (kernel.role is not role or kernel.term != term):
+            changes.on_tick(kernel, role, ticks)
+            role, term = kernel.role, kernel.term
     for msg in reads:
         try:
             kernel.step(msg)
@@ -112,6 +127,8 @@ class TimeKeeper:
         self.kept = 0
         """Tick intervals in which a node's time was kept during a wait (for tests and
         the status page)."""
+        self.role_changes = RoleChanges()
+        """Why the kernel's role changed under the inputs stepped here (the health page)."""
 
     def waiting(self, kernel: RawNode) -> None:
         self._kernel = kernel
@@ -131,7 +148,9 @@ class TimeKeeper:
 
     def step_arrivals(self, kernel: RawNode, ticks: int) -> None:
         """The Ready loop's step: ``arrivals()`` and ``ticks`` (``step_inputs``)."""
-        step_inputs(kernel, self.arrivals(), ticks, on_invalid=self._on_invalid)
+        step_inputs(
+            kernel, self.arrivals(), ticks, on_invalid=self._on_invalid, changes=self.role_changes
+        )
 
     def keep(self) -> None:
         kernel = self._kernel
@@ -144,7 +163,9 @@ class TimeKeeper:
         else:
             return
         self.kept += 1
-        step_inputs(kernel, inputs, self._ticks_due(), on_invalid=self._on_invalid)
+        ticks = self._ticks_due()
+        changes = self.role_changes
+        step_inputs(kernel, inputs, ticks, on_invalid=self._on_invalid, changes=changes)
         messages = kernel.take_messages()
         if messages:
             self._send(messages)

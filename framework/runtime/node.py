@@ -202,7 +202,7 @@ class RaftNode:
             address_problem=self._address_problem,
             deliver=self._deliver_checked,
         )
-        self.health = NodeHealth()
+        self.health = NodeHealth(self._time_keeper.role_changes)
         self.status_publisher = StatusPublisher(self)
         self.ready_store = ReadyStore(
             self.store,
