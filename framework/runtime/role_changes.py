@@ -19,10 +19,12 @@ Reasons (``reason``):
 - ``check_quorum``: a leader's tick found no quorum heard within an election timeout
   (D §6.2) and it stepped down (``tick`` if check-quorum is off: a removed leader handing
   over);
-- ``higher_term``: a message of a later term, from node ``peer`` (``message`` names its
-  type: a pre-vote's refusal, an append from a new leader, a vote request...);
-- ``message``: any other change under a message (a won or lost vote, TimeoutNow, a
-  candidate that learns of a leader).
+- ``higher_term``: the node became a follower on a message of a later term, from node
+  ``peer`` (``message`` names its type: a pre-vote's refusal, an append from a new
+  leader, a vote request...);
+- ``pre_vote_won`` (the term begins here) and ``vote_won``, on the vote that decided it;
+- ``message``: any other change under a message (a lost vote, TimeoutNow, a candidate
+  that learns of a leader).
 
 Kept: a count per ``from->to reason`` and the last ``KEPT`` changes (bounded whatever the
 run's length); ``total`` numbers them, so a reader that polls sees which are new.
@@ -54,7 +56,15 @@ class RoleChanges:
 
     def on_message(self, kernel: RawNode, msg: Message, role: Role, term: int) -> None:
         """``msg`` moved the kernel from ``role`` in ``term`` to its present role/term."""
-        reason = "higher_term" if kernel.term > term else "message"
+        new = kernel.role
+        if new is Role.FOLLOWER and kernel.term > term:
+            reason = "higher_term"
+        elif new is Role.CANDIDATE and role is Role.PRE_CANDIDATE:
+            reason = "pre_vote_won"
+        elif new is Role.LEADER:
+            reason = "vote_won"
+        else:
+            reason = "message"
         self._record(kernel, role, reason, peer=msg.src, message=type(msg).__name__)
 
     def on_tick(self, kernel: RawNode, role: Role, burst: int) -> None:

@@ -6,7 +6,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from framework.core import AppendEntries, Heartbeat, InvalidMessage, Role, VoteRequest
+from framework.core import (
+    AppendEntries,
+    Heartbeat,
+    InvalidMessage,
+    Role,
+    VoteRequest,
+    VoteResponse,
+)
 from framework.runtime.kernel_inputs import step_inputs
 from framework.runtime.node_health import NodeHealth
 from framework.runtime.role_changes import KEPT, RoleChanges
@@ -72,3 +79,23 @@ def test_the_record_is_bounded_and_shown_in_the_health_page() -> None:
     assert shown["total"] == 2 * (KEPT + 5) and len(shown["last"]) == KEPT
     assert shown["last"][-1]["n"] == shown["total"]
     assert shown["counts"]["candidate->follower higher_term"] == KEPT + 5
+
+
+def test_a_won_pre_vote_and_vote_are_named_as_such() -> None:
+    node = make_node(1, term=2, election_tick=ELECTION, pre_vote=True)
+    drain(node)
+    changes = RoleChanges()
+    step_inputs(node, [], 2 * ELECTION, on_invalid=_fail, changes=changes)
+    assert node.role is Role.PRE_CANDIDATE
+    granted = VoteResponse(src=2, dst=1, term=3, granted=True, pre_vote=True)
+    step_inputs(node, [granted], 0, on_invalid=_fail, changes=changes)
+    assert node.role is Role.CANDIDATE and node.term == 3
+    vote = VoteResponse(src=2, dst=1, term=3, granted=True)
+    step_inputs(node, [vote], 0, on_invalid=_fail, changes=changes)
+    assert node.role is Role.LEADER
+    reasons = [(c["to"], c["reason"]) for c in changes.to_dict()["last"]]
+    assert reasons == [
+        ("pre_candidate", "election_timeout"),
+        ("candidate", "pre_vote_won"),
+        ("leader", "vote_won"),
+    ]
