@@ -1,5 +1,5 @@
 """How time and messages enter the kernel, so that a leader never loses leadership to its
-own pauses.
+own pauses or its followers' disks.
 
 Theory of operation
 -------------------
