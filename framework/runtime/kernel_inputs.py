@@ -5,7 +5,7 @@ Theory of operation
 -------------------
 Everything a node does shares the Ready loop, and the loop stops stepping the kernel while
 it waits for the disk (a ``Ready`` being persisted) or for a worker thread (a snapshot being
-serialised). Two things used to go wrong around such a wait (issue #13):
+serialised). Three things used to go wrong around such a wait (issue #13):
 
 1. **Ticks ahead of answers.** On waking, every tick of the wait was delivered before the
    messages that arrived during it. A leader whose wait lasted most of an election timeout
@@ -33,13 +33,13 @@ serialised). Two things used to go wrong around such a wait (issue #13):
    deposed itself by check-quorum. The answer promises nothing durable (the argument is on
    ``HeartbeatResponse``), so the time keeper keeps a follower's time too: it steps the
    ``Heartbeat`` messages of its leader in its term, then the ticks due, and sends the
-   answers. Everything else it takes from the inbox it holds, in arrival order, for the
-   Ready loop (``arrivals``): an append stepped while a write is outstanding would
-   change the log under the write. At most ``HELD_MAX`` messages are held; beyond that
-   the inbox is left alone (it is bounded and sheds as usual), and no more heartbeats are
-   answered until the write ends. A heartbeat stepped ahead of an append that arrived
-   before it is a reordering Raft tolerates from any network: its commit index is at most
-   what this follower acknowledged, so durable here already.
+   answers. Everything else it takes from the inbox it holds, in the order the inbox gave
+   it, for the Ready loop (``arrivals``, held first): an append stepped while a write is
+   outstanding would change the log under the write. At most ``HELD_MAX`` messages are
+   held; beyond that the inbox is left alone (it is bounded and sheds as usual), and no
+   more heartbeats are answered until the write ends. A heartbeat stepped ahead of an
+   append that arrived before it is a reordering Raft tolerates from any network: its
+   commit index is at most what this follower acknowledged, so durable here already.
 """
 
 from __future__ import annotations
@@ -138,7 +138,7 @@ class TimeKeeper:
 
     def arrivals(self) -> list[Message]:
         """The messages for the Ready loop to step: those held during a wait, then the
-        inbox, in arrival order."""
+        inbox's."""
         held, self._held = self._held, []
         inbox = self._take_inbox(None)
         if not held:
