@@ -22,7 +22,11 @@ Why an election happened: every ``--watch`` seconds the script reads each node's
 thread, ``/proc/PID/schedstat``: time runnable with no CPU free). When the term moves it
 prints, for the interval before, each node's longest late tick and its run-queue wait: a
 loop held by the node itself (late tick, little run-queue wait) or a node starved of CPU
-(run-queue wait about as long as the late tick).
+(run-queue wait about as long as the late tick); and the role changes each node recorded in
+it, with their reasons (the status page's ``health.role_changes``:
+``framework/runtime/role_changes.py``): an election timeout with the ticks since the node
+last heard its leader and how many ticks came in one burst, a leader's check-quorum
+step-down, or a later term seen from which node.
 
 ``--client-nice N`` lowers the CPU priority of the writers (this script's event-loop thread,
 which runs them) by N while they write, so the nodes get a CPU first, as they would with
@@ -140,6 +144,7 @@ class _Watch:
                 f" longest Ready <= {ready:.0f} ms, loop thread waited for a CPU "
                 + ("?" if queued is None else f"{queued:.0f} ms")
             )
+            lines.extend(f"  node {nid} {line}" for line in _new_role_changes(st, before))
         newest = max(terms.values(), default=0)
         if self.term and newest > self.term:
             at = time.perf_counter() - self.started
@@ -149,6 +154,37 @@ class _Watch:
             self.events.append("\n    ".join([event, *lines]))
             print(self.events[-1], flush=True)
         self.term = max(self.term, newest)
+
+
+def _new_role_changes(now: Status, before: Status | None) -> list[str]:
+    """The node's role changes recorded since ``before`` (its health's ``role_changes``:
+    ``framework/runtime/role_changes.py``), one line each."""
+    changes = now["health"].get("role_changes", {})
+    seen = 0 if before is None else before["health"].get("role_changes", {}).get("total", 0)
+    if changes.get("total", 0) < seen:
+        seen = 0  # the node restarted
+    out = []
+    for c in changes.get("last", []):
+        if c["n"] <= seen:
+            continue
+        extra = {k: v for k, v in c.items() if k not in ("n", "tick", "term", "from", "to")}
+        extra.pop("reason", None)
+        detail = ", ".join(f"{k} {v}" for k, v in extra.items())
+        out.append(
+            f"{c['from']} -> {c['to']} at tick {c['tick']} (term {c['term']}): {c['reason']}"
+            + (f" ({detail})" if detail else "")
+        )
+    missed = changes.get("total", 0) - seen - len(out)
+    if missed > 0:
+        out.append(f"and {missed} older role changes not kept")
+    return out
+
+
+def _role_change_counts(after: Status, before: Status | None) -> dict[str, int]:
+    """Role changes by ``from->to reason`` between two statuses of one node."""
+    now = after["health"].get("role_changes", {}).get("counts", {})
+    then = {} if before is None else before["health"].get("role_changes", {}).get("counts", {})
+    return {k: n - then.get(k, 0) for k, n in now.items() if n - then.get(k, 0) > 0}
 
 
 async def _statuses(cluster: LocalCluster) -> dict[int, Status]:
@@ -331,6 +367,8 @@ async def _soak(root: Path, args: argparse.Namespace) -> None:
         f" <= ms {ready}\n"
         f"largest per-{args.watch:g}-s-interval run-queue wait of a node's loop thread ms "
         f"{ {n: round(v) for n, v in watch.worst_interval_run_queue_ms.items()} }\n"
+        f"role changes during the soak per node (health.role_changes) "
+        f"{ {nid: _role_change_counts(st, before.get(nid)) for nid, st in after.items()} }\n"
         f"snapshot index per node {[st['snapshot_index'] for st in after.values()]}, "
         f"commit {max(st['commit'] for st in after.values())}\n"
         f"machine: other processes took {machine['other_cpu_seconds']} CPU-s, "

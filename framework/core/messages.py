@@ -103,7 +103,28 @@ class Heartbeat(_Base, frozen=True, kw_only=True, tag="heartbeat"):
 
 
 class HeartbeatResponse(_Base, frozen=True, kw_only=True, tag="heartbeat_resp"):
-    """Echoes the heartbeat's ``context`` and ``sent_tick``."""
+    """Echoes the heartbeat's ``context`` and ``sent_tick``.
+
+    A follower sends it without waiting for its disk (``Ready.messages``, and
+    ``RawNode.take_messages`` while a Ready is being written), as etcd-io/raft does: its
+    ``raft.send`` holds back only MsgAppResp, MsgVoteResp and MsgPreVoteResp
+    (``msgsAfterAppend``) and ``handleHeartbeat`` sends MsgHeartbeatResp through
+    ``r.msgs`` (raft.go, commit cdfbeed). Why that is safe: the answer promises nothing
+    durable. It acknowledges no entry (the leader moves no ``match`` and commits nothing
+    on it) and carries no vote. Its term may be one the follower took from this very
+    heartbeat and has not synced; a crash forgets that term, which is harmless, since the
+    follower cast no vote in it (a vote leaves only once durable). What the leader
+    concludes from it holds whatever the follower's disk holds:
+
+    - check-quorum (D §6.2): the follower heard this leader recently;
+    - ReadIndex (D §6.4), which counts these answers: when the follower stepped the
+      round, it had moved to no later term. A node's term in memory is never behind its
+      durable one, and a vote for a later term leaves only after it is durable, so no
+      leader of a later term had this node's vote then, with or without a crash after;
+    - lease reads (``sent_tick``): the follower refuses disruptive votes for an election
+      timeout after the round; that promise lives in memory and was lost by a restart
+      before too; a new kernel honours it (see ``RawNode``, lease reads).
+    """
 
     context: bytes = b""
     sent_tick: int = 0

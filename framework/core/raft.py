@@ -15,7 +15,7 @@ A role is a pair of functions (``_step_role``, ``_tick``) swapped by ``_become_*
 Rules kept, with the section of the Raft paper (P) or Ongaro's dissertation (D):
 - Election safety: a vote is recorded in the hard state and only ever given to one
   candidate per term (P §5.2); the vote and term are durable before the response leaves
-  (``persisted_messages``).
+  (``persisted_messages``; not a follower's ``HeartbeatResponse``: it promises nothing durable).
 - Pre-vote (D §9.6) and check-quorum (D §6.2): a pre-candidate asks whether it *could* win
   before bumping its term; a leader that has not heard from a majority for an election
   timeout steps down, and a follower that heard from a leader within the timeout refuses to
@@ -559,12 +559,11 @@ class RawNode:
 
     def take_messages(self) -> tuple[Message, ...]:
         """Take the messages that depend on no persistence (a leader's heartbeats, appends,
-        snapshots, TimeoutNow and read answers) ahead of the next ``ready()``.
-
-        For a runtime still performing a Ready (``tick``/``step`` are allowed between
-        ``ready()`` and ``advance()``): a leader's heartbeats leave on time while its disk
-        is slow. Messages that promise durability stay for the next ``ready()``.
-        """
+        snapshots, TimeoutNow and read answers; a follower's heartbeat answers) ahead of
+        the next ``ready()``, for a runtime still performing a Ready (``tick``/``step`` are
+        allowed between ``ready()`` and ``advance()``): heartbeats and their answers leave
+        on time while a disk is slow. Messages that promise durability stay for the next
+        ``ready()``."""
         self._flush_read_round()
         messages, self._messages = tuple(self._messages), []
         return messages
@@ -978,7 +977,8 @@ class RawNode:
         return self._removed_from == tuple(sorted((self.id, candidate)))
 
     def _send(self, msg: Message) -> None:
-        if self.role is Role.LEADER and isinstance(msg, _LEADER_ONLY_IMMEDIATE):
+        immediate = self.role is Role.LEADER and isinstance(msg, _LEADER_ONLY_IMMEDIATE)
+        if immediate or isinstance(msg, HeartbeatResponse):  # nothing durable: its docstring
             self._messages.append(msg)
         else:
             self._persisted_messages.append(msg)

@@ -1,11 +1,11 @@
 """How time and messages enter the kernel, so that a leader never loses leadership to its
-own pauses.
+own pauses or its followers' disks.
 
 Theory of operation
 -------------------
 Everything a node does shares the Ready loop, and the loop stops stepping the kernel while
 it waits for the disk (a ``Ready`` being persisted) or for a worker thread (a snapshot being
-serialised). Two things used to go wrong around such a wait (issue #13):
+serialised). Three things used to go wrong around such a wait (issue #13):
 
 1. **Ticks ahead of answers.** On waking, every tick of the wait was delivered before the
    messages that arrived during it. A leader whose wait lasted most of an election timeout
@@ -25,18 +25,35 @@ serialised). Two things used to go wrong around such a wait (issue #13):
    arrived and the ticks due (with ``step_inputs``) and sends what the kernel sends without
    waiting for the disk (``RawNode.take_messages``: heartbeats, appends). The kernel allows
    ``step``/``tick`` between ``ready()`` and ``advance()``; what they produce that needs
-   persistence waits for the next Ready as usual. Only a leader is kept: a follower's
-   answers promise durability and must wait for its disk, and a follower's inbox is stepped
-   (messages first) as soon as the loop wakes.
+   persistence waits for the next Ready as usual.
+
+3. **Heartbeat answers behind the disk.** A follower answered only after its own write
+   (the kernel held its ``HeartbeatResponse`` with the answers that need persistence, and
+   its loop stepped nothing meanwhile), so a leader whose followers' disks were slow
+   deposed itself by check-quorum. The answer promises nothing durable (the argument is on
+   ``HeartbeatResponse``), so the time keeper keeps a follower's time too: it steps the
+   ``Heartbeat`` messages of its leader in its term, then the ticks due, and sends the
+   answers. Everything else it takes from the inbox it holds, in the order the inbox gave
+   it, for the Ready loop (``arrivals``, held first): an append stepped while a write is
+   outstanding would change the log under the write. At most ``HELD_MAX`` messages are
+   held; beyond that the inbox is left alone (it is bounded and sheds as usual), and no
+   more heartbeats are answered until the write ends. A heartbeat stepped ahead of an
+   append that arrived before it is a reordering Raft tolerates from any network: its
+   commit index is at most what this follower acknowledged, so durable here already.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Final
 
-from framework.core import InvalidMessage, Message, RawNode, ReadIndexRequest, Role
+from framework.core import Heartbeat, InvalidMessage, Message, RawNode, ReadIndexRequest, Role
+from framework.runtime.role_changes import RoleChanges
 
-__all__ = ["TimeKeeper", "step_inputs"]
+__all__ = ["HELD_MAX", "TimeKeeper", "step_inputs"]
+
+HELD_MAX: Final = 4096
+"""Messages a follower's time keeper holds for the Ready loop (the module's point 3)."""
 
 
 def step_inputs(
@@ -45,10 +62,13 @@ def step_inputs(
     ticks: int,
     *,
     on_invalid: Callable[[InvalidMessage], None],
+    changes: RoleChanges | None = None,
 ) -> None:
     """Step ``messages`` (in arrival order), then deliver ``ticks``, then step the read
-    requests among the messages (see the module's point 1)."""
+    requests among the messages (see the module's point 1). A change of role or term under
+    an input is reported to ``changes`` (``role_changes.py``)."""
     reads: list[Message] = []
+    role, term = kernel.role, kernel.term
     for msg in messages:
         if isinstance(msg, ReadIndexRequest):
             reads.append(msg)
@@ -57,8 +77,19 @@ def step_inputs(
             kernel.step(msg)
         except InvalidMessage as exc:
             on_invalid(exc)
+            continue
+        if changes is None:
+            continue
+        if kernel.role is not role or kernel.term != term:
+            changes.on_message(kernel, msg, role, term)
+            role, term = kernel.role, kernel.term
+        if role is Role.FOLLOWER and msg.src == kernel.leader:
+            changes.heard_at = kernel.clock
     for _ in range(ticks):
         kernel.tick()
+        if changes is not None and (kernel.role is not role or kernel.term != term):
+            changes.on_tick(kernel, role, ticks)
+            role, term = kernel.role, kernel.term
     for msg in reads:
         try:
             kernel.step(msg)
@@ -67,30 +98,37 @@ def step_inputs(
 
 
 class TimeKeeper:
-    """Keeps a leader's time while the Ready loop waits (the module's point 2).
+    """Keeps a leader's and a follower's time while the Ready loop waits (the module's
+    points 2 and 3).
 
-    The Ready loop opens a wait with ``waiting()`` / closes it with ``done()``; the ticker
-    calls ``keep()`` every tick interval, which acts only inside a wait and only on a
-    leader. ``keep`` runs on the event loop, like the Ready loop, so it never runs at the
-    same time as the loop's own use of the kernel.
+    The Ready loop opens a wait with ``waiting()`` / closes it with ``done()``, and takes
+    its messages with ``arrivals()``; the ticker calls ``keep()`` every tick interval, which
+    acts only inside a wait and only on a leader or on a follower that knows its leader.
+    ``keep`` runs on the event loop, like the Ready loop, so it never runs at the same time
+    as the loop's own use of the kernel.
     """
 
     def __init__(
         self,
         *,
-        take_inbox: Callable[[], Iterable[Message]],
+        take_inbox: Callable[[int | None], list[Message]],
         ticks_due: Callable[[], int],
         send: Callable[[tuple[Message, ...]], None],
         on_invalid: Callable[[InvalidMessage], None],
     ) -> None:
         self._take_inbox = take_inbox
+        """Take up to ``limit`` messages from the inbox (None: all)."""
         self._ticks_due = ticks_due
         self._send = send
         self._on_invalid = on_invalid
         self._kernel: RawNode | None = None
+        self._held: list[Message] = []
+        """A follower's messages taken during a wait and not stepped (point 3)."""
         self.kept = 0
-        """Tick intervals in which a leader's time was kept during a wait (for tests and
+        """Tick intervals in which a node's time was kept during a wait (for tests and
         the status page)."""
+        self.role_changes = RoleChanges()
+        """Why the kernel's role changed under the inputs stepped here (the health page)."""
 
     def waiting(self, kernel: RawNode) -> None:
         self._kernel = kernel
@@ -98,12 +136,51 @@ class TimeKeeper:
     def done(self) -> None:
         self._kernel = None
 
+    def arrivals(self) -> list[Message]:
+        """The messages for the Ready loop to step: those held during a wait, then the
+        inbox's."""
+        held, self._held = self._held, []
+        inbox = self._take_inbox(None)
+        if not held:
+            return inbox
+        held.extend(inbox)
+        return held
+
+    def step_arrivals(self, kernel: RawNode, ticks: int) -> None:
+        """The Ready loop's step: ``arrivals()`` and ``ticks`` (``step_inputs``)."""
+        step_inputs(
+            kernel, self.arrivals(), ticks, on_invalid=self._on_invalid, changes=self.role_changes
+        )
+
     def keep(self) -> None:
         kernel = self._kernel
-        if kernel is None or kernel.role is not Role.LEADER:
+        if kernel is None:
+            return
+        if kernel.role is Role.LEADER:
+            inputs = self.arrivals()
+        elif kernel.role is Role.FOLLOWER and kernel.leader != 0:
+            inputs = self._leader_heartbeats(kernel)
+        else:
             return
         self.kept += 1
-        step_inputs(kernel, self._take_inbox(), self._ticks_due(), on_invalid=self._on_invalid)
+        ticks = self._ticks_due()
+        changes = self.role_changes
+        step_inputs(kernel, inputs, ticks, on_invalid=self._on_invalid, changes=changes)
         messages = kernel.take_messages()
         if messages:
             self._send(messages)
+
+    def _leader_heartbeats(self, kernel: RawNode) -> list[Message]:
+        """Take the inbox (up to ``HELD_MAX`` held); return the heartbeats of the leader in
+        its term, hold the rest."""
+        room = HELD_MAX - len(self._held)
+        if room <= 0:
+            return []
+        leader, term = kernel.leader, kernel.term
+        beats: list[Message] = []
+        for msg in self._take_inbox(room):
+            if isinstance(msg, Heartbeat) and msg.src == leader and msg.term == term:
+                beats.append(msg)
+            else:
+                self._held.append(msg)
+        return beats

@@ -70,7 +70,7 @@ from framework.runtime.admin import AdminOps
 from framework.runtime.app_identity import AppIdentity
 from framework.runtime.client_service import MAX_ADMIN_REQUESTS, ClientService, Refused, answer
 from framework.runtime.components import Components
-from framework.runtime.kernel_inputs import TimeKeeper, step_inputs
+from framework.runtime.kernel_inputs import TimeKeeper
 from framework.runtime.local_snapshots import LocalSnapshots
 from framework.runtime.members import address_check_for, address_of
 from framework.runtime.node_flags import NodeFlags
@@ -199,7 +199,7 @@ class RaftNode:
             address_problem=self._address_problem,
             deliver=self._deliver_checked,
         )
-        self.health = NodeHealth()
+        self.health = NodeHealth(self._time_keeper.role_changes)
         self.status_publisher = StatusPublisher(self)
         self.ready_store = ReadyStore(
             self.store,
@@ -335,7 +335,7 @@ class RaftNode:
     # == the loop =============================================================================
 
     def _on_tick(self) -> None:
-        self._time_keeper.keep()  # a leader's heartbeats while the loop waits on I/O
+        self._time_keeper.keep()  # heartbeats and their answers while the loop waits on I/O
         self._wake.set()
 
     async def _ready_loop(self) -> None:
@@ -396,15 +396,14 @@ class RaftNode:
 
     def _step_arrivals(self, kernel: RawNode) -> None:
         """Peer messages, then the ticks due, then the reads among them (kernel_inputs)."""
-        ticks = self._tick_clock.due(self._now)
-        step_inputs(kernel, self._take_inbox(), ticks, on_invalid=self._on_invalid_message)
+        self._time_keeper.step_arrivals(kernel, self._tick_clock.due(self._now))
 
     def _wake_loop(self) -> None:
         self._wake.set()
 
-    def _take_inbox(self) -> list[Message]:
+    def _take_inbox(self, limit: int | None) -> list[Message]:
         inbox = self.components.inbox
-        return inbox.drain() if len(inbox) else []
+        return inbox.drain(limit) if len(inbox) else []
 
     def _ticks_due(self) -> int:
         return self._tick_clock.due(anyio.current_time())

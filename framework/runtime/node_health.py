@@ -12,8 +12,9 @@ durations (one Ready handled, its disk write included: ``ready_pause_ms``), the 
 pauses (how late each tick woke: ``tick_late_ms``, and the largest, ``tick_late_max_ms``;
 see ``framework/runtime/ticker.py``), rejections by reason, elections and leader changes (from the
 ``metrics`` seam's counters), lock wait (the components' lock stats), RSS (peak, from
-``getrusage``: no file read on the event loop). Each observation is O(1): a ``log``, an
-index, an increment.
+``getrusage``: no file read on the event loop), and why the node's role changed
+(``role_changes``, see ``framework/runtime/role_changes.py``). Each observation is O(1): a
+``log``, an index, an increment.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import sys
 from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
+
+from framework.runtime.role_changes import RoleChanges
 
 __all__ = ["BUCKET_BOUNDS_MS", "Histogram", "NodeHealth", "percentile_ms"]
 
@@ -74,7 +77,9 @@ def percentile_ms(counts: Sequence[int], q: float) -> float | None:
 
 
 class NodeHealth:
-    def __init__(self) -> None:
+    def __init__(self, role_changes: RoleChanges | None = None) -> None:
+        self.role_changes = RoleChanges() if role_changes is None else role_changes
+        """Why the role changed (``role_changes.py``): ``role_changes`` in the page."""
         self.client_latency = Histogram()
         self.commit_latency = Histogram()
         self.ready_pause = Histogram()
@@ -152,4 +157,5 @@ class NodeHealth:
                 "tick_late_max_ms": round(self.tick_late_max * 1e3, 1),
             },
             "mode": list(modes),
+            "role_changes": self.role_changes.to_dict(),
         }

@@ -1,7 +1,7 @@
 """The node's ticker, and what its lateness says: how long the event loop was held.
 
 Every heartbeat interval the ticker wakes the Ready loop, which delivers every tick due
-(``TickClock``), and keeps a leader's time while that loop waits on I/O
+(``TickClock``), and keeps a leader's and a follower's time while that loop waits on I/O
 (``kernel_inputs.TimeKeeper``). A sleep of ``interval`` that returns
 later than that could not run sooner: something held the event loop (a callback or a task
 that did not yield, the GIL taken by another thread, the process not scheduled by the

@@ -1,6 +1,6 @@
 """A leader never loses leadership to its own pauses (issue #13): messages that arrived
 during a pause are stepped before the pause's ticks, and a leader's heartbeats leave on time
-while its disk is stalled."""
+while its disk is stalled, and its followers answer them while theirs are."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import anyio
 import pytest
 
 from framework.core import (
+    AppendEntries,
     Entry,
+    EntryKind,
     HardState,
     Heartbeat,
     HeartbeatResponse,
@@ -24,11 +26,11 @@ from framework.core import (
     Role,
     Snapshot,
 )
-from framework.runtime.kernel_inputs import TimeKeeper, step_inputs
+from framework.runtime.kernel_inputs import HELD_MAX, TimeKeeper, step_inputs
 from framework.storage import MemoryLogStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
-from kernel_harness import drain, make_stable_leader
+from kernel_harness import drain, make_node, make_stable_leader
 
 ELECTION = 10
 
@@ -107,7 +109,7 @@ def test_the_time_keeper_sends_a_waiting_leaders_heartbeats_between_ready_and_ad
     sent: list[Message] = []
     inbox = list(_answers(leader, (2, 3)))
     keeper = TimeKeeper(
-        take_inbox=lambda: [inbox.pop()] if inbox else [],
+        take_inbox=lambda limit: [inbox.pop()] if inbox else [],
         ticks_due=lambda: 1,
         send=sent.extend,
         on_invalid=_fail,
@@ -123,6 +125,60 @@ def test_the_time_keeper_sends_a_waiting_leaders_heartbeats_between_ready_and_ad
     assert sum(isinstance(m, Heartbeat) for m in sent) >= 3 * ELECTION * 2
     leader.advance(rd)  # the Ready completes as usual afterwards
     assert leader.log.unstable_from > rd.entries[-1].index
+
+
+def test_the_time_keeper_answers_a_waiting_followers_heartbeats_and_holds_the_rest() -> None:
+    follower = make_node(2, term=2)
+    follower.step(Heartbeat(src=1, dst=2, term=2, commit=1))
+    drain(follower)
+    entry = Entry(2, 2, EntryKind.NORMAL, b"x")
+    append = AppendEntries(src=1, dst=2, term=2, prev_index=1, prev_term=1, entries=(entry,))
+    follower.step(append)
+    rd = follower.ready()  # the runtime is persisting this Ready
+    later = AppendEntries(src=1, dst=2, term=2, prev_index=2, prev_term=2)
+    stranger = Heartbeat(src=3, dst=2, term=2, commit=1)  # not our leader: left for the loop
+    inbox: list[Message] = [later, Heartbeat(src=1, dst=2, term=2, commit=1, sent_tick=4)]
+    inbox.append(stranger)
+    sent: list[Message] = []
+    keeper = TimeKeeper(
+        take_inbox=lambda limit: [inbox.pop(0) for _ in range(min(len(inbox), limit or 99))],
+        ticks_due=lambda: 1,
+        send=sent.extend,
+        on_invalid=_fail,
+    )
+    keeper.waiting(follower)
+    keeper.keep()
+    assert sent == [HeartbeatResponse(src=2, dst=1, term=2, sent_tick=4)]
+    assert follower.log.last_index() == 2  # the later append was not stepped
+    inbox.append(Heartbeat(src=1, dst=2, term=2, commit=1, sent_tick=5))
+    keeper.keep()
+    assert sent[-1] == HeartbeatResponse(src=2, dst=1, term=2, sent_tick=5)
+    keeper.done()
+    assert keeper.kept == 2 and follower.role is Role.FOLLOWER
+    follower.advance(rd)
+    inbox.append(append)
+    assert keeper.arrivals() == [later, stranger, append]  # held first, in arrival order
+
+
+def test_a_waiting_follower_holds_at_most_held_max_messages() -> None:
+    follower = make_node(2, term=2)
+    follower.step(Heartbeat(src=1, dst=2, term=2, commit=1))
+    drain(follower)
+    limits: list[int | None] = []
+
+    def take(limit: int | None) -> list[Message]:
+        limits.append(limit)
+        n = HELD_MAX if limit is None else limit
+        return [AppendEntries(src=1, dst=2, term=2, prev_index=1, prev_term=1)] * n
+
+    keeper = TimeKeeper(take_inbox=take, ticks_due=lambda: 0, send=print, on_invalid=_fail)
+    keeper.waiting(follower)
+    keeper.keep()
+    keeper.keep()  # full: the inbox is left alone
+    assert limits == [HELD_MAX]
+    assert len(keeper.arrivals()) == HELD_MAX + HELD_MAX  # the held, then the inbox's
+    keeper.keep()
+    assert limits[-1] == HELD_MAX
 
 
 class StallingStore(MemoryLogStore):
@@ -148,12 +204,17 @@ class StallingStore(MemoryLogStore):
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("who", ["leader", "followers"])
 @pytest.mark.parametrize(("tick", "stall"), [("10ms", 0.18), ("20ms", 1.2)])
-async def test_a_leader_whose_disk_stalls_keeps_its_leadership(tick: str, stall: float) -> None:
+async def test_a_leader_keeps_its_leadership_when_a_disk_stalls(
+    tick: str, stall: float, who: str
+) -> None:
     """Election timeout 20 ticks (randomised up to 40): 200-400 ms with 10 ms ticks,
     400-800 ms with 20 ms ticks. Stalls just under it (0.18 s) and of three times it (1.2 s)
-    on every write of the leader: no election. Before, a stall of 300 ms or more cost the
-    leader its leadership each time (its heartbeats waited behind the disk)."""
+    on every write of the leader, or of both followers: no election. Before, a stall of
+    300 ms or more on the leader cost it its leadership each time (its heartbeats waited
+    behind the disk), and one on both followers too (their answers waited behind theirs,
+    and the leader deposed itself by check-quorum)."""
     from framework.client import KVClient
     from tests.runtime import inprocess_cluster as memory
 
@@ -161,7 +222,16 @@ async def test_a_leader_whose_disk_stalls_keeps_its_leadership(tick: str, stall:
         c = memory.Cluster(
             network=memory.MemoryNetwork(seed=7),
             tg=tg,
-            settings=memory.fast_settings(**{"raft.tick_interval": tick}),
+            # A follower's write may wait behind its previous one: two stalls per commit,
+            # and the node's deadline for a write (1 s at first) must outlast them.
+            settings=memory.fast_settings(
+                **{
+                    "raft.tick_interval": tick,
+                    "client.request_timeout": "6s",
+                    "performance.timeouts.client_request.base_timeout": "6s",
+                    "performance.timeouts.client_request.max_timeout": "6s",
+                }
+            ),
         )
         stores = {nid: StallingStore() for nid in (1, 2, 3)}
         c.stores.update(stores)
@@ -173,20 +243,23 @@ async def test_a_leader_whose_disk_stalls_keeps_its_leadership(tick: str, stall:
             yield c.network.client(int(address.removeprefix("mem://")))
 
         # An attempt outlasts the stall: a stalled write is answered, not retried elsewhere.
-        client = KVClient(c.peers, timeout=10, attempt_timeout=5, connector=connect)  # type: ignore[arg-type]
+        client = KVClient(c.peers, timeout=30, attempt_timeout=8, connector=connect)  # type: ignore[arg-type]
         async with client:
             leader = await c.wait_leader()
             await client.put("warm", "up")
             kernel = c.nodes[leader].kernel
             assert kernel is not None
             term = kernel.term
-            stores[leader].stall = stall
+            stalled = [leader] if who == "leader" else [n for n in stores if n != leader]
+            for nid in stalled:
+                stores[nid].stall = stall
             for i in range(3):
                 await client.put(f"k{i}", str(i))
-            stores[leader].stall = 0.0
-            assert stores[leader].stalled >= 3
+            for nid in stalled:
+                stores[nid].stall = 0.0
+                assert stores[nid].stalled >= 3
             for node in c.nodes.values():
                 assert node.kernel is not None
                 assert (node.kernel.term, node.kernel.leader) == (term, leader)
-            assert c.nodes[leader]._time_keeper.kept > 0
+            assert all(c.nodes[nid]._time_keeper.kept > 0 for nid in stalled)
         tg.cancel_scope.cancel()
