@@ -2,6 +2,7 @@
 
     nice python benchmarks/bench_soak.py [--writers 512] [--seconds 600]
         [--snapshot-every 100000] [--keys 10000] [--kills 5] [--raft KEY=VALUE]...
+        [--flag NAME=VALUE]...
         [--client-nice N]
 
 A ``LocalCluster`` of 3 nodes on loopback (TLS, SQLite, default profile: election timeout
@@ -57,8 +58,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import click
 import tomli_w
 
+from framework.cli_options import check_flags
 from framework.client import KVClient
 from framework.errors import RaftError
 from framework.runtime.localcluster import LocalCluster
@@ -139,10 +142,14 @@ class _Watch:
                 )
             self.last[nid] = st
             terms[nid] = st["term"]
+            snapshot = ""
+            if before is not None and st["snapshot_index"] != before["snapshot_index"]:
+                snapshot = f", took or installed a snapshot (at index {st['snapshot_index']})"
             lines.append(
                 f"node {nid} {st['role']:<9} term {st['term']} late tick <= {late:.0f} ms,"
                 f" longest Ready <= {ready:.0f} ms, loop thread waited for a CPU "
                 + ("?" if queued is None else f"{queued:.0f} ms")
+                + snapshot
             )
             lines.extend(f"  node {nid} {line}" for line in _new_role_changes(st, before))
         newest = max(terms.values(), default=0)
@@ -267,7 +274,13 @@ async def _soak(root: Path, args: argparse.Namespace) -> None:
     path = root / "soak.toml"
     raft = {"snapshot_threshold_entries": args.snapshot_every, **args.raft}
     path.write_text(tomli_w.dumps({"raft": raft}))
-    cluster = LocalCluster(root / "cluster", nodes=3, settings_files=[str(path)], cluster_id="soak")
+    cluster = LocalCluster(
+        root / "cluster",
+        nodes=3,
+        settings_files=[str(path)],
+        cluster_id="soak",
+        flags=args.flags,
+    )
     load = LoadSampler(pids=lambda: [p.pid for p in cluster.nodes.values() if p.pid])
     watch = _Watch(cluster, args.watch)
     cluster.start_all()
@@ -415,6 +428,14 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="a [raft] setting for the nodes, a TOML value: election_tick=30, check_quorum=false",
     )
+    parser.add_argument(
+        "--flag",
+        dest="flags",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a feature flag for the nodes, as raftmw bench --flag: actors=on",
+    )
     parser.add_argument("--watch", type=float, default=1.0, help="status poll period, s")
     parser.add_argument(
         "--client-nice",
@@ -425,6 +446,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.raft = dict(args.raft)
+    try:
+        args.flags = check_flags("--flag", args.flags)
+    except click.BadParameter as exc:
+        parser.error(exc.format_message())
     for name in ("writers", "keys", "snapshot_every"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} {getattr(args, name)}: expected >= 1")
