@@ -1,7 +1,7 @@
 """The floor under one replicated write on this machine: what the parts a write cannot skip
 cost here, with no Raft and no raftmw code around them.
 
-    python benchmarks/bench_write_floor.py [--round-trips 3000] [--stores 1000] [--rounds 3]
+    python benchmarks/bench_write_floor.py [--round-trips 3000] [--store-seconds 1.0] [--rounds 3]
 
 A write acknowledged after a durable store on a majority of three needs, at the least: the
 request to the leader, the append to a follower, the follower's durable store (handed to a
@@ -17,7 +17,8 @@ Measured here, each ``--rounds`` times (medians of each, then the median of the 
 the round trip of 100 bytes between two processes over loopback TCP with bare asyncio
 protocols on uvloop (TCP_NODELAY; no framing, no decoding, no TLS); the hand-over to the
 node's ``StoreThread`` and back with nothing to do; and ``SQLiteLogStore.save_ready`` of
-one 100-byte entry with its hard state, ``sync="always"``, called directly. The sums are a
+one 100-byte entry with its hard state, ``sync="always"``, called directly (as
+``bench_sqlite_store.py`` times it, for ``--store-seconds``). The sums are a
 floor, not a prediction: every process and thread wake-up costs more when the machine's
 two cores are busy, as they are when three nodes and a writer run on them.
 """
@@ -35,10 +36,9 @@ import time
 from pathlib import Path
 
 import uvloop
+from bench_sqlite_store import run as store_run  # this directory: the same store timing
 
-from framework.core import ConfState, Entry, EntryKind, HardState
 from framework.runtime.store_thread import StoreThread
-from framework.storage.sqlite import SQLiteLogStore
 
 MESSAGE = b"x" * 100
 
@@ -98,22 +98,6 @@ async def _hand_overs(count: int) -> list[float]:
     return times
 
 
-def _stores(directory: Path, count: int) -> list[float]:
-    store = SQLiteLogStore(directory, sync="always")
-    try:
-        store.initialize(node_id=1, cluster_id="floor", conf_state=ConfState(voters=(1, 2, 3)))
-        times = []
-        for index in range(1, count + 1):
-            entry = Entry(term=1, index=index, kind=EntryKind.NORMAL, data=MESSAGE)
-            hard_state = HardState(term=1, vote=1, commit=index - 1)
-            began = time.perf_counter()
-            store.save_ready(hard_state=hard_state, entries=[entry], snapshot=None, sync=True)
-            times.append(time.perf_counter() - began)
-        return times
-    finally:
-        store.close()
-
-
 def _ms(values: list[float]) -> float:
     return statistics.median(values) * 1e3
 
@@ -121,7 +105,7 @@ def _ms(values: list[float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--round-trips", type=int, default=3000)
-    parser.add_argument("--stores", type=int, default=1000)
+    parser.add_argument("--store-seconds", type=float, default=1.0, help="of stores a round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=None, help="where the store goes")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)  # the echo
@@ -144,7 +128,8 @@ def main() -> None:
                 hop.append(_ms(uvloop.run(_hand_overs(args.round_trips))))
                 store_dir = Path(tmp) / f"store-{r}"
                 store_dir.mkdir()
-                store.append(_ms(_stores(store_dir, args.stores)))
+                _, latencies = store_run(store_dir, "always", 1, args.store_seconds)
+                store.append(_ms(latencies))
                 print(
                     f"round {r + 1}: round trip {rtt[-1]:.3f} ms, hand-over {hop[-1]:.3f} ms, "
                     f"store {store[-1]:.3f} ms (medians)"

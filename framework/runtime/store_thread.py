@@ -65,7 +65,7 @@ class StoreThread:
         self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self.calls = 0
-        """Calls run by the thread (not by the fallback), for tests and the status page."""
+        """Calls run by the thread (not by the fallback), for tests."""
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[StoreThread]:
