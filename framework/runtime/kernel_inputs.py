@@ -40,17 +40,42 @@ serialised). Three things used to go wrong around such a wait (issue #13):
    more heartbeats are answered until the write ends. A heartbeat stepped ahead of an
    append that arrived before it is a reordering Raft tolerates from any network: its
    commit index is at most what this follower acknowledged, so durable here already.
+
+4. **Every wait of the loop, not only the disk's.** The 10-minute soak
+   (``benchmarks/bench_soak.py``, 512 writers, a snapshot every 100,000 entries) still began
+   terms, and every one came with a snapshot that all three nodes took at about the same
+   index: the Ready loop waited 80-260 ms (measured) for the store to record it
+   (``commit_snapshot`` deletes the compacted entries), and nobody kept time meanwhile. The
+   leader sent no heartbeats and its followers answered none; their ticks then arrived in
+   one burst (25 and 50 were seen) and a follower campaigned. So the loop keeps time across
+   each of its waits (``keeping``): storing a Ready, recording a local snapshot, serialising a
+   state machine that has no ``snapshot_chunks``, restoring a leader's snapshot. Not a
+   flag change: plugins are swapped then, the transport among them, and a swap is short.
+
+5. **A follower's burst of ticks is capped.** When a follower's event loop itself is held
+   (no task runs: another thread holds the GIL, the process waits for a CPU or was
+   stopped), the ticks of the hold arrive together while the leader's messages of that
+   time are still unread in the socket; a hold as long as an election timeout made it
+   campaign on waking although its leader was alive. A follower, pre-candidate or candidate
+   is given at most ``follower_burst_max`` ticks (half the shortest election timeout) in
+   one step and the rest are dropped (counted in the role changes' ``ticks_dropped``). Its
+   election timer then runs slow by the length of the hold, which only delays a campaign:
+   a follower that counts slowly ignores a candidate longer, so a leader's lease, which
+   relies on followers not voting before an election timeout of real time has passed
+   (§6.4.1), only gets safer. A leader's ticks are never dropped: its lease and its
+   check-quorum are measured in them (``RawNode.tick``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Final
 
 from framework.core import Heartbeat, InvalidMessage, Message, RawNode, ReadIndexRequest, Role
 from framework.runtime.role_changes import RoleChanges
 
-__all__ = ["HELD_MAX", "TimeKeeper", "step_inputs"]
+__all__ = ["HELD_MAX", "TimeKeeper", "follower_burst_max", "step_inputs"]
 
 HELD_MAX: Final = 4096
 """Messages a follower's time keeper holds for the Ready loop (the module's point 3)."""
@@ -69,6 +94,11 @@ def step_inputs(
     an input is reported to ``changes`` (``role_changes.py``)."""
     reads: list[Message] = []
     role, term = kernel.role, kernel.term
+    burst = ticks
+    if ticks > 1 and role is not Role.LEADER:
+        ticks = min(ticks, follower_burst_max(kernel))  # the module's point 5
+        if changes is not None:
+            changes.ticks_dropped += burst - ticks
     for msg in messages:
         if isinstance(msg, ReadIndexRequest):
             reads.append(msg)
@@ -88,7 +118,7 @@ def step_inputs(
     for _ in range(ticks):
         kernel.tick()
         if changes is not None and (kernel.role is not role or kernel.term != term):
-            changes.on_tick(kernel, role, ticks)
+            changes.on_tick(kernel, role, burst)
             role, term = kernel.role, kernel.term
     for msg in reads:
         try:
@@ -97,15 +127,22 @@ def step_inputs(
             on_invalid(exc)
 
 
+def follower_burst_max(kernel: RawNode) -> int:
+    """The most ticks a follower (or candidate) is given in one step: half the shortest
+    election timeout, so that no hold of the node's own loop alone makes it campaign (the
+    module's point 5)."""
+    return max(1, kernel.config.election_tick // 2)
+
+
 class TimeKeeper:
     """Keeps a leader's and a follower's time while the Ready loop waits (the module's
     points 2 and 3).
 
-    The Ready loop opens a wait with ``waiting()`` / closes it with ``done()``, and takes
-    its messages with ``arrivals()``; the ticker calls ``keep()`` every tick interval, which
-    acts only inside a wait and only on a leader or on a follower that knows its leader.
-    ``keep`` runs on the event loop, like the Ready loop, so it never runs at the same time
-    as the loop's own use of the kernel.
+    The Ready loop keeps the time keeper on for the length of each of its waits (``with
+    keeper.keeping(kernel): await ...``), and takes its messages with ``arrivals()``; the
+    ticker calls ``keep()`` every tick interval, which acts only inside a wait and only on
+    a leader or on a follower that knows its leader. ``keep`` runs on the event loop, like
+    the Ready loop, so it never runs at the same time as the loop's own use of the kernel.
     """
 
     def __init__(
@@ -130,11 +167,17 @@ class TimeKeeper:
         self.role_changes = RoleChanges()
         """Why the kernel's role changed under the inputs stepped here (the health page)."""
 
-    def waiting(self, kernel: RawNode) -> None:
+    @contextmanager
+    def keeping(self, kernel: RawNode) -> Iterator[None]:
+        """Keep ``kernel``'s time while the Ready loop waits in this block (waits do not
+        nest: the loop waits for one thing at a time)."""
+        if self._kernel is not None:
+            raise RuntimeError("TimeKeeper.keeping: already keeping time for a wait")
         self._kernel = kernel
-
-    def done(self) -> None:
-        self._kernel = None
+        try:
+            yield
+        finally:
+            self._kernel = None
 
     def arrivals(self) -> list[Message]:
         """The messages for the Ready loop to step: those held during a wait, then the

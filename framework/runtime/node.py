@@ -79,7 +79,12 @@ from framework.runtime.node_services import NodeServices
 from framework.runtime.pending import Waiter
 from framework.runtime.ready_store import ReadyStore
 from framework.runtime.restart import build_kernel, open_store
-from framework.runtime.snapshots import InboundSnapshots, NodeSnapshot, restore_snapshot
+from framework.runtime.snapshots import (
+    InboundSnapshots,
+    NodeSnapshot,
+    adopt_snapshot_head,
+    restore_snapshot,
+)
 from framework.runtime.status_publisher import StatusPublisher
 from framework.runtime.stored_peers import StoredPeers
 from framework.runtime.tick_clock import TickClock
@@ -367,7 +372,8 @@ class RaftNode:
             if self._flags_changed:  # a node-local override, with no Ready to wait for
                 await self._apply_flag_change()
             if self.local_snapshots.pending:
-                await self.local_snapshots.step(kernel)
+                with self._time_keeper.keeping(kernel):  # recording it deletes entries
+                    await self.local_snapshots.step(kernel)
             if self.ready_store.idle(self._now):
                 await self.ready_store.flush(kernel)
             await self.status_publisher.publish(force=False)
@@ -451,7 +457,9 @@ class RaftNode:
             self._send(rd.persisted_messages)
         if rd.snapshot is not None:
             restore = partial(restore_snapshot, store=self.store, node=self, decoded=staged.decoded)
-            await anyio.to_thread.run_sync(restore, rd.snapshot)
+            with self._time_keeper.keeping(kernel):
+                head = await anyio.to_thread.run_sync(restore, rd.snapshot)
+            adopt_snapshot_head(self, head)
             self._flags_changed = True  # the restored flag state may select other plugins
             self.transport.set_peers(self._peer_addresses())
             log.info("node %d installed a snapshot at index %d", self.id, rd.snapshot.meta.index)
@@ -563,9 +571,10 @@ class RaftNode:
     async def _maybe_snapshot(self, kernel: RawNode) -> None:
         if self.local_snapshots.due(kernel):
             await self.ready_store.flush(kernel)  # the commit index reaches the snapshot's
-            await self.local_snapshots.begin(
-                kernel, members=dict(self.addresses), flags=self.flags.snapshot()
-            )
+            with self._time_keeper.keeping(kernel):
+                await self.local_snapshots.begin(
+                    kernel, members=dict(self.addresses), flags=self.flags.snapshot()
+                )
 
     def _fail_all(self, kind: str, message: str) -> None:
         for _term, waiter in self._waiting_apply.values():

@@ -102,11 +102,8 @@ class ReadyStore:
         sync: bool,
         snapshot_file: SnapshotFile | None = None,
     ) -> None:
-        self._time_keeper.waiting(kernel)
-        try:
+        with self._time_keeper.keeping(kernel):
             await self.thread.call(self._save_sync, hard_state, rd, sync, snapshot_file)
-        finally:
-            self._time_keeper.done()
         self.deferred = None
         self._last_store = anyio.current_time()
 

@@ -40,7 +40,7 @@ import anyio
 
 from framework.config import RaftSettings
 from framework.core import ConfState, RaftConfig, RawNode, Snapshot
-from framework.runtime.snapshots import restore_snapshot
+from framework.runtime.snapshots import adopt_snapshot_head, restore_snapshot
 from framework.storage import StorageError, StoredState
 
 __all__ = ["open_store"]
@@ -89,7 +89,7 @@ def _open(node: Any, *, streams: bool) -> StoredState:
     snapshot = state.snapshot
     if snapshot.meta.index == 0 and not snapshot.data:
         return state  # nothing compacted yet
-    restore_snapshot(snapshot, store, node=node)
+    adopt_snapshot_head(node, restore_snapshot(snapshot, store, node=node))  # before serving
     if snapshot.data or streams:
         return state
     file = store.open_snapshot(snapshot.meta)  # the kernel must hold the data to send it

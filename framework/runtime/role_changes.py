@@ -13,9 +13,10 @@ Reasons (``reason``):
 
 - ``election_timeout``: a follower's tick started a campaign. With it, the ticks since the
   node last stepped a message from its leader (``ticks_since_leader``; None if it heard
-  none since it started or lost its previous leader) and how many ticks that drain
-  delivered at once (``burst``: more than one means the node itself was held, its loop or
-  its process, for that many tick intervals);
+  none since it started or lost its previous leader) and how many ticks were due in that
+  drain (``burst``: more than one means the node itself was held, its loop or its process,
+  for that many tick intervals; a follower is given at most ``follower_burst_max`` of them,
+  ``kernel_inputs``' point 5);
 - ``check_quorum``: a leader's tick found no quorum heard within an election timeout
   (D §6.2) and it stepped down (``tick`` if check-quorum is off: a removed leader handing
   over);
@@ -44,7 +45,7 @@ KEPT: Final = 16
 
 
 class RoleChanges:
-    __slots__ = ("_last", "counts", "heard_at", "total")
+    __slots__ = ("_last", "counts", "heard_at", "ticks_dropped", "total")
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
@@ -52,6 +53,9 @@ class RoleChanges:
         self.heard_at: int | None = None
         """The kernel's tick count when it last stepped a message from its leader as a
         follower (``step_inputs`` sets it)."""
+        self.ticks_dropped = 0
+        """Ticks a follower was not given, past the cap on one burst (``kernel_inputs``'s
+        point 5)."""
         self._last: deque[dict[str, Any]] = deque(maxlen=KEPT)
 
     def on_message(self, kernel: RawNode, msg: Message, role: Role, term: int) -> None:
@@ -102,4 +106,9 @@ class RoleChanges:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"total": self.total, "counts": dict(self.counts), "last": list(self._last)}
+        return {
+            "total": self.total,
+            "counts": dict(self.counts),
+            "last": list(self._last),
+            "ticks_dropped": self.ticks_dropped,
+        }

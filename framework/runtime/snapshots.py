@@ -70,6 +70,7 @@ __all__ = [
     "NodeSnapshot",
     "NodeSnapshotHead",
     "Staged",
+    "adopt_snapshot_head",
     "check_node_snapshot",
     "check_node_snapshot_file",
     "decode_node_snapshot",
@@ -305,12 +306,14 @@ def _check_state_machine(
 
 def restore_snapshot(
     snapshot: Snapshot, store: object, *, node: Any, decoded: object | None = None
-) -> None:
-    """Restore ``node`` (a ``RaftNode``: its state machine, application identity, address
-    book and flag state) from ``snapshot``'s data, or from ``store``'s file of it when the
-    kernel holds it without its data (a worker thread); ``decoded``: its state machine's
-    state as ``check_node_snapshot_file(keep=True)`` decoded it from that very data.
-    ``StorageError`` naming the snapshot (its file, if it has one) if it cannot."""
+) -> NodeSnapshotHead:
+    """Restore ``node``'s state machine and application identity (a ``RaftNode``'s) from
+    ``snapshot``'s data, or from ``store``'s file of it when the kernel holds it without
+    its data (a worker thread); ``decoded``: its state machine's state as
+    ``check_node_snapshot_file(keep=True)`` decoded it from that very data. Returns the
+    snapshot's head, whose address book and flag state the caller adopts on the event
+    loop (``adopt_snapshot_head``): the loop reads both while this runs. ``StorageError``
+    naming the snapshot (its file, if it has one) if it cannot."""
     index = snapshot.meta.index
     file = _snapshot_data(snapshot, store)
     if file is None:
@@ -330,6 +333,11 @@ def restore_snapshot(
             f"node {node.id}: {what} restored the state machine to index {applied}; "
             f"expected {index}"
         )
+    return head
+
+
+def adopt_snapshot_head(node: Any, head: NodeSnapshotHead) -> None:
+    """Take a restored snapshot's address book and flag state into ``node``."""
     node.addresses.update(head.members)
     node.flags.restore(head.flags)
 

@@ -26,7 +26,8 @@ from framework.core import (
     Role,
     Snapshot,
 )
-from framework.runtime.kernel_inputs import HELD_MAX, TimeKeeper, step_inputs
+from framework.runtime.kernel_inputs import HELD_MAX, TimeKeeper, follower_burst_max, step_inputs
+from framework.runtime.role_changes import RoleChanges
 from framework.storage import MemoryLogStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
@@ -102,6 +103,49 @@ def test_an_invalid_message_is_reported_and_the_rest_still_stepped() -> None:
     assert leader.clock > 0
 
 
+def test_a_followers_burst_of_ticks_is_capped_so_a_hold_alone_never_makes_it_campaign() -> None:
+    """A follower whose own loop was held for three election timeouts, its leader's
+    heartbeats of that time still unread: it used to campaign on waking. Capped, it waits
+    for the time it really hears nothing (and still campaigns then: only slower)."""
+    follower = make_node(2, term=2, election_tick=ELECTION, pre_vote=True)
+    follower.step(Heartbeat(src=1, dst=2, term=2, commit=1))
+    drain(follower)
+    changes = RoleChanges()
+    step_inputs(follower, [], 3 * ELECTION, on_invalid=_fail, changes=changes)
+    assert follower.role is Role.FOLLOWER and follower.leader == 1
+    assert changes.ticks_dropped == 3 * ELECTION - follower_burst_max(follower)
+    assert follower_burst_max(follower) == ELECTION // 2
+    for _ in range(2 * ELECTION):  # on time from here: it campaigns within a timeout
+        step_inputs(follower, [], 1, on_invalid=_fail, changes=changes)
+    assert follower.role is Role.PRE_CANDIDATE
+    assert changes.to_dict()["last"][-1]["burst"] == 1
+
+
+def test_a_leaders_burst_of_ticks_is_never_capped() -> None:
+    """A leader's lease and check-quorum are counted in its ticks: a leader held for two
+    election timeouts with no answers steps down at once (check-quorum), as it must."""
+    leader = make_stable_leader(check_quorum=True, election_tick=ELECTION, heartbeat_tick=1)
+    changes = RoleChanges()
+    clock = leader.clock
+    step_inputs(leader, [], 2 * ELECTION, on_invalid=_fail, changes=changes)
+    assert leader.clock == clock + 2 * ELECTION and changes.ticks_dropped == 0
+    assert leader.role is Role.FOLLOWER
+    assert changes.to_dict()["last"][-1]["reason"] == "check_quorum"
+
+
+def test_time_is_kept_for_one_wait_at_a_time() -> None:
+    keeper = TimeKeeper(
+        take_inbox=lambda limit: [], ticks_due=lambda: 1, send=print, on_invalid=_fail
+    )
+    follower = make_node(2, term=2)
+    with keeper.keeping(follower):
+        nested = keeper.keeping(follower)
+        with pytest.raises(RuntimeError, match="already keeping"):
+            nested.__enter__()
+    with keeper.keeping(follower):  # the failed entry left the first wait to end normally
+        pass
+
+
 def test_the_time_keeper_sends_a_waiting_leaders_heartbeats_between_ready_and_advance() -> None:
     leader = make_stable_leader(check_quorum=True, election_tick=ELECTION, heartbeat_tick=1)
     leader.propose(b"x")
@@ -116,11 +160,10 @@ def test_the_time_keeper_sends_a_waiting_leaders_heartbeats_between_ready_and_ad
     )
     keeper.keep()  # not waiting: does nothing
     assert sent == [] and len(inbox) == 2
-    keeper.waiting(leader)
-    for _ in range(3 * ELECTION):
-        keeper.keep()
-        inbox.extend(_answers(leader, (2, 3)))
-    keeper.done()
+    with keeper.keeping(leader):
+        for _ in range(3 * ELECTION):
+            keeper.keep()
+            inbox.extend(_answers(leader, (2, 3)))
     assert leader.role is Role.LEADER
     assert sum(isinstance(m, Heartbeat) for m in sent) >= 3 * ELECTION * 2
     leader.advance(rd)  # the Ready completes as usual afterwards
@@ -146,14 +189,15 @@ def test_the_time_keeper_answers_a_waiting_followers_heartbeats_and_holds_the_re
         send=sent.extend,
         on_invalid=_fail,
     )
-    keeper.waiting(follower)
-    keeper.keep()
-    assert sent == [HeartbeatResponse(src=2, dst=1, term=2, sent_tick=4)]
-    assert follower.log.last_index() == 2  # the later append was not stepped
-    inbox.append(Heartbeat(src=1, dst=2, term=2, commit=1, sent_tick=5))
-    keeper.keep()
-    assert sent[-1] == HeartbeatResponse(src=2, dst=1, term=2, sent_tick=5)
-    keeper.done()
+    with keeper.keeping(follower):
+        keeper.keep()
+        assert sent == [HeartbeatResponse(src=2, dst=1, term=2, sent_tick=4)]
+        assert follower.log.last_index() == 2  # the later append was not stepped
+        inbox.append(Heartbeat(src=1, dst=2, term=2, commit=1, sent_tick=5))
+        keeper.keep()
+        assert sent[-1] == HeartbeatResponse(src=2, dst=1, term=2, sent_tick=5)
+    keeper.keep()  # the wait is over: nothing is stepped or sent
+    assert len(sent) == 2
     assert keeper.kept == 2 and follower.role is Role.FOLLOWER
     follower.advance(rd)
     inbox.append(append)
@@ -172,22 +216,31 @@ def test_a_waiting_follower_holds_at_most_held_max_messages() -> None:
         return [AppendEntries(src=1, dst=2, term=2, prev_index=1, prev_term=1)] * n
 
     keeper = TimeKeeper(take_inbox=take, ticks_due=lambda: 0, send=print, on_invalid=_fail)
-    keeper.waiting(follower)
-    keeper.keep()
-    keeper.keep()  # full: the inbox is left alone
-    assert limits == [HELD_MAX]
-    assert len(keeper.arrivals()) == HELD_MAX + HELD_MAX  # the held, then the inbox's
-    keeper.keep()
-    assert limits[-1] == HELD_MAX
+    with keeper.keeping(follower):
+        keeper.keep()
+        keeper.keep()  # full: the inbox is left alone
+        assert limits == [HELD_MAX]
+        assert len(keeper.arrivals()) == HELD_MAX + HELD_MAX  # the held, then the inbox's
+        keeper.keep()
+        assert limits[-1] == HELD_MAX
 
 
 class StallingStore(MemoryLogStore):
-    """A store whose ``save_ready`` stalls (in the worker thread) while ``stall`` is set."""
+    """A store whose ``save_ready`` stalls (in the worker thread) while ``stall`` is set, and
+    whose ``commit_snapshot`` (recording a local snapshot) while ``commit_stall`` is."""
 
     def __init__(self) -> None:
         super().__init__()
         self.stall = 0.0
         self.stalled = 0
+        self.commit_stall = 0.0
+        self.commits_stalled = 0
+
+    def commit_snapshot(self, prepared: object, *, compact_to: int | None = None) -> None:
+        if self.commit_stall:
+            self.commits_stalled += 1
+            threading.Event().wait(self.commit_stall)
+        super().commit_snapshot(prepared, compact_to=compact_to)
 
     def save_ready(
         self,
@@ -262,4 +315,63 @@ async def test_a_leader_keeps_its_leadership_when_a_disk_stalls(
                 assert node.kernel is not None
                 assert (node.kernel.term, node.kernel.leader) == (term, leader)
             assert all(c.nodes[nid]._time_keeper.kept > 0 for nid in stalled)
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_a_leader_keeps_its_leadership_while_every_node_records_a_snapshot() -> None:
+    """The soak's terms (kernel_inputs' point 4): all three nodes reach the snapshot
+    threshold at about the same index, and recording the snapshot (deleting the compacted
+    entries) held each Ready loop 80-260 ms with nobody keeping time. Here it takes 0.6 s on
+    every node, more than the longest election timeout (400 ms): before, a new term each
+    time; now none, and the snapshots are all taken."""
+    from framework.client import KVClient
+    from tests.runtime import inprocess_cluster as memory
+
+    async with anyio.create_task_group() as tg:
+        c = memory.Cluster(
+            network=memory.MemoryNetwork(seed=11),
+            tg=tg,
+            settings=memory.fast_settings(
+                **{
+                    "raft.tick_interval": "10ms",
+                    "raft.snapshot_threshold_entries": 20,
+                    "raft.snapshot_trailing_entries": 5,
+                    "client.request_timeout": "6s",
+                    "performance.timeouts.client_request.base_timeout": "6s",
+                    "performance.timeouts.client_request.max_timeout": "6s",
+                }
+            ),
+        )
+        stores = {nid: StallingStore() for nid in (1, 2, 3)}
+        c.stores.update(stores)
+        for nid in stores:
+            await c.start(nid)
+
+        @asynccontextmanager
+        async def connect(address: str) -> AsyncIterator[object]:
+            yield c.network.client(int(address.removeprefix("mem://")))
+
+        client = KVClient(c.peers, timeout=30, attempt_timeout=8, connector=connect)  # type: ignore[arg-type]
+        async with client:
+            leader = await c.wait_leader()
+            await client.put("warm", "up")
+            kernel = c.nodes[leader].kernel
+            assert kernel is not None
+            term = kernel.term
+            for store in stores.values():
+                store.commit_stall = 0.6
+            for i in range(30):
+                await client.put(f"k{i}", str(i))
+            with anyio.fail_after(10):
+                while not all(
+                    s.commits_stalled
+                    and not c.nodes[n].local_snapshots.pending
+                    and c.nodes[n].local_snapshots.taken
+                    for n, s in stores.items()
+                ):
+                    await anyio.sleep(0.05)
+            for node in c.nodes.values():
+                assert node.kernel is not None
+                assert (node.kernel.term, node.kernel.leader) == (term, leader)
         tg.cancel_scope.cancel()
