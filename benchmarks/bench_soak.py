@@ -194,6 +194,18 @@ def _role_change_counts(after: Status, before: Status | None) -> dict[str, int]:
     return {k: n - then.get(k, 0) for k, n in now.items() if n - then.get(k, 0) > 0}
 
 
+def _ticks_dropped(after: Status, before: Status | None) -> int:
+    """Ticks a node was not given as a follower between two statuses (bursts past the cap:
+    its own loop held, ``framework/runtime/kernel_inputs.py`` point 5)."""
+
+    def dropped(status: Status | None) -> int:
+        if status is None:
+            return 0
+        return int(status["health"].get("role_changes", {}).get("ticks_dropped", 0))
+
+    return dropped(after) - dropped(before)
+
+
 async def _statuses(cluster: LocalCluster) -> dict[int, Status]:
     out = {}
     async with cluster.client(timeout=10.0) as client:
@@ -381,7 +393,9 @@ async def _soak(root: Path, args: argparse.Namespace) -> None:
         f"largest per-{args.watch:g}-s-interval run-queue wait of a node's loop thread ms "
         f"{ {n: round(v) for n, v in watch.worst_interval_run_queue_ms.items()} }\n"
         f"role changes during the soak per node (health.role_changes) "
-        f"{ {nid: _role_change_counts(st, before.get(nid)) for nid, st in after.items()} }\n"
+        f"{ {nid: _role_change_counts(st, before.get(nid)) for nid, st in after.items()} }; "
+        f"follower ticks dropped past the burst cap "
+        f"{ {nid: _ticks_dropped(st, before.get(nid)) for nid, st in after.items()} }\n"
         f"snapshot index per node {[st['snapshot_index'] for st in after.values()]}, "
         f"commit {max(st['commit'] for st in after.values())}\n"
         f"machine: other processes took {machine['other_cpu_seconds']} CPU-s, "

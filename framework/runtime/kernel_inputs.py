@@ -36,8 +36,11 @@ serialised). Three things used to go wrong around such a wait (issue #13):
    answers. Everything else it takes from the inbox it holds, in the order the inbox gave
    it, for the Ready loop (``arrivals``, held first): an append stepped while a write is
    outstanding would change the log under the write. At most ``HELD_MAX`` messages are
-   held; beyond that the inbox is left alone (it is bounded and sheds as usual), and no
-   more heartbeats are answered until the write ends. A heartbeat stepped ahead of an
+   held; beyond that the inbox is left alone (it is bounded and sheds as usual), no more
+   heartbeats are answered until the write ends, and no ticks are delivered either: a
+   follower that cannot see its leader's heartbeats must not count the time as silence
+   (the ticks wait for the Ready loop, which gives a follower at most half an election
+   timeout of them at once, point 5). A heartbeat stepped ahead of an
    append that arrived before it is a reordering Raft tolerates from any network: its
    commit index is at most what this follower acknowledged, so durable here already.
 
@@ -202,6 +205,8 @@ class TimeKeeper:
         if kernel.role is Role.LEADER:
             inputs = self.arrivals()
         elif kernel.role is Role.FOLLOWER and kernel.leader != 0:
+            if len(self._held) >= HELD_MAX:
+                return  # it cannot look for its leader's heartbeats: its ticks wait too
             inputs = self._leader_heartbeats(kernel)
         else:
             return
@@ -216,12 +221,9 @@ class TimeKeeper:
     def _leader_heartbeats(self, kernel: RawNode) -> list[Message]:
         """Take the inbox (up to ``HELD_MAX`` held); return the heartbeats of the leader in
         its term, hold the rest."""
-        room = HELD_MAX - len(self._held)
-        if room <= 0:
-            return []
         leader, term = kernel.leader, kernel.term
         beats: list[Message] = []
-        for msg in self._take_inbox(room):
+        for msg in self._take_inbox(HELD_MAX - len(self._held)):
             if isinstance(msg, Heartbeat) and msg.src == leader and msg.term == term:
                 beats.append(msg)
             else:

@@ -215,11 +215,17 @@ def test_a_waiting_follower_holds_at_most_held_max_messages() -> None:
         n = HELD_MAX if limit is None else limit
         return [AppendEntries(src=1, dst=2, term=2, prev_index=1, prev_term=1)] * n
 
-    keeper = TimeKeeper(take_inbox=take, ticks_due=lambda: 0, send=print, on_invalid=_fail)
+    asked: list[int] = []
+
+    def ticks_due() -> int:
+        asked.append(1)
+        return 0
+
+    keeper = TimeKeeper(take_inbox=take, ticks_due=ticks_due, send=print, on_invalid=_fail)
     with keeper.keeping(follower):
         keeper.keep()
-        keeper.keep()  # full: the inbox is left alone
-        assert limits == [HELD_MAX]
+        keeper.keep()  # full: the inbox is left alone, and the ticks wait for the loop
+        assert limits == [HELD_MAX] and len(asked) == 1
         assert len(keeper.arrivals()) == HELD_MAX + HELD_MAX  # the held, then the inbox's
         keeper.keep()
         assert limits[-1] == HELD_MAX
