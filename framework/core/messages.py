@@ -186,17 +186,23 @@ def decode_message(data: bytes) -> Message:
 
 
 def validate_message(msg: Message) -> None:
-    """Reject what no correct sender produces, whatever the receiver's state."""
-    name = type(msg).__name__
+    """Reject what no correct sender produces, whatever the receiver's state.
+
+    Runs for every message received: the type's name is only looked up for an error."""
     if msg.src <= 0 or msg.dst <= 0:
-        raise InvalidMessage(f"{name} src={msg.src} dst={msg.dst}: node ids must be positive")
+        raise InvalidMessage(
+            f"{type(msg).__name__} src={msg.src} dst={msg.dst}: node ids must be positive"
+        )
     if msg.src == msg.dst:
-        raise InvalidMessage(f"{name} from node {msg.src} addressed to itself")
+        raise InvalidMessage(f"{type(msg).__name__} from node {msg.src} addressed to itself")
     if msg.term < 0:
-        raise InvalidMessage(f"{name} from node {msg.src}: negative term {msg.term}")
+        raise InvalidMessage(
+            f"{type(msg).__name__} from node {msg.src}: negative term {msg.term}"
+        )
     if msg.term > MAX_TERM:
         raise InvalidMessage(
-            f"{name} from node {msg.src}: term={msg.term} exceeds the bound {MAX_TERM}"
+            f"{type(msg).__name__} from node {msg.src}: term={msg.term} exceeds the bound "
+            f"{MAX_TERM}"
         )
     if isinstance(msg, AppendEntries):
         _validate_append(msg)
@@ -212,12 +218,18 @@ def validate_message(msg: Message) -> None:
     elif isinstance(msg, Heartbeat | ReadIndexResponse):
         value = msg.commit if isinstance(msg, Heartbeat) else msg.index
         if value < 0:
-            raise InvalidMessage(f"{name} from node {msg.src}: negative index {value}")
+            raise InvalidMessage(
+                f"{type(msg).__name__} from node {msg.src}: negative index {value}"
+            )
         if isinstance(msg, Heartbeat) and msg.sent_tick < 0:
-            raise InvalidMessage(f"{name} from node {msg.src}: negative sent_tick {msg.sent_tick}")
+            raise InvalidMessage(
+                f"{type(msg).__name__} from node {msg.src}: negative sent_tick {msg.sent_tick}"
+            )
     elif isinstance(msg, HeartbeatResponse):
         if msg.sent_tick < 0:
-            raise InvalidMessage(f"{name} from node {msg.src}: negative sent_tick {msg.sent_tick}")
+            raise InvalidMessage(
+                f"{type(msg).__name__} from node {msg.src}: negative sent_tick {msg.sent_tick}"
+            )
     elif isinstance(msg, InstallSnapshot):
         meta = msg.snapshot.meta
         if meta.index <= 0 or meta.term <= 0 or meta.term > msg.term:
@@ -238,27 +250,29 @@ def _validate_append(msg: AppendEntries) -> None:
     entries = msg.entries
     if not entries:
         return
-    # Whole-list comparisons run in C; only a failure walks the entries for the message.
-    # (Comprehensions: their attribute loads are specialised, twice map(attrgetter)'s speed.)
-    indexes = [entry.index for entry in entries]
-    terms = [entry.term for entry in entries]
-    expected = list(range(msg.prev_index + 1, msg.prev_index + 1 + len(entries)))
-    if indexes != expected:
-        pairs = enumerate(zip(indexes, expected, strict=True))
-        bad = next(i for i, (got, want) in pairs if got != want)
-        raise InvalidMessage(
-            f"AppendEntries from node {msg.src}: entry index {indexes[bad]} where "
-            f"{expected[bad]} was expected (entries must be contiguous after prev_index)"
-        )
-    # Usually every entry is of the message's term (valid: prev_term <= term was checked).
-    uniform = terms.count(msg.term) == len(terms)
-    if not uniform and (terms[0] < msg.prev_term or terms[-1] > msg.term or terms != sorted(terms)):
-        last_term = msg.prev_term
-        for entry in entries:
-            if entry.term < last_term or entry.term > msg.term:
-                raise InvalidMessage(
-                    f"AppendEntries from node {msg.src}: entry {entry.index} has term "
-                    f"{entry.term}; expected a term between {last_term} and the message "
-                    f"term {msg.term}"
-                )
-            last_term = entry.term
+    # One loop over the entries, the cheapest walk on CPython 3.11 (their attribute loads
+    # are specialised; no list is built). Contiguity is checked for every entry before
+    # any term, so a message with both faults is reported for its first bad index.
+    term = msg.term
+    expected = msg.prev_index + 1
+    uniform = True  # usually every entry is of the message's term
+    for entry in entries:
+        if entry.index != expected:
+            raise InvalidMessage(
+                f"AppendEntries from node {msg.src}: entry index {entry.index} where "
+                f"{expected} was expected (entries must be contiguous after prev_index)"
+            )
+        if entry.term != term:
+            uniform = False
+        expected += 1
+    if uniform:
+        return  # valid: prev_term <= term was checked
+    last_term = msg.prev_term
+    for entry in entries:
+        if entry.term < last_term or entry.term > term:
+            raise InvalidMessage(
+                f"AppendEntries from node {msg.src}: entry {entry.index} has term "
+                f"{entry.term}; expected a term between {last_term} and the message "
+                f"term {term}"
+            )
+        last_term = entry.term
