@@ -5,6 +5,10 @@ index) and ``offset_term`` its term; ``entries[i]`` has index ``offset + 1 + i``
 keeps every live entry in memory (compaction bounds it) and tracks which suffix is not yet
 on stable storage (``unstable_from``) so the runtime can persist exactly that.
 
+``entries`` is read freely but changed only through this class's methods: it keeps running
+byte totals of the entries' data alongside (``_byte_sums``), which a change from outside
+would leave stale.
+
 Invariants kept here (and checked, raising ``KernelMisuse``/``InvalidMessage`` if broken):
 - entries are contiguous and terms never decrease along the log;
 - committed entries are never truncated (a leader asking for it is a protocol violation);
@@ -21,11 +25,9 @@ from framework.core.errors import InvalidMessage, KernelMisuse
 
 __all__ = ["RaftLog"]
 
-_SIZE_CHUNK = 256
-
-
 class RaftLog:
     __slots__ = (
+        "_byte_sums",
         "applied",
         "committed",
         "entries",
@@ -45,6 +47,12 @@ class RaftLog:
         self.offset = meta.index
         self.offset_term = meta.term
         self.entries: list[Entry] = list(entries or [])
+        self._byte_sums = [0]
+        """Running totals of the entries' data bytes: ``_byte_sums[p]`` is the total before
+        position ``p`` (plus a base), ``_byte_sums[q] - _byte_sums[p]`` the bytes of
+        ``entries[p:q]``. Extended on demand (``_byte_sums_to``), only on a leader, so each
+        entry's size is read once instead of once per follower sent to and once more when
+        committed; cut back with ``entries`` (truncation, compaction, restore)."""
         for position, entry in enumerate(self.entries):
             if entry.index != self.offset + 1 + position:
                 raise KernelMisuse(
@@ -112,34 +120,49 @@ class RaftLog:
 
     def slice(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
         """Entries with ``lo <= index < hi``; at least one, then at most ``max_bytes``."""
-        if lo <= self.offset:
-            raise KernelMisuse(
-                f"entries from {lo} requested but the log is compacted to {self.offset}"
-            )
+        self._require_live(lo)
         start = lo - self.offset - 1
         stop = min(hi, self.last_index() + 1) - self.offset - 1
         window = self.entries[start:stop]
         if max_bytes is None or not window:
             return window
-        # Sizes are listed and summed a chunk at a time, since this runs for every append
-        # sent; only the chunk that overflows is searched for the cut (in C: accumulate,
-        # bisect). The first entry always goes, even when larger than ``max_bytes``.
-        total = 0
-        for chunk_start in range(0, len(window), _SIZE_CHUNK):
-            chunk = window[chunk_start : chunk_start + _SIZE_CHUNK]
-            sizes = [len(entry.data) for entry in chunk]
-            chunk_total = total + sum(sizes)
-            if chunk_total <= max_bytes:
-                total = chunk_total
-                continue
-            running = list(accumulate(sizes, initial=total))
-            fits = bisect_right(running, max_bytes) - 1
-            return window[: max(1, chunk_start + fits)]
-        return window
+        # From the running totals, since this runs for every append sent: the entries up to
+        # the last position whose total is within ``max_bytes`` of the window's start (a
+        # bisection). The first entry always goes, even when larger than ``max_bytes``.
+        stop = start + len(window)  # ``hi`` may have been below ``lo``, even negative
+        sums = self._byte_sums_to(stop)
+        limit = sums[start] + max_bytes
+        if sums[stop] <= limit:
+            return window
+        fits = bisect_right(sums, limit, start, stop + 1) - 1 - start
+        return window[: max(1, fits)]
 
     def data_size(self, lo: int, hi: int) -> int:
         """Sum of ``Entry.size()`` (the data's length) over ``lo <= index < hi``."""
-        return sum([len(entry.data) for entry in self.slice(lo, hi)])
+        self._require_live(lo)
+        start = lo - self.offset - 1
+        stop = min(hi, self.last_index() + 1) - self.offset - 1
+        positions = range(len(self.entries))[start:stop]  # what ``entries[start:stop]`` holds
+        if not positions:
+            return 0
+        sums = self._byte_sums_to(positions.stop)
+        return sums[positions.stop] - sums[positions.start]
+
+    def _require_live(self, lo: int) -> None:
+        if lo <= self.offset:
+            raise KernelMisuse(
+                f"entries from {lo} requested but the log is compacted to {self.offset}"
+            )
+
+    def _byte_sums_to(self, stop: int) -> list[int]:
+        """``_byte_sums``, extended to cover ``entries[:stop]``."""
+        sums = self._byte_sums
+        known = len(sums) - 1
+        if known < stop:
+            sizes = [len(entry.data) for entry in self.entries[known:stop]]
+            # ``accumulate`` starts from the last total, which it yields again: popped first.
+            sums.extend(accumulate(sizes, initial=sums.pop()))
+        return sums
 
     def unstable_entries(self) -> list[Entry]:
         return self.entries[self.unstable_from - self.offset - 1 :]
@@ -194,7 +217,9 @@ class RaftLog:
         return last_new
 
     def _truncate_from(self, index: int) -> None:
-        del self.entries[index - self.offset - 1 :]
+        position = index - self.offset - 1
+        del self.entries[position:]
+        del self._byte_sums[position + 1 :]
         self.unstable_from = min(self.unstable_from, index)
 
     def commit_to(self, index: int) -> None:
@@ -232,13 +257,19 @@ class RaftLog:
             raise KernelMisuse(f"cannot compact to {index}: only {self.applied} is applied")
         term = self.term(index)
         assert term is not None
-        del self.entries[: index - self.offset]
+        dropped = index - self.offset
+        del self.entries[:dropped]
+        if len(self._byte_sums) > dropped:
+            del self._byte_sums[:dropped]  # the total before the new first entry is the base
+        else:
+            self._byte_sums = [0]
         self.offset = index
         self.offset_term = term
 
     def restore(self, meta: SnapshotMeta) -> None:
         """Replace the whole log by a snapshot received from the leader (§7)."""
         self.entries = []
+        self._byte_sums = [0]
         self.offset = meta.index
         self.offset_term = meta.term
         self.committed = meta.index
