@@ -597,20 +597,28 @@ class RawNode:
         """Collect the next batch of work; ``advance(ready)`` must follow before the next."""
         if self._outstanding is not None:
             raise KernelMisuse("ready() called twice without advance()")
-        self._flush_read_round()
-        self._flush_appends()
+        # Called on every loop pass: each part is only looked into when it holds something.
+        if self._read_round_due:
+            self._flush_read_round()
+        if self._append_to:
+            self._flush_appends()
+        log = self.log
         soft_changed, hard_changed = self._soft_changed(), self._hard_changed()
         soft = SoftState(leader=self.leader, role=self.role) if soft_changed else self._prev_soft
         hard = self._prev_hard
         if hard_changed:
-            hard = HardState(term=self.term, vote=self.vote, commit=self.log.committed)
-        entries = tuple(self.log.unstable_entries())
+            hard = HardState(term=self.term, vote=self.vote, commit=log.committed)
+        entries: tuple[Entry, ...] = ()
+        if log.unstable_from <= log.last_index():
+            entries = tuple(log.unstable_entries())
         snapshot = self._pending_snapshot
         committed: tuple[Entry, ...] = ()
-        if snapshot is None:
+        changes: list[Entry] = []
+        if snapshot is None and log.committed > log.applied:
             limit = self.config.max_committed_per_ready or None
-            committed = tuple(self.log.committed_to_apply(limit))
-        self._outstanding_conf = changes = _conf_changes(committed)
+            committed = tuple(log.committed_to_apply(limit))
+            changes = _conf_changes(committed)
+        self._outstanding_conf = changes
         rd = Ready(
             soft_state=soft if soft_changed else None,
             # A membership change is applied only over a synced commit index that covers it
@@ -861,18 +869,19 @@ class RawNode:
 
     def _check_against_state(self, msg: Message) -> None:
         """Reject, before changing anything, messages impossible given our state."""
-        if isinstance(msg, AppendEntries) and msg.term >= self.term:
-            # A membership entry we could not apply would wedge advance() once committed.
-            for entry in _conf_changes(msg.entries):
-                change = decode_conf_change(entry.data)  # raises InvalidMessage
-                if change.node_id <= 0:
-                    raise InvalidMessage(
-                        f"AppendEntries from node {msg.src}: entry {entry.index} changes "
-                        f"membership of node id {change.node_id}"
-                    )
+        if isinstance(msg, AppendEntries):
+            if msg.term >= self.term:
+                # A membership entry we could not apply would wedge advance() once committed.
+                for entry in _conf_changes(msg.entries):
+                    change = decode_conf_change(entry.data)  # raises InvalidMessage
+                    if change.node_id <= 0:
+                        raise InvalidMessage(
+                            f"AppendEntries from node {msg.src}: entry {entry.index} changes "
+                            f"membership of node id {change.node_id}"
+                        )
         # Checked before a later term is adopted, so a rejected heartbeat changes nothing
         # (a correct leader never sends a commit index past what we are known to store).
-        if (
+        elif (
             isinstance(msg, Heartbeat)
             and msg.term >= self.term
             and msg.commit > self.log.last_index()
@@ -881,9 +890,9 @@ class RawNode:
                 f"Heartbeat from node {msg.src} sets commit {msg.commit} past our last "
                 f"index {self.log.last_index()}"
             )
-        if msg.term != self.term:
+        if msg.term != self.term or self.role is not _LEADER:
             return
-        if self.role is _LEADER and isinstance(msg, _ACKS):
+        if isinstance(msg, _ACKS):
             if msg.src not in self.progress:
                 raise InvalidMessage(
                     f"{type(msg).__name__} from node {msg.src}, which is not a member "
@@ -899,7 +908,7 @@ class RawNode:
                     f"AppendResponse from node {msg.src} acknowledges index {msg.index} past "
                     f"the leader's last index {self.log.last_index()}"
                 )
-        if self.role is _LEADER and isinstance(msg, _FROM_LEADER):
+        elif isinstance(msg, _FROM_LEADER):
             raise InvalidMessage(
                 f"{type(msg).__name__} from node {msg.src} claims leadership of term "
                 f"{msg.term}, which node {self.id} leads"
@@ -1226,24 +1235,27 @@ class RawNode:
         targets, self._append_to = self._append_to, {}
         if self.role is not _LEADER:
             return
+        log = self.log
         for nid, send_if_empty in targets.items():
             pr = self.progress.get(nid)
             if pr is None:
                 continue
             sent = self._send_append(nid, pr, send_if_empty)
-            while sent and pr.state is _REPLICATE:
+            # Streaming: more appends while the window allows and entries are left to send.
+            while sent and pr.state is _REPLICATE and pr.next <= log.last_index():
                 sent = self._send_append(nid, pr, False)
 
     def _send_append(self, nid: int, pr: Progress, send_if_empty: bool) -> bool:
         if pr.is_paused():
             return False
         log = self.log
+        last = log.last_index()
         prev_index = pr.next - 1
-        if prev_index == log.last_index() and not send_if_empty:
+        if prev_index == last and not send_if_empty:
             return False  # nothing new to send (the slice below would come back empty)
         prev_term = log.term(prev_index)
         if prev_term is None:
-            if prev_index > log.last_index():
+            if prev_index > last:
                 # The follower claims more than we have; restart from what it matches.
                 pr.become_probe()
                 return False
@@ -1254,7 +1266,7 @@ class RawNode:
                 InstallSnapshot(src=self.id, dst=nid, term=self.term, snapshot=self.snapshot)
             )
             return False
-        entries = log.slice(pr.next, log.last_index() + 1, self.config.max_size_per_msg)
+        entries = log.slice(pr.next, last + 1, self.config.max_size_per_msg)
         if not entries and not send_if_empty:
             return False
         self._send(
