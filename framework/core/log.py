@@ -104,11 +104,13 @@ class RaftLog:
 
     def term(self, index: int) -> int | None:
         """Term of the entry at ``index``; None when compacted away or beyond the end."""
-        if index == self.offset:
+        # By position, without calling last_index(): this runs several times per message.
+        position = index - self.offset - 1
+        if position == -1:
             return self.offset_term
-        if index < self.offset or index > self.last_index():
+        if position < -1 or position >= len(self.entries):
             return None
-        return self.entries[index - self.offset - 1].term
+        return self.entries[position].term
 
     def matches(self, index: int, term: int) -> bool:
         return self.term(index) == term
@@ -122,7 +124,7 @@ class RaftLog:
         """Entries with ``lo <= index < hi``; at least one, then at most ``max_bytes``."""
         self._require_live(lo)
         start = lo - self.offset - 1
-        stop = min(hi, self.last_index() + 1) - self.offset - 1
+        stop = min(hi - self.offset - 1, len(self.entries))
         window = self.entries[start:stop]
         if max_bytes is None or not window:
             return window
@@ -141,7 +143,7 @@ class RaftLog:
         """Sum of ``Entry.size()`` (the data's length) over ``lo <= index < hi``."""
         self._require_live(lo)
         start = lo - self.offset - 1
-        stop = min(hi, self.last_index() + 1) - self.offset - 1
+        stop = min(hi - self.offset - 1, len(self.entries))
         positions = range(len(self.entries))[start:stop]  # what ``entries[start:stop]`` holds
         if not positions:
             return 0

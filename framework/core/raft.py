@@ -870,7 +870,7 @@ class RawNode:
     def _check_against_state(self, msg: Message) -> None:
         """Reject, before changing anything, messages impossible given our state."""
         if isinstance(msg, AppendEntries):
-            if msg.term >= self.term:
+            if msg.term >= self.term and msg.entries:
                 # A membership entry we could not apply would wedge advance() once committed.
                 for entry in _conf_changes(msg.entries):
                     change = decode_conf_change(entry.data)  # raises InvalidMessage
