@@ -140,7 +140,8 @@ class Progress:
             self.match = index
             updated = True
             self.probe_sent = False
-        self.next = max(self.next, index + 1)
+        if index >= self.next:  # next = max(next, index + 1), without the builtin's call
+            self.next = index + 1
         return updated
 
     def sent_entries(self, last_index: int, count: int) -> None:

@@ -619,6 +619,12 @@ class RawNode:
             committed = tuple(log.committed_to_apply(limit))
             changes = _conf_changes(committed)
         self._outstanding_conf = changes
+        # Most passes carry no reads and only some messages: an empty list gives () and is
+        # kept, a full one is taken whole and replaced.
+        messages = tuple(self._messages) if self._messages else ()
+        persisted = tuple(self._persisted_messages) if self._persisted_messages else ()
+        read_states = tuple(self._read_states) if self._read_states else ()
+        dropped_reads = tuple(self._dropped_reads) if self._dropped_reads else ()
         rd = Ready(
             soft_state=soft if soft_changed else None,
             # A membership change is applied only over a synced commit index that covers it
@@ -627,21 +633,25 @@ class RawNode:
             hard_state=hard if hard_changed or changes else None,
             entries=entries,
             snapshot=snapshot,
-            messages=tuple(self._messages),
-            persisted_messages=tuple(self._persisted_messages),
+            messages=messages,
+            persisted_messages=persisted,
             committed_entries=committed,
-            read_states=tuple(self._read_states),
-            dropped_reads=tuple(self._dropped_reads),
+            read_states=read_states,
+            dropped_reads=dropped_reads,
             must_sync=bool(entries)
             or snapshot is not None
             or hard.term != self._prev_hard.term
             or hard.vote != self._prev_hard.vote
             or bool(changes),
         )
-        self._messages = []
-        self._persisted_messages = []
-        self._read_states = []
-        self._dropped_reads = []
+        if messages:
+            self._messages = []
+        if persisted:
+            self._persisted_messages = []
+        if read_states:
+            self._read_states = []
+        if dropped_reads:
+            self._dropped_reads = []
         self._prev_soft = soft
         self._prev_hard = hard
         self._outstanding = rd
