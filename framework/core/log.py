@@ -25,6 +25,7 @@ from framework.core.errors import InvalidMessage, KernelMisuse
 
 __all__ = ["RaftLog"]
 
+
 class RaftLog:
     __slots__ = (
         "_byte_sums",

@@ -196,9 +196,7 @@ def validate_message(msg: Message) -> None:
     if msg.src == msg.dst:
         raise InvalidMessage(f"{type(msg).__name__} from node {msg.src} addressed to itself")
     if msg.term < 0:
-        raise InvalidMessage(
-            f"{type(msg).__name__} from node {msg.src}: negative term {msg.term}"
-        )
+        raise InvalidMessage(f"{type(msg).__name__} from node {msg.src}: negative term {msg.term}")
     if msg.term > MAX_TERM:
         raise InvalidMessage(
             f"{type(msg).__name__} from node {msg.src}: term={msg.term} exceeds the bound "
