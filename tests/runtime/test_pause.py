@@ -9,6 +9,7 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -262,6 +263,56 @@ class StallingStore(MemoryLogStore):
         super().save_ready(hard_state=hard_state, entries=entries, snapshot=snapshot, sync=sync)
 
 
+@asynccontextmanager
+async def _stalling_cluster(
+    seed: int, **settings: object
+) -> AsyncIterator[tuple[dict[int, StallingStore], dict[int, Any], int, int, Any]]:
+    """Three in-process nodes on `StallingStore`s and a client whose attempts outlast a
+    stall (a stalled write is answered, not retried elsewhere), after one write: the
+    stores, the nodes, the leader, its term and the client. ``settings`` (dotted keys) on
+    top of a 6 s deadline for a write (a follower's write may wait behind its previous one:
+    two stalls per commit, and the node's deadline, 1 s at first, must outlast them)."""
+    from framework.client import KVClient
+    from tests.runtime import inprocess_cluster as memory
+
+    async with anyio.create_task_group() as tg:
+        c = memory.Cluster(
+            network=memory.MemoryNetwork(seed=seed),
+            tg=tg,
+            settings=memory.fast_settings(
+                **{
+                    "client.request_timeout": "6s",
+                    "performance.timeouts.client_request.base_timeout": "6s",
+                    "performance.timeouts.client_request.max_timeout": "6s",
+                    **settings,
+                }
+            ),
+        )
+        stores = {nid: StallingStore() for nid in (1, 2, 3)}
+        c.stores.update(stores)
+        for nid in stores:
+            await c.start(nid)
+
+        @asynccontextmanager
+        async def connect(address: str) -> AsyncIterator[object]:
+            yield c.network.client(int(address.removeprefix("mem://")))
+
+        client = KVClient(c.peers, timeout=30, attempt_timeout=8, connector=connect)  # type: ignore[arg-type]
+        async with client:
+            leader = await c.wait_leader()
+            await client.put("warm", "up")
+            kernel = c.nodes[leader].kernel
+            assert kernel is not None
+            yield stores, c.nodes, leader, kernel.term, client
+        tg.cancel_scope.cancel()
+
+
+def _same_leadership(nodes: dict[int, Any], term: int, leader: int) -> None:
+    for node in nodes.values():
+        assert node.kernel is not None
+        assert (node.kernel.term, node.kernel.leader) == (term, leader)
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("who", ["leader", "followers"])
 @pytest.mark.parametrize(("tick", "stall"), [("10ms", 0.18), ("20ms", 1.2)])
@@ -274,54 +325,23 @@ async def test_a_leader_keeps_its_leadership_when_a_disk_stalls(
     300 ms or more on the leader cost it its leadership each time (its heartbeats waited
     behind the disk), and one on both followers too (their answers waited behind theirs,
     and the leader deposed itself by check-quorum)."""
-    from framework.client import KVClient
-    from tests.runtime import inprocess_cluster as memory
-
-    async with anyio.create_task_group() as tg:
-        c = memory.Cluster(
-            network=memory.MemoryNetwork(seed=7),
-            tg=tg,
-            # A follower's write may wait behind its previous one: two stalls per commit,
-            # and the node's deadline for a write (1 s at first) must outlast them.
-            settings=memory.fast_settings(
-                **{
-                    "raft.tick_interval": tick,
-                    "client.request_timeout": "6s",
-                    "performance.timeouts.client_request.base_timeout": "6s",
-                    "performance.timeouts.client_request.max_timeout": "6s",
-                }
-            ),
-        )
-        stores = {nid: StallingStore() for nid in (1, 2, 3)}
-        c.stores.update(stores)
-        for nid in stores:
-            await c.start(nid)
-
-        @asynccontextmanager
-        async def connect(address: str) -> AsyncIterator[object]:
-            yield c.network.client(int(address.removeprefix("mem://")))
-
-        # An attempt outlasts the stall: a stalled write is answered, not retried elsewhere.
-        client = KVClient(c.peers, timeout=30, attempt_timeout=8, connector=connect)  # type: ignore[arg-type]
-        async with client:
-            leader = await c.wait_leader()
-            await client.put("warm", "up")
-            kernel = c.nodes[leader].kernel
-            assert kernel is not None
-            term = kernel.term
-            stalled = [leader] if who == "leader" else [n for n in stores if n != leader]
-            for nid in stalled:
-                stores[nid].stall = stall
-            for i in range(3):
-                await client.put(f"k{i}", str(i))
-            for nid in stalled:
-                stores[nid].stall = 0.0
-                assert stores[nid].stalled >= 3
-            for node in c.nodes.values():
-                assert node.kernel is not None
-                assert (node.kernel.term, node.kernel.leader) == (term, leader)
-            assert all(c.nodes[nid]._time_keeper.kept > 0 for nid in stalled)
-        tg.cancel_scope.cancel()
+    async with _stalling_cluster(7, **{"raft.tick_interval": tick}) as (
+        stores,
+        nodes,
+        leader,
+        term,
+        client,
+    ):
+        stalled = [leader] if who == "leader" else [n for n in stores if n != leader]
+        for nid in stalled:
+            stores[nid].stall = stall
+        for i in range(3):
+            await client.put(f"k{i}", str(i))
+        for nid in stalled:
+            stores[nid].stall = 0.0
+            assert stores[nid].stalled >= 3
+        _same_leadership(nodes, term, leader)
+        assert all(nodes[nid]._time_keeper.kept > 0 for nid in stalled)
 
 
 @pytest.mark.anyio
@@ -331,53 +351,22 @@ async def test_a_leader_keeps_its_leadership_while_every_node_records_a_snapshot
     entries) held each Ready loop 80-260 ms with nobody keeping time. Here it takes 0.6 s on
     every node, more than the longest election timeout (400 ms): before, a new term each
     time; now none, and the snapshots are all taken."""
-    from framework.client import KVClient
-    from tests.runtime import inprocess_cluster as memory
-
-    async with anyio.create_task_group() as tg:
-        c = memory.Cluster(
-            network=memory.MemoryNetwork(seed=11),
-            tg=tg,
-            settings=memory.fast_settings(
-                **{
-                    "raft.tick_interval": "10ms",
-                    "raft.snapshot_threshold_entries": 20,
-                    "raft.snapshot_trailing_entries": 5,
-                    "client.request_timeout": "6s",
-                    "performance.timeouts.client_request.base_timeout": "6s",
-                    "performance.timeouts.client_request.max_timeout": "6s",
-                }
-            ),
-        )
-        stores = {nid: StallingStore() for nid in (1, 2, 3)}
-        c.stores.update(stores)
-        for nid in stores:
-            await c.start(nid)
-
-        @asynccontextmanager
-        async def connect(address: str) -> AsyncIterator[object]:
-            yield c.network.client(int(address.removeprefix("mem://")))
-
-        client = KVClient(c.peers, timeout=30, attempt_timeout=8, connector=connect)  # type: ignore[arg-type]
-        async with client:
-            leader = await c.wait_leader()
-            await client.put("warm", "up")
-            kernel = c.nodes[leader].kernel
-            assert kernel is not None
-            term = kernel.term
-            for store in stores.values():
-                store.commit_stall = 0.6
-            for i in range(30):
-                await client.put(f"k{i}", str(i))
-            with anyio.fail_after(10):
-                while not all(
-                    s.commits_stalled
-                    and not c.nodes[n].local_snapshots.pending
-                    and c.nodes[n].local_snapshots.taken
-                    for n, s in stores.items()
-                ):
-                    await anyio.sleep(0.05)
-            for node in c.nodes.values():
-                assert node.kernel is not None
-                assert (node.kernel.term, node.kernel.leader) == (term, leader)
-        tg.cancel_scope.cancel()
+    settings = {
+        "raft.tick_interval": "10ms",
+        "raft.snapshot_threshold_entries": 20,
+        "raft.snapshot_trailing_entries": 5,
+    }
+    async with _stalling_cluster(11, **settings) as (stores, nodes, leader, term, client):
+        for store in stores.values():
+            store.commit_stall = 0.6
+        for i in range(30):
+            await client.put(f"k{i}", str(i))
+        with anyio.fail_after(10):
+            while not all(
+                s.commits_stalled
+                and not nodes[n].local_snapshots.pending
+                and nodes[n].local_snapshots.taken
+                for n, s in stores.items()
+            ):
+                await anyio.sleep(0.05)
+        _same_leadership(nodes, term, leader)
