@@ -357,6 +357,38 @@ class Faults:
                 return False
         return True
 
+    def _decommission_zombies(self) -> None:
+        """At the heal the operator finishes what ``raftmw members remove`` asks of it: a
+        node whose removal the voters left have all applied is stopped, whether or not it
+        learnt of its removal itself (``framework.member_removal`` asks only the voters left;
+        the runtime's transport refuses its connections once they applied it, "not a known
+        peer"). A removed node that missed its removal otherwise campaigns forever, and with
+        pre-vote and check-quorum both off each VoteRequest of a higher term deposes the
+        leader (D §4.2.3; seed 155135). No draw: the fault phase is unchanged."""
+        up = [n for n in self.nodes.values() if n.kernel is not None]
+        if not up:
+            return
+        newest = max(up, key=lambda n: n.applied)
+        conf = newest.kernel.conf_state if newest.kernel is not None else None
+        if conf is None or not conf.voters:
+            return
+        members = set(conf.voters) | set(conf.learners)
+        for node in self.nodes.values():
+            at, removal = self.sim.last_change.get(node.id, (0, False))
+            if node.retired or node.id in members or not removal:
+                continue
+            if all(self._has_applied(voter, at) for voter in conf.voters):
+                self.sim.log(f"decommission removed node {node.id} (at the heal)")
+                node.retired = True
+                node.kernel = None
+                node.paused_until = -1
+                node.unfinished = None
+                self.network.drop_to(node.id)
+
+    def _has_applied(self, node_id: int, index: int) -> bool:
+        node = self.nodes.get(node_id)
+        return node is not None and node.kernel is not None and node.applied >= index
+
     def heal(self) -> None:
         self.sim.log("heal: faults stop")
         self.sim.faulty = False
@@ -366,6 +398,7 @@ class Faults:
         # broadcastTime << electionTimeout); long delays are a fault that stops here too.
         calm = max(1, min(self.network.faults.max_delay, self.options.election_tick // 4))
         self.network.faults = LinkFaults(min_delay=1, max_delay=calm)
+        self._decommission_zombies()
         for node in self.nodes.values():
             node.crash_in_ready = ""
             node.deaf_until = -1

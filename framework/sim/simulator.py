@@ -183,6 +183,8 @@ class Simulation:
         self.digests: dict[int, tuple[bytes, ConfState, int]] = {}
         """applied index -> (state machine bytes, membership, node) first seen there."""
         self.trace: list[str] = []
+        self.last_change: dict[int, tuple[int, bool]] = {}
+        """node -> (index, is a removal) of the newest change of it any node applied."""
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -593,6 +595,9 @@ class Simulation:
 
     def _on_conf_change(self, node: SimNode, entry: Entry) -> None:
         change = decode_conf_change(entry.data)
+        last = self.last_change.get(change.node_id)
+        if last is None or entry.index > last[0]:  # a replay after a restart is no news
+            self.last_change[change.node_id] = (entry.index, change.type is ConfChangeType.REMOVE)
         if change.type is ConfChangeType.REMOVE and change.node_id == node.id:
             # The operator decommissions a removed node some time after its removal.
             node.removed = True

@@ -270,3 +270,18 @@ def test_crashes_at_a_vote_and_lost_inboxes_happen() -> None:
     )
     sim.run()
     assert sim.result.pauses > 0 and sim.network.dropped > 0
+
+
+def test_a_removed_node_that_missed_its_removal_is_stopped_at_the_heal() -> None:
+    """Seed 155135 (pre-vote and check-quorum off): node 3's copy of its own removal
+    (index 36) arrived before entry 35 and was refused, the resend was lost, and leader 1,
+    having applied the removal with node 2, never sent to node 3 again. Node 3 kept
+    {1, 2, 3} and campaigned forever; each VoteRequest of a higher term deposed the leader of
+    {1, 2} (D §4.2.3, as in etcd without check-quorum), and requests stayed pending past the
+    liveness bound. The operator stops a removed node once the voters left applied its
+    removal (``framework.member_removal``), whether or not the node learnt of it."""
+    sim = Simulation(SimOptions.mixed(155135))
+    result = sim.run()
+    assert result.completed == result.operations
+    assert any("decommission removed node 3 (at the heal)" in line for line in sim.trace)
+    assert not sim.nodes[3].removed  # it never applied its removal itself
