@@ -171,12 +171,7 @@ class Faults:
                 # node's vote and could never be elected.
                 if not self._removal_known(node):
                     continue
-                self.sim.log(f"decommission removed node {node.id}")
-                node.retired = True
-                node.kernel = None
-                node.paused_until = -1
-                node.unfinished = None
-                self.network.drop_to(node.id)
+                self._decommission(node, "")
 
     def _bounce_step(self, running: list[int]) -> None:
         """The later steps of the "bounce" leader fault."""
@@ -378,12 +373,16 @@ class Faults:
             if node.retired or node.id in members or not removal:
                 continue
             if all(self._has_applied(voter, at) for voter in conf.voters):
-                self.sim.log(f"decommission removed node {node.id} (at the heal)")
-                node.retired = True
-                node.kernel = None
-                node.paused_until = -1
-                node.unfinished = None
-                self.network.drop_to(node.id)
+                self._decommission(node, " (at the heal)")
+
+    def _decommission(self, node: SimNode, when: str) -> None:
+        """The operator stops removed ``node`` for good (its messages in flight are lost)."""
+        self.sim.log(f"decommission removed node {node.id}{when}")
+        node.retired = True
+        node.kernel = None
+        node.paused_until = -1
+        node.unfinished = None
+        self.network.drop_to(node.id)
 
     def _has_applied(self, node_id: int, index: int) -> bool:
         node = self.nodes.get(node_id)
