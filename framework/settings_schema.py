@@ -105,6 +105,7 @@ class RaftSettings:
     snapshot_threshold_entries: int = field(metadata=as_metadata(Int(1)))
     max_batch_proposals: int = field(metadata=as_metadata(Int(1)))
     lease_drift_ticks: int = field(default=4, metadata=as_metadata(Int(0)))
+    broadcast_commit: bool = field(default=False, metadata=as_metadata(BOOL))
     snapshot_trailing_entries: int = field(default=5000, metadata=as_metadata(Int(0)))
     """Entries kept before a snapshot's index when the log is compacted, so a briefly
     lagging follower catches up from the log instead of a whole snapshot."""

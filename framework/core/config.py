@@ -31,6 +31,14 @@ class RaftConfig:
     ``10 * election_tick``. A lost InstallSnapshot would otherwise stall the follower."""
     pre_vote: bool = True
     check_quorum: bool = True
+    broadcast_commit: bool = True
+    """Send every follower an append as soon as the commit index advances, empty if it has
+    nothing new (etcd-raft's behaviour). False lets the next append or heartbeat carry the
+    commit index instead (hashicorp/raft's): a follower learns of a commit up to one heartbeat
+    interval later, and a write costs each follower one message, one answer and one Ready
+    less. A follower's read released by a lease is still sent the commit at once (a follower
+    serves it only once it has applied that far). Commits on the leader, and so the answers
+    to writers, are the same either way."""
     lease_reads: bool = False
     """Serve reads from a leader lease (D §6.4.1) instead of a heartbeat round each; needs
     ``check_quorum``. See ``lease_drift_ticks``."""

@@ -612,10 +612,9 @@ class RawNode:
                 own = self.progress.get(self.id)
                 if own is not None:
                     own.maybe_update(self.log.unstable_from - 1)
-                    if self._maybe_commit():
-                        # Our own write completed the quorum: tell the followers now, as
-                        # for any other commit advance, not at the next heartbeat.
-                        self._broadcast_append(send_if_empty=True)
+                    before = self.log.committed
+                    if self._maybe_commit():  # our own write completed the quorum
+                        self._commit_advanced(before)
         if rd.committed_entries:
             # A snapshot installed since ``ready()`` (a step between ready and advance)
             # already holds the membership up to its index: a change at or below it is
@@ -1111,8 +1110,9 @@ class RawNode:
             pr.become_replicate()
         elif pr.state is _REPLICATE:
             pr.inflights.free_to(msg.index)
+        before = self.log.committed
         if self._maybe_commit():
-            self._broadcast_append(send_if_empty=True)
+            self._commit_advanced(before)
         else:
             self._append_to.setdefault(msg.src, False)
         if msg.src == self.transferee and pr.match == self.log.last_index():
@@ -1135,6 +1135,16 @@ class RawNode:
             for context, requester in waiting:
                 self._leader_read(context, requester)
         return True
+
+    def _commit_advanced(self, before: int) -> None:
+        """The commit index moved past ``before``: entries still to send go to every
+        follower now, and an append carrying only the new commit index goes too with
+        ``broadcast_commit`` (otherwise the next append or heartbeat carries it), or when
+        the commit covers a membership change (or this term's first entry, where
+        ``pending_conf_index`` starts): the voters must learn it to elect whoever leads
+        next without the votes of nodes it removed."""
+        eager = self.config.broadcast_commit or before < self.pending_conf_index <= self.log.committed
+        self._broadcast_append(send_if_empty=eager)
 
     def _propose_entry(self, kind: EntryKind, data: bytes) -> int:
         return self._append_proposals(kind, (data,)).start
@@ -1329,6 +1339,10 @@ class RawNode:
                     src=self.id, dst=requester, term=self.term, context=context, index=index
                 )
             )
+            if index and not self.config.broadcast_commit and requester in self.progress:
+                # The requester serves the read once it applied ``index``: tell it the
+                # commit index now rather than at the next heartbeat.
+                self._append_to[requester] = True
 
     def _drop_pending_reads(self) -> None:
         waiting = [(ctx, read.requester) for ctx, read in self._pending_reads.items()]

@@ -60,6 +60,7 @@ def build_kernel(node_id: int, raft: RaftSettings, state: StoredState) -> RawNod
         check_quorum=raft.check_quorum,
         lease_reads=raft.lease_reads,
         lease_drift_ticks=raft.lease_drift_ticks,
+        broadcast_commit=raft.broadcast_commit,
         max_committed_per_ready=raft.max_batch_proposals * 4,
     )
     return RawNode(

@@ -99,6 +99,9 @@ class SimOptions:
     """A slow state machine: it applies one entry per tick, and the Ready that carries them
     stays outstanding (no ``advance``) until they are applied, while messages, ticks and
     proposals keep arriving. A restarted node takes ticks to re-apply its log."""
+    broadcast_commit: bool = True
+    """The kernel's ``broadcast_commit``: off, followers learn a commit from the next
+    append or heartbeat (the runtime's default)."""
 
     def __post_init__(self) -> None:
         unknown = set(filter(None, self.leader_fault_kinds.split(","))) - set(LEADER_FAULT_KINDS)
@@ -141,6 +144,8 @@ class SimOptions:
             crash_on_vote=rng.choice((0.0, 0.0, 0.1)),
             pause_loses_inbox=rng.random() < 0.3,
             slow_apply=rng.random() < 0.3,
+            # Drawn last, so that every earlier option of a seed is what it was before.
+            broadcast_commit=rng.random() < 0.5,
         )
 
     def command(self) -> str:

@@ -215,6 +215,7 @@ class Simulation:
             lease_reads=o.lease_reads and o.check_quorum,  # leases need check-quorum
             lease_drift_ticks=o.lease_drift_ticks,
             max_committed_per_ready=o.apply_lag,
+            broadcast_commit=o.broadcast_commit,
         )
 
     def start(self, node: SimNode) -> None:

@@ -279,8 +279,9 @@ def test_a_removed_node_that_missed_its_removal_is_stopped_at_the_heal() -> None
     {1, 2, 3} and campaigned forever; each VoteRequest of a higher term deposed the leader of
     {1, 2} (D §4.2.3, as in etcd without check-quorum), and requests stayed pending past the
     liveness bound. The operator stops a removed node once the voters left applied its
-    removal (``framework.member_removal``), whether or not the node learnt of it."""
-    sim = Simulation(SimOptions.mixed(155135))
+    removal (``framework.member_removal``), whether or not the node learnt of it. Found
+    with ``broadcast_commit`` on, as the kernel ran then (the seed draws it off now)."""
+    sim = Simulation(dataclasses.replace(SimOptions.mixed(155135), broadcast_commit=True))
     result = sim.run()
     assert result.completed == result.operations
     assert any("decommission removed node 3 (at the heal)" in line for line in sim.trace)
