@@ -1143,7 +1143,9 @@ class RawNode:
         the commit covers a membership change (or this term's first entry, where
         ``pending_conf_index`` starts): the voters must learn it to elect whoever leads
         next without the votes of nodes it removed."""
-        eager = self.config.broadcast_commit or before < self.pending_conf_index <= self.log.committed
+        eager = (
+            self.config.broadcast_commit or before < self.pending_conf_index <= self.log.committed
+        )
         self._broadcast_append(send_if_empty=eager)
 
     def _propose_entry(self, kind: EntryKind, data: bytes) -> int:

@@ -20,9 +20,19 @@ election timeout cost a leader its leadership (issue #13). Now a snapshot goes i
 4. **Write** (a worker thread, beside the Ready loop): ``store.prepare_snapshot``.
 5. **Record** (on the loop, between two Readies): ``store.commit_snapshot`` with
    ``compact_to`` (trailing entries stay in the store, as in the kernel).
+6. **Prune** (a task of the node): a store that offers ``prune`` (SQLite does) records the
+   snapshot alone in step 5 (``compact_to=0``), and the entries up to ``compact_to`` are
+   deleted a batch of ``PRUNE_BATCH`` at a time, each batch a call in the store's thread,
+   between the Ready loop's stores. Deleting 100,000 entries in the recording's transaction
+   took 45 ms on a quiet machine and over 100 ms under load, and the Ready loop waited for
+   all of it (its stores, its heartbeats' answers, every client's write); a batch takes a
+   millisecond or two. A crash before the last batch leaves more trailing entries than
+   asked for, which the next snapshot's pruning deletes.
 
 Until step 5, the store keeps every entry: a crash loses nothing; only the Ready loop ever
-writes to the log. One snapshot at a time.
+writes to the log. One snapshot at a time. Every call to the store here (recording and
+pruning) goes through the store's thread when the node has one (``start``), so none runs
+beside a Ready's store on the same connection.
 
 **To a file** (over a transport that streams snapshots from the store: ``use_snapshot_source``,
 with a data directory): the pieces are not joined. Steps 2 and 4 become one: the pieces are
@@ -72,6 +82,7 @@ from anyio.abc import TaskGroup
 
 from framework.core import RawNode, Snapshot, SnapshotMeta
 from framework.runtime.snapshots import SPOOL_DIR, node_snapshot_head, node_snapshot_parts
+from framework.runtime.store_thread import StoreThread
 from framework.storage import LogStore, SnapshotFile
 
 __all__ = ["LocalSnapshots"]
@@ -99,6 +110,9 @@ class _Prepared:
     token: object
 
 
+PRUNE_BATCH: Final = 2000
+"""Entries one ``prune`` call deletes (step 6): about 0.5 ms of SQLite on the development
+machine, so a Ready's store waits at most that long behind one."""
 LOCAL_SUFFIX: Final = ".snapshot-local"
 WRITE_BATCH: Final = 4 * 1024 * 1024
 """Bytes of encoded pieces handed to the writing thread at a time."""
@@ -160,13 +174,27 @@ class LocalSnapshots:
         self._directory: Path | None = None
         """Where snapshots are written as they are encoded (None: joined in memory)."""
         self._swept = False
+        self._thread: StoreThread | None = None
+        self._prune_to = 0
+        """The newest ``compact_to`` whose entries are still to delete (step 6)."""
+        self._pruning = False
         self.taken = 0
         """Snapshots recorded in the store."""
+        self.pruned_batches = 0
+        """``prune`` calls made (step 6)."""
 
-    def start(self, tg: TaskGroup, transport: object = None, data_dir: Path | None = None) -> None:
+    def start(
+        self,
+        tg: TaskGroup,
+        transport: object = None,
+        data_dir: Path | None = None,
+        store_thread: StoreThread | None = None,
+    ) -> None:
         """Take snapshots in tasks of ``tg``; to files in ``data_dir`` when ``transport``
-        streams snapshots from the store's file (``use_snapshot_source``)."""
+        streams snapshots from the store's file (``use_snapshot_source``); record and prune
+        through ``store_thread``, the thread the node's Readies are stored in."""
         self._tg = tg
+        self._thread = store_thread
         use_source = getattr(transport, "use_snapshot_source", None)
         open_snapshot = getattr(self._store, "open_snapshot", None)
         if data_dir is None or use_source is None or open_snapshot is None:
@@ -202,6 +230,16 @@ class LocalSnapshots:
             self._tg.start_soon(self._encode_chunks, point, members, flags, pieces)
 
     @property
+    def idle(self) -> bool:
+        """No snapshot under way and no entries left to delete."""
+        return not self._busy and not self._pruning
+
+    @property
+    def pruning(self) -> bool:
+        """Whether entries a recorded snapshot let go are still being deleted (step 6)."""
+        return self._pruning
+
+    @property
     def pending(self) -> bool:
         """Whether the Ready loop has a step to take (``step``) between two Readies."""
         return self._encoded is not None or self._written is not None or self._prepared is not None
@@ -216,9 +254,7 @@ class LocalSnapshots:
                 compact_to = kernel.log.offset
             # Covered by a snapshot from the leader meanwhile: the store discards it (or
             # records it until the leader's, stored next, replaces it).
-            await anyio.to_thread.run_sync(
-                partial(self._store.commit_snapshot, prepared.token, compact_to=compact_to)
-            )
+            await self._record(prepared.token, compact_to)
             self._busy = False
             if compact_to is not None:
                 self.taken += 1
@@ -234,12 +270,45 @@ class LocalSnapshots:
             self._tg.start_soon(self._write, snapshot, kernel.log.offset)
         if self._written is not None:
             written, self._written = self._written, None
-            await anyio.to_thread.run_sync(
-                partial(self._store.commit_snapshot, written.token, compact_to=written.compact_to)
-            )
+            await self._record(written.token, written.compact_to)
             self._busy = False
             self.taken += 1
             log.info("node %d took a snapshot", self.node_id)
+
+    async def _record(self, token: object, compact_to: int | None) -> None:
+        """Step 5, and step 6 started: with a store that prunes, the entries up to
+        ``compact_to`` go later, a batch at a time, in a task of the node."""
+        prune = getattr(self._store, "prune", None)
+        if self._thread is None:
+            await anyio.to_thread.run_sync(
+                partial(self._store.commit_snapshot, token, compact_to=compact_to)
+            )
+            return
+        if prune is None or not compact_to:
+            await self._thread.call(
+                partial(self._store.commit_snapshot, token, compact_to=compact_to)
+            )
+            return
+        await self._thread.call(partial(self._store.commit_snapshot, token, compact_to=0))
+        self._prune_to = max(self._prune_to, compact_to)
+        if not self._pruning:
+            assert self._tg is not None
+            self._pruning = True
+            self._tg.start_soon(self._prune, prune)
+
+    async def _prune(self, prune: Callable[..., bool]) -> None:
+        """Step 6: delete the entries up to ``_prune_to``, one batch per store call, until
+        none is left (a snapshot recorded meanwhile raises ``_prune_to``)."""
+        assert self._thread is not None
+        try:
+            while True:
+                upto = self._prune_to
+                done = await self._thread.call(partial(prune, upto, limit=PRUNE_BATCH))
+                self.pruned_batches += 1
+                if done and upto == self._prune_to:
+                    return
+        finally:
+            self._pruning = False
 
     async def _encode_chunks(
         self, point: SnapshotMeta, members: dict[int, str], flags: bytes, chunks: Iterator[bytes]

@@ -242,7 +242,9 @@ class RaftNode:
             async with anyio.create_task_group() as tg:
                 self._tg = tg
                 self.snapshots.start(tg, self.transport, self.config.data_dir, self.store)
-                self.local_snapshots.start(tg, self.transport, self.config.data_dir)
+                self.local_snapshots.start(
+                    tg, self.transport, self.config.data_dir, self.ready_store.thread
+                )
                 tg.start_soon(self.stored_peers.run)
                 self._now = anyio.current_time()
                 self._tick_clock = TickClock(self.settings.raft.tick_interval, self._now)

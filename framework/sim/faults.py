@@ -352,14 +352,16 @@ class Faults:
                 return False
         return True
 
-    def _decommission_zombies(self) -> None:
-        """At the heal the operator finishes what ``raftmw members remove`` asks of it: a
-        node whose removal the voters left have all applied is stopped, whether or not it
-        learnt of its removal itself (``framework.member_removal`` asks only the voters left;
-        the runtime's transport refuses its connections once they applied it, "not a known
-        peer"). A removed node that missed its removal otherwise campaigns forever, and with
-        pre-vote and check-quorum both off each VoteRequest of a higher term deposes the
-        leader (D §4.2.3; seed 155135). No draw: the fault phase is unchanged."""
+    def decommission_zombies(self, when: str) -> None:
+        """From the heal on, the operator finishes what ``raftmw members remove`` asks of
+        it: a node whose removal the voters left have all applied is stopped, whether or not
+        it learnt of its removal itself (``framework.member_removal`` asks only the voters
+        left, again until they all answer; the runtime's transport refuses its connections
+        once they applied it, "not a known peer"). A removed node that missed its removal
+        otherwise campaigns forever, and each VoteRequest of a higher term deposes a leader
+        (D §4.2.3; seed 155135, pre-vote and check-quorum off) or, with no leader to hold a
+        lease, ends the election under way (seed 318566: a voter left was down at the heal,
+        so its operator had to wait for it). No draw: the fault phase is unchanged."""
         up = [n for n in self.nodes.values() if n.kernel is not None]
         if not up:
             return
@@ -373,7 +375,7 @@ class Faults:
             if node.retired or node.id in members or not removal:
                 continue
             if all(self._has_applied(voter, at) for voter in conf.voters):
-                self._decommission(node, " (at the heal)")
+                self._decommission(node, when)
 
     def _decommission(self, node: SimNode, when: str) -> None:
         """The operator stops removed ``node`` for good (its messages in flight are lost)."""
@@ -397,7 +399,7 @@ class Faults:
         # broadcastTime << electionTimeout); long delays are a fault that stops here too.
         calm = max(1, min(self.network.faults.max_delay, self.options.election_tick // 4))
         self.network.faults = LinkFaults(min_delay=1, max_delay=calm)
-        self._decommission_zombies()
+        self.decommission_zombies(" (at the heal)")
         for node in self.nodes.values():
             node.crash_in_ready = ""
             node.deaf_until = -1

@@ -288,6 +288,7 @@ class Simulation:
         leader_seen = -1
         for _ in range(o.liveness_ticks):
             self._tick()
+            self.faults.decommission_zombies(" (after the heal)")
             if leader_seen < 0 and self._has_leader():
                 leader_seen = self.now - healed_at
             if leader_seen >= 0 and all(c.op is None for c in self.workload.clients):

@@ -430,6 +430,31 @@ class SQLiteLogStore:
         self._bounds = new
         self._switch_snapshot_file(prepared.name)
 
+    def prune(self, upto: int, *, limit: int) -> bool:
+        """Delete the oldest stored entries, at most ``limit`` of them and none past ``upto``
+        or the snapshot's index, in a transaction of their own; True once no entry at or
+        below ``upto`` is left.
+
+        ``commit_snapshot(..., compact_to=0)`` then ``prune`` a batch at a time is
+        ``commit_snapshot(..., compact_to=upto)`` without one long transaction: deleting
+        100,000 entries and committing them took tens of milliseconds, and the Ready loop,
+        which stores through the same thread, waited for all of it. A batch is not synced
+        (the next synced store carries it, WAL frames being in order): a crash may bring
+        the batch back, and ``load`` then returns it as trailing entries, which a later
+        ``prune`` deletes. What is left is always a suffix of the log: no gap."""
+        if limit <= 0:
+            raise ValueError(f"prune(limit={limit}): expected a positive number of entries")
+        conn = self._connection()
+        self._require_initialized("prune")
+        upto = min(upto, self._bounds.snap_index)
+        with self._transaction(_NORMAL, "prune"):
+            first: int | None = conn.execute("SELECT min(idx) FROM entries").fetchone()[0]
+            if first is None or first > upto:
+                return True
+            end: int = min(upto, first + limit - 1)
+            conn.execute("DELETE FROM entries WHERE idx <= ?", (end,))
+        return end >= upto
+
     def close(self) -> None:
         """Close the database (checkpointing the WAL) and release the directory lock."""
         if self._conn is not None:

@@ -16,9 +16,9 @@ from framework.core import (
     Heartbeat,
     HeartbeatResponse,
     Message,
+    RaftConfig,
     ReadIndexRequest,
     ReadIndexResponse,
-    RaftConfig,
 )
 
 

@@ -54,6 +54,10 @@ NARROW = 3
 BANDWIDTH = 400_000
 """Bytes per second node 1's pool may write to node 3."""
 VALUE = "x" * 4000
+MAX_WRITES = 6 * BANDWIDTH // len(VALUE)
+"""At most six seconds of the narrow link's bytes are written: its backlog outlasts many
+election timeouts, and its catching up is bounded by the link, not by how fast the machine
+wrote (on a fast machine two seconds of unbounded writers queued two minutes of it)."""
 
 
 @pytest.fixture
@@ -122,14 +126,15 @@ def _settings(*, actors: bool) -> Settings:
 
 
 async def _load(client: KVClient, seconds: float) -> int:
-    """Writers as fast as the quorum (nodes 1 and 2) commits, for ``seconds``."""
+    """Writers as fast as the quorum (nodes 1 and 2) commits, for ``seconds`` or
+    ``MAX_WRITES`` writes."""
     written = 0
     deadline = anyio.current_time() + seconds
 
     async def writer(w: int) -> None:
         nonlocal written
         i = 0
-        while anyio.current_time() < deadline:
+        while anyio.current_time() < deadline and written < MAX_WRITES:
             await client.put(f"w{w}-{i}", VALUE)
             written += 1
             i += 1

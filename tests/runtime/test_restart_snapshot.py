@@ -84,6 +84,13 @@ async def _fill(node: RaftNode) -> None:
     with anyio.fail_after(30):
         while node.kernel is None or node.kernel.snapshot.meta.index < KEYS - 100:
             await anyio.sleep(0.01)
+        # Until no snapshot is due or under way, and the entries the last let go are
+        # deleted (after it is recorded, ``LocalSnapshots`` step 6).
+        kernel = node.kernel
+        while (
+            not node.local_snapshots.idle or kernel.log.applied - kernel.snapshot.meta.index >= 100
+        ):
+            await anyio.sleep(0.01)
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["streaming", "by-value-transport"])

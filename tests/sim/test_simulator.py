@@ -286,3 +286,17 @@ def test_a_removed_node_that_missed_its_removal_is_stopped_at_the_heal() -> None
     assert result.completed == result.operations
     assert any("decommission removed node 3 (at the heal)" in line for line in sim.trace)
     assert not sim.nodes[3].removed  # it never applied its removal itself
+
+
+def test_a_removed_node_is_stopped_once_a_voter_down_at_the_heal_applied_its_removal() -> None:
+    """Seed 318566 (``broadcast_commit`` off, check-quorum on, pre-vote off): node 3 missed
+    its removal; at the heal voter 1 was down, so the operator could not yet know that every
+    voter left had applied it. Checked only at the heal, node 3 kept campaigning; with no
+    leader to hold a lease, each of its VoteRequests of a higher term ended the election
+    under way, and no leader came within the liveness bound. The operator asks the voters
+    left until they all answer (``framework.member_removal``), so the simulator's keeps
+    checking after the heal too."""
+    sim = Simulation(SimOptions.mixed(318566))
+    result = sim.run()
+    assert result.completed == result.operations
+    assert any("decommission removed node 3 (after the heal)" in line for line in sim.trace)

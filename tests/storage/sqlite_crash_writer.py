@@ -8,6 +8,10 @@ acknowledged, so it must survive the SIGKILL that the test sends at a random mom
 - ``entries``: Readys of 1-5 entries plus a hard state; prints ``e <last index>``.
 - ``snapshots``: 5 entries (``e <last index>``), then a local snapshot of up to 512 KiB
   at ``last - 2`` (``s <index>``), so kills also land while a snapshot file is written.
+- ``pruned``: 5 entries (``e <last index>``); every 40 entries a snapshot at ``last - 2``
+  recorded alone (``commit_snapshot(..., compact_to=0)``, ``s <index>``), then its entries
+  but the last 5 before it deleted 7 at a time (``prune``), as a node does, so kills land
+  between and inside the batches.
 
 Everything written is a pure function of the index (below), so the test can tell what the
 store must hold without being told.
@@ -62,6 +66,12 @@ def main(data_dir: str, mode: str, seed: int) -> None:
         if mode == "snapshots":
             store.save_snapshot(snapshot_at(last - 2))
             print(f"s {last - 2}", flush=True)
+        elif mode == "pruned" and last % 40 == 0:
+            index = last - 2
+            store.commit_snapshot(store.prepare_snapshot(snapshot_at(index)), compact_to=0)
+            print(f"s {index}", flush=True)
+            while not store.prune(index - 5, limit=7):
+                pass
 
 
 if __name__ == "__main__":

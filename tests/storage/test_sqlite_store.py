@@ -720,3 +720,64 @@ def test_sigkill_during_save_snapshot_loads_the_old_or_the_new_snapshot(
     assert state.hard_state == hard_state_for(last)
     expected_files = [f"snap-{state.snapshot.meta.term}-{snap_index}.bin"] if snap_index else []
     assert os.listdir(data_dir / "snapshots") == expected_files
+
+
+@pytest.mark.parametrize("seed", range(200, 206))
+def test_sigkill_while_pruning_leaves_a_whole_log_after_the_snapshot(
+    tmp_path: Path, seed: int
+) -> None:
+    """``prune`` batches are not synced: a kill may bring some back, but what is stored is
+    always the snapshot and one run of entries from before it to the last acknowledged."""
+    data_dir = tmp_path / "node"
+    lines = run_until_killed(data_dir, "pruned", seed)
+    acked_entry, acked_snapshot = acknowledged(lines, "e"), acknowledged(lines, "s")
+    state = load_dir(data_dir)
+    assert state is not None
+    snap_index = state.snapshot.meta.index
+    assert snap_index >= acked_snapshot
+    if snap_index:
+        assert state.snapshot == snapshot_at(snap_index)
+    last = state.entries[-1].index if state.entries else snap_index
+    assert last >= acked_entry
+    first = state.entries[0].index if state.entries else last + 1
+    assert first <= snap_index + 1  # no gap after the snapshot
+    assert state.entries == tuple(entry_at(i) for i in range(first, last + 1))
+    assert state.hard_state == hard_state_for(last)
+
+
+def test_prune_deletes_the_oldest_entries_a_batch_at_a_time_up_to_the_snapshot(
+    data_dir: Path,
+) -> None:
+    store = SQLiteLogStore(data_dir)
+    store.initialize(node_id=1, cluster_id="c", conf_state=VOTERS)
+    store.save_ready(
+        hard_state=HardState(term=1, vote=1, commit=30),
+        entries=entries(1, 30),
+        snapshot=None,
+        sync=True,
+    )
+    store.commit_snapshot(store.prepare_snapshot(snapshot(20, 1)), compact_to=0)
+    firsts = []
+    while True:
+        done = store.prune(25, limit=8)  # past the snapshot: stops at its index
+        firsts.append(query_open(store, "SELECT min(idx) FROM entries"))
+        if done:
+            break
+    assert firsts == [9, 17, 21]
+    assert store.prune(25, limit=8) is True  # nothing left to do
+    store.close()
+    state = load_dir(data_dir)
+    assert state is not None
+    assert (state.snapshot.meta.index, state.entries) == (20, tuple(entries(21, 30)))
+
+
+def test_prune_refuses_a_batch_of_no_entries(data_dir: Path) -> None:
+    store = SQLiteLogStore(data_dir)
+    store.initialize(node_id=1, cluster_id="c", conf_state=VOTERS)
+    with pytest.raises(ValueError, match=r"prune\(limit=0\)"):
+        store.prune(10, limit=0)
+    store.close()
+
+
+def query_open(store: SQLiteLogStore, sql: str) -> object:
+    return store._connection().execute(sql).fetchone()[0]
