@@ -48,7 +48,8 @@ serialised). Three things used to go wrong around such a wait (issue #13):
    (``benchmarks/bench_soak.py``, 512 writers, a snapshot every 100,000 entries) still began
    terms, and every one came with a snapshot that all three nodes took at about the same
    index: the Ready loop waited 80-260 ms (measured) for the store to record it
-   (``commit_snapshot`` deletes the compacted entries), and nobody kept time meanwhile. The
+   (``commit_snapshot`` deleted the compacted entries then; now a store that can prune
+   deletes them later, a batch at a time), and nobody kept time meanwhile. The
    leader sent no heartbeats and its followers answered none; their ticks then arrived in
    one burst (25 and 50 were seen) and a follower campaigned. So the loop keeps time across
    each of its waits (``keeping``): storing a Ready, recording a local snapshot, serialising a

@@ -187,7 +187,14 @@ class LogStore(Protocol):
         """The quick half: record the prepared snapshot and drop the entries it covers (up
         to ``compact_to``, as for ``save_snapshot``), in one transaction. If the store
         already holds a snapshot at or past its index (one received from the leader
-        meanwhile), the prepared data is discarded instead."""
+        meanwhile), the prepared data is discarded instead.
+
+        A store may also offer ``prune(upto, *, limit) -> bool`` (not part of this protocol;
+        ``SQLiteLogStore`` does): delete at most ``limit`` of the oldest entries, none past
+        ``upto`` or the snapshot's index, and say whether none at or below ``upto`` is left.
+        A node then records its snapshots with ``compact_to=0`` and prunes a batch at a
+        time between its stores (``framework/runtime/local_snapshots.py``, step 6), so that
+        no store of a Ready waits for a long deletion."""
         ...
 
     def close(self) -> None:
