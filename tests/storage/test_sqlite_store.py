@@ -781,3 +781,33 @@ def test_prune_refuses_a_batch_of_no_entries(data_dir: Path) -> None:
 
 def query_open(store: SQLiteLogStore, sql: str) -> object:
     return store._connection().execute(sql).fetchone()[0]
+
+
+def test_a_large_superseded_snapshot_file_is_deleted_by_the_deleter_thread(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unlinking a large file takes the file system long (200 ms at 1,000 MiB here); the
+    node's store thread, which calls ``commit_snapshot`` and ``save_ready``, must not wait
+    for it. ``close()`` waits for the deleter."""
+    from framework.storage import sqlite as sqlite_module
+
+    threads: list[str] = []
+    unlink = sqlite_module._unlink
+
+    def recording(path: Path) -> None:
+        threads.append(threading.current_thread().name)
+        unlink(path)
+
+    monkeypatch.setattr(sqlite_module, "DEFER_UNLINK_BYTES", 8)
+    monkeypatch.setattr(sqlite_module, "_unlink", recording)
+    store = SQLiteLogStore(data_dir)
+    store.initialize(node_id=1, cluster_id="c1", conf_state=VOTERS)
+    fill(store, last=10, commit=8)
+    store.save_snapshot(snapshot(4, 1, b"tiny"))  # nothing superseded yet
+    store.save_snapshot(snapshot(6, 1, b"large enough"))  # supersedes 4 bytes: at once
+    store.save_snapshot(snapshot(8, 1, b"eight"))  # supersedes 12 bytes: the deleter
+    store.close()
+    assert os.listdir(data_dir / "snapshots") == ["snap-1-8.bin"]
+    assert threads[0] == threading.current_thread().name
+    assert threads[1].startswith("raftmw-snapshot-deleter")
+    assert len(threads) == 2
