@@ -700,14 +700,12 @@ def test_the_crash_check_catches_a_lost_acknowledged_entry(tmp_path: Path) -> No
         check_entries_run(data_dir, lines)
 
 
-@pytest.mark.parametrize("seed", range(100, 105))
-def test_sigkill_during_save_snapshot_loads_the_old_or_the_new_snapshot(
-    tmp_path: Path, seed: int
-) -> None:
-    data_dir = tmp_path / "node"
-    lines = run_until_killed(data_dir, "snapshots", seed)
+def check_snapshot_run(data_dir: Path, lines: list[str]) -> tuple[StoredState, int]:
+    """What a run that takes snapshots left: a snapshot at or past the last acknowledged
+    one, and one run of entries from its first (before the snapshot if trailing entries
+    are left, never with a gap after it) to at least the last acknowledged entry, with the
+    hard state stored with that entry. The state and the index of its first entry."""
     acked_entry, acked_snapshot = acknowledged(lines, "e"), acknowledged(lines, "s")
-
     state = load_dir(data_dir)
     assert state is not None
     snap_index = state.snapshot.meta.index
@@ -716,8 +714,21 @@ def test_sigkill_during_save_snapshot_loads_the_old_or_the_new_snapshot(
         assert state.snapshot == snapshot_at(snap_index)
     last = state.entries[-1].index if state.entries else snap_index
     assert last >= acked_entry
-    assert state.entries == tuple(entry_at(i) for i in range(snap_index + 1, last + 1))
+    first = state.entries[0].index if state.entries else snap_index + 1
+    assert first <= snap_index + 1  # no gap after the snapshot
+    assert state.entries == tuple(entry_at(i) for i in range(first, last + 1))
     assert state.hard_state == hard_state_for(last)
+    return state, first
+
+
+@pytest.mark.parametrize("seed", range(100, 105))
+def test_sigkill_during_save_snapshot_loads_the_old_or_the_new_snapshot(
+    tmp_path: Path, seed: int
+) -> None:
+    data_dir = tmp_path / "node"
+    state, first = check_snapshot_run(data_dir, run_until_killed(data_dir, "snapshots", seed))
+    snap_index = state.snapshot.meta.index
+    assert first == snap_index + 1  # save_snapshot keeps no trailing entries
     expected_files = [f"snap-{state.snapshot.meta.term}-{snap_index}.bin"] if snap_index else []
     assert os.listdir(data_dir / "snapshots") == expected_files
 
@@ -729,20 +740,7 @@ def test_sigkill_while_pruning_leaves_a_whole_log_after_the_snapshot(
     """``prune`` batches are not synced: a kill may bring some back, but what is stored is
     always the snapshot and one run of entries from before it to the last acknowledged."""
     data_dir = tmp_path / "node"
-    lines = run_until_killed(data_dir, "pruned", seed)
-    acked_entry, acked_snapshot = acknowledged(lines, "e"), acknowledged(lines, "s")
-    state = load_dir(data_dir)
-    assert state is not None
-    snap_index = state.snapshot.meta.index
-    assert snap_index >= acked_snapshot
-    if snap_index:
-        assert state.snapshot == snapshot_at(snap_index)
-    last = state.entries[-1].index if state.entries else snap_index
-    assert last >= acked_entry
-    first = state.entries[0].index if state.entries else last + 1
-    assert first <= snap_index + 1  # no gap after the snapshot
-    assert state.entries == tuple(entry_at(i) for i in range(first, last + 1))
-    assert state.hard_state == hard_state_for(last)
+    check_snapshot_run(data_dir, run_until_killed(data_dir, "pruned", seed))
 
 
 def test_prune_deletes_the_oldest_entries_a_batch_at_a_time_up_to_the_snapshot(
