@@ -265,11 +265,7 @@ class AdminOps:
                     await node.flags.unset_overrides(req.names)
             except FlagError as exc:
                 raise Refused(ErrorReply(kind="bad_request", message=str(exc))) from None
-            done = anyio.Event()
-            node._flag_waiters.append(done)
-            node._flags_changed = True
-            node._wake.set()
-            await done.wait()
+            await node.flag_switch.request()
         return {
             "node_id": node.id,
             "flags": self.flag_table(),

@@ -63,13 +63,13 @@ from framework.core import (
     VoteResponse,
     decode_conf_change,
 )
-from framework.flags import Evaluation
 from framework.metrics import NodeInstruments
 from framework.plugins import PluginHost
 from framework.runtime.admin import AdminOps
 from framework.runtime.app_identity import AppIdentity
 from framework.runtime.client_service import MAX_ADMIN_REQUESTS, ClientService, Refused, answer
 from framework.runtime.components import Components
+from framework.runtime.flag_switch import FlagSwitch
 from framework.runtime.kernel_inputs import TimeKeeper
 from framework.runtime.local_snapshots import LocalSnapshots
 from framework.runtime.members import address_check_for, address_of
@@ -167,11 +167,8 @@ class RaftNode:
             transport=transport,
             meter_provider=meter_provider,
         )
-        self._flags_changed = False
         self._down_peers: set[int] = set()
         """Peers reported unreachable and not heard from since (for peer up/down hooks)."""
-        self._flag_waiters: list[anyio.Event] = []
-        """Node-local flag requests waiting for their re-evaluation (and swap) to finish."""
         self._settlements: list[Callable[[], None]] = []
         """Answers to writers, released after the Ready's status is published."""
         self._reads: list[tuple[bytes, object, Waiter]] = []
@@ -221,6 +218,14 @@ class RaftNode:
             readings=lambda: self.status_publisher.gauges,
             meter_provider=meter_provider,
         )
+        self.flag_switch = FlagSwitch(
+            node_id=self.id,
+            flags=self.flags,
+            components=self.components,
+            instruments=self.instruments,
+            host=self.host,
+            wake=self._wake_loop,
+        )
 
     # == lifecycle ============================================================================
 
@@ -249,9 +254,7 @@ class RaftNode:
                 self._now = anyio.current_time()
                 self._tick_clock = TickClock(self.settings.raft.tick_interval, self._now)
                 await self.components.start(tg, self.flags.evaluate())
-                self.instruments.set_mode(n for n, ev in self.flags.current.items() if ev.value)
-                for ev in self.flags.current.values():
-                    self._notify_flag(ev)
+                self.flag_switch.started()
                 await self.status_publisher.publish()
                 self.transport.set_peers(self._peer_addresses())
                 await tg.start(self.transport.serve, self, self)
@@ -368,11 +371,11 @@ class RaftNode:
                     applied=len(rd.committed_entries),
                     duration_s=time.perf_counter() - started,
                 )
-                if self._flags_changed:
+                if self.flag_switch.pending:
                     # Between two Ready iterations: the kernel sees no half-swapped node.
-                    await self._apply_flag_change()
-            if self._flags_changed:  # a node-local override, with no Ready to wait for
-                await self._apply_flag_change()
+                    await self.flag_switch.apply()
+            if self.flag_switch.pending:  # a node-local override, with no Ready to wait for
+                await self.flag_switch.apply()
             if self.local_snapshots.pending:
                 with self._time_keeper.keeping(kernel):  # recording it deletes entries
                     await self.local_snapshots.step(kernel)
@@ -462,7 +465,7 @@ class RaftNode:
             with self._time_keeper.keeping(kernel):
                 head = await anyio.to_thread.run_sync(restore, rd.snapshot)
             adopt_snapshot_head(self, head)
-            self._flags_changed = True  # the restored flag state may select other plugins
+            self.flag_switch.mark()  # the restored flag state may select other plugins
             self.transport.set_peers(self._peer_addresses())
             log.info("node %d installed a snapshot at index %d", self.id, rd.snapshot.meta.index)
         metrics = self.components.metrics
@@ -515,7 +518,7 @@ class RaftNode:
                 self._on_conf_change(entry)
             elif entry.kind is EntryKind.FLAGS:
                 result = self.flags.apply_entry(entry)
-                self._flags_changed = True
+                self.flag_switch.mark()
             if waiting:
                 pending = waiting.pop(entry.index, None)
                 if pending is not None:
@@ -602,47 +605,6 @@ class RaftNode:
     async def status(self) -> dict[str, Any]:
         """The status page (``AdminOps.status``)."""
         return await self.admin.status()
-
-    # == flags ==================================================================================
-
-    async def _apply_flag_change(self) -> None:
-        self._flags_changed = False
-        waiters, self._flag_waiters = self._flag_waiters, []
-        try:
-            await self._reevaluate_flags()
-        finally:
-            for done in waiters:
-                done.set()
-
-    async def _reevaluate_flags(self) -> None:
-        before = dict(self.flags.current)
-        evaluations = self.flags.evaluate()
-        changed = self.flags.changed(before)
-        if not changed:
-            return
-        for ev in changed:
-            log.info(
-                "node %d: flag %s is now %s (%s from %s)",
-                self.id,
-                ev.flag,
-                "on" if ev.value else "off",
-                ev.reason,
-                ev.source.name,
-            )
-            self._notify_flag(ev)
-        self.instruments.set_mode(name for name, ev in evaluations.items() if ev.value)
-        self.flags.record_swaps(await self.components.reconfigure(evaluations))
-
-    def _notify_flag(self, ev: Evaluation) -> None:
-        self.host.notify(
-            "raftmw_on_flag_change",
-            node_id=self.id,
-            flag=ev.flag,
-            value=ev.value,
-            reason=str(ev.reason),
-            source=ev.source.name,
-            log_index=ev.log_index,
-        )
 
 
 _CRITICAL = (VoteRequest, VoteResponse, Heartbeat, HeartbeatResponse, TimeoutNow)
