@@ -36,9 +36,10 @@ class RaftConfig:
     nothing new (etcd-raft's behaviour). False lets the next append or heartbeat carry the
     commit index instead (hashicorp/raft's): a follower learns of a commit up to one heartbeat
     interval later, and a write costs each follower one message, one answer and one Ready
-    less. A follower's read released by a lease is still sent the commit at once (a follower
-    serves it only once it has applied that far). Commits on the leader, and so the answers
-    to writers, are the same either way."""
+    less. Still sent at once: a commit that covers a membership change (voters must learn
+    it to elect the next leader without the nodes it removed) and a follower's read released
+    by a lease (the follower serves it only once it has applied that far). Commits on the
+    leader, and so the answers to writers, are the same either way."""
     lease_reads: bool = False
     """Serve reads from a leader lease (D §6.4.1) instead of a heartbeat round each; needs
     ``check_quorum``. See ``lease_drift_ticks``."""

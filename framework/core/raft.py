@@ -80,7 +80,10 @@ Rules kept, with the section of the Raft paper (P) or Ongaro's dissertation (D):
 
 Proposals and commit advances do not send messages at once: the followers they concern are
 marked and the appends are built when ``ready()`` is called, so many proposals between two
-``ready()`` calls leave as one AppendEntries per follower (batching).
+``ready()`` calls leave as one AppendEntries per follower (batching). A commit advance
+marks every follower for an append even if it has no entries to carry only with
+``RaftConfig.broadcast_commit`` (etcd-raft's way; the default) or when the commit covers a
+membership change; otherwise the next append or heartbeat carries the new commit index.
 """
 
 from __future__ import annotations
