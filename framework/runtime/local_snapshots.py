@@ -180,8 +180,6 @@ class LocalSnapshots:
         self._pruning = False
         self.taken = 0
         """Snapshots recorded in the store."""
-        self.pruned_batches = 0
-        """``prune`` calls made (step 6)."""
 
     def start(
         self,
@@ -235,11 +233,6 @@ class LocalSnapshots:
         return not self._busy and not self._pruning
 
     @property
-    def pruning(self) -> bool:
-        """Whether entries a recorded snapshot let go are still being deleted (step 6)."""
-        return self._pruning
-
-    @property
     def pending(self) -> bool:
         """Whether the Ready loop has a step to take (``step``) between two Readies."""
         return self._encoded is not None or self._written is not None or self._prepared is not None
@@ -278,18 +271,14 @@ class LocalSnapshots:
     async def _record(self, token: object, compact_to: int | None) -> None:
         """Step 5, and step 6 started: with a store that prunes, the entries up to
         ``compact_to`` go later, a batch at a time, in a task of the node."""
-        prune = getattr(self._store, "prune", None)
-        if self._thread is None:
-            await anyio.to_thread.run_sync(
-                partial(self._store.commit_snapshot, token, compact_to=compact_to)
-            )
+        thread = self._thread
+        prune = None if thread is None else getattr(self._store, "prune", None)
+        later = prune is not None and bool(compact_to)
+        record = partial(self._store.commit_snapshot, token, compact_to=0 if later else compact_to)
+        await (anyio.to_thread.run_sync(record) if thread is None else thread.call(record))
+        if prune is None or not later:
             return
-        if prune is None or not compact_to:
-            await self._thread.call(
-                partial(self._store.commit_snapshot, token, compact_to=compact_to)
-            )
-            return
-        await self._thread.call(partial(self._store.commit_snapshot, token, compact_to=0))
+        assert compact_to is not None
         self._prune_to = max(self._prune_to, compact_to)
         if not self._pruning:
             assert self._tg is not None
@@ -304,7 +293,6 @@ class LocalSnapshots:
             while True:
                 upto = self._prune_to
                 done = await self._thread.call(partial(prune, upto, limit=PRUNE_BATCH))
-                self.pruned_batches += 1
                 if done and upto == self._prune_to:
                     return
         finally:

@@ -377,7 +377,7 @@ class RaftNode:
             if self.flag_switch.pending:  # a node-local override, with no Ready to wait for
                 await self.flag_switch.apply()
             if self.local_snapshots.pending:
-                with self._time_keeper.keeping(kernel):  # recording it deletes entries
+                with self._time_keeper.keeping(kernel):  # a store without prune deletes too
                     await self.local_snapshots.step(kernel)
             if self.ready_store.idle(self._now):
                 await self.ready_store.flush(kernel)

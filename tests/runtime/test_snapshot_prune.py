@@ -61,7 +61,7 @@ async def test_a_snapshot_is_recorded_alone_and_its_entries_pruned_a_batch_at_a_
                 await client.put(f"k{i}", str(i))
         with anyio.fail_after(10):
             while not all(
-                n.local_snapshots.taken and not n.local_snapshots.pruning for n in c.nodes.values()
+                n.local_snapshots.taken and n.local_snapshots.idle for n in c.nodes.values()
             ):
                 await anyio.sleep(0.01)
         firsts = {nid: n.kernel.log.offset + 1 for nid, n in c.nodes.items() if n.kernel}
