@@ -28,6 +28,13 @@ loaders read ``os.environ`` (the ``RAFTMW_`` prefix, but also ``DYNACONF_*`` and
 load must depend only on its arguments and must not change the process. Every input is
 read and checked before dynaconf sees it, so a broken file is reported by name.
 
+dynaconf is imported inside the functions that use it, not at the top of this module:
+``framework.config`` is imported by every command, and dynaconf with what it imports (all
+its loaders, a vendored ruamel.yaml, box, dotenv, toml) adds 119 modules and 3.3 MiB of RSS
+to a process that has already imported ``framework.cli`` (Linux, CPython 3.11; issue #15).
+A node loads its settings in a forked child (`framework.settings_apart`), so a node process
+never imports dynaconf; a command that calls `load_settings` imports it on the first call.
+
 dynaconf's loading history (`get_history`) says which layers, and which profile tables in
 them, were applied in which order; each layer's own keys then say which leaves it set. The
 last layer to set a leaf is its source (``Settings.sources``, shown by ``raftmw config
@@ -53,14 +60,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import tomli_w
-from dynaconf import get_history  # type: ignore[import-untyped]  # dynaconf ships no types
-from dynaconf.base import Settings as _Dynaconf  # type: ignore[import-untyped]  # no types
-from dynaconf.loaders import toml_loader  # type: ignore[import-untyped]  # no types
-from dynaconf.loaders.base import SourceMetadata  # type: ignore[import-untyped]  # no types
-from dynaconf.utils.parse_conf import (  # type: ignore[import-untyped]  # no types
-    boolean_fix,
-    parse_conf_data,
-)
 
 from framework.settings_kinds import (
     FrozenMap,
@@ -296,6 +295,9 @@ def _read_inputs(
 
 def _merge(inputs: _Inputs) -> tuple[dict[str, Any], dict[str, str]]:
     """dynaconf layers the inputs; returns the merged tree and each leaf's source."""
+    from dynaconf.loaders import toml_loader  # type: ignore[import-untyped]  # no types
+    from dynaconf.loaders.base import SourceMetadata  # type: ignore[import-untyped]  # no types
+
     dyn = _new_dynaconf(inputs.profile)
     for path in inputs.profiled:
         toml_loader.load(
@@ -356,6 +358,8 @@ _DYNACONF_KEYS: Final = frozenset(key.upper() for key in _DYNACONF_OPTIONS)
 
 
 def _new_dynaconf(profile: str) -> Any:
+    from dynaconf.base import Settings as _Dynaconf  # type: ignore[import-untyped]  # no types
+
     # Every option dynaconf consults is given here, so none falls back to os.environ; the
     # loaders are skipped (see the module docstring) and fed by _merge instead.
     return _Dynaconf(**_DYNACONF_OPTIONS, ENV_FOR_DYNACONF=profile.upper())
@@ -363,6 +367,8 @@ def _new_dynaconf(profile: str) -> Any:
 
 def _sources(dyn: Any, layers: Mapping[tuple[str, str, str], _Layer]) -> dict[str, str]:
     """Dotted leaf key -> the last layer (in dynaconf's loading order) that set it."""
+    from dynaconf import get_history  # type: ignore[import-untyped]  # dynaconf ships no types
+
     sources: dict[str, str] = {}
     for entry in get_history(dyn):
         layer = layers.get((entry["loader"], entry["identifier"], entry["env"]))
@@ -417,6 +423,11 @@ def _nest(dotted: str, value: object) -> dict[str, object]:
 
 def _read_environment(environ: Mapping[str, str]) -> dict[str, tuple[str, object]]:
     """``RAFTMW_A__B=v`` -> {name: (``"A__B"``, v parsed as dynaconf parses variables)}."""
+    from dynaconf.utils.parse_conf import (  # type: ignore[import-untyped]  # no types
+        boolean_fix,
+        parse_conf_data,
+    )
+
     variables: dict[str, tuple[str, object]] = {}
     for name in sorted(environ):  # sorted: a whole table before the keys inside it
         if not name.startswith(ENV_PREFIX) or name in NON_SETTING_ENV_VARS:
