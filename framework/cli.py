@@ -150,8 +150,15 @@ def node(
     tls_overrides: dict[str, object] = {k: v for k, v in tls.items() if v is not None}
     if insecure:
         tls_overrides["tls.insecure"] = True
+    # Loaded in a forked child: dynaconf stays out of this long-running process (issue #15).
     settings = settings_for(
-        profile, settings_files, flags, blocked=blocked, enabled=enabled, extra=tls_overrides
+        profile,
+        settings_files,
+        flags,
+        blocked=blocked,
+        enabled=enabled,
+        extra=tls_overrides,
+        apart=True,
     )
     members = peers_from(peers)
     if members.get(node_id, listen) != listen:

@@ -106,8 +106,15 @@ def settings_for(
     blocked: Sequence[str] = (),
     enabled: Sequence[str] = (),
     extra: dict[str, object] | None = None,
+    apart: bool = False,
 ) -> Settings:
+    """The settings a command's options select, or a usage error naming the bad one.
+
+    ``apart``: load them in a forked child (`framework.settings_apart`), so this process
+    never imports dynaconf; for a long-running node, whose every module stays resident.
+    """
     from framework.config import Rollout
+    from framework.settings_apart import SettingsChildError, load_settings_apart
 
     overrides: dict[str, object] = dict(extra or {})
     if blocked:
@@ -123,10 +130,13 @@ def settings_for(
                 "exclude": list(value.exclude),
             }
         overrides[f"flags.{name}"] = value
+    load = load_settings_apart if apart else load_settings
     try:
-        return load_settings(profile=profile, files=files, overrides=overrides)
+        return load(profile=profile, files=files, overrides=overrides)
     except SettingsError as exc:
         raise click.UsageError(f"bad settings: {exc}") from None
+    except SettingsChildError as exc:
+        raise click.ClickException(f"cannot load the settings: {exc}") from None
 
 
 def peers_from(text: str) -> dict[int, str]:

@@ -68,6 +68,10 @@ class _NoValue:
     def __repr__(self) -> str:
         return "<no value>"
 
+    def __reduce__(self) -> str:
+        # Pickled by name, so an unpickled error still finds `value is _NO_VALUE`.
+        return "_NO_VALUE"
+
 
 _NO_VALUE: Final = _NoValue()
 
@@ -101,6 +105,19 @@ class SettingsError(ValueError):
     def with_source(self, source: str | None) -> SettingsError:
         """The same error, naming the layer the bad value came from."""
         return SettingsError(self.key, self.problem, self.expected, value=self.value, source=source)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # BaseException pickles ``args`` (here the one rendered message) and would call
+        # SettingsError(message) to unpickle; rebuild from the fields instead, so an error
+        # raised where settings are loaded apart (framework.settings_apart) arrives whole.
+        parts = (self.key, self.problem, self.expected, self.value, self.source)
+        return _settings_error, parts, self.__dict__
+
+
+def _settings_error(
+    key: str, problem: str, expected: str, value: object, source: str | None
+) -> SettingsError:
+    return SettingsError(key, problem, expected, value=value, source=source)
 
 
 def show_value(value: object) -> str:

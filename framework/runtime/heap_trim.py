@@ -1,14 +1,15 @@
 """Give the C heap's free pages back to the operating system once a node has started.
 
-Why (issue #15, idle RSS per node): start-up frees much of what it allocates (reading the
-settings through dynaconf, discovering plugins by entry point, loading the store, building
-the TLS contexts), and glibc's ``malloc`` keeps freed memory in its heap for reuse. It
-returns memory on its own only from the top of the heap, and raises that threshold after
-any large short-lived allocation, so the holes start-up leaves stay resident: about 1.5 MiB
-of an idle node measured on Linux (``/proc/PID/smaps``: ``[heap]`` 11.0 -> 9.5 MiB after
-``malloc_trim(0)``). ``malloc_trim(0)`` releases every free page of every arena, not just
-the top, and changes nothing the process can observe: the pages are mapped again, zeroed,
-if a later allocation needs them.
+Why (issue #15, idle RSS per node): start-up frees much of what it allocates (discovering
+plugins by entry point, loading the store, building the TLS contexts), and glibc's
+``malloc`` keeps freed memory in its heap for reuse. It returns memory on its own only from
+the top of the heap, and raises that threshold after any large short-lived allocation, so
+the holes start-up leaves stay resident: about 1.5 MiB of an idle node measured on Linux
+(``/proc/PID/smaps``: ``[heap]`` 11.0 -> 9.5 MiB after ``malloc_trim(0)``), when a node
+still read its settings through dynaconf in its own process (now a forked child does:
+framework/settings_apart.py). ``malloc_trim(0)`` releases every free page of every arena,
+not just the top, and changes nothing the process can observe: the pages are mapped again,
+zeroed, if a later allocation needs them.
 
 Where the C library has no ``malloc_trim`` (macOS, musl) this does nothing.
 """

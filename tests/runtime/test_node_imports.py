@@ -15,7 +15,8 @@ from framework.runtime.localcluster import free_ports
 
 # Nothing a serving node needs: the other subcommands (load generator, fault schedule,
 # object and lock clients, TLS tooling), plugin commands' rendering, certificate making,
-# the test tools and the OpenTelemetry SDK (an `otel` extra the node loads only on request).
+# dynaconf (a node loads its settings in a forked child: framework/settings_apart.py), the
+# test tools and the OpenTelemetry SDK (an `otel` extra the node loads only on request).
 NOT_IN_A_NODE = tuple(
     f"{name}."
     for name in (
@@ -29,6 +30,7 @@ NOT_IN_A_NODE = tuple(
         "framework.apps.remote",
         "cryptography",
         "rich",
+        "dynaconf",
         "hypothesis",
         "pytest",
         "trio",
