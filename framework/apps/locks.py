@@ -124,9 +124,7 @@ class LockService(ReplicatedObject):
     def _held(self, name: str, holder: str, token: int) -> Lease:
         lease = self._live(name)
         if lease is None or lease.holder != holder or lease.token != token:
-            now_held = (
-                f"held by {lease.holder!r} with token {lease.token}" if lease else "not held"
-            )
+            now_held = f"held by {lease.holder!r} with token {lease.token}" if lease else "not held"
             raise NotHolder(
                 f"lock {name!r} is {now_held}; {holder!r} with token {token} does not hold it"
             )

@@ -32,7 +32,6 @@ __all__ = [
     "format_address",
     "parse_address",
     "remote_address",
-    "remote_host",
     "tune_socket",
 ]
 
@@ -79,15 +78,6 @@ def remote_address(stream: anyio.abc.ByteStream) -> str:
     if isinstance(address, str):  # a UNIX socket
         return address
     return format_address(address[0], address[1])
-
-
-def remote_host(stream: anyio.abc.ByteStream) -> str:
-    """The other end's address without its port: what connection caps count by."""
-    try:
-        address = stream.extra(SocketAttribute.remote_address)
-    except (OSError, anyio.TypedAttributeLookupError):
-        return "<unknown>"
-    return address if isinstance(address, str) else str(address[0])
 
 
 DEFAULT_DEAD_CONNECTION_TIMEOUT: Final = 10.0

@@ -86,6 +86,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -94,7 +95,6 @@ from typing import TYPE_CHECKING, Final
 import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute, TaskStatus
-from anyio.streams.tls import TLSStream
 
 import framework.auth as auth  # a module: auth imports this package (the wire types)
 from framework.core import InstallSnapshot, Message
@@ -115,6 +115,7 @@ from framework.transport.base import ClientService, PeerInbox, Transport
 from framework.transport.client_connections import answer_unauthenticated, serve_client
 from framework.transport.connection import Connection, guard
 from framework.transport.pool import LinkWrites, OutboundQueue, TransportPool
+from framework.transport.protocol_streams import Accepted, accept, connect
 from framework.transport.snapshot_stream import (
     DEFAULT_SNAPSHOT_CHUNK_SIZE,
     DEFAULT_SNAPSHOT_TIMEOUT,
@@ -135,8 +136,6 @@ from framework.transport.streams import (
     close_stream,
     format_address,
     parse_address,
-    remote_address,
-    remote_host,
     tune_socket,
 )
 from framework.transport.tcp_client import TcpClientConnection
@@ -145,7 +144,6 @@ from framework.transport.tls import (
     TlsError,
     identity_of,
     require_tls_off_loopback,
-    wrap,
 )
 from framework.transport.wire import (
     PROTOCOL,
@@ -652,9 +650,7 @@ class TcpTransport:
         started = anyio.current_time()
         try:
             with anyio.fail_after(limit):
-                stream: anyio.abc.ByteStream = await anyio.connect_tcp(host, port)
-                if self._tls is not None:
-                    stream = await self._secure_dialled(stream, address)
+                stream = await self._connect_secured(host, port, address)
         except TimeoutError:
             if link is not None:
                 link.dial_timeouts += 1
@@ -669,16 +665,14 @@ class TcpTransport:
             policy.observe("connect", anyio.current_time() - started, ok=True)
         return stream
 
-    async def _secure_dialled(self, stream: anyio.abc.ByteStream, address: str) -> TLSStream:
-        """The client side of the TLS handshake on a dialled ``stream`` (closed if it fails)."""
-        assert self._tls is not None
+    async def _connect_secured(self, host: str, port: int, address: str) -> anyio.abc.ByteStream:
+        """A stream to ``host:port``, after the client side of the TLS handshake with TLS."""
+        if self._tls is None:
+            return await connect(host, port)
         try:
-            return await wrap(stream, self._tls.client, server_side=False)
-        except BaseException as exc:
-            await close_stream(stream)
-            if isinstance(exc, LOST) and not isinstance(exc, TimeoutError):
-                raise ConnectionLost(address, f"TLS handshake failed: {exc!r}") from exc
-            raise
+            return await connect(host, port, ssl_context=self._tls.client)
+        except ssl.SSLError as exc:
+            raise ConnectionLost(address, f"TLS handshake failed: {exc!r}") from exc
 
     async def _dial_handshake(self, conn: Connection, link: _PeerLink, hello_frame: bytes) -> bool:
         if self._tls is not None:
@@ -933,23 +927,23 @@ class TcpTransport:
     async def _accept_loop(self, listener: anyio.abc.SocketListener, state: _Serving) -> None:
         while True:
             try:
-                stream = await listener.accept()
+                accepted = await accept(listener)
             except OSError as exc:
                 # Out of file descriptors, say: keep the node up and try again shortly.
                 logger.warning("accept failed on %s: %s", self.listen_address, exc)
                 await anyio.sleep(self._backoff_min)
                 continue
-            host = remote_host(stream)
+            host = accepted.host
             refusal = self._admission.admit(host)
             if refusal is None:
-                state.tg.start_soon(self._handle_accepted, stream, host, state)
+                state.tg.start_soon(self._handle_accepted, accepted, host, state)
             else:
-                await self._refuse_at_accept(stream, refusal)
+                await self._refuse_at_accept(accepted, refusal)
 
-    async def _refuse_at_accept(self, stream: anyio.abc.SocketStream, reason: str) -> None:
-        """Close ``stream`` unread (rule 3a)."""
-        address = remote_address(stream)
-        await close_stream(stream)
+    async def _refuse_at_accept(self, accepted: Accepted, reason: str) -> None:
+        """Close ``accepted`` unread (rule 3a)."""
+        address = accepted.address
+        await accepted.aclose()
         if self._admission.should_log(anyio.current_time()):
             logger.warning(
                 "node %d refused a connection from %s unread: %s (%d refused so far)",
@@ -959,11 +953,9 @@ class TcpTransport:
                 self._admission.refused,
             )
 
-    async def _handle_accepted(
-        self, stream: anyio.abc.SocketStream, host: str, state: _Serving
-    ) -> None:
+    async def _handle_accepted(self, accepted: Accepted, host: str, state: _Serving) -> None:
         try:
-            ready = await self._secure(stream)
+            ready = await self._secure(accepted)
             if ready is None:
                 return
             async with self._connection(ready, self._handshake_frame_size) as conn:
@@ -972,23 +964,24 @@ class TcpTransport:
         finally:
             self._admission.release(host)
 
-    async def _secure(self, stream: anyio.abc.SocketStream) -> anyio.abc.ByteStream | None:
-        """``stream`` after the server side of the TLS handshake (itself without TLS), or
-        None (closed) if the handshake failed or took longer than ``connect_timeout``."""
+    async def _secure(self, accepted: Accepted) -> anyio.abc.ByteStream | None:
+        """``accepted`` opened, after the server side of the TLS handshake (without TLS, at
+        once), or None (closed) if the handshake failed or took longer than
+        ``connect_timeout``."""
         if self._tls is None:
-            return stream
+            return await accepted.open()
         problem = f"no TLS handshake within {self._connect_timeout}s"
         self._securing += 1
         try:
             with anyio.move_on_after(self._connect_timeout):
                 try:
-                    return await wrap(stream, self._tls.server, server_side=True)
+                    return await accepted.open(self._tls.server)
                 except LOST as exc:
                     problem = f"TLS handshake failed: {exc!r}"
         finally:
             self._securing -= 1
-        address = remote_address(stream)
-        await close_stream(stream)
+        address = accepted.address
+        await accepted.aclose()
         logger.warning("closed connection with %s: %s", address, problem)
         return None
 

@@ -25,6 +25,7 @@ from typing import Any, Self, TypeAlias
 import anyio
 import anyio.abc
 
+from framework.transport.protocol_streams import connect
 from framework.transport.streams import (
     DEFAULT_MAX_FRAME_SIZE,
     LOST,
@@ -36,7 +37,7 @@ from framework.transport.streams import (
     parse_address,
     tune_socket,
 )
-from framework.transport.tls import identity_of, wrap
+from framework.transport.tls import identity_of
 from framework.transport.wire import (
     PROTOCOL,
     PROTOCOL_VERSION,
@@ -211,16 +212,16 @@ class TcpClientConnection:
         host, port = parse_address(self.address)
         try:
             with anyio.fail_after(self._timeout):
-                stream: anyio.abc.ByteStream = await anyio.connect_tcp(host, port)
-        except OSError as exc:
+                stream = await connect(host, port, ssl_context=self._ssl_context)
+        except ssl.SSLError as exc:
+            raise ConnectionLost(self.address, f"TLS handshake failed: {exc!r}") from exc
+        except OSError as exc:  # TimeoutError included
             raise ConnectionLost(self.address, f"cannot connect: {exc!r}") from exc
         tune_socket(stream)
         try:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:  # not on asyncio (trio): requests wait on anyio events
             self._loop = None
-        if self._ssl_context is not None:
-            stream = await self._secure(stream)
         self._stream = stream
         self._writer = FrameWriter(stream)
         reader = FrameReader(stream, self._max_frame_size)
@@ -250,17 +251,6 @@ class TcpClientConnection:
         tg.start_soon(self._write_requests, self._outbox)
         tg.start_soon(self._timers.run)
         return self
-
-    async def _secure(self, stream: anyio.abc.ByteStream) -> anyio.abc.ByteStream:
-        assert self._ssl_context is not None
-        try:
-            with anyio.fail_after(self._timeout):
-                return await wrap(stream, self._ssl_context, server_side=False)
-        except BaseException as exc:
-            await close_stream(stream)
-            if isinstance(exc, LOST):  # TimeoutError included
-                raise ConnectionLost(self.address, f"TLS handshake failed: {exc!r}") from exc
-            raise
 
     async def _handshake(self, reader: FrameReader) -> Hello:
         assert self._writer is not None

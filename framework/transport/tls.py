@@ -18,9 +18,12 @@ Theory of operation
    matches the certificate, that the CA issued it and that it names this node, and raises
    ``TlsError`` naming the setting, the file and what was expected; a node never starts
    half-configured.
-5. **No close_notify wait.** Streams are wrapped with ``standard_compatible=False``: frames
-   are length-prefixed, so a truncated stream is detected anyway, and closing must never
-   wait on the other end (a socket is closed in a shielded scope).
+5. **No close_notify wait.** A connection is closed at once, without waiting for the other
+   end's close_notify (``protocol_streams`` rule 2; anyio's ``TLSStream``, the fallback off
+   asyncio, is made with ``standard_compatible=False``): frames are length-prefixed, so a
+   truncated stream is detected anyway, and closing must never wait on the other end.
+6. **The handshake is part of opening a connection** (``protocol_streams.connect`` and
+   ``Accepted.open``, with these contexts), run by the event loop's own TLS in C.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from pathlib import Path
 from typing import Final
 
 import anyio.abc
-from anyio.streams.tls import TLSAttribute, TLSStream
+from anyio.streams.tls import TLSAttribute
 
 __all__ = [
     "CLIENT_URI",
@@ -47,7 +50,6 @@ __all__ = [
     "load_node_tls",
     "read_certificate_identity",
     "require_tls_off_loopback",
-    "wrap",
 ]
 
 NODE_URI: Final = "raftmw://node/"
@@ -112,18 +114,7 @@ def identity_from_peercert(cert: Mapping[str, object] | None) -> CertificateIden
 def identity_of(stream: anyio.abc.ByteStream) -> CertificateIdentity | None:
     """The verified identity of the other end of a TLS ``stream`` (None: no certificate, or
     not TLS at all)."""
-    if not isinstance(stream, TLSStream):
-        return None
     return identity_from_peercert(stream.extra(TLSAttribute.peer_certificate, None))
-
-
-async def wrap(
-    stream: anyio.abc.ByteStream, context: ssl.SSLContext, *, server_side: bool
-) -> TLSStream:
-    """Run the TLS handshake on ``stream`` (the caller bounds it in time)."""
-    return await TLSStream.wrap(
-        stream, server_side=server_side, ssl_context=context, standard_compatible=False
-    )
 
 
 def is_loopback(host: str) -> bool:
