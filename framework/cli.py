@@ -136,9 +136,10 @@ def node(
     With --tls-ca/--tls-cert/--tls-key (or the tls.* settings) every peer and client
     connection is mutual TLS. Without TLS a node listens only on a loopback address,
     unless --insecure says to listen elsewhere unauthenticated."""
-    from framework.apps.loading import BadApplication, load_application
+    from framework.apps.loading import APP_GROUP, BadApplication, load_application
+    from framework.entry_points import installed_apart
     from framework.metrics import configure_from_environment
-    from framework.plugins import PluginError, PluginHost
+    from framework.plugins import ENTRY_POINT_GROUP, PluginError, PluginHost
     from framework.runtime.heap_trim import trim_free_heap
     from framework.runtime.node import NodeConfig, RaftNode
     from framework.storage import StorageError
@@ -160,6 +161,8 @@ def node(
         extra=tls_overrides,
         apart=True,
     )
+    # Found in a forked child too: importlib.metadata stays out of this process (issue #15).
+    installed = installed_apart([ENTRY_POINT_GROUP, APP_GROUP])
     members = peers_from(peers)
     if members.get(node_id, listen) != listen:
         raise click.BadParameter(
@@ -169,13 +172,17 @@ def node(
         )
     members[node_id] = listen
     try:
-        app = load_application(app_spec)
+        app = load_application(app_spec, installed_apps=installed[APP_GROUP])
     except BadApplication as exc:
         raise click.BadParameter(str(exc), param_hint="--app") from None
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     configure_from_environment()  # an OpenTelemetry exporter, if OTEL_METRICS_EXPORTER asks
     try:
-        host = PluginHost(blocked=settings.plugins.blocked, enabled=settings.plugins.enabled)
+        host = PluginHost(
+            blocked=settings.plugins.blocked,
+            enabled=settings.plugins.enabled,
+            installed_plugins=installed[ENTRY_POINT_GROUP],
+        )
     except PluginError as exc:
         raise click.ClickException(f"node {node_id}: {exc}") from None
     config = NodeConfig(

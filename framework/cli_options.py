@@ -114,7 +114,7 @@ def settings_for(
     never imports dynaconf; for a long-running node, whose every module stays resident.
     """
     from framework.config import Rollout
-    from framework.settings_apart import SettingsChildError, load_settings_apart
+    from framework.settings_apart import LoadApartError, load_settings_apart
 
     overrides: dict[str, object] = dict(extra or {})
     if blocked:
@@ -135,7 +135,7 @@ def settings_for(
         return load(profile=profile, files=files, overrides=overrides)
     except SettingsError as exc:
         raise click.UsageError(f"bad settings: {exc}") from None
-    except SettingsChildError as exc:
+    except LoadApartError as exc:
         raise click.ClickException(f"cannot load the settings: {exc}") from None
 
 

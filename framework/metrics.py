@@ -40,12 +40,12 @@ import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
 
+import framework
 from framework.seams import LockStats, PoolStats, QueueStats
 
 if TYPE_CHECKING:
@@ -69,13 +69,6 @@ BREAKER_STATE_VALUES: Mapping[str, int] = {"closed": 0, "half_open": 1, "open": 
 
 QUEUES: tuple[str, ...] = ("inbox", "proposals")
 """The node's queues (``queue:<name>`` slots), as reported on gauges and status pages."""
-
-
-def _version() -> str:
-    try:
-        return metadata.version("raftmw")
-    except metadata.PackageNotFoundError:  # running from a tree that was never installed
-        return "0+unknown"
 
 
 # -- gauges: what the node last published ----------------------------------------------------
@@ -125,7 +118,7 @@ class _MeterInstruments:
     """The instruments of one meter provider, shared by every node that reports to it."""
 
     def __init__(self, provider: MeterProvider | None) -> None:
-        meter = metrics.get_meter(METER_NAME, _version(), meter_provider=provider)
+        meter = metrics.get_meter(METER_NAME, framework.__version__, meter_provider=provider)
         self._lock = threading.Lock()
         """Guards ``_nodes`` between the event loop (register) and the exporter (collect)."""
         self._nodes: weakref.WeakSet[NodeInstruments] = weakref.WeakSet()

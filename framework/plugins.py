@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
-import importlib.metadata
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from typing import Any
 import pluggy
 
 from framework import hooks
+from framework.entry_points import InstalledEntryPoint, installed
 from framework.seams import SEAMS
 
 __all__ = ["PluginError", "PluginHost", "PluginInfo", "Tier"]
@@ -87,11 +87,14 @@ class PluginHost:
         enabled: Iterable[str] = (),
         plugins: Sequence[tuple[str, object]] = (),
         entry_points: bool = True,
+        installed_plugins: Sequence[InstalledEntryPoint] | None = None,
     ) -> None:
         """Load plugins.
 
         ``plugins`` registers extra (name, plugin object) pairs after the entry points, as
         tests and embedders do; ``entry_points=False`` skips discovery.
+        ``installed_plugins``: the ``raftmw`` entry points, already found (a node finds them
+        in a forked child: `framework.entry_points.installed_apart`); None reads them here.
         """
         self.pm = pluggy.PluginManager("raftmw")
         self.pm.add_hookspecs(hooks)
@@ -102,16 +105,9 @@ class PluginHost:
             self.pm.set_blocked(name)
         candidates: list[tuple[str, object, str]] = []
         if entry_points:
-            # A distribution's version parses its whole METADATA (raftmw's holds the
-            # README: 141 KB), so once per distribution, not once per entry point.
-            versions: dict[int, str] = {}
-            for ep in sorted(
-                importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name
-            ):
-                dist = ep.dist
-                if dist is not None and id(dist) not in versions:
-                    versions[id(dist)] = dist.version
-                candidates.append((ep.name, ep, "?" if dist is None else versions[id(dist)]))
+            if installed_plugins is None:
+                installed_plugins = installed([ENTRY_POINT_GROUP])[ENTRY_POINT_GROUP]
+            candidates.extend((ep.name, ep, ep.version) for ep in installed_plugins)
         candidates.extend((name, obj, "") for name, obj in plugins)
         for name, source, version in candidates:
             self._load(name, source, version)
@@ -133,7 +129,7 @@ class PluginHost:
             raise PluginError(f"plugin {exc.plugin!r}: {exc}") from None
 
     def _load(self, name: str, source: object, version: str) -> None:
-        if isinstance(source, importlib.metadata.EntryPoint):
+        if isinstance(source, InstalledEntryPoint):
             try:
                 plugin = source.load()
             except Exception as exc:

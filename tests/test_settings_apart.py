@@ -150,7 +150,7 @@ def test_a_child_that_ends_without_a_result_is_an_error_naming_how(
         apart.load_settings = die
         try:
             apart.load_settings_apart()
-        except apart.SettingsChildError as error:
+        except apart.LoadApartError as error:
             try:
                 os.waitpid(-1, os.WNOHANG)
                 unreaped = True
@@ -182,11 +182,11 @@ class HoldsALambda(Exception):  # does not pickle at all
     [
         (
             "TwoArguments('one', 'two')",
-            "SettingsChildError: loading the settings raised __main__.TwoArguments: one and two",
+            "LoadApartError: loading the settings raised __main__.TwoArguments: one and two",
         ),
         (
             "HoldsALambda('held')",
-            "SettingsChildError: loading the settings raised __main__.HoldsALambda: held",
+            "LoadApartError: loading the settings raised __main__.HoldsALambda: held",
         ),
         ("LookupError('plain')", "LookupError: plain"),
     ],
@@ -214,7 +214,7 @@ except Exception as error:
     )
     assert result["text"].startswith(expected)
     assert result["forks"] == 1
-    if "SettingsChildError" not in expected:  # it came back as it was, with where it arose
+    if "LoadApartError" not in expected:  # it came back as it was, with where it arose
         (note,) = result["notes"]
         assert note.startswith("Traceback in the process loading the settings:")
         assert "in fail" in note

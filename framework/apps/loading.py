@@ -10,10 +10,11 @@ application (``framework.runtime.app_identity``).
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import entry_points
+from collections.abc import Sequence
 from typing import Final
 
 from framework.apps.objects import ObjectMachine, ReplicatedObject
+from framework.entry_points import InstalledEntryPoint, installed
 from framework.statemachine import KVStateMachine, StateMachine
 
 __all__ = ["APP_GROUP", "BadApplication", "load_application"]
@@ -25,21 +26,22 @@ class BadApplication(ValueError):
     """``--app`` names nothing that can run as an application; the message says why."""
 
 
-def _installed() -> dict[str, str]:
-    return {ep.name: ep.value for ep in entry_points(group=APP_GROUP)}
-
-
-def load_application(spec: str) -> StateMachine:
-    """A fresh state machine for ``spec`` (see the module docstring)."""
+def load_application(
+    spec: str, *, installed_apps: Sequence[InstalledEntryPoint] | None = None
+) -> StateMachine:
+    """A fresh state machine for ``spec`` (see the module docstring). ``installed_apps``:
+    the ``raftmw.apps`` entry points, already found; None reads them here."""
     if spec == "kv":
         return KVStateMachine()
-    installed = _installed()
-    target = installed.get(spec, spec)
+    if installed_apps is None:
+        installed_apps = installed([APP_GROUP])[APP_GROUP]
+    apps = {ep.name: ep.value for ep in installed_apps}
+    target = apps.get(spec, spec)
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise BadApplication(
             f"--app {spec!r}: expected 'kv', an installed application "
-            f"({', '.join(sorted(installed)) or 'none installed'}) or package.module:Class"
+            f"({', '.join(sorted(apps)) or 'none installed'}) or package.module:Class"
         )
     try:
         obj: object = importlib.import_module(module_name)

@@ -15,7 +15,8 @@ from framework.runtime.localcluster import free_ports
 
 # Nothing a serving node needs: the other subcommands (load generator, fault schedule,
 # object and lock clients, TLS tooling), plugin commands' rendering, certificate making,
-# dynaconf (a node loads its settings in a forked child: framework/settings_apart.py), the
+# dynaconf and importlib.metadata with the email parser (a node loads its settings and
+# finds its plugins in a forked child: framework/load_apart.py), the
 # test tools and the OpenTelemetry SDK (an `otel` extra the node loads only on request).
 NOT_IN_A_NODE = tuple(
     f"{name}."
@@ -31,6 +32,8 @@ NOT_IN_A_NODE = tuple(
         "cryptography",
         "rich",
         "dynaconf",
+        "importlib.metadata",
+        "email",
         "hypothesis",
         "pytest",
         "trio",
