@@ -86,6 +86,29 @@ class Framed(asyncio.Protocol):
         self.transport.write(HEADER.pack(len(frame)) + frame)
 
 
+class QueuedFramed(Framed):
+    """``Framed`` whose frames a writer task sends, as raftmw's connections do (``send``
+    queues and wakes it): what a task switch per message costs."""
+
+    def __init__(self, on_frame: Callable[[Framed, bytes], None]) -> None:
+        super().__init__(on_frame)
+        self.queued: list[bytes] = []
+        self.wake = asyncio.Event()
+        self.writer = asyncio.ensure_future(self._write())
+
+    def send(self, frame: bytes) -> None:
+        self.queued.append(HEADER.pack(len(frame)) + frame)
+        self.wake.set()
+
+    async def _write(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            data, self.queued = b"".join(self.queued), []
+            assert self.transport is not None
+            self.transport.write(data)
+
+
 class StreamConn:
     """The same framing on anyio streams, as raftmw's connections are built: a reader task
     per connection, and a writer task that sends whatever ``send`` queued in one write."""
@@ -128,8 +151,9 @@ class StreamConn:
 
 
 class Net:
-    """Listening and dialling, with asyncio protocols (``protocols``) or anyio streams
-    (``anyio``: ``TLSStream`` for TLS, as raftmw)."""
+    """Listening and dialling, with asyncio protocols (``protocols``; ``tasks``: the same,
+    written by a writer task per connection) or anyio streams (``anyio``: ``TLSStream`` for
+    TLS, as raftmw's connections were until session 10)."""
 
     def __init__(
         self, kind: str, server_ctx: ssl.SSLContext | None, client_ctx: ssl.SSLContext | None
@@ -141,10 +165,11 @@ class Net:
         on_frame: Callable[[Any, bytes], None],
         on_conn: Callable[[Any], None] = lambda _conn: None,
     ) -> int:
-        if self.kind == "protocols":
+        if self.kind in ("protocols", "tasks"):
+            kind = QueuedFramed if self.kind == "tasks" else Framed
 
             def make() -> Framed:
-                conn = Framed(on_frame)
+                conn = kind(on_frame)
                 on_conn(conn)
                 return conn
 
@@ -169,10 +194,11 @@ class Net:
         return int(listener.extra(anyio.abc.SocketAttribute.local_port))
 
     async def dial(self, port: int, on_frame: Callable[[Any, bytes], None]) -> Any:
-        if self.kind == "protocols":
+        if self.kind in ("protocols", "tasks"):
             loop = asyncio.get_running_loop()
+            kind = QueuedFramed if self.kind == "tasks" else Framed
             _, conn = await loop.create_connection(
-                lambda: Framed(on_frame),
+                lambda: kind(on_frame),
                 "127.0.0.1",
                 port,
                 ssl=self.client_ctx,
@@ -330,7 +356,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--tls", action="store_true")
     parser.add_argument("--sync", choices=["always", "off"], default="always")
-    parser.add_argument("--net", choices=["protocols", "anyio"], default="protocols")
+    parser.add_argument("--net", choices=["protocols", "tasks", "anyio"], default="protocols")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--role", choices=["leader", "follower"], help=argparse.SUPPRESS)
     parser.add_argument("--ports", default="", help=argparse.SUPPRESS)
