@@ -5,21 +5,15 @@ node never imports ``importlib.metadata`` (issue #15)."""
 from __future__ import annotations
 
 import importlib.metadata
-import os
-import pickle
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from test_settings_apart import _run as run_program  # a fresh interpreter, forks counted
 
 from framework.apps.loading import APP_GROUP, BadApplication, load_application
 from framework.entry_points import InstalledEntryPoint, installed
 from framework.plugins import ENTRY_POINT_GROUP, PluginHost
 from framework.statemachine import KVStateMachine
-
-REPO = Path(__file__).resolve().parents[1]
 
 # For the plugin host below: a plugin object this module names by ``module:attribute``.
 SOME_PLUGIN = object()
@@ -75,30 +69,16 @@ def test_an_application_is_found_among_the_entry_points_given() -> None:
         load_application("nothing-such", installed_apps=given)
 
 
-def test_found_apart_in_a_fresh_process_without_importing_importlib_metadata() -> None:
-    program = textwrap.dedent(
+def test_found_apart_in_a_fresh_process_without_importing_importlib_metadata(
+    tmp_path: Path,
+) -> None:
+    result = run_program(
         """
-        import os, pickle, sys
-        forks = []
-        os.register_at_fork(before=lambda: forks.append(1))
         from framework.entry_points import installed_apart
         found = installed_apart(["raftmw", "raftmw.apps"])
-        imported = "importlib.metadata" in sys.modules
-        print("REPORT", pickle.dumps((found, len(forks), imported)).hex())
-        """
+        report(found=found, forks=len(forks), imported="importlib.metadata" in sys.modules)
+        """,
+        tmp_path,
     )
-    environ = dict(os.environ)
-    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), environ.get("PYTHONPATH")]))
-    done = subprocess.run(
-        [sys.executable, "-c", program],
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    line = next(line for line in done.stdout.splitlines() if line.startswith("REPORT "))
-    found, forks, imported = pickle.loads(bytes.fromhex(line.split()[1]))
-    assert (forks, imported) == (1, False)
-    assert found == installed([ENTRY_POINT_GROUP, APP_GROUP])
+    assert (result["forks"], result["imported"]) == (1, False)
+    assert result["found"] == installed([ENTRY_POINT_GROUP, APP_GROUP])
