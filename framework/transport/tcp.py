@@ -969,7 +969,12 @@ class TcpTransport:
         once), or None (closed) if the handshake failed or took longer than
         ``connect_timeout``."""
         if self._tls is None:
-            return await accepted.open()
+            try:
+                return await accepted.open()
+            except LOST as exc:  # the socket failed between accept and now
+                logger.info("closed connection with %s: %r", accepted.address, exc)
+                await accepted.aclose()
+                return None
         problem = f"no TLS handshake within {self._connect_timeout}s"
         self._securing += 1
         try:

@@ -41,6 +41,7 @@ from framework.transport import (
     encode_frame,
     parse_address,
 )
+from framework.transport.protocol_streams import Accepted
 from framework.transport.streams import Outbox
 from framework.transport.tcp import _Backoff
 
@@ -481,6 +482,32 @@ async def test_a_bad_connection_is_closed_and_the_others_keep_working(
         assert target.transport.connected_peers == {1, 3}
         await exchange(nodes[1], target)
         await exchange(target, nodes[3])
+
+
+async def test_a_socket_that_fails_before_it_is_opened_is_closed_and_the_node_serves_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between accept and ``open`` a socket can fail (reset by its caller): that one
+    connection is dropped, not the node's accept loop and every connection with it."""
+    opened = Accepted.open
+    failed: list[str] = []
+
+    async def open_or_fail(self: Accepted, ssl_context: Any = None) -> Any:
+        if not failed:
+            failed.append(self.address)
+            raise ConnectionResetError("reset by the caller before it was opened")
+        return await opened(self, ssl_context)
+
+    async with cluster((1, 2)) as (nodes, _):
+        target = nodes[2]
+        monkeypatch.setattr(Accepted, "open", open_or_fail)
+        local, frames = await raw_session(target.address, b"")
+        assert failed == [local] and frames == []  # closed unread
+        # The accept loop lives: the next caller is opened and answered (a Goodbye).
+        _, frames = await raw_session(target.address, ATTACKS["garbage"][0])
+        assert [type(f) for f in frames] == [Goodbye]
+        await exchange(nodes[1], target)
+        assert target.transport.connected_peers == {1}
 
 
 @pytest.mark.parametrize(
