@@ -71,8 +71,11 @@ from framework.transport.streams import format_address
 
 __all__ = ["READ_BUFFER_LIMIT", "Accepted", "ProtocolStream", "accept", "connect"]
 
-READ_BUFFER_LIMIT: Final = 256 * 1024
-"""Unread bytes at which the transport stops reading (resumed once half is read)."""
+READ_BUFFER_LIMIT: Final = 64 * 1024
+"""Unread bytes at which the transport stops reading (resumed once half is read): with the
+chunk that crossed it, what a connection that sends and is not read (a caller not yet
+authenticated: ``tcp`` rule 3a) can make this process hold, about what anyio's stream
+held (one read of the socket per ``receive``)."""
 
 TLS_WRITE_BUFFER_LIMIT: Final = 64 * 1024
 """Unsent bytes a TLS transport may hold before ``send`` waits (rule 4)."""
