@@ -205,12 +205,14 @@ async def _live(
             raise LiveError(f"flags {unknown} are not declared on the cluster's nodes")
         flag_page = await client.flags("list")
         to_set, to_unset = restore_values(sorted(options.flags), flag_page)
+        initial = _flag_states(await _pages(client, voters), options)
         await client.flags(
             "set",
             assignments=cohort_change(options.flags, options.cohort),
             reason=f"compare --live: cohort {list(options.cohort)}",
         )
         restored = False
+        not_back: list[int] = []
         try:
             await _settled(client, voters, options)
             if progress:
@@ -228,6 +230,7 @@ async def _live(
                         "set", assignments=to_set, names=to_unset, reason="compare --live: restore"
                     )
                     restored = True
+                    not_back = await _back(client, voters, options, initial)
     leader = next((n for n, p in final.items() if p.get("role") == "leader"), None)
     return {
         "flags": dict(options.flags),
@@ -237,6 +240,7 @@ async def _live(
         "window_seconds": options.window,
         "slices": options.slices,
         "restored": restored,
+        "not_back": not_back,
         "kept": options.keep,
         "samples": {str(n): s for n, s in samples.items()},
         "metrics": _statistics(samples, options.cohort, control, options.seed),
@@ -275,6 +279,39 @@ async def _settled(client: KVClient, voters: Sequence[int], options: LiveOptions
             f"nodes {lagging} did not report the cohort's mode within {_SETTLE:g}s "
             "(the flags are being put back)"
         )
+
+
+def _flag_states(
+    pages: Mapping[int, Mapping[str, Any]], options: LiveOptions
+) -> dict[int, dict[str, tuple[Any, Any]]]:
+    """Each node's compared flags as its page shows them: (value, source)."""
+    states: dict[int, dict[str, tuple[Any, Any]]] = {}
+    for node, page in pages.items():
+        flags = page.get("flags", {})
+        states[node] = {
+            name: (flags.get(name, {}).get("value"), flags.get(name, {}).get("source"))
+            for name in options.flags
+        }
+    return states
+
+
+async def _back(
+    client: KVClient,
+    voters: Sequence[int],
+    options: LiveOptions,
+    initial: Mapping[int, Mapping[str, tuple[Any, Any]]],
+) -> list[int]:
+    """Once the restore is committed, until every voter shows its flags as before the
+    switch (a follower applies the restore when it next hears from the leader); the voters
+    that did not within ``_SETTLE`` seconds, for the report to name."""
+    lagging: list[int] = list(voters)
+    with anyio.move_on_after(_SETTLE):
+        while lagging:
+            now = _flag_states(await _pages(client, voters), options)
+            lagging = [n for n in voters if n not in now or now[n] != initial.get(n)]
+            if lagging:
+                await anyio.sleep(0.05)
+    return lagging
 
 
 def _in_mode(page: Mapping[str, Any], node: int, options: LiveOptions) -> bool:
@@ -354,3 +391,8 @@ def print_live(console: Console, report: Mapping[str, Any]) -> None:
         if report["restored"]
         else "flags kept: the cohort stays on its mode (--keep)"
     )
+    if report.get("not_back"):
+        console.print(
+            f"nodes {report['not_back']} did not show their flags as before the switch within "
+            f"{_SETTLE:g}s of the restore (check `raftmw flags list` on them)"
+        )

@@ -74,6 +74,40 @@ def test_restoring_puts_back_the_last_cluster_value_or_unsets() -> None:
         restore_values(["circuit_breaker"], page)
 
 
+class _Pages:
+    """A client whose nodes show the flag pages of a script, one poll after another."""
+
+    def __init__(self, script: dict[int, list[tuple[bool, str]]]) -> None:
+        self.script = script
+        self.polls: dict[int, int] = dict.fromkeys(script, 0)
+
+    async def status(self, node: int) -> dict[str, Any]:
+        states = self.script[node]
+        value, source = states[min(self.polls[node], len(states) - 1)]
+        self.polls[node] += 1
+        return {"flags": {"actors": {"value": value, "source": source}}}
+
+
+@pytest.mark.anyio
+async def test_the_restore_waits_for_every_voter_to_show_its_flags_as_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A follower applies the restore when it next hears from its leader: the comparison
+    reports the flags put back only once every voter shows them so (or names the ones that
+    did not), not as soon as the leader committed the restore."""
+    options = LiveOptions(flags={"actors": True}, cohort=(2,), window=1.0, slices=1)
+    before = (False, "PLUGIN_DEFAULT")
+    lagging = _Pages({1: [before], 2: [(True, "CLUSTER")] * 3 + [before], 3: [before]})
+    initial = {n: {"actors": before} for n in (1, 2, 3)}
+    not_back = await compare_live._back(lagging, [1, 2, 3], options, initial)  # type: ignore[arg-type]
+    assert not_back == [] and lagging.polls[2] == 4  # polled until node 2 showed it
+
+    stuck = _Pages({1: [before], 2: [(True, "CLUSTER")], 3: [before]})
+    monkeypatch.setattr(compare_live, "_SETTLE", 0.3)  # how long it waits before naming one
+    with anyio.fail_after(60):  # a guard against a hang, not a timing assertion
+        assert await compare_live._back(stuck, [1, 2, 3], options, initial) == [2]  # type: ignore[arg-type]
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     """One cluster for the module's tests (each leaves the others' flags alone)."""
@@ -124,7 +158,7 @@ def test_a_cohort_switches_is_measured_beside_the_rest_and_is_put_back(
         options = LiveOptions(flags={"actors": True}, cohort=(2, 3), window=2.0, slices=2)
         report = await _live_under_writes(cluster, options)
         assert (report["cohort"], report["control"]) == ([2, 3], [1])
-        assert report["restored"] and not report["kept"]
+        assert report["restored"] and not report["kept"] and report["not_back"] == []
         # both cohorts measured over the same slices, from each node's own pages
         assert set(report["samples"]) == {"1", "2", "3"}
         for node in ("1", "2", "3"):
