@@ -180,6 +180,30 @@ async def test_a_reader_that_falls_behind_pauses_the_transport_and_loses_nothing
         assert not acceptor._protocol.reading_paused
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+async def test_a_send_waits_while_the_peer_does_not_read_and_goes_on_when_it_does(
+    certs: TlsDirectory, tls: bool
+) -> None:
+    """Rule 4: a sender is held back once the kernel's buffers (and, with TLS, the
+    transport's 64 KiB) are full, so the timeout policy above it can bound the write."""
+    one, two = node_tls(certs, 1), node_tls(certs, 2)
+    server_ctx, client_ctx = (two.server, one.client) if tls else (None, None)
+    chunk = bytes(range(256)) * 4096  # 1 MiB
+    async with pair(server_ctx, client_ctx) as (dialled, acceptor):
+        sent = 0
+        with anyio.move_on_after(1) as held:  # nobody reads: some send must wait
+            while sent < 64 * len(chunk):
+                await dialled.send(chunk)
+                sent += len(chunk)
+        assert held.cancelled_caught and sent < 64 * len(chunk)
+        # The reader catches up: everything handed to the transport arrives, in order (the
+        # send cut short had handed over its whole chunk before it waited), and sends go on.
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(dialled.send, b"end")
+            data = await receive_exactly(acceptor, sent + len(chunk) + 3)
+        assert data == chunk * (sent // len(chunk) + 1) + b"end"
+
+
 async def test_a_failed_tls_handshake_raises_an_ssl_error_on_both_sides(
     certs: TlsDirectory, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
