@@ -69,7 +69,14 @@ from anyio.streams.tls import TLSAttribute, TLSStream
 
 from framework.transport.streams import format_address
 
-__all__ = ["READ_BUFFER_LIMIT", "Accepted", "ProtocolStream", "accept", "connect"]
+__all__ = [
+    "READ_BUFFER_LIMIT",
+    "Accepted",
+    "ProtocolStream",
+    "accept",
+    "accept_waiting",
+    "connect",
+]
 
 READ_BUFFER_LIMIT: Final = 64 * 1024
 """Unread bytes at which the transport stops reading (resumed once half is read): with the
@@ -141,12 +148,13 @@ class _Protocol(asyncio.Protocol):
 class ProtocolStream(anyio.abc.ByteStream):
     """A connected TCP (or TLS) transport as an anyio byte stream (module rules 1-4)."""
 
-    def __init__(self, transport: Any, protocol: _Protocol) -> None:
+    def __init__(self, transport: Any, protocol: _Protocol, peername: Any = None) -> None:
         self._transport = transport
         self._protocol = protocol
         self._closed = False
-        # Kept now: a closed transport no longer knows its addresses.
-        self._peername = transport.get_extra_info("peername")
+        # Kept now: a closed transport no longer knows its addresses, and one reset before
+        # it was made never did (``peername``: what ``accept`` said, for an accepted one).
+        self._peername = transport.get_extra_info("peername") or peername
         self._sockname = transport.get_extra_info("sockname")
         self._socket = transport.get_extra_info("socket")
         self._peercert = transport.get_extra_info("peercert")
@@ -211,10 +219,11 @@ class ProtocolStream(anyio.abc.ByteStream):
 
     @property
     def extra_attributes(self) -> Mapping[Any, Callable[[], Any]]:
-        attributes: dict[Any, Callable[[], Any]] = {
-            SocketAttribute.remote_address: lambda: self._peername,
-            SocketAttribute.local_address: lambda: self._sockname,
-        }
+        attributes: dict[Any, Callable[[], Any]] = {}
+        if self._peername:  # unknown for a socket reset before its transport was made
+            attributes[SocketAttribute.remote_address] = lambda: self._peername
+        if self._sockname:
+            attributes[SocketAttribute.local_address] = lambda: self._sockname
         if isinstance(self._peername, tuple):
             attributes[SocketAttribute.remote_port] = lambda: self._peername[1]
         if isinstance(self._sockname, tuple):
@@ -264,18 +273,20 @@ class Accepted:
     """An accepted connection that nothing has read yet: its address, for the admission
     caps, and ``open`` (rule 3). Closing it without opening it is ``aclose``."""
 
-    def __init__(self, sock: socket.socket | None, stream: anyio.abc.SocketStream | None) -> None:
+    def __init__(
+        self,
+        sock: socket.socket | None,
+        stream: anyio.abc.SocketStream | None,
+        address: Any = None,
+    ) -> None:
         self._sock = sock
         self._stream = stream  # the fallback off asyncio (rule 5)
-        address: Any
         if stream is not None:
-            address = stream.extra(SocketAttribute.remote_address)
-        else:
-            assert sock is not None
             try:
-                address = sock.getpeername()
-            except OSError:
+                address = stream.extra(SocketAttribute.remote_address)
+            except OSError:  # reset already: the socket no longer knows its peer
                 address = None
+        self._address = address
         self.host = "<unknown>" if address is None else str(address[0])
         """The other end's address without its port: what the connection caps count by."""
         self.address = "<unknown>" if address is None else format_address(address[0], address[1])
@@ -296,7 +307,7 @@ class Accepted:
         except BaseException:
             sock.close()
             raise
-        return ProtocolStream(transport, protocol)
+        return ProtocolStream(transport, protocol, self._address)
 
     async def aclose(self) -> None:
         if self._stream is not None:
@@ -308,20 +319,38 @@ class Accepted:
 
 
 async def accept(listener: anyio.abc.SocketListener) -> Accepted:
-    """The next connection on ``listener`` (an ``OSError`` if accepting failed)."""
+    """The next connection on ``listener``, waiting for one (an ``OSError`` if accepting
+    failed). Its address is the one ``accept`` returned: a caller that already reset the
+    connection still has one (``getpeername`` would fail)."""
     if not _on_asyncio():
         return Accepted(None, await listener.accept())
     raw = listener.extra(SocketAttribute.raw_socket)
     loop = asyncio.get_running_loop()
     try:
-        sock, _address = await loop.sock_accept(raw)
+        sock, address = await loop.sock_accept(raw)
     except asyncio.CancelledError:
         # Python's own workaround (bpo-41317): a cancelled sock_accept leaves its reader.
         with contextlib.suppress(ValueError, NotImplementedError):
             loop.remove_reader(raw)
         raise
     sock.setblocking(False)
-    return Accepted(sock, None)
+    return Accepted(sock, None, address)
+
+
+def accept_waiting(listener: anyio.abc.SocketListener) -> Accepted | None:
+    """A connection already waiting in ``listener``'s backlog, or None (none, or off
+    asyncio), without waiting. A burst of callers is taken at once this way, so admission
+    caps see it whole: uvloop's ``sock_accept`` takes one connection per pass of the event
+    loop, and between two passes the callers admitted first may already be gone."""
+    if not _on_asyncio():
+        return None
+    raw = listener.extra(SocketAttribute.raw_socket)
+    try:
+        sock, address = raw.accept()
+    except (BlockingIOError, InterruptedError):
+        return None
+    sock.setblocking(False)
+    return Accepted(sock, None, address)
 
 
 async def _wrap_anyio(

@@ -77,6 +77,8 @@ def remote_address(stream: anyio.abc.ByteStream) -> str:
         return "<unknown>"
     if isinstance(address, str):  # a UNIX socket
         return address
+    if not address:  # a socket reset before anything asked
+        return "<unknown>"
     return format_address(address[0], address[1])
 
 

@@ -35,7 +35,9 @@ The rules this module keeps, and why:
    is closed: a silent socket must not hold a slot forever.
 3a. **Bounded before authentication.** An accepted connection over ``max_connections`` in
    all, or over ``max_connections_per_address`` from one address, is closed at accept
-   without reading a byte (``framework.transport.admission``). The first frame is read
+   without reading a byte (``framework.transport.admission``). Connections waiting in the
+   backlog are taken in one go (``protocol_streams.accept_waiting``), so the caps count a
+   burst whole even when its callers are gone before the node gets to them. The first frame is read
    exactly, and refused over ``handshake_frame_size`` (a few KiB): nothing past it is read
    until the caller is authenticated. A client that did not authenticate while
    authentication is on may send one request, within that small limit, which is answered
@@ -115,7 +117,7 @@ from framework.transport.base import ClientService, PeerInbox, Transport
 from framework.transport.client_connections import answer_unauthenticated, serve_client
 from framework.transport.connection import Connection, guard
 from framework.transport.pool import LinkWrites, OutboundQueue, TransportPool
-from framework.transport.protocol_streams import Accepted, accept, connect
+from framework.transport.protocol_streams import Accepted, accept, accept_waiting, connect
 from framework.transport.snapshot_stream import (
     DEFAULT_SNAPSHOT_CHUNK_SIZE,
     DEFAULT_SNAPSHOT_TIMEOUT,
@@ -171,6 +173,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger("raftmw.transport")
+
+_ACCEPT_BURST: Final = 256
+"""Connections taken from the backlog in one go before the accept loop waits again."""
 
 DEFAULT_MAX_MESSAGE_SIZE: Final = 2 * 1024 * 1024 * 1024
 """Largest single peer message (a snapshot, sent in parts) a node sends or accepts."""
@@ -927,18 +932,25 @@ class TcpTransport:
     async def _accept_loop(self, listener: anyio.abc.SocketListener, state: _Serving) -> None:
         while True:
             try:
-                accepted = await accept(listener)
+                accepted: Accepted | None = await accept(listener)
+                # The rest of a burst at once, so the caps count it whole (rule 3a).
+                for _ in range(_ACCEPT_BURST):
+                    if accepted is None:
+                        break
+                    await self._admit(accepted, state)
+                    accepted = accept_waiting(listener)
             except OSError as exc:
                 # Out of file descriptors, say: keep the node up and try again shortly.
                 logger.warning("accept failed on %s: %s", self.listen_address, exc)
                 await anyio.sleep(self._backoff_min)
-                continue
-            host = accepted.host
-            refusal = self._admission.admit(host)
-            if refusal is None:
-                state.tg.start_soon(self._handle_accepted, accepted, host, state)
-            else:
-                await self._refuse_at_accept(accepted, refusal)
+
+    async def _admit(self, accepted: Accepted, state: _Serving) -> None:
+        host = accepted.host
+        refusal = self._admission.admit(host)
+        if refusal is None:
+            state.tg.start_soon(self._handle_accepted, accepted, host, state)
+        else:
+            await self._refuse_at_accept(accepted, refusal)
 
     async def _refuse_at_accept(self, accepted: Accepted, reason: str) -> None:
         """Close ``accepted`` unread (rule 3a)."""

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import random
+import socket
+import struct
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from functools import partial
@@ -482,6 +484,32 @@ async def test_a_bad_connection_is_closed_and_the_others_keep_working(
         assert target.transport.connected_peers == {1, 3}
         await exchange(nodes[1], target)
         await exchange(target, nodes[3])
+
+
+@pytest.mark.parametrize(
+    "anyio_backend", [("asyncio", {}), ("asyncio", {"use_uvloop": True})], ids=["asyncio", "uvloop"]
+)
+@pytest.mark.parametrize("close", ["fin", "reset"])
+async def test_a_burst_gone_before_it_is_accepted_is_still_capped_whole(close: str) -> None:
+    """Callers that connect and close before the node accepts them wait together in the
+    backlog: the node takes them in one go, so the per-address cap counts them all at once
+    and refuses what is over it. Taken one per pass of the event loop (uvloop's
+    ``sock_accept``), each would fail its handshake and free its slot before the next was
+    counted, and a flood that comes and goes would never be refused."""
+    cap = 4
+    async with cluster((1, 2), max_connections_per_address=cap) as (nodes, _):
+        target = nodes[2]
+        host, port = parse_address(target.address)
+        # Blocking connects on this thread: the node's loop (the same one) accepts none of
+        # them until this test awaits again.
+        burst = [socket.create_connection((host, port), timeout=5) for _ in range(12)]
+        for sock in burst:
+            if close == "reset":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        # Node 1's connection holds one slot from 127.0.0.1; the burst gets the rest.
+        await wait_until(lambda: target.transport.refused_at_accept == 12 - (cap - 1), "refusals")
+        await exchange(nodes[1], target)
 
 
 async def test_a_socket_that_fails_before_it_is_opened_is_closed_and_the_node_serves_on(
