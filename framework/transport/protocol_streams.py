@@ -162,8 +162,8 @@ class ProtocolStream(anyio.abc.ByteStream):
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         protocol = self._protocol
+        self._check_open()  # closed here: what is still buffered is not read any more
         while not protocol.chunks:
-            self._check_open()
             if protocol.error is not None:
                 raise anyio.BrokenResourceError from protocol.error
             if protocol.eof or protocol.lost:
@@ -175,6 +175,7 @@ class ProtocolStream(anyio.abc.ByteStream):
                 await protocol.reader
             finally:
                 protocol.reader = None
+            self._check_open()
         chunk = protocol.chunks.popleft()
         if len(chunk) > max_bytes:
             protocol.chunks.appendleft(chunk[max_bytes:])

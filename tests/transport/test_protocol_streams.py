@@ -165,6 +165,18 @@ async def test_closing_wakes_a_waiting_receiver_with_closed_resource() -> None:
             await acceptor.receive()
 
 
+async def test_bytes_still_buffered_are_not_read_once_this_end_closed() -> None:
+    async with pair() as (dialled, acceptor):
+        await dialled.send(b"unread")
+        assert isinstance(acceptor, ProtocolStream)
+        with anyio.fail_after(10):
+            while not acceptor._protocol.chunks:  # a state, no event to wait on
+                await anyio.sleep(0.01)
+        await acceptor.aclose()
+        with pytest.raises(anyio.ClosedResourceError):
+            await acceptor.receive()
+
+
 async def test_a_reader_that_falls_behind_pauses_the_transport_and_loses_nothing() -> None:
     payload = bytes(range(256)) * (4 * READ_BUFFER_LIMIT // 256)
     async with pair() as (dialled, acceptor):
