@@ -257,6 +257,11 @@ async def connect(
         stream: anyio.abc.ByteStream = await anyio.connect_tcp(host, port)
         return await _wrap_anyio(stream, ssl_context, server_side=False)
     loop = asyncio.get_running_loop()
+    # raftmw's certificates name a node or a role, not a host (tls rule 1), and its contexts
+    # check no host name; a context of the caller's own that does is given the host.
+    hostname = None
+    if ssl_context is not None:
+        hostname = host if ssl_context.check_hostname else ""
     # Our own protocol object, not the one returned: with TLS, uvloop returns its own.
     protocol = _Protocol()
     transport, _ = await loop.create_connection(
@@ -264,8 +269,7 @@ async def connect(
         host,
         port,
         ssl=ssl_context,
-        # The certificate names a node or a role, not a host (tls rule 1): no name checked.
-        server_hostname="" if ssl_context is not None else None,
+        server_hostname=hostname,
     )
     return ProtocolStream(transport, protocol)
 

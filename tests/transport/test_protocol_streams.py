@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import anyio
@@ -241,6 +241,36 @@ async def test_a_failed_tls_handshake_raises_an_ssl_error_on_both_sides(
                 with pytest.raises(ssl.SSLError):
                     await connect("127.0.0.1", port, ssl_context=foreign.client)
         assert len(refused) == 1
+
+
+async def test_a_context_that_checks_host_names_is_given_the_host_dialled() -> None:
+    """raftmw's own contexts check no host name (tls rule 1); a caller's context that does
+    (a public CA's certificate for the host) gets the name it dialled, and a mismatch fails."""
+    import trustme
+
+    ca = trustme.CA()
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname on by default
+    ca.configure_trust(client_ctx)
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        sub = listener.listeners[0]
+        assert isinstance(sub, anyio.abc.SocketListener)
+
+        async def serve_two() -> None:
+            for _ in range(2):
+                with suppress(OSError):
+                    stream = await (await accept(sub)).open(server_ctx)
+                    await stream.aclose()
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(serve_two)
+                stream = await connect("localhost", port, ssl_context=client_ctx)
+                await stream.aclose()
+                with pytest.raises(ssl.SSLCertVerificationError):
+                    await connect("127.0.0.1", port, ssl_context=client_ctx)
 
 
 def test_the_trio_fallback_speaks_the_same_streams() -> None:
