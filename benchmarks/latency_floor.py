@@ -159,6 +159,8 @@ class Net:
         self, kind: str, server_ctx: ssl.SSLContext | None, client_ctx: ssl.SSLContext | None
     ) -> None:
         self.kind, self.server_ctx, self.client_ctx = kind, server_ctx, client_ctx
+        self.framed = QueuedFramed if kind == "tasks" else Framed
+        self.tasks: list[asyncio.Future[Any]] = []  # they run as long as the process
 
     async def listen(
         self,
@@ -166,10 +168,9 @@ class Net:
         on_conn: Callable[[Any], None] = lambda _conn: None,
     ) -> int:
         if self.kind in ("protocols", "tasks"):
-            kind = QueuedFramed if self.kind == "tasks" else Framed
 
             def make() -> Framed:
-                conn = kind(on_frame)
+                conn = self.framed(on_frame)
                 on_conn(conn)
                 return conn
 
@@ -196,9 +197,8 @@ class Net:
     async def dial(self, port: int, on_frame: Callable[[Any, bytes], None]) -> Any:
         if self.kind in ("protocols", "tasks"):
             loop = asyncio.get_running_loop()
-            kind = QueuedFramed if self.kind == "tasks" else Framed
             _, conn = await loop.create_connection(
-                lambda: kind(on_frame),
+                lambda: self.framed(on_frame),
                 "127.0.0.1",
                 port,
                 ssl=self.client_ctx,
@@ -222,8 +222,7 @@ class Net:
         return conn
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)  # runs as long as the process: nothing to join
-        self.__dict__.setdefault("tasks", []).append(task)
+        self.tasks.append(asyncio.ensure_future(coro))
 
 
 class Store:

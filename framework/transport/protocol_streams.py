@@ -37,7 +37,9 @@ The rules, which are anyio's stream semantics (so ``LOST`` and ``guard`` work un
    reading as soon as it exists, and a ClientHello read before ``start_tls`` would be lost.
    So ``accept`` returns an ``Accepted`` socket (its address is known, for the admission
    caps of ``tcp``) that its handler ``open``s, with or without TLS. A handshake that fails
-   raises ``ssl.SSLError`` (an ``OSError``); the caller bounds it in time.
+   is a ``ConnectionLost`` saying so for ``connect`` (the one error a dialler reports) and
+   an ``ssl.SSLError`` for ``open`` (the acceptor logs it); either is an ``OSError``, and
+   the caller bounds the handshake in time.
 4. Without TLS the write buffer's high-water mark is 0, as anyio's: a ``send`` returns once
    the kernel took every byte, so a write's time is the peer's reading, which the node's
    timeout policy bounds (``pool.LinkWrites``), and ``aclose`` discards nothing a sender
@@ -67,7 +69,7 @@ import sniffio
 from anyio.abc import SocketAttribute
 from anyio.streams.tls import TLSAttribute, TLSStream
 
-from framework.transport.streams import format_address
+from framework.transport.streams import ConnectionLost, format_address
 
 __all__ = [
     "READ_BUFFER_LIMIT",
@@ -88,6 +90,29 @@ TLS_WRITE_BUFFER_LIMIT: Final = 64 * 1024
 """Unsent bytes a TLS transport may hold before ``send`` waits (rule 4)."""
 
 
+class _Wakeup:
+    """The one task that may wait for a kind of callback (data, or room to write)."""
+
+    __slots__ = ("_future", "_what")
+
+    def __init__(self, what: str) -> None:
+        self._future: asyncio.Future[None] | None = None
+        self._what = what
+
+    async def wait(self) -> None:
+        if self._future is not None:
+            raise anyio.BusyResourceError(self._what)
+        self._future = asyncio.get_running_loop().create_future()
+        try:
+            await self._future
+        finally:
+            self._future = None
+
+    def wake(self) -> None:
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
+
+
 class _Protocol(asyncio.Protocol):
     """The transport's callbacks, kept as state that ``ProtocolStream`` waits on."""
 
@@ -100,8 +125,8 @@ class _Protocol(asyncio.Protocol):
         self.eof = False
         self.lost = False
         self.error: BaseException | None = None
-        self.reader: asyncio.Future[None] | None = None
-        self.writer: asyncio.Future[None] | None = None
+        self.readable = _Wakeup("reading from")
+        self.writable = _Wakeup("writing to")
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -116,33 +141,25 @@ class _Protocol(asyncio.Protocol):
         if self.buffered >= READ_BUFFER_LIMIT and not self.reading_paused:
             self.reading_paused = True
             self.transport.pause_reading()
-        self._wake_reader()
+        self.readable.wake()
 
     def eof_received(self) -> bool:
         self.eof = True
-        self._wake_reader()
+        self.readable.wake()
         return False  # the transport closes itself; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.error = exc
-        self._wake_reader()
-        self._wake_writer()
+        self.readable.wake()
+        self.writable.wake()
 
     def pause_writing(self) -> None:
         self.writing_paused = True
 
     def resume_writing(self) -> None:
         self.writing_paused = False
-        self._wake_writer()
-
-    def _wake_reader(self) -> None:
-        if self.reader is not None and not self.reader.done():
-            self.reader.set_result(None)
-
-    def _wake_writer(self) -> None:
-        if self.writer is not None and not self.writer.done():
-            self.writer.set_result(None)
+        self.writable.wake()
 
 
 class ProtocolStream(anyio.abc.ByteStream):
@@ -168,13 +185,7 @@ class ProtocolStream(anyio.abc.ByteStream):
                 raise anyio.BrokenResourceError from protocol.error
             if protocol.eof or protocol.lost:
                 raise anyio.EndOfStream
-            if protocol.reader is not None:
-                raise anyio.BusyResourceError("reading from")
-            protocol.reader = asyncio.get_running_loop().create_future()
-            try:
-                await protocol.reader
-            finally:
-                protocol.reader = None
+            await protocol.readable.wait()
             self._check_open()
         chunk = protocol.chunks.popleft()
         if len(chunk) > max_bytes:
@@ -194,13 +205,7 @@ class ProtocolStream(anyio.abc.ByteStream):
             raise anyio.BrokenResourceError from protocol.error
         self._transport.write(item)
         while protocol.writing_paused:  # rule 4: until the kernel took every byte
-            if protocol.writer is not None:
-                raise anyio.BusyResourceError("writing to")
-            protocol.writer = asyncio.get_running_loop().create_future()
-            try:
-                await protocol.writer
-            finally:
-                protocol.writer = None
+            await protocol.writable.wait()
             self._check_open()
             if protocol.lost:
                 raise anyio.BrokenResourceError from protocol.error
@@ -252,7 +257,7 @@ async def connect(
     host: str, port: int, *, ssl_context: ssl.SSLContext | None = None
 ) -> anyio.abc.ByteStream:
     """A stream connected to ``host:port``, with TLS when ``ssl_context`` is given (the
-    handshake included: ``ssl.SSLError`` if it fails). The caller bounds it in time."""
+    handshake included: ``ConnectionLost`` if it fails). The caller bounds it in time."""
     if not _on_asyncio():
         stream: anyio.abc.ByteStream = await anyio.connect_tcp(host, port)
         return await _wrap_anyio(stream, ssl_context, server_side=False)
@@ -264,13 +269,16 @@ async def connect(
         hostname = host if ssl_context.check_hostname else ""
     # Our own protocol object, not the one returned: with TLS, uvloop returns its own.
     protocol = _Protocol()
-    transport, _ = await loop.create_connection(
-        lambda: protocol,
-        host,
-        port,
-        ssl=ssl_context,
-        server_hostname=hostname,
-    )
+    try:
+        transport, _ = await loop.create_connection(
+            lambda: protocol,
+            host,
+            port,
+            ssl=ssl_context,
+            server_hostname=hostname,
+        )
+    except ssl.SSLError as exc:
+        raise ConnectionLost(format_address(host, port), f"TLS handshake failed: {exc!r}") from exc
     return ProtocolStream(transport, protocol)
 
 

@@ -88,7 +88,6 @@ from __future__ import annotations
 
 import logging
 import random
-import ssl
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
@@ -655,7 +654,8 @@ class TcpTransport:
         started = anyio.current_time()
         try:
             with anyio.fail_after(limit):
-                stream = await self._connect_secured(host, port, address)
+                tls = None if self._tls is None else self._tls.client
+                stream = await connect(host, port, ssl_context=tls)
         except TimeoutError:
             if link is not None:
                 link.dial_timeouts += 1
@@ -669,15 +669,6 @@ class TcpTransport:
         if policy is not None:
             policy.observe("connect", anyio.current_time() - started, ok=True)
         return stream
-
-    async def _connect_secured(self, host: str, port: int, address: str) -> anyio.abc.ByteStream:
-        """A stream to ``host:port``, after the client side of the TLS handshake with TLS."""
-        if self._tls is None:
-            return await connect(host, port)
-        try:
-            return await connect(host, port, ssl_context=self._tls.client)
-        except ssl.SSLError as exc:
-            raise ConnectionLost(address, f"TLS handshake failed: {exc!r}") from exc
 
     async def _dial_handshake(self, conn: Connection, link: _PeerLink, hello_frame: bytes) -> bool:
         if self._tls is not None:

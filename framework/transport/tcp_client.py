@@ -213,8 +213,8 @@ class TcpClientConnection:
         try:
             with anyio.fail_after(self._timeout):
                 stream = await connect(host, port, ssl_context=self._ssl_context)
-        except ssl.SSLError as exc:
-            raise ConnectionLost(self.address, f"TLS handshake failed: {exc!r}") from exc
+        except ConnectionLost:  # the TLS handshake failed: it says so
+            raise
         except OSError as exc:  # TimeoutError included
             raise ConnectionLost(self.address, f"cannot connect: {exc!r}") from exc
         tune_socket(stream)
