@@ -34,6 +34,7 @@ __all__ = [
     "SWAPPABLE_SEAMS",
     "Component",
     "ConnectionPool",
+    "ImmediateWrites",
     "LockStats",
     "MessageQueue",
     "MetricsPrimitives",
@@ -292,6 +293,28 @@ class PeerConnection(Protocol):
     async def aclose(self) -> None:
         """Close the connection and return once its socket is released. Idempotent, and
         finishes even in a cancelled scope (it shields itself), so it is safe in cleanup."""
+        ...
+
+
+@runtime_checkable
+class ImmediateWrites(Protocol):
+    """What a `PeerConnection` may also offer: a write handed to the socket at once, without
+    a writer task's wake-up in between (issue #15: on one write's path, a follower's
+    acknowledgement waited about 0.1 ms for the Ready loop's pass to end and the writer to
+    run). A pool writes through it when nothing is queued ahead
+    (``framework.transport.pool.write_at_once``); a connection without it (a test's wrapper
+    that paces or stalls writes, a transport of a user's own) is written by the pool's
+    writer, as before."""
+
+    @property
+    def writable_now(self) -> bool:
+        """A write now would go out whole at once: the connection is open, no write is in
+        progress and its transport is not holding bytes back."""
+        ...
+
+    def write_now(self, frames: Sequence[bytes]) -> None:
+        """Hand ``frames`` to the socket, in order, without waiting. Only right after
+        ``writable_now`` said so, with no ``await`` in between."""
         ...
 
 

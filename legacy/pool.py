@@ -15,6 +15,12 @@ kept on purpose (and still correct: every message is written in order or its pee
   still at the address dialled; a watcher task per connection waits for it to close, then
   takes the lock to remove it from the dict if it is still the one there.
 
+A batch for a peer with nothing buffered, whose connection takes a write without waiting,
+is written by ``send`` itself, under the lock if the lock is free (``framework.transport.
+pool.write_at_once``): the sender would write it only after the Ready loop's pass, about
+0.1 ms later on one write's path (issue #15). When the lock is held, the batch is buffered
+as ever, so a slow peer still holds up the others: that problem is kept on purpose.
+
 Dials do not hold the lock or the sender. They used to (the seed connects under its lock):
 a peer whose connect or handshake never completes then held every other peer's messages
 for a whole ``transport.connect_timeout`` (1s) per redial, as long as an election timeout;
@@ -43,6 +49,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import anyio
@@ -52,7 +59,13 @@ from anyio.abc import TaskStatus
 from framework.core import Message
 from framework.seams import LockStats, PeerConnection, PeerDialer, PeerLinkStats, PoolStats
 from framework.transport.backoff import Backoff
-from framework.transport.pool import LinkWrites, OutboundQueue, check_pool_state, dialer_timeouts
+from framework.transport.pool import (
+    LinkWrites,
+    OutboundQueue,
+    check_pool_state,
+    dialer_timeouts,
+    write_at_once,
+)
 from legacy.rwlock import CountingLock
 
 __all__ = ["LockedConnectionPool"]
@@ -157,8 +170,30 @@ class LockedConnectionPool:
         if peer not in self._addresses:
             self._dialer.unreachable(peer)
             return
-        self._buffer(peer).put(messages)  # unbounded: never refuses
+        buffer = self._buffer(peer)
+        if self._write_at_once(peer, buffer, messages):
+            return
+        buffer.put(messages)  # unbounded: never refuses
         self._wake()
+
+    def _write_at_once(self, peer: int, buffer: OutboundQueue, messages: Sequence[Message]) -> bool:
+        """Under the pool lock, if it is free: write ``messages`` to ``peer`` now when
+        nothing is buffered for it and its connection takes a write without waiting."""
+        if buffer.items or not self._lock.try_acquire():
+            return False
+        try:
+            conn = self._connections.get(peer)
+            writes = self._writes.get(peer)
+            if writes is None:
+                if conn is None:
+                    return False
+                writes = self._writes[peer] = LinkWrites(
+                    dialer_timeouts(self._dialer), self._write_timeout
+                )
+            encode = self._dialer.encode
+            return write_at_once(conn, buffer, writes, partial(encode, peer), messages)
+        finally:
+            self._lock.release()
 
     def stats(self) -> PoolStats:
         now = _now_or_zero()

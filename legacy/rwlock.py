@@ -209,6 +209,15 @@ class CountingLock:
             self._wait_seconds += anyio.current_time() - queued_at
         self._acquisitions += 1
 
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free, without waiting (counted); False if it is held."""
+        try:
+            self._lock.acquire_nowait()
+        except anyio.WouldBlock:
+            return False
+        self._acquisitions += 1
+        return True
+
     def release(self) -> None:
         self._lock.release()
 

@@ -57,7 +57,7 @@ async def serve_client(
     outbox = Outbox(limit=max_unsent)
 
     def reply(response: ClientResponse) -> None:
-        if not outbox.put(encode_frame(response)) and not outbox.closed:
+        if not outbox.send(encode_frame(response), conn.writer) and not outbox.closed:
             outbox.close()
             conn.close(
                 f"client is not reading its responses (over max_unsent_bytes={max_unsent} queued)"

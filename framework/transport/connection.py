@@ -66,6 +66,15 @@ class Connection:
         for frame in frames:
             await self.writer.send(frame)
 
+    @property
+    def writable_now(self) -> bool:
+        """``write_now`` may be called (``framework.seams.ImmediateWrites``)."""
+        return not self.ended.is_set() and self.writer.ready
+
+    def write_now(self, frames: Sequence[bytes]) -> None:
+        """Write whole frames at once, in order; only while ``writable_now``."""
+        self.writer.write_now(frames)
+
 
 async def guard(
     conn: Connection,

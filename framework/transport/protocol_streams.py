@@ -51,6 +51,11 @@ The rules, which are anyio's stream semantics (so ``LOST`` and ``guard`` work un
    a connection that is backed up (a write into a flowing one reaches the kernel at once).
 5. Off asyncio (the test suite also runs the runtime on trio) both functions fall back to
    anyio's streams, wrapped in ``TLSStream`` for TLS.
+6. ``write_now`` hands bytes to the transport without waiting, for a caller on the event
+   loop's thread that must not yield (a pool writing a Ready's messages at once:
+   ``framework.seams.ImmediateWrites``); only while ``writable_now``: open, not lost, and
+   not paused by rule 4's high-water mark, so what it adds is bounded as a ``send``'s is.
+   Bytes go out in the order they were handed over, whichever of the two handed them.
 """
 
 from __future__ import annotations
@@ -209,6 +214,22 @@ class ProtocolStream(anyio.abc.ByteStream):
             self._check_open()
             if protocol.lost:
                 raise anyio.BrokenResourceError from protocol.error
+
+    @property
+    def writable_now(self) -> bool:
+        """``write_now`` may be called (rule 6)."""
+        protocol = self._protocol
+        return not (self._closed or protocol.lost or protocol.writing_paused)
+
+    def write_now(self, item: bytes) -> None:
+        """Hand ``item`` to the transport at once (rule 6); only while ``writable_now``."""
+        protocol = self._protocol
+        self._check_open()
+        if protocol.lost:
+            raise anyio.BrokenResourceError from protocol.error
+        if protocol.writing_paused:  # a caller's bug: it did not ask ``writable_now``
+            raise anyio.BusyResourceError("writing to")
+        self._transport.write(item)
 
     async def send_eof(self) -> None:
         if self._transport.can_write_eof():

@@ -45,11 +45,14 @@ The rules this module keeps, and why:
 4. **``send`` never blocks.** Messages for a higher-id peer go to the pool's ``send``, the
    others to the accepted link's queue; one writer task per accepted connection takes
    everything queued and writes it as one ``PeerBatch`` frame, so a burst of sends costs
-   one write (coalescing). A lower-id peer with no connection gets nothing queued: its
-   messages are dropped and it is reported unreachable, since Raft retransmits and stale
-   queued messages are worse than none. A queue over ``max_queued_messages`` drops the
-   new messages and reports the peer unreachable once per overflow episode. (What a pool
-   does with messages for a peer it is still dialling is the pool's business.) Each write
+   one write (coalescing). The first batch in a pass for an accepted link with nothing
+   queued, whose connection takes a write without waiting, is written by ``send`` itself
+   instead (``pool.write_at_once``, as every pool does). A lower-id peer with no
+   connection gets nothing queued: its messages are dropped and it is reported
+   unreachable, since Raft retransmits and stale queued messages are worse than none. A
+   queue over ``max_queued_messages`` drops the new messages and reports the peer
+   unreachable once per overflow episode. (What a pool does with messages for a peer it
+   is still dialling is the pool's business.) Each write
    on an accepted connection is bounded by the node's timeout policy exactly as a pool's
    are (``pool.LinkWrites``): one that expires is sampled as a timeout and closes the
    connection, the peer is reported unreachable, and it redials.
@@ -90,6 +93,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
@@ -115,7 +119,7 @@ from framework.transport.backoff import Backoff
 from framework.transport.base import ClientService, PeerInbox, Transport
 from framework.transport.client_connections import answer_unauthenticated, serve_client
 from framework.transport.connection import Connection, guard
-from framework.transport.pool import LinkWrites, OutboundQueue, TransportPool
+from framework.transport.pool import LinkWrites, OutboundQueue, TransportPool, write_at_once
 from framework.transport.protocol_streams import Accepted, accept, accept_waiting, connect
 from framework.transport.snapshot_stream import (
     DEFAULT_SNAPSHOT_CHUNK_SIZE,
@@ -560,6 +564,10 @@ class TcpTransport:
             link = state.links.get(peer_id)
             if link is None or link.connection is None:
                 state.inbox.peer_unreachable(peer_id)
+            elif write_at_once(
+                link.connection, link.queue, link.writes, partial(self._encode_now, peer_id), batch
+            ):
+                continue
             elif link.queue.put(batch):
                 logger.warning(
                     "queue to node %d is full (%d messages); dropping new messages",
@@ -773,6 +781,12 @@ class TcpTransport:
     def _current_timeouts(self) -> TimeoutPolicy | None:
         """The node's timeout policy now (``use_timeouts``; it swaps with a flag)."""
         return self._timeouts
+
+    def _encode_now(self, peer_id: int, batch: Sequence[Message]) -> list[bytes]:
+        """``batch``'s frames for a write at once on an accepted connection (counted)."""
+        frames = self._encode_batch(batch, peer_id)
+        self._frames_sent += len(frames)
+        return frames
 
     def _encode_batch(self, batch: Sequence[Message], peer_id: int) -> list[bytes]:
         """One frame, or several if one would exceed ``max_frame_size`` on the receiver: the
@@ -1133,6 +1147,14 @@ class _DialledConnection:
             if conn.writer.torn:  # cancelled mid-frame (its pool is stopping): rule 7
                 self.closing = True
                 conn.close("a write was cut short", level=logging.INFO)
+
+    @property
+    def writable_now(self) -> bool:
+        return self.conn.writable_now
+
+    def write_now(self, frames: Sequence[bytes]) -> None:
+        self.conn.write_now(frames)
+        self.transport._frames_sent += len(frames)
 
     async def wait_closed(self) -> None:
         await self.conn.ended.wait()

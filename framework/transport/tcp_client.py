@@ -299,7 +299,7 @@ class TcpClientConnection:
         task, so concurrent requests leave together in one write (pipelining); a cancelled
         request never tears a frame.
         """
-        if self._lost is not None or self._outbox is None:
+        if self._lost is not None or self._outbox is None or self._writer is None:
             raise ConnectionLost(self.address, self._lost or "not connected")
         request_id = self._next_id
         self._next_id += 1
@@ -308,7 +308,7 @@ class TcpClientConnection:
         pending = self._pending
         pending[request_id] = waiter
         try:
-            self._outbox.put(encode_frame(ClientRequest(id=request_id, body=body)))
+            self._outbox.send(encode_frame(ClientRequest(id=request_id, body=body)), self._writer)
             if timeout is not None:
                 deadline = anyio.current_time() + timeout
             if deadline is not None:

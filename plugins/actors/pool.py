@@ -26,6 +26,11 @@ each peer an actor:
   such round, not for the whole backlog (which the follower would not survive: it would
   campaign). While the task waits to redial after a failure, messages are dropped
   and reported at once: stale queued messages are worse than none.
+- **Written at once while the actor is idle** (``framework.transport.pool.write_at_once``):
+  a batch for a peer whose queue is empty and whose connection takes a write without
+  waiting goes to the socket from ``send`` itself, on the caller's pass, instead of waking
+  the peer's task for it; the connection still belongs to that task, which closes it and
+  writes everything that has to wait.
 - **Writes bounded by the node's timeout policy** (``framework.transport.pool.LinkWrites``):
   each write may take ``timeout("raft_message", attempt)`` (attempt: writes that expired
   on this link in a row), or what its bytes need at ``WRITE_FLOOR_RATE`` if longer. A peer
@@ -49,6 +54,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -65,6 +71,7 @@ from framework.transport.pool import (
     dialer_timeouts,
     pump,
     take_queued,
+    write_at_once,
 )
 
 if TYPE_CHECKING:
@@ -214,6 +221,9 @@ class ConnectionPoolActor:
             if actor is not None:
                 actor.queue.dropped += len(messages)
             self._dialer.unreachable(peer)
+            return
+        encode = self._dialer.encode
+        if write_at_once(actor.conn, actor.queue, actor.writes, partial(encode, peer), messages):
             return
         if actor.queue.put(messages):
             logger.warning(

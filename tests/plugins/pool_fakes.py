@@ -24,6 +24,8 @@ class FakeConnection:
         self.address = address
         self.writes = 0
         self.closed_by: str | None = None
+        self.writing = False
+        """A ``send_frames`` is under way."""
         self._ended = anyio.Event()
         self._decoder = FrameDecoder(1 << 30)
 
@@ -34,15 +36,22 @@ class FakeConnection:
     async def send_frames(self, frames: Sequence[bytes]) -> None:
         if self.closed:
             raise ConnectionLost(self.address, "closed")
-        gate = self.dialer.write_gates.get(self.peer)
-        if gate is not None:
-            await gate.wait()  # a peer that stopped reading
-        else:
-            await checkpoint()
+        self.writing = True
+        try:
+            gate = self.dialer.write_gates.get(self.peer)
+            if gate is not None:
+                await gate.wait()  # a peer that stopped reading
+            else:
+                await checkpoint()
+        finally:
+            self.writing = False
         if self.closed:
             raise ConnectionLost(self.address, "closed during the write")
         self.writes += 1
         self.dialer.writes[self.peer] += 1
+        self._deliver(frames)
+
+    def _deliver(self, frames: Sequence[bytes]) -> None:
         for frame in frames:
             for body in self._decoder.feed(frame):
                 batch = decode_peer_batch(body)
@@ -66,11 +75,30 @@ class FakeConnection:
             self._ended.set()
 
 
+class ImmediateConnection(FakeConnection):
+    """A `FakeConnection` that also offers `framework.seams.ImmediateWrites`, as the TCP
+    transport's do: writable at once while open, with no write under way and its peer
+    reading (no write gate: a gated peer is a socket whose buffers are full)."""
+
+    @property
+    def writable_now(self) -> bool:
+        return not (self.closed or self.writing or self.peer in self.dialer.write_gates)
+
+    def write_now(self, frames: Sequence[bytes]) -> None:
+        assert self.writable_now, "written at once while not writable"
+        self.dialer.at_once[self.peer] += 1
+        self._deliver(frames)
+
+
 class FakeDialer:
     """`PeerDialer`: ``refuse`` makes a peer's dials fail, ``hang`` holds them until the
     peer's gate opens, ``write_gates`` holds writes; everything is counted."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, immediate: bool = False) -> None:
+        self.immediate = immediate
+        """Dial `ImmediateConnection`s (written at once while idle) instead of plain ones."""
+        self.at_once: dict[int, int] = defaultdict(int)
+        """Writes at once per peer (``ImmediateConnection.write_now``)."""
         self.refuse: set[int] = set()
         self.hang: dict[int, anyio.Event] = {}
         self.write_gates: dict[int, anyio.Event] = {}
@@ -97,7 +125,7 @@ class FakeDialer:
                 raise ConnectionRefusedError(f"node {peer} at {address} refused")
         finally:
             self.dialling.discard(peer)
-        conn = FakeConnection(self, peer, address)
+        conn = (ImmediateConnection if self.immediate else FakeConnection)(self, peer, address)
         self.open += 1
         self.connections[peer].append(conn)
         return conn

@@ -158,6 +158,56 @@ async def test_a_burst_of_sends_is_coalesced(kind: str) -> None:
         assert dialer.writes[2] - before < 10
 
 
+async def test_an_idle_link_is_written_at_once_and_what_follows_in_the_pass_coalesced(
+    kind: str,
+) -> None:
+    """``pool.write_at_once``: the first batch of a pass to a link with nothing queued
+    leaves within ``send`` (the writer would run only after the caller yields); the rest of
+    the pass queues and leaves in one write, in order; the next pass is at once again."""
+    dialer = FakeDialer(immediate=True)
+    pool = make_pool(kind, dialer)
+    pool.set_peers(BOOK)
+    async with running(pool):
+        await until(connected(dialer, 2, 3))
+        writes = dialer.writes[2]
+        pool.send(2, beats(2, [0, 1]))
+        assert dialer.terms(2) == [0, 1]  # nothing yielded: written by send itself
+        for t in range(2, 1000):
+            pool.send(2, [hb(2, t)])
+        assert dialer.terms(2) == [0, 1] and dialer.at_once[2] == 1
+        await until(lambda: len(dialer.delivered[2]) == 1000, "1000 messages")
+        assert dialer.terms(2) == list(range(1000))
+        assert dialer.writes[2] - writes < 10
+        await checkpoint()
+        pool.send(2, [hb(2, 1000)])
+        assert dialer.terms(2)[-1] == 1000 and dialer.at_once[2] == 2
+        assert dialer.reports == []
+
+
+async def test_nothing_is_written_at_once_ahead_of_a_write_that_waits(kind: str) -> None:
+    """A write under way (its peer not reading) holds later sends back, in order, until
+    it completes; the link is written at once again after."""
+    dialer = FakeDialer(immediate=True)
+    pool = make_pool(kind, dialer)
+    pool.set_peers(BOOK)
+    async with running(pool):
+        await until(connected(dialer, 2, 3))
+        dialer.write_gates[2] = gate = anyio.Event()  # its buffers are full
+        pool.send(2, [hb(2, 0)])
+        await until(lambda: dialer.live(2) is not None and dialer.live(2).writing, "a write")
+        del dialer.write_gates[2]  # writable again, but the write under way is not done
+        pool.send(2, [hb(2, 1)])
+        await checkpoint()
+        pool.send(2, [hb(2, 2)])
+        assert dialer.terms(2) == []
+        gate.set()
+        await until(lambda: dialer.terms(2) == [0, 1, 2], "all three, in order")
+        assert dialer.at_once[2] == 0
+        await checkpoint()
+        pool.send(2, [hb(2, 3)])
+        assert dialer.terms(2) == [0, 1, 2, 3] and dialer.at_once[2] == 1
+
+
 async def test_a_connection_that_closes_under_the_pool_is_redialled(kind: str) -> None:
     dialer = FakeDialer()
     pool = make_pool(kind, dialer)
@@ -403,10 +453,12 @@ async def test_state_of_the_wrong_shape_is_refused_before_any_is_taken(kind: str
 # == what sets them apart ======================================================================
 
 
-async def test_legacy_holds_every_peer_behind_a_write_in_progress() -> None:
+@pytest.mark.parametrize("immediate", [False, True], ids=["queued", "at-once"])
+async def test_legacy_holds_every_peer_behind_a_write_in_progress(immediate: bool) -> None:
     """The seed's problem: the one lock is held across the write to a peer that stopped
-    reading, and every other peer's messages wait behind it."""
-    dialer = FakeDialer()
+    reading, and every other peer's messages wait behind it, even those a connection could
+    take at once (a write at once takes the lock too, and only a free one)."""
+    dialer = FakeDialer(immediate=immediate)
     pool = make_pool("legacy", dialer)
     pool.set_peers({2: "a2", 3: "a3"})
     async with running(pool):

@@ -153,9 +153,10 @@ async def test_a_write_to_a_lower_id_peer_that_stops_reading_expires_closes_and_
         # One append per write (each waits for the previous to finish), until a write
         # blocks on the full buffers and, bounded by the policy, expires.
         for index in range(1, MAX_APPENDS + 1):
+            before = two.transport.frames_sent  # a write at once counts within ``send``
             two.transport.send([append(index)])
             await wait_until(
-                partial(written_or_expired, two.transport, policy, two.transport.frames_sent),
+                partial(written_or_expired, two.transport, policy, before),
                 f"append {index}'s write to node 1 to complete or expire",
             )
             if sampled(policy)[1]:

@@ -217,6 +217,45 @@ async def test_a_send_waits_while_the_peer_does_not_read_and_goes_on_when_it_doe
         assert data == chunk * (sent // len(chunk) + 1) + b"end"
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+async def test_a_write_now_keeps_its_place_among_sends_and_waits_for_nothing(
+    certs: TlsDirectory, tls: bool
+) -> None:
+    """Rule 6: ``write_now`` hands bytes over in the order given, mixed with ``send``s,
+    and is offered only while nothing is held back; after the other end reads, it is
+    offered again; after ``aclose``, never."""
+    one, two = node_tls(certs, 1), node_tls(certs, 2)
+    server_ctx, client_ctx = (two.server, one.client) if tls else (None, None)
+    chunk = bytes(range(256)) * 4096  # 1 MiB
+    async with pair(server_ctx, client_ctx) as (dialled, acceptor):
+        assert isinstance(dialled, ProtocolStream)
+        assert dialled.writable_now
+        dialled.write_now(b"a")
+        await dialled.send(b"b")
+        dialled.write_now(b"c")
+        assert await receive_exactly(acceptor, 3) == b"abc"
+
+        written = 0
+        while dialled.writable_now:  # nobody reads: the transport holds bytes back
+            assert written < 256 * len(chunk), "the transport never held anything back"
+            dialled.write_now(chunk)
+            written += len(chunk)
+        with pytest.raises(anyio.BusyResourceError):
+            dialled.write_now(b"x")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(dialled.send, b"end")  # waits behind the held bytes, in order
+            assert (
+                await receive_exactly(acceptor, written + 3)
+                == chunk * (written // len(chunk)) + b"end"
+            )
+        assert dialled.writable_now
+
+        await dialled.aclose()
+        assert not dialled.writable_now
+        with pytest.raises(anyio.ClosedResourceError):
+            dialled.write_now(b"x")
+
+
 async def test_a_failed_tls_handshake_is_an_error_on_both_sides(
     certs: TlsDirectory, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

@@ -353,23 +353,43 @@ def test_backoff_doubles_with_jitter_between_its_bounds() -> None:
     assert backoff.next_delay() == 0.05
 
 
-async def test_unreachable_peers_are_reported_and_overflow_once_per_episode() -> None:
+BACKLOG_BYTES = 40 << 20
+"""One append larger than loopback's socket buffers can take at once (4 MiB to send and at
+most 32 MiB to receive here), so the connection holds bytes back until the peer reads."""
+
+
+def backlog(src: int, dst: int) -> AppendEntries:
+    entry = Entry(term=1, index=1, data=bytes(BACKLOG_BYTES))
+    return AppendEntries(src=src, dst=dst, term=1, prev_index=0, prev_term=0, entries=(entry,))
+
+
+@pytest.mark.parametrize("lower_dials", [True, False], ids=["pool", "accepted"])
+async def test_unreachable_peers_are_reported_and_overflow_once_per_episode(
+    lower_dials: bool,
+) -> None:
+    """Messages queue only behind a write that waits (``pool.write_at_once``), up to the
+    cap; over it they are dropped and the peer reported once per episode, on the dialled
+    side (the pool's queue) and on the accepted one (the transport's)."""
     async with cluster((1, 2), max_queued_messages=10) as (nodes, _):
-        sender, inbox = nodes[1].transport, nodes[1].inbox
-        sender.send([hb(1, 7, 1)])  # not in the address book
+        src, dst = (1, 2) if lower_dials else (2, 1)
+        sender, inbox = nodes[src].transport, nodes[src].inbox
+        sender.send([hb(src, 7, 1)])  # not in the address book
         assert inbox.unreachable == [7]
         inbox.unreachable.clear()
+        await wait_until(lambda: fully_connected(nodes[src], (1, 2)), "the link")
 
-        sender.send([hb(1, 2, t) for t in range(8)])
-        sender.send([hb(1, 2, t) for t in range(8, 16)])  # 6 over the cap
-        sender.send([hb(1, 2, t) for t in range(16, 20)])  # still the same episode
-        assert inbox.unreachable == [2]
-        await wait_until(lambda: len(nodes[2].inbox.messages) == 10, "the first 10")
+        sender.send([backlog(src, dst)])  # written at once; the socket holds the rest back
+        sender.send([hb(src, dst, t) for t in range(8)])
+        sender.send([hb(src, dst, t) for t in range(8, 16)])  # 6 over the cap
+        sender.send([hb(src, dst, t) for t in range(16, 20)])  # still the same episode
+        assert inbox.unreachable == [dst]
+        await wait_until(lambda: len(nodes[dst].inbox.messages) == 11, "the backlog and 10")
         await anyio.sleep(0.05)
-        assert nodes[2].inbox.terms_from(1) == list(range(10))
+        assert nodes[dst].inbox.terms_from(src) == [1, *range(10)]
 
-        sender.send([hb(1, 2, t) for t in range(100, 111)])  # the writer drained: new episode
-        assert inbox.unreachable == [2, 2]
+        sender.send([hb(src, dst, t) for t in range(100, 111)])  # drained: written at once
+        assert inbox.unreachable == [dst]
+        await wait_until(lambda: len(nodes[dst].inbox.messages) == 22, "all 11 at once")
 
 
 async def test_set_peers_opens_and_closes_links() -> None:
