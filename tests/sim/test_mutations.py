@@ -376,7 +376,7 @@ MUTANTS: dict[str, Mutant] = {
     # InstallSnapshot arrives meanwhile and covers membership changes in that Ready.
     "conf_reapplied_over_snapshot": Mutant(
         _conf_reapplied_over_snapshot,
-        80,
+        120,
         {
             **MEMBERSHIP,
             "nodes": 3,
