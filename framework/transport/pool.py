@@ -24,13 +24,13 @@ Theory of operation
   (``framework.seams.ImmediateWrites``) is encoded and handed to the socket by ``send``
   itself, on the Ready loop, instead of waking the writer, which would run only once the
   Ready loop's pass ends; later batches in the same pass queue and leave together
-  (``streams``: written at once, coalesced after). On one write's path that pass was about 0.1 ms
-  on a follower's acknowledgement and on each of the leader's appends (issue #15). Order
-  holds: the writer has nothing queued, and no write of its own is under way (it never
-  yields between taking a batch and handing it over, except while the connection holds
-  bytes back, when the connection is not writable at once). A write at once is a
-  completed write like any other (``LinkWrites.wrote_at_once``): sampled by the timeout
-  policy with the time it took, and ``attempt`` reset.
+  (``streams``: written at once, coalesced after). On one write's path that pass was
+  about 0.1 ms on a follower's acknowledgement and on each of the leader's appends (issue
+  #15). Order holds: the writer has nothing queued, and no write of its own is under way
+  (it never yields between taking a batch and handing it over, except while the
+  connection holds bytes back, when the connection is not writable at once). A write at
+  once is a completed write like any other (``LinkWrites.wrote_at_once``): sampled by the
+  timeout policy with the time it took, and ``attempt`` reset.
 - Each write is bounded by the node's timeout policy (`LinkWrites`: every pool's writes,
   and ``TcpTransport``'s on the connections lower-id peers dialled):
   ``timeout("raft_message", attempt)``, or what the batch needs at `WRITE_FLOOR_RATE` if
