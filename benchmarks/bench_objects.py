@@ -100,8 +100,14 @@ async def main_async(args: argparse.Namespace) -> None:
         async with AsyncExitStack() as stack:
             nodes = [
                 await stack.enter_async_context(
-                    embed(Notes, node_id=i, peers=peers, data_dir=Path(root) / f"n{i}",
-                          settings=settings, timeout=10.0)
+                    embed(
+                        Notes,
+                        node_id=i,
+                        peers=peers,
+                        data_dir=Path(root) / f"n{i}",
+                        settings=settings,
+                        timeout=10.0,
+                    )
                 )
                 for i in peers
             ]
@@ -142,12 +148,16 @@ async def main_async(args: argparse.Namespace) -> None:
     for node in p_nodes:
         node.destroy()  # type: ignore[attr-defined]
     for system, rates in results.items():
-        print(f"{system:9s} median {statistics.median(rates):8.0f} calls/s "
-              f"(range {min(rates):.0f}-{max(rates):.0f})")
+        print(
+            f"{system:9s} median {statistics.median(rates):8.0f} calls/s "
+            f"(range {min(rates):.0f}-{max(rates):.0f})"
+        )
     ratios = [r / p for r, p in zip(results["raftmw"], results["pysyncobj"], strict=True)]
-    print(f"raftmw/pysyncobj median ratio {statistics.median(ratios):.2f} "
-          f"(range {min(ratios):.2f}-{max(ratios):.2f}), sync={args.sync}, "
-          f"callers={args.callers}, payload={args.payload}B")
+    print(
+        f"raftmw/pysyncobj median ratio {statistics.median(ratios):.2f} "
+        f"(range {min(ratios):.2f}-{max(ratios):.2f}), sync={args.sync}, "
+        f"callers={args.callers}, payload={args.payload}B"
+    )
 
 
 def main() -> None:
