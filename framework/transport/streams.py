@@ -11,9 +11,18 @@ that wait was about 0.1 ms a hop (issue #15: a follower's acknowledgement waited
 Ready loop's pass to end). So the first frame of a pass of the event loop for an idle
 connection is written by its caller, at once (``Outbox.send``, ``FrameWriter.write_now``;
 peer links: ``pool.write_at_once``), and whatever else is sent to that connection in the
-same pass queues for the writer, which takes it all in one write: a burst costs two writes,
-not one per frame. ``PassLatch`` is what says "first in this pass". Order holds because a
-frame is written at once only while nothing is queued and the writer has no write under way.
+same pass queues for the writer, which takes it all in one write. ``PassLatch`` is what
+says "first in this pass". Order holds because a frame is written at once only while
+nothing is queued and the writer has no write under way.
+
+A client connection under load gets many frames a pass (a Ready loop's answers to hundreds
+of writers; a load generator's requests), and there the write at once is a second system
+call and TLS record a pass for nothing: 512 writers on 8 connections wrote 0.88-0.91x the
+writes a second of the writer task alone (``benchmarks/bench_soak.py``, 4 runs a side). So
+an ``Outbox`` writes at once only when the last pass in which it sent anything sent one
+frame (``PassLatch(bursts=True)``): one writer at a time gets its frame at once, a burst
+goes out in one write, as before. A peer link gets one batch a pass from the Ready loop
+and needs no such rule.
 """
 
 from __future__ import annotations
@@ -248,27 +257,35 @@ class PassLatch:
     """Says yes once per pass of the asyncio event loop (module docstring: written at once).
 
     ``take`` is True for its first call in a pass and False for the rest of it: the pass's
-    end (a callback the loop runs once the running task yields) opens it again. Off asyncio
-    it is always False: such streams have no write at once."""
+    end (a callback the loop runs once the running task yields) opens it again. With
+    ``bursts``, every frame sent is to be ``take``n, and the first call of a pass is also
+    False when the last pass in which ``take`` was called had more than one call (a burst:
+    the writer coalesces). Off asyncio it is always False: such streams have no write at
+    once."""
 
-    __slots__ = ("_taken",)
+    __slots__ = ("_burst", "_bursts", "_calls")
 
-    def __init__(self) -> None:
-        self._taken = False
+    def __init__(self, *, bursts: bool = False) -> None:
+        self._bursts = bursts
+        self._calls = 0
+        """Calls of ``take`` in this pass."""
+        self._burst = False
+        """The last pass with calls had more than one (with ``bursts``)."""
 
     def take(self) -> bool:
-        if self._taken:
-            return False
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # trio: nothing is written at once there
-            return False
-        self._taken = True
-        loop.call_soon(self._open)
-        return True
+        calls = self._calls
+        if calls == 0:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # trio: nothing is written at once there
+                return False
+            loop.call_soon(self._end_pass)
+        self._calls = calls + 1
+        return calls == 0 and not self._burst
 
-    def _open(self) -> None:
-        self._taken = False
+    def _end_pass(self) -> None:
+        self._burst = self._bursts and self._calls > 1
+        self._calls = 0
 
 
 class Outbox:
@@ -281,7 +298,7 @@ class Outbox:
         self._frames: list[bytes] = []
         self._wake = anyio.Event()
         self._limit = limit
-        self._latch = PassLatch()
+        self._latch = PassLatch(bursts=True)
         self.unsent = 0
         """Bytes queued and not yet handed to the socket."""
         self.closed = False
@@ -290,9 +307,10 @@ class Outbox:
 
     def send(self, frame: bytes, writer: FrameWriter) -> bool:
         """Write ``frame`` at once through ``writer`` (the writer task's own) if nothing is
-        queued, the writer is ready and it is the first such frame in this pass (module
-        docstring); else ``put`` it, with ``put``'s answer."""
-        if not self._frames and not self.closed and writer.ready and self._latch.take():
+        queued, the writer is ready and it is the first frame of this pass, outside a burst
+        (module docstring); else ``put`` it, with ``put``'s answer."""
+        first = self._latch.take()  # every frame counts: a pass of many is a burst
+        if first and not self._frames and not self.closed and writer.ready:
             writer.write_now((frame,))
             self.at_once += 1
             return True

@@ -127,3 +127,37 @@ async def test_nothing_is_written_at_once_while_a_send_is_under_way() -> None:
         release.set()
     assert writer.ready and await outbox.take() == b"b"
     assert order == ["start a", "end a"]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_after_a_burst_an_outbox_leaves_the_next_pass_to_its_writer() -> None:
+    """A pass that sent several frames (a connection under load) makes the next pass's
+    first frame wait for the writer, which takes the pass's frames in one write; a pass
+    of one frame (one writer at a time) makes the next one at once again."""
+    order: list[str] = []
+    writer = FrameWriter(ImmediateStream(order))  # type: ignore[arg-type]
+    outbox = Outbox()
+    for frame in (b"a", b"b", b"c"):
+        outbox.send(frame, writer)
+    assert order == ["now a"] and await outbox.take() == b"bc"
+    await checkpoint()  # the pass of three ended: a burst
+    outbox.send(b"d", writer)
+    outbox.send(b"e", writer)
+    assert order == ["now a"] and await outbox.take() == b"de"
+    await checkpoint()  # still a burst (two)
+    outbox.send(b"f", writer)
+    assert order == ["now a"] and await outbox.take() == b"f"
+    await checkpoint()  # a pass of one frame
+    outbox.send(b"g", writer)
+    assert order == ["now a", "now g"] and outbox.at_once == 2
+    await checkpoint()
+    outbox.send(b"h", writer)
+    assert order == ["now a", "now g", "now h"]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_latch_without_bursts_says_yes_after_a_busy_pass_too() -> None:
+    latch = PassLatch()
+    assert latch.take() and not latch.take() and not latch.take()
+    await checkpoint()
+    assert latch.take()
