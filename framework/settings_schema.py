@@ -146,7 +146,8 @@ class TransportSettings:
     connect_timeout: float = field(metadata=DURATION)
     dead_connection_timeout: float = field(metadata=DURATION)
     reconnect_backoff_min: float = field(metadata=DURATION_OR_ZERO)
-    reconnect_backoff_max: float = field(metadata=DURATION)
+    reconnect_backoff_max: float | None = field(metadata=as_metadata(AutoOrDuration()))
+    """None for ``"auto"``: see ``Settings.reconnect_backoff_max``."""
 
     def _validate(self, key: str) -> None:
         if self.max_message_size < self.max_frame_size:
@@ -156,13 +157,14 @@ class TransportSettings:
                 "a size at least max_frame_size",
                 value=str(self.max_message_size),
             )
-        if self.reconnect_backoff_max < self.reconnect_backoff_min:
+        explicit = self.reconnect_backoff_max
+        if explicit is not None and explicit < self.reconnect_backoff_min:
             raise SettingsError(
                 f"{key}.reconnect_backoff_max",
                 f"is less than reconnect_backoff_min "
                 f"({show_value(format_duration(self.reconnect_backoff_min))})",
-                "a duration at least reconnect_backoff_min",
-                value=format_duration(self.reconnect_backoff_max),
+                'a duration at least reconnect_backoff_min, or "auto"',
+                value=format_duration(explicit),
             )
 
 
@@ -386,6 +388,24 @@ class Settings:
             return explicit
         election = self.raft.election_tick * self.raft.tick_interval
         return min(self.client.request_timeout, max(ATTEMPT_TIMEOUT_FLOOR, election))
+
+    @property
+    def reconnect_backoff_max(self) -> float:
+        """The longest wait before redialling a lost peer (seconds).
+
+        ``transport.reconnect_backoff_max`` if set; for ``"auto"``, one election timeout
+        (``raft.election_tick`` x ``raft.tick_interval``), but at least
+        ``transport.reconnect_backoff_min``. Only the lower id of a pair dials (``tcp`` rule
+        1), so a restarted peer with a higher id is not linked to it again until this wait
+        ends: a longer one left the pair unlinked for up to 2 s, and a leader failing in
+        that time could not be replaced (its two followers could not reach each other), so
+        a write waited out two more client attempts (issue #15's notes).
+        """
+        explicit = self.transport.reconnect_backoff_max
+        if explicit is not None:
+            return explicit
+        election = self.raft.election_tick * self.raft.tick_interval
+        return max(self.transport.reconnect_backoff_min, election)
 
 
 # --------------------------------------------------------------------------- public helpers

@@ -71,5 +71,5 @@ def raftmw_make_connection_pool(ctx: BuildContext, dialer: PeerDialer) -> Connec
         # are timed by the policy's raft_message timeout (framework.transport.pool.write_limit).
         connect_timeout=dial_limit(ctx.settings),
         backoff_min=transport.reconnect_backoff_min,
-        backoff_max=transport.reconnect_backoff_max,
+        backoff_max=ctx.settings.reconnect_backoff_max,
     )

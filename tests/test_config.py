@@ -134,7 +134,8 @@ def test_defaults() -> None:
         64 << 20,
         1.0,
     )
-    assert (s.transport.reconnect_backoff_min, s.transport.reconnect_backoff_max) == (0.05, 2.0)
+    assert (s.transport.reconnect_backoff_min, s.transport.reconnect_backoff_max) == (0.05, None)
+    assert s.reconnect_backoff_max == 0.2  # "auto": one election timeout, 20 ticks of 10ms
     assert (s.client.request_timeout, s.client.retry_backoff) == (5.0, 0.02)
     assert set(s.performance.timeouts) == {"raft_message", "client_request", "connect", "snapshot"}
     assert s.flags == {}
@@ -210,6 +211,25 @@ def test_profiles_also_tune_raft() -> None:
     assert fast.max_batch_proposals > default.max_batch_proposals
     assert fast.max_inflight_msgs > default.max_inflight_msgs
     assert quick.tick_interval == 0.005 < default.tick_interval
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({}, 0.2),  # one election timeout: 20 ticks of 10ms
+        ({"raft.tick_interval": "50ms"}, 1.0),
+        ({"transport.reconnect_backoff_max": "3s"}, 3.0),  # an explicit value as given
+        ({"raft.tick_interval": "1ms", "raft.election_tick": 3}, 0.05),  # at least the minimum
+    ],
+)
+def test_reconnect_backoff_max_auto_is_one_election_timeout(
+    overrides: dict[str, object], expected: float
+) -> None:
+    """Only the lower id dials, so a restarted higher-id peer is linked again within this
+    wait: no longer than an election timeout, or a leader failing meanwhile cannot be
+    replaced (its followers cannot reach each other)."""
+    settings = load_settings(env={}, overrides=overrides)
+    assert settings.reconnect_backoff_max == expected
 
 
 def test_profile_name_is_case_insensitive() -> None:

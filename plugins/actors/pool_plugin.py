@@ -40,5 +40,5 @@ def raftmw_make_connection_pool(
         bulk_budget=ctx.settings.raft.max_size_per_msg,
         connect_timeout=dial_limit(ctx.settings),
         backoff_min=transport.reconnect_backoff_min,
-        backoff_max=transport.reconnect_backoff_max,
+        backoff_max=ctx.settings.reconnect_backoff_max,
     )

@@ -39,7 +39,7 @@ def raftmw_make_transport(
         connect_timeout=t.connect_timeout,
         dead_connection_timeout=t.dead_connection_timeout,
         backoff_min=t.reconnect_backoff_min,
-        backoff_max=t.reconnect_backoff_max,
+        backoff_max=ctx.settings.reconnect_backoff_max,
         tls=node_tls,
         insecure=tls.insecure,
         tokens=tokens,

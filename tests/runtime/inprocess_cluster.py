@@ -213,7 +213,7 @@ async def tcp_cluster(
                 max_frame_size=t.max_frame_size,
                 connect_timeout=t.connect_timeout,
                 backoff_min=t.reconnect_backoff_min,
-                backoff_max=t.reconnect_backoff_max,
+                backoff_max=settings.reconnect_backoff_max,
             )
             node = RaftNode(
                 NodeConfig(

@@ -167,7 +167,7 @@ def _node(data_dir: Path, peers: dict[int, str]) -> RaftNode:
         max_message_size=t.max_message_size,
         connect_timeout=t.connect_timeout,
         backoff_min=t.reconnect_backoff_min,
-        backoff_max=t.reconnect_backoff_max,
+        backoff_max=config.reconnect_backoff_max,
     )
     return RaftNode(
         NodeConfig(node_id=TARGET, cluster_id="fuzz", peers=peers, settings=config),

@@ -91,7 +91,7 @@ def _tcp_node(data_dir: Path, address: str, settings: Settings) -> RaftNode:
         max_message_size=t.max_message_size,
         connect_timeout=t.connect_timeout,
         backoff_min=t.reconnect_backoff_min,
-        backoff_max=t.reconnect_backoff_max,
+        backoff_max=settings.reconnect_backoff_max,
     )
     return RaftNode(
         NodeConfig(node_id=1, cluster_id="replay", peers={1: address}, settings=settings),
