@@ -375,6 +375,12 @@ class Settings:
     sources: Mapping[str, str] = field(default_factory=_empty_map, compare=False)
 
     @property
+    def election_timeout(self) -> float:
+        """The shortest election timeout, in seconds: ``raft.election_tick`` x
+        ``raft.tick_interval`` (a follower campaigns between one and two of them)."""
+        return self.raft.election_tick * self.raft.tick_interval
+
+    @property
     def client_attempt_timeout(self) -> float:
         """How long a client waits for one node before trying another (seconds).
 
@@ -386,8 +392,7 @@ class Settings:
         explicit = self.client.attempt_timeout
         if explicit is not None:
             return explicit
-        election = self.raft.election_tick * self.raft.tick_interval
-        return min(self.client.request_timeout, max(ATTEMPT_TIMEOUT_FLOOR, election))
+        return min(self.client.request_timeout, max(ATTEMPT_TIMEOUT_FLOOR, self.election_timeout))
 
     @property
     def reconnect_backoff_max(self) -> float:
@@ -404,8 +409,7 @@ class Settings:
         explicit = self.transport.reconnect_backoff_max
         if explicit is not None:
             return explicit
-        election = self.raft.election_tick * self.raft.tick_interval
-        return max(self.transport.reconnect_backoff_min, election)
+        return max(self.transport.reconnect_backoff_min, self.election_timeout)
 
 
 # --------------------------------------------------------------------------- public helpers

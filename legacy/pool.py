@@ -183,15 +183,10 @@ class LockedConnectionPool:
             return False
         try:
             conn = self._connections.get(peer)
-            writes = self._writes.get(peer)
-            if writes is None:
-                if conn is None:
-                    return False
-                writes = self._writes[peer] = LinkWrites(
-                    dialer_timeouts(self._dialer), self._write_timeout
-                )
-            encode = self._dialer.encode
-            return write_at_once(conn, buffer, writes, partial(encode, peer), messages)
+            if conn is None:
+                return False
+            encode = partial(self._dialer.encode, peer)
+            return write_at_once(conn, buffer, self._link_writes(peer), encode, messages)
         finally:
             self._lock.release()
 
@@ -295,11 +290,7 @@ class LockedConnectionPool:
             batch = buffer.take() if buffer is not None else []
             if not batch:
                 return
-            writes = self._writes.get(peer)
-            if writes is None:
-                writes = self._writes[peer] = LinkWrites(
-                    dialer_timeouts(self._dialer), self._write_timeout
-                )
+            writes = self._link_writes(peer)
             try:
                 completed = await writes.send(conn, self._dialer.encode(peer, batch))
             except OSError:
@@ -318,6 +309,15 @@ class LockedConnectionPool:
                 del self._connections[peer]
                 await conn.aclose()
                 self._dialer.unreachable(peer)  # closed by us: the transport does not report it
+
+    def _link_writes(self, peer: int) -> LinkWrites:
+        """``peer``'s write bound and count of writes that expired in a row."""
+        writes = self._writes.get(peer)
+        if writes is None:
+            writes = self._writes[peer] = LinkWrites(
+                dialer_timeouts(self._dialer), self._write_timeout
+            )
+        return writes
 
     def _start_dial(self, peer: int) -> None:
         """Dial ``peer`` in a task of its own unless a dial is in flight or backing off."""

@@ -1116,10 +1116,7 @@ class RawNode:
         before = self.log.committed
         if self._maybe_commit():
             self._commit_advanced(before)
-        elif pr.next != self.log.last_index() + 1:
-            # More to send (or a follower that claims more than we have, to be probed). One
-            # that has everything gets nothing, so it is not scheduled: a Ready of nothing
-            # cost the leader a pass of its loop for each write's second acknowledgement.
+        elif pr.next != self.log.last_index() + 1:  # else an empty Ready: nothing to send
             self._append_to.setdefault(msg.src, False)
         if msg.src == self.transferee and pr.match == self.log.last_index():
             self._send(TimeoutNow(src=self.id, dst=msg.src, term=self.term))

@@ -207,7 +207,7 @@ class RaftNode:
             self.store,
             time_keeper=self._time_keeper,
             on_persisted=self.health.on_persisted,
-            idle_after=self.settings.raft.election_tick * self.settings.raft.tick_interval,
+            idle_after=self.settings.election_timeout,
         )
         self.services = NodeServices(self)
         self.clients = ClientService(self)

@@ -77,11 +77,12 @@ from anyio.streams.tls import TLSAttribute, TLSStream
 from framework.transport.streams import ConnectionLost, format_address
 
 __all__ = [
+    "ACCEPT_BURST",
     "READ_BUFFER_LIMIT",
     "Accepted",
     "ProtocolStream",
     "accept",
-    "accept_waiting",
+    "accept_burst",
     "connect",
 ]
 
@@ -371,20 +372,29 @@ async def accept(listener: anyio.abc.SocketListener) -> Accepted:
     return Accepted(sock, None, address)
 
 
-def accept_waiting(listener: anyio.abc.SocketListener) -> Accepted | None:
-    """A connection already waiting in ``listener``'s backlog, or None (none, or off
-    asyncio), without waiting. A burst of callers is taken at once this way, so admission
-    caps see it whole: uvloop's ``sock_accept`` takes one connection per pass of the event
-    loop, and between two passes the callers admitted first may already be gone."""
+ACCEPT_BURST: Final = 256
+"""Connections ``accept_burst`` takes from the backlog at most."""
+
+
+async def accept_burst(listener: anyio.abc.SocketListener) -> list[Accepted]:
+    """The next connection on ``listener`` (waiting for one) and those already waiting
+    behind it in the backlog, up to ``ACCEPT_BURST`` in all (an ``OSError`` if the first
+    accept failed; a later failure ends the burst, and the next call meets it). A burst of
+    callers is taken at once this way, so admission caps see it whole: uvloop's
+    ``sock_accept`` takes one connection per pass of the event loop, and between two
+    passes the callers admitted first may already be gone. Off asyncio: one at a time."""
+    burst = [await accept(listener)]
     if not _on_asyncio():
-        return None
+        return burst
     raw = listener.extra(SocketAttribute.raw_socket)
-    try:
-        sock, address = raw.accept()
-    except (BlockingIOError, InterruptedError):
-        return None
-    sock.setblocking(False)
-    return Accepted(sock, None, address)
+    while len(burst) < ACCEPT_BURST:
+        try:
+            sock, address = raw.accept()
+        except OSError:  # none waiting (BlockingIOError), or one to report next time
+            break
+        sock.setblocking(False)
+        burst.append(Accepted(sock, None, address))
+    return burst
 
 
 async def _wrap_anyio(

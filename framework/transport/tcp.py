@@ -1,6 +1,7 @@
 """``TcpTransport``: peers and clients over TCP (the client side is ``tcp_client``; a
-socket and its tasks' guard are ``connection``; a client's connection, once accepted and
-its Hello read, is served by ``client_connections``).
+socket and its tasks' guard are ``connection``; a pool's handle on a dialled peer
+connection is ``dialled_connection``; a client's connection, once accepted and its Hello
+read, is served by ``client_connections``).
 
 Theory of operation
 -------------------
@@ -36,10 +37,10 @@ The rules this module keeps, and why:
 3a. **Bounded before authentication.** An accepted connection over ``max_connections`` in
    all, or over ``max_connections_per_address`` from one address, is closed at accept
    without reading a byte (``framework.transport.admission``). Connections waiting in the
-   backlog are taken in one go (``protocol_streams.accept_waiting``), so the caps count a
-   burst whole even when its callers are gone before the node gets to them. The first frame is read
-   exactly, and refused over ``handshake_frame_size`` (a few KiB): nothing past it is read
-   until the caller is authenticated. A client that did not authenticate while
+   backlog are taken in one go (``protocol_streams.accept_burst``), so the caps count a
+   burst whole even when its callers are gone before the node gets to them. The first
+   frame is read exactly, and refused over ``handshake_frame_size`` (a few KiB): nothing
+   past it is read until the caller is authenticated. A client that did not authenticate while
    authentication is on may send one request, within that small limit, which is answered
    ``unauthorized`` (naming the role it needs) before the connection is closed.
 4. **``send`` never blocks.** Messages for a higher-id peer go to the pool's ``send``, the
@@ -119,8 +120,9 @@ from framework.transport.backoff import Backoff
 from framework.transport.base import ClientService, PeerInbox, Transport
 from framework.transport.client_connections import answer_unauthenticated, serve_client
 from framework.transport.connection import Connection, guard
+from framework.transport.dialled_connection import DialledConnection
 from framework.transport.pool import LinkWrites, OutboundQueue, TransportPool, write_at_once
-from framework.transport.protocol_streams import Accepted, accept, accept_waiting, connect
+from framework.transport.protocol_streams import Accepted, accept_burst, connect
 from framework.transport.snapshot_stream import (
     DEFAULT_SNAPSHOT_CHUNK_SIZE,
     DEFAULT_SNAPSHOT_TIMEOUT,
@@ -176,9 +178,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("raftmw.transport")
-
-_ACCEPT_BURST: Final = 256
-"""Connections taken from the backlog in one go before the accept loop waits again."""
 
 DEFAULT_MAX_MESSAGE_SIZE: Final = 2 * 1024 * 1024 * 1024
 """Largest single peer message (a snapshot, sent in parts) a node sends or accepts."""
@@ -621,7 +620,7 @@ class TcpTransport:
 
     # -- dialled connections (the pool's; see PeerDialer) ---------------------------------------
 
-    async def _dial(self, peer_id: int, address: str) -> _DialledConnection:
+    async def _dial(self, peer_id: int, address: str) -> DialledConnection:
         state = self._state
         if state is None:
             raise ConnectionLost(address, f"node {self.node_id} is not serving")
@@ -645,7 +644,7 @@ class TcpTransport:
             raise ConnectionLost(address, reason)
         # No await from here on: the reader owns the socket before the caller sees it.
         self._attach(conn, link)
-        handle = _DialledConnection(self, conn, address)
+        handle = DialledConnection(conn, address, self._count_frames)
         state.tg.start_soon(self._read_dialled, handle, link, state)
         return handle
 
@@ -709,7 +708,7 @@ class TcpTransport:
         return True
 
     async def _read_dialled(
-        self, handle: _DialledConnection, link: _PeerLink, state: _Serving
+        self, handle: DialledConnection, link: _PeerLink, state: _Serving
     ) -> None:
         """Deliver what arrives on a dialled connection until it closes, then release the
         socket. Its pool writes it; a failure is reported here, where it is first seen."""
@@ -776,16 +775,19 @@ class TcpTransport:
                     "which it redials"
                 )
                 return
-            self._frames_sent += len(frames)
+            self._count_frames(len(frames))
 
     def _current_timeouts(self) -> TimeoutPolicy | None:
         """The node's timeout policy now (``use_timeouts``; it swaps with a flag)."""
         return self._timeouts
 
+    def _count_frames(self, count: int) -> None:
+        self._frames_sent += count
+
     def _encode_now(self, peer_id: int, batch: Sequence[Message]) -> list[bytes]:
         """``batch``'s frames for a write at once on an accepted connection (counted)."""
         frames = self._encode_batch(batch, peer_id)
-        self._frames_sent += len(frames)
+        self._count_frames(len(frames))
         return frames
 
     def _encode_batch(self, batch: Sequence[Message], peer_id: int) -> list[bytes]:
@@ -937,25 +939,18 @@ class TcpTransport:
     async def _accept_loop(self, listener: anyio.abc.SocketListener, state: _Serving) -> None:
         while True:
             try:
-                accepted: Accepted | None = await accept(listener)
-                # The rest of a burst at once, so the caps count it whole (rule 3a).
-                for _ in range(_ACCEPT_BURST):
-                    if accepted is None:
-                        break
-                    await self._admit(accepted, state)
-                    accepted = accept_waiting(listener)
+                burst = await accept_burst(listener)  # counted whole by the caps (rule 3a)
             except OSError as exc:
                 # Out of file descriptors, say: keep the node up and try again shortly.
                 logger.warning("accept failed on %s: %s", self.listen_address, exc)
                 await anyio.sleep(self._backoff_min)
-
-    async def _admit(self, accepted: Accepted, state: _Serving) -> None:
-        host = accepted.host
-        refusal = self._admission.admit(host)
-        if refusal is None:
-            state.tg.start_soon(self._handle_accepted, accepted, host, state)
-        else:
-            await self._refuse_at_accept(accepted, refusal)
+                continue
+            for accepted in burst:
+                refusal = self._admission.admit(accepted.host)
+                if refusal is None:
+                    state.tg.start_soon(self._handle_accepted, accepted, accepted.host, state)
+                else:
+                    await self._refuse_at_accept(accepted, refusal)
 
     async def _refuse_at_accept(self, accepted: Accepted, reason: str) -> None:
         """Close ``accepted`` unread (rule 3a)."""
@@ -1108,62 +1103,6 @@ class TcpTransport:
             conn.ended.set()
         if conn.reason is not None:
             logger.log(conn.level, "closed connection with %s: %s", conn.address, conn.reason)
-
-
-class _DialledConnection:
-    """`PeerConnection`: the pool's handle on a connection ``TcpTransport`` dialled for it.
-
-    The pool writes (``send_frames``) and closes (``aclose``); the transport's reader task
-    reads, and releases the socket when the connection ends, however it ends.
-    """
-
-    __slots__ = ("address", "closing", "conn", "released", "transport")
-
-    def __init__(self, transport: TcpTransport, conn: Connection, address: str) -> None:
-        self.transport = transport
-        self.conn = conn
-        self.address = address
-        self.closing = False
-        """Set by ``aclose``: the pool let it go, which is not a failure to report."""
-        self.released = anyio.Event()
-        """Set by the reader task once the socket is closed."""
-
-    @property
-    def closed(self) -> bool:
-        return self.conn.ended.is_set()
-
-    async def send_frames(self, frames: Sequence[bytes]) -> None:
-        conn = self.conn
-        if conn.ended.is_set():
-            raise ConnectionLost(self.address, conn.reason or "closed")
-        try:
-            for frame in frames:
-                await conn.writer.send(frame)
-                self.transport._frames_sent += 1
-        except LOST as exc:
-            conn.close(f"connection lost: {exc!r}", level=logging.INFO)
-            raise ConnectionLost(self.address, conn.reason or repr(exc)) from exc
-        finally:
-            if conn.writer.torn:  # cancelled mid-frame (its pool is stopping): rule 7
-                self.closing = True
-                conn.close("a write was cut short", level=logging.INFO)
-
-    @property
-    def writable_now(self) -> bool:
-        return self.conn.writable_now
-
-    def write_now(self, frames: Sequence[bytes]) -> None:
-        self.conn.write_now(frames)
-        self.transport._frames_sent += len(frames)
-
-    async def wait_closed(self) -> None:
-        await self.conn.ended.wait()
-
-    async def aclose(self) -> None:
-        self.closing = True
-        self.conn.close("closed by its connection pool", level=logging.DEBUG)
-        with anyio.CancelScope(shield=True):
-            await self.released.wait()
 
 
 class _TcpDialer:
